@@ -1,0 +1,9 @@
+//! vap-api: the REST API. Talks to PostgreSQL only.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Some(settings) = vap::cli::prepare(std::env::args().skip(1)).await? else { return Ok(()) };
+    let shutdown = vap::lifecycle::shutdown_on_signal();
+    vap::api::run(settings, shutdown).await?;
+    Ok(())
+}

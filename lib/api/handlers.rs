@@ -1,0 +1,232 @@
+//! Route handlers: parse and check input, call `db`, shape the answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{header, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{json_response, ApiError, AppState, Body, MAX_BODY_BYTES};
+use crate::camera_url;
+use crate::config::ApiSettings;
+use crate::db::results::{self, StoredResult};
+use crate::db::scenarios::{self, Created, Idempotency, Scenario, ScenarioStatus, Shutdown};
+use crate::db::{self, outbox};
+
+/// The consumer name the inbox stores its positions under.
+pub use crate::inbox::CONSUMER as INBOX_CONSUMER;
+
+pub fn authorized(settings: &ApiSettings, req: &Request<Incoming>) -> bool {
+    if settings.auth_token.is_empty() {
+        return true;
+    }
+    let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(token) = value.strip_prefix("Bearer ") else { return false };
+    constant_time_eq(token.trim().as_bytes(), settings.auth_token.expose().as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn scenario_json(s: &Scenario) -> Value {
+    json!({
+        "scenario_uuid": s.uuid,
+        "camera_url": camera_url::redact(&s.camera_url),
+        "status": s.status.as_str(),
+        "error": s.error,
+        "frames_processed": s.frames_processed,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "worker": s.worker,
+    })
+}
+
+pub fn parse_uuid(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::bad("invalid_uuid", format!("'{raw}' is not a valid UUID")))
+}
+
+/// Query parameters as pairs; a malformed query is a 400.
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+fn query_param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn int_param(pairs: &[(String, String)], name: &'static str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+    match query_param(pairs, name) {
+        None => Ok(None),
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(v) if (min..=max).contains(&v) => Ok(Some(v)),
+            _ => Err(ApiError::bad("invalid_parameter", format!("{name} must be an integer from {min} to {max}, got '{raw}'"))),
+        },
+    }
+}
+
+async fn read_json_body(req: Request<Incoming>) -> Result<(Value, Option<String>), ApiError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media != "application/json" {
+        return Err(ApiError::UnsupportedMediaType(if content_type.is_empty() { "nothing".into() } else { content_type.into() }));
+    }
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
+        if len > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+        }
+    }
+    let key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
+            Some(k.ok_or_else(|| ApiError::bad("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible ASCII characters"))?.to_string())
+        }
+    };
+    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+            } else {
+                ApiError::bad("body_unreadable", format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let value = serde_json::from_slice(&bytes).map_err(|e| ApiError::bad("malformed_json", format!("request body is not valid JSON: {e}")))?;
+    Ok((value, key))
+}
+
+pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (body, key) = read_json_body(req).await?;
+    let Value::Object(fields) = &body else {
+        return Err(ApiError::bad("invalid_body", "request body must be a JSON object"));
+    };
+    let url = match fields.get("camera_url") {
+        None | Some(Value::Null) => return Err(ApiError::bad("missing_camera_url", "camera_url is required")),
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(ApiError::bad("invalid_camera_url", "camera_url must be a string")),
+    };
+    camera_url::validate(url, state.settings.allow_file_urls).map_err(|e| ApiError::bad("invalid_camera_url", e.to_string()))?;
+    let hash = hex(&Sha256::digest(url.as_bytes()));
+    let idempotency = key.as_deref().map(|key| Idempotency { key, request_hash: &hash });
+    match scenarios::create(&state.pool, url, idempotency, scenario_json).await? {
+        Created::New { scenario, response } => {
+            tracing::info!(scenario_uuid = %scenario.uuid, camera_url = %camera_url::redact(url), "scenario created");
+            Ok(json_response(StatusCode::OK, &response))
+        }
+        Created::Replayed(response) => Ok(json_response(StatusCode::OK, &response)),
+        Created::KeyReused => Err(ApiError::IdempotencyKeyReused),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub async fn get_scenario(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
+    let uuid = parse_uuid(id)?;
+    let scenario = scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
+    Ok(json_response(StatusCode::OK, &scenario_json(&scenario)))
+}
+
+pub async fn list_scenarios(state: &Arc<AppState>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let pairs = query_pairs(query);
+    let status = match query_param(&pairs, "status") {
+        None | Some("") => None,
+        Some(s) => Some(ScenarioStatus::parse(s).ok_or_else(|| {
+            let known: Vec<&str> = ScenarioStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad("invalid_parameter", format!("status must be one of {}, got '{s}'", known.join(", ")))
+        })?),
+    };
+    let limit = int_param(&pairs, "limit", 1, state.settings.scenario_page_max)?.unwrap_or(state.settings.scenario_page_default);
+    let cursor = match query_param(&pairs, "cursor") {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| ApiError::bad("invalid_cursor", "cursor is not one this API returned"))?),
+    };
+    let (rows, more) = scenarios::list(&state.pool, status, cursor, limit).await?;
+    let next = if more { rows.last().map(|s| s.seq.to_string()) } else { None };
+    let list: Vec<Value> = rows.iter().map(scenario_json).collect();
+    Ok(json_response(StatusCode::OK, &json!({ "scenarios": list, "next_cursor": next })))
+}
+
+pub async fn shutdown_scenario(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
+    let uuid = parse_uuid(id)?;
+    match scenarios::request_shutdown(&state.pool, uuid).await? {
+        Shutdown::Requested(s) => {
+            tracing::info!(scenario_uuid = %uuid, "shutdown requested");
+            Ok(json_response(StatusCode::OK, &scenario_json(&s)))
+        }
+        Shutdown::AlreadyShuttingDown(s) => Ok(json_response(StatusCode::OK, &scenario_json(&s))),
+        Shutdown::Finished(s) => Err(ApiError::Conflict(format!(
+            "scenario {uuid} is already {}; there is nothing to shut down",
+            s.status.as_str()
+        ))),
+        Shutdown::NotFound => Err(ApiError::ScenarioNotFound(uuid)),
+    }
+}
+
+pub fn result_json(r: &StoredResult) -> Value {
+    json!({ "frame_number": r.frame_number, "timestamp": r.timestamp, "detections": r.detections })
+}
+
+pub async fn prediction(state: &Arc<AppState>, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let uuid = parse_uuid(id)?;
+    let pairs = query_pairs(query);
+    let after = int_param(&pairs, "after_frame", -1, i64::MAX)?.unwrap_or(-1);
+    let limit = int_param(&pairs, "limit", 1, state.settings.prediction_page_max)?.unwrap_or(state.settings.prediction_page_default);
+    let scenario = scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
+    let rows = results::page(&state.pool, uuid, after, limit).await?;
+    let next = if rows.len() as i64 == limit { rows.last().map(|r| r.frame_number) } else { None };
+    let list: Vec<Value> = rows.iter().map(result_json).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "scenario_uuid": uuid,
+            "status": scenario.status.as_str(),
+            "total_frames_processed": scenario.frames_processed,
+            "results": list,
+            "next_after_frame": next,
+        }),
+    ))
+}
+
+pub async fn ready(state: &Arc<AppState>) -> Response<Body> {
+    let check = async {
+        let client = state.pool.get().await.map_err(db::DbError::from)?;
+        client.query_one("SELECT 1", &[]).await.map_err(db::DbError::from)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Ok(_)) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Ok(Err(e)) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable", "reason": e.to_string()})),
+        Err(_) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable", "reason": "database did not answer in 2 s"})),
+    }
+}
+
+/// Request metrics plus gauges read from the database at scrape time.
+pub async fn metrics(state: &Arc<AppState>) -> String {
+    let gauges = async {
+        let (backlog, oldest) = outbox::backlog(&state.pool).await?;
+        let lag = results::consumer_lag(&state.pool, INBOX_CONSUMER).await?;
+        Ok::<_, db::DbError>((backlog, oldest, lag))
+    };
+    let up = match tokio::time::timeout(Duration::from_secs(2), gauges).await {
+        Ok(Ok((backlog, oldest, lag))) => {
+            let m = &state.metrics;
+            m.set("vap_outbox_backlog", "Outbox events not yet acknowledged by Kafka.", &[], backlog as f64);
+            m.set("vap_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox event.", &[], oldest);
+            m.set("vap_inbox_lag_records", "Records on `results` not yet stored, as of the inbox's last fetch.", &[], lag as f64);
+            1.0
+        }
+        _ => 0.0,
+    };
+    state.metrics.set("vap_database_up", "1 when the last scrape could read the database.", &[], up);
+    state.metrics.render()
+}

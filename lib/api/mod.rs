@@ -1,0 +1,277 @@
+//! `vap-api`: the REST API on hyper. It talks to PostgreSQL only; events reach Kafka through
+//! the outbox, so a request never waits for the broker.
+
+mod error;
+mod handlers;
+mod sse;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+use crate::config::{ApiSettings, DatabaseSettings};
+use crate::metrics::Metrics;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub pool: Pool,
+    pub settings: ApiSettings,
+    pub metrics: Arc<Metrics>,
+    /// Scenario uuids with newly stored results (from PostgreSQL NOTIFY); `Uuid::nil()` means
+    /// "anything may have changed" (after a LISTEN reconnect).
+    pub results_bus: tokio::sync::broadcast::Sender<uuid::Uuid>,
+    /// Cancelled at shutdown so long-lived SSE streams end and the drain completes.
+    pub shutdown: CancellationToken,
+}
+
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(bytes)).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+fn text_response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+/// A running API: its address, and a handle that ends when it has drained.
+pub struct RunningApi {
+    pub addr: SocketAddr,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// Binds and serves until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    pool: Pool,
+    settings: ApiSettings,
+    database: DatabaseSettings,
+    shutdown: CancellationToken,
+) -> std::io::Result<RunningApi> {
+    let addr = listener.local_addr()?;
+    let (results_bus, _) = tokio::sync::broadcast::channel(1024);
+    let state = Arc::new(AppState {
+        pool,
+        settings,
+        metrics: Arc::new(Metrics::default()),
+        results_bus: results_bus.clone(),
+        shutdown: shutdown.clone(),
+    });
+    tokio::spawn(sse::forward_notifications(database, results_bus, shutdown.clone()));
+    let done = tokio::spawn(accept_loop(listener, state, shutdown));
+    Ok(RunningApi { addr, done })
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut watchdog = crate::lifecycle::Watchdog::from_env();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = Arc::clone(&state);
+                let service = hyper::service::service_fn(move |req| {
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, Infallible>(handle(state, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = watchdog.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    drop(listener);
+    let drain = Duration::from_millis(state.settings.drain_timeout_ms);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+}
+
+/// The route template, for metrics labels (never the raw path: uuids would explode cardinality).
+fn route_of(path: &str) -> (&'static str, Option<Route>) {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let route = match segments.as_slice() {
+        ["health"] => Route::Health,
+        ["ready"] => Route::Ready,
+        ["metrics"] => Route::Metrics,
+        ["openapi.json"] => Route::OpenApi,
+        ["docs"] => Route::Docs,
+        ["api", "v1", "scenario", "init"] => Route::InitScenario,
+        ["api", "v1", "scenarios"] => Route::ListScenarios,
+        ["api", "v1", "scenario", id] => Route::GetScenario(id.to_string()),
+        ["api", "v1", "scenario", id, "shutdown"] => Route::Shutdown(id.to_string()),
+        ["api", "v1", "prediction", id] => Route::Prediction(id.to_string()),
+        ["api", "v1", "prediction", id, "stream"] => Route::PredictionStream(id.to_string()),
+        _ => return ("unmatched", None),
+    };
+    (route.template(), Some(route))
+}
+
+#[derive(Debug)]
+pub(crate) enum Route {
+    Health,
+    Ready,
+    Metrics,
+    OpenApi,
+    Docs,
+    InitScenario,
+    ListScenarios,
+    GetScenario(String),
+    Shutdown(String),
+    Prediction(String),
+    PredictionStream(String),
+}
+
+impl Route {
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Health => "/health",
+            Route::Ready => "/ready",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Docs => "/docs",
+            Route::InitScenario => "/api/v1/scenario/init",
+            Route::ListScenarios => "/api/v1/scenarios",
+            Route::GetScenario(_) => "/api/v1/scenario/{uuid}",
+            Route::Shutdown(_) => "/api/v1/scenario/{uuid}/shutdown",
+            Route::Prediction(_) => "/api/v1/prediction/{uuid}",
+            Route::PredictionStream(_) => "/api/v1/prediction/{uuid}/stream",
+        }
+    }
+
+    fn allowed(&self) -> (&'static Method, &'static str) {
+        match self {
+            Route::InitScenario | Route::Shutdown(_) => (&Method::POST, "POST"),
+            _ => (&Method::GET, "GET, HEAD"),
+        }
+    }
+
+    fn needs_auth(&self) -> bool {
+        !matches!(self, Route::Health | Route::Metrics)
+    }
+}
+
+async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let (template, route) = route_of(req.uri().path());
+    let response = match route {
+        None => ApiError::NotFound(req.uri().path().to_string()).into_response(),
+        Some(route) => match dispatch(&state, route, req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        },
+    };
+    let status = response.status();
+    state.metrics.inc(
+        "vap_http_requests_total",
+        "HTTP requests by route, method and status.",
+        &[("route", template), ("method", method.as_str()), ("status", status.as_str())],
+        1,
+    );
+    state.metrics.observe(
+        "vap_http_request_duration_seconds",
+        "Time to the response head, by route.",
+        &[("route", template), ("method", method.as_str())],
+        started.elapsed(),
+    );
+    if status.is_server_error() {
+        tracing::warn!(route = template, status = status.as_u16(), "request failed");
+    }
+    response
+}
+
+async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (expected, allowed) = route.allowed();
+    let method_ok = req.method() == expected || (expected == Method::GET && req.method() == Method::HEAD);
+    if !method_ok {
+        return Err(ApiError::MethodNotAllowed { method: req.method().to_string(), allowed });
+    }
+    if route.needs_auth() && !handlers::authorized(&state.settings, &req) {
+        return Err(ApiError::Unauthorized);
+    }
+    match route {
+        Route::Health => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "healthy"}))),
+        Route::Ready => Ok(handlers::ready(state).await),
+        Route::Metrics => Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", handlers::metrics(state).await)),
+        Route::OpenApi => Ok(text_response(StatusCode::OK, "application/json", OPENAPI)),
+        Route::Docs => Ok(text_response(StatusCode::OK, "text/html; charset=utf-8", DOCS_PAGE)),
+        Route::InitScenario => handlers::init_scenario(state, req).await,
+        Route::ListScenarios => handlers::list_scenarios(state, req.uri().query()).await,
+        Route::GetScenario(id) => handlers::get_scenario(state, &id).await,
+        Route::Shutdown(id) => handlers::shutdown_scenario(state, &id).await,
+        Route::Prediction(id) => handlers::prediction(state, &id, req.uri().query()).await,
+        Route::PredictionStream(id) => sse::stream(state, &id, &req).await,
+    }
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
+const DOCS_PAGE: &str = include_str!("docs.html");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiRunError {
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// The `vap-api` process: migrate (when configured), bind, serve until `shutdown`, drain.
+pub async fn run(settings: crate::config::Settings, shutdown: CancellationToken) -> Result<(), ApiRunError> {
+    crate::cli::migrate_on_start(&settings).await?;
+    let pool = crate::db::pool(&settings.database)?;
+    let addr = settings.api.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| ApiRunError::Bind { addr, source })?;
+    let running = serve(listener, pool, settings.api, settings.database, shutdown.clone())
+        .await
+        .map_err(|source| ApiRunError::Bind { addr, source })?;
+    crate::lifecycle::notify_ready();
+    tracing::info!(addr = %running.addr, "api listening");
+    shutdown.cancelled().await;
+    crate::lifecycle::notify_stopping();
+    let _ = running.done.await;
+    tracing::info!("api stopped");
+    Ok(())
+}

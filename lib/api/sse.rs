@@ -1,0 +1,148 @@
+//! `GET /api/v1/prediction/{uuid}/stream`: Server-Sent Events of results as they are stored.
+//!
+//! One LISTEN connection per API process fans PostgreSQL notifications out to every stream.
+//! A notification only says "look again": each stream reads rows after its own cursor, so
+//! coalesced or missed notifications can't skip or repeat a frame.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{header, Request, Response, StatusCode};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::handlers::{parse_uuid, result_json};
+use super::{ApiError, AppState, Body};
+use crate::config::DatabaseSettings;
+use crate::db::{self, results, scenarios};
+
+const PAGE: i64 = 500;
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Keeps a LISTEN connection open and forwards `vap_results` notifications to `bus`.
+pub async fn forward_notifications(database: DatabaseSettings, bus: broadcast::Sender<Uuid>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match db::listen(&database, &["vap_results"]).await {
+            Ok((_client, mut notifications)) => {
+                delay = Duration::from_millis(100);
+                // Anything stored while we were not listening must be looked at again.
+                let _ = bus.send(Uuid::nil());
+                loop {
+                    tokio::select! {
+                        n = notifications.recv() => match n {
+                            Some(n) => if let Ok(uuid) = Uuid::parse_str(n.payload()) { let _ = bus.send(uuid); },
+                            None => break,
+                        },
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot LISTEN for results; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let uuid = parse_uuid(id)?;
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let resume = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| pairs.iter().find(|(k, _)| k == "after_frame").map(|(_, v)| v.clone()));
+    let after = match resume {
+        None => None,
+        Some(raw) => Some(raw.parse::<i64>().ok().filter(|v| *v >= -1).ok_or_else(|| {
+            ApiError::bad("invalid_parameter", format!("after_frame (or Last-Event-ID) must be an integer >= -1, got '{raw}'"))
+        })?),
+    };
+    scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
+    // Subscribe before reading the starting point, so nothing stored in between is missed.
+    let wake = state.results_bus.subscribe();
+    let cursor = match after {
+        Some(a) => a,
+        None => results::last_frame(&state.pool, uuid).await?,
+    };
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    tokio::spawn(pump(Arc::clone(state), uuid, cursor, wake, tx));
+    let body = StreamBody::new(tokio_stream_from(rx)).boxed();
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(http_body_util::Full::new(Bytes::new()).boxed())))
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn pump(
+    state: Arc<AppState>,
+    uuid: Uuid,
+    mut cursor: i64,
+    mut wake: broadcast::Receiver<Uuid>,
+    tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+) {
+    let send = |text: String| {
+        let tx = tx.clone();
+        async move { tx.send(Ok(Frame::data(Bytes::from(text)))).await.is_ok() }
+    };
+    if !send(format!("retry: 2000\n: streaming results of {uuid} after frame {cursor}\n\n")).await {
+        return;
+    }
+    loop {
+        // Drain everything after the cursor.
+        loop {
+            let rows = match results::page(&state.pool, uuid, cursor, PAGE).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(scenario_uuid = %uuid, error = %e, "SSE read failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            for r in &rows {
+                let data = serde_json::to_string(&result_json(r)).unwrap_or_default();
+                if !send(format!("id: {}\nevent: result\ndata: {data}\n\n", r.frame_number)).await {
+                    return;
+                }
+                cursor = r.frame_number;
+            }
+            if (rows.len() as i64) < PAGE {
+                break;
+            }
+        }
+        // Wait for a notification that concerns us.
+        loop {
+            tokio::select! {
+                msg = wake.recv() => match msg {
+                    Ok(u) if u == uuid || u.is_nil() => break,
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep(KEEPALIVE) => {
+                    if !send(": keep-alive\n\n".into()).await { return; }
+                }
+                _ = tx.closed() => return,
+                _ = state.shutdown.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Typed configuration: built-in defaults < TOML file < `VAP_*` environment.
+//!
+//! Every struct denies unknown fields, so a typo in a key stops the binary at start with the
+//! key's name instead of being silently ignored.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where an operator puts the file when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vap/vap.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {source}")]
+    File { path: PathBuf, source: config::ConfigError },
+    #[error("invalid configuration: {0}")]
+    Invalid(config::ConfigError),
+    #[error("invalid configuration: {key}: {reason}")]
+    Value { key: &'static str, reason: String },
+}
+
+/// A value that must never reach a log line: `Debug` and `Display` print `***`.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    pub api: ApiSettings,
+    pub relay: RelaySettings,
+    pub inbox: InboxSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub dbname: String,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    /// Apply pending migrations at start (safe with concurrent starters: they serialise on a lock).
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// Partition count for topics vap creates when they are missing.
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub topic_init_scenario: String,
+    pub topic_shutdown_scenario: String,
+    pub topic_results: String,
+    /// How long one produce may retry before it fails and the batch is retried later.
+    pub request_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    /// Bearer token; empty disables auth. /health and /metrics never need it.
+    pub auth_token: Secret,
+    /// Accept `file://` URLs and absolute paths as camera URLs (operator opt-in).
+    pub allow_file_urls: bool,
+    pub prediction_page_default: i64,
+    pub prediction_page_max: i64,
+    pub scenario_page_default: i64,
+    pub scenario_page_max: i64,
+    /// How long SIGTERM waits for in-flight requests before closing them.
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySettings {
+    /// Rows claimed per transaction.
+    pub batch_size: i64,
+    /// Fallback poll when no NOTIFY arrives (NOTIFY is the normal wake-up).
+    pub poll_interval_ms: u64,
+    /// Published outbox rows older than this are deleted.
+    pub retention_secs: u64,
+    pub prune_interval_secs: u64,
+    /// Where vap-relay serves /health and /metrics; empty string disables it.
+    pub metrics_listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxSettings {
+    pub enabled: bool,
+    /// Upper bound of bytes one fetch asks for.
+    pub fetch_max_bytes: i32,
+    pub fetch_max_wait_ms: i32,
+    /// Largest number of results written in one transaction.
+    pub batch_max_records: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `vap=debug,info`.
+    pub level: String,
+    pub json: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database: DatabaseSettings::default(),
+            kafka: KafkaSettings::default(),
+            api: ApiSettings::default(),
+            relay: RelaySettings::default(),
+            inbox: InboxSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "vap".into(),
+            password: Secret::default(),
+            dbname: "vap".into(),
+            pool_size: 16,
+            connect_timeout_ms: 5_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: vec!["127.0.0.1:9092".into()],
+            partitions: 4,
+            replication_factor: 1,
+            topic_init_scenario: "init_scenario".into(),
+            topic_shutdown_scenario: "shutdown_scenario".into(),
+            topic_results: "results".into(),
+            request_deadline_ms: 5_000,
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth_token: Secret::default(),
+            allow_file_urls: false,
+            prediction_page_default: 100,
+            prediction_page_max: 1_000,
+            scenario_page_default: 50,
+            scenario_page_max: 500,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval_ms: 1_000,
+            retention_secs: 7 * 24 * 3600,
+            prune_interval_secs: 300,
+            metrics_listen: "127.0.0.1:9181".into(),
+        }
+    }
+}
+
+impl Default for InboxSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fetch_max_bytes: 4 * 1024 * 1024,
+            fetch_max_wait_ms: 200,
+            batch_max_records: 2_000,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { level: "info".into(), json: false }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `path` (or [`DEFAULT_CONFIG_PATH`] when it exists), then `VAP_*`.
+    ///
+    /// Nested keys use `__` in the environment: `VAP_DATABASE__PORT=5433`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(path, std::env::vars())
+    }
+
+    /// Same as [`Settings::load`] with an explicit environment (tests use this).
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let defaults = config::Config::try_from(&Settings::default()).map_err(ConfigError::Invalid)?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        if let Some(file) = &file {
+            let source = config::File::from(file.as_path()).format(config::FileFormat::Toml).required(true);
+            // Read the file alone first so its errors name the file.
+            config::Config::builder()
+                .add_source(source.clone())
+                .build()
+                .map_err(|e| ConfigError::File { path: file.clone(), source: e })?;
+            builder = builder.add_source(source);
+        }
+        let env: std::collections::HashMap<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("VAP_")).collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("VAP")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("kafka.brokers")
+                .source(Some(env)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(ConfigError::Invalid)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: &str| Err(ConfigError::Value { key, reason: reason.into() });
+        if self.database.pool_size == 0 {
+            return bad("database.pool_size", "must be at least 1");
+        }
+        if self.kafka.brokers.is_empty() {
+            return bad("kafka.brokers", "needs at least one host:port");
+        }
+        if self.kafka.partitions < 1 {
+            return bad("kafka.partitions", "must be at least 1");
+        }
+        if self.relay.batch_size < 1 {
+            return bad("relay.batch_size", "must be at least 1");
+        }
+        if self.inbox.batch_max_records == 0 {
+            return bad("inbox.batch_max_records", "must be at least 1");
+        }
+        if self.api.prediction_page_default < 1 || self.api.prediction_page_default > self.api.prediction_page_max {
+            return bad("api.prediction_page_default", "must be between 1 and api.prediction_page_max");
+        }
+        if self.api.scenario_page_default < 1 || self.api.scenario_page_default > self.api.scenario_page_max {
+            return bad("api.scenario_page_default", "must be between 1 and api.scenario_page_max");
+        }
+        if !self.relay.metrics_listen.is_empty() && self.relay.metrics_listen.parse::<SocketAddr>().is_err() {
+            return bad("relay.metrics_listen", "must be host:port or empty");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,59 @@
+//! Applies `migrations/*.sql` in order, once each, under an advisory lock so that several
+//! processes starting together do not race.
+
+use tokio_postgres::Client;
+
+use super::DbError;
+
+/// The migrations, in order. Add a file to `migrations/` and a line here.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "0001_core", include_str!("../../migrations/0001_core.sql"))];
+
+const MIGRATION_LOCK: i64 = 0x7661_705f_6d69_67; // "vap_mig"
+
+/// Returns the versions it applied (empty when the schema was current).
+pub async fn run(client: &mut Client) -> Result<Vec<i32>, DbError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let result = apply_pending(client).await;
+    // Unlock even after a failure; the session ending would release it too.
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    result
+}
+
+async fn apply_pending(client: &mut Client) -> Result<Vec<i32>, DbError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let done: Vec<i32> = client
+        .query("SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for &(version, name, sql) in MIGRATIONS {
+        if done.contains(&version) {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await.map_err(|source| DbError::Migration { name, source })?;
+        tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&version, &name])
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version, name, "migration applied");
+        applied.push(version);
+    }
+    Ok(applied)
+}
+
+/// Connects with the given settings and migrates.
+pub async fn run_with(settings: &crate::config::DatabaseSettings) -> Result<Vec<i32>, DbError> {
+    let (mut client, connection) = super::pg_config(settings).connect(tokio_postgres::NoTls).await?;
+    let conn = tokio::spawn(connection);
+    let result = run(&mut client).await;
+    drop(client);
+    let _ = conn.await;
+    result
+}

@@ -1,0 +1,99 @@
+//! PostgreSQL: the pool, the migrations and the queries each part of vap runs.
+//!
+//! The SQL schema lives in `migrations/`; this module only runs it.
+
+pub mod migrate;
+pub mod outbox;
+pub mod results;
+pub mod scenarios;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database pool setup: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("migration {name}: {source}")]
+    Migration { name: &'static str, source: tokio_postgres::Error },
+}
+
+impl DbError {
+    /// True when the failure is the database being unreachable rather than a bad query.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Pool(_) => true,
+            DbError::Postgres(e) => e.is_closed() || e.code().is_none(),
+            _ => false,
+        }
+    }
+}
+
+pub fn pg_config(settings: &DatabaseSettings) -> tokio_postgres::Config {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&settings.host)
+        .port(settings.port)
+        .user(&settings.user)
+        .dbname(&settings.dbname)
+        .application_name("vap")
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
+    if !settings.password.is_empty() {
+        cfg.password(settings.password.expose());
+    }
+    cfg
+}
+
+/// A pool; connections are opened lazily, so this succeeds while the database is down.
+pub fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
+    let manager = Manager::from_config(
+        pg_config(settings),
+        NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .create_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .build()?)
+}
+
+/// A dedicated connection outside the pool, for LISTEN. Notifications arrive on the returned
+/// channel; the channel closes when the connection drops.
+pub async fn listen(
+    settings: &DatabaseSettings,
+    channels: &[&str],
+) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>), DbError> {
+    use futures::StreamExt;
+    let (client, mut connection) = pg_config(settings).connect(NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(n).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection lost");
+                    break;
+                }
+            }
+        }
+    });
+    for channel in channels {
+        client.batch_execute(&format!("LISTEN {channel}")).await?;
+    }
+    Ok((client, rx))
+}

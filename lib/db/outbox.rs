@@ -1,0 +1,92 @@
+//! The transactional outbox: claimed in batches by any number of relays.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use super::DbError;
+use crate::events::{EventKind, ScenarioEvent};
+
+/// Claims the oldest publishable rows, hands them to `publish`, and marks as published the ids
+/// it returns, all in one transaction. Rows another relay holds are skipped (SKIP LOCKED), and
+/// a row waits while an earlier event of the same scenario is unpublished, so each scenario's
+/// events reach Kafka in order even with several relays.
+///
+/// Returns how many rows were claimed.
+pub async fn publish_batch<F, Fut, E>(pool: &Pool, limit: i64, publish: F) -> Result<Result<usize, E>, DbError>
+where
+    F: FnOnce(Vec<ScenarioEvent>) -> Fut,
+    Fut: Future<Output = Result<Vec<i64>, E>>,
+{
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "SELECT o.id, o.scenario_uuid, o.event_type, o.payload, o.created_at
+               FROM outbox o
+              WHERE o.published_at IS NULL
+                AND NOT EXISTS (SELECT 1 FROM outbox p
+                                 WHERE p.scenario_uuid = o.scenario_uuid
+                                   AND p.published_at IS NULL AND p.id < o.id)
+              ORDER BY o.id
+              LIMIT $1
+              FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await?;
+    let claimed = rows.len();
+    if claimed == 0 {
+        return Ok(Ok(0));
+    }
+    let events = rows
+        .iter()
+        .filter_map(|row| {
+            let payload: serde_json::Value = row.get(3);
+            let created_at: DateTime<Utc> = row.get(4);
+            Some(ScenarioEvent {
+                event_id: row.get(0),
+                event_type: EventKind::parse(row.get(2))?,
+                scenario_uuid: row.get::<_, Uuid>(1),
+                camera_url: payload.get("camera_url")?.as_str()?.to_string(),
+                occurred_at: created_at,
+            })
+        })
+        .collect();
+    let published = match publish(events).await {
+        Ok(ids) => ids,
+        Err(e) => return Ok(Err(e)), // the transaction rolls back on drop: rows go back to the pool
+    };
+    if !published.is_empty() {
+        tx.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1)", &[&published]).await?;
+    }
+    tx.commit().await?;
+    Ok(Ok(claimed))
+}
+
+/// Deletes published rows older than `retention_secs`.
+pub async fn prune(pool: &Pool, retention_secs: u64) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    let secs = retention_secs as f64;
+    Ok(client
+        .execute(
+            "DELETE FROM outbox WHERE published_at IS NOT NULL
+               AND published_at < now() - make_interval(secs => $1)",
+            &[&secs],
+        )
+        .await?)
+}
+
+/// Unpublished rows, and the age in seconds of the oldest.
+pub async fn backlog(pool: &Pool) -> Result<(i64, f64), DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
+               FROM outbox WHERE published_at IS NULL",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}

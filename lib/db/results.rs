@@ -1,0 +1,198 @@
+//! Stored detection results and the Kafka positions of the consumers that store them.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use super::DbError;
+use crate::events::FrameResult;
+
+/// One stored frame as the API serves it.
+#[derive(Debug, Clone)]
+pub struct StoredResult {
+    pub frame_number: i64,
+    pub timestamp: DateTime<Utc>,
+    pub detections: serde_json::Value,
+}
+
+/// Frames of a scenario after `after_frame`, in frame order.
+pub async fn page(pool: &Pool, scenario: Uuid, after_frame: i64, limit: i64) -> Result<Vec<StoredResult>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT frame_number, captured_at, detections FROM scenario_results
+              WHERE scenario_uuid = $1 AND frame_number > $2 ORDER BY frame_number LIMIT $3",
+            &[&scenario, &after_frame, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredResult { frame_number: r.get(0), timestamp: r.get(1), detections: r.get(2) })
+        .collect())
+}
+
+/// The highest stored frame of a scenario (-1 when none).
+pub async fn last_frame(pool: &Pool, scenario: Uuid) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT COALESCE(max(frame_number), -1) FROM scenario_results WHERE scenario_uuid = $1",
+            &[&scenario],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// A consumer's place in one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// Reads the stored position, creating it at `initial` when the consumer is new.
+pub async fn position(pool: &Pool, consumer: &str, topic: &str, partition: i32, initial: i64) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO consumer_positions (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+            &[&consumer, &topic, &partition, &initial],
+        )
+        .await?;
+    let row = client
+        .query_one(
+            "SELECT next_offset FROM consumer_positions WHERE consumer = $1 AND topic = $2 AND partition = $3",
+            &[&consumer, &topic, &partition],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Moves a position without storing anything (used when the log was reset under us).
+pub async fn reset_position(pool: &Pool, consumer: &str, topic: &str, partition: i32, next: i64) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE consumer_positions SET next_offset = $4, updated_at = now()
+              WHERE consumer = $1 AND topic = $2 AND partition = $3",
+            &[&consumer, &topic, &partition, &next],
+        )
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stored {
+    /// New rows written.
+    pub inserted: i64,
+    /// Results already stored (redeliveries, duplicates).
+    pub duplicates: i64,
+    /// Results whose scenario does not exist: dropped.
+    pub unknown_scenario: i64,
+    /// Scenarios that became `active` with this batch.
+    pub activated: i64,
+}
+
+/// The outcome of [`store_batch`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchOutcome {
+    Stored(Stored),
+    /// Another consumer moved this partition's position first; nothing was written.
+    PositionMoved,
+}
+
+pub struct Batch<'a> {
+    pub consumer: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    /// The position this batch was read from; the store fails if it changed meanwhile.
+    pub from_offset: i64,
+    /// The position after the batch.
+    pub next_offset: i64,
+    pub high_watermark: i64,
+    pub results: &'a [FrameResult],
+}
+
+/// Stores results and advances the position in one transaction: a crash between the two can't
+/// happen, so a re-read after a crash stores nothing twice. Duplicate frames are ignored.
+pub async fn store_batch(pool: &Pool, batch: Batch<'_>) -> Result<BatchOutcome, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let moved = tx
+        .execute(
+            "UPDATE consumer_positions SET next_offset = $5, high_watermark = $6, updated_at = now()
+              WHERE consumer = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
+            &[&batch.consumer, &batch.topic, &batch.partition, &batch.from_offset, &batch.next_offset, &batch.high_watermark],
+        )
+        .await?;
+    if moved != 1 {
+        tx.rollback().await?;
+        return Ok(BatchOutcome::PositionMoved);
+    }
+    if batch.results.is_empty() {
+        tx.commit().await?;
+        return Ok(BatchOutcome::Stored(Stored::default()));
+    }
+    let n = batch.results.len();
+    let mut uuids = Vec::with_capacity(n);
+    let mut frames = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    let mut detections = Vec::with_capacity(n);
+    let mut extras = Vec::with_capacity(n);
+    for r in batch.results {
+        uuids.push(r.scenario_uuid);
+        frames.push(r.frame_number);
+        times.push(r.timestamp);
+        detections.push(serde_json::to_value(&r.detections).unwrap_or(serde_json::Value::Null));
+        extras.push(serde_json::Value::Object(r.extra.clone()));
+    }
+    let row = tx
+        .query_one(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[], $5::jsonb[])
+                          AS t(scenario_uuid, frame_number, captured_at, detections, extra)),
+             known AS (
+                 SELECT i.* FROM input i WHERE EXISTS (SELECT 1 FROM scenarios s WHERE s.scenario_uuid = i.scenario_uuid)),
+             inserted AS (
+                 INSERT INTO scenario_results (scenario_uuid, frame_number, captured_at, detections, extra)
+                 SELECT scenario_uuid, frame_number, captured_at, detections, extra FROM known
+                 ON CONFLICT (scenario_uuid, frame_number) DO NOTHING
+                 RETURNING scenario_uuid),
+             counts AS (SELECT scenario_uuid, count(*) AS n FROM inserted GROUP BY scenario_uuid),
+             updated AS (
+                 UPDATE scenarios s
+                    SET frames_processed = s.frames_processed + c.n,
+                        status = CASE WHEN s.status IN ('init_startup', 'in_startup_processing')
+                                      THEN 'active' ELSE s.status END,
+                        updated_at = now()
+                   FROM counts c WHERE s.scenario_uuid = c.scenario_uuid
+                 RETURNING (SELECT status FROM scenarios o WHERE o.scenario_uuid = s.scenario_uuid) AS old_status)
+             SELECT (SELECT count(*) FROM known), (SELECT count(*) FROM inserted),
+                    (SELECT count(*) FROM updated WHERE old_status IN ('init_startup', 'in_startup_processing'))",
+            &[&uuids, &frames, &times, &detections, &extras],
+        )
+        .await?;
+    tx.commit().await?;
+    let known: i64 = row.get(0);
+    let inserted: i64 = row.get(1);
+    Ok(BatchOutcome::Stored(Stored {
+        inserted,
+        duplicates: known - inserted,
+        unknown_scenario: n as i64 - known,
+        activated: row.get(2),
+    }))
+}
+
+/// Sum over partitions of (high watermark - next offset) for a consumer: how far it trails.
+pub async fn consumer_lag(pool: &Pool, consumer: &str) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT COALESCE(sum(GREATEST(high_watermark - next_offset, 0)), 0)::bigint
+               FROM consumer_positions WHERE consumer = $1",
+            &[&consumer],
+        )
+        .await?;
+    Ok(row.get(0))
+}

@@ -1,0 +1,278 @@
+//! Scenario rows and the events written beside them.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::DbError;
+use crate::events::EventKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScenarioStatus {
+    InitStartup,
+    InStartupProcessing,
+    Active,
+    InitShutdown,
+    InShutdownProcessing,
+    Inactive,
+    Failed,
+}
+
+impl ScenarioStatus {
+    pub const ALL: [ScenarioStatus; 7] = [
+        Self::InitStartup,
+        Self::InStartupProcessing,
+        Self::Active,
+        Self::InitShutdown,
+        Self::InShutdownProcessing,
+        Self::Inactive,
+        Self::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InitStartup => "init_startup",
+            Self::InStartupProcessing => "in_startup_processing",
+            Self::Active => "active",
+            Self::InitShutdown => "init_shutdown",
+            Self::InShutdownProcessing => "in_shutdown_processing",
+            Self::Inactive => "inactive",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Inactive | Self::Failed)
+    }
+}
+
+/// Where the scenario's runner is, as the orchestrator recorded it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Worker {
+    pub backend: String,
+    pub backend_ref: Option<String>,
+    pub node: Option<String>,
+    pub status: String,
+    pub restarts: i32,
+    pub last_error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub uuid: Uuid,
+    pub seq: i64,
+    /// As submitted, credentials included: redact before showing it.
+    pub camera_url: String,
+    pub status: ScenarioStatus,
+    pub error: Option<String>,
+    pub frames_processed: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub worker: Option<Worker>,
+}
+
+const SELECT_SCENARIO: &str = "SELECT s.scenario_uuid, s.seq, s.camera_url, s.status, s.error, s.frames_processed,
+        s.created_at, s.updated_at, w.backend, w.backend_ref, w.node, w.status AS worker_status, w.restarts,
+        w.last_error, w.started_at, w.updated_at AS worker_updated_at
+   FROM scenarios s LEFT JOIN workers w USING (scenario_uuid)";
+
+fn scenario_from_row(row: &Row) -> Scenario {
+    let status: &str = row.get("status");
+    let worker = row.get::<_, Option<String>>("backend").map(|backend| Worker {
+        backend,
+        backend_ref: row.get("backend_ref"),
+        node: row.get("node"),
+        status: row.get("worker_status"),
+        restarts: row.get("restarts"),
+        last_error: row.get("last_error"),
+        started_at: row.get("started_at"),
+        updated_at: row.get("worker_updated_at"),
+    });
+    Scenario {
+        uuid: row.get("scenario_uuid"),
+        seq: row.get("seq"),
+        camera_url: row.get("camera_url"),
+        // The CHECK constraint keeps this in the known set.
+        status: ScenarioStatus::parse(status).unwrap_or(ScenarioStatus::Failed),
+        error: row.get("error"),
+        frames_processed: row.get("frames_processed"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        worker,
+    }
+}
+
+/// The outcome of a create with an idempotency key.
+#[derive(Debug)]
+pub enum Created {
+    /// A new scenario; `response` is what was stored for replays.
+    New { scenario: Scenario, response: serde_json::Value },
+    /// The key was seen before with the same request: the first answer.
+    Replayed(serde_json::Value),
+    /// The key was seen before with a different request.
+    KeyReused,
+}
+
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    /// A digest of the request, so a key reused for another request is refused.
+    pub request_hash: &'a str,
+}
+
+fn event_payload(kind: EventKind, uuid: Uuid, camera_url: &str, at: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "event_type": kind.as_str(),
+        "scenario_uuid": uuid,
+        "camera_url": camera_url,
+        "occurred_at": at,
+    })
+}
+
+/// Inserts the scenario and its `init_scenario` event in one transaction. `render` makes the
+/// answer that a replay with the same idempotency key gets back.
+pub async fn create(
+    pool: &Pool,
+    camera_url: &str,
+    idempotency: Option<Idempotency<'_>>,
+    render: impl Fn(&Scenario) -> serde_json::Value,
+) -> Result<Created, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let uuid = Uuid::new_v4();
+    if let Some(idem) = &idempotency {
+        // Claim the key first: a concurrent twin blocks here until we commit, then sees the key.
+        let claimed = tx
+            .execute(
+                "INSERT INTO idempotency_keys (key, request_hash, scenario_uuid, response)
+                 VALUES ($1, $2, $3, 'null') ON CONFLICT (key) DO NOTHING",
+                &[&idem.key, &idem.request_hash, &uuid],
+            )
+            .await?;
+        if claimed == 0 {
+            tx.rollback().await?;
+            let row = client
+                .query_one("SELECT request_hash, response FROM idempotency_keys WHERE key = $1", &[&idem.key])
+                .await?;
+            let hash: String = row.get(0);
+            return Ok(if hash == idem.request_hash { Created::Replayed(row.get(1)) } else { Created::KeyReused });
+        }
+    }
+    let row = tx
+        .query_one(
+            "INSERT INTO scenarios (scenario_uuid, camera_url, status) VALUES ($1, $2, 'init_startup')
+             RETURNING scenario_uuid, seq, camera_url, status, error, frames_processed, created_at, updated_at,
+                       NULL::text AS backend, NULL::text AS backend_ref, NULL::text AS node,
+                       NULL::text AS worker_status, NULL::int AS restarts, NULL::text AS last_error,
+                       NULL::timestamptz AS started_at, NULL::timestamptz AS worker_updated_at",
+            &[&uuid, &camera_url],
+        )
+        .await?;
+    let scenario = scenario_from_row(&row);
+    let payload = event_payload(EventKind::InitScenario, uuid, camera_url, scenario.created_at);
+    tx.execute(
+        "INSERT INTO outbox (scenario_uuid, event_type, payload) VALUES ($1, $2, $3)",
+        &[&uuid, &EventKind::InitScenario.as_str(), &payload],
+    )
+    .await?;
+    let response = render(&scenario);
+    if let Some(idem) = &idempotency {
+        tx.execute("UPDATE idempotency_keys SET response = $2 WHERE key = $1", &[&idem.key, &response])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Created::New { scenario, response })
+}
+
+pub async fn get(pool: &Pool, uuid: Uuid) -> Result<Option<Scenario>, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(&format!("{SELECT_SCENARIO} WHERE s.scenario_uuid = $1"), &[&uuid])
+        .await?;
+    Ok(row.as_ref().map(scenario_from_row))
+}
+
+/// Newest first. `before_seq` is the keyset cursor: the `seq` of the last row already seen.
+/// Returns up to `limit` rows and whether more exist.
+pub async fn list(
+    pool: &Pool,
+    status: Option<ScenarioStatus>,
+    before_seq: Option<i64>,
+    limit: i64,
+) -> Result<(Vec<Scenario>, bool), DbError> {
+    let client = pool.get().await?;
+    let status = status.map(ScenarioStatus::as_str);
+    let rows = client
+        .query(
+            &format!(
+                "{SELECT_SCENARIO} WHERE ($1::text IS NULL OR s.status = $1)
+                   AND ($2::bigint IS NULL OR s.seq < $2) ORDER BY s.seq DESC LIMIT $3"
+            ),
+            &[&status, &before_seq, &(limit + 1)],
+        )
+        .await?;
+    let more = rows.len() as i64 > limit;
+    Ok((rows.iter().take(limit as usize).map(scenario_from_row).collect(), more))
+}
+
+#[derive(Debug)]
+pub enum Shutdown {
+    /// Moved to `init_shutdown`; a shutdown event was written.
+    Requested(Scenario),
+    /// Already on its way down: nothing new written.
+    AlreadyShuttingDown(Scenario),
+    /// `inactive` or `failed`: nothing to shut down.
+    Finished(Scenario),
+    NotFound,
+}
+
+pub async fn request_shutdown(pool: &Pool, uuid: Uuid) -> Result<Shutdown, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    // Lock the row so a concurrent shutdown or status change serialises with us.
+    let Some(row) = tx
+        .query_opt("SELECT status, camera_url FROM scenarios WHERE scenario_uuid = $1 FOR UPDATE", &[&uuid])
+        .await?
+    else {
+        return Ok(Shutdown::NotFound);
+    };
+    let status = ScenarioStatus::parse(row.get(0)).unwrap_or(ScenarioStatus::Failed);
+    let camera_url: String = row.get(1);
+    let outcome_kind = match status {
+        ScenarioStatus::InitShutdown | ScenarioStatus::InShutdownProcessing => Some(false),
+        s if s.is_finished() => None,
+        _ => Some(true),
+    };
+    if outcome_kind == Some(true) {
+        let now: DateTime<Utc> = tx
+            .query_one(
+                "UPDATE scenarios SET status = 'init_shutdown', updated_at = now() WHERE scenario_uuid = $1
+                 RETURNING updated_at",
+                &[&uuid],
+            )
+            .await?
+            .get(0);
+        let payload = event_payload(EventKind::ShutdownScenario, uuid, &camera_url, now);
+        tx.execute(
+            "INSERT INTO outbox (scenario_uuid, event_type, payload) VALUES ($1, $2, $3)",
+            &[&uuid, &EventKind::ShutdownScenario.as_str(), &payload],
+        )
+        .await?;
+    }
+    let row = tx.query_one(&format!("{SELECT_SCENARIO} WHERE s.scenario_uuid = $1"), &[&uuid]).await?;
+    tx.commit().await?;
+    let scenario = scenario_from_row(&row);
+    Ok(match outcome_kind {
+        Some(true) => Shutdown::Requested(scenario),
+        Some(false) => Shutdown::AlreadyShuttingDown(scenario),
+        None => Shutdown::Finished(scenario),
+    })
+}

@@ -1,0 +1,191 @@
+//! Kafka, through rskafka: connecting, creating topics, and the key -> partition mapping.
+//!
+//! rskafka has no consumer groups and no offset commits; consumers here keep their positions in
+//! PostgreSQL (see `db::results`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::BackoffConfig;
+use tokio::sync::Mutex;
+
+use crate::config::KafkaSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka: {0}")]
+    Client(#[from] rskafka::client::error::Error),
+    #[error("kafka topic {0} has no partitions")]
+    NoPartitions(String),
+}
+
+impl KafkaError {
+    pub fn is_offset_out_of_range(&self) -> bool {
+        matches!(
+            self,
+            KafkaError::Client(rskafka::client::error::Error::ServerError {
+                protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+                ..
+            })
+        )
+    }
+}
+
+/// A connected client with cached per-partition clients.
+pub struct Kafka {
+    client: Client,
+    partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
+}
+
+fn backoff(settings: &KafkaSettings) -> BackoffConfig {
+    // rskafka's default never gives up; a deadline turns a dead broker into an error we handle.
+    BackoffConfig {
+        init_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
+        base: 2.0,
+        deadline: Some(Duration::from_millis(settings.request_deadline_ms)),
+    }
+}
+
+impl Kafka {
+    pub async fn connect(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        let client = ClientBuilder::new(settings.brokers.clone())
+            .client_id("vap")
+            .backoff_config(backoff(settings))
+            .build()
+            .await?;
+        Ok(Self { client, partitions: Mutex::new(HashMap::new()) })
+    }
+
+    /// Creates `topic` with `partitions` partitions unless it exists; returns its partition ids.
+    pub async fn ensure_topic(&self, topic: &str, partitions: i32, replication: i16) -> Result<Vec<i32>, KafkaError> {
+        if let Some(found) = self.topic_partitions(topic).await? {
+            return Ok(found);
+        }
+        match self.client.controller_client()?.create_topic(topic, partitions, replication, 5_000).await {
+            Ok(()) => tracing::info!(topic, partitions, "topic created"),
+            Err(rskafka::client::error::Error::ServerError {
+                protocol_error: rskafka::client::error::ProtocolError::TopicAlreadyExists,
+                ..
+            }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Metadata can lag a fresh create for a moment.
+        for _ in 0..50 {
+            if let Some(found) = self.topic_partitions(topic).await? {
+                return Ok(found);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(KafkaError::NoPartitions(topic.to_string()))
+    }
+
+    async fn topic_partitions(&self, topic: &str) -> Result<Option<Vec<i32>>, KafkaError> {
+        let topics = self.client.list_topics().await?;
+        Ok(topics.into_iter().find(|t| t.name == topic).and_then(|t| {
+            let mut ids: Vec<i32> = t.partitions.into_iter().collect();
+            ids.sort_unstable();
+            (!ids.is_empty()).then_some(ids)
+        }))
+    }
+
+    /// A cached client for one partition.
+    pub async fn partition(&self, topic: &str, partition: i32) -> Result<Arc<PartitionClient>, KafkaError> {
+        let key = (topic.to_string(), partition);
+        if let Some(p) = self.partitions.lock().await.get(&key) {
+            return Ok(Arc::clone(p));
+        }
+        let p = Arc::new(self.client.partition_client(topic, partition, UnknownTopicHandling::Retry).await?);
+        Ok(Arc::clone(self.partitions.lock().await.entry(key).or_insert(p)))
+    }
+}
+
+/// Kafka's default partitioner (murmur2 of the key, positive, modulo the partition count), so
+/// vap places a key where any standard Kafka producer would.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= (rest[2] as u32) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= (rest[1] as u32) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= rest[0] as u32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Values from Kafka's own Utils test (as signed ints).
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
+    }
+}
+
+/// A lazily (re)connected client: the relay starts and serves the database side while the
+/// broker is still down, and connects (creating vap's topics) once it answers.
+pub struct KafkaLink {
+    settings: KafkaSettings,
+    connected: Mutex<Option<Arc<Kafka>>>,
+}
+
+impl KafkaLink {
+    pub fn new(settings: KafkaSettings) -> Self {
+        Self { settings, connected: Mutex::new(None) }
+    }
+
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
+    }
+
+    /// The connected client, connecting and ensuring vap's topics first when needed.
+    pub async fn get(&self) -> Result<Arc<Kafka>, KafkaError> {
+        let mut slot = self.connected.lock().await;
+        if let Some(k) = slot.as_ref() {
+            return Ok(Arc::clone(k));
+        }
+        let kafka = Kafka::connect(&self.settings).await?;
+        let s = &self.settings;
+        for topic in [&s.topic_init_scenario, &s.topic_shutdown_scenario, &s.topic_results] {
+            kafka.ensure_topic(topic, s.partitions, s.replication_factor).await?;
+        }
+        tracing::info!(brokers = ?s.brokers, "connected to kafka");
+        let kafka = Arc::new(kafka);
+        *slot = Some(Arc::clone(&kafka));
+        Ok(kafka)
+    }
+}

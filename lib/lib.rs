@@ -1,0 +1,41 @@
+//! vap: a video analytics platform.
+//!
+//! ```text
+//! client -> vap-api (api) -> PostgreSQL [scenarios + outbox, one transaction] (db)
+//! outbox relay (outbox_relay) -> Kafka `init_scenario` / `shutdown_scenario` (kafka, events)
+//! vap-orchestrator -> one runner per scenario                (later: orchestrator)
+//! vap-runner: decode -> detect -> Kafka `results`            (later: runner)
+//! inbox (inbox): Kafka `results` -> PostgreSQL, idempotent -> api serves predictions
+//! ```
+//!
+//! | module | part of the flow |
+//! |---|---|
+//! | [`api`] | the REST API (hyper), SSE of new results |
+//! | [`db`] | PostgreSQL: pool, migrations, scenario/outbox/result queries |
+//! | [`outbox_relay`] | outbox rows -> Kafka, marked published only after the ack |
+//! | [`inbox`] | Kafka `results` -> `scenario_results`, exactly-once effects |
+//! | [`relay`] | the `vap-relay` process: outbox relay + inbox + its metrics |
+//! | [`kafka`] | the Kafka interface (rskafka): connect, topics, partitioner |
+//! | [`events`] | the messages on Kafka: the contract between processes |
+//! | [`camera_url`] | which camera URLs are accepted, and their redaction |
+//! | [`config`] | typed settings: defaults < TOML < `VAP_*` |
+//! | [`lifecycle`] | signals, graceful shutdown, sd_notify, logging |
+//! | [`metrics`] | Prometheus text exposition |
+//! | [`devstack`] | throwaway PostgreSQL + broker for tests and the embedded default |
+//! | [`cli`] | the command line shared by the binaries |
+//!
+//! Binaries in `bin/` only parse the command line and configuration, then call in here.
+
+pub mod api;
+pub mod camera_url;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod devstack;
+pub mod events;
+pub mod inbox;
+pub mod kafka;
+pub mod lifecycle;
+pub mod metrics;
+pub mod outbox_relay;
+pub mod relay;

@@ -1,0 +1,138 @@
+//! A small Prometheus text-format registry: labelled counters, gauges and latency histograms.
+//! Enough for vap's handful of series without a metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Latency buckets in seconds, fine at the low end where the API lives.
+const BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+struct Family<T> {
+    help: &'static str,
+    series: BTreeMap<Labels, T>,
+}
+
+#[derive(Default)]
+struct Inner {
+    counters: BTreeMap<&'static str, Family<u64>>,
+    gauges: BTreeMap<&'static str, Family<f64>>,
+    histograms: BTreeMap<&'static str, Family<Histogram>>,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+fn family<'a, T>(map: &'a mut BTreeMap<&'static str, Family<T>>, name: &'static str, help: &'static str) -> &'a mut Family<T> {
+    map.entry(name).or_insert_with(|| Family { help, series: BTreeMap::new() })
+}
+
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
+}
+
+impl Metrics {
+    pub fn inc(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], by: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *family(&mut inner.counters, name, help).series.entry(labels(l)).or_default() += by;
+    }
+
+    pub fn set(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], value: f64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        family(&mut inner.gauges, name, help).series.insert(labels(l), value);
+    }
+
+    pub fn observe(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], d: Duration) {
+        let secs = d.as_secs_f64();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let h = family(&mut inner.histograms, name, help).series.entry(labels(l)).or_default();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// A counter's current value (tests and status lines use it).
+    pub fn counter(&self, name: &'static str, l: &[(&'static str, &str)]) -> u64 {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.counters.get(name).and_then(|f| f.series.get(&labels(l))).copied().unwrap_or(0)
+    }
+
+    /// The Prometheus text exposition of everything recorded.
+    pub fn render(&self) -> String {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        for (name, f) in &inner.counters {
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", f.help);
+            for (l, v) in &f.series {
+                let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
+            }
+        }
+        for (name, f) in &inner.gauges {
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} gauge", f.help);
+            for (l, v) in &f.series {
+                let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
+            }
+        }
+        for (name, f) in &inner.histograms {
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", f.help);
+            for (l, h) in &f.series {
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(l, Some(&b.to_string())), h.counts[i]);
+                }
+                let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(l, Some("+Inf")), h.count);
+                let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(l, None), h.sum);
+                let _ = writeln!(out, "{name}_count{} {}", fmt_labels(l, None), h.count);
+            }
+        }
+        out
+    }
+}
+
+fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
+    let mut parts: Vec<String> = l
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .collect();
+    if let Some(le) = le {
+        parts.push(format!("le=\"{le}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_histograms() {
+        let m = Metrics::default();
+        m.inc("vap_x_total", "x", &[("route", "/a")], 2);
+        m.observe("vap_lat_seconds", "lat", &[("route", "/a")], Duration::from_millis(3));
+        let text = m.render();
+        assert!(text.contains("vap_x_total{route=\"/a\"} 2"));
+        assert!(text.contains("vap_lat_seconds_bucket{route=\"/a\",le=\"0.0025\"} 0"));
+        assert!(text.contains("vap_lat_seconds_bucket{route=\"/a\",le=\"0.005\"} 1"));
+        assert!(text.contains("vap_lat_seconds_count{route=\"/a\"} 1"));
+    }
+}

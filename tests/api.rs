@@ -1,0 +1,344 @@
+//! The REST API against a real PostgreSQL: contract, bad input, idempotency, pagination, auth.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{TestApp, unique};
+use hyper::{Method, StatusCode};
+use serde_json::json;
+
+fn assert_error(r: &common::Response, status: StatusCode, code: &str, mentions: &str) {
+    assert_eq!(r.status, status, "body: {}", r.text);
+    let body = r.json();
+    assert_eq!(body["error"]["code"], code, "body: {}", r.text);
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.to_lowercase().contains(&mentions.to_lowercase()), "message '{message}' should mention '{mentions}'");
+}
+
+#[tokio::test]
+async fn health_answers_healthy() {
+    let app = TestApp::spawn().await;
+    let r = app.get("/health").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"status": "healthy"}));
+}
+
+#[tokio::test]
+async fn init_answers_the_legacy_contract_and_writes_one_outbox_event() {
+    let app = TestApp::spawn().await;
+    let r = app.post_json("/api/v1/scenario/init", &json!({"camera_url": "rtsp://cam.example:554/live"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let body = r.json();
+    assert_eq!(body["status"], "init_startup");
+    assert_eq!(body["camera_url"], "rtsp://cam.example:554/live");
+    let uuid: uuid::Uuid = body["scenario_uuid"].as_str().unwrap().parse().unwrap();
+    assert!(body["created_at"].is_string() && body["updated_at"].is_string());
+
+    let got = app.get(&format!("/api/v1/scenario/{uuid}")).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.json()["status"], "init_startup");
+    assert_eq!(got.json()["worker"], serde_json::Value::Null);
+
+    let events = app.scalar(&format!("SELECT count(*) FROM outbox WHERE scenario_uuid = '{uuid}' AND event_type = 'init_scenario'")).await;
+    assert_eq!(events, 1);
+
+    let p = app.get(&format!("/api/v1/prediction/{uuid}")).await;
+    assert_eq!(p.status, StatusCode::OK);
+    let p = p.json();
+    assert_eq!(p["scenario_uuid"], uuid.to_string());
+    assert_eq!(p["total_frames_processed"], 0);
+    assert_eq!(p["results"], json!([]));
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_naming_the_problem() {
+    let app = TestApp::spawn().await;
+    let init = "/api/v1/scenario/init";
+    let json_ct = [("content-type", "application/json")];
+
+    let r = app.request(Method::POST, init, &json_ct, "{\"camera_url\": ").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "malformed_json", "not valid JSON");
+    let r = app.request(Method::POST, init, &json_ct, "[1,2]").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_body", "JSON object");
+    let r = app.post_json(init, &json!({"url": "rtsp://x/y"})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "missing_camera_url", "camera_url is required");
+    let r = app.post_json(init, &json!({"camera_url": 42})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "must be a string");
+    let r = app.post_json(init, &json!({"camera_url": ""})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "empty");
+    let r = app.post_json(init, &json!({"camera_url": "not a url at all"})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "does not parse");
+    let r = app.post_json(init, &json!({"camera_url": "ftp://cam/video"})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "scheme 'ftp'");
+    let r = app.post_json(init, &json!({"camera_url": "/srv/video.mp4"})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "local file");
+    let r = app.post_json(init, &json!({"camera_url": "file:///srv/video.mp4"})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "local file");
+    let long = format!("rtsp://cam/{}", "a".repeat(2100));
+    let r = app.post_json(init, &json!({"camera_url": long})).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "limit is 2048");
+    let big = format!("{{\"camera_url\": \"rtsp://cam/x\", \"pad\": \"{}\"}}", "x".repeat(70 * 1024));
+    let r = app.request(Method::POST, init, &json_ct, big).await;
+    assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "65536");
+    let r = app.request(Method::POST, init, &[("content-type", "text/plain")], "{\"camera_url\": \"rtsp://c/x\"}").await;
+    assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "text/plain");
+    let r = app.request(Method::POST, init, &[], "{\"camera_url\": \"rtsp://c/x\"}").await;
+    assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "application/json");
+    let r = app.get(init).await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "POST");
+    assert_eq!(r.headers["allow"], "POST");
+    let r = app.request(Method::DELETE, "/api/v1/scenario/6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10", &[], "").await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "DELETE");
+
+    for path in ["/api/v1/scenario/not-a-uuid", "/api/v1/scenario/123/shutdown", "/api/v1/prediction/zzz", "/api/v1/prediction/zzz/stream"] {
+        let method = if path.ends_with("shutdown") { Method::POST } else { Method::GET };
+        let r = app.request(method, path, &[], "").await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_uuid", "not a valid UUID");
+    }
+    let ghost = uuid::Uuid::new_v4();
+    for (method, path) in [
+        (Method::GET, format!("/api/v1/scenario/{ghost}")),
+        (Method::POST, format!("/api/v1/scenario/{ghost}/shutdown")),
+        (Method::GET, format!("/api/v1/prediction/{ghost}")),
+        (Method::GET, format!("/api/v1/prediction/{ghost}/stream")),
+    ] {
+        let r = app.request(method, &path, &[], "").await;
+        assert_error(&r, StatusCode::NOT_FOUND, "scenario_not_found", &ghost.to_string());
+    }
+    let r = app.get("/api/v1/nothing/here").await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found", "/api/v1/nothing/here");
+    let uuid = app.create_scenario("rtsp://cam/1").await;
+    let r = app.get(&format!("/api/v1/prediction/{uuid}?limit=0")).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_parameter", "limit");
+    let r = app.get(&format!("/api/v1/prediction/{uuid}?after_frame=abc")).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_parameter", "after_frame");
+    let r = app.get("/api/v1/scenarios?status=running").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_parameter", "status must be one of");
+    let r = app.get("/api/v1/scenarios?cursor=-4").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_cursor", "cursor");
+
+    // Nothing above was stored.
+    assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 1);
+    assert_eq!(app.scalar("SELECT count(*) FROM outbox").await, 1);
+}
+
+#[tokio::test]
+async fn local_files_are_accepted_only_when_the_operator_enables_them() {
+    let app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
+    for url in ["/srv/video.mp4", "file:///srv/video.mp4"] {
+        let r = app.post_json("/api/v1/scenario/init", &json!({"camera_url": url})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.json()["camera_url"], url);
+    }
+}
+
+#[tokio::test]
+async fn camera_credentials_are_stored_but_never_shown() {
+    let app = TestApp::spawn().await;
+    let url = "rtsp://admin:s3cr3t-pw@10.1.2.3:554/Streaming/101";
+    let r = app.post_json("/api/v1/scenario/init", &json!({"camera_url": url})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.text.contains("s3cr3t-pw") && !r.text.contains("admin"), "{}", r.text);
+    assert_eq!(r.json()["camera_url"], "rtsp://***:***@10.1.2.3:554/Streaming/101");
+    let uuid = r.json()["scenario_uuid"].as_str().unwrap().to_string();
+    for path in [format!("/api/v1/scenario/{uuid}"), "/api/v1/scenarios".to_string()] {
+        let r = app.get(&path).await;
+        assert!(!r.text.contains("s3cr3t-pw"), "{path}: {}", r.text);
+    }
+    let r = app.request(Method::POST, &format!("/api/v1/scenario/{uuid}/shutdown"), &[], "").await;
+    assert!(!r.text.contains("s3cr3t-pw"), "{}", r.text);
+    // The runner needs the real URL: it is stored as given.
+    let client = app.pool.get().await.unwrap();
+    let stored: String = client.query_one("SELECT camera_url FROM scenarios", &[]).await.unwrap().get(0);
+    assert_eq!(stored, url);
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_answer_and_creates_nothing_new() {
+    let app = TestApp::spawn().await;
+    let body = serde_json::to_vec(&json!({"camera_url": "rtsp://cam/idem"})).unwrap();
+    let key = unique("key");
+    let headers = [("content-type", "application/json"), ("idempotency-key", key.as_str())];
+    let first = app.request(Method::POST, "/api/v1/scenario/init", &headers, body.clone()).await;
+    assert_eq!(first.status, StatusCode::OK);
+    // Concurrent retries with the same key.
+    let retries = futures::future::join_all((0..8).map(|_| app.request(Method::POST, "/api/v1/scenario/init", &headers, body.clone()))).await;
+    for r in &retries {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.json(), first.json());
+    }
+    assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 1);
+    assert_eq!(app.scalar("SELECT count(*) FROM outbox").await, 1);
+
+    let other = serde_json::to_vec(&json!({"camera_url": "rtsp://cam/other"})).unwrap();
+    let r = app.request(Method::POST, "/api/v1/scenario/init", &headers, other).await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "different request");
+    let r = app.request(Method::POST, "/api/v1/scenario/init", &[("content-type", "application/json"), ("idempotency-key", "")], body).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_idempotency_key", "Idempotency-Key");
+    assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 1);
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_with_one_key_create_one_scenario() {
+    let app = TestApp::spawn().await;
+    let body = serde_json::to_vec(&json!({"camera_url": "rtsp://cam/race"})).unwrap();
+    let key = unique("race");
+    let headers = [("content-type", "application/json"), ("idempotency-key", key.as_str())];
+    let answers = futures::future::join_all((0..16).map(|_| app.request(Method::POST, "/api/v1/scenario/init", &headers, body.clone()))).await;
+    let uuids: HashSet<String> = answers.iter().map(|r| {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.json()["scenario_uuid"].as_str().unwrap().to_string()
+    }).collect();
+    assert_eq!(uuids.len(), 1);
+    assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 1);
+}
+
+#[tokio::test]
+async fn shutdown_moves_to_init_shutdown_once_and_refuses_finished_scenarios() {
+    let app = TestApp::spawn().await;
+    let uuid = app.create_scenario("rtsp://cam/stop").await;
+    let path = format!("/api/v1/scenario/{uuid}/shutdown");
+    let r = app.request(Method::POST, &path, &[], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["status"], "init_shutdown");
+    let again = app.request(Method::POST, &path, &[], "").await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["status"], "init_shutdown");
+    assert_eq!(
+        app.scalar(&format!("SELECT count(*) FROM outbox WHERE scenario_uuid = '{uuid}' AND event_type = 'shutdown_scenario'")).await,
+        1
+    );
+    // The orchestrator finishes it; a further shutdown is a conflict with a reason.
+    app.pool.get().await.unwrap().execute("UPDATE scenarios SET status = 'inactive'", &[]).await.unwrap();
+    let r = app.request(Method::POST, &path, &[], "").await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", "already inactive");
+}
+
+#[tokio::test]
+async fn scenario_list_pages_with_a_keyset_cursor_and_filters_by_status() {
+    let app = TestApp::spawn().await;
+    let mut created = Vec::new();
+    for i in 0..23 {
+        created.push(app.create_scenario(&format!("rtsp://cam/{i}")).await);
+    }
+    let stop = created[5];
+    app.request(Method::POST, &format!("/api/v1/scenario/{stop}/shutdown"), &[], "").await;
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/scenarios?limit=10&cursor={c}"),
+            None => "/api/v1/scenarios?limit=10".to_string(),
+        };
+        let page = app.get(&path).await.json();
+        for s in page["scenarios"].as_array().unwrap() {
+            seen.push(s["scenario_uuid"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    created.reverse(); // newest first
+    assert_eq!(seen, created);
+
+    let page = app.get("/api/v1/scenarios?status=init_shutdown").await.json();
+    let list = page["scenarios"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["scenario_uuid"], stop.to_string());
+}
+
+#[tokio::test]
+async fn bearer_token_guards_everything_but_health_and_metrics() {
+    let app = TestApp::spawn_with(|s| s.api.auth_token = vap::config::Secret::new("t0ken")).await;
+    assert_eq!(app.get("/health").await.status, StatusCode::OK);
+    assert_eq!(app.get("/metrics").await.status, StatusCode::OK);
+    let r = app.post_json("/api/v1/scenario/init", &json!({"camera_url": "rtsp://cam/a"})).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized", "Bearer");
+    let r = app.request(Method::GET, "/api/v1/scenarios", &[("authorization", "Bearer wrong")], "").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = app
+        .request(
+            Method::POST,
+            "/api/v1/scenario/init",
+            &[("authorization", "Bearer t0ken"), ("content-type", "application/json")],
+            "{\"camera_url\": \"rtsp://cam/a\"}",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 1);
+}
+
+#[tokio::test]
+async fn ready_is_503_while_postgres_is_unreachable() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get("/ready").await.status, StatusCode::OK);
+    let dead_port = vap::devstack::free_port().unwrap();
+    let down = TestApp::spawn_with(|s| {
+        // Migrations run against the real database first; then point the API at nothing.
+        s.database.connect_timeout_ms = 500;
+    })
+    .await;
+    let mut settings = down.settings.clone();
+    settings.database.port = dead_port;
+    let pool = vap::db::pool(&settings.database).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = vap::api::serve(listener, pool, settings.api.clone(), settings.database.clone(), token.clone()).await.unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<http_body_util::Full<bytes::Bytes>>();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        let uri = format!("http://{}{path}", running.addr);
+        async move {
+            use http_body_util::BodyExt;
+            let resp = client.get(uri.parse().unwrap()).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+        }
+    };
+    let (status, body) = get("/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "unavailable");
+    let (status, body) = get("/api/v1/scenarios").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(get("/health").await.0, StatusCode::OK);
+    token.cancel();
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status_and_report_the_outbox_backlog() {
+    let app = TestApp::spawn().await;
+    app.create_scenario("rtsp://cam/m").await;
+    app.get("/api/v1/scenario/nope").await;
+    let text = app.get("/metrics").await.text;
+    assert!(text.contains(r#"vap_http_requests_total{route="/api/v1/scenario/init",method="POST",status="200"} 1"#), "{text}");
+    assert!(text.contains(r#"vap_http_requests_total{route="/api/v1/scenario/{uuid}",method="GET",status="400"} 1"#), "{text}");
+    assert!(text.contains(r#"vap_http_request_duration_seconds_bucket{route="/api/v1/scenario/init",method="POST",le="+Inf"} 1"#), "{text}");
+    assert!(text.contains("vap_outbox_backlog 1"), "{text}");
+    assert!(text.contains("vap_inbox_lag_records 0"), "{text}");
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route_and_docs_render_it() {
+    let app = TestApp::spawn().await;
+    let spec = app.get("/openapi.json").await.json();
+    assert_eq!(spec["openapi"], "3.0.3");
+    for path in [
+        "/health", "/ready", "/metrics", "/openapi.json", "/docs", "/api/v1/scenario/init", "/api/v1/scenarios",
+        "/api/v1/scenario/{uuid}", "/api/v1/scenario/{uuid}/shutdown", "/api/v1/prediction/{uuid}", "/api/v1/prediction/{uuid}/stream",
+    ] {
+        assert!(spec["paths"][path].is_object(), "openapi.json lacks {path}");
+    }
+    let init = &spec["paths"]["/api/v1/scenario/init"]["post"]["responses"];
+    for code in ["200", "400", "401", "405", "413", "415", "422", "503"] {
+        assert!(init[code].is_object(), "init lacks {code}");
+    }
+    let docs = app.get("/docs").await;
+    assert_eq!(docs.status, StatusCode::OK);
+    assert!(docs.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(docs.text.contains("openapi.json"));
+}

@@ -1,0 +1,264 @@
+//! Test harness: one throwaway PostgreSQL cluster per test binary, and per test a fresh
+//! database, its own broker and uniquely named topics (zero-to-production style).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+use rskafka::record::Record;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use vap::config::Settings;
+use vap::devstack::{Broker, BrokerStorage, PostgresCluster, PostgresOptions};
+
+pub fn cluster() -> &'static PostgresCluster {
+    static CLUSTER: OnceLock<PostgresCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| PostgresCluster::start(PostgresOptions::default()).expect("start postgres"))
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+pub struct TestApp {
+    pub settings: Settings,
+    pub base: String,
+    pub pool: Pool,
+    pub broker: Broker,
+    pub shutdown: CancellationToken,
+    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    api_done: Option<tokio::task::JoinHandle<()>>,
+    relays: Vec<CancellationToken>,
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub text: String,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A fresh database (migrated), a broker, and the API serving on a free port.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let pg = cluster();
+        let db = unique("t");
+        pg.create_database(&db).await.expect("create database");
+        let broker = Broker::start(BrokerStorage::Memory).expect("start broker");
+        let mut settings = Settings::default();
+        settings.database = pg.settings(&db);
+        settings.database.pool_size = 8;
+        settings.kafka.brokers = vec![broker.addr()];
+        settings.kafka.topic_init_scenario = unique("init");
+        settings.kafka.topic_shutdown_scenario = unique("shutdown");
+        settings.kafka.topic_results = unique("results");
+        settings.kafka.request_deadline_ms = 2_000;
+        settings.api.listen = "127.0.0.1:0".parse().unwrap();
+        settings.api.drain_timeout_ms = 2_000;
+        settings.relay.metrics_listen = String::new();
+        settings.relay.poll_interval_ms = 500;
+        adjust(&mut settings);
+        vap::db::migrate::run_with(&settings.database).await.expect("migrate");
+        let pool = vap::db::pool(&settings.database).expect("pool");
+        let shutdown = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind(settings.api.listen).await.unwrap();
+        let running = vap::api::serve(listener, pool.clone(), settings.api.clone(), settings.database.clone(), shutdown.clone())
+            .await
+            .unwrap();
+        Self {
+            base: format!("http://{}", running.addr),
+            settings,
+            pool,
+            broker,
+            shutdown,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            api_done: Some(running.done),
+            relays: Vec::new(),
+        }
+    }
+
+    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response {
+        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self.http.request(req.body(Full::new(body.into())).unwrap()).await.expect("http request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("read body").to_bytes();
+        Response { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path, &[("content-type", "application/json")], serde_json::to_vec(body).unwrap()).await
+    }
+
+    /// POST /api/v1/scenario/init and return the new uuid.
+    pub async fn create_scenario(&self, camera_url: &str) -> uuid::Uuid {
+        let r = self.post_json("/api/v1/scenario/init", &serde_json::json!({ "camera_url": camera_url })).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.json()["scenario_uuid"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Runs the relay (outbox relay + inbox) inside this process.
+    pub fn start_relay(&mut self) -> CancellationToken {
+        let token = CancellationToken::new();
+        let settings = self.settings.clone();
+        let t = token.clone();
+        tokio::spawn(async move { vap::relay::run(settings, t).await.expect("relay") });
+        self.relays.push(token.clone());
+        token
+    }
+
+    /// The real vap-relay binary, configured through VAP_* like an operator would.
+    pub fn spawn_relay_process(&self) -> Child {
+        spawn_binary(env!("CARGO_BIN_EXE_vap-relay"), &self.env())
+    }
+
+    /// The settings as VAP_* environment variables.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let s = &self.settings;
+        vec![
+            ("VAP_DATABASE__HOST".into(), s.database.host.clone()),
+            ("VAP_DATABASE__PORT".into(), s.database.port.to_string()),
+            ("VAP_DATABASE__USER".into(), s.database.user.clone()),
+            ("VAP_DATABASE__DBNAME".into(), s.database.dbname.clone()),
+            ("VAP_KAFKA__BROKERS".into(), s.kafka.brokers.join(",")),
+            ("VAP_KAFKA__TOPIC_INIT_SCENARIO".into(), s.kafka.topic_init_scenario.clone()),
+            ("VAP_KAFKA__TOPIC_SHUTDOWN_SCENARIO".into(), s.kafka.topic_shutdown_scenario.clone()),
+            ("VAP_KAFKA__TOPIC_RESULTS".into(), s.kafka.topic_results.clone()),
+            ("VAP_KAFKA__REQUEST_DEADLINE_MS".into(), s.kafka.request_deadline_ms.to_string()),
+            ("VAP_RELAY__METRICS_LISTEN".into(), s.relay.metrics_listen.clone()),
+            ("VAP_RELAY__POLL_INTERVAL_MS".into(), s.relay.poll_interval_ms.to_string()),
+            ("VAP_LOG__LEVEL".into(), "warn".into()),
+        ]
+    }
+
+    pub async fn kafka(&self) -> rskafka::client::Client {
+        rskafka::client::ClientBuilder::new(self.settings.kafka.brokers.clone()).build().await.expect("kafka client")
+    }
+
+    /// Every record currently on every partition of `topic`, with partition and offset.
+    pub async fn read_topic(&self, topic: &str) -> Vec<(i32, i64, Record)> {
+        let client = self.kafka().await;
+        let mut out = Vec::new();
+        for p in 0..self.settings.kafka.partitions {
+            let pc = client.partition_client(topic, p, UnknownTopicHandling::Retry).await.unwrap();
+            let mut offset = 0;
+            let mut stalls = 0;
+            loop {
+                let (records, hw) = pc.fetch_records(offset, 1..8_000_000, 100).await.unwrap();
+                if offset >= hw {
+                    break;
+                }
+                let before = offset;
+                for r in records.into_iter().filter(|r| r.offset >= before) {
+                    offset = offset.max(r.offset + 1);
+                    out.push((p, r.offset, r.record));
+                }
+                if offset == before {
+                    stalls += 1;
+                    assert!(stalls < 50, "no progress reading {topic}/{p} at {offset} (hw {hw})");
+                }
+            }
+        }
+        out
+    }
+
+    /// Produces raw values to `results` keyed by scenario (as a runner would).
+    pub async fn produce_results(&self, records: Vec<(uuid::Uuid, Vec<u8>)>) {
+        let client = self.kafka().await;
+        let topic = &self.settings.kafka.topic_results;
+        let partitions = self.settings.kafka.partitions;
+        client.controller_client().unwrap().create_topic(topic, partitions, 1, 5_000).await.ok();
+        let mut by_partition: HashMap<i32, Vec<Record>> = HashMap::new();
+        for (uuid, value) in records {
+            let key = uuid.to_string().into_bytes();
+            let p = vap::kafka::partition_for_key(&key, partitions);
+            by_partition.entry(p).or_default().push(Record {
+                key: Some(key),
+                value: Some(value),
+                headers: Default::default(),
+                timestamp: chrono::Utc::now(),
+            });
+        }
+        for (p, records) in by_partition {
+            let pc = client.partition_client(topic.as_str(), p, UnknownTopicHandling::Retry).await.unwrap();
+            for chunk in records.chunks(500) {
+                pc.produce(chunk.to_vec(), Compression::NoCompression).await.unwrap();
+            }
+        }
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let client = self.pool.get().await.unwrap();
+        client.query_one(sql, &[]).await.unwrap().get(0)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for r in &self.relays {
+            r.cancel();
+        }
+    }
+}
+
+pub fn spawn_binary(path: &str, env: &[(String, String)]) -> Child {
+    let mut cmd = Command::new(path);
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn binary")
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn result_json(scenario: uuid::Uuid, frame: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "scenario_uuid": scenario,
+        "frame_number": frame,
+        "timestamp": "2026-11-24T10:00:00Z",
+        "detections": [{"class": "person", "confidence": 0.87, "bbox": [10.0, 20.0, 110.0, 220.0 + frame as f64]}],
+        "model": "ssdlite_person_300",
+    }))
+    .unwrap()
+}
