@@ -1,9 +1,11 @@
 //! vap-api: the REST API. Talks to PostgreSQL only.
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let Some(settings) = vap::cli::prepare(std::env::args().skip(1)).await? else { return Ok(()) };
-    let shutdown = vap::lifecycle::shutdown_on_signal();
-    vap::api::run(settings, shutdown).await?;
-    Ok(())
+async fn main() -> std::process::ExitCode {
+    let result = async {
+        let Some(settings) = vap::cli::prepare(std::env::args().skip(1)).await? else { return Ok(()) };
+        vap::api::run(settings, vap::lifecycle::shutdown_on_signal()).await?;
+        Ok(())
+    };
+    vap::cli::exit_with("vap-api", result.await)
 }

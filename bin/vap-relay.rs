@@ -1,9 +1,11 @@
 //! vap-relay: outbox -> Kafka, and Kafka `results` -> inbox.
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let Some(settings) = vap::cli::prepare(std::env::args().skip(1)).await? else { return Ok(()) };
-    let shutdown = vap::lifecycle::shutdown_on_signal();
-    vap::relay::run(settings, shutdown).await?;
-    Ok(())
+async fn main() -> std::process::ExitCode {
+    let result = async {
+        let Some(settings) = vap::cli::prepare(std::env::args().skip(1)).await? else { return Ok(()) };
+        vap::relay::run(settings, vap::lifecycle::shutdown_on_signal()).await?;
+        Ok(())
+    };
+    vap::cli::exit_with("vap-relay", result.await)
 }

@@ -81,3 +81,14 @@ pub async fn migrate_on_start(settings: &crate::config::Settings) -> Result<(), 
         Err(e) => Err(e),
     }
 }
+
+/// Ends a binary: one clean line on stderr and exit code 1 on error (never a backtrace dump).
+pub fn exit_with(name: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -70,8 +70,14 @@ impl Watchdog {
 
 /// Logging to stderr, one line per event.
 pub fn init_logging(settings: &crate::config::LogSettings) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&settings.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // These log query parameters and record payloads at debug: camera URLs carry credentials.
+    for quiet in ["tokio_postgres=info", "rskafka=info"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if settings.json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -59,7 +59,7 @@ where
         Err(e) => return Ok(Err(e)), // the transaction rolls back on drop: rows go back to the pool
     };
     if !published.is_empty() {
-        tx.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1)", &[&published]).await?;
+        tx.execute("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1)", &[&published]).await?;
     }
     tx.commit().await?;
     Ok(Ok(claimed))

@@ -1,0 +1,166 @@
+//! Configuration layering and the binaries' process behaviour (errors, secrets, SIGTERM).
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eventually, TestApp};
+use vap::config::Settings;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn write_toml(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn defaults_then_file_then_environment() {
+    let file = write_toml("[database]\nport = 6000\nuser = \"fromfile\"\n[kafka]\npartitions = 8\n");
+    let s = Settings::load_from(Some(file.path()), env(&[("VAP_DATABASE__PORT", "7000"), ("VAP_KAFKA__BROKERS", "a:1,b:2")])).unwrap();
+    assert_eq!(s.database.port, 7000, "environment beats the file");
+    assert_eq!(s.database.user, "fromfile", "the file beats the defaults");
+    assert_eq!(s.kafka.partitions, 8);
+    assert_eq!(s.kafka.brokers, vec!["a:1", "b:2"]);
+    assert_eq!(s.database.dbname, "vap", "defaults fill the rest");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused_by_name() {
+    let file = write_toml("[database]\nprot = 5\n");
+    let e = Settings::load_from(Some(file.path()), env(&[])).unwrap_err().to_string();
+    assert!(e.contains("prot") && e.contains("database"), "{e}");
+    let e = Settings::load_from(None, env(&[("VAP_DATABASE__PORT", "abc")])).unwrap_err().to_string();
+    assert!(e.contains("database.port"), "{e}");
+    let e = Settings::load_from(None, env(&[("VAP_TYPO", "1")])).unwrap_err().to_string();
+    assert!(e.contains("typo"), "{e}");
+    let e = Settings::load_from(None, env(&[("VAP_RELAY__BATCH_SIZE", "0")])).unwrap_err().to_string();
+    assert!(e.contains("relay.batch_size"), "{e}");
+    let e = Settings::load_from(Some(std::path::Path::new("/nonexistent/vap.toml")), env(&[])).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/vap.toml"), "{e}");
+}
+
+#[test]
+fn secrets_never_print() {
+    let s = Settings::load_from(None, env(&[("VAP_DATABASE__PASSWORD", "hunter2"), ("VAP_API__AUTH_TOKEN", "tok-123")])).unwrap();
+    let shown = format!("{s:?}");
+    assert!(!shown.contains("hunter2") && !shown.contains("tok-123"), "{shown}");
+    assert_eq!(s.database.password.expose(), "hunter2");
+}
+
+#[test]
+fn a_binary_with_a_bad_key_stops_with_a_message_naming_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vap-api"))
+        .arg("check-config")
+        .env("VAP_API__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("api.listen"), "{stderr}");
+    assert!(stderr.lines().count() <= 2, "one clean line, not a backtrace: {stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_vap-relay"))
+        .args(["check-config"])
+        .env("VAP_DATABASE__PASSWORD", "hunter2")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("password: \"***\"") && !stdout.contains("hunter2"), "{stdout}");
+}
+
+fn sigterm(child: &std::process::Child) {
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("did not exit within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn the_api_binary_drains_on_sigterm_exits_0_and_never_logs_secrets() {
+    let app = TestApp::spawn().await;
+    let port = vap::devstack::free_port().unwrap();
+    let mut env = app.env();
+    env.push(("VAP_API__LISTEN".into(), format!("127.0.0.1:{port}")));
+    env.push(("VAP_DATABASE__PASSWORD".into(), "pg-secret-77".into()));
+    env.push(("VAP_API__AUTH_TOKEN".into(), "api-secret-88".into()));
+    env.push(("VAP_LOG__LEVEL".into(), "debug".into()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vap-api"));
+    cmd.env_clear().envs(env).stderr(Stdio::piped()).stdout(Stdio::null());
+    let mut api = cmd.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    eventually(Duration::from_secs(20), "vap-api to listen", || {
+        let client = client.clone();
+        let uri = format!("{base}/health");
+        async move { client.get(uri.parse().unwrap()).await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+    })
+    .await;
+    let req = hyper::Request::post(format!("{base}/api/v1/scenario/init"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer api-secret-88")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"camera_url":"rtsp://u:camera-secret-99@cam/x"}"#)))
+        .unwrap();
+    assert_eq!(client.request(req).await.unwrap().status(), 200);
+    // A long-lived SSE stream is in flight when SIGTERM arrives; the drain must still end.
+    let uuid: String = {
+        let c = app.pool.get().await.unwrap();
+        c.query_one("SELECT scenario_uuid::text FROM scenarios", &[]).await.unwrap().get(0)
+    };
+    let sse = hyper::Request::get(format!("{base}/api/v1/prediction/{uuid}/stream"))
+        .header("authorization", "Bearer api-secret-88")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let stream = client.request(sse).await.unwrap();
+    assert_eq!(stream.status(), 200);
+
+    sigterm(&api);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = wait_exit(&mut api, Duration::from_secs(8));
+        let mut log = String::new();
+        api.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+        (s, log)
+    })
+    .await
+    .unwrap();
+    let (status, log) = status;
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    assert!(log.contains("api listening") && log.contains("SIGTERM"), "{log}");
+    for secret in ["pg-secret-77", "api-secret-88", "camera-secret-99"] {
+        assert!(!log.contains(secret), "{secret} leaked into the log:\n{log}");
+    }
+    drop(stream);
+}
+
+#[tokio::test]
+async fn the_relay_binary_exits_0_on_sigterm() {
+    let app = TestApp::spawn().await;
+    let mut relay = app.spawn_relay_process();
+    // Once it has published, it is in its main loop.
+    app.create_scenario("rtsp://cam/t").await;
+    eventually(Duration::from_secs(20), "the relay to publish", || async {
+        (app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+    sigterm(&relay);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut relay, Duration::from_secs(8))).await.unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,192 @@
+//! The inbox (Kafka `results` -> PostgreSQL) and the prediction API that serves what it stores.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{eventually, result_json, TestApp};
+use http_body_util::{BodyExt, Full};
+use hyper::StatusCode;
+
+async fn stored(app: &TestApp) -> i64 {
+    app.scalar("SELECT count(*) FROM scenario_results").await
+}
+
+#[tokio::test]
+async fn every_result_produced_twice_is_stored_once_and_bad_records_are_skipped() {
+    let mut app = TestApp::spawn_with(|s| s.relay.metrics_listen = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap())).await;
+    let scenarios = [app.create_scenario("rtsp://cam/a").await, app.create_scenario("rtsp://cam/b").await, app.create_scenario("rtsp://cam/c").await];
+    let ghost = uuid::Uuid::new_v4();
+    let mut records = Vec::new();
+    for frame in 0..300 {
+        for s in &scenarios {
+            records.push((*s, result_json(*s, frame)));
+        }
+    }
+    let s0 = scenarios[0];
+    let bad: Vec<(uuid::Uuid, Vec<u8>)> = vec![
+        (s0, b"not json".to_vec()),
+        (s0, br#"{"scenario_uuid": "x"}"#.to_vec()),
+        (s0, format!(r#"{{"scenario_uuid":"{s0}","frame_number":-3,"timestamp":"2026-11-24T10:00:00Z","detections":[]}}"#).into_bytes()),
+        (s0, format!(r#"{{"scenario_uuid":"{s0}","frame_number":9999,"timestamp":"2026-11-24T10:00:00Z","detections":[{{"class":"person","confidence":7,"bbox":[0,0,1,1]}}]}}"#).into_bytes()),
+        (ghost, result_json(ghost, 1)),
+    ];
+    // Bad records in the middle, then every good record a second time.
+    let (first_half, second_half) = records.split_at(records.len() / 2);
+    let mut stream: Vec<(uuid::Uuid, Vec<u8>)> = first_half.to_vec();
+    stream.extend(bad);
+    stream.extend_from_slice(second_half);
+    stream.extend(records.iter().cloned());
+    app.produce_results(stream).await;
+
+    app.start_relay();
+    eventually(Duration::from_secs(60), "900 results stored", || async { (stored(&app).await == 900).then_some(()) }).await;
+    // Give a wrong implementation time to store more (it must not).
+    eventually(Duration::from_secs(30), "inbox caught up", || async {
+        (app.scalar("SELECT COALESCE(sum(high_watermark - next_offset), -1)::bigint FROM consumer_positions").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(stored(&app).await, 900);
+    for s in &scenarios {
+        let p = app.get(&format!("/api/v1/prediction/{s}?limit=1")).await.json();
+        assert_eq!(p["status"], "active", "the first result activates the scenario");
+        assert_eq!(p["total_frames_processed"], 300);
+        let first = &p["results"][0];
+        assert_eq!(first["frame_number"], 0);
+        assert_eq!(first["detections"][0]["class"], "person");
+        assert_eq!(first["detections"][0]["bbox"], serde_json::json!([10.0, 20.0, 110.0, 220.0]));
+    }
+    let metrics = reqwest_text(&format!("http://{}/metrics", app.settings.relay.metrics_listen)).await;
+    assert!(metrics.contains(r#"vap_inbox_rejected_total{reason="malformed"} 4"#), "{metrics}");
+    assert!(metrics.contains(r#"vap_inbox_rejected_total{reason="unknown_scenario"} 1"#), "{metrics}");
+    assert!(metrics.contains("vap_inbox_results_stored_total 900"), "{metrics}");
+    assert!(metrics.contains("vap_inbox_duplicates_total 900"), "{metrics}");
+}
+
+async fn reqwest_text(url: &str) -> String {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client.get(url.parse().unwrap()).await.unwrap();
+    String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn kill_9_of_the_inbox_mid_stream_stores_each_result_exactly_once() {
+    let app = TestApp::spawn().await;
+    let s = app.create_scenario("rtsp://cam/k").await;
+    let t = app.create_scenario("rtsp://cam/l").await;
+    let records: Vec<_> = (0..4000).flat_map(|f| [(s, result_json(s, f)), (t, result_json(t, f))]).collect();
+    app.produce_results(records).await;
+    let mut relay = app.spawn_relay_process();
+    eventually(Duration::from_secs(60), "some results stored", || async { (stored(&app).await > 0).then_some(()) }).await;
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let at_kill = stored(&app).await;
+    eprintln!("stored when the relay was killed: {at_kill} of 8000");
+    let mut relay = app.spawn_relay_process();
+    eventually(Duration::from_secs(60), "8000 results stored", || async { (stored(&app).await == 8000).then_some(()) }).await;
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let p = app.get(&format!("/api/v1/prediction/{s}?limit=1")).await.json();
+    assert_eq!(p["total_frames_processed"], 4000, "the counter agrees with the rows");
+    assert_eq!(app.scalar("SELECT sum(frames_processed)::bigint FROM scenarios").await, 8000);
+}
+
+#[tokio::test]
+async fn prediction_pages_deliver_every_result_once_in_frame_order() {
+    let mut app = TestApp::spawn().await;
+    let s = app.create_scenario("rtsp://cam/pages").await;
+    // Frames out of order and with gaps, as a restarted runner might produce them.
+    let frames: Vec<i64> = (0..250).map(|i| (i * 7919) % 250 * 3).collect();
+    app.produce_results(frames.iter().map(|f| (s, result_json(s, *f))).collect()).await;
+    app.start_relay();
+    eventually(Duration::from_secs(60), "250 stored", || async { (stored(&app).await == 250).then_some(()) }).await;
+
+    let mut got = Vec::new();
+    let mut after = -1i64;
+    loop {
+        let r = app.get(&format!("/api/v1/prediction/{s}?after_frame={after}&limit=40")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let page = r.json();
+        for res in page["results"].as_array().unwrap() {
+            got.push(res["frame_number"].as_i64().unwrap());
+        }
+        match page["next_after_frame"].as_i64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    let mut want = frames.clone();
+    want.sort();
+    assert_eq!(got, want);
+    // The default page is bounded, and the maximum is enforced.
+    let r = app.get(&format!("/api/v1/prediction/{s}")).await.json();
+    assert_eq!(r["results"].as_array().unwrap().len(), 100);
+    assert_eq!(app.get(&format!("/api/v1/prediction/{s}?limit=1001")).await.status, StatusCode::BAD_REQUEST);
+}
+
+/// Reads `want` SSE `result` events (or fails after `timeout`), returning their ids.
+async fn read_sse(app: &TestApp, path: &str, headers: &[(&str, &str)], want: usize, timeout: Duration) -> Vec<i64> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = hyper::Request::get(format!("{}{path}", app.base));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut buffer = String::new();
+    let mut ids = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while ids.len() < want {
+        let frame = tokio::time::timeout_at(deadline, body.frame()).await.expect("SSE events in time").unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            buffer.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            if !event.contains("event: result") {
+                continue;
+            }
+            let id: i64 = event.lines().find_map(|l| l.strip_prefix("id: ")).unwrap().parse().unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(event.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+            assert_eq!(data["frame_number"], id);
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn sse_delivers_every_new_result_exactly_once_and_resumes_from_last_event_id() {
+    let mut app = TestApp::spawn().await;
+    let s = app.create_scenario("rtsp://cam/live").await;
+    let other = app.create_scenario("rtsp://cam/other").await;
+    app.start_relay();
+    let path = format!("/api/v1/prediction/{s}/stream");
+    let reader = read_sse(&app, &path, &[], 300, Duration::from_secs(60));
+    let producer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for chunk in (0..300).collect::<Vec<i64>>().chunks(50) {
+            // Each frame twice, interleaved with another scenario's results.
+            let mut batch = Vec::new();
+            for f in chunk {
+                batch.push((s, result_json(s, *f)));
+                batch.push((other, result_json(other, *f)));
+                batch.push((s, result_json(s, *f)));
+            }
+            app.produce_results(batch).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (ids, ()) = tokio::join!(reader, producer);
+    assert_eq!(ids, (0..300).collect::<Vec<i64>>(), "each frame once, in order");
+
+    // A reconnecting EventSource sends Last-Event-ID and gets only what it missed.
+    let resumed = read_sse(&app, &path, &[("last-event-id", "289")], 10, Duration::from_secs(10)).await;
+    assert_eq!(resumed, (290..300).collect::<Vec<i64>>());
+    let replay = read_sse(&app, &format!("{path}?after_frame=-1"), &[], 300, Duration::from_secs(10)).await;
+    assert_eq!(replay.len(), 300);
+}

@@ -1,0 +1,176 @@
+//! The outbox relay against a real PostgreSQL and a real Kafka-protocol broker.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{eventually, TestApp};
+use hyper::{Method, StatusCode};
+use vap::events::ScenarioEvent;
+
+async fn published(app: &TestApp) -> i64 {
+    app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL").await
+}
+
+async fn wait_outbox_empty(app: &TestApp, timeout: Duration) {
+    eventually(timeout, "the outbox to drain", || async {
+        (app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+}
+
+fn events(records: &[(i32, i64, rskafka::record::Record)]) -> Vec<ScenarioEvent> {
+    records
+        .iter()
+        .map(|(_, _, r)| {
+            let e: ScenarioEvent = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            assert_eq!(r.key.as_deref(), Some(e.scenario_uuid.to_string().as_bytes()), "keyed by scenario uuid");
+            e
+        })
+        .collect()
+}
+
+/// POSTs `n` scenarios, 32 at a time; every tenth also gets a shutdown right after.
+async fn burst(app: &TestApp, n: usize) -> (Vec<uuid::Uuid>, Vec<uuid::Uuid>) {
+    use futures::StreamExt;
+    let results: Vec<(uuid::Uuid, bool)> = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let uuid = app.create_scenario(&format!("rtsp://user:pw@cam-{i}/live")).await;
+            if i % 10 == 0 {
+                let r = app.request(Method::POST, &format!("/api/v1/scenario/{uuid}/shutdown"), &[], "").await;
+                assert_eq!(r.status, StatusCode::OK);
+            }
+            (uuid, i % 10 == 0)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let all = results.iter().map(|(u, _)| *u).collect();
+    let stopped = results.iter().filter(|(_, s)| *s).map(|(u, _)| *u).collect();
+    (all, stopped)
+}
+
+#[tokio::test]
+async fn post_while_the_broker_is_down_succeeds_and_is_published_when_it_returns() {
+    let mut app = TestApp::spawn().await;
+    app.broker.stop();
+    app.start_relay();
+    let mut created = Vec::new();
+    for i in 0..3 {
+        created.push(app.create_scenario(&format!("rtsp://cam/{i}")).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(published(&app).await, 0, "nothing can be published without a broker");
+
+    app.broker.resume().unwrap();
+    wait_outbox_empty(&app, Duration::from_secs(30)).await;
+    let events = events(&app.read_topic(&app.settings.kafka.topic_init_scenario).await);
+    let got: Vec<uuid::Uuid> = events.iter().map(|e| e.scenario_uuid).collect();
+    assert_eq!(got.len(), 3, "each event exactly once: {got:?}");
+    assert_eq!(got.iter().collect::<HashSet<_>>(), created.iter().collect::<HashSet<_>>());
+    assert!(events.iter().all(|e| e.camera_url.starts_with("rtsp://cam/")));
+}
+
+#[tokio::test]
+async fn the_relay_wakes_on_notify_rather_than_polling() {
+    let mut app = TestApp::spawn_with(|s| s.relay.poll_interval_ms = 120_000).await;
+    app.start_relay();
+    // The first event also waits for the relay's Kafka connection.
+    app.create_scenario("rtsp://cam/warmup").await;
+    wait_outbox_empty(&app, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.create_scenario("rtsp://cam/next").await;
+    // Far below the 120 s poll: only the NOTIFY can have woken it.
+    wait_outbox_empty(&app, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_burst_loses_no_event_and_keeps_each_scenarios_order() {
+    let app = TestApp::spawn().await;
+    let mut relay = app.spawn_relay_process();
+    let burst = burst(&app, 1000);
+    let killer = async {
+        eventually(Duration::from_secs(60), "some events published", || async { (published(&app).await >= 150).then_some(()) }).await;
+        relay.kill().unwrap(); // SIGKILL
+        relay.wait().unwrap();
+    };
+    let ((all, stopped), ()) = tokio::join!(burst, killer);
+    let at_kill = published(&app).await;
+    eprintln!("published when the relay was killed: {at_kill} of 1100");
+    assert!(at_kill < 1100, "the kill should land mid-burst (published {at_kill})");
+
+    let mut relay = app.spawn_relay_process();
+    wait_outbox_empty(&app, Duration::from_secs(120)).await;
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+
+    let inits = events(&app.read_topic(&app.settings.kafka.topic_init_scenario).await);
+    let shutdowns = events(&app.read_topic(&app.settings.kafka.topic_shutdown_scenario).await);
+    let init_set: HashSet<_> = inits.iter().map(|e| e.scenario_uuid).collect();
+    let shutdown_set: HashSet<_> = shutdowns.iter().map(|e| e.scenario_uuid).collect();
+    assert_eq!(init_set, all.iter().copied().collect::<HashSet<_>>(), "every init event reached Kafka");
+    assert_eq!(shutdown_set, stopped.iter().copied().collect::<HashSet<_>>(), "every shutdown event reached Kafka");
+    eprintln!("init records {} for {} events; shutdown records {} for {}", inits.len(), all.len(), shutdowns.len(), stopped.len());
+
+    // Order: a scenario's shutdown was published only after its init was acknowledged.
+    let client = app.pool.get().await.unwrap();
+    let out_of_order: i64 = client
+        .query_one(
+            "SELECT count(*) FROM outbox i JOIN outbox s USING (scenario_uuid)
+              WHERE i.event_type = 'init_scenario' AND s.event_type = 'shutdown_scenario'
+                AND NOT (i.published_at < s.published_at)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(out_of_order, 0);
+    // On the wire, all of a scenario's records sit in the one partition its key maps to, so a
+    // consumer reading that partition sees them in publication order.
+    let partitions = app.settings.kafka.partitions;
+    for topic in [&app.settings.kafka.topic_init_scenario, &app.settings.kafka.topic_shutdown_scenario] {
+        for (partition, _, record) in app.read_topic(topic).await {
+            let key = record.key.unwrap();
+            assert_eq!(partition, vap::kafka::partition_for_key(&key, partitions), "{topic}: key on the wrong partition");
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_relays_at_once_never_publish_the_same_row() {
+    let app = TestApp::spawn().await;
+    let mut a = app.spawn_relay_process();
+    let mut b = app.spawn_relay_process();
+    let (all, stopped) = burst(&app, 1000).await;
+    wait_outbox_empty(&app, Duration::from_secs(120)).await;
+    for r in [&mut a, &mut b] {
+        r.kill().unwrap();
+        r.wait().unwrap();
+    }
+    let inits = events(&app.read_topic(&app.settings.kafka.topic_init_scenario).await);
+    let shutdowns = events(&app.read_topic(&app.settings.kafka.topic_shutdown_scenario).await);
+    let ids: Vec<i64> = inits.iter().chain(&shutdowns).map(|e| e.event_id).collect();
+    let unique: HashSet<i64> = ids.iter().copied().collect();
+    // No crash happened, so any repeat would be two relays publishing one row.
+    assert_eq!(ids.len(), unique.len(), "a row was published twice");
+    assert_eq!(unique.len(), all.len() + stopped.len());
+}
+
+#[tokio::test]
+async fn published_rows_are_pruned_after_the_retention() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.relay.retention_secs = 0;
+        s.relay.prune_interval_secs = 1;
+    })
+    .await;
+    app.start_relay();
+    app.create_scenario("rtsp://cam/p").await;
+    eventually(Duration::from_secs(30), "published rows pruned", || async {
+        (app.scalar("SELECT count(*) FROM outbox").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 1);
+    let body = app.get("/metrics").await.text;
+    assert!(body.contains("vap_outbox_backlog 0"), "{body}");
+}
