@@ -22,6 +22,7 @@
 //! | [`lifecycle`] | signals, graceful shutdown, sd_notify, logging |
 //! | [`metrics`] | Prometheus text exposition |
 //! | [`devstack`] | throwaway PostgreSQL + broker for tests and the embedded default |
+//! | [`embedded`] | `vap-dev`: the whole flow on one machine, no Docker |
 //! | [`cli`] | the command line shared by the binaries |
 //!
 //! Binaries in `bin/` only parse the command line and configuration, then call in here.
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod devstack;
+pub mod embedded;
 pub mod events;
 pub mod inbox;
 pub mod kafka;

@@ -72,8 +72,9 @@ impl Watchdog {
 pub fn init_logging(settings: &crate::config::LogSettings) {
     let mut filter = tracing_subscriber::EnvFilter::try_new(&settings.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // These log query parameters and record payloads at debug: camera URLs carry credentials.
-    for quiet in ["tokio_postgres=info", "rskafka=info"] {
+    // tokio_postgres logs query parameters at debug (camera URLs carry credentials); rskafka
+    // logs every connection at info.
+    for quiet in ["tokio_postgres=info", "rskafka=warn"] {
         if let Ok(d) = quiet.parse() {
             filter = filter.add_directive(d);
         }
