@@ -18,13 +18,13 @@ pub struct StoredResult {
 /// Frames of a scenario after `after_frame`, in frame order.
 pub async fn page(pool: &Pool, scenario: Uuid, after_frame: i64, limit: i64) -> Result<Vec<StoredResult>, DbError> {
     let client = pool.get().await?;
-    let rows = client
-        .query(
+    let stmt = client
+        .prepare_cached(
             "SELECT frame_number, captured_at, detections FROM scenario_results
               WHERE scenario_uuid = $1 AND frame_number > $2 ORDER BY frame_number LIMIT $3",
-            &[&scenario, &after_frame, &limit],
         )
         .await?;
+    let rows = client.query(&stmt, &[&scenario, &after_frame, &limit]).await?;
     Ok(rows
         .iter()
         .map(|r| StoredResult { frame_number: r.get(0), timestamp: r.get(1), detections: r.get(2) })

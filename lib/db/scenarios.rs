@@ -137,8 +137,25 @@ fn event_payload(kind: EventKind, uuid: Uuid, camera_url: &str, at: DateTime<Utc
     })
 }
 
-/// Inserts the scenario and its `init_scenario` event in one transaction. `render` makes the
-/// answer that a replay with the same idempotency key gets back.
+/// The scenario row and its `init_scenario` event in one statement: atomic on its own, and one
+/// round trip instead of a BEGIN/INSERT/INSERT/COMMIT exchange.
+const INSERT_SCENARIO_WITH_EVENT: &str = "
+    WITH s AS (
+        INSERT INTO scenarios (scenario_uuid, camera_url, status) VALUES ($1, $2, 'init_startup')
+        RETURNING scenario_uuid, seq, camera_url, status, error, frames_processed, created_at, updated_at),
+    e AS (
+        INSERT INTO outbox (scenario_uuid, event_type, payload)
+        SELECT scenario_uuid, 'init_scenario',
+               jsonb_build_object('event_type', 'init_scenario', 'scenario_uuid', scenario_uuid,
+                                  'camera_url', camera_url, 'occurred_at', created_at)
+          FROM s)
+    SELECT s.*, NULL::text AS backend, NULL::text AS backend_ref, NULL::text AS node,
+           NULL::text AS worker_status, NULL::int AS restarts, NULL::text AS last_error,
+           NULL::timestamptz AS started_at, NULL::timestamptz AS worker_updated_at
+      FROM s";
+
+/// Inserts the scenario and its `init_scenario` event atomically. With an idempotency key, the
+/// key is claimed in the same transaction; `render` makes the answer a replay gets back.
 pub async fn create(
     pool: &Pool,
     camera_url: &str,
@@ -146,57 +163,43 @@ pub async fn create(
     render: impl Fn(&Scenario) -> serde_json::Value,
 ) -> Result<Created, DbError> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
     let uuid = Uuid::new_v4();
-    if let Some(idem) = &idempotency {
-        // Claim the key first: a concurrent twin blocks here until we commit, then sees the key.
-        let claimed = tx
-            .execute(
-                "INSERT INTO idempotency_keys (key, request_hash, scenario_uuid, response)
-                 VALUES ($1, $2, $3, 'null') ON CONFLICT (key) DO NOTHING",
-                &[&idem.key, &idem.request_hash, &uuid],
-            )
-            .await?;
-        if claimed == 0 {
-            tx.rollback().await?;
-            let row = client
-                .query_one("SELECT request_hash, response FROM idempotency_keys WHERE key = $1", &[&idem.key])
-                .await?;
-            let hash: String = row.get(0);
-            return Ok(if hash == idem.request_hash { Created::Replayed(row.get(1)) } else { Created::KeyReused });
-        }
-    }
-    let row = tx
-        .query_one(
-            "INSERT INTO scenarios (scenario_uuid, camera_url, status) VALUES ($1, $2, 'init_startup')
-             RETURNING scenario_uuid, seq, camera_url, status, error, frames_processed, created_at, updated_at,
-                       NULL::text AS backend, NULL::text AS backend_ref, NULL::text AS node,
-                       NULL::text AS worker_status, NULL::int AS restarts, NULL::text AS last_error,
-                       NULL::timestamptz AS started_at, NULL::timestamptz AS worker_updated_at",
-            &[&uuid, &camera_url],
+    let Some(idem) = idempotency else {
+        let insert = client.prepare_cached(INSERT_SCENARIO_WITH_EVENT).await?;
+        let scenario = scenario_from_row(&client.query_one(&insert, &[&uuid, &camera_url]).await?);
+        let response = render(&scenario);
+        return Ok(Created::New { scenario, response });
+    };
+    let tx = client.transaction().await?;
+    // Claim the key first: a concurrent twin blocks here until we commit, then sees the key.
+    // (The foreign key to scenarios is deferred to the commit for this.)
+    let claimed = tx
+        .execute(
+            "INSERT INTO idempotency_keys (key, request_hash, scenario_uuid, response)
+             VALUES ($1, $2, $3, 'null') ON CONFLICT (key) DO NOTHING",
+            &[&idem.key, &idem.request_hash, &uuid],
         )
         .await?;
-    let scenario = scenario_from_row(&row);
-    let payload = event_payload(EventKind::InitScenario, uuid, camera_url, scenario.created_at);
-    tx.execute(
-        "INSERT INTO outbox (scenario_uuid, event_type, payload) VALUES ($1, $2, $3)",
-        &[&uuid, &EventKind::InitScenario.as_str(), &payload],
-    )
-    .await?;
-    let response = render(&scenario);
-    if let Some(idem) = &idempotency {
-        tx.execute("UPDATE idempotency_keys SET response = $2 WHERE key = $1", &[&idem.key, &response])
+    if claimed == 0 {
+        tx.rollback().await?;
+        let row = client
+            .query_one("SELECT request_hash, response FROM idempotency_keys WHERE key = $1", &[&idem.key])
             .await?;
+        let hash: String = row.get(0);
+        return Ok(if hash == idem.request_hash { Created::Replayed(row.get(1)) } else { Created::KeyReused });
     }
+    let insert = tx.prepare_cached(INSERT_SCENARIO_WITH_EVENT).await?;
+    let scenario = scenario_from_row(&tx.query_one(&insert, &[&uuid, &camera_url]).await?);
+    let response = render(&scenario);
+    tx.execute("UPDATE idempotency_keys SET response = $2 WHERE key = $1", &[&idem.key, &response]).await?;
     tx.commit().await?;
     Ok(Created::New { scenario, response })
 }
 
 pub async fn get(pool: &Pool, uuid: Uuid) -> Result<Option<Scenario>, DbError> {
     let client = pool.get().await?;
-    let row = client
-        .query_opt(&format!("{SELECT_SCENARIO} WHERE s.scenario_uuid = $1"), &[&uuid])
-        .await?;
+    let stmt = client.prepare_cached(&format!("{SELECT_SCENARIO} WHERE s.scenario_uuid = $1")).await?;
+    let row = client.query_opt(&stmt, &[&uuid]).await?;
     Ok(row.as_ref().map(scenario_from_row))
 }
 

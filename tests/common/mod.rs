@@ -22,7 +22,9 @@ use vap::devstack::{Broker, BrokerStorage, PostgresCluster, PostgresOptions};
 
 pub fn cluster() -> &'static PostgresCluster {
     static CLUSTER: OnceLock<PostgresCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| PostgresCluster::start(PostgresOptions::default()).expect("start postgres"))
+    // Benchmarks set VAP_TEST_PG_DURABLE=1: fsync on, as in production.
+    let durable = std::env::var("VAP_TEST_PG_DURABLE").is_ok_and(|v| v == "1");
+    CLUSTER.get_or_init(|| PostgresCluster::start(PostgresOptions { durable, ..PostgresOptions::default() }).expect("start postgres"))
 }
 
 pub fn unique(prefix: &str) -> String {

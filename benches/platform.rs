@@ -1,0 +1,242 @@
+//! Platform benchmarks, each beside its baseline in the same run. Run:
+//!
+//!     cargo bench --bench platform            # all
+//!     cargo bench --bench platform -- api     # one of: api, relay, inbox
+//!
+//! Needs `wrk` (Debian package) for the HTTP load. Figures go to docs/BENCHMARKS.md.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{eventually, result_json, TestApp};
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+use rskafka::record::Record;
+
+const CONNECTIONS: usize = 64;
+const WRK_SECONDS: u32 = 15;
+
+fn main() {
+    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let want = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
+    std::env::set_var("VAP_TEST_PG_DURABLE", "1");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        println!("machine: {} cores; PostgreSQL 15 with fsync and synchronous_commit on", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        if want("api") {
+            api().await;
+        }
+        if want("relay") {
+            relay().await;
+        }
+        if want("inbox") {
+            inbox().await;
+        }
+    });
+}
+
+/// Runs wrk and returns (requests/s, p50, p99) from its --latency report.
+fn wrk(url: &str, script: Option<&str>) -> (f64, String, String) {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{WRK_SECONDS}s"), "--latency"]);
+    let script_file;
+    if let Some(body) = script {
+        script_file = tempfile::Builder::new().suffix(".lua").tempfile().unwrap();
+        std::fs::write(script_file.path(), body).unwrap();
+        cmd.arg("-s").arg(script_file.path());
+    }
+    let out = cmd.arg(url).output().expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).map(|v| v.trim().parse().unwrap_or(0.0)).unwrap_or(0.0);
+    let pct = |p: &str| text.lines().find_map(|l| l.trim().strip_prefix(p).map(|v| v.trim().to_string())).unwrap_or_default();
+    let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("").trim().to_string();
+    if !non2xx.is_empty() {
+        println!("    wrk reported: {non2xx}");
+    }
+    (rps, pct("50%"), pct("99%"))
+}
+
+async fn api() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.database.pool_size = 32;
+        s.log.level = "warn".into();
+    })
+    .await;
+    let s = app.create_scenario("rtsp://cam/bench").await;
+    app.produce_results((0..100).map(|f| (s, result_json(s, f))).collect()).await;
+    app.start_relay();
+    eventually(Duration::from_secs(30), "100 results", || async {
+        (app.scalar("SELECT count(*) FROM scenario_results").await == 100).then_some(())
+    })
+    .await;
+    println!("\n== api: {CONNECTIONS} connections, {WRK_SECONDS} s each, wrk -t2 on the same 2 cores");
+    println!("{:<44} {:>10} {:>10} {:>10}", "route", "req/s", "p50", "p99");
+    let health = wrk(&format!("{}/health", app.base), None);
+    println!("{:<44} {:>10.0} {:>10} {:>10}", "GET /health (baseline: no database)", health.0, health.1, health.2);
+    let before = app.scalar("SELECT count(*) FROM scenarios").await;
+    let post = wrk(
+        &format!("{}/api/v1/scenario/init", app.base),
+        Some("wrk.method = \"POST\"\nwrk.body = '{\"camera_url\": \"rtsp://cam.example/stream\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
+    );
+    let created = app.scalar("SELECT count(*) FROM scenarios").await - before;
+    println!("{:<44} {:>10.0} {:>10} {:>10}", "POST /api/v1/scenario/init (row + outbox)", post.0, post.1, post.2);
+    let get = wrk(&format!("{}/api/v1/prediction/{s}", app.base), None);
+    println!("{:<44} {:>10.0} {:>10} {:>10}", "GET /api/v1/prediction/{uuid} (100 frames)", get.0, get.1, get.2);
+    println!("    scenarios created by the POST run: {created} (each with one outbox event)");
+}
+
+/// Inserts `n` scenarios with their outbox events directly (the API's rows, without HTTP).
+async fn seed_outbox(app: &TestApp, n: i64) {
+    let client = app.pool.get().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "WITH s AS (
+                 INSERT INTO scenarios (scenario_uuid, camera_url, status)
+                 SELECT gen_random_uuid(), 'rtsp://cam/' || g, 'init_startup' FROM generate_series(1, {n}) g
+                 RETURNING scenario_uuid, camera_url, created_at)
+             INSERT INTO outbox (scenario_uuid, event_type, payload)
+             SELECT scenario_uuid, 'init_scenario',
+                    jsonb_build_object('event_type', 'init_scenario', 'scenario_uuid', scenario_uuid,
+                                       'camera_url', camera_url, 'occurred_at', created_at)
+               FROM s"
+        ))
+        .await
+        .unwrap();
+}
+
+async fn relay() {
+    const N: i64 = 20_000;
+    println!("\n== relay: {N} outbox events, commit -> broker ack");
+    for batch in [100i64, 500, 2000] {
+        let mut app = TestApp::spawn_with(|s| {
+            s.relay.batch_size = batch;
+            s.inbox.enabled = false;
+            s.log.level = "warn".into();
+        })
+        .await;
+        seed_outbox(&app, N).await;
+        let started = Instant::now();
+        app.start_relay();
+        eventually(Duration::from_secs(300), "outbox drained", || async {
+            (app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0).then_some(())
+        })
+        .await;
+        let relay_secs = started.elapsed().as_secs_f64();
+
+        // Baseline: the same records produced straight to the broker, same request size, no database.
+        let client = app.kafka().await;
+        let topic = common::unique("baseline");
+        client.controller_client().unwrap().create_topic(&topic, 4, 1, 5_000).await.unwrap();
+        let pcs: Vec<_> = futures::future::join_all((0..4).map(|p| client.partition_client(topic.clone(), p, UnknownTopicHandling::Retry)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let value = br#"{"event_id":1,"event_type":"init_scenario","scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","camera_url":"rtsp://cam/1","occurred_at":"2026-11-24T10:00:00Z"}"#;
+        let started = Instant::now();
+        let per_partition = batch as usize / 4;
+        let mut sent = 0i64;
+        while sent < N {
+            let sends = pcs.iter().map(|pc| {
+                let records: Vec<Record> = (0..per_partition.max(1))
+                    .map(|_| Record { key: Some(b"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10".to_vec()), value: Some(value.to_vec()), headers: Default::default(), timestamp: chrono::Utc::now() })
+                    .collect();
+                pc.produce(records, Compression::NoCompression)
+            });
+            for r in futures::future::join_all(sends).await {
+                r.unwrap();
+            }
+            sent += (per_partition.max(1) * 4) as i64;
+        }
+        let raw_secs = started.elapsed().as_secs_f64();
+        println!(
+            "  batch {batch:>5}: relay {:>8.0} events/s   raw rskafka produce (baseline) {:>8.0} records/s   relay/raw {:.2}",
+            N as f64 / relay_secs,
+            sent as f64 / raw_secs,
+            (N as f64 / relay_secs) / (sent as f64 / raw_secs)
+        );
+    }
+
+    // Latency of one event: commit -> visible on the topic (NOTIFY wake-up, not polling).
+    let mut app = TestApp::spawn_with(|s| {
+        s.relay.poll_interval_ms = 60_000;
+        s.inbox.enabled = false;
+        s.log.level = "warn".into();
+    })
+    .await;
+    app.start_relay();
+    app.create_scenario("rtsp://cam/warm").await;
+    eventually(Duration::from_secs(20), "warm-up", || async {
+        (app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+    let mut lat = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        let uuid = app.create_scenario("rtsp://cam/lat").await;
+        let q = format!("SELECT count(*) FROM outbox WHERE scenario_uuid = '{uuid}' AND published_at IS NOT NULL");
+        loop {
+            if app.scalar(&q).await == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        lat.push(started.elapsed());
+    }
+    lat.sort();
+    println!("  one event, POST -> broker ack (poll interval 60 s, so NOTIFY wakes it): p50 {:?} p99 {:?} (50 samples)", lat[24], lat[49]);
+}
+
+async fn inbox() {
+    const FRAMES: i64 = 12_500;
+    const SCENARIOS: usize = 4;
+    let total = FRAMES * SCENARIOS as i64;
+    println!("\n== inbox: {total} results (pre-produced), Kafka -> PostgreSQL");
+    let mut app = TestApp::spawn_with(|s| s.log.level = "warn".into()).await;
+    let mut scenarios = Vec::new();
+    for i in 0..SCENARIOS {
+        scenarios.push(app.create_scenario(&format!("rtsp://cam/{i}")).await);
+    }
+    let records: Vec<_> = (0..FRAMES).flat_map(|f| scenarios.iter().map(move |s| (*s, result_json(*s, f)))).collect();
+    app.produce_results(records.clone()).await;
+
+    // Baseline 1: fetch everything from the broker, no database.
+    let started = Instant::now();
+    let fetched = app.read_topic(&app.settings.kafka.topic_results).await.len();
+    let fetch_rps = fetched as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    app.start_relay();
+    eventually(Duration::from_secs(300), "all results stored", || async {
+        (app.scalar("SELECT count(*) FROM scenario_results").await == total).then_some(())
+    })
+    .await;
+    let inbox_rps = total as f64 / started.elapsed().as_secs_f64();
+
+    // Baseline 2: the same rows inserted with one unnest INSERT per 2000, no Kafka, no positions.
+    let client = app.pool.get().await.unwrap();
+    client.batch_execute("CREATE TABLE raw_results (LIKE scenario_results INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)").await.unwrap();
+    let parsed: Vec<vap::events::FrameResult> = records.iter().map(|(_, v)| vap::events::FrameResult::parse(v).unwrap()).collect();
+    let started = Instant::now();
+    for chunk in parsed.chunks(2000) {
+        let uuids: Vec<uuid::Uuid> = chunk.iter().map(|r| r.scenario_uuid).collect();
+        let frames: Vec<i64> = chunk.iter().map(|r| r.frame_number).collect();
+        let times: Vec<chrono::DateTime<chrono::Utc>> = chunk.iter().map(|r| r.timestamp).collect();
+        let dets: Vec<serde_json::Value> = chunk.iter().map(|r| serde_json::to_value(&r.detections).unwrap()).collect();
+        let extras: Vec<serde_json::Value> = chunk.iter().map(|r| serde_json::Value::Object(r.extra.clone())).collect();
+        client
+            .execute(
+                "INSERT INTO raw_results (scenario_uuid, frame_number, captured_at, detections, extra)
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[], $5::jsonb[])",
+                &[&uuids, &frames, &times, &dets, &extras],
+            )
+            .await
+            .unwrap();
+    }
+    let raw_rps = total as f64 / started.elapsed().as_secs_f64();
+    println!("  inbox (fetch + parse + store + position, one tx per batch): {inbox_rps:>8.0} results/s");
+    println!("  baseline: broker fetch only                               : {fetch_rps:>8.0} records/s");
+    println!("  baseline: PostgreSQL unnest INSERT only                   : {raw_rps:>8.0} rows/s");
+}
