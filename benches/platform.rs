@@ -108,9 +108,9 @@ async fn seed_outbox(app: &TestApp, n: i64) {
 
 async fn relay() {
     const N: i64 = 20_000;
-    println!("\n== relay: {N} outbox events, commit -> broker ack");
+    println!("\n== relay: {N} outbox events, commit -> broker ack (vap-relay as its own process)");
     for batch in [100i64, 500, 2000] {
-        let mut app = TestApp::spawn_with(|s| {
+        let app = TestApp::spawn_with(|s| {
             s.relay.batch_size = batch;
             s.inbox.enabled = false;
             s.log.level = "warn".into();
@@ -118,55 +118,34 @@ async fn relay() {
         .await;
         seed_outbox(&app, N).await;
         let started = Instant::now();
-        app.start_relay();
+        let mut relay = app.spawn_relay_process();
         eventually(Duration::from_secs(300), "outbox drained", || async {
             (app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0).then_some(())
         })
         .await;
-        let relay_secs = started.elapsed().as_secs_f64();
+        let relay_rate = N as f64 / started.elapsed().as_secs_f64();
+        relay.kill().unwrap();
+        relay.wait().unwrap();
 
-        // Baseline: the same records produced straight to the broker, same request size, no database.
-        let client = app.kafka().await;
-        let topic = common::unique("baseline");
-        client.controller_client().unwrap().create_topic(&topic, 4, 1, 5_000).await.unwrap();
-        let pcs: Vec<_> = futures::future::join_all((0..4).map(|p| client.partition_client(topic.clone(), p, UnknownTopicHandling::Retry)))
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        let value = br#"{"event_id":1,"event_type":"init_scenario","scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","camera_url":"rtsp://cam/1","occurred_at":"2026-11-24T10:00:00Z"}"#;
-        let started = Instant::now();
-        let per_partition = batch as usize / 4;
-        let mut sent = 0i64;
-        while sent < N {
-            let sends = pcs.iter().map(|pc| {
-                let records: Vec<Record> = (0..per_partition.max(1))
-                    .map(|_| Record { key: Some(b"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10".to_vec()), value: Some(value.to_vec()), headers: Default::default(), timestamp: chrono::Utc::now() })
-                    .collect();
-                pc.produce(records, Compression::NoCompression)
-            });
-            for r in futures::future::join_all(sends).await {
-                r.unwrap();
-            }
-            sent += (per_partition.max(1) * 4) as i64;
-        }
-        let raw_secs = started.elapsed().as_secs_f64();
+        // Baselines: the same records straight to the broker, one request per partition of
+        // batch/4 records (as the relay sends them), no database; stock rskafka, then with the
+        // relay's TCP_NODELAY sweep applied to this process's sockets.
+        let stock = raw_produce(&app, batch as usize / 4, N, false).await;
+        let nodelay = raw_produce(&app, batch as usize / 4, N, true).await;
         println!(
-            "  batch {batch:>5}: relay {:>8.0} events/s   raw rskafka produce (baseline) {:>8.0} records/s   relay/raw {:.2}",
-            N as f64 / relay_secs,
-            sent as f64 / raw_secs,
-            (N as f64 / relay_secs) / (sent as f64 / raw_secs)
+            "  batch {batch:>5}: relay {relay_rate:>8.0} events/s | raw produce: stock rskafka {stock:>8.0}/s, with nodelay {nodelay:>8.0}/s | relay/raw-nodelay {:.2}",
+            relay_rate / nodelay
         );
     }
 
     // Latency of one event: commit -> visible on the topic (NOTIFY wake-up, not polling).
-    let mut app = TestApp::spawn_with(|s| {
+    let app = TestApp::spawn_with(|s| {
         s.relay.poll_interval_ms = 60_000;
         s.inbox.enabled = false;
         s.log.level = "warn".into();
     })
     .await;
-    app.start_relay();
+    let mut relay = app.spawn_relay_process();
     app.create_scenario("rtsp://cam/warm").await;
     eventually(Duration::from_secs(20), "warm-up", || async {
         (app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0).then_some(())
@@ -187,6 +166,40 @@ async fn relay() {
     }
     lat.sort();
     println!("  one event, POST -> broker ack (poll interval 60 s, so NOTIFY wakes it): p50 {:?} p99 {:?} (50 samples)", lat[24], lat[49]);
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+}
+
+/// Produces `total` records, `per_request` per request to each of 4 partitions in parallel.
+async fn raw_produce(app: &TestApp, per_request: usize, total: i64, nodelay: bool) -> f64 {
+    let client = app.kafka().await;
+    let topic = common::unique("baseline");
+    client.controller_client().unwrap().create_topic(&topic, 4, 1, 5_000).await.unwrap();
+    let pcs: Vec<_> = futures::future::join_all((0..4).map(|p| client.partition_client(topic.clone(), p, UnknownTopicHandling::Retry)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    if nodelay {
+        vap::kafka::set_nodelay_on_tcp_sockets();
+    }
+    let value = br#"{"event_id":1,"event_type":"init_scenario","scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","camera_url":"rtsp://cam/1","occurred_at":"2026-11-24T10:00:00Z"}"#;
+    let per_request = per_request.max(1);
+    let started = Instant::now();
+    let mut sent = 0i64;
+    while sent < total {
+        let sends = pcs.iter().map(|pc| {
+            let records: Vec<Record> = (0..per_request)
+                .map(|_| Record { key: Some(b"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10".to_vec()), value: Some(value.to_vec()), headers: Default::default(), timestamp: chrono::Utc::now() })
+                .collect();
+            pc.produce(records, Compression::NoCompression)
+        });
+        for r in futures::future::join_all(sends).await {
+            r.unwrap();
+        }
+        sent += (per_request * 4) as i64;
+    }
+    sent as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn inbox() {

@@ -72,10 +72,12 @@ impl Watchdog {
 pub fn init_logging(settings: &crate::config::LogSettings) {
     let mut filter = tracing_subscriber::EnvFilter::try_new(&settings.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // tokio_postgres logs query parameters at debug (camera URLs carry credentials); rskafka
-    // logs every connection at info.
-    for quiet in ["tokio_postgres=info", "rskafka=warn"] {
-        if let Ok(d) = quiet.parse() {
+    // At debug, tokio_postgres logs query parameters (camera URLs carry credentials): keep it
+    // at info even when the operator asks for more. rskafka logs every connection at info.
+    let verbose = settings.level.contains("debug") || settings.level.contains("trace");
+    let quiet: &[&str] = if verbose { &["tokio_postgres=info", "rskafka=info"] } else { &["rskafka=warn"] };
+    for directive in quiet {
+        if let Ok(d) = directive.parse() {
             filter = filter.add_directive(d);
         }
     }

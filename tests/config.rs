@@ -164,3 +164,68 @@ async fn the_relay_binary_exits_0_on_sigterm() {
     let status = tokio::task::spawn_blocking(move || wait_exit(&mut relay, Duration::from_secs(8))).await.unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Reads datagrams from a NOTIFY_SOCKET (as systemd does) until `want` has been seen.
+fn read_notifications(socket: &std::os::unix::net::UnixDatagram, want: &str, within: Duration) -> Vec<String> {
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            let done = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("no {want} within {within:?}; got {seen:?}");
+}
+
+#[tokio::test]
+async fn both_binaries_speak_the_sd_notify_protocol() {
+    let app = TestApp::spawn().await;
+    for bin in [env!("CARGO_BIN_EXE_vap-api"), env!("CARGO_BIN_EXE_vap-relay")] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let mut env = app.env();
+        env.push(("VAP_API__LISTEN".into(), format!("127.0.0.1:{}", vap::devstack::free_port().unwrap())));
+        env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+        env.push(("WATCHDOG_USEC".into(), "200000".into()));
+        env.push(("SERVICE_BIN".into(), bin.into()));
+        // systemd sets WATCHDOG_PID to the service's pid; $$ is that pid once sh execs the binary.
+        let mut child = common::spawn_binary("/bin/sh", &env, &["-c", "WATCHDOG_PID=$$ exec \"$SERVICE_BIN\""]);
+        let socket = tokio::task::spawn_blocking(move || {
+            read_notifications(&socket, "READY=1", Duration::from_secs(20));
+            read_notifications(&socket, "WATCHDOG=1", Duration::from_secs(5));
+            socket
+        })
+        .await
+        .unwrap();
+        sigterm(&child);
+        let socket = tokio::task::spawn_blocking(move || {
+            read_notifications(&socket, "STOPPING=1", Duration::from_secs(5));
+            socket
+        })
+        .await
+        .unwrap();
+        drop(socket);
+        let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(8))).await.unwrap();
+        assert!(status.success(), "{bin}: {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_migrators_apply_each_migration_once() {
+    let pg = common::cluster();
+    let db = common::unique("mig");
+    pg.create_database(&db).await.unwrap();
+    let settings = pg.settings(&db);
+    let runs = futures::future::join_all((0..6).map(|_| vap::db::migrate::run_with(&settings))).await;
+    let applied: Vec<Vec<i32>> = runs.into_iter().map(Result::unwrap).collect();
+    let total: usize = applied.iter().map(Vec::len).sum();
+    assert_eq!(total, vap::db::migrate::MIGRATIONS.len(), "each migration applied by exactly one starter: {applied:?}");
+}

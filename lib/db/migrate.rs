@@ -22,7 +22,8 @@ pub async fn run(client: &mut Client) -> Result<Vec<i32>, DbError> {
 async fn apply_pending(client: &mut Client) -> Result<Vec<i32>, DbError> {
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+            "SET client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS schema_migrations (
                 version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
         )
         .await?;

@@ -136,7 +136,7 @@ impl TestApp {
 
     /// The real vap-relay binary, configured through VAP_* like an operator would.
     pub fn spawn_relay_process(&self) -> Child {
-        spawn_binary(env!("CARGO_BIN_EXE_vap-relay"), &self.env())
+        spawn_binary(env!("CARGO_BIN_EXE_vap-relay"), &self.env(), &[])
     }
 
     /// The settings as VAP_* environment variables.
@@ -154,6 +154,8 @@ impl TestApp {
             ("VAP_KAFKA__REQUEST_DEADLINE_MS".into(), s.kafka.request_deadline_ms.to_string()),
             ("VAP_RELAY__METRICS_LISTEN".into(), s.relay.metrics_listen.clone()),
             ("VAP_RELAY__POLL_INTERVAL_MS".into(), s.relay.poll_interval_ms.to_string()),
+            ("VAP_RELAY__BATCH_SIZE".into(), s.relay.batch_size.to_string()),
+            ("VAP_INBOX__ENABLED".into(), s.inbox.enabled.to_string()),
             ("VAP_LOG__LEVEL".into(), "warn".into()),
         ]
     }
@@ -229,9 +231,18 @@ impl Drop for TestApp {
     }
 }
 
-pub fn spawn_binary(path: &str, env: &[(String, String)]) -> Child {
+/// Starts a binary that dies with the test (PR_SET_PDEATHSIG fires when the spawning test
+/// thread ends, even if the test panicked before killing it).
+pub fn spawn_binary(path: &str, env: &[(String, String)], args: &[&str]) -> Child {
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(path);
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).stdin(Stdio::null());
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        });
+    }
+    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
