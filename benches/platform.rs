@@ -82,6 +82,25 @@ async fn api() {
     );
     let created = app.scalar("SELECT count(*) FROM scenarios").await - before;
     println!("{:<44} {:>10.0} {:>10} {:>10}", "POST /api/v1/scenario/init (row + outbox)", post.0, post.1, post.2);
+    // The design this replaced: NOTIFY inside each insert's transaction (a trigger). A
+    // notifying commit holds a database-wide lock through its WAL flush.
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE FUNCTION bench_notify() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN PERFORM pg_notify('vap_outbox', ''); RETURN NULL; END $$;
+             CREATE TRIGGER bench_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION bench_notify();",
+        )
+        .await
+        .unwrap();
+    let in_tx = wrk(
+        &format!("{}/api/v1/scenario/init", app.base),
+        Some("wrk.method = \"POST\"\nwrk.body = '{\"camera_url\": \"rtsp://cam.example/stream\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
+    );
+    app.pool.get().await.unwrap().batch_execute("DROP TRIGGER bench_notify ON outbox; DROP FUNCTION bench_notify()").await.unwrap();
+    println!("{:<44} {:>10.0} {:>10} {:>10}", "  baseline: NOTIFY inside each transaction", in_tx.0, in_tx.1, in_tx.2);
     let get = wrk(&format!("{}/api/v1/prediction/{s}", app.base), None);
     println!("{:<44} {:>10.0} {:>10} {:>10}", "GET /api/v1/prediction/{uuid} (100 frames)", get.0, get.1, get.2);
     println!("    scenarios created by the POST run: {created} (each with one outbox event)");

@@ -123,7 +123,7 @@ impl OutboxRelay {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             if listener.is_none() {
-                match db::listen(&self.database, &["vap_outbox"]).await {
+                match db::listen(&self.database, &[outbox::OUTBOX_CHANNEL]).await {
                     Ok(l) => listener = Some(l),
                     Err(e) => tracing::warn!(error = %e, "cannot LISTEN on the outbox; polling"),
                 }

@@ -119,6 +119,7 @@ pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Res
     let idempotency = key.as_deref().map(|key| Idempotency { key, request_hash: &hash });
     match scenarios::create(&state.pool, url, idempotency, scenario_json).await? {
         Created::New { scenario, response } => {
+            state.outbox_waker.wake();
             tracing::info!(scenario_uuid = %scenario.uuid, camera_url = %camera_url::redact(url), "scenario created");
             Ok(json_response(StatusCode::OK, &response))
         }
@@ -161,6 +162,7 @@ pub async fn shutdown_scenario(state: &Arc<AppState>, id: &str) -> Result<Respon
     let uuid = parse_uuid(id)?;
     match scenarios::request_shutdown(&state.pool, uuid).await? {
         Shutdown::Requested(s) => {
+            state.outbox_waker.wake();
             tracing::info!(scenario_uuid = %uuid, "shutdown requested");
             Ok(json_response(StatusCode::OK, &scenario_json(&s)))
         }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub results_bus: tokio::sync::broadcast::Sender<uuid::Uuid>,
     /// Cancelled at shutdown so long-lived SSE streams end and the drain completes.
     pub shutdown: CancellationToken,
+    /// Tells relays that new outbox rows are committed.
+    pub outbox_waker: crate::db::outbox::OutboxWaker,
 }
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -74,7 +76,9 @@ pub async fn serve(
 ) -> std::io::Result<RunningApi> {
     let addr = listener.local_addr()?;
     let (results_bus, _) = tokio::sync::broadcast::channel(1024);
+    let outbox_waker = crate::db::outbox::OutboxWaker::spawn(pool.clone(), shutdown.clone());
     let state = Arc::new(AppState {
+        outbox_waker,
         pool,
         settings,
         metrics: Arc::new(Metrics::default()),

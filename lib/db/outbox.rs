@@ -1,6 +1,7 @@
 //! The transactional outbox: claimed in batches by any number of relays.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -89,4 +90,48 @@ pub async fn backlog(pool: &Pool) -> Result<(i64, f64), DbError> {
         )
         .await?;
     Ok((row.get(0), row.get(1)))
+}
+
+/// The channel relays LISTEN on.
+pub const OUTBOX_CHANNEL: &str = "vap_outbox";
+
+/// Wakes relays after outbox rows were committed.
+///
+/// NOTIFY inside the writing transaction would make every commit take PostgreSQL's
+/// database-wide notify lock through its WAL flush (measured: 4.6x fewer POSTs/s). Instead one
+/// task per process sends a NOTIFY-only statement after commits; wake-ups that arrive while one
+/// is in flight coalesce into the next. If a process dies between its commit and the wake-up,
+/// the relay's fallback poll finds the row.
+#[derive(Clone)]
+pub struct OutboxWaker {
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl OutboxWaker {
+    pub fn spawn(pool: Pool, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let pending = Arc::clone(&wake);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = pending.notified() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let sent = async {
+                    let client = pool.get().await?;
+                    client.execute("SELECT pg_notify('vap_outbox', '')", &[]).await?;
+                    Ok::<_, DbError>(())
+                };
+                if let Err(e) = sent.await {
+                    tracing::debug!(error = %e, "outbox wake-up not sent; the relay's poll will find the rows");
+                }
+            }
+        });
+        Self { wake }
+    }
+
+    /// Asks for a wake-up; returns at once.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
 }
