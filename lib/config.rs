@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// What a runner works on: given per process by the orchestrator, not configuration, so the
+/// settings loader leaves them alone (the camera URL stays out of `ps` and of config dumps).
+pub const RUNNER_JOB_ENV: [&str; 3] = ["VAP_SCENARIO_UUID", "VAP_SCENARIO_EPOCH", "VAP_CAMERA_URL"];
+
 /// Where an operator puts the file when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vap/vap.toml";
 
@@ -53,6 +57,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub relay: RelaySettings,
     pub inbox: InboxSettings,
+    pub runner: RunnerSettings,
     pub log: LogSettings,
 }
 
@@ -83,6 +88,8 @@ pub struct KafkaSettings {
     pub topic_results: String,
     /// How long one produce may retry before it fails and the batch is retried later.
     pub request_deadline_ms: u64,
+    /// Set TCP_NODELAY on the client's sockets (rskafka doesn't); off only to measure why.
+    pub tcp_nodelay: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -126,6 +133,36 @@ pub struct InboxSettings {
     pub batch_max_records: usize,
 }
 
+/// vap-runner: capture, detection and publishing of one scenario.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerSettings {
+    /// The model manifest (TOML beside the ONNX file it names).
+    pub model_manifest: PathBuf,
+    /// Frames analysed per second of stream time; 0 analyses every frame.
+    pub sample_fps: f64,
+    /// Overrides the manifest's score threshold when set (0..1).
+    pub score_threshold: Option<f32>,
+    /// Threads for inference (matrix products); 1 leaves the other cores to other runners.
+    pub inference_threads: usize,
+    pub open_timeout_ms: u64,
+    /// No frame for this long counts as a lost stream: reconnect.
+    pub read_timeout_ms: u64,
+    /// Failed opens before a source that never opened is given up as unavailable.
+    pub open_attempts: u32,
+    /// Reconnect back-off after a lost stream: from min, doubling with jitter, up to max.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// Analysed frames kept while the broker is unreachable; beyond it the oldest are dropped.
+    pub buffer_frames: usize,
+    /// Most records in one produce request (when catching up).
+    pub produce_batch: usize,
+    /// How long SIGTERM waits for buffered results to reach the broker.
+    pub flush_timeout_ms: u64,
+    /// How often STATUS= and the progress log line are refreshed.
+    pub status_interval_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
@@ -142,6 +179,7 @@ impl Default for Settings {
             api: ApiSettings::default(),
             relay: RelaySettings::default(),
             inbox: InboxSettings::default(),
+            runner: RunnerSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -172,6 +210,7 @@ impl Default for KafkaSettings {
             topic_shutdown_scenario: "shutdown_scenario".into(),
             topic_results: "results".into(),
             request_deadline_ms: 5_000,
+            tcp_nodelay: true,
         }
     }
 }
@@ -214,6 +253,26 @@ impl Default for InboxSettings {
     }
 }
 
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        Self {
+            model_manifest: PathBuf::from("models/ssdlite_person_300.toml"),
+            sample_fps: 2.0,
+            score_threshold: None,
+            inference_threads: 1,
+            open_timeout_ms: 10_000,
+            read_timeout_ms: 5_000,
+            open_attempts: 5,
+            reconnect_min_ms: 1_000,
+            reconnect_max_ms: 30_000,
+            buffer_frames: 1_000,
+            produce_batch: 200,
+            flush_timeout_ms: 5_000,
+            status_interval_ms: 5_000,
+        }
+    }
+}
+
 impl Default for LogSettings {
     fn default() -> Self {
         Self { level: "info".into(), json: false }
@@ -249,7 +308,7 @@ impl Settings {
             builder = builder.add_source(source);
         }
         let env: std::collections::HashMap<String, String> =
-            env.into_iter().filter(|(k, _)| k.starts_with("VAP_")).collect();
+            env.into_iter().filter(|(k, _)| k.starts_with("VAP_") && !RUNNER_JOB_ENV.contains(&k.as_str())).collect();
         builder = builder.add_source(
             config::Environment::with_prefix("VAP")
                 .prefix_separator("_")
@@ -289,6 +348,25 @@ impl Settings {
         }
         if self.api.scenario_page_default < 1 || self.api.scenario_page_default > self.api.scenario_page_max {
             return bad("api.scenario_page_default", "must be between 1 and api.scenario_page_max");
+        }
+        let r = &self.runner;
+        if !(r.sample_fps >= 0.0 && r.sample_fps.is_finite()) {
+            return bad("runner.sample_fps", "must be 0 (every frame) or a positive number");
+        }
+        if r.score_threshold.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+            return bad("runner.score_threshold", "must be between 0 and 1");
+        }
+        if r.inference_threads == 0 {
+            return bad("runner.inference_threads", "must be at least 1");
+        }
+        if r.open_attempts == 0 {
+            return bad("runner.open_attempts", "must be at least 1");
+        }
+        if r.reconnect_min_ms == 0 || r.reconnect_min_ms > r.reconnect_max_ms {
+            return bad("runner.reconnect_min_ms", "must be at least 1 and at most runner.reconnect_max_ms");
+        }
+        if r.buffer_frames == 0 || r.produce_batch == 0 {
+            return bad("runner.buffer_frames", "buffer_frames and produce_batch must be at least 1");
         }
         if !self.relay.metrics_listen.is_empty() && self.relay.metrics_listen.parse::<SocketAddr>().is_err() {
             return bad("relay.metrics_listen", "must be host:port or empty");

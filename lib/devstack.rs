@@ -118,12 +118,32 @@ fn untrack(pid: u32) {
 }
 
 fn scratch_dir(prefix: &str) -> Result<PathBuf, DevStackError> {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_dirs_of_dead_processes);
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("vap-{prefix}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
     Ok(dir)
+}
+
+/// A process killed with SIGKILL (a test, a benchmark) can't clean up after itself: remove
+/// scratch dirs whose owner process is gone, so they never pile up in /tmp.
+fn remove_dirs_of_dead_processes() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("vap-")) else { continue };
+        // vap-<prefix>-<pid>-<n>
+        let mut parts = rest.rsplitn(3, '-');
+        let (Some(_n), Some(pid), Some(_prefix)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let Ok(pid) = pid.parse::<libc::pid_t>() else { continue };
+        let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 // ---- PostgreSQL ------------------------------------------------------------------------

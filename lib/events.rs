@@ -100,6 +100,48 @@ impl FrameResult {
     }
 }
 
+/// Why a runner's stream ended for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// A finite source (a file) was read to its end: the scenario is done, not to be restarted.
+    Finished,
+    /// The source never opened after the configured attempts (refused, 404, not a video).
+    SourceUnavailable,
+}
+
+/// The last record a runner produces to `results` for its scenario. It follows every frame
+/// of the scenario on the same partition, so the inbox sees it after storing them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamEnd {
+    pub scenario_uuid: Uuid,
+    pub timestamp: DateTime<Utc>,
+    pub end_of_stream: EndReason,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub frames_analysed: u64,
+}
+
+/// A record on `results`: an analysed frame, or the end of a scenario's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultsRecord {
+    Frame(FrameResult),
+    End(StreamEnd),
+}
+
+impl ResultsRecord {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
+        match FrameResult::parse(bytes) {
+            Ok(frame) => Ok(ResultsRecord::Frame(frame)),
+            // Frames are the hot path; only a record that isn't one is tried as an end.
+            Err(e @ ResultError::Json(_)) => serde_json::from_slice(bytes).map(ResultsRecord::End).map_err(|_| e),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +168,19 @@ mod tests {
         assert!(matches!(FrameResult::parse(over.as_bytes()), Err(ResultError::Detection { index: 0, .. })));
         let flipped = base(r#"{"class":"person","confidence":0.5,"bbox":[5,0,1,1]}"#, 1);
         assert!(matches!(FrameResult::parse(flipped.as_bytes()), Err(ResultError::Detection { .. })));
+    }
+
+    #[test]
+    fn tells_frames_from_stream_ends() {
+        let end = br#"{"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","timestamp":"2026-01-01T00:00:00Z",
+            "end_of_stream":"finished","frames_analysed":12}"#;
+        match ResultsRecord::parse(end).unwrap() {
+            ResultsRecord::End(e) => assert_eq!((e.end_of_stream, e.frames_analysed), (EndReason::Finished, 12)),
+            other => panic!("expected an end, got {other:?}"),
+        }
+        // Neither shape: the frame's error is reported, it names the missing field.
+        let err = ResultsRecord::parse(br#"{"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10"}"#).unwrap_err();
+        assert!(err.to_string().contains("frame_number"), "{err}");
+        assert!(ResultsRecord::parse(br#"{"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","timestamp":"2026-01-01T00:00:00Z","end_of_stream":"bored"}"#).is_err());
     }
 }

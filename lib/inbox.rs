@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::InboxSettings;
 use crate::db::results::{self, Batch, BatchOutcome};
-use crate::events::FrameResult;
+use crate::events::ResultsRecord;
 use crate::kafka::{KafkaError, KafkaLink};
 use crate::metrics::Metrics;
 
@@ -116,9 +116,14 @@ impl Inbox {
             let mut start = from;
             for chunk in records.chunks(self.settings.batch_max_records) {
                 let mut parsed = Vec::with_capacity(chunk.len());
+                let mut ends = Vec::new();
                 for r in chunk {
-                    match r.record.value.as_deref().map(FrameResult::parse) {
-                        Some(Ok(result)) => parsed.push(result),
+                    match r.record.value.as_deref().map(ResultsRecord::parse) {
+                        Some(Ok(ResultsRecord::Frame(result))) => parsed.push(result),
+                        Some(Ok(ResultsRecord::End(end))) => {
+                            tracing::info!(scenario = %end.scenario_uuid, reason = ?end.end_of_stream, detail = end.detail, "stream ended");
+                            ends.push(end);
+                        }
                         Some(Err(e)) => self.reject(&topic, partition, r.offset, &e.to_string(), "malformed"),
                         None => self.reject(&topic, partition, r.offset, "record has no value", "empty"),
                     }
@@ -132,6 +137,7 @@ impl Inbox {
                     next_offset: end,
                     high_watermark,
                     results: &parsed,
+                    ends: &ends,
                 };
                 match results::store_batch(&self.pool, batch).await {
                     Ok(BatchOutcome::Stored(s)) => {
@@ -141,6 +147,9 @@ impl Inbox {
                         if s.unknown_scenario > 0 {
                             m.inc("vap_inbox_rejected_total", "Records not stored, by reason.", &[("reason", "unknown_scenario")], s.unknown_scenario as u64);
                             tracing::warn!(topic, partition, count = s.unknown_scenario, "results for unknown scenarios dropped");
+                        }
+                        if s.ended > 0 {
+                            m.inc("vap_inbox_streams_ended_total", "Scenarios moved to rest by their runner's end-of-stream record.", &[], s.ended as u64);
                         }
                         start = end;
                         next = Some(end);

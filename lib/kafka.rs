@@ -37,6 +37,7 @@ impl KafkaError {
 /// A connected client with cached per-partition clients.
 pub struct Kafka {
     client: Client,
+    nodelay: bool,
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
 }
 
@@ -57,9 +58,11 @@ impl Kafka {
             .backoff_config(backoff(settings))
             .build()
             .await?;
-        set_nodelay_on_tcp_sockets();
-        spawn_nodelay_sweeper();
-        Ok(Self { client, partitions: Mutex::new(HashMap::new()) })
+        if settings.tcp_nodelay {
+            set_nodelay_on_tcp_sockets();
+            spawn_nodelay_sweeper();
+        }
+        Ok(Self { client, nodelay: settings.tcp_nodelay, partitions: Mutex::new(HashMap::new()) })
     }
 
     /// Creates `topic` with `partitions` partitions unless it exists; returns its partition ids.
@@ -101,7 +104,9 @@ impl Kafka {
             return Ok(Arc::clone(p));
         }
         let p = Arc::new(self.client.partition_client(topic, partition, UnknownTopicHandling::Retry).await?);
-        set_nodelay_on_tcp_sockets();
+        if self.nodelay {
+            set_nodelay_on_tcp_sockets();
+        }
         Ok(Arc::clone(self.partitions.lock().await.entry(key).or_insert(p)))
     }
 }

@@ -4,7 +4,7 @@
 //! client -> vap-api (api) -> PostgreSQL [scenarios + outbox, one transaction] (db)
 //! outbox relay (outbox_relay) -> Kafka `init_scenario` / `shutdown_scenario` (kafka, events)
 //! vap-orchestrator -> one runner per scenario                (later: orchestrator)
-//! vap-runner: decode -> detect -> Kafka `results`            (later: runner)
+//! vap-runner (runner): OpenCV decode -> tract detect -> Kafka `results`
 //! inbox (inbox): Kafka `results` -> PostgreSQL, idempotent -> api serves predictions
 //! ```
 //!
@@ -15,6 +15,7 @@
 //! | [`outbox_relay`] | outbox rows -> Kafka, marked published only after the ack |
 //! | [`inbox`] | Kafka `results` -> `scenario_results`, exactly-once effects |
 //! | [`relay`] | the `vap-relay` process: outbox relay + inbox + its metrics |
+//! | `runner` | `vap-runner`: capture, detection, publishing (feature `runner`: the only code linking OpenCV and tract) |
 //! | [`kafka`] | the Kafka interface (rskafka): connect, topics, partitioner |
 //! | [`events`] | the messages on Kafka: the contract between processes |
 //! | [`camera_url`] | which camera URLs are accepted, and their redaction |
@@ -41,3 +42,5 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod outbox_relay;
 pub mod relay;
+#[cfg(feature = "runner")]
+pub mod runner;

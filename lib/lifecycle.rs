@@ -35,6 +35,10 @@ pub fn notify_stopping() {
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
 }
 
+pub fn notify_watchdog() {
+    let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+}
+
 pub fn notify_status(status: &str) {
     let _ = sd_notify::notify(false, &[NotifyState::Status(status)]);
 }

@@ -20,6 +20,18 @@ fn write_toml(text: &str) -> tempfile::NamedTempFile {
 }
 
 #[test]
+fn the_documented_example_file_loads_and_runner_job_variables_are_not_settings() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("units/vap.toml");
+    // The job variables a runner gets must not trip the unknown-key check.
+    let job = env(&[("VAP_SCENARIO_UUID", "6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10"), ("VAP_CAMERA_URL", "rtsp://cam/1"), ("VAP_SCENARIO_EPOCH", "2026-01-01T00:00:00Z")]);
+    let s = Settings::load_from(Some(&path), job).expect("units/vap.toml is valid");
+    assert_eq!(s.runner.sample_fps, 2.0);
+    assert_eq!(s.runner.model_manifest, std::path::PathBuf::from("/usr/share/vap/models/ssdlite_person_300.toml"));
+    let e = Settings::load_from(None, env(&[("VAP_RUNNER__SAMPLE_FPS", "-1")])).unwrap_err().to_string();
+    assert!(e.contains("runner.sample_fps"), "{e}");
+}
+
+#[test]
 fn defaults_then_file_then_environment() {
     let file = write_toml("[database]\nport = 6000\nuser = \"fromfile\"\n[kafka]\npartitions = 8\n");
     let s = Settings::load_from(Some(file.path()), env(&[("VAP_DATABASE__PORT", "7000"), ("VAP_KAFKA__BROKERS", "a:1,b:2")])).unwrap();

@@ -5,7 +5,7 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use super::DbError;
-use crate::events::FrameResult;
+use crate::events::{EndReason, FrameResult, StreamEnd};
 
 /// One stored frame as the API serves it.
 #[derive(Debug, Clone)]
@@ -92,6 +92,8 @@ pub struct Stored {
     pub unknown_scenario: i64,
     /// Scenarios that became `active` with this batch.
     pub activated: i64,
+    /// Scenarios whose stream ended with this batch (now `inactive` or `failed`).
+    pub ended: i64,
 }
 
 /// The outcome of [`store_batch`].
@@ -112,6 +114,8 @@ pub struct Batch<'a> {
     pub next_offset: i64,
     pub high_watermark: i64,
     pub results: &'a [FrameResult],
+    /// Ends of streams, applied after the batch's results.
+    pub ends: &'a [StreamEnd],
 }
 
 /// Stores results and advances the position in one transaction: a crash between the two can't
@@ -130,17 +134,25 @@ pub async fn store_batch(pool: &Pool, batch: Batch<'_>) -> Result<BatchOutcome, 
         tx.rollback().await?;
         return Ok(BatchOutcome::PositionMoved);
     }
-    if batch.results.is_empty() {
-        tx.commit().await?;
-        return Ok(BatchOutcome::Stored(Stored::default()));
+    let mut stored = Stored::default();
+    if !batch.results.is_empty() {
+        stored = insert_results(&tx, batch.results).await?;
     }
-    let n = batch.results.len();
+    for end in batch.ends {
+        stored.ended += end_stream(&tx, end).await? as i64;
+    }
+    tx.commit().await?;
+    Ok(BatchOutcome::Stored(stored))
+}
+
+async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[FrameResult]) -> Result<Stored, DbError> {
+    let n = results.len();
     let mut uuids = Vec::with_capacity(n);
     let mut frames = Vec::with_capacity(n);
     let mut times = Vec::with_capacity(n);
     let mut detections = Vec::with_capacity(n);
     let mut extras = Vec::with_capacity(n);
-    for r in batch.results {
+    for r in results {
         uuids.push(r.scenario_uuid);
         frames.push(r.frame_number);
         times.push(r.timestamp);
@@ -173,15 +185,25 @@ pub async fn store_batch(pool: &Pool, batch: Batch<'_>) -> Result<BatchOutcome, 
             &[&uuids, &frames, &times, &detections, &extras],
         )
         .await?;
-    tx.commit().await?;
     let known: i64 = row.get(0);
     let inserted: i64 = row.get(1);
-    Ok(BatchOutcome::Stored(Stored {
-        inserted,
-        duplicates: known - inserted,
-        unknown_scenario: n as i64 - known,
-        activated: row.get(2),
-    }))
+    Ok(Stored { inserted, duplicates: known - inserted, unknown_scenario: n as i64 - known, activated: row.get(2), ended: 0 })
+}
+
+/// A finished source makes the scenario `inactive`; one that never opened makes it `failed`
+/// with the runner's reason. A scenario already at rest is left alone (redelivery).
+async fn end_stream(tx: &deadpool_postgres::Transaction<'_>, end: &StreamEnd) -> Result<u64, DbError> {
+    let (status, error) = match end.end_of_stream {
+        EndReason::Finished => ("inactive", None),
+        EndReason::SourceUnavailable => ("failed", Some(format!("camera unavailable: {}", end.detail))),
+    };
+    Ok(tx
+        .execute(
+            "UPDATE scenarios SET status = $2, error = $3, updated_at = now()
+              WHERE scenario_uuid = $1 AND status NOT IN ('inactive', 'failed')",
+            &[&end.scenario_uuid, &status, &error],
+        )
+        .await?)
 }
 
 /// Sum over partitions of (high watermark - next offset) for a consumer: how far it trails.

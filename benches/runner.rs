@@ -1,0 +1,212 @@
+//! Runner benchmark (docs/BENCHMARKS.md): `cargo bench --features runner --bench runner`.
+//!
+//! 1. the real vap-runner on a 640x480 H.264 file, every frame analysed, 1 and 2 inference
+//!    threads: per-frame time split, frames/s, peak RSS;
+//! 2. inference alone on the same prepared inputs: tract beside onnxruntime (PyPI), 1 and 2
+//!    threads;
+//! 3. the produce path catching up 5,000 buffered results, stock rskafka sockets beside
+//!    TCP_NODELAY.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use opencv::prelude::*;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use vap::config::KafkaSettings;
+use vap::devstack::{Broker, BrokerStorage};
+use vap::kafka::KafkaLink;
+use vap::runner::detector::TractDetector;
+use vap::runner::publisher::{result_record, Publisher, ResultBuffer};
+
+const VTEST: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
+const INFERENCE_FRAMES: usize = 100;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("runner benchmark: run with `cargo bench --features runner --bench runner`");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let video = make_video(&dir);
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite_person_300.toml");
+    let broker = Broker::start(BrokerStorage::Memory).expect("start broker");
+    println!("machine: {} cores; video: 640x480 H.264, 795 frames (vtest.avi), every frame analysed", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+
+    println!("\n== vap-runner process (release), whole pipeline");
+    println!("{:<10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>9} {:>8} {:>10} {:>9}", "threads", "frames/s", "read ms", "resize ms", "infer ms", "nms ms", "queue ms", "other %", "produce ms", "peak RSS");
+    for threads in [1, 2] {
+        let (done, max_rss_kb) = run_runner(&video, &manifest, &broker.addr(), threads);
+        let f = |k: &str| done[k].as_f64().unwrap_or(f64::NAN);
+        let per_frame = 1000.0 / f("fps");
+        let outside = f("read_ms") + f("preprocess_ms") + f("postprocess_ms") + f("queue_ms");
+        println!(
+            "{:<10} {:>8.1} {:>8.2} {:>11.2} {:>10.2} {:>10.3} {:>9.3} {:>7.1}% {:>10.2} {:>6} MB",
+            threads, f("fps"), f("read_ms"), f("preprocess_ms"), f("inference_ms"), f("postprocess_ms"), f("queue_ms"),
+            100.0 * outside / per_frame, f("produce_ms_per_request"), max_rss_kb / 1024,
+        );
+    }
+    println!("  (other % = read + resize/normalise + decode/NMS + queueing, as a share of a frame's wall time)");
+
+    println!("\n== inference alone, the same {INFERENCE_FRAMES} prepared inputs (300x300)");
+    let inputs = prepare_inputs(&video, &manifest, &dir);
+    let detector = TractDetector::load(&manifest, None).unwrap();
+    let model = manifest.parent().unwrap().join("ssdlite_person_300.onnx");
+    let python = bench_python();
+    for threads in [1usize, 2] {
+        let executor = if threads == 1 { tract_linalg::multithread::Executor::SingleThread } else { tract_linalg::multithread::Executor::multithread(threads) };
+        tract_linalg::multithread::set_default_executor(executor);
+        let tract_ms = time_tract(&detector, &inputs);
+        let ort = Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_reference.py"))
+            .args([model.to_str().unwrap(), dir.join("inputs.f32").to_str().unwrap(), "300", "300", &threads.to_string()])
+            .output()
+            .expect("run onnxruntime");
+        assert!(ort.status.success(), "onnxruntime: {}", String::from_utf8_lossy(&ort.stderr));
+        let ort: Value = serde_json::from_slice(&ort.stdout).unwrap();
+        let ort_ms = ort["mean_ms"].as_f64().unwrap();
+        println!(
+            "threads {threads}: tract {:.2} ms/frame | onnxruntime {} {:.2} ms/frame | tract/onnxruntime {:.2}",
+            tract_ms, ort["version"].as_str().unwrap_or("?"), ort_ms, tract_ms / ort_ms
+        );
+    }
+    tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::SingleThread);
+
+    println!("\n== produce path: 5000 buffered results (about 330 B each) drained at produce_batch 200");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    // Stock sockets first: the NODELAY sweeper, once started, covers every socket of the process.
+    for nodelay in [false, true] {
+        let rate = rt.block_on(drain(&broker.addr(), nodelay, 5_000, 200));
+        println!("  {:<28} {:>9.0} results/s", if nodelay { "with TCP_NODELAY (vap)" } else { "stock rskafka sockets" }, rate);
+    }
+}
+
+/// 640x480 H.264 from opencv-doc's pedestrians, made once.
+fn make_video(dir: &Path) -> PathBuf {
+    let out = dir.join("vtest_640x480.mp4");
+    if !out.exists() {
+        let tmp = dir.join("vtest.tmp.mp4");
+        let ok = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-i", VTEST, "-vf", "scale=640:480", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-an"])
+            .arg(&tmp)
+            .status()
+            .expect("ffmpeg")
+            .success();
+        assert!(ok, "ffmpeg failed");
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+/// Runs the real binary; returns its "runner done" fields and its peak RSS (KB).
+fn run_runner(video: &Path, manifest: &Path, broker: &str, threads: usize) -> (Value, i64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vap-runner"))
+        .env_clear()
+        .env("VAP_KAFKA__BROKERS", broker)
+        .env("VAP_KAFKA__TOPIC_RESULTS", format!("bench-results-{threads}"))
+        .env("VAP_RUNNER__MODEL_MANIFEST", manifest)
+        .env("VAP_RUNNER__SAMPLE_FPS", "0")
+        .env("VAP_RUNNER__INFERENCE_THREADS", threads.to_string())
+        .env("VAP_LOG__JSON", "true")
+        .env("VAP_SCENARIO_UUID", uuid::Uuid::new_v4().to_string())
+        .env("VAP_CAMERA_URL", video)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vap-runner");
+    let mut done = Value::Null;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok) {
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if v["fields"]["message"] == "runner done" {
+                done = v["fields"].clone();
+            }
+        }
+    }
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(status, 0, "runner failed");
+    (done, usage.ru_maxrss)
+}
+
+/// The first frames of the video as the detector prepares them, kept and written for Python.
+fn prepare_inputs(video: &Path, manifest: &Path, dir: &Path) -> Vec<Vec<f32>> {
+    let mut detector = TractDetector::load(manifest, None).unwrap();
+    let mut capture = opencv::videoio::VideoCapture::from_file(video.to_str().unwrap(), opencv::videoio::CAP_FFMPEG).unwrap();
+    let mut frame = opencv::core::Mat::default();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join("inputs.f32")).unwrap());
+    let mut inputs = Vec::new();
+    while inputs.len() < INFERENCE_FRAMES && capture.read(&mut frame).unwrap() {
+        let input = detector.input_for(&frame).unwrap().to_vec();
+        for v in &input {
+            file.write_all(&v.to_le_bytes()).unwrap();
+        }
+        inputs.push(input);
+    }
+    file.flush().unwrap();
+    inputs
+}
+
+fn time_tract(detector: &TractDetector, inputs: &[Vec<f32>]) -> f64 {
+    for input in inputs.iter().take(5) {
+        detector.infer(input).unwrap();
+    }
+    let started = Instant::now();
+    for input in inputs {
+        detector.infer(input).unwrap();
+    }
+    started.elapsed().as_secs_f64() * 1000.0 / inputs.len() as f64
+}
+
+/// A Python with onnxruntime and numpy: a venv under ~/.cache/vap, made once.
+fn bench_python() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let venv = Path::new(&home).join(".cache/vap/bench-venv");
+    let python = venv.join("bin/python");
+    let ready = python.exists() && Command::new(&python).args(["-c", "import onnxruntime, numpy"]).status().is_ok_and(|s| s.success());
+    if !ready {
+        println!("(installing onnxruntime and numpy from PyPI into {})", venv.display());
+        assert!(Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success(), "python3 -m venv");
+        let ok = Command::new(venv.join("bin/pip")).args(["install", "--quiet", "onnxruntime", "numpy"]).status().unwrap().success();
+        assert!(ok, "pip install onnxruntime numpy");
+    }
+    python
+}
+
+/// Fills a buffer with results and times the runner's publisher draining it to the broker.
+async fn drain(broker: &str, nodelay: bool, count: usize, batch: usize) -> f64 {
+    let settings = KafkaSettings {
+        brokers: vec![broker.to_string()],
+        topic_results: format!("bench-drain-{nodelay}"),
+        tcp_nodelay: nodelay,
+        ..KafkaSettings::default()
+    };
+    let kafka = Arc::new(KafkaLink::new(settings));
+    kafka.get().await.expect("connect");
+    let scenario = uuid::Uuid::new_v4();
+    let buffer = Arc::new(ResultBuffer::new(count + 1));
+    let value = serde_json::to_vec(&serde_json::json!({
+        "scenario_uuid": scenario, "frame_number": 123456, "timestamp": "2026-11-24T12:00:00.123Z",
+        "detections": [{"class": "person", "confidence": 0.93, "bbox": [412.0, 88.5, 471.2, 240.0]},
+                       {"class": "person", "confidence": 0.71, "bbox": [112.0, 58.5, 171.2, 200.0]}],
+        "model": "ssdlite_person_300", "inference_ms": 21.4, "frame_width": 640, "frame_height": 480, "source_frame": 57
+    }))
+    .unwrap();
+    // Warm the partition client, so only the drain is timed.
+    buffer.push(result_record(scenario, value.clone(), chrono::Utc::now()));
+    let warm = Arc::new(ResultBuffer::new(2));
+    warm.push(result_record(scenario, value.clone(), chrono::Utc::now()));
+    warm.close();
+    Publisher { kafka: Arc::clone(&kafka), scenario, batch }.run(warm, CancellationToken::new()).await;
+    for _ in 1..count {
+        buffer.push(result_record(scenario, value.clone(), chrono::Utc::now()));
+    }
+    buffer.close();
+    let started = Instant::now();
+    let left = Publisher { kafka, scenario, batch }.run(Arc::clone(&buffer), CancellationToken::new()).await;
+    assert_eq!(left, 0);
+    count as f64 / started.elapsed().as_secs_f64()
+}

@@ -1,0 +1,417 @@
+//! The camera interface and its OpenCV backend (FFmpeg), plus the capture loop: open with
+//! timeouts, sample by time, keep only the newest frame of a live source, reconnect with
+//! jittered back-off.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use opencv::core::{Mat, Vector};
+use opencv::prelude::*;
+use opencv::videoio;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RunnerSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot open {0}")]
+    Open(String),
+    #[error("opencv: {0}")]
+    OpenCv(#[from] opencv::Error),
+}
+
+/// What an opened source says about itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SourceInfo {
+    /// A live stream (RTSP, MJPEG) rather than media with an end (a file).
+    pub live: bool,
+    pub fps: f64,
+    pub width: i32,
+    pub height: i32,
+}
+
+/// The camera interface: frames, one at a time.
+pub trait FrameSource: Send {
+    /// Opens or reopens the source.
+    fn open(&mut self) -> Result<SourceInfo, CaptureError>;
+    /// Advances to the next frame. `Ok(None)`: no frame (end of media, or a lost stream).
+    /// Returns the frame's position in the media, in milliseconds.
+    fn grab(&mut self) -> Result<Option<f64>, CaptureError>;
+    /// Decodes the frame last grabbed into `into` (8-bit BGR).
+    fn retrieve(&mut self, into: &mut Mat) -> Result<bool, CaptureError>;
+}
+
+/// OpenCV's FFmpeg backend. `url` may hold credentials: it is never logged from here.
+pub struct OpenCvSource {
+    url: String,
+    open_timeout_ms: u64,
+    read_timeout_ms: u64,
+    capture: Option<videoio::VideoCapture>,
+}
+
+impl OpenCvSource {
+    pub fn new(url: &str, settings: &RunnerSettings) -> Self {
+        // OpenCV takes paths, not file:// URLs.
+        let url = url.strip_prefix("file://").unwrap_or(url).to_string();
+        Self { url, open_timeout_ms: settings.open_timeout_ms, read_timeout_ms: settings.read_timeout_ms, capture: None }
+    }
+
+    fn is_stream_url(&self) -> bool {
+        let lower = self.url.to_ascii_lowercase();
+        lower.starts_with("rtsp://") || lower.starts_with("rtsps://")
+    }
+}
+
+impl FrameSource for OpenCvSource {
+    fn open(&mut self) -> Result<SourceInfo, CaptureError> {
+        self.capture = None;
+        // Without these a stalled stream blocks a read for about 30 s.
+        let params = Vector::<i32>::from_slice(&[
+            videoio::CAP_PROP_OPEN_TIMEOUT_MSEC,
+            self.open_timeout_ms.min(i32::MAX as u64) as i32,
+            videoio::CAP_PROP_READ_TIMEOUT_MSEC,
+            self.read_timeout_ms.min(i32::MAX as u64) as i32,
+        ]);
+        let cap = videoio::VideoCapture::from_file_with_params(&self.url, videoio::CAP_FFMPEG, &params)?;
+        // A URL that can't be opened gives a closed capture, not an error.
+        if !cap.is_opened()? {
+            return Err(CaptureError::Open(crate::camera_url::redact(&self.url)));
+        }
+        let frames = cap.get(videoio::CAP_PROP_FRAME_COUNT)?;
+        let info = SourceInfo {
+            live: self.is_stream_url() || frames <= 0.0,
+            fps: cap.get(videoio::CAP_PROP_FPS)?,
+            width: cap.get(videoio::CAP_PROP_FRAME_WIDTH)? as i32,
+            height: cap.get(videoio::CAP_PROP_FRAME_HEIGHT)? as i32,
+        };
+        self.capture = Some(cap);
+        Ok(info)
+    }
+
+    fn grab(&mut self) -> Result<Option<f64>, CaptureError> {
+        let Some(cap) = self.capture.as_mut() else { return Ok(None) };
+        if !cap.grab()? {
+            return Ok(None);
+        }
+        Ok(Some(cap.get(videoio::CAP_PROP_POS_MSEC)?))
+    }
+
+    fn retrieve(&mut self, into: &mut Mat) -> Result<bool, CaptureError> {
+        let Some(cap) = self.capture.as_mut() else { return Ok(false) };
+        Ok(cap.retrieve(into, 0)? && !into.empty())
+    }
+}
+
+/// A frame chosen for analysis.
+pub struct SampledFrame {
+    pub image: Mat,
+    pub captured_at: DateTime<Utc>,
+    /// Index of the frame in the current connection to the source.
+    pub source_index: u64,
+    /// Time spent grabbing and decoding it.
+    pub read_time: Duration,
+}
+
+/// How the capture loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureEnd {
+    /// A finite source was read to its end.
+    Finished,
+    /// The source never opened: the reason of the last attempt.
+    Unavailable(String),
+    /// Shutdown was requested.
+    Stopped,
+}
+
+#[derive(Default)]
+struct SlotState {
+    frame: Option<SampledFrame>,
+    end: Option<CaptureEnd>,
+}
+
+/// Hands frames from the capture thread to the detector: one slot. A live source overwrites an
+/// unread frame (counted as dropped), so the detector always gets the newest picture; a finite
+/// source waits instead, so no frame of a file is lost.
+#[derive(Default)]
+pub struct FrameSlot {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+/// Counters the capture loop keeps; read by STATUS and the benchmark.
+#[derive(Default)]
+pub struct CaptureStats {
+    pub frames_read: AtomicU64,
+    /// Sampled frames overwritten before the detector took them.
+    pub frames_dropped: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Last progress of the capture loop, ms since start: the watchdog checks it.
+    pub heartbeat_ms: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl FrameSlot {
+    fn put(&self, frame: SampledFrame, overwrite: bool, stats: &CaptureStats, shutdown: &CancellationToken, beat: &dyn Fn()) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if overwrite {
+            if s.frame.replace(frame).is_some() {
+                stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            while s.frame.is_some() && !shutdown.is_cancelled() {
+                beat();
+                s = self.changed.wait_timeout(s, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            s.frame = Some(frame);
+        }
+        self.changed.notify_all();
+    }
+
+    fn finish(&self, end: CaptureEnd) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.end = Some(end);
+        self.changed.notify_all();
+    }
+
+    /// The next frame, waiting up to `wait`. `Err(end)` once the source is done and drained.
+    pub fn take(&self, wait: Duration) -> Result<Option<SampledFrame>, CaptureEnd> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.frame.is_none() && s.end.is_none() {
+            s = self.changed.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        if let Some(f) = s.frame.take() {
+            self.changed.notify_all();
+            return Ok(Some(f));
+        }
+        match &s.end {
+            Some(end) => Err(end.clone()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Decides which frames to analyse: one per `1 / fps` of stream time (media time for files,
+/// wall-clock time for live streams), not every n-th frame, so a camera's frame rate doesn't
+/// change the analysis rate.
+pub struct Sampler {
+    interval_ms: f64,
+    next_due_ms: Option<f64>,
+}
+
+impl Sampler {
+    pub fn new(fps: f64) -> Self {
+        Self { interval_ms: if fps > 0.0 { 1000.0 / fps } else { 0.0 }, next_due_ms: None }
+    }
+
+    pub fn reset(&mut self) {
+        self.next_due_ms = None;
+    }
+
+    /// Whether the frame at `t_ms` is analysed.
+    pub fn take(&mut self, t_ms: f64) -> bool {
+        if self.interval_ms == 0.0 {
+            return true;
+        }
+        match self.next_due_ms {
+            Some(due) if t_ms + 0.5 < due => false,
+            Some(due) => {
+                // Skip whole intervals missed (a stall) instead of bursting to catch up.
+                let missed = ((t_ms - due) / self.interval_ms).floor().max(0.0);
+                self.next_due_ms = Some(due + (missed + 1.0) * self.interval_ms);
+                true
+            }
+            None => {
+                self.next_due_ms = Some(t_ms + self.interval_ms);
+                true
+            }
+        }
+    }
+}
+
+/// Exponential back-off with jitter, from `min` doubling up to `max`.
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+        Self { min, max, current: min, seed }
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    /// The next wait: the current step with +-25% jitter, then the step doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        // xorshift: jitter only needs to spread runners that lost the same camera.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let jitter = 0.75 + (self.seed % 1000) as f64 / 2000.0;
+        let delay = self.current.mul_f64(jitter);
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+}
+
+pub struct CaptureLoop<S: FrameSource> {
+    pub source: S,
+    pub sample_fps: f64,
+    pub open_attempts: u32,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl<S: FrameSource> CaptureLoop<S> {
+    /// Runs until the source ends, never opens, or `shutdown`; then marks the slot finished.
+    pub fn run(mut self, slot: &FrameSlot, stats: &CaptureStats, started: Instant, shutdown: &CancellationToken) {
+        let end = self.capture(slot, stats, started, shutdown);
+        slot.finish(end);
+    }
+
+    fn capture(&mut self, slot: &FrameSlot, stats: &CaptureStats, started: Instant, shutdown: &CancellationToken) -> CaptureEnd {
+        let beat = || stats.heartbeat_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let mut backoff = Backoff::new(self.reconnect_min, self.reconnect_max);
+        let mut ever_opened = false;
+        let mut failed_opens = 0u32;
+        let mut sampler = Sampler::new(self.sample_fps);
+        let mut image = Mat::default();
+        loop {
+            beat();
+            if shutdown.is_cancelled() {
+                return CaptureEnd::Stopped;
+            }
+            let info = match self.source.open() {
+                Ok(info) => info,
+                Err(e) => {
+                    failed_opens += 1;
+                    let reason = e.to_string();
+                    *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                    if !ever_opened && failed_opens >= self.open_attempts {
+                        tracing::error!(attempts = failed_opens, error = reason, "camera never opened; giving up");
+                        return CaptureEnd::Unavailable(reason);
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = reason, retry_in_ms = delay.as_millis() as u64, "camera open failed");
+                    if sleep_unless_cancelled(delay, shutdown, &beat) {
+                        return CaptureEnd::Stopped;
+                    }
+                    continue;
+                }
+            };
+            if ever_opened {
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            ever_opened = true;
+            failed_opens = 0;
+            tracing::info!(live = info.live, fps = info.fps, width = info.width, height = info.height, "camera opened");
+            sampler.reset();
+            let clock = Instant::now();
+            let mut index = 0u64;
+            let mut got_frames = false;
+            loop {
+                beat();
+                if shutdown.is_cancelled() {
+                    return CaptureEnd::Stopped;
+                }
+                let read_started = Instant::now();
+                let position = match self.source.grab() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        None
+                    }
+                };
+                let Some(media_ms) = position else { break };
+                let captured_at = Utc::now();
+                stats.frames_read.fetch_add(1, Ordering::Relaxed);
+                index += 1;
+                got_frames = true;
+                let t_ms = if info.live { clock.elapsed().as_secs_f64() * 1000.0 } else { media_ms };
+                if !sampler.take(t_ms) {
+                    continue;
+                }
+                match self.source.retrieve(&mut image) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        continue;
+                    }
+                }
+                let frame = SampledFrame { image: std::mem::take(&mut image), captured_at, source_index: index - 1, read_time: read_started.elapsed() };
+                slot.put(frame, info.live, stats, shutdown, &beat);
+            }
+            if !info.live {
+                // Media with an end: reaching it is the normal way out.
+                tracing::info!(frames = index, "end of media");
+                return CaptureEnd::Finished;
+            }
+            if got_frames {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some("stream lost".into());
+            tracing::warn!(frames = index, retry_in_ms = delay.as_millis() as u64, "stream lost; reconnecting");
+            if sleep_unless_cancelled(delay, shutdown, &beat) {
+                return CaptureEnd::Stopped;
+            }
+        }
+    }
+}
+
+/// Sleeps in short steps, beating the heartbeat (waiting is not hanging). True if cancelled.
+fn sleep_unless_cancelled(total: Duration, shutdown: &CancellationToken, beat: &dyn Fn()) -> bool {
+    let until = Instant::now() + total;
+    while Instant::now() < until {
+        if shutdown.is_cancelled() {
+            return true;
+        }
+        beat();
+        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+    }
+    shutdown.is_cancelled()
+}
+
+/// Shared between the capture thread and the rest of the runner.
+pub type SharedSlot = Arc<FrameSlot>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_by_time_not_by_frame_count() {
+        // A 25 fps camera sampled at 2 fps: frames every 40 ms, one taken per 500 ms.
+        let mut s = Sampler::new(2.0);
+        let taken: Vec<u32> = (0..100).filter(|i| s.take(*i as f64 * 40.0)).collect();
+        assert_eq!(taken, vec![0, 13, 25, 38, 50, 63, 75, 88]);
+        // A stall: the next frame after a 3 s gap is taken, then the grid goes on from there.
+        let mut s = Sampler::new(2.0);
+        assert!(s.take(0.0));
+        assert!(s.take(3_010.0));
+        assert!(!s.take(3_400.0));
+        assert!(s.take(3_500.0));
+        let mut every = Sampler::new(0.0);
+        assert!((0..10).all(|i| every.take(i as f64)));
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let delays: Vec<f64> = (0..8).map(|_| b.next_delay().as_secs_f64()).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let step = (1u64 << i).min(30) as f64;
+            assert!(*d >= step * 0.75 && *d <= step * 1.25, "delay {i} = {d}, step {step}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(1250));
+    }
+}

@@ -1,0 +1,161 @@
+//! `vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL]`
+//!
+//! The orchestrator passes the job in the environment (`VAP_SCENARIO_UUID`,
+//! `VAP_SCENARIO_EPOCH`, `VAP_CAMERA_URL`) so the camera URL, which may hold credentials, never
+//! shows in the process list. Flags are for running it by hand.
+//!
+//! Exit codes: 0 the source ended or SIGTERM flushed; 1 any other error; 2 bad usage or
+//! configuration; 3 the camera never opened (a unit should not restart on it:
+//! `RestartPreventExitStatus=3`); 4 the model could not be loaded.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Outcome, RunnerError, RunnerJob};
+use crate::config::Settings;
+
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_SOURCE_UNAVAILABLE: u8 = 3;
+pub const EXIT_MODEL: u8 = 4;
+
+const USAGE: &str = "usage: vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL]";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UsageError {
+    #[error("{0} needs a value; {USAGE}")]
+    MissingValue(String),
+    #[error("unknown argument '{0}'; {USAGE}")]
+    Unknown(String),
+    #[error("no scenario: pass --scenario or set VAP_SCENARIO_UUID")]
+    NoScenario,
+    #[error("scenario '{0}' is not a UUID")]
+    BadScenario(String),
+    #[error("epoch '{0}' is not an RFC 3339 time")]
+    BadEpoch(String),
+    #[error("no camera URL: set VAP_CAMERA_URL or pass --camera-url")]
+    NoCameraUrl,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerArgs {
+    pub config: Option<PathBuf>,
+    pub scenario: Uuid,
+    pub epoch: DateTime<Utc>,
+    pub camera_url: String,
+}
+
+impl RunnerArgs {
+    /// Flags win over the environment.
+    pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Option<String>) -> Result<Self, UsageError> {
+        let (mut config, mut scenario, mut epoch, mut url) = (None, env("VAP_SCENARIO_UUID"), env("VAP_SCENARIO_EPOCH"), env("VAP_CAMERA_URL"));
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+                _ => (arg.clone(), None),
+            };
+            let mut value = || inline.clone().or_else(|| args.next()).ok_or_else(|| UsageError::MissingValue(flag.clone()));
+            match flag.as_str() {
+                "--config" | "-c" => config = Some(PathBuf::from(value()?)),
+                "--scenario" => scenario = Some(value()?),
+                "--epoch" => epoch = Some(value()?),
+                "--camera-url" => url = Some(value()?),
+                _ => return Err(UsageError::Unknown(arg)),
+            }
+        }
+        let scenario = scenario.filter(|s| !s.is_empty()).ok_or(UsageError::NoScenario)?;
+        let scenario = Uuid::parse_str(&scenario).map_err(|_| UsageError::BadScenario(scenario))?;
+        // Without an epoch (a run by hand) numbers count from the Unix epoch: still unique.
+        let epoch = match epoch.filter(|e| !e.is_empty()) {
+            Some(e) => DateTime::parse_from_rfc3339(&e).map_err(|_| UsageError::BadEpoch(e))?.with_timezone(&Utc),
+            None => DateTime::UNIX_EPOCH,
+        };
+        let camera_url = url.filter(|u| !u.is_empty()).ok_or(UsageError::NoCameraUrl)?;
+        Ok(Self { config, scenario, epoch, camera_url })
+    }
+}
+
+/// The whole `vap-runner` process; the binary only calls this.
+pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
+    // FFmpeg reads this when a capture opens: RTSP over TCP survives lossy networks and NAT.
+    // Set before any thread starts (setenv is not thread-safe); an operator's value wins.
+    if std::env::var_os("OPENCV_FFMPEG_CAPTURE_OPTIONS").is_none() {
+        std::env::set_var("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp");
+    }
+    let args = match RunnerArgs::parse(args, |k| std::env::var(k).ok()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("vap-runner: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let settings = match Settings::load(args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vap-runner: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    crate::lifecycle::init_logging(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vap-runner: error: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let job = RunnerJob { scenario: args.scenario, camera_url: args.camera_url, epoch: args.epoch };
+    let span = tracing::info_span!("runner", scenario = %job.scenario);
+    let _entered = span.enter();
+    tracing::info!(camera = crate::camera_url::redact(&job.camera_url), "runner starting");
+    let result = runtime.block_on(async {
+        let shutdown = crate::lifecycle::shutdown_on_signal();
+        super::run(settings, job, shutdown).await
+    });
+    match result {
+        Ok(report) => match report.outcome {
+            Outcome::Finished | Outcome::Stopped => ExitCode::SUCCESS,
+            Outcome::SourceUnavailable(reason) => {
+                tracing::error!(reason, exit_code = EXIT_SOURCE_UNAVAILABLE, "camera unavailable");
+                ExitCode::from(EXIT_SOURCE_UNAVAILABLE)
+            }
+        },
+        Err(RunnerError::Model(e)) => {
+            tracing::error!(error = %e, exit_code = EXIT_MODEL, "model unusable");
+            ExitCode::from(EXIT_MODEL)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "runner failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<RunnerArgs, UsageError> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        RunnerArgs::parse(args.iter().map(|s| s.to_string()), |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn job_from_environment_or_flags() {
+        let id = "6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10";
+        let a = parse(&[], &[("VAP_SCENARIO_UUID", id), ("VAP_CAMERA_URL", "rtsp://u:p@cam/1"), ("VAP_SCENARIO_EPOCH", "2026-01-01T00:00:00Z")]).unwrap();
+        assert_eq!((a.scenario.to_string().as_str(), a.camera_url.as_str()), (id, "rtsp://u:p@cam/1"));
+        assert_eq!(a.epoch.to_rfc3339(), "2026-01-01T00:00:00+00:00");
+        let b = parse(&["--scenario", id, "--camera-url=file.mp4", "--config", "x.toml"], &[("VAP_CAMERA_URL", "env")]).unwrap();
+        assert_eq!((b.camera_url.as_str(), b.epoch), ("file.mp4", DateTime::UNIX_EPOCH));
+        assert_eq!(parse(&[], &[]), Err(UsageError::NoScenario));
+        assert_eq!(parse(&["--scenario", "nope"], &[]), Err(UsageError::BadScenario("nope".into())));
+        assert_eq!(parse(&["--scenario", id], &[]), Err(UsageError::NoCameraUrl));
+        assert_eq!(parse(&["--scenario", id, "--epoch", "yesterday"], &[]), Err(UsageError::BadEpoch("yesterday".into())));
+        assert!(matches!(parse(&["--frobnicate"], &[]), Err(UsageError::Unknown(_))));
+        assert!(matches!(parse(&["--scenario"], &[]), Err(UsageError::MissingValue(_))));
+    }
+}

@@ -1,0 +1,116 @@
+//! The model manifest: a small TOML file beside an ONNX detector that says how to feed it and
+//! how to read its outputs, so another detector needs a file, not code.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    /// The ONNX file, relative to the manifest.
+    pub onnx: PathBuf,
+    /// Checked at load when present, so a wrong or truncated file fails loudly.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Class names by output index.
+    pub labels: Vec<String>,
+    pub input: InputSpec,
+    pub output: OutputSpec,
+    pub thresholds: Thresholds,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Nchw,
+    Nhwc,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Channels {
+    Rgb,
+    Bgr,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// Scale each axis to the input size (aspect ratio not kept).
+    Stretch,
+    /// Scale to fit, keep the aspect ratio, pad the rest (grey 114, as YOLO trains).
+    Letterbox,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub name: String,
+    pub width: usize,
+    pub height: usize,
+    pub layout: Layout,
+    pub channels: Channels,
+    pub resize: Resize,
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "format", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OutputSpec {
+    /// Decoded boxes `[1, N, 4]` (ymin, xmin, ymax, xmax, normalised) and scores `[1, N, C]`.
+    Ssd {
+        boxes: String,
+        scores: String,
+        #[serde(default)]
+        background_class: Option<usize>,
+    },
+    /// YOLOv8 head `[1, 4 + C, N]`: cx, cy, w, h in input pixels, then C class scores.
+    Yolov8 { tensor: String },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub score: f32,
+    pub iou: f32,
+    pub max_detections: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("model manifest {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("model manifest {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("model manifest {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;
+        let mut m: Manifest = toml::from_str(&text).map_err(|source| ManifestError::Parse { path: path.into(), source })?;
+        let invalid = |reason: String| ManifestError::Invalid { path: path.into(), reason };
+        if m.labels.is_empty() {
+            return Err(invalid("labels: at least one class".into()));
+        }
+        if m.input.width == 0 || m.input.height == 0 {
+            return Err(invalid("input: width and height must be positive".into()));
+        }
+        if m.input.std.contains(&0.0) {
+            return Err(invalid("input.std: a zero would divide by zero".into()));
+        }
+        let t = m.thresholds;
+        if !(0.0..=1.0).contains(&t.score) || !(0.0..=1.0).contains(&t.iou) || t.max_detections == 0 {
+            return Err(invalid("thresholds: score and iou in 0..1, max_detections at least 1".into()));
+        }
+        if m.onnx.is_relative() {
+            m.onnx = path.parent().unwrap_or(Path::new(".")).join(&m.onnx);
+        }
+        Ok(m)
+    }
+}

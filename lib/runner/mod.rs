@@ -1,0 +1,341 @@
+//! `vap-runner`: one process per scenario. Capture (OpenCV) -> detection (tract) -> Kafka
+//! `results` (rskafka), each stage on its own thread so a slow detector never stalls the
+//! camera and a dead broker never stalls the detector.
+//!
+//! ```text
+//! capture thread ──FrameSlot (newest frame)──> detector thread ──ResultBuffer──> publisher task
+//! ```
+//!
+//! | module | role |
+//! |---|---|
+//! | [`capture`] | the camera interface, its OpenCV backend, sampling and reconnects |
+//! | [`manifest`] | the model manifest beside each ONNX file |
+//! | [`detector`] | the model interface, its tract backend, decoding and NMS |
+//! | [`publisher`] | the bounded buffer and the producer to `results` |
+//! | [`cli`] | the command line and exit codes |
+
+pub mod capture;
+pub mod cli;
+pub mod detector;
+pub mod manifest;
+pub mod publisher;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use opencv::prelude::MatTraitConst;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::events::{EndReason, FrameResult, StreamEnd};
+use crate::kafka::KafkaLink;
+use capture::{CaptureEnd, CaptureLoop, CaptureStats, FrameSlot, OpenCvSource};
+use detector::{Detector, DetectorError, TractDetector};
+use publisher::{result_record, Publisher, ResultBuffer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Model(#[from] DetectorError),
+    #[error("runner thread failed: {0}")]
+    Thread(String),
+}
+
+/// The scenario a runner works for.
+#[derive(Debug, Clone)]
+pub struct RunnerJob {
+    pub scenario: Uuid,
+    /// May hold credentials: never logged (see `camera_url::redact`).
+    pub camera_url: String,
+    /// The scenario's creation time. Frame numbers count milliseconds from it, so they keep
+    /// increasing across reconnects, restarts and moves to another host, without any state.
+    pub epoch: DateTime<Utc>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The source (a file) ended; its end was reported on `results`.
+    Finished,
+    /// Stopped by a signal after flushing.
+    Stopped,
+    /// The source never opened; reported on `results` too.
+    SourceUnavailable(String),
+}
+
+/// Counters of a run, for STATUS, logs and the benchmark.
+#[derive(Default)]
+pub struct RunnerStats {
+    pub frames_analysed: AtomicU64,
+    pub detect_errors: AtomicU64,
+    pub read_micros: AtomicU64,
+    pub preprocess_micros: AtomicU64,
+    pub inference_micros: AtomicU64,
+    pub postprocess_micros: AtomicU64,
+    /// Building and queueing the record.
+    pub publish_micros: AtomicU64,
+    pub heartbeat_ms: AtomicU64,
+    pub ready: AtomicBool,
+}
+
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub stats: Arc<RunnerStats>,
+    pub capture: Arc<CaptureStats>,
+    pub buffer: Arc<ResultBuffer>,
+    /// Results still unsent when the flush deadline passed.
+    pub unsent: usize,
+    pub elapsed: Duration,
+}
+
+/// Frame numbers: milliseconds since the scenario epoch at capture, and always above the
+/// previous one (two frames in one millisecond, or a clock step back within a run).
+pub struct FrameNumbers {
+    epoch: DateTime<Utc>,
+    last: i64,
+}
+
+impl FrameNumbers {
+    pub fn new(epoch: DateTime<Utc>) -> Self {
+        Self { epoch, last: -1 }
+    }
+
+    pub fn next(&mut self, captured_at: DateTime<Utc>) -> i64 {
+        let ms = (captured_at - self.epoch).num_milliseconds().max(0);
+        self.last = ms.max(self.last + 1);
+        self.last
+    }
+}
+
+/// Runs one scenario until its source ends, never opens, or `shutdown`.
+pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken) -> Result<RunReport, RunnerError> {
+    let started = Instant::now();
+    let rs = settings.runner.clone();
+    if rs.inference_threads > 1 {
+        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(rs.inference_threads));
+    }
+    let manifest_path = rs.model_manifest.clone();
+    let threshold = rs.score_threshold;
+    let detector = tokio::task::spawn_blocking(move || TractDetector::load(&manifest_path, threshold))
+        .await
+        .map_err(|e| RunnerError::Thread(e.to_string()))??;
+    tracing::info!(model = detector.model_name(), "model loaded");
+
+    let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
+    let buffer = Arc::new(ResultBuffer::new(rs.buffer_frames));
+    let abandon = CancellationToken::new();
+    let publisher = Publisher { kafka, scenario: job.scenario, batch: rs.produce_batch };
+    // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
+    let publishing = tokio::spawn(tracing::Instrument::instrument(publisher.run(Arc::clone(&buffer), abandon.clone()), tracing::Span::current()));
+
+    let slot = Arc::new(FrameSlot::default());
+    let capture_stats = Arc::new(CaptureStats::default());
+    let stats = Arc::new(RunnerStats::default());
+    let span = tracing::Span::current();
+    let capture = {
+        let (slot, cstats, stop, span) = (Arc::clone(&slot), Arc::clone(&capture_stats), shutdown.clone(), span.clone());
+        let capture_loop = CaptureLoop {
+            source: OpenCvSource::new(&job.camera_url, &rs),
+            sample_fps: rs.sample_fps,
+            open_attempts: rs.open_attempts,
+            reconnect_min: Duration::from_millis(rs.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(rs.reconnect_max_ms),
+        };
+        std::thread::Builder::new()
+            .name("vap-capture".into())
+            .spawn(move || span.in_scope(|| capture_loop.run(&slot, &cstats, started, &stop)))
+            .map_err(|e| RunnerError::Thread(e.to_string()))?
+    };
+
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let detecting = {
+        let (slot, stats, buffer, job, span) = (Arc::clone(&slot), Arc::clone(&stats), Arc::clone(&buffer), job.clone(), span.clone());
+        std::thread::Builder::new()
+            .name("vap-detect".into())
+            .spawn(move || {
+                let end = span.in_scope(|| detect_loop(detector, &slot, &stats, &buffer, &job, started));
+                let _ = done_tx.send(end);
+            })
+            .map_err(|e| RunnerError::Thread(e.to_string()))?
+    };
+
+    let watchdog = watchdog_period();
+    let mut watchdog_tick = tokio::time::interval(watchdog.map(|p| p / 2).unwrap_or(Duration::from_secs(3600)));
+    let mut status_tick = tokio::time::interval(Duration::from_millis(rs.status_interval_ms.max(100)));
+    let mut ready_sent = false;
+    let mut last_status = (Instant::now(), 0u64);
+    let end = loop {
+        tokio::select! {
+            end = &mut done_rx => break end.unwrap_or(CaptureEnd::Stopped),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                // Ping only while both threads make progress: a decoder stuck in a read (or a
+                // hung inference) stops the pings and systemd restarts the runner.
+                let now = started.elapsed().as_millis() as u64;
+                let oldest = capture_stats.heartbeat_ms.load(Ordering::Relaxed).min(stats.heartbeat_ms.load(Ordering::Relaxed));
+                if now.saturating_sub(oldest) < watchdog.unwrap_or_default().as_millis() as u64 / 2 {
+                    crate::lifecycle::notify_watchdog();
+                }
+            }
+            _ = status_tick.tick() => {
+                if !ready_sent && stats.ready.load(Ordering::Relaxed) {
+                    ready_sent = true;
+                    crate::lifecycle::notify_ready();
+                    tracing::info!("ready: model loaded and first frame decoded");
+                }
+                let analysed = stats.frames_analysed.load(Ordering::Relaxed);
+                let fps = (analysed - last_status.1) as f64 / last_status.0.elapsed().as_secs_f64().max(1e-3);
+                last_status = (Instant::now(), analysed);
+                let line = status_line(fps, &stats, &capture_stats, &buffer);
+                crate::lifecycle::notify_status(&line);
+                tracing::debug!(status = line, "progress");
+            }
+        }
+        // Send READY as soon as the first frame is in, not at the next status tick.
+        if !ready_sent && stats.ready.load(Ordering::Relaxed) {
+            ready_sent = true;
+            crate::lifecycle::notify_ready();
+            tracing::info!("ready: model loaded and first frame decoded");
+        }
+    };
+    let _ = capture.join();
+    let _ = detecting.join();
+
+    let outcome = match end {
+        CaptureEnd::Finished => Outcome::Finished,
+        CaptureEnd::Stopped => Outcome::Stopped,
+        CaptureEnd::Unavailable(reason) => Outcome::SourceUnavailable(reason),
+    };
+    crate::lifecycle::notify_stopping();
+    let analysed = stats.frames_analysed.load(Ordering::Relaxed);
+    let end_reason = match &outcome {
+        Outcome::Finished => Some((EndReason::Finished, "end of media".to_string())),
+        Outcome::SourceUnavailable(reason) => Some((EndReason::SourceUnavailable, reason.clone())),
+        Outcome::Stopped => None,
+    };
+    if let Some((reason, detail)) = end_reason {
+        let end = StreamEnd { scenario_uuid: job.scenario, timestamp: Utc::now(), end_of_stream: reason, detail, frames_analysed: analysed };
+        buffer.push(result_record(job.scenario, serde_json::to_vec(&end).unwrap_or_default(), end.timestamp));
+    }
+    buffer.close();
+    let flush = Duration::from_millis(rs.flush_timeout_ms);
+    let flush_started = Instant::now();
+    let deadline = tokio::time::sleep(flush);
+    tokio::pin!(deadline);
+    tokio::pin!(publishing);
+    let unsent = tokio::select! {
+        r = &mut publishing => r.unwrap_or(0),
+        _ = &mut deadline => {
+            abandon.cancel();
+            publishing.await.unwrap_or(0)
+        }
+    };
+    if unsent > 0 {
+        tracing::warn!(unsent, flush_ms = flush.as_millis() as u64, "broker unreachable at shutdown: results not delivered");
+    }
+    let per_frame = |micros: &AtomicU64| micros.load(Ordering::Relaxed) as f64 / 1000.0 / analysed.max(1) as f64;
+    let published = buffer.stats.published.load(Ordering::Relaxed);
+    tracing::info!(
+        outcome = ?outcome,
+        frames_analysed = analysed,
+        published,
+        frames_dropped = capture_stats.frames_dropped.load(Ordering::Relaxed),
+        unsent_dropped = buffer.stats.dropped_unsent.load(Ordering::Relaxed),
+        fps = analysed as f64 / started.elapsed().as_secs_f64(),
+        read_ms = per_frame(&stats.read_micros),
+        preprocess_ms = per_frame(&stats.preprocess_micros),
+        inference_ms = per_frame(&stats.inference_micros),
+        postprocess_ms = per_frame(&stats.postprocess_micros),
+        queue_ms = per_frame(&stats.publish_micros),
+        produce_ms_per_request = buffer.stats.produce_micros.load(Ordering::Relaxed) as f64 / 1000.0 / buffer.stats.produce_requests.load(Ordering::Relaxed).max(1) as f64,
+        produce_requests = buffer.stats.produce_requests.load(Ordering::Relaxed),
+        flush_ms = flush_started.elapsed().as_millis() as u64,
+        "runner done"
+    );
+    Ok(RunReport { outcome, stats, capture: capture_stats, buffer, unsent, elapsed: started.elapsed() })
+}
+
+fn detect_loop<D: Detector>(mut detector: D, slot: &FrameSlot, stats: &RunnerStats, buffer: &ResultBuffer, job: &RunnerJob, started: Instant) -> CaptureEnd {
+    let mut numbers = FrameNumbers::new(job.epoch);
+    let model = detector.model_name().to_string();
+    loop {
+        stats.heartbeat_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let frame = match slot.take(Duration::from_millis(250)) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => continue,
+            Err(end) => return end,
+        };
+        stats.ready.store(true, Ordering::Relaxed);
+        let (detections, timing) = match detector.detect(&frame.image) {
+            Ok(d) => d,
+            Err(e) => {
+                stats.detect_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "frame not analysed");
+                continue;
+            }
+        };
+        let publish_started = Instant::now();
+        let mut extra = serde_json::Map::new();
+        extra.insert("model".into(), model.clone().into());
+        extra.insert("inference_ms".into(), (timing.inference.as_secs_f64() * 1000.0).into());
+        extra.insert("frame_width".into(), frame.image.cols().into());
+        extra.insert("frame_height".into(), frame.image.rows().into());
+        extra.insert("source_frame".into(), frame.source_index.into());
+        let result = FrameResult {
+            scenario_uuid: job.scenario,
+            frame_number: numbers.next(frame.captured_at),
+            timestamp: frame.captured_at,
+            detections,
+            extra,
+        };
+        buffer.push(result_record(job.scenario, serde_json::to_vec(&result).unwrap_or_default(), frame.captured_at));
+        let micros = |d: Duration| d.as_micros() as u64;
+        stats.read_micros.fetch_add(micros(frame.read_time), Ordering::Relaxed);
+        stats.preprocess_micros.fetch_add(micros(timing.preprocess), Ordering::Relaxed);
+        stats.inference_micros.fetch_add(micros(timing.inference), Ordering::Relaxed);
+        stats.postprocess_micros.fetch_add(micros(timing.postprocess), Ordering::Relaxed);
+        stats.publish_micros.fetch_add(micros(publish_started.elapsed()), Ordering::Relaxed);
+        stats.frames_analysed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn status_line(fps: f64, stats: &RunnerStats, capture: &CaptureStats, buffer: &ResultBuffer) -> String {
+    let last_error = buffer.stats.last_error.lock().ok().and_then(|e| e.clone())
+        .or_else(|| capture.last_error.lock().ok().and_then(|e| e.clone()))
+        .unwrap_or_else(|| "none".into());
+    format!(
+        "{fps:.1} fps, {} frames analysed, {} dropped, {} unsent dropped, {} buffered, {} reconnects, last error: {last_error}",
+        stats.frames_analysed.load(Ordering::Relaxed),
+        capture.frames_dropped.load(Ordering::Relaxed),
+        buffer.stats.dropped_unsent.load(Ordering::Relaxed),
+        buffer.len(),
+        capture.reconnects.load(Ordering::Relaxed),
+    )
+}
+
+/// The unit's `WatchdogSec`, when set and meant for this process.
+fn watchdog_period() -> Option<Duration> {
+    let mut usec = 0u64;
+    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_numbers_are_ms_since_the_epoch_and_always_increase() {
+        let epoch: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut n = FrameNumbers::new(epoch);
+        assert_eq!(n.next("2026-01-01T00:00:01.500Z".parse().unwrap()), 1500);
+        // Same millisecond, or a clock step back: still increasing.
+        assert_eq!(n.next("2026-01-01T00:00:01.500Z".parse().unwrap()), 1501);
+        assert_eq!(n.next("2026-01-01T00:00:01.000Z".parse().unwrap()), 1502);
+        // A restarted runner starts later, so above every number the last one used.
+        let mut restarted = FrameNumbers::new(epoch);
+        assert_eq!(restarted.next("2026-01-01T00:00:09Z".parse().unwrap()), 9000);
+        assert_eq!(FrameNumbers::new(epoch).next("2025-12-31T23:00:00Z".parse().unwrap()), 0);
+    }
+}

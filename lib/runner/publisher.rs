@@ -1,0 +1,182 @@
+//! Analysed frames -> Kafka `results`, keyed by scenario uuid. A bounded buffer sits between
+//! the detector and the broker: while the broker is down the runner keeps analysing, the
+//! oldest unsent results beyond the buffer are dropped (counted), and the rest go out when the
+//! broker returns, in order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rskafka::client::partition::Compression;
+use rskafka::record::Record;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::kafka::{partition_for_key, KafkaError, KafkaLink};
+
+struct Pending {
+    seq: u64,
+    record: Record,
+}
+
+/// What the detector thread pushes into and the publisher task drains.
+pub struct ResultBuffer {
+    queue: Mutex<VecDeque<Pending>>,
+    capacity: usize,
+    next_seq: AtomicU64,
+    wake: tokio::sync::Notify,
+    closed: AtomicBool,
+    pub stats: PublishStats,
+}
+
+#[derive(Default)]
+pub struct PublishStats {
+    pub published: AtomicU64,
+    /// Results dropped unsent because the buffer was full (broker unreachable too long).
+    pub dropped_unsent: AtomicU64,
+    pub produce_requests: AtomicU64,
+    /// Total time in acknowledged produce requests, microseconds.
+    pub produce_micros: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ResultBuffer {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            capacity,
+            next_seq: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
+            closed: AtomicBool::new(false),
+            stats: PublishStats::default(),
+        }
+    }
+
+    /// Queues a record; drops the oldest one when full. Never blocks the detector for long.
+    pub fn push(&self, record: Record) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= self.capacity {
+            q.pop_front();
+            self.stats.dropped_unsent.fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(Pending { seq, record });
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// No more records will come: the publisher drains what is left and returns.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn peek(&self, max: usize) -> Vec<(u64, Record)> {
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().take(max).map(|p| (p.seq, p.record.clone())).collect()
+    }
+
+    /// Forgets records up to `seq`: they were acknowledged.
+    fn ack(&self, seq: u64) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        while q.front().is_some_and(|p| p.seq <= seq) {
+            q.pop_front();
+        }
+    }
+}
+
+/// A `results` record keyed by the scenario.
+pub fn result_record(scenario: Uuid, value: Vec<u8>, timestamp: chrono::DateTime<chrono::Utc>) -> Record {
+    Record { key: Some(scenario.to_string().into_bytes()), value: Some(value), headers: BTreeMap::new(), timestamp }
+}
+
+pub struct Publisher {
+    pub kafka: Arc<KafkaLink>,
+    pub scenario: Uuid,
+    pub batch: usize,
+}
+
+impl Publisher {
+    /// Drains `buffer` to the broker until it is closed and empty. After `abandon` fires (the
+    /// flush deadline on shutdown) it stops even with records left, and says how many.
+    pub async fn run(self, buffer: Arc<ResultBuffer>, abandon: CancellationToken) -> usize {
+        let topic = self.kafka.settings().topic_results.clone();
+        let key = self.scenario.to_string().into_bytes();
+        let mut partition: Option<i32> = None;
+        let mut failures = 0u32;
+        loop {
+            if abandon.is_cancelled() {
+                return buffer.len();
+            }
+            let batch = buffer.peek(self.batch);
+            if batch.is_empty() {
+                if buffer.closed.load(Ordering::SeqCst) {
+                    return 0;
+                }
+                tokio::select! {
+                    _ = buffer.wake.notified() => {}
+                    _ = abandon.cancelled() => {}
+                    // A push between peek and notified() is not lost: Notify keeps one permit.
+                }
+                continue;
+            }
+            let last_seq = batch.last().map(|(s, _)| *s).unwrap_or(0);
+            let records: Vec<Record> = batch.into_iter().map(|(_, r)| r).collect();
+            let n = records.len();
+            let started = Instant::now();
+            let sent = async {
+                let kafka = self.kafka.get().await?;
+                let p = match partition {
+                    Some(p) => p,
+                    None => {
+                        let s = self.kafka.settings();
+                        let ids = kafka.ensure_topic(&topic, s.partitions, s.replication_factor).await?;
+                        let p = partition_for_key(&key, ids.len() as i32);
+                        partition = Some(p);
+                        p
+                    }
+                };
+                let client = kafka.partition(&topic, p).await?;
+                client.produce(records, Compression::NoCompression).await.map_err(KafkaError::from)
+            };
+            let outcome = tokio::select! {
+                r = sent => r,
+                _ = abandon.cancelled() => return buffer.len(),
+            };
+            match outcome {
+                Ok(_) => {
+                    buffer.ack(last_seq);
+                    let s = &buffer.stats;
+                    s.published.fetch_add(n as u64, Ordering::Relaxed);
+                    s.produce_requests.fetch_add(1, Ordering::Relaxed);
+                    s.produce_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    if failures > 0 {
+                        tracing::info!(after_failures = failures, "results reach the broker again");
+                    }
+                    failures = 0;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = Duration::from_millis(200u64 << failures.min(5)).min(Duration::from_secs(5));
+                    if failures == 1 || failures % 10 == 0 {
+                        tracing::warn!(error = %e, buffered = buffer.len(), retry_in_ms = wait.as_millis() as u64, "producing results failed");
+                    }
+                    *buffer.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = abandon.cancelled() => return buffer.len(),
+                    }
+                }
+            }
+        }
+    }
+}

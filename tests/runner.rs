@@ -1,0 +1,685 @@
+//! vap-runner against real media, a real RTSP server, a real broker, PostgreSQL and the relay's
+//! inbox: what a user would check is what the API serves afterwards.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{eventually, TestApp};
+use serde_json::Value;
+use uuid::Uuid;
+
+// ---- media, made with ffmpeg from opencv-doc's pedestrian video ------------------------------
+
+const VTEST: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
+const BASKETBALL: &str = "/usr/share/doc/opencv-doc/examples/data/basketball1.png";
+
+struct Media {
+    /// 640x480 H.264, 20 s at 10 fps: pedestrians in every frame.
+    people: PathBuf,
+    /// 640x480 H.264, 3 s of colour bars: nothing to detect.
+    bars: PathBuf,
+}
+
+fn media() -> &'static Media {
+    static MEDIA: OnceLock<Media> = OnceLock::new();
+    MEDIA.get_or_init(|| {
+        // Cached beside the build (target/tmp): made once per checkout.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-media");
+        std::fs::create_dir_all(&dir).unwrap();
+        let make = |name: &str, input: &[&str]| {
+            let out = dir.join(name);
+            if !out.exists() {
+                let tmp = dir.join(format!("{name}.{}.tmp.mp4", std::process::id()));
+                let status = Command::new("ffmpeg")
+                    .args(["-loglevel", "error", "-y"])
+                    .args(input)
+                    .args(["-t", "20", "-vf", "scale=640:480", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "10", "-movflags", "+faststart", "-an"])
+                    .arg(&tmp)
+                    .status()
+                    .expect("ffmpeg (scripts/setup installs it)");
+                assert!(status.success(), "ffmpeg failed making {name}");
+                std::fs::rename(&tmp, &out).unwrap();
+            }
+            out
+        };
+        Media {
+            people: make("people.mp4", &["-i", VTEST]),
+            bars: make("bars.mp4", &["-f", "lavfi", "-i", "testsrc=size=640x480:rate=10:duration=3"]),
+        }
+    })
+}
+
+fn manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite_person_300.toml")
+}
+
+// ---- the runner process ------------------------------------------------------------------------
+
+struct Runner {
+    child: Child,
+    /// Its JSON log lines, as they arrive.
+    logs: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Runner {
+    fn start(app: &TestApp, scenario: Uuid, camera_url: &str, extra_env: &[(&str, &str)]) -> Runner {
+        Self::spawn(app, scenario, camera_url, extra_env, false)
+    }
+
+    /// `as_watchdog_pid`: start through `sh` so WATCHDOG_PID can name the runner's own pid
+    /// (sd_notify honours WATCHDOG_USEC only for that pid), as systemd sets it.
+    fn spawn(app: &TestApp, scenario: Uuid, camera_url: &str, extra_env: &[(&str, &str)], as_watchdog_pid: bool) -> Runner {
+        use std::os::unix::process::CommandExt;
+        let bin = env!("CARGO_BIN_EXE_vap-runner");
+        let mut cmd = if as_watchdog_pid {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", "WATCHDOG_PID=$$ exec \"$0\"", bin]);
+            sh
+        } else {
+            Command::new(bin)
+        };
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                Ok(())
+            });
+        }
+        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in app.env() {
+            cmd.env(k, v);
+        }
+        cmd.env("VAP_LOG__LEVEL", "info")
+            .env("VAP_LOG__JSON", "true")
+            .env("VAP_RUNNER__MODEL_MANIFEST", manifest())
+            .env("VAP_RUNNER__STATUS_INTERVAL_MS", "200")
+            .env("VAP_SCENARIO_UUID", scenario.to_string())
+            .env("VAP_SCENARIO_EPOCH", "2026-01-01T00:00:00Z")
+            .env("VAP_CAMERA_URL", camera_url);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn vap-runner");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => sink.lock().unwrap().push(v),
+                    Err(_) => eprintln!("runner: {line}"),
+                }
+            }
+        });
+        Runner { child, logs }
+    }
+
+    /// Waits for the exit code, or panics after `timeout`.
+    async fn wait(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("runner still running after {timeout:?}; logs: {:#?}", self.logs.lock().unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// The fields of the last log line with this message.
+    fn log(&self, message: &str) -> Option<Value> {
+        self.logs.lock().unwrap().iter().rev().find(|l| l["fields"]["message"] == message).map(|l| l["fields"].clone())
+    }
+
+    fn all_logs(&self) -> String {
+        self.logs.lock().unwrap().iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test app whose API accepts file paths, with the relay (outbox + inbox) running in-process.
+async fn app_with_inbox() -> TestApp {
+    let mut app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
+    app.start_relay();
+    app
+}
+
+async fn prediction(app: &TestApp, scenario: Uuid) -> Value {
+    let r = app.get(&format!("/api/v1/prediction/{scenario}?limit=1000")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()
+}
+
+async fn scenario_status(app: &TestApp, scenario: Uuid) -> Value {
+    app.get(&format!("/api/v1/scenario/{scenario}")).await.json()
+}
+
+/// Checks what a user checks in a prediction: increasing frame numbers, persons in most
+/// frames, boxes inside a 640x480 frame.
+fn assert_people_found(results: &[Value], min_frames: usize) {
+    assert!(results.len() >= min_frames, "only {} analysed frames", results.len());
+    let frames: Vec<i64> = results.iter().map(|r| r["frame_number"].as_i64().unwrap()).collect();
+    assert!(frames.windows(2).all(|w| w[0] < w[1]), "frame numbers not increasing: {frames:?}");
+    let with_people = results
+        .iter()
+        .filter(|r| r["detections"].as_array().unwrap().iter().any(|d| d["class"] == "person"))
+        .count();
+    assert!(with_people * 10 >= results.len() * 8, "persons in only {with_people} of {} frames", results.len());
+    for r in results {
+        for d in r["detections"].as_array().unwrap() {
+            let b: Vec<f64> = d["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let c = d["confidence"].as_f64().unwrap();
+            assert!((0.5..=1.0).contains(&c), "confidence {c}");
+            assert!(b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= 640.0 && b[3] <= 480.0, "box outside the frame: {b:?}");
+            // A pedestrian is taller than wide and neither a speck nor the whole picture.
+            let (w, h) = (b[2] - b[0], b[3] - b[1]);
+            assert!(w > 5.0 && h > 15.0 && h < 480.0 && w < 400.0, "implausible person box {b:?}");
+        }
+    }
+}
+
+// ---- the detector alone ---------------------------------------------------------------------------
+
+#[test]
+fn ssd_model_finds_the_players_and_nothing_in_colour_bars() {
+    use opencv::prelude::*;
+    use vap::runner::detector::{Detector, TractDetector};
+    let mut detector = TractDetector::load(&manifest(), None).expect("load the shipped model");
+    let image = opencv::imgcodecs::imread(BASKETBALL, opencv::imgcodecs::IMREAD_COLOR).unwrap();
+    let (detections, timing) = detector.detect(&image).unwrap();
+    assert!(detections.len() >= 2, "basketball1.png has two players; got {detections:?}");
+    assert!(detections.iter().all(|d| d.class == "person" && d.confidence >= 0.5));
+    assert!(detections[0].confidence > 0.9, "{detections:?}");
+    let (w, h) = (image.cols() as f32, image.rows() as f32);
+    assert!(detections.iter().all(|d| d.bbox[0] >= 0.0 && d.bbox[2] <= w && d.bbox[1] >= 0.0 && d.bbox[3] <= h));
+    assert!(timing.inference > Duration::ZERO);
+
+    let mut bars = opencv::videoio::VideoCapture::from_file(media().bars.to_str().unwrap(), opencv::videoio::CAP_FFMPEG).unwrap();
+    let mut frame = opencv::core::Mat::default();
+    let mut frames = 0;
+    while bars.read(&mut frame).unwrap() && frames < 10 {
+        let (found, _) = detector.detect(&frame).unwrap();
+        assert!(found.is_empty(), "colour bars are not people: {found:?}");
+        frames += 1;
+    }
+    assert_eq!(frames, 10);
+}
+
+/// A YOLOv8-format ONNX built here with known outputs: `[1, 6, 4]` (cx, cy, w, h, 2 classes,
+/// 4 boxes), independent of the image but computed from it (`+ 0 * max(image)`).
+fn yolo_fixture(dir: &Path) -> PathBuf {
+    use prost::Message;
+    use tract_onnx::pb::{self, attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension, type_proto};
+    let out: Vec<f32> = vec![
+        20.0, 21.0, 20.0, 50.0, // cx
+        32.0, 32.0, 32.0, 40.0, // cy
+        16.0, 16.0, 16.0, 10.0, // w
+        16.0, 16.0, 16.0, 8.0, // h
+        0.9, 0.8, 0.2, 0.1, // class 0 ("person")
+        0.1, 0.1, 0.7, 0.05, // class 1 ("bicycle")
+    ];
+    let tensor = |name: &str, dims: Vec<i64>, data: Vec<f32>| pb::TensorProto { name: name.into(), dims, data_type: DataType::Float as i32, float_data: data, ..Default::default() };
+    let value_info = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims.iter().map(|d| pb::tensor_shape_proto::Dimension { value: Some(dimension::Value::DimValue(*d)), ..Default::default() }).collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>| pb::NodeProto {
+        op_type: op.into(),
+        name: output.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    };
+    let ints = |name: &str, v: Vec<i64>| pb::AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v, ..Default::default() };
+    let int = |name: &str, v: i64| pb::AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() };
+    let graph = pb::GraphProto {
+        name: "yolo_fixture".into(),
+        node: vec![
+            node("ReduceMax", &["images"], "image_max", vec![ints("axes", vec![1, 2, 3]), int("keepdims", 0)]),
+            node("Mul", &["image_max", "zero"], "nothing", vec![]),
+            node("Add", &["head", "nothing"], "output0", vec![]),
+        ],
+        initializer: vec![tensor("head", vec![1, 6, 4], out), tensor("zero", vec![1], vec![0.0])],
+        input: vec![value_info("images", &[1, 3, 64, 64])],
+        output: vec![value_info("output0", &[1, 6, 4])],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 7,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        producer_name: "vap tests".into(),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    std::fs::write(dir.join("yolo_fixture.onnx"), model.encode_to_vec()).unwrap();
+    let manifest = dir.join("yolo_fixture.toml");
+    std::fs::write(
+        &manifest,
+        r#"
+name = "yolo_fixture"
+onnx = "yolo_fixture.onnx"
+labels = ["person", "bicycle"]
+
+[input]
+name = "images"
+width = 64
+height = 64
+layout = "nchw"
+channels = "rgb"
+resize = "letterbox"
+scale = 0.00392156862
+mean = [0.0, 0.0, 0.0]
+std = [1.0, 1.0, 1.0]
+
+[output]
+format = "yolov8"
+tensor = "output0"
+
+[thresholds]
+score = 0.5
+iou = 0.5
+max_detections = 10
+"#,
+    )
+    .unwrap();
+    manifest
+}
+
+#[test]
+fn yolov8_format_decodes_letterboxed_boxes_with_nms_per_class() {
+    use vap::runner::detector::{Detector, TractDetector};
+    let dir = tempfile::tempdir().unwrap();
+    let mut detector = TractDetector::load(&yolo_fixture(dir.path()), None).expect("load the fixture");
+    // 128x64 into 64x64: scale 0.5, the picture sits 16 px down (letterbox), so a box at
+    // input (12..28, 24..40) is (24..56, 16..48) in the frame.
+    let frame = opencv::core::Mat::new_rows_cols_with_default(64, 128, opencv::core::CV_8UC3, opencv::core::Scalar::all(80.0)).unwrap();
+    let (found, _) = detector.detect(&frame).unwrap();
+    let got: Vec<(String, f32, [f32; 4])> = found.iter().map(|d| (d.class.clone(), (d.confidence * 100.0).round() / 100.0, d.bbox)).collect();
+    assert_eq!(
+        got,
+        vec![
+            // 0.8 overlaps it by IoU 0.88 in the same class: suppressed. 0.1 is under the threshold.
+            ("person".to_string(), 0.9, [24.0, 16.0, 56.0, 48.0]),
+            // The same place in another class survives NMS.
+            ("bicycle".to_string(), 0.7, [24.0, 16.0, 56.0, 48.0]),
+        ]
+    );
+    // The manifest's threshold can be overridden by configuration.
+    let mut strict = TractDetector::load(&dir.path().join("yolo_fixture.toml"), Some(0.8)).unwrap();
+    assert_eq!(strict.detect(&frame).unwrap().0.len(), 1);
+}
+
+#[test]
+fn a_bad_manifest_is_a_clear_error() {
+    use vap::runner::detector::TractDetector;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, std::fs::read_to_string(manifest()).unwrap().replace("layout = \"nchw\"", "layout = \"sideways\"")).unwrap();
+    let err = TractDetector::load(&path, None).err().expect("a bad layout must fail").to_string();
+    assert!(err.contains("m.toml") && err.contains("sideways"), "{err}");
+    // A wrong checksum names both sums.
+    std::fs::write(&path, std::fs::read_to_string(manifest()).unwrap().replace("849c858f", "00000000").replace("onnx = \"", &format!("onnx = \"{}/", manifest().parent().unwrap().display()))).unwrap();
+    let err = TractDetector::load(&path, None).err().expect("a wrong sha256 must fail").to_string();
+    assert!(err.contains("sha256") && err.contains("849c858f"), "{err}");
+}
+
+// ---- the runner process, end to end --------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_source_is_analysed_stored_served_and_ends_inactive() {
+    let app = app_with_inbox().await;
+    let path = media().people.to_str().unwrap().to_string();
+    let scenario = app.create_scenario(&path).await;
+    let mut runner = Runner::start(&app, scenario, &path, &[]);
+    assert_eq!(runner.wait(Duration::from_secs(120)).await, 0, "{}", runner.all_logs());
+
+    // 20 s of video sampled at 2 fps by media time: 40 frames.
+    let done = runner.log("runner done").expect("a final log line");
+    assert_eq!(done["frames_analysed"], 40, "{done}");
+    assert_eq!(done["published"], 41, "40 frames and the end-of-stream record: {done}");
+    let p = eventually(Duration::from_secs(30), "the scenario to end inactive with 40 frames", || async {
+        let p = prediction(&app, scenario).await;
+        (p["status"] == "inactive" && p["total_frames_processed"] == 40).then_some(p)
+    })
+    .await;
+    let results = p["results"].as_array().unwrap();
+    assert_eq!(results.len(), 40);
+    assert_people_found(results, 40);
+    // The log line carries the scenario, never credentials.
+    assert!(runner.logs.lock().unwrap().iter().all(|l| l["span"]["scenario"] == scenario.to_string() || l["spans"].to_string().contains(&scenario.to_string())), "{}", runner.all_logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_source_is_read_like_a_file() {
+    let app = app_with_inbox().await;
+    let server = serve_file(media().people.clone()).await;
+    let url = format!("http://{server}/people.mp4");
+    let scenario = app.create_scenario(&url).await;
+    let mut runner = Runner::start(&app, scenario, &url, &[("VAP_RUNNER__SAMPLE_FPS", "1")]);
+    assert_eq!(runner.wait(Duration::from_secs(120)).await, 0, "{}", runner.all_logs());
+    let p = eventually(Duration::from_secs(30), "20 frames stored", || async {
+        let p = prediction(&app, scenario).await;
+        (p["status"] == "inactive").then_some(p)
+    })
+    .await;
+    assert_people_found(p["results"].as_array().unwrap(), 20);
+    assert_eq!(p["results"].as_array().unwrap().len(), 20, "1 fps over 20 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_that_never_opens_exits_3_and_fails_the_scenario() {
+    let app = app_with_inbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let not_video = dir.path().join("notes.mp4");
+    std::fs::write(&not_video, "this is not a video").unwrap();
+    let server = serve_file(media().people.clone()).await;
+    let refused = format!("rtsp://user:secret@127.0.0.1:{}/cam", free_port());
+    for url in [refused.as_str(), &format!("http://{server}/missing.mp4"), not_video.to_str().unwrap()] {
+        let scenario = app.create_scenario(url).await;
+        let started = Instant::now();
+        let mut runner = Runner::start(&app, scenario, url, &[("VAP_RUNNER__OPEN_ATTEMPTS", "2"), ("VAP_RUNNER__RECONNECT_MIN_MS", "100")]);
+        assert_eq!(runner.wait(Duration::from_secs(60)).await, 3, "{url}: {}", runner.all_logs());
+        assert!(started.elapsed() < Duration::from_secs(30), "{url}: took {:?}", started.elapsed());
+        let s = eventually(Duration::from_secs(20), "the scenario to fail", || async {
+            let s = scenario_status(&app, scenario).await;
+            (s["status"] == "failed").then_some(s)
+        })
+        .await;
+        assert!(s["error"].as_str().unwrap_or_default().contains("camera unavailable"), "{s}");
+        let logs = runner.all_logs();
+        assert!(logs.contains("camera never opened"), "{logs}");
+        assert!(!logs.contains("secret") && !s.to_string().contains("secret"), "credentials leaked: {logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_stream_survives_a_server_restart_and_sigterm_flushes() {
+    let app = app_with_inbox().await;
+    let port = free_port();
+    let url = format!("rtsp://127.0.0.1:{port}/cam");
+    let mut server = RtspServer::start(port, &media().people);
+    let scenario = app.create_scenario(&url).await;
+    let mut runner = Runner::start(&app, scenario, &url, &[("VAP_RUNNER__RECONNECT_MIN_MS", "500"), ("VAP_RUNNER__RECONNECT_MAX_MS", "2000")]);
+    let stored = |n: i64| {
+        let app = &app;
+        async move {
+            eventually(Duration::from_secs(60), &format!("{n} stored frames"), || async {
+                let p = prediction(app, scenario).await;
+                (p["results"].as_array().unwrap().len() as i64 >= n).then_some(p)
+            })
+            .await
+        }
+    };
+    let before = stored(4).await;
+    assert_eq!(before["status"], "active");
+
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restarted_at = chrono::Utc::now();
+    let _server = RtspServer::start(port, &media().people);
+    let after = eventually(Duration::from_secs(60), "frames after the server restart", || async {
+        let p = prediction(&app, scenario).await;
+        let late = p["results"].as_array().unwrap().iter().filter(|r| r["timestamp"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap() > restarted_at).count();
+        (late >= 4).then_some(p)
+    })
+    .await;
+    assert_people_found(after["results"].as_array().unwrap(), 8);
+
+    runner.signal(libc::SIGTERM);
+    let stopping = Instant::now();
+    assert_eq!(runner.wait(Duration::from_secs(15)).await, 0);
+    assert!(stopping.elapsed() < Duration::from_secs(5), "SIGTERM took {:?}", stopping.elapsed());
+    let done = runner.log("runner done").unwrap();
+    let analysed = done["frames_analysed"].as_i64().unwrap();
+    assert_eq!(done["published"].as_i64(), Some(analysed), "every analysed frame was flushed: {done}");
+    let p = eventually(Duration::from_secs(20), "every analysed frame stored", || async {
+        let p = prediction(&app, scenario).await;
+        (p["total_frames_processed"].as_i64() == Some(analysed)).then_some(p)
+    })
+    .await;
+    assert_people_found(p["results"].as_array().unwrap(), analysed as usize);
+    assert!(runner.all_logs().contains("reconnecting"), "{}", runner.all_logs());
+    // Stopped, not ended: the scenario stays as it was (the orchestrator decides).
+    assert_eq!(p["status"], "active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_keeps_analysing_and_delivers_afterwards() {
+    let mut app = app_with_inbox().await;
+    let port = free_port();
+    let url = format!("rtsp://127.0.0.1:{port}/cam");
+    let _server = RtspServer::start(port, &media().people);
+    let scenario = app.create_scenario(&url).await;
+    let mut runner = Runner::start(&app, scenario, &url, &[("VAP_KAFKA__REQUEST_DEADLINE_MS", "500")]);
+    eventually(Duration::from_secs(60), "first frames stored", || async {
+        (prediction(&app, scenario).await["results"].as_array().unwrap().len() >= 2).then_some(())
+    })
+    .await;
+
+    let down_at = chrono::Utc::now();
+    app.broker.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let up_at = chrono::Utc::now();
+    app.broker.resume().expect("broker back");
+
+    // Frames captured while the broker was down arrive once it is back.
+    let p = eventually(Duration::from_secs(60), "frames captured during the outage", || async {
+        let p = prediction(&app, scenario).await;
+        let during = p["results"].as_array().unwrap().iter().filter(|r| {
+            let t: chrono::DateTime<chrono::Utc> = r["timestamp"].as_str().unwrap().parse().unwrap();
+            t > down_at && t < up_at
+        }).count();
+        (during >= 6).then_some(p)
+    })
+    .await;
+    assert_people_found(p["results"].as_array().unwrap(), 8);
+    runner.signal(libc::SIGTERM);
+    assert_eq!(runner.wait(Duration::from_secs(15)).await, 0);
+    let done = runner.log("runner done").unwrap();
+    assert_eq!(done["published"], done["frames_analysed"], "nothing lost: {done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervision_ready_watchdog_status_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let app = app_with_inbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let path = media().people.to_str().unwrap().to_string();
+    let scenario = app.create_scenario(&path).await;
+    let mut runner = Runner::spawn(&app, scenario, &path, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000")], true);
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        if messages.iter().any(|m| m.contains("STOPPING=1")) {
+            break;
+        }
+    }
+    assert_eq!(runner.wait(Duration::from_secs(30)).await, 0);
+    let first = |what: &str| messages.iter().position(|m| m.contains(what)).unwrap_or_else(|| panic!("no {what} in {messages:?}"));
+    assert!(first("READY=1") < first("STOPPING=1"));
+    first("WATCHDOG=1");
+    let status = &messages[first("STATUS=")];
+    assert!(status.contains("fps") && status.contains("frames analysed") && status.contains("dropped") && status.contains("last error"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_decoder_stops_the_watchdog_pings() {
+    use std::os::unix::net::UnixDatagram;
+    let app = app_with_inbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    // A server that sends the first third of the video, then holds the connection silently;
+    // with a read timeout longer than the watchdog, the decoder hangs in its read.
+    let url = format!("http://{}/people.mp4", serve_then_stall(media().people.clone()).await);
+    let scenario = app.create_scenario(&url).await;
+    let env = [("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000"), ("VAP_RUNNER__READ_TIMEOUT_MS", "600000"), ("VAP_RUNNER__SAMPLE_FPS", "0")];
+    let _runner = Runner::spawn(&app, scenario, &url, &env, true);
+    let mut buf = [0u8; 4096];
+    let mut pings: Vec<Instant> = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                pings.push(Instant::now());
+            }
+        }
+        // Pinging at first, then silent for 4 watchdog periods: systemd would kill it.
+        if let Some(last) = pings.last() {
+            if pings.len() >= 2 && last.elapsed() > Duration::from_secs(4) {
+                return;
+            }
+        }
+    }
+    panic!("watchdog pings never stopped ({} pings, last {:?} ago)", pings.len(), pings.last().map(|p| p.elapsed()));
+}
+
+async fn serve_then_stall(path: PathBuf) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = std::fs::read(path).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let mut req = [0u8; 4096];
+            let _ = stream.read(&mut req).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {}\r\n\r\n", data.len());
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&data[..data.len() / 3]).await;
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+// ---- helpers: an HTTP file server with ranges, a GStreamer RTSP server ---------------------------
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Serves one file at any path ending in its name, with byte ranges (FFmpeg seeks in MP4s);
+/// anything else is a 404.
+async fn serve_file(path: PathBuf) -> std::net::SocketAddr {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Response, StatusCode};
+    let data = Bytes::from(std::fs::read(&path).unwrap());
+    let name = path.file_name().unwrap().to_str().unwrap().to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (data, name) = (data.clone(), name.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (data, name) = (data.clone(), name.clone());
+                    async move {
+                        let len = data.len();
+                        if !req.uri().path().ends_with(&name) {
+                            return Ok::<_, std::convert::Infallible>(Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from("not found"))).unwrap());
+                        }
+                        let range = req.headers().get("range").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("bytes=")).and_then(|r| {
+                            let (a, b) = r.split_once('-')?;
+                            let start: usize = a.parse().ok()?;
+                            let end: usize = if b.is_empty() { len - 1 } else { b.parse().ok()? };
+                            (start <= end && end < len).then_some((start, end))
+                        });
+                        let resp = match range {
+                            Some((start, end)) => Response::builder()
+                                .status(StatusCode::PARTIAL_CONTENT)
+                                .header("content-range", format!("bytes {start}-{end}/{len}"))
+                                .header("accept-ranges", "bytes")
+                                .body(Full::new(data.slice(start..=end))),
+                            None => Response::builder().header("accept-ranges", "bytes").body(Full::new(data)),
+                        };
+                        Ok(resp.unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    addr
+}
+
+struct RtspServer {
+    child: Child,
+}
+
+impl RtspServer {
+    fn start(port: u16, file: &Path) -> RtspServer {
+        use std::os::unix::process::CommandExt;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rtsp_server.py");
+        // Debian's python: python3-gi and GStreamer's bindings are installed for it, not for
+        // any other python3 on PATH.
+        let mut cmd = Command::new("/usr/bin/python3");
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .arg(script)
+            .args([&port.to_string(), "cam", file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with GStreamer's RTSP server (scripts/setup installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "RTSP server did not start");
+        RtspServer { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
