@@ -76,12 +76,15 @@ fn main() {
     }
     tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::SingleThread);
 
-    println!("\n== produce path: 5000 buffered results (about 330 B each) drained at produce_batch 200");
+    println!("\n== produce path: 5000 buffered results (about 330 B each) drained by the runner's publisher");
+    println!("{:<14} {:>22} {:>22}", "produce_batch", "stock rskafka sockets", "with TCP_NODELAY (vap)");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     // Stock sockets first: the NODELAY sweeper, once started, covers every socket of the process.
-    for nodelay in [false, true] {
-        let rate = rt.block_on(drain(&broker.addr(), nodelay, 5_000, 200));
-        println!("  {:<28} {:>9.0} results/s", if nodelay { "with TCP_NODELAY (vap)" } else { "stock rskafka sockets" }, rate);
+    let batches = [1usize, 50, 200];
+    let stock: Vec<f64> = batches.iter().map(|&b| rt.block_on(drain(&broker.addr(), false, if b == 1 { 1_000 } else { 5_000 }, b))).collect();
+    for (i, &b) in batches.iter().enumerate() {
+        let with = rt.block_on(drain(&broker.addr(), true, if b == 1 { 1_000 } else { 5_000 }, b));
+        println!("{:<14} {:>18.0} /s {:>18.0} /s", b, stock[i], with);
     }
 }
 
@@ -180,7 +183,7 @@ fn bench_python() -> PathBuf {
 async fn drain(broker: &str, nodelay: bool, count: usize, batch: usize) -> f64 {
     let settings = KafkaSettings {
         brokers: vec![broker.to_string()],
-        topic_results: format!("bench-drain-{nodelay}"),
+        topic_results: format!("bench-drain-{nodelay}-{batch}"),
         tcp_nodelay: nodelay,
         ..KafkaSettings::default()
     };

@@ -58,6 +58,7 @@ pub struct Settings {
     pub relay: RelaySettings,
     pub inbox: InboxSettings,
     pub runner: RunnerSettings,
+    pub orchestrator: OrchestratorSettings,
     pub log: LogSettings,
 }
 
@@ -133,6 +134,40 @@ pub struct InboxSettings {
     pub batch_max_records: usize,
 }
 
+/// vap-orchestrator: placement of one runner per scenario.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorSettings {
+    /// Where runners run: `local`, `nomad` or `systemd`.
+    pub backend: String,
+    /// Most runners placed at once, across the cluster (only the leader places).
+    pub max_workers: usize,
+    /// A reconcile round runs on every event and at least this often.
+    pub reconcile_interval_ms: u64,
+    /// How often a standby tries to take the lead.
+    pub leader_poll_ms: u64,
+    /// Where the orchestrator serves /health and /metrics; empty disables it.
+    pub metrics_listen: String,
+    pub local: LocalBackendSettings,
+}
+
+/// The local backend: runners as child processes of the orchestrator's host.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalBackendSettings {
+    pub runner_bin: PathBuf,
+    /// Passed to runners as `--config`; without it they get the orchestrator's `VAP_*` only.
+    pub runner_config: Option<PathBuf>,
+    /// Crashes within `restart_window_secs` after which the runner is given up (scenario failed).
+    pub restart_limit: u32,
+    pub restart_window_secs: u64,
+    pub restart_delay_min_ms: u64,
+    pub restart_delay_max_ms: u64,
+    /// Stop every runner when the orchestrator stops (the embedded default); otherwise runners
+    /// outlive it and the next orchestrator adopts them.
+    pub stop_runners_on_exit: bool,
+}
+
 /// vap-runner: capture, detection and publishing of one scenario.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -180,6 +215,7 @@ impl Default for Settings {
             relay: RelaySettings::default(),
             inbox: InboxSettings::default(),
             runner: RunnerSettings::default(),
+            orchestrator: OrchestratorSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -249,6 +285,33 @@ impl Default for InboxSettings {
             fetch_max_bytes: 4 * 1024 * 1024,
             fetch_max_wait_ms: 200,
             batch_max_records: 2_000,
+        }
+    }
+}
+
+impl Default for OrchestratorSettings {
+    fn default() -> Self {
+        Self {
+            backend: "local".into(),
+            max_workers: 4,
+            reconcile_interval_ms: 2_000,
+            leader_poll_ms: 1_000,
+            metrics_listen: "127.0.0.1:9182".into(),
+            local: LocalBackendSettings::default(),
+        }
+    }
+}
+
+impl Default for LocalBackendSettings {
+    fn default() -> Self {
+        Self {
+            runner_bin: PathBuf::from("/usr/local/bin/vap-runner"),
+            runner_config: None,
+            restart_limit: 5,
+            restart_window_secs: 300,
+            restart_delay_min_ms: 1_000,
+            restart_delay_max_ms: 30_000,
+            stop_runners_on_exit: false,
         }
     }
 }
@@ -367,6 +430,19 @@ impl Settings {
         }
         if r.buffer_frames == 0 || r.produce_batch == 0 {
             return bad("runner.buffer_frames", "buffer_frames and produce_batch must be at least 1");
+        }
+        let o = &self.orchestrator;
+        if !["local", "nomad", "systemd"].contains(&o.backend.as_str()) {
+            return bad("orchestrator.backend", "must be local, nomad or systemd");
+        }
+        if o.max_workers == 0 {
+            return bad("orchestrator.max_workers", "must be at least 1");
+        }
+        if o.reconcile_interval_ms == 0 || o.leader_poll_ms == 0 {
+            return bad("orchestrator.reconcile_interval_ms", "reconcile_interval_ms and leader_poll_ms must be at least 1");
+        }
+        if !o.metrics_listen.is_empty() && o.metrics_listen.parse::<SocketAddr>().is_err() {
+            return bad("orchestrator.metrics_listen", "must be host:port or empty");
         }
         if !self.relay.metrics_listen.is_empty() && self.relay.metrics_listen.parse::<SocketAddr>().is_err() {
             return bad("relay.metrics_listen", "must be host:port or empty");

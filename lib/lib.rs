@@ -3,7 +3,7 @@
 //! ```text
 //! client -> vap-api (api) -> PostgreSQL [scenarios + outbox, one transaction] (db)
 //! outbox relay (outbox_relay) -> Kafka `init_scenario` / `shutdown_scenario` (kafka, events)
-//! vap-orchestrator -> one runner per scenario                (later: orchestrator)
+//! vap-orchestrator (orchestrator) -> one runner per scenario: local process | Nomad | systemd
 //! vap-runner (runner): OpenCV decode -> tract detect -> Kafka `results`
 //! inbox (inbox): Kafka `results` -> PostgreSQL, idempotent -> api serves predictions
 //! ```
@@ -14,6 +14,7 @@
 //! | [`db`] | PostgreSQL: pool, migrations, scenario/outbox/result queries |
 //! | [`outbox_relay`] | outbox rows -> Kafka, marked published only after the ack |
 //! | [`inbox`] | Kafka `results` -> `scenario_results`, exactly-once effects |
+//! | [`orchestrator`] | `vap-orchestrator`: leader, event consumer, reconcile, backends |
 //! | [`relay`] | the `vap-relay` process: outbox relay + inbox + its metrics |
 //! | `runner` | `vap-runner`: capture, detection, publishing (feature `runner`: the only code linking OpenCV and tract) |
 //! | [`kafka`] | the Kafka interface (rskafka): connect, topics, partitioner |
@@ -40,6 +41,7 @@ pub mod inbox;
 pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;
+pub mod orchestrator;
 pub mod outbox_relay;
 pub mod relay;
 #[cfg(feature = "runner")]

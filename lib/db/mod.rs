@@ -6,6 +6,7 @@ pub mod migrate;
 pub mod outbox;
 pub mod results;
 pub mod scenarios;
+pub mod workers;
 
 use std::time::Duration;
 
@@ -64,6 +65,11 @@ pub fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
         .wait_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .create_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .build()?)
+}
+
+/// A dedicated connection outside the pool, for state tied to one session (the leader lock).
+pub async fn dedicated_connection(settings: &DatabaseSettings) -> Result<tokio_postgres::Client, DbError> {
+    Ok(listen(settings, &[]).await?.0)
 }
 
 /// A dedicated connection outside the pool, for LISTEN. Notifications arrive on the returned

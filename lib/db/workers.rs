@@ -1,0 +1,206 @@
+//! What the orchestrator reads and writes: scenarios that should run or stop, and one worker
+//! row per scenario saying where its runner is. Writes happen only on change, so a reconcile
+//! round over many steady scenarios costs one read.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use uuid::Uuid;
+
+use super::scenarios::ScenarioStatus;
+use super::DbError;
+
+/// A scenario not at rest, with what starting its runner needs.
+#[derive(Debug, Clone)]
+pub struct ActiveScenario {
+    pub scenario: Uuid,
+    pub status: ScenarioStatus,
+    pub camera_url: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Scenarios that are not `inactive` or `failed`, oldest first.
+pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT scenario_uuid, status, camera_url, created_at FROM scenarios
+              WHERE status NOT IN ('inactive', 'failed') ORDER BY seq",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some(ActiveScenario {
+                scenario: r.get(0),
+                status: ScenarioStatus::parse(r.get(1))?,
+                camera_url: r.get(2),
+                created_at: r.get(3),
+            })
+        })
+        .collect())
+}
+
+/// Which of `ids` are scenarios of this database. A backend can report runners of another vap
+/// deployment sharing its hosts: those are not ours to stop.
+pub async fn existing(pool: &Pool, ids: &[Uuid]) -> Result<std::collections::HashSet<Uuid>, DbError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let client = pool.get().await?;
+    let rows = client.query("SELECT scenario_uuid FROM scenarios WHERE scenario_uuid = ANY($1)", &[&ids]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// How a worker row should read after a reconcile action.
+#[derive(Debug, Clone)]
+pub struct WorkerRecord<'a> {
+    pub scenario: Uuid,
+    pub backend: &'a str,
+    pub status: &'a str,
+    pub backend_ref: Option<&'a str>,
+    pub node: Option<&'a str>,
+    pub restarts: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub last_error: Option<&'a str>,
+}
+
+async fn upsert_worker(client: &impl GenericClient, w: &WorkerRecord<'_>) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "INSERT INTO workers AS w (scenario_uuid, backend, status, backend_ref, node, restarts, started_at, last_error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (scenario_uuid) DO UPDATE
+                SET backend = EXCLUDED.backend, status = EXCLUDED.status,
+                    backend_ref = COALESCE(EXCLUDED.backend_ref, w.backend_ref),
+                    node = COALESCE(EXCLUDED.node, w.node), restarts = GREATEST(EXCLUDED.restarts, w.restarts),
+                    started_at = COALESCE(EXCLUDED.started_at, w.started_at),
+                    last_error = COALESCE(EXCLUDED.last_error, w.last_error), updated_at = now()
+              WHERE (w.backend, w.status, w.backend_ref, w.node, w.restarts, w.started_at, w.last_error)
+                    IS DISTINCT FROM
+                    (EXCLUDED.backend, EXCLUDED.status, COALESCE(EXCLUDED.backend_ref, w.backend_ref),
+                     COALESCE(EXCLUDED.node, w.node), GREATEST(EXCLUDED.restarts, w.restarts),
+                     COALESCE(EXCLUDED.started_at, w.started_at), COALESCE(EXCLUDED.last_error, w.last_error))",
+            &[&w.scenario, &w.backend, &w.status, &w.backend_ref, &w.node, &w.restarts, &w.started_at, &w.last_error],
+        )
+        .await?)
+}
+
+/// Moves a scenario from one of `from` to `to` (a no-op from any other status).
+async fn move_scenario(client: &impl GenericClient, scenario: Uuid, from: &[&str], to: &str, error: Option<&str>) -> Result<u64, DbError> {
+    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+    Ok(client
+        .execute(
+            "UPDATE scenarios SET status = $3, error = COALESCE($4, error), updated_at = now()
+              WHERE scenario_uuid = $1 AND status = ANY($2)",
+            &[&scenario, &from, &to, &error],
+        )
+        .await?)
+}
+
+/// The runner is placed (starting or running): the scenario is being processed.
+pub async fn record_placed(pool: &Pool, w: &WorkerRecord<'_>) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    upsert_worker(&tx, w).await?;
+    move_scenario(&tx, w.scenario, &["init_startup"], "in_startup_processing", None).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Over the cap: the scenario waits for a slot (the API shows the worker as `waiting`).
+pub async fn record_waiting(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
+    let w = WorkerRecord { scenario, backend, status: "waiting", backend_ref: None, node: None, restarts: 0, started_at: None, last_error: None };
+    record_placed(pool, &w).await
+}
+
+/// A stop was asked of the backend.
+pub async fn record_stopping(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let w = WorkerRecord { scenario, backend, status: "stopping", backend_ref: None, node: None, restarts: 0, started_at: None, last_error: None };
+    upsert_worker(&tx, &w).await?;
+    move_scenario(&tx, scenario, &["init_shutdown"], "in_shutdown_processing", None).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The scenario is done (source ended, or shutdown complete): `inactive`, worker `stopped`.
+pub async fn record_finished(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let w = WorkerRecord { scenario, backend, status: "stopped", backend_ref: None, node: None, restarts: 0, started_at: None, last_error: None };
+    upsert_worker(&tx, &w).await?;
+    move_scenario(&tx, scenario, &["init_startup", "in_startup_processing", "active", "init_shutdown", "in_shutdown_processing"], "inactive", None).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The runner failed for good: the scenario is `failed` with the reason.
+pub async fn record_failed(pool: &Pool, scenario: Uuid, backend: &str, reason: &str) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let w = WorkerRecord { scenario, backend, status: "failed", backend_ref: None, node: None, restarts: 0, started_at: None, last_error: Some(reason) };
+    upsert_worker(&tx, &w).await?;
+    move_scenario(&tx, scenario, &["init_startup", "in_startup_processing", "active"], "failed", Some(reason)).await?;
+    // A failing runner whose shutdown was asked for is simply done.
+    move_scenario(&tx, scenario, &["init_shutdown", "in_shutdown_processing"], "inactive", None).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A runner ended after its scenario came to rest: only the worker row changes.
+pub async fn record_worker_ended(pool: &Pool, scenario: Uuid, backend: &str, error: Option<&str>) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    let status = if error.is_some() { "failed" } else { "stopped" };
+    let w = WorkerRecord { scenario, backend, status, backend_ref: None, node: None, restarts: 0, started_at: None, last_error: error };
+    upsert_worker(&client, &w).await?;
+    Ok(())
+}
+
+/// Applies a batch of scenario events and the consumer's new position in one transaction:
+/// init events move `init_startup` to `in_startup_processing`, shutdown events move
+/// `init_shutdown` to `in_shutdown_processing`. Returns false when another consumer moved the
+/// position first (nothing written).
+pub async fn apply_events(
+    pool: &Pool,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+    from_offset: i64,
+    next_offset: i64,
+    started: &[Uuid],
+    stopping: &[Uuid],
+) -> Result<bool, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let moved = tx
+        .execute(
+            "UPDATE consumer_positions SET next_offset = $5, updated_at = now()
+              WHERE consumer = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
+            &[&consumer, &topic, &partition, &from_offset, &next_offset],
+        )
+        .await?;
+    if moved != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    if !started.is_empty() {
+        tx.execute(
+            "UPDATE scenarios SET status = 'in_startup_processing', updated_at = now()
+              WHERE scenario_uuid = ANY($1) AND status = 'init_startup'",
+            &[&started],
+        )
+        .await?;
+    }
+    if !stopping.is_empty() {
+        tx.execute(
+            "UPDATE scenarios SET status = 'in_shutdown_processing', updated_at = now()
+              WHERE scenario_uuid = ANY($1) AND status = 'init_shutdown'",
+            &[&stopping],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}

@@ -1,0 +1,244 @@
+//! The local backend: runners as supervised processes on the orchestrator's host, the
+//! embedded default. A runner that crashes is restarted with back-off until it fails
+//! `restart_limit` times within `restart_window_secs`; exit codes the runner uses for permanent
+//! ends (0 finished, 2 configuration, 3 camera unavailable, 4 model) are not restarted.
+//!
+//! Runners run in their own process group (a Ctrl-C in the orchestrator's terminal is not
+//! theirs) and outlive an orchestrator restart: the next one finds them in /proc by their
+//! `--scenario` argument and adopts them.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::backend::{BackendError, RunnerSpec, WorkerInfo};
+use super::reconcile::RunnerState;
+use crate::config::LocalBackendSettings;
+
+struct Supervised {
+    pid: Option<u32>,
+    state: RunnerState,
+    restarts: u32,
+    started_at: chrono::DateTime<Utc>,
+    stop_requested: bool,
+}
+
+pub struct LocalBackend {
+    settings: LocalBackendSettings,
+    /// The orchestrator's own `VAP_*` settings, passed on so runners reach the same broker.
+    inherited_env: Vec<(String, String)>,
+    runners: Arc<Mutex<HashMap<Uuid, Supervised>>>,
+}
+
+const PERMANENT_EXITS: [i32; 4] = [0, 2, 3, 4];
+
+impl LocalBackend {
+    pub fn new(settings: LocalBackendSettings) -> Self {
+        let inherited_env = std::env::vars()
+            .filter(|(k, _)| k.starts_with("VAP_") && !crate::config::RUNNER_JOB_ENV.contains(&k.as_str()))
+            .collect();
+        Self { settings, inherited_env, runners: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Supervised>> {
+        self.runners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn list(&self) -> Vec<WorkerInfo> {
+        let mut out: Vec<WorkerInfo> = self
+            .lock()
+            .iter()
+            .map(|(&scenario, s)| WorkerInfo {
+                scenario,
+                state: s.state.clone(),
+                backend_ref: s.pid.map(|p| format!("pid {p}")).unwrap_or_default(),
+                node: Some(hostname()),
+                restarts: s.restarts,
+                started_at: Some(s.started_at),
+            })
+            .collect();
+        // Runners left by an earlier orchestrator: alive, not ours to wait for.
+        for (scenario, pid) in find_runner_processes(&self.settings.runner_bin) {
+            if !out.iter().any(|w| w.scenario == scenario) {
+                out.push(WorkerInfo {
+                    scenario,
+                    state: RunnerState::Running,
+                    backend_ref: format!("pid {pid}"),
+                    node: Some(hostname()),
+                    restarts: 0,
+                    started_at: None,
+                });
+            }
+        }
+        out
+    }
+
+    pub fn start(&self, spec: &RunnerSpec) -> Result<WorkerInfo, BackendError> {
+        if let Some(w) = self.list().into_iter().find(|w| w.scenario == spec.scenario && w.state.holds_slot()) {
+            return Ok(w);
+        }
+        let started_at = Utc::now();
+        self.lock().insert(spec.scenario, Supervised { pid: None, state: RunnerState::Starting, restarts: 0, started_at, stop_requested: false });
+        let (settings, env, runners, job) = (self.settings.clone(), self.inherited_env.clone(), Arc::clone(&self.runners), spec.clone());
+        std::thread::Builder::new()
+            .name(format!("vap-supervise-{}", &spec.scenario.to_string()[..8]))
+            .spawn(move || supervise(&settings, &env, &runners, &job))
+            .map_err(|e| BackendError::Unavailable { backend: "local", message: e.to_string() })?;
+        Ok(WorkerInfo { scenario: spec.scenario, state: RunnerState::Starting, backend_ref: String::new(), node: Some(hostname()), restarts: 0, started_at: Some(started_at) })
+    }
+
+    pub fn stop(&self, scenario: Uuid) {
+        let pid = {
+            let mut runners = self.lock();
+            match runners.get_mut(&scenario) {
+                Some(s) => {
+                    s.stop_requested = true;
+                    if s.state.holds_slot() {
+                        s.state = RunnerState::Stopping;
+                    }
+                    s.pid
+                }
+                None => find_runner_processes(&self.settings.runner_bin).into_iter().find(|(s, _)| *s == scenario).map(|(_, p)| p),
+            }
+        };
+        if let Some(pid) = pid {
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+
+    pub fn forget(&self, scenario: Uuid) {
+        let mut runners = self.lock();
+        if runners.get(&scenario).is_some_and(|s| !s.state.holds_slot()) {
+            runners.remove(&scenario);
+        }
+    }
+
+    /// Stops every runner and waits for them (the embedded default stops its runners with it).
+    pub fn stop_all(&self, timeout: Duration) {
+        let scenarios: Vec<Uuid> = self.list().into_iter().filter(|w| w.state.holds_slot()).map(|w| w.scenario).collect();
+        for s in &scenarios {
+            self.stop(*s);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && self.list().iter().any(|w| w.state.holds_slot()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn supervise(settings: &LocalBackendSettings, env: &[(String, String)], runners: &Mutex<HashMap<Uuid, Supervised>>, spec: &RunnerSpec) {
+    let scenario = spec.scenario;
+    let update = |f: &mut dyn FnMut(&mut Supervised)| {
+        if let Some(s) = runners.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&scenario) {
+            f(s);
+        }
+    };
+    let stop_requested = || runners.lock().unwrap_or_else(|e| e.into_inner()).get(&scenario).is_none_or(|s| s.stop_requested);
+    let mut recent: VecDeque<Instant> = VecDeque::new();
+    let mut delay = Duration::from_millis(settings.restart_delay_min_ms);
+    loop {
+        let mut cmd = Command::new(&settings.runner_bin);
+        cmd.arg("--scenario").arg(scenario.to_string());
+        if let Some(config) = &settings.runner_config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).envs(spec.job_env());
+        cmd.stdin(Stdio::null()).process_group(0);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("cannot start {}: {e}", settings.runner_bin.display());
+                tracing::error!(scenario = %scenario, reason, "runner not started");
+                update(&mut |s| s.state = RunnerState::Failed { reason: reason.clone() });
+                return;
+            }
+        };
+        let mut child = child;
+        let pid = child.id();
+        update(&mut |s| {
+            s.pid = Some(pid);
+            if !s.stop_requested {
+                s.state = RunnerState::Running;
+            }
+        });
+        tracing::info!(scenario = %scenario, pid, "runner started");
+        let status = child.wait();
+        let code = match &status {
+            Ok(s) => s.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(s).unwrap_or(0)),
+            Err(_) => -1,
+        };
+        update(&mut |s| s.pid = None);
+        if stop_requested() || PERMANENT_EXITS.contains(&code) {
+            tracing::info!(scenario = %scenario, code, "runner exited");
+            update(&mut |s| s.state = RunnerState::Exited { code });
+            return;
+        }
+        let now = Instant::now();
+        recent.push_back(now);
+        while recent.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(settings.restart_window_secs)) {
+            recent.pop_front();
+        }
+        if recent.len() as u32 > settings.restart_limit {
+            let reason = format!("runner failed {} times in {} s (last exit code {code})", recent.len(), settings.restart_window_secs);
+            tracing::error!(scenario = %scenario, reason, "giving up on runner");
+            update(&mut |s| s.state = RunnerState::Failed { reason: reason.clone() });
+            return;
+        }
+        update(&mut |s| {
+            s.restarts += 1;
+            s.state = RunnerState::Starting;
+        });
+        tracing::warn!(scenario = %scenario, code, restart_in_ms = delay.as_millis() as u64, "runner crashed; restarting");
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            if stop_requested() {
+                update(&mut |s| s.state = RunnerState::Exited { code });
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        delay = (delay * 2).min(Duration::from_millis(settings.restart_delay_max_ms));
+    }
+}
+
+/// Running vap-runner processes started as `<runner_bin> --scenario <uuid>`, by scenario.
+fn find_runner_processes(runner_bin: &std::path::Path) -> Vec<(Uuid, u32)> {
+    let Some(name) = runner_bin.file_name() else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_runner = args.first().is_some_and(|a| std::path::Path::new(std::ffi::OsStr::from_bytes(a)).file_name() == Some(name));
+        if !is_runner || is_zombie(pid) {
+            continue;
+        }
+        if let Some(i) = args.iter().position(|a| *a == b"--scenario") {
+            if let Some(id) = args.get(i + 1).and_then(|a| std::str::from_utf8(a).ok()).and_then(|s| Uuid::parse_str(s).ok()) {
+                found.push((id, pid));
+            }
+        }
+    }
+    found
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(true)
+}
+
+fn hostname() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into()))
+        .clone()
+}

@@ -1,0 +1,101 @@
+//! Test media made with ffmpeg from opencv-doc's pedestrian video, cached beside the build.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+pub const VTEST: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
+pub const BASKETBALL: &str = "/usr/share/doc/opencv-doc/examples/data/basketball1.png";
+
+pub struct Media {
+    /// 640x480 H.264, 20 s at 10 fps: pedestrians in every frame.
+    pub people: PathBuf,
+    /// 640x480 H.264, 3 s of colour bars: nothing to detect.
+    pub bars: PathBuf,
+    /// 640x480 H.264, 5 s of pedestrians: a short finite source.
+    pub short: PathBuf,
+}
+
+pub fn media() -> &'static Media {
+    static MEDIA: OnceLock<Media> = OnceLock::new();
+    MEDIA.get_or_init(|| {
+        // Cached beside the build (target/tmp): made once per checkout.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-media");
+        std::fs::create_dir_all(&dir).unwrap();
+        let make = |name: &str, input: &[&str]| {
+            let out = dir.join(name);
+            if !out.exists() {
+                let tmp = dir.join(format!("{name}.{}.tmp.mp4", std::process::id()));
+                let status = Command::new("ffmpeg")
+                    .args(["-loglevel", "error", "-y"])
+                    .args(input)
+                    .args(["-t", "20", "-vf", "scale=640:480", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "10", "-movflags", "+faststart", "-an"])
+                    .arg(&tmp)
+                    .status()
+                    .expect("ffmpeg (scripts/setup installs it)");
+                assert!(status.success(), "ffmpeg failed making {name}");
+                std::fs::rename(&tmp, &out).unwrap();
+            }
+            out
+        };
+        Media {
+            people: make("people.mp4", &["-i", VTEST]),
+            bars: make("bars.mp4", &["-f", "lavfi", "-i", "testsrc=size=640x480:rate=10:duration=3"]),
+            short: make("short.mp4", &["-t", "5", "-i", VTEST]),
+        }
+    })
+}
+
+pub fn manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite_person_300.toml")
+}
+
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GStreamer's RTSP server serving a file at rtsp://127.0.0.1:PORT/cam, killed on drop.
+pub struct RtspServer {
+    child: Child,
+}
+
+impl RtspServer {
+    pub fn start(port: u16, file: &Path) -> RtspServer {
+        use std::os::unix::process::CommandExt;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rtsp_server.py");
+        // Debian's python: python3-gi and GStreamer's bindings are installed for it, not for
+        // any other python3 on PATH.
+        let mut cmd = Command::new("/usr/bin/python3");
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .arg(script)
+            .args([&port.to_string(), "cam", file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with GStreamer's RTSP server (scripts/setup installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "RTSP server did not start");
+        RtspServer { child }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

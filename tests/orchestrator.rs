@@ -1,0 +1,235 @@
+//! vap-orchestrator with the local backend, end to end: the real API, relay, broker,
+//! PostgreSQL, orchestrator processes and runner processes on real media. What runs is sampled
+//! from the machine (/proc), not from the orchestrator's own counters.
+
+mod common;
+#[path = "common/media.rs"]
+mod media;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::{eventually, spawn_binary, TestApp};
+use hyper::StatusCode;
+use media::{free_port, manifest, media, RtspServer};
+use serde_json::Value;
+use uuid::Uuid;
+
+const RUNNER_BIN: &str = env!("CARGO_BIN_EXE_vap-runner");
+
+/// Runner processes of `scenarios` on this machine right now: scenario -> pids.
+fn runner_processes(scenarios: &HashSet<Uuid>) -> HashMap<Uuid, Vec<u32>> {
+    let mut found: HashMap<Uuid, Vec<u32>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.first().map(String::as_str) != Some(RUNNER_BIN) {
+            continue;
+        }
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))).unwrap_or(true);
+        if zombie {
+            continue;
+        }
+        let id = args.iter().position(|a| a == "--scenario").and_then(|i| args.get(i + 1)).and_then(|s| Uuid::parse_str(s).ok());
+        if let Some(id) = id.filter(|id| scenarios.contains(id)) {
+            found.entry(id).or_default().push(pid);
+        }
+    }
+    found
+}
+
+/// Kills the runners of a test's scenarios when the test ends, passed or not: they live in
+/// their own process groups by design, so nothing else would.
+struct RunnerReaper(HashSet<Uuid>);
+
+impl Drop for RunnerReaper {
+    fn drop(&mut self) {
+        for pids in runner_processes(&self.0).values() {
+            for pid in pids {
+                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn spawn_orchestrator(app: &TestApp, max_workers: usize) -> Child {
+    let mut env = app.env();
+    env.extend(
+        [
+            ("VAP_ORCHESTRATOR__BACKEND", "local".to_string()),
+            ("VAP_ORCHESTRATOR__MAX_WORKERS", max_workers.to_string()),
+            ("VAP_ORCHESTRATOR__RECONCILE_INTERVAL_MS", "300".into()),
+            ("VAP_ORCHESTRATOR__LEADER_POLL_MS", "300".into()),
+            ("VAP_ORCHESTRATOR__METRICS_LISTEN", String::new()),
+            ("VAP_ORCHESTRATOR__LOCAL__RUNNER_BIN", RUNNER_BIN.into()),
+            ("VAP_ORCHESTRATOR__LOCAL__RESTART_DELAY_MIN_MS", "200".into()),
+            // Runners get the orchestrator's VAP_* settings.
+            ("VAP_RUNNER__MODEL_MANIFEST", manifest().to_str().unwrap().into()),
+            ("VAP_RUNNER__RECONNECT_MIN_MS", "300".into()),
+            ("VAP_LOG__LEVEL", "info".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &env, &[])
+}
+
+async fn app() -> TestApp {
+    let mut app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
+    app.start_relay();
+    app
+}
+
+async fn scenario(app: &TestApp, id: Uuid) -> Value {
+    app.get(&format!("/api/v1/scenario/{id}")).await.json()
+}
+
+async fn prediction(app: &TestApp, id: Uuid) -> Value {
+    app.get(&format!("/api/v1/prediction/{id}?limit=1000")).await.json()
+}
+
+async fn wait_status(app: &TestApp, id: Uuid, status: &str, timeout: Duration) -> Value {
+    eventually(timeout, &format!("scenario {id} to be {status}"), || async {
+        let s = scenario(app, id).await;
+        (s["status"] == status).then_some(s)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_backend_runs_a_file_to_the_end_and_shuts_a_live_camera_down() {
+    let app = app().await;
+    let mut orchestrator = spawn_orchestrator(&app, 4);
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+
+    // A file: placed, analysed, stored, and inactive when it ends (not restarted).
+    let file = app.create_scenario(media().short.to_str().unwrap()).await;
+    let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
+    let _reaper = RunnerReaper(HashSet::from([file, live]));
+    wait_status(&app, file, "inactive", Duration::from_secs(90)).await;
+    let done = eventually(Duration::from_secs(10), "the file's worker to be stopped", || async {
+        let s = scenario(&app, file).await;
+        (s["worker"]["status"] == "stopped").then_some(s)
+    })
+    .await;
+    assert_eq!(done["worker"]["backend"], "local", "{done}");
+    let p = prediction(&app, file).await;
+    assert_eq!(p["total_frames_processed"], 10, "5 s at 2 fps: {p}");
+    assert!(p["results"].as_array().unwrap().iter().filter(|r| !r["detections"].as_array().unwrap().is_empty()).count() >= 8, "{p}");
+
+    // A live camera: active with a running worker, until its shutdown.
+    let running = wait_status(&app, live, "active", Duration::from_secs(90)).await;
+    let w = &running["worker"];
+    assert_eq!((w["backend"].as_str(), w["status"].as_str()), (Some("local"), Some("running")), "{running}");
+    assert!(w["backend_ref"].as_str().unwrap().starts_with("pid "), "{running}");
+    assert!(w["node"].is_string() && w["started_at"].is_string(), "{running}");
+    assert_eq!(runner_processes(&HashSet::from([live])).get(&live).map(Vec::len), Some(1));
+    let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &serde_json::json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let stopped = wait_status(&app, live, "inactive", Duration::from_secs(30)).await;
+    assert_eq!(stopped["worker"]["status"], "stopped", "{stopped}");
+    assert!(runner_processes(&HashSet::from([live])).is_empty(), "runner still running after shutdown");
+    let frames = prediction(&app, live).await["total_frames_processed"].as_i64().unwrap();
+    assert!(frames >= 1, "the live camera was analysed");
+    let _ = orchestrator.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_workers_is_never_exceeded_and_every_scenario_is_processed() {
+    let app = app().await;
+    let mut orchestrator = spawn_orchestrator(&app, 3);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(app.create_scenario(media().short.to_str().unwrap()).await);
+    }
+    let set: HashSet<Uuid> = ids.iter().copied().collect();
+    let _reaper = RunnerReaper(set.clone());
+    let (mut peak, mut saw_waiting, mut samples) = (0, false, 0);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let running = runner_processes(&set);
+        peak = peak.max(running.values().map(Vec::len).sum::<usize>());
+        assert!(running.values().all(|p| p.len() == 1), "a scenario has two runners: {running:?}");
+        samples += 1;
+        if !saw_waiting {
+            for id in &ids {
+                if scenario(&app, *id).await["worker"]["status"] == "waiting" {
+                    saw_waiting = true;
+                    break;
+                }
+            }
+        }
+        let mut inactive = 0;
+        for id in &ids {
+            if scenario(&app, *id).await["status"] == "inactive" {
+                inactive += 1;
+            }
+        }
+        if inactive == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {inactive} of 10 scenarios finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(peak <= 3, "{peak} runners at once with MAX_WORKERS=3");
+    assert_eq!(peak, 3, "the cap was used (sampled {samples} times)");
+    assert!(saw_waiting, "scenarios over the cap show as waiting");
+    for id in &ids {
+        assert_eq!(prediction(&app, *id).await["total_frames_processed"], 10);
+    }
+    let _ = orchestrator.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans() {
+    let app = app().await;
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+    let url = format!("rtsp://127.0.0.1:{port}/cam");
+    let mut leader = spawn_orchestrator(&app, 10);
+    let first = app.create_scenario(&url).await;
+    let mut set = HashSet::from([first]);
+    wait_status(&app, first, "active", Duration::from_secs(90)).await;
+    // The first one leads (it placed the runner); the second stands by.
+    let mut standby = spawn_orchestrator(&app, 10);
+    let mut ids = vec![first];
+    for _ in 0..4 {
+        ids.push(app.create_scenario(&url).await);
+    }
+    set.extend(ids.iter().copied());
+    let _reaper = RunnerReaper(set.clone());
+    // Kill the leader while those start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unsafe { libc::kill(leader.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = leader.wait();
+    let killed_at = Instant::now();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let running = runner_processes(&set);
+        assert!(running.values().all(|p| p.len() == 1), "a scenario has two runners: {running:?}");
+        let mut active = 0;
+        for id in &ids {
+            if scenario(&app, *id).await["status"] == "active" {
+                active += 1;
+            }
+        }
+        if active == ids.len() && running.len() == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{active} of {} active, {} runners, {:?} after the kill", ids.len(), running.len(), killed_at.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The runner the dead leader started was adopted, not started again.
+    for id in &ids {
+        let r = app.post_json(&format!("/api/v1/scenario/{id}/shutdown"), &serde_json::json!({})).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    for id in &ids {
+        wait_status(&app, *id, "inactive", Duration::from_secs(60)).await;
+    }
+    assert!(runner_processes(&set).is_empty(), "no orphans after shutdown");
+    let _ = standby.kill();
+}
