@@ -1,21 +1,29 @@
 //! vap-dev: runs vap on the embedded default (own PostgreSQL, broker, and the vap services).
-//! Usage: vap-dev [--port N]
+//! Usage: vap-dev [--port N] [--max-workers N] [--sample VIDEO | --no-sample]
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let result = async {
         let mut args = std::env::args().skip(1);
         let mut api_port = None;
+        let mut max_workers = 4;
+        let mut sample_video = Some(std::path::PathBuf::from(vap::embedded::SAMPLE_VIDEO)).filter(|p| p.exists());
         while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or_else(|| anyhow::anyhow!("{arg} needs a value"));
             match arg.as_str() {
-                "--port" => api_port = Some(args.next().ok_or_else(|| anyhow::anyhow!("--port needs a number"))?.parse()?),
-                other => anyhow::bail!("unknown argument '{other}'; usage: vap-dev [--port N]"),
+                "--port" => api_port = Some(value()?.parse()?),
+                "--max-workers" => max_workers = value()?.parse()?,
+                "--sample" => sample_video = Some(value()?.into()),
+                "--no-sample" => sample_video = None,
+                other => anyhow::bail!("unknown argument '{other}'; usage: vap-dev [--port N] [--max-workers N] [--sample VIDEO | --no-sample]"),
             }
         }
         vap::lifecycle::init_logging(&vap::config::LogSettings::default());
         let exe = std::env::current_exe()?;
         let bin_dir = exe.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-        let opts = vap::embedded::EmbeddedOptions { api_port, bin_dir };
+        // scripts/run starts it from the repository, where the shipped model is.
+        let model_manifest = std::env::current_dir()?.join("models/ssdlite_person_300.toml");
+        let opts = vap::embedded::EmbeddedOptions { api_port, bin_dir, model_manifest, sample_video, max_workers };
         vap::embedded::run(opts, vap::lifecycle::shutdown_on_signal()).await?;
         Ok(())
     };

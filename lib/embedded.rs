@@ -1,6 +1,7 @@
 //! The embedded default (`vap-dev`): a private PostgreSQL cluster and broker, with the real
-//! `vap-relay` and `vap-api` binaries run as child processes against them. No Docker, no
-//! system services; everything stops with Ctrl-C.
+//! `vap-relay`, `vap-api` and `vap-orchestrator` binaries run as child processes against them;
+//! the orchestrator places `vap-runner`s as local processes. No Docker, no system services;
+//! everything stops with Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,11 +23,19 @@ pub enum EmbeddedError {
     ChildDied(&'static str, std::process::ExitStatus),
 }
 
+/// Pedestrians on a street (Debian's opencv-doc): the demo scenario.
+pub const SAMPLE_VIDEO: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
+
 pub struct EmbeddedOptions {
     /// API port; `None` picks 8080 when free, else any free port.
     pub api_port: Option<u16>,
     /// Where the vap binaries are (normally the directory of the running `vap-dev`).
     pub bin_dir: PathBuf,
+    /// The detector's manifest for the runners.
+    pub model_manifest: PathBuf,
+    /// A video to start a scenario on once everything runs (a demo), if any.
+    pub sample_video: Option<PathBuf>,
+    pub max_workers: usize,
 }
 
 struct Service {
@@ -58,9 +67,15 @@ pub async fn run(opts: EmbeddedOptions, shutdown: CancellationToken) -> Result<(
         ("VAP_API__LISTEN", format!("127.0.0.1:{api_port}")),
         ("VAP_API__ALLOW_FILE_URLS", "true".into()),
         ("VAP_RELAY__METRICS_LISTEN", format!("127.0.0.1:{}", crate::devstack::free_port()?)),
+        ("VAP_ORCHESTRATOR__BACKEND", "local".into()),
+        ("VAP_ORCHESTRATOR__MAX_WORKERS", opts.max_workers.to_string()),
+        ("VAP_ORCHESTRATOR__METRICS_LISTEN", format!("127.0.0.1:{}", crate::devstack::free_port()?)),
+        ("VAP_ORCHESTRATOR__LOCAL__RUNNER_BIN", opts.bin_dir.join("vap-runner").display().to_string()),
+        ("VAP_ORCHESTRATOR__LOCAL__STOP_RUNNERS_ON_EXIT", "true".into()),
+        ("VAP_RUNNER__MODEL_MANIFEST", opts.model_manifest.display().to_string()),
     ];
     let mut services = Vec::new();
-    for name in ["vap-relay", "vap-api"] {
+    for name in ["vap-relay", "vap-api", "vap-orchestrator"] {
         let child = Command::new(opts.bin_dir.join(name))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
@@ -75,6 +90,16 @@ pub async fn run(opts: EmbeddedOptions, shutdown: CancellationToken) -> Result<(
     println!("  API:     {base}");
     println!("  docs:    {base}/docs");
     println!("  try:     curl -s -XPOST {base}/api/v1/scenario/init -H 'content-type: application/json' -d '{{\"camera_url\": \"rtsp://camera.local/stream\"}}'");
+    if let Some(video) = &opts.sample_video {
+        match start_sample(&base, video).await {
+            Ok(id) => {
+                println!("  sample:  scenario {id} on {}", video.display());
+                println!("           curl -s {base}/api/v1/prediction/{id}        (detections, as they are stored)");
+                println!("           curl -sN {base}/api/v1/prediction/{id}/stream   (live, Server-Sent Events)");
+            }
+            Err(e) => println!("  sample:  not started: {e}"),
+        }
+    }
     println!("Ctrl-C stops everything.");
 
     let outcome = loop {
@@ -96,6 +121,21 @@ pub async fn run(opts: EmbeddedOptions, shutdown: CancellationToken) -> Result<(
     drop(broker);
     drop(pg);
     outcome
+}
+
+/// POSTs a scenario on `video` through the API, as a user would.
+async fn start_sample(base: &str, video: &std::path::Path) -> Result<String, String> {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let body = serde_json::json!({ "camera_url": video.display().to_string() }).to_string();
+    let req = hyper::Request::post(format!("{base}/api/v1/scenario/init"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    answer["scenario_uuid"].as_str().map(str::to_string).ok_or_else(|| answer.to_string())
 }
 
 async fn wait_healthy(addr: &str) {

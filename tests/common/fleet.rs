@@ -1,0 +1,70 @@
+//! Orchestrator processes and the runner processes they place, seen from outside (/proc).
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::{HashMap, HashSet};
+use std::process::Child;
+
+use uuid::Uuid;
+
+use super::common::{spawn_binary, TestApp};
+use super::media::manifest;
+
+pub const RUNNER_BIN: &str = env!("CARGO_BIN_EXE_vap-runner");
+
+/// Runner processes of `scenarios` on this machine right now: scenario -> pids.
+pub fn runner_processes(scenarios: &HashSet<Uuid>) -> HashMap<Uuid, Vec<u32>> {
+    let mut found: HashMap<Uuid, Vec<u32>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.first().map(String::as_str) != Some(RUNNER_BIN) {
+            continue;
+        }
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))).unwrap_or(true);
+        if zombie {
+            continue;
+        }
+        let id = args.iter().position(|a| a == "--scenario").and_then(|i| args.get(i + 1)).and_then(|s| Uuid::parse_str(s).ok());
+        if let Some(id) = id.filter(|id| scenarios.contains(id)) {
+            found.entry(id).or_default().push(pid);
+        }
+    }
+    found
+}
+
+/// Kills the runners of a test's scenarios when the test ends, passed or not: they live in
+/// their own process groups by design, so nothing else would.
+pub struct RunnerReaper(pub HashSet<Uuid>);
+
+impl Drop for RunnerReaper {
+    fn drop(&mut self) {
+        for pids in runner_processes(&self.0).values() {
+            for pid in pids {
+                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+pub fn spawn_orchestrator(app: &TestApp, max_workers: usize) -> Child {
+    let mut env = app.env();
+    env.extend(
+        [
+            ("VAP_ORCHESTRATOR__BACKEND", "local".to_string()),
+            ("VAP_ORCHESTRATOR__MAX_WORKERS", max_workers.to_string()),
+            ("VAP_ORCHESTRATOR__RECONCILE_INTERVAL_MS", "300".into()),
+            ("VAP_ORCHESTRATOR__LEADER_POLL_MS", "300".into()),
+            ("VAP_ORCHESTRATOR__METRICS_LISTEN", String::new()),
+            ("VAP_ORCHESTRATOR__LOCAL__RUNNER_BIN", RUNNER_BIN.into()),
+            ("VAP_ORCHESTRATOR__LOCAL__RESTART_DELAY_MIN_MS", "200".into()),
+            // Runners get the orchestrator's VAP_* settings.
+            ("VAP_RUNNER__MODEL_MANIFEST", manifest().to_str().unwrap().into()),
+            ("VAP_RUNNER__RECONNECT_MIN_MS", "300".into()),
+            ("VAP_LOG__LEVEL", "info".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &env, &[])
+}
+
