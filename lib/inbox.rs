@@ -30,24 +30,8 @@ impl Inbox {
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let topic = this.kafka.settings().topic_results.clone();
-        // Wait for the broker: the relay must keep serving the outbox meanwhile.
-        let mut delay = Duration::from_millis(200);
-        let partitions = loop {
-            let attempt = async {
-                let k = this.kafka.get().await?;
-                let s = this.kafka.settings();
-                k.ensure_topic(&topic, s.partitions, s.replication_factor).await
-            };
-            match attempt.await {
-                Ok(p) => break p,
-                Err(e) => tracing::warn!(error = %e, "inbox waiting for kafka"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
-        };
+        // The relay keeps serving the outbox while the broker is away.
+        let Some(partitions) = this.kafka.wait_for_topic(&topic, &shutdown).await else { return };
         tracing::info!(topic, partitions = partitions.len(), "inbox consuming");
         let tasks: Vec<_> = partitions
             .into_iter()

@@ -189,6 +189,27 @@ impl KafkaLink {
         &self.settings
     }
 
+    /// Waits until the broker answers and `topic` exists (creating it when missing), retrying
+    /// with back-off so the caller's process keeps serving meanwhile. `None` on shutdown.
+    pub async fn wait_for_topic(&self, topic: &str, shutdown: &tokio_util::sync::CancellationToken) -> Option<Vec<i32>> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                let k = self.get().await?;
+                k.ensure_topic(topic, self.settings.partitions, self.settings.replication_factor).await
+            };
+            match attempt.await {
+                Ok(p) => return Some(p),
+                Err(e) => tracing::warn!(error = %e, topic, "waiting for kafka"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
     /// The connected client, connecting and ensuring vap's topics first when needed.
     pub async fn get(&self) -> Result<Arc<Kafka>, KafkaError> {
         let mut slot = self.connected.lock().await;

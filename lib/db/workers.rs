@@ -16,6 +16,8 @@ pub struct ActiveScenario {
     pub status: ScenarioStatus,
     pub camera_url: String,
     pub created_at: DateTime<Utc>,
+    /// The worker row as stored: (status, backend reference, restarts), when there is one.
+    pub worker: Option<(String, Option<String>, i32)>,
 }
 
 /// Scenarios that are not `inactive` or `failed`, oldest first.
@@ -23,8 +25,9 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT scenario_uuid, status, camera_url, created_at FROM scenarios
-              WHERE status NOT IN ('inactive', 'failed') ORDER BY seq",
+            "SELECT s.scenario_uuid, s.status, s.camera_url, s.created_at, w.status, w.backend_ref, w.restarts
+               FROM scenarios s LEFT JOIN workers w USING (scenario_uuid)
+              WHERE s.status NOT IN ('inactive', 'failed') ORDER BY s.seq",
         )
         .await?;
     let rows = client.query(&stmt, &[]).await?;
@@ -36,6 +39,7 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
                 status: ScenarioStatus::parse(r.get(1))?,
                 camera_url: r.get(2),
                 created_at: r.get(3),
+                worker: r.get::<_, Option<String>>(4).map(|status| (status, r.get(5), r.get::<_, Option<i32>>(6).unwrap_or(0))),
             })
         })
         .collect())

@@ -196,10 +196,15 @@ impl Orchestrator {
                     }
                 }
                 Action::Wait(id) => workers::record_waiting(&self.pool, *id, kind).await.map_err(Into::into),
-                Action::Running { scenario, starting } => match listed.iter().find(|w| w.scenario == *scenario) {
-                    Some(info) => self.record(info, *starting).await,
-                    None => Ok(()),
-                },
+                Action::Running { scenario, starting } => {
+                    let info = listed.iter().find(|w| w.scenario == *scenario);
+                    let stored = scenarios.iter().find(|s| s.scenario == *scenario);
+                    match (info, stored) {
+                        // Most rounds change nothing: skip the write when the row already says it.
+                        (Some(info), Some(s)) if !unchanged(s, info, *starting) => self.record(info, *starting).await,
+                        _ => Ok(()),
+                    }
+                }
                 Action::Stop(id) => {
                     tracing::info!(scenario = %id, "stopping runner");
                     self.backend.stop(*id).await?;
@@ -246,21 +251,7 @@ impl Orchestrator {
 
     /// Consumes one topic's partitions until `stop`, waking the reconcile loop per batch.
     async fn consume_topic(self: Arc<Self>, topic: String, stop: CancellationToken) {
-        let partitions = loop {
-            let attempt = async {
-                let k = self.kafka.get().await?;
-                let s = self.kafka.settings();
-                k.ensure_topic(&topic, s.partitions, s.replication_factor).await
-            };
-            match attempt.await {
-                Ok(p) => break p,
-                Err(e) => tracing::warn!(error = %e, topic, "orchestrator waiting for kafka"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.cancelled() => return,
-            }
-        };
+        let Some(partitions) = self.kafka.wait_for_topic(&topic, &stop).await else { return };
         let tasks: Vec<_> = partitions
             .into_iter()
             .map(|p| tokio::spawn(Arc::clone(&self).consume_partition(topic.clone(), p, stop.clone())))
@@ -328,6 +319,15 @@ impl Orchestrator {
             }
         }
     }
+}
+
+/// Whether the stored scenario and worker row already say what the backend reports.
+fn unchanged(stored: &workers::ActiveScenario, info: &WorkerInfo, starting: bool) -> bool {
+    let status = if starting { "starting" } else { "running" };
+    stored.status != crate::db::scenarios::ScenarioStatus::InitStartup
+        && stored.worker.as_ref().is_some_and(|(s, reference, restarts)| {
+            s == status && reference.as_deref() == Some(info.backend_ref.as_str()) && *restarts == info.restarts as i32
+        })
 }
 
 #[derive(Debug, thiserror::Error)]

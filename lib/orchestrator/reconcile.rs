@@ -190,6 +190,9 @@ mod tests {
         assert_eq!(plan(&[], &observed, 5), vec![Action::Stop(s[0]), Action::Forget { scenario: s[1], error: None }]);
         // Exited runners don't count against the cap.
         let fresh = ids(4)[2..].to_vec();
-        assert_eq!(plan(&wanted(&fresh, InitStartup), &observed[1..], 2), vec![Action::Start(fresh[0]), Action::Start(fresh[1])]);
+        assert_eq!(
+            plan(&wanted(&fresh, InitStartup), &observed[1..], 2),
+            vec![Action::Start(fresh[0]), Action::Start(fresh[1]), Action::Forget { scenario: s[1], error: None }]
+        );
     }
 }
