@@ -149,6 +149,47 @@ pub struct OrchestratorSettings {
     /// Where the orchestrator serves /health and /metrics; empty disables it.
     pub metrics_listen: String,
     pub local: LocalBackendSettings,
+    pub nomad: NomadBackendSettings,
+}
+
+/// The Nomad backend: one service job per scenario (docs/ARCHITECTURE.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NomadBackendSettings {
+    /// The agent's HTTP API, `http://` or `https://`.
+    pub address: String,
+    /// ACL token, sent as `X-Nomad-Token`; empty when ACLs are off.
+    pub token: Secret,
+    pub namespace: String,
+    /// Empty: the agent's own region.
+    pub region: String,
+    /// PEM CA bundle that signs the agent's certificate (https addresses).
+    pub ca_file: Option<PathBuf>,
+    pub datacenters: Vec<String>,
+    /// `raw_exec`, `exec` or `docker`.
+    pub driver: String,
+    /// The runner binary on the clients (raw_exec, exec).
+    pub command: String,
+    /// The runner image (docker).
+    pub image: String,
+    /// Passed to runners as `--config` (a path on the client hosts).
+    pub runner_config: Option<PathBuf>,
+    /// `KEY=VALUE` pairs for the runner's environment (broker addresses, model path...).
+    pub runner_env: Vec<String>,
+    pub cpu_mhz: u32,
+    pub memory_mb: u32,
+    /// Restarts in place within the interval before the allocation fails.
+    pub restart_attempts: u32,
+    pub restart_interval_secs: u64,
+    pub restart_delay_secs: u64,
+    /// New allocations (possibly on other nodes) after failures, before the job gives up.
+    pub reschedule_attempts: u32,
+    pub reschedule_interval_secs: u64,
+    /// How long a stopping runner gets to flush before SIGKILL.
+    pub kill_timeout_secs: u64,
+    pub request_timeout_ms: u64,
+    /// How long one blocking query on a job's allocations waits.
+    pub blocking_wait_ms: u64,
 }
 
 /// The local backend: runners as child processes of the orchestrator's host.
@@ -298,6 +339,35 @@ impl Default for OrchestratorSettings {
             leader_poll_ms: 1_000,
             metrics_listen: "127.0.0.1:9182".into(),
             local: LocalBackendSettings::default(),
+            nomad: NomadBackendSettings::default(),
+        }
+    }
+}
+
+impl Default for NomadBackendSettings {
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:4646".into(),
+            token: Secret::default(),
+            namespace: "default".into(),
+            region: String::new(),
+            ca_file: None,
+            datacenters: vec!["*".into()],
+            driver: "raw_exec".into(),
+            command: "/usr/local/bin/vap-runner".into(),
+            image: String::new(),
+            runner_config: None,
+            runner_env: Vec::new(),
+            cpu_mhz: 500,
+            memory_mb: 512,
+            restart_attempts: 3,
+            restart_interval_secs: 300,
+            restart_delay_secs: 5,
+            reschedule_attempts: 2,
+            reschedule_interval_secs: 3600,
+            kill_timeout_secs: 10,
+            request_timeout_ms: 10_000,
+            blocking_wait_ms: 30_000,
         }
     }
 }
@@ -440,6 +510,18 @@ impl Settings {
         }
         if o.reconcile_interval_ms == 0 || o.leader_poll_ms == 0 {
             return bad("orchestrator.reconcile_interval_ms", "reconcile_interval_ms and leader_poll_ms must be at least 1");
+        }
+        if !["raw_exec", "exec", "docker"].contains(&o.nomad.driver.as_str()) {
+            return bad("orchestrator.nomad.driver", "must be raw_exec, exec or docker");
+        }
+        if o.nomad.driver == "docker" && o.nomad.image.is_empty() {
+            return bad("orchestrator.nomad.image", "the docker driver needs an image");
+        }
+        if !(o.nomad.address.starts_with("http://") || o.nomad.address.starts_with("https://")) {
+            return bad("orchestrator.nomad.address", "must start with http:// or https://");
+        }
+        if let Some(bad_pair) = o.nomad.runner_env.iter().find(|kv| !kv.contains('=')) {
+            return Err(ConfigError::Value { key: "orchestrator.nomad.runner_env", reason: format!("'{bad_pair}' is not KEY=VALUE") });
         }
         if !o.metrics_listen.is_empty() && o.metrics_listen.parse::<SocketAddr>().is_err() {
             return bad("orchestrator.metrics_listen", "must be host:port or empty");

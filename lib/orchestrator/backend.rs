@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::local::LocalBackend;
+use super::nomad::NomadBackend;
 use super::reconcile::{Observed, RunnerState};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,12 +64,23 @@ impl WorkerInfo {
 /// The backends vap can place runners on, chosen in configuration.
 pub enum Backend {
     Local(LocalBackend),
+    Nomad(NomadBackend),
 }
 
 impl Backend {
     pub fn kind(&self) -> &'static str {
         match self {
             Backend::Local(_) => "local",
+            Backend::Nomad(_) => "nomad",
+        }
+    }
+
+    /// Woken when the backend sees a runner change by itself (blocking queries), so the
+    /// orchestrator reconciles at once instead of at its next tick.
+    pub fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Nomad(b) => Some(std::sync::Arc::clone(&b.changed)),
         }
     }
 
@@ -76,6 +88,7 @@ impl Backend {
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         match self {
             Backend::Local(b) => Ok(b.list()),
+            Backend::Nomad(b) => b.list().await,
         }
     }
 
@@ -83,6 +96,7 @@ impl Backend {
     pub async fn start(&self, spec: &RunnerSpec) -> Result<WorkerInfo, BackendError> {
         match self {
             Backend::Local(b) => b.start(spec),
+            Backend::Nomad(b) => b.start(spec).await,
         }
     }
 
@@ -93,6 +107,7 @@ impl Backend {
                 b.stop(scenario);
                 Ok(())
             }
+            Backend::Nomad(b) => b.stop(scenario).await,
         }
     }
 
@@ -103,6 +118,7 @@ impl Backend {
                 b.forget(scenario);
                 Ok(())
             }
+            Backend::Nomad(b) => b.forget(scenario).await,
         }
     }
 }

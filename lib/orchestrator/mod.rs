@@ -16,9 +16,11 @@
 //! | [`reconcile`] | the pure decision: wanted + observed -> actions |
 //! | [`backend`] | the placement interface and runner naming |
 //! | [`local`] | runners as supervised local processes (the embedded default) |
+//! | [`nomad`] | one Nomad service job per scenario, a typed HTTP API client |
 
 pub mod backend;
 pub mod local;
+pub mod nomad;
 pub mod reconcile;
 
 use std::sync::Arc;
@@ -47,6 +49,8 @@ pub enum OrchestratorError {
     Db(#[from] db::DbError),
     #[error("orchestrator.backend = {0}: not available in this build yet (use local)")]
     BackendNotBuilt(String),
+    #[error(transparent)]
+    Nomad(#[from] nomad::NomadError),
     #[error("orchestrator metrics listener {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -67,6 +71,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     drop(pool.get().await.map_err(db::DbError::from)?);
     let backend = match settings.orchestrator.backend.as_str() {
         "local" => Backend::Local(local::LocalBackend::new(settings.orchestrator.local.clone())),
+        "nomad" => Backend::Nomad(nomad::NomadBackend::new(settings.orchestrator.nomad.clone())?),
         other => return Err(OrchestratorError::BackendNotBuilt(other.to_string())),
     };
     let metrics = Arc::new(Metrics::default());
@@ -83,6 +88,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         metrics,
         wake: Arc::new(Notify::new()),
     });
+    if let Some(changes) = this.backend.changes() {
+        let wake = Arc::clone(&this.wake);
+        tokio::spawn(async move {
+            loop {
+                changes.notified().await;
+                wake.notify_one();
+            }
+        });
+    }
     crate::lifecycle::notify_ready();
     tracing::info!(backend = this.backend.kind(), max_workers = this.settings.max_workers, "orchestrator ready (standby)");
     let poll = Duration::from_millis(this.settings.leader_poll_ms);
@@ -111,8 +125,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     crate::lifecycle::notify_stopping();
     if this.settings.local.stop_runners_on_exit {
         let backend = Arc::clone(&this.backend);
-        let _ = tokio::task::spawn_blocking(move || match &*backend {
-            Backend::Local(local) => local.stop_all(Duration::from_secs(15)),
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Backend::Local(local) = &*backend {
+                local.stop_all(Duration::from_secs(15));
+            }
         })
         .await;
     }

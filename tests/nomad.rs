@@ -1,0 +1,225 @@
+//! The Nomad backend against a faithful double of Nomad's HTTP API (no Nomad binary can be had
+//! here: ../shared/reference/nomad-http-api.md), which really runs each allocation's runner.
+//! First the client against the API's conventions, then the whole flow through it.
+
+mod common;
+#[path = "common/media.rs"]
+mod media;
+#[path = "common/nomad_double.rs"]
+mod nomad_double;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{eventually, spawn_binary, TestApp};
+use hyper::StatusCode;
+use media::{free_port, manifest, media, RtspServer};
+use nomad_double::NomadDouble;
+use serde_json::{json, Value};
+use uuid::Uuid;
+use vap::config::{NomadBackendSettings, Secret};
+use vap::orchestrator::backend::RunnerSpec;
+use vap::orchestrator::nomad::{job_spec, NomadClient, NomadError};
+
+fn client_settings(double: &NomadDouble, token: &str) -> NomadBackendSettings {
+    NomadBackendSettings { address: double.address(), token: Secret::new(token), request_timeout_ms: 2_000, ..NomadBackendSettings::default() }
+}
+
+fn status_of(e: NomadError) -> (StatusCode, String) {
+    match e {
+        NomadError::Status { status, body, .. } => (status, body),
+        other => panic!("expected an HTTP status error, got {other}"),
+    }
+}
+
+/// A job that runs `sleep` on the double, in the shape vap submits.
+fn sleeper(id: &str) -> Value {
+    json!({ "ID": id, "Type": "service", "TaskGroups": [{ "Name": "runner", "Count": 1,
+        "RestartPolicy": { "Attempts": 0, "Interval": 60_000_000_000u64, "Delay": 1_000_000_000u64, "Mode": "fail" },
+        "Tasks": [{ "Name": "runner", "Driver": "raw_exec", "Config": { "command": "sleep", "args": ["30"] }, "KillTimeout": 1_000_000_000u64 }] }] })
+}
+
+#[tokio::test]
+async fn client_speaks_nomads_api_acl_errors_and_blocking_queries() {
+    let double = NomadDouble::start(Some("s3cret")).await;
+    let client = NomadClient::new(&client_settings(&double, "s3cret")).unwrap();
+
+    // ACLs: no token, a wrong token.
+    let anonymous = NomadClient::new(&client_settings(&double, "")).unwrap();
+    assert_eq!(status_of(anonymous.list_jobs("vap-runner-").await.unwrap_err()), (StatusCode::FORBIDDEN, "Permission denied".into()));
+    let wrong = NomadClient::new(&client_settings(&double, "nope")).unwrap();
+    assert_eq!(status_of(wrong.list_jobs("vap-runner-").await.unwrap_err()), (StatusCode::FORBIDDEN, "ACL token not found".into()));
+
+    // Register; re-registering the same spec is idempotent (no second allocation).
+    let index = client.register_job(&sleeper("vap-runner-a")).await.unwrap();
+    assert!(index > 0);
+    client.register_job(&sleeper("vap-runner-a")).await.unwrap();
+    let (allocs, alloc_index) = eventually(Duration::from_secs(10), "the allocation to run", || async {
+        let (allocs, index) = client.job_allocations("vap-runner-a", None).await.unwrap();
+        (allocs.len() == 1 && allocs[0].client_status == "running").then_some((allocs, index))
+    })
+    .await;
+    assert_eq!(allocs[0].task_states["runner"].state, "running");
+    assert!(!allocs[0].node_name.is_empty());
+    let jobs = client.list_jobs("vap-runner-").await.unwrap();
+    assert_eq!((jobs.len(), jobs[0].status.as_str()), (1, "running"));
+
+    // Nomad's quirks: an unknown job's allocations are 200 [], deleting it is 200.
+    assert!(client.job_allocations("vap-runner-unknown", None).await.unwrap().0.is_empty());
+    client.deregister_job("vap-runner-unknown", true).await.unwrap();
+    // Validation errors are plain text with Nomad's codes.
+    let (status, body) = status_of(client.register_job(&json!({ "ID": "x", "TaskGroups": [] })).await.unwrap_err());
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.contains("Missing job task groups"), "{body}");
+    let (status, body) = status_of(client.register_job(&json!({ "Name": "x" })).await.unwrap_err());
+    assert_eq!((status, body.as_str()), (StatusCode::BAD_REQUEST, "Job ID hasn't been provided"));
+
+    // A blocking query holds until the index moves past ours, then answers with the change.
+    let started = Instant::now();
+    let timed_out = client.job_allocations("vap-runner-a", Some((alloc_index + 1_000, Duration::from_millis(300)))).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(280), "returned before the wait: {:?}", started.elapsed());
+    assert_eq!(timed_out.0.len(), 1, "a timeout answers with the unchanged data");
+    let (_, current) = client.job_allocations("vap-runner-a", None).await.unwrap();
+    let settings = client_settings(&double, "s3cret");
+    let watch = tokio::spawn(async move {
+        let c = NomadClient::new(&settings).unwrap();
+        let started = Instant::now();
+        let (allocs, index) = c.job_allocations("vap-runner-a", Some((current, Duration::from_secs(20)))).await.unwrap();
+        (allocs, index, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.deregister_job("vap-runner-a", true).await.unwrap();
+    let (allocs, index, waited) = watch.await.unwrap();
+    assert!(index > current && waited < Duration::from_secs(5), "woken by the change: index {index}, waited {waited:?}");
+    assert_eq!(allocs[0].desired_status, "stop");
+    // Purged: gone from the list, and its task is stopped.
+    assert!(client.list_jobs("vap-runner-").await.unwrap().is_empty());
+    eventually(Duration::from_secs(10), "the task to be killed", || async { double.running_tasks().is_empty().then_some(()) }).await;
+}
+
+/// vap-orchestrator with `backend = "nomad"`, configured by a TOML file as an operator would.
+fn spawn_nomad_orchestrator(app: &TestApp, double: &NomadDouble, dir: &Path, runner_env: &[String]) -> std::process::Child {
+    let mut env_list: Vec<String> = vec![
+        format!("VAP_KAFKA__BROKERS={}", app.settings.kafka.brokers.join(",")),
+        format!("VAP_KAFKA__TOPIC_RESULTS={}", app.settings.kafka.topic_results),
+        format!("VAP_RUNNER__MODEL_MANIFEST={}", manifest().display()),
+        "VAP_RUNNER__RECONNECT_MIN_MS=300".into(),
+    ];
+    env_list.extend(runner_env.iter().cloned());
+    let toml = format!(
+        r#"[orchestrator]
+backend = "nomad"
+max_workers = 10
+reconcile_interval_ms = 300
+leader_poll_ms = 300
+metrics_listen = ""
+
+[orchestrator.nomad]
+address = "{address}"
+token = "s3cret"
+command = "{runner}"
+runner_env = {env}
+restart_attempts = 1
+restart_delay_secs = 1
+reschedule_attempts = 1
+kill_timeout_secs = 5
+blocking_wait_ms = 5000
+"#,
+        address = double.address(),
+        runner = env!("CARGO_BIN_EXE_vap-runner"),
+        env = serde_json::to_string(&env_list).unwrap(),
+    );
+    let path = dir.join("orchestrator.toml");
+    std::fs::write(&path, toml).unwrap();
+    spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &app.env(), &["--config", path.to_str().unwrap()])
+}
+
+async fn scenario(app: &TestApp, id: Uuid) -> Value {
+    app.get(&format!("/api/v1/scenario/{id}")).await.json()
+}
+
+async fn wait_status(app: &TestApp, id: Uuid, status: &str) -> Value {
+    eventually(Duration::from_secs(90), &format!("scenario {id} to be {status}"), || async {
+        let s = scenario(app, id).await;
+        (s["status"] == status).then_some(s)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nomad_backend_end_to_end_through_the_double() {
+    let mut app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
+    app.start_relay();
+    let double = NomadDouble::start(Some("s3cret")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut orchestrator = spawn_nomad_orchestrator(&app, &double, dir.path(), &[]);
+    let client = NomadClient::new(&client_settings(&double, "s3cret")).unwrap();
+
+    // A live camera: one job `vap-runner-<uuid>`, running, detections served.
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+    let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
+    let active = wait_status(&app, live, "active").await;
+    let job_id = format!("vap-runner-{live}");
+    let w = eventually(Duration::from_secs(10), "the worker row to be complete", || async {
+        let s = scenario(&app, live).await;
+        (s["worker"]["status"] == "running" && s["worker"]["node"].is_string()).then_some(s["worker"].clone())
+    })
+    .await;
+    assert_eq!((w["backend"].as_str(), w["backend_ref"].as_str()), (Some("nomad"), Some(job_id.as_str())), "{active}");
+    assert!(w["node"].as_str().unwrap().starts_with("client-"), "{w}");
+    let jobs = client.list_jobs("vap-runner-").await.unwrap();
+    assert_eq!(jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), vec![job_id.as_str()]);
+    assert_eq!(double.running_tasks().get(&job_id).map(Vec::len), Some(1));
+    let frames = app.get(&format!("/api/v1/prediction/{live}")).await.json()["total_frames_processed"].as_i64().unwrap();
+    assert!(frames >= 1);
+
+    // Shutdown: the job is purged and its task stopped; the scenario ends inactive.
+    let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &json!({})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_status(&app, live, "inactive").await;
+    eventually(Duration::from_secs(15), "the job gone and its task stopped", || async {
+        (client.list_jobs("vap-runner-").await.unwrap().is_empty() && double.running_tasks().is_empty()).then_some(())
+    })
+    .await;
+
+    // A file: analysed to its end, inactive, the job removed (Nomad would restart a service
+    // task that exits, so the orchestrator must take the job away).
+    let file = app.create_scenario(media().short.to_str().unwrap()).await;
+    wait_status(&app, file, "inactive").await;
+    assert_eq!(app.get(&format!("/api/v1/prediction/{file}")).await.json()["total_frames_processed"], 10);
+    eventually(Duration::from_secs(15), "the finished file's job removed", || async {
+        client.list_jobs("vap-runner-").await.unwrap().is_empty().then_some(())
+    })
+    .await;
+    let _ = orchestrator.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nomad_giving_up_fails_the_scenario_with_the_reason() {
+    let mut app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
+    app.start_relay();
+    let double = NomadDouble::start(Some("s3cret")).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A runner that can never start: its model is missing (exit 4, every time).
+    let mut orchestrator = spawn_nomad_orchestrator(&app, &double, dir.path(), &["VAP_RUNNER__MODEL_MANIFEST=/nonexistent/model.toml".into()]);
+    let id = app.create_scenario(media().short.to_str().unwrap()).await;
+    let failed = wait_status(&app, id, "failed").await;
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("nomad"), "the reason names the backend's verdict: {failed}");
+    assert_eq!(failed["worker"]["status"], "failed", "{failed}");
+    // One restart in place, then one reschedule to a new allocation, then Nomad gives up.
+    assert_eq!(double.placements(), 2, "rescheduled once before giving up");
+    let _ = orchestrator.kill();
+}
+
+#[test]
+fn submitted_job_carries_the_scenario_the_runner_and_no_secret_in_its_arguments() {
+    let spec = RunnerSpec { scenario: Uuid::new_v4(), camera_url: "rtsp://u:secret@cam/1".into(), epoch: chrono::Utc::now() };
+    let job = job_spec(&NomadBackendSettings::default(), &spec);
+    let task = &job["TaskGroups"][0]["Tasks"][0];
+    assert_eq!(job["ID"], format!("vap-runner-{}", spec.scenario));
+    assert_eq!(job["Type"], "service");
+    assert!(!task["Config"]["args"].to_string().contains("secret"), "the camera URL goes in Env, not in args");
+    assert_eq!(task["Env"]["VAP_CAMERA_URL"], "rtsp://u:secret@cam/1");
+}
