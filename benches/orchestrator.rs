@@ -4,6 +4,8 @@
 //! Per backend: time from POST /scenario/init to the runner process existing, and to the first
 //! stored detection, p50/p99 over 50 scenarios run one after another (a 5 s file each). The
 //! baseline beside it is the same runner started by hand, without API, relay or orchestrator.
+//! Then placements/s through the Nomad API double for 1,000 scenarios, beside the double's own
+//! register rate from a bare client.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -11,6 +13,8 @@ mod common;
 mod fleet;
 #[path = "../tests/common/media.rs"]
 mod media;
+#[path = "../tests/common/nomad_double.rs"]
+mod nomad_double;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -76,7 +80,111 @@ fn main() {
         row("POST -> runner process started", &mut placed);
         row("POST -> first detection stored", &mut first);
         row("baseline: runner by hand -> first detection", &mut by_hand);
+
+        let (mut placed, mut first) = nomad_latency(&mut app, &video).await;
+        println!("{:<46} {:>10} {:>10}", "nomad backend (API double)", "p50", "p99");
+        row("POST -> runner task started", &mut placed);
+        row("POST -> first detection stored", &mut first);
+
+        nomad_placements(&mut app).await;
     });
+}
+
+fn orchestrator_toml(dir: &std::path::Path, app: &TestApp, double: &nomad_double::NomadDouble, command: &str, max_workers: usize) -> std::path::PathBuf {
+    let env_list = vec![
+        format!("VAP_KAFKA__BROKERS={}", app.settings.kafka.brokers.join(",")),
+        format!("VAP_KAFKA__TOPIC_RESULTS={}", app.settings.kafka.topic_results),
+        format!("VAP_RUNNER__MODEL_MANIFEST={}", manifest().display()),
+    ];
+    let toml = format!(
+        "[orchestrator]\nbackend = \"nomad\"\nmax_workers = {max_workers}\nmetrics_listen = \"\"\nleader_poll_ms = 300\n\n[orchestrator.nomad]\naddress = \"{}\"\ncommand = \"{command}\"\nrunner_env = {}\nrestart_delay_secs = 1\n",
+        double.address(),
+        serde_json::to_string(&env_list).unwrap()
+    );
+    let path = dir.join("orchestrator.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// The same 50 scenarios through the Nomad backend and the double, which runs the real runner.
+async fn nomad_latency(app: &mut TestApp, video: &str) -> (Vec<Duration>, Vec<Duration>) {
+    let double = nomad_double::NomadDouble::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = orchestrator_toml(dir.path(), app, &double, RUNNER_BIN, 4);
+    let mut orchestrator = common::spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &app.env(), &["--config", config.to_str().unwrap()]);
+    let (mut placed, mut first) = (Vec::new(), Vec::new());
+    for _ in 0..SCENARIOS {
+        let posted = Instant::now();
+        let id = app.create_scenario(video).await;
+        let job = format!("vap-runner-{id}");
+        while !double.running_tasks().contains_key(&job) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        placed.push(posted.elapsed());
+        while app.get(&format!("/api/v1/prediction/{id}?limit=1")).await.json()["total_frames_processed"].as_i64().unwrap_or(0) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        first.push(posted.elapsed());
+        while app.get(&format!("/api/v1/scenario/{id}")).await.json()["status"] != "inactive" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = orchestrator.kill();
+    (placed, first)
+}
+
+/// 1,000 scenarios at once (MAX_WORKERS 1,000); the task is a stand-in that sleeps, so the
+/// figure is the orchestrator's and the API's, not the runners'.
+async fn nomad_placements(app: &mut TestApp) {
+    const N: usize = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let stand_in = dir.path().join("sleeping-runner");
+    std::fs::write(&stand_in, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&stand_in, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    // Baseline: the double's register rate from a bare client, 8 at a time.
+    let baseline_double = nomad_double::NomadDouble::start(None).await;
+    let settings = vap::config::NomadBackendSettings { address: baseline_double.address(), command: stand_in.display().to_string(), ..Default::default() };
+    let client = std::sync::Arc::new(vap::orchestrator::nomad::NomadClient::new(&settings).unwrap());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in 0..8 {
+        let (client, settings) = (std::sync::Arc::clone(&client), settings.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..N / 8 {
+                let spec = vap::orchestrator::backend::RunnerSpec { scenario: uuid::Uuid::new_v4(), camera_url: "rtsp://cam/1".into(), epoch: chrono::Utc::now() };
+                client.register_job(&vap::orchestrator::nomad::job_spec(&settings, &spec)).await.unwrap();
+            }
+            chunk
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let baseline = N as f64 / started.elapsed().as_secs_f64();
+    baseline_double.kill_all();
+    drop(baseline_double);
+
+    let double = nomad_double::NomadDouble::start(None).await;
+    let config = orchestrator_toml(dir.path(), app, &double, stand_in.to_str().unwrap(), N);
+    let mut orchestrator = common::spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &app.env(), &["--config", config.to_str().unwrap()]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(N);
+    for _ in 0..N {
+        ids.push(app.create_scenario("rtsp://camera.invalid/stream").await);
+    }
+    let posted = started.elapsed();
+    while (double.placements() as usize) < N {
+        assert!(started.elapsed() < Duration::from_secs(600), "only {} placements", double.placements());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let all_placed = started.elapsed();
+    let _ = orchestrator.kill();
+    double.kill_all();
+    println!("placements through the Nomad double, {N} scenarios POSTed at once (MAX_WORKERS {N})");
+    println!("  POST x{N}: {:.1} s; all {N} jobs registered and running after {:.1} s: {:.0} placements/s", posted.as_secs_f64(), all_placed.as_secs_f64(), N as f64 / all_placed.as_secs_f64());
+    println!("  baseline: bare client registering {N} jobs on the double, 8 at a time: {baseline:.0} registrations/s");
 }
 
 fn row(name: &str, samples: &mut [Duration]) {

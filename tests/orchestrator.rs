@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{eventually, TestApp};
-use fleet::{runner_processes, spawn_orchestrator, RunnerReaper};
+use fleet::{runner_processes, spawn_orchestrator, spawn_orchestrator_with, RunnerReaper};
 use hyper::StatusCode;
 use media::{free_port, media, RtspServer};
 use serde_json::Value;
@@ -175,4 +175,34 @@ async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans()
     }
     assert!(runner_processes(&set).is_empty(), "no orphans after shutdown");
     let _ = standby.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_runner_fails_its_scenario_after_the_restart_limit() {
+    let app = app().await;
+    // A stand-in that crashes at once with a code the runner uses for transient errors.
+    let dir = tempfile::tempdir().unwrap();
+    let crasher = dir.path().join("vap-runner");
+    std::fs::write(&crasher, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&crasher, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut orchestrator = spawn_orchestrator_with(
+        &app,
+        2,
+        &[
+            ("VAP_ORCHESTRATOR__LOCAL__RUNNER_BIN", crasher.to_str().unwrap()),
+            ("VAP_ORCHESTRATOR__LOCAL__RESTART_LIMIT", "2"),
+            ("VAP_ORCHESTRATOR__LOCAL__RESTART_WINDOW_SECS", "60"),
+            ("VAP_ORCHESTRATOR__LOCAL__RESTART_DELAY_MIN_MS", "100"),
+        ],
+    );
+    let id = app.create_scenario("rtsp://camera.invalid/stream").await;
+    let failed = wait_status(&app, id, "failed", Duration::from_secs(60)).await;
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("failed 3 times") && error.contains("exit code 1"), "{failed}");
+    let w = &failed["worker"];
+    assert_eq!((w["backend"].as_str(), w["status"].as_str(), w["restarts"].as_i64()), (Some("local"), Some("failed"), Some(2)), "{failed}");
+    // Failed stays failed: no further starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(scenario(&app, id).await["status"], "failed");
+    let _ = orchestrator.kill();
 }

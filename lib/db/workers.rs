@@ -141,10 +141,10 @@ pub async fn record_finished(pool: &Pool, scenario: Uuid, backend: &str) -> Resu
 }
 
 /// The runner failed for good: the scenario is `failed` with the reason.
-pub async fn record_failed(pool: &Pool, scenario: Uuid, backend: &str, reason: &str) -> Result<(), DbError> {
+pub async fn record_failed(pool: &Pool, scenario: Uuid, backend: &str, reason: &str, restarts: i32) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let w = WorkerRecord { scenario, backend, status: "failed", backend_ref: None, node: None, restarts: 0, started_at: None, last_error: Some(reason) };
+    let w = WorkerRecord { scenario, backend, status: "failed", backend_ref: None, node: None, restarts, started_at: None, last_error: Some(reason) };
     upsert_worker(&tx, &w).await?;
     move_scenario(&tx, scenario, &["init_startup", "in_startup_processing", "active"], "failed", Some(reason)).await?;
     // A failing runner whose shutdown was asked for is simply done.

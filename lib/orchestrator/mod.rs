@@ -23,12 +23,16 @@ pub mod local;
 pub mod nomad;
 pub mod reconcile;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::{OrchestratorSettings, Settings};
 use crate::db::{self, workers};
@@ -40,6 +44,8 @@ use reconcile::{Action, Wanted};
 
 /// The name its Kafka positions are stored under.
 pub const CONSUMER: &str = "orchestrator";
+/// Backend calls in flight at once when placing many runners.
+const PLACEMENT_CONCURRENCY: usize = 16;
 /// The advisory lock key of the leader ("vaporch" in ASCII).
 const LEADER_LOCK: i64 = 0x0076_6170_6f72_6368;
 
@@ -193,29 +199,41 @@ impl Orchestrator {
         let waiting = actions.iter().filter(|a| matches!(a, Action::Wait(_))).count();
         self.metrics.set("vap_orchestrator_waiting", "Scenarios waiting for a slot under MAX_WORKERS.", &[], waiting as f64);
         let kind = self.backend.kind();
-        let mut taken = 0;
-        for action in actions {
-            let result = match &action {
-                Action::Start(id) => {
-                    let Some(s) = scenarios.iter().find(|s| s.scenario == *id) else { continue };
-                    let spec = RunnerSpec { scenario: s.scenario, camera_url: s.camera_url.clone(), epoch: s.created_at };
-                    match self.backend.start(&spec).await {
-                        Ok(info) => {
-                            tracing::info!(scenario = %id, backend = kind, reference = info.backend_ref, "runner placed");
-                            self.metrics.inc("vap_orchestrator_placements_total", "Runners placed.", &[("backend", kind)], 1);
-                            self.record(&info, true).await
-                        }
-                        Err(e) => {
-                            tracing::warn!(scenario = %id, error = %e, "placement failed; will retry");
-                            Ok(())
-                        }
-                    }
+        let stored: HashMap<Uuid, &workers::ActiveScenario> = scenarios.iter().map(|s| (s.scenario, s)).collect();
+        let (starts, others): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| matches!(a, Action::Start(_)));
+        // Placements are independent: several at once (a backend call is a network round trip).
+        let placed = futures::stream::iter(starts.into_iter().filter_map(|a| match a {
+            Action::Start(id) => stored.get(&id).map(|s| RunnerSpec { scenario: s.scenario, camera_url: s.camera_url.clone(), epoch: s.created_at }),
+            _ => None,
+        }))
+        .map(|spec| async move {
+            match self.backend.start(&spec).await {
+                Ok(info) => {
+                    tracing::info!(scenario = %spec.scenario, backend = kind, reference = info.backend_ref, "runner placed");
+                    self.metrics.inc("vap_orchestrator_placements_total", "Runners placed.", &[("backend", kind)], 1);
+                    self.record(&info, true).await.map(|_| 1)
                 }
+                Err(e) => {
+                    tracing::warn!(scenario = %spec.scenario, error = %e, "placement failed; will retry");
+                    Ok(0)
+                }
+            }
+        })
+        .buffer_unordered(PLACEMENT_CONCURRENCY)
+        .collect::<Vec<Result<usize, ReconcileError>>>()
+        .await;
+        let mut taken = 0;
+        for p in placed {
+            taken += p?;
+        }
+        for action in others {
+            let result = match &action {
+                Action::Start(_) => Ok(()),
+                Action::Wait(id) if stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.0 == "waiting") => Ok(()),
                 Action::Wait(id) => workers::record_waiting(&self.pool, *id, kind).await.map_err(Into::into),
                 Action::Running { scenario, starting } => {
                     let info = listed.iter().find(|w| w.scenario == *scenario);
-                    let stored = scenarios.iter().find(|s| s.scenario == *scenario);
-                    match (info, stored) {
+                    match (info, stored.get(scenario)) {
                         // Most rounds change nothing: skip the write when the row already says it.
                         (Some(info), Some(s)) if !unchanged(s, info, *starting) => self.record(info, *starting).await,
                         _ => Ok(()),
@@ -234,7 +252,8 @@ impl Orchestrator {
                 Action::Fail { scenario, reason } => {
                     self.backend.forget(*scenario).await?;
                     tracing::warn!(scenario = %scenario, reason, "scenario failed");
-                    workers::record_failed(&self.pool, *scenario, kind, reason).await.map_err(Into::into)
+                    let restarts = listed.iter().find(|w| w.scenario == *scenario).map(|w| w.restarts as i32).unwrap_or(0);
+                    workers::record_failed(&self.pool, *scenario, kind, reason, restarts).await.map_err(Into::into)
                 }
                 Action::Forget { scenario, error } => {
                     self.backend.forget(*scenario).await?;

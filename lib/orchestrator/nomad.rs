@@ -30,6 +30,7 @@ const BACKEND: &str = "nomad";
 /// Job IDs vap owns start with this; `nomad job status` lists them.
 pub const JOB_PREFIX: &str = "vap-runner-";
 const NS_PER_SEC: u64 = 1_000_000_000;
+const WATCH_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NomadError {
@@ -399,15 +400,21 @@ impl NomadBackend {
                         Ok((allocs, new_index)) => {
                             // Wake-ups can be spurious: compare the data, not just the index.
                             let view = alloc_view(&allocs);
-                            let mut views = views.lock().unwrap_or_else(|e| e.into_inner());
-                            let differs = views.get(&scenario).map(|v| (&v.state, v.restarts, &v.node)) != Some((&view.state, view.restarts, &view.node));
-                            views.insert(scenario, view);
-                            drop(views);
+                            let differs = {
+                                let mut views = views.lock().unwrap_or_else(|e| e.into_inner());
+                                let differs = views.get(&scenario).map(|v| (&v.state, v.restarts, &v.node)) != Some((&view.state, view.restarts, &view.node));
+                                views.insert(scenario, view);
+                                differs
+                            };
                             if differs {
                                 changed.notify_one();
                             }
                             // An index that went backwards (agent restart) restarts the watch.
                             index = if new_index < index { 0 } else { new_index };
+                            // Nomad's allocation index moves for every allocation of every job,
+                            // so during churn each watcher wakes for others' changes: a short
+                            // pause bounds the query rate; quiet jobs still block for `wait`.
+                            tokio::time::sleep(WATCH_MIN_INTERVAL).await;
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, job = job_id, "allocation watch failed; retrying");

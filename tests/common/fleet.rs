@@ -48,6 +48,11 @@ impl Drop for RunnerReaper {
 }
 
 pub fn spawn_orchestrator(app: &TestApp, max_workers: usize) -> Child {
+    spawn_orchestrator_with(app, max_workers, &[])
+}
+
+/// Same, with settings overridden (later entries win).
+pub fn spawn_orchestrator_with(app: &TestApp, max_workers: usize, overrides: &[(&str, &str)]) -> Child {
     let mut env = app.env();
     env.extend(
         [
@@ -65,6 +70,7 @@ pub fn spawn_orchestrator(app: &TestApp, max_workers: usize) -> Child {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
+    env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &env, &[])
 }
 

@@ -71,6 +71,8 @@ struct Inner {
     index: u64,
     jobs: BTreeMap<(String, String), Job>,
     allocs: BTreeMap<String, Alloc>,
+    /// Allocation ids by (namespace, job), so per-job reads don't scan every allocation.
+    by_job: HashMap<(String, String), Vec<String>>,
     namespaces: Vec<String>,
     next_node: usize,
     placements: u64,
@@ -80,6 +82,16 @@ struct State {
     inner: Mutex<Inner>,
     index: tokio::sync::watch::Sender<u64>,
     token: Option<String>,
+}
+
+impl Inner {
+    fn allocs_of<'a>(&'a self, namespace: &str, job_id: &str) -> impl Iterator<Item = &'a Alloc> + 'a {
+        self.by_job
+            .get(&(namespace.to_string(), job_id.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.allocs.get(id))
+    }
 }
 
 impl State {
@@ -271,7 +283,7 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Respo
         (["v1", "job", _], _) => text(StatusCode::METHOD_NOT_ALLOWED, "Invalid method"),
         (["v1", "job", id, "allocations"], &Method::GET) => {
             let inner = state.lock();
-            let allocs: Vec<Value> = inner.allocs.values().filter(|a| a.namespace == namespace && a.job_id == *id).map(alloc_json).collect();
+            let allocs: Vec<Value> = inner.allocs_of(&namespace, id).map(alloc_json).collect();
             reply(&Value::Array(allocs), inner.index, true)
         }
         (["v1", "job", id, "summary"], &Method::GET) => {
@@ -352,7 +364,7 @@ fn register(state: &Arc<State>, query_ns: &str, body: &[u8]) -> Response<Full<By
     };
     if changed {
         // A new version replaces the running allocations.
-        let old: Vec<String> = inner.allocs.values().filter(|a| a.namespace == namespace && a.job_id == id && a.desired == "run").map(|a| a.id.clone()).collect();
+        let old: Vec<String> = inner.allocs_of(&namespace, &id).filter(|a| a.desired == "run").map(|a| a.id.clone()).collect();
         for alloc in old {
             stop_alloc(state, &mut inner, &alloc);
         }
@@ -380,7 +392,7 @@ async fn deregister(state: &Arc<State>, namespace: &str, id: &str, purge: Option
         return reply(&json!({ "EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": 0, "VolumeEvalID": "", "VolumeEvalIndex": 0, "Index": 0, "LastContact": 0, "KnownLeader": false, "NextToken": "" }), 0, false);
     }
     let index = state.bump(&mut inner);
-    let allocs: Vec<String> = inner.allocs.values().filter(|a| a.namespace == namespace && a.job_id == id && a.desired == "run").map(|a| a.id.clone()).collect();
+    let allocs: Vec<String> = inner.allocs_of(namespace, id).filter(|a| a.desired == "run").map(|a| a.id.clone()).collect();
     for alloc in allocs {
         stop_alloc(state, &mut inner, &alloc);
     }
@@ -413,6 +425,7 @@ fn place(state: &Arc<State>, inner: &mut Inner, namespace: &str, job_id: &str, s
         .unwrap_or_default();
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_ns();
+    inner.by_job.entry((namespace.to_string(), job_id.to_string())).or_default().push(id.clone());
     inner.allocs.insert(
         id.clone(),
         Alloc {
@@ -606,7 +619,7 @@ fn reschedule(state: &Arc<State>, failed_alloc: &str) {
 
 fn group_counts(inner: &Inner, namespace: &str, job_id: &str) -> BTreeMap<String, Value> {
     let (mut queued, mut complete, mut failed, mut running, mut starting, lost) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    for a in inner.allocs.values().filter(|a| a.namespace == namespace && a.job_id == job_id) {
+    for a in inner.allocs_of(namespace, job_id) {
         match (a.desired, a.client) {
             (_, "complete") => complete += 1,
             (_, "failed") => failed += 1,
@@ -623,7 +636,7 @@ fn job_status(inner: &Inner, namespace: &str, id: &str, job: &Job) -> &'static s
     if job.stop {
         return "dead";
     }
-    let mut allocs = inner.allocs.values().filter(|a| a.namespace == namespace && a.job_id == id).peekable();
+    let mut allocs = inner.allocs_of(namespace, id).peekable();
     if allocs.peek().is_none() {
         return "pending";
     }
