@@ -166,9 +166,10 @@ impl NomadDouble {
         out
     }
 
-    /// Kills every task (test cleanup).
+    /// Kills every task, for good (test cleanup: nothing is restarted afterwards).
     pub fn kill_all(&self) {
-        for a in self.state.lock().allocs.values() {
+        for a in self.state.lock().allocs.values_mut() {
+            a.desired = "stop";
             if let Some(pid) = a.pid {
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
