@@ -22,7 +22,7 @@ use futures::StreamExt;
 use std::time::{Duration, Instant};
 
 use common::TestApp;
-use fleet::{runner_processes, spawn_orchestrator, RunnerReaper, RUNNER_BIN};
+use fleet::{runner_processes, spawn_orchestrator, RUNNER_BIN};
 use media::{manifest, media};
 
 const SCENARIOS: usize = 50;
@@ -59,24 +59,8 @@ fn main() {
 async fn local_latency(app: &TestApp, video: &str) {
     let mut orchestrator = spawn_orchestrator(app, 4);
     let video = video.to_string();
-    let (mut placed, mut first) = (Vec::new(), Vec::new());
-    for _ in 0..SCENARIOS {
-        let posted = Instant::now();
-        let id = app.create_scenario(&video).await;
-        let _reaper = RunnerReaper(HashSet::from([id]));
-        let ids = HashSet::from([id]);
-        while runner_processes(&ids).is_empty() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        placed.push(posted.elapsed());
-        while app.get(&format!("/api/v1/prediction/{id}?limit=1")).await.json()["total_frames_processed"].as_i64().unwrap_or(0) < 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        first.push(posted.elapsed());
-        while app.get(&format!("/api/v1/scenario/{id}")).await.json()["status"] != "inactive" {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    // Each file ends by itself; the next scenario starts after the last one is inactive.
+    let (mut placed, mut first) = one_after_another(app, &video, |id| !runner_processes(&HashSet::from([id])).is_empty()).await;
     let _ = orchestrator.kill();
 
     // Baseline: the runner by hand on a scenario that exists, no orchestrator in the way.
@@ -125,12 +109,19 @@ async fn nomad_latency(app: &mut TestApp, video: &str) -> (Vec<Duration>, Vec<Du
     let dir = tempfile::tempdir().unwrap();
     let config = orchestrator_toml(dir.path(), app, &double, RUNNER_BIN, 4);
     let mut orchestrator = common::spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &app.env(), &["--config", config.to_str().unwrap()]);
+    let timings = one_after_another(app, video, |id| double.running_tasks().contains_key(&format!("vap-runner-{id}"))).await;
+    let _ = orchestrator.kill();
+    timings
+}
+
+/// POSTs `SCENARIOS` scenarios on `video` one at a time; for each, the time until `started`
+/// says its runner exists and until its first detection is served. Waits for each to end.
+async fn one_after_another(app: &TestApp, video: &str, started: impl Fn(uuid::Uuid) -> bool) -> (Vec<Duration>, Vec<Duration>) {
     let (mut placed, mut first) = (Vec::new(), Vec::new());
     for _ in 0..SCENARIOS {
         let posted = Instant::now();
         let id = app.create_scenario(video).await;
-        let job = format!("vap-runner-{id}");
-        while !double.running_tasks().contains_key(&job) {
+        while !started(id) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         placed.push(posted.elapsed());
@@ -142,7 +133,6 @@ async fn nomad_latency(app: &mut TestApp, video: &str) -> (Vec<Duration>, Vec<Du
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let _ = orchestrator.kill();
     (placed, first)
 }
 
