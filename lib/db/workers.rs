@@ -90,14 +90,17 @@ async fn upsert_worker(client: &impl GenericClient, w: &WorkerRecord<'_>) -> Res
         .await?)
 }
 
-/// Moves a scenario from one of `from` to `to` (a no-op from any other status).
-async fn move_scenario(client: &impl GenericClient, scenario: Uuid, from: &[&str], to: &str, error: Option<&str>) -> Result<u64, DbError> {
+/// Moves the scenarios among `ids` whose status is one of `from` to `to` (the others stay).
+async fn move_scenarios(client: &impl GenericClient, ids: &[Uuid], from: &[&str], to: &str, error: Option<&str>) -> Result<u64, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
     let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
     Ok(client
         .execute(
             "UPDATE scenarios SET status = $3, error = COALESCE($4, error), updated_at = now()
-              WHERE scenario_uuid = $1 AND status = ANY($2)",
-            &[&scenario, &from, &to, &error],
+              WHERE scenario_uuid = ANY($1) AND status = ANY($2)",
+            &[&ids, &from, &to, &error],
         )
         .await?)
 }
@@ -107,7 +110,7 @@ pub async fn record_placed(pool: &Pool, w: &WorkerRecord<'_>) -> Result<(), DbEr
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     upsert_worker(&tx, w).await?;
-    move_scenario(&tx, w.scenario, &["init_startup"], "in_startup_processing", None).await?;
+    move_scenarios(&tx, &[w.scenario], &["init_startup"], "in_startup_processing", None).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -124,7 +127,7 @@ pub async fn record_stopping(pool: &Pool, scenario: Uuid, backend: &str) -> Resu
     let tx = client.transaction().await?;
     let w = WorkerRecord { scenario, backend, status: "stopping", backend_ref: None, node: None, restarts: 0, started_at: None, last_error: None };
     upsert_worker(&tx, &w).await?;
-    move_scenario(&tx, scenario, &["init_shutdown"], "in_shutdown_processing", None).await?;
+    move_scenarios(&tx, &[scenario], &["init_shutdown"], "in_shutdown_processing", None).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -135,7 +138,7 @@ pub async fn record_finished(pool: &Pool, scenario: Uuid, backend: &str) -> Resu
     let tx = client.transaction().await?;
     let w = WorkerRecord { scenario, backend, status: "stopped", backend_ref: None, node: None, restarts: 0, started_at: None, last_error: None };
     upsert_worker(&tx, &w).await?;
-    move_scenario(&tx, scenario, &["init_startup", "in_startup_processing", "active", "init_shutdown", "in_shutdown_processing"], "inactive", None).await?;
+    move_scenarios(&tx, &[scenario], &["init_startup", "in_startup_processing", "active", "init_shutdown", "in_shutdown_processing"], "inactive", None).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -146,9 +149,9 @@ pub async fn record_failed(pool: &Pool, scenario: Uuid, backend: &str, reason: &
     let tx = client.transaction().await?;
     let w = WorkerRecord { scenario, backend, status: "failed", backend_ref: None, node: None, restarts, started_at: None, last_error: Some(reason) };
     upsert_worker(&tx, &w).await?;
-    move_scenario(&tx, scenario, &["init_startup", "in_startup_processing", "active"], "failed", Some(reason)).await?;
+    move_scenarios(&tx, &[scenario], &["init_startup", "in_startup_processing", "active"], "failed", Some(reason)).await?;
     // A failing runner whose shutdown was asked for is simply done.
-    move_scenario(&tx, scenario, &["init_shutdown", "in_shutdown_processing"], "inactive", None).await?;
+    move_scenarios(&tx, &[scenario], &["init_shutdown", "in_shutdown_processing"], "inactive", None).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -189,22 +192,8 @@ pub async fn apply_events(
         tx.rollback().await?;
         return Ok(false);
     }
-    if !started.is_empty() {
-        tx.execute(
-            "UPDATE scenarios SET status = 'in_startup_processing', updated_at = now()
-              WHERE scenario_uuid = ANY($1) AND status = 'init_startup'",
-            &[&started],
-        )
-        .await?;
-    }
-    if !stopping.is_empty() {
-        tx.execute(
-            "UPDATE scenarios SET status = 'in_shutdown_processing', updated_at = now()
-              WHERE scenario_uuid = ANY($1) AND status = 'init_shutdown'",
-            &[&stopping],
-        )
-        .await?;
-    }
+    move_scenarios(&tx, started, &["init_startup"], "in_startup_processing", None).await?;
+    move_scenarios(&tx, stopping, &["init_shutdown"], "in_shutdown_processing", None).await?;
     tx.commit().await?;
     Ok(true)
 }
