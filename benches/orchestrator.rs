@@ -38,8 +38,7 @@ fn main() {
     let want = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
     rt.block_on(async {
         println!("machine: {} cores; {SCENARIOS} scenarios one after another, each a 5 s 640x480 H.264 file at 2 fps", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-        let mut app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
-        app.start_relay();
+        let mut app = TestApp::spawn_for_runners().await;
         let video = media().short.to_str().unwrap().to_string();
         if want("local") {
             local_latency(&app, &video).await;
@@ -87,28 +86,20 @@ async fn local_latency(app: &TestApp, video: &str) {
     row("baseline: runner by hand -> first detection", &mut by_hand);
 }
 
-fn orchestrator_toml(dir: &std::path::Path, app: &TestApp, double: &nomad_double::NomadDouble, command: &str, max_workers: usize) -> std::path::PathBuf {
-    let env_list = vec![
-        format!("VAP_KAFKA__BROKERS={}", app.settings.kafka.brokers.join(",")),
-        format!("VAP_KAFKA__TOPIC_RESULTS={}", app.settings.kafka.topic_results),
-        format!("VAP_RUNNER__MODEL_MANIFEST={}", manifest().display()),
-    ];
-    let toml = format!(
-        "[orchestrator]\nbackend = \"nomad\"\nmax_workers = {max_workers}\nmetrics_listen = \"\"\nleader_poll_ms = 300\n\n[orchestrator.nomad]\naddress = \"{}\"\ncommand = \"{command}\"\nrunner_env = {}\nrestart_delay_secs = 1\n",
+fn nomad_config(dir: &std::path::Path, app: &TestApp, double: &nomad_double::NomadDouble, command: &str, max_workers: usize) -> std::path::PathBuf {
+    let section = format!(
+        "address = \"{}\"\ncommand = \"{command}\"\nrunner_env = {}\nrestart_delay_secs = 1\n",
         double.address(),
-        serde_json::to_string(&env_list).unwrap()
+        serde_json::to_string(&fleet::runner_env(app)).unwrap()
     );
-    let path = dir.join("orchestrator.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
+    fleet::orchestrator_config(dir, "nomad", max_workers, &section)
 }
 
 /// The same 50 scenarios through the Nomad backend and the double, which runs the real runner.
 async fn nomad_latency(app: &mut TestApp, video: &str) -> (Vec<Duration>, Vec<Duration>) {
     let double = nomad_double::NomadDouble::start(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = orchestrator_toml(dir.path(), app, &double, RUNNER_BIN, 4);
-    let mut orchestrator = common::spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &app.env(), &["--config", config.to_str().unwrap()]);
+    let mut orchestrator = fleet::spawn_orchestrator_with_config(app, &nomad_config(dir.path(), app, &double, RUNNER_BIN, 4));
     let timings = one_after_another(app, video, |id| double.running_tasks().contains_key(&format!("vap-runner-{id}"))).await;
     let _ = orchestrator.kill();
     timings
@@ -169,8 +160,7 @@ async fn nomad_placements(app: &mut TestApp) {
     drop(baseline_double);
 
     let double = nomad_double::NomadDouble::start(None).await;
-    let config = orchestrator_toml(dir.path(), app, &double, stand_in.to_str().unwrap(), N);
-    let mut orchestrator = common::spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &app.env(), &["--config", config.to_str().unwrap()]);
+    let mut orchestrator = fleet::spawn_orchestrator_with_config(app, &nomad_config(dir.path(), app, &double, stand_in.to_str().unwrap(), N));
     tokio::time::sleep(Duration::from_secs(1)).await;
     // 16 clients POST at once, so the API is not what limits the placement rate.
     let started = Instant::now();

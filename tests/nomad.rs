@@ -3,6 +3,8 @@
 //! First the client against the API's conventions, then the whole flow through it.
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 #[path = "common/media.rs"]
 mod media;
 #[path = "common/nomad_double.rs"]
@@ -11,9 +13,10 @@ mod nomad_double;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{eventually, spawn_binary, TestApp};
+use common::{eventually, TestApp};
+use fleet::{orchestrator_config, runner_env, spawn_orchestrator_with_config};
 use hyper::StatusCode;
-use media::{free_port, manifest, media, RtspServer};
+use media::{free_port, media, RtspServer};
 use nomad_double::NomadDouble;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -97,59 +100,23 @@ async fn client_speaks_nomads_api_acl_errors_and_blocking_queries() {
     eventually(Duration::from_secs(10), "the task to be killed", || async { double.running_tasks().is_empty().then_some(()) }).await;
 }
 
-/// vap-orchestrator with `backend = "nomad"`, configured by a TOML file as an operator would.
-fn spawn_nomad_orchestrator(app: &TestApp, double: &NomadDouble, dir: &Path, runner_env: &[String]) -> std::process::Child {
-    let mut env_list: Vec<String> = vec![
-        format!("VAP_KAFKA__BROKERS={}", app.settings.kafka.brokers.join(",")),
-        format!("VAP_KAFKA__TOPIC_RESULTS={}", app.settings.kafka.topic_results),
-        format!("VAP_RUNNER__MODEL_MANIFEST={}", manifest().display()),
-        "VAP_RUNNER__RECONNECT_MIN_MS=300".into(),
-    ];
-    env_list.extend(runner_env.iter().cloned());
-    let toml = format!(
-        r#"[orchestrator]
-backend = "nomad"
-max_workers = 10
-reconcile_interval_ms = 300
-leader_poll_ms = 300
-metrics_listen = ""
-
-[orchestrator.nomad]
-address = "{address}"
-token = "s3cret"
-command = "{runner}"
-runner_env = {env}
-restart_attempts = 1
-restart_delay_secs = 1
-reschedule_attempts = 1
-kill_timeout_secs = 5
-blocking_wait_ms = 5000
-"#,
-        address = double.address(),
-        runner = env!("CARGO_BIN_EXE_vap-runner"),
-        env = serde_json::to_string(&env_list).unwrap(),
+/// vap-orchestrator with `backend = "nomad"` against the double; `extra_env` is added to the
+/// runner's environment.
+fn spawn_nomad_orchestrator(app: &TestApp, double: &NomadDouble, dir: &Path, extra_env: &[String]) -> std::process::Child {
+    let mut env = runner_env(app);
+    env.extend(extra_env.iter().cloned());
+    let section = format!(
+        "address = \"{}\"\ntoken = \"s3cret\"\ncommand = \"{}\"\nrunner_env = {}\nrestart_attempts = 1\nrestart_delay_secs = 1\nreschedule_attempts = 1\nkill_timeout_secs = 5\nblocking_wait_ms = 5000\n",
+        double.address(),
+        env!("CARGO_BIN_EXE_vap-runner"),
+        serde_json::to_string(&env).unwrap(),
     );
-    let path = dir.join("orchestrator.toml");
-    std::fs::write(&path, toml).unwrap();
-    spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &app.env(), &["--config", path.to_str().unwrap()])
-}
-
-async fn scenario(app: &TestApp, id: Uuid) -> Value {
-    app.get(&format!("/api/v1/scenario/{id}")).await.json()
-}
-
-async fn wait_status(app: &TestApp, id: Uuid, status: &str) -> Value {
-    eventually(Duration::from_secs(90), &format!("scenario {id} to be {status}"), || async {
-        let s = scenario(app, id).await;
-        (s["status"] == status).then_some(s)
-    })
-    .await
+    spawn_orchestrator_with_config(app, &orchestrator_config(dir, "nomad", 10, &section))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nomad_backend_end_to_end_through_the_double() {
-    let mut app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
-    app.start_relay();
+    let app = TestApp::spawn_for_runners().await;
     let double = NomadDouble::start(Some("s3cret")).await;
     let dir = tempfile::tempdir().unwrap();
     let mut orchestrator = spawn_nomad_orchestrator(&app, &double, dir.path(), &[]);
@@ -159,10 +126,10 @@ async fn nomad_backend_end_to_end_through_the_double() {
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
     let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
-    let active = wait_status(&app, live, "active").await;
+    let active = app.wait_for_status(live, "active", Duration::from_secs(90)).await;
     let job_id = format!("vap-runner-{live}");
     let w = eventually(Duration::from_secs(10), "the worker row to be complete", || async {
-        let s = scenario(&app, live).await;
+        let s = app.scenario(live).await;
         (s["worker"]["status"] == "running" && s["worker"]["node"].is_string()).then_some(s["worker"].clone())
     })
     .await;
@@ -177,7 +144,7 @@ async fn nomad_backend_end_to_end_through_the_double() {
     // Shutdown: the job is purged and its task stopped; the scenario ends inactive.
     let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &json!({})).await;
     assert_eq!(r.status, StatusCode::OK);
-    wait_status(&app, live, "inactive").await;
+    app.wait_for_status(live, "inactive", Duration::from_secs(90)).await;
     eventually(Duration::from_secs(15), "the job gone and its task stopped", || async {
         (client.list_jobs("vap-runner-").await.unwrap().is_empty() && double.running_tasks().is_empty()).then_some(())
     })
@@ -186,7 +153,7 @@ async fn nomad_backend_end_to_end_through_the_double() {
     // A file: analysed to its end, inactive, the job removed (Nomad would restart a service
     // task that exits, so the orchestrator must take the job away).
     let file = app.create_scenario(media().short.to_str().unwrap()).await;
-    wait_status(&app, file, "inactive").await;
+    app.wait_for_status(file, "inactive", Duration::from_secs(90)).await;
     assert_eq!(app.get(&format!("/api/v1/prediction/{file}")).await.json()["total_frames_processed"], 10);
     eventually(Duration::from_secs(15), "the finished file's job removed", || async {
         client.list_jobs("vap-runner-").await.unwrap().is_empty().then_some(())
@@ -197,14 +164,13 @@ async fn nomad_backend_end_to_end_through_the_double() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nomad_giving_up_fails_the_scenario_with_the_reason() {
-    let mut app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
-    app.start_relay();
+    let app = TestApp::spawn_for_runners().await;
     let double = NomadDouble::start(Some("s3cret")).await;
     let dir = tempfile::tempdir().unwrap();
     // A runner that can never start: its model is missing (exit 4, every time).
     let mut orchestrator = spawn_nomad_orchestrator(&app, &double, dir.path(), &["VAP_RUNNER__MODEL_MANIFEST=/nonexistent/model.toml".into()]);
     let id = app.create_scenario(media().short.to_str().unwrap()).await;
-    let failed = wait_status(&app, id, "failed").await;
+    let failed = app.wait_for_status(id, "failed", Duration::from_secs(90)).await;
     let error = failed["error"].as_str().unwrap_or_default();
     assert!(error.contains("nomad"), "the reason names the backend's verdict: {failed}");
     assert_eq!(failed["worker"]["status"], "failed", "{failed}");

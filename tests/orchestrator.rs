@@ -15,34 +15,11 @@ use common::{eventually, TestApp};
 use fleet::{runner_processes, spawn_orchestrator, spawn_orchestrator_with, RunnerReaper};
 use hyper::StatusCode;
 use media::{free_port, media, RtspServer};
-use serde_json::Value;
 use uuid::Uuid;
-
-async fn app() -> TestApp {
-    let mut app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
-    app.start_relay();
-    app
-}
-
-async fn scenario(app: &TestApp, id: Uuid) -> Value {
-    app.get(&format!("/api/v1/scenario/{id}")).await.json()
-}
-
-async fn prediction(app: &TestApp, id: Uuid) -> Value {
-    app.get(&format!("/api/v1/prediction/{id}?limit=1000")).await.json()
-}
-
-async fn wait_status(app: &TestApp, id: Uuid, status: &str, timeout: Duration) -> Value {
-    eventually(timeout, &format!("scenario {id} to be {status}"), || async {
-        let s = scenario(app, id).await;
-        (s["status"] == status).then_some(s)
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_backend_runs_a_file_to_the_end_and_shuts_a_live_camera_down() {
-    let app = app().await;
+    let app = TestApp::spawn_for_runners().await;
     let mut orchestrator = spawn_orchestrator(&app, 4);
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
@@ -51,19 +28,19 @@ async fn local_backend_runs_a_file_to_the_end_and_shuts_a_live_camera_down() {
     let file = app.create_scenario(media().short.to_str().unwrap()).await;
     let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
     let _reaper = RunnerReaper(HashSet::from([file, live]));
-    wait_status(&app, file, "inactive", Duration::from_secs(90)).await;
+    app.wait_for_status(file, "inactive", Duration::from_secs(90)).await;
     let done = eventually(Duration::from_secs(10), "the file's worker to be stopped", || async {
-        let s = scenario(&app, file).await;
+        let s = app.scenario(file).await;
         (s["worker"]["status"] == "stopped").then_some(s)
     })
     .await;
     assert_eq!(done["worker"]["backend"], "local", "{done}");
-    let p = prediction(&app, file).await;
+    let p = app.prediction(file).await;
     assert_eq!(p["total_frames_processed"], 10, "5 s at 2 fps: {p}");
     assert!(p["results"].as_array().unwrap().iter().filter(|r| !r["detections"].as_array().unwrap().is_empty()).count() >= 8, "{p}");
 
     // A live camera: active with a running worker, until its shutdown.
-    let running = wait_status(&app, live, "active", Duration::from_secs(90)).await;
+    let running = app.wait_for_status(live, "active", Duration::from_secs(90)).await;
     let w = &running["worker"];
     assert_eq!((w["backend"].as_str(), w["status"].as_str()), (Some("local"), Some("running")), "{running}");
     assert!(w["backend_ref"].as_str().unwrap().starts_with("pid "), "{running}");
@@ -71,17 +48,17 @@ async fn local_backend_runs_a_file_to_the_end_and_shuts_a_live_camera_down() {
     assert_eq!(runner_processes(&HashSet::from([live])).get(&live).map(Vec::len), Some(1));
     let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &serde_json::json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let stopped = wait_status(&app, live, "inactive", Duration::from_secs(30)).await;
+    let stopped = app.wait_for_status(live, "inactive", Duration::from_secs(30)).await;
     assert_eq!(stopped["worker"]["status"], "stopped", "{stopped}");
     assert!(runner_processes(&HashSet::from([live])).is_empty(), "runner still running after shutdown");
-    let frames = prediction(&app, live).await["total_frames_processed"].as_i64().unwrap();
+    let frames = app.prediction(live).await["total_frames_processed"].as_i64().unwrap();
     assert!(frames >= 1, "the live camera was analysed");
     let _ = orchestrator.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_workers_is_never_exceeded_and_every_scenario_is_processed() {
-    let app = app().await;
+    let app = TestApp::spawn_for_runners().await;
     let mut orchestrator = spawn_orchestrator(&app, 3);
     let mut ids = Vec::new();
     for _ in 0..10 {
@@ -98,7 +75,7 @@ async fn max_workers_is_never_exceeded_and_every_scenario_is_processed() {
         samples += 1;
         if !saw_waiting {
             for id in &ids {
-                if scenario(&app, *id).await["worker"]["status"] == "waiting" {
+                if app.scenario(*id).await["worker"]["status"] == "waiting" {
                     saw_waiting = true;
                     break;
                 }
@@ -106,7 +83,7 @@ async fn max_workers_is_never_exceeded_and_every_scenario_is_processed() {
         }
         let mut inactive = 0;
         for id in &ids {
-            if scenario(&app, *id).await["status"] == "inactive" {
+            if app.scenario(*id).await["status"] == "inactive" {
                 inactive += 1;
             }
         }
@@ -120,21 +97,21 @@ async fn max_workers_is_never_exceeded_and_every_scenario_is_processed() {
     assert_eq!(peak, 3, "the cap was used (sampled {samples} times)");
     assert!(saw_waiting, "scenarios over the cap show as waiting");
     for id in &ids {
-        assert_eq!(prediction(&app, *id).await["total_frames_processed"], 10);
+        assert_eq!(app.prediction(*id).await["total_frames_processed"], 10);
     }
     let _ = orchestrator.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans() {
-    let app = app().await;
+    let app = TestApp::spawn_for_runners().await;
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
     let url = format!("rtsp://127.0.0.1:{port}/cam");
     let mut leader = spawn_orchestrator(&app, 10);
     let first = app.create_scenario(&url).await;
     let mut set = HashSet::from([first]);
-    wait_status(&app, first, "active", Duration::from_secs(90)).await;
+    app.wait_for_status(first, "active", Duration::from_secs(90)).await;
     // The first one leads (it placed the runner); the second stands by.
     let mut standby = spawn_orchestrator(&app, 10);
     let mut ids = vec![first];
@@ -155,7 +132,7 @@ async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans()
         assert!(running.values().all(|p| p.len() == 1), "a scenario has two runners: {running:?}");
         let mut active = 0;
         for id in &ids {
-            if scenario(&app, *id).await["status"] == "active" {
+            if app.scenario(*id).await["status"] == "active" {
                 active += 1;
             }
         }
@@ -171,7 +148,7 @@ async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans()
         assert_eq!(r.status, StatusCode::OK);
     }
     for id in &ids {
-        wait_status(&app, *id, "inactive", Duration::from_secs(60)).await;
+        app.wait_for_status(*id, "inactive", Duration::from_secs(60)).await;
     }
     assert!(runner_processes(&set).is_empty(), "no orphans after shutdown");
     let _ = standby.kill();
@@ -179,7 +156,7 @@ async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_looping_runner_fails_its_scenario_after_the_restart_limit() {
-    let app = app().await;
+    let app = TestApp::spawn_for_runners().await;
     // A stand-in that crashes at once with a code the runner uses for transient errors.
     let dir = tempfile::tempdir().unwrap();
     let crasher = dir.path().join("vap-runner");
@@ -196,13 +173,13 @@ async fn a_crash_looping_runner_fails_its_scenario_after_the_restart_limit() {
         ],
     );
     let id = app.create_scenario("rtsp://camera.invalid/stream").await;
-    let failed = wait_status(&app, id, "failed", Duration::from_secs(60)).await;
+    let failed = app.wait_for_status(id, "failed", Duration::from_secs(60)).await;
     let error = failed["error"].as_str().unwrap_or_default();
     assert!(error.contains("failed 3 times") && error.contains("exit code 1"), "{failed}");
     let w = &failed["worker"];
     assert_eq!((w["backend"].as_str(), w["status"].as_str(), w["restarts"].as_i64()), (Some("local"), Some("failed"), Some(2)), "{failed}");
     // Failed stays failed: no further starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(scenario(&app, id).await["status"], "failed");
+    assert_eq!(app.scenario(id).await["status"], "failed");
     let _ = orchestrator.kill();
 }

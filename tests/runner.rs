@@ -113,23 +113,6 @@ impl Drop for Runner {
     }
 }
 
-/// A test app whose API accepts file paths, with the relay (outbox + inbox) running in-process.
-async fn app_with_inbox() -> TestApp {
-    let mut app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
-    app.start_relay();
-    app
-}
-
-async fn prediction(app: &TestApp, scenario: Uuid) -> Value {
-    let r = app.get(&format!("/api/v1/prediction/{scenario}?limit=1000")).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()
-}
-
-async fn scenario_status(app: &TestApp, scenario: Uuid) -> Value {
-    app.get(&format!("/api/v1/scenario/{scenario}")).await.json()
-}
-
 /// Checks what a user checks in a prediction: increasing frame numbers, persons in most
 /// frames, boxes inside a 640x480 frame.
 fn assert_people_found(results: &[Value], min_frames: usize) {
@@ -313,7 +296,7 @@ fn a_bad_manifest_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_source_is_analysed_stored_served_and_ends_inactive() {
-    let app = app_with_inbox().await;
+    let app = TestApp::spawn_for_runners().await;
     let path = media().people.to_str().unwrap().to_string();
     let scenario = app.create_scenario(&path).await;
     let mut runner = Runner::start(&app, scenario, &path, &[]);
@@ -324,7 +307,7 @@ async fn file_source_is_analysed_stored_served_and_ends_inactive() {
     assert_eq!(done["frames_analysed"], 40, "{done}");
     assert_eq!(done["published"], 41, "40 frames and the end-of-stream record: {done}");
     let p = eventually(Duration::from_secs(30), "the scenario to end inactive with 40 frames", || async {
-        let p = prediction(&app, scenario).await;
+        let p = app.prediction(scenario).await;
         (p["status"] == "inactive" && p["total_frames_processed"] == 40).then_some(p)
     })
     .await;
@@ -337,14 +320,14 @@ async fn file_source_is_analysed_stored_served_and_ends_inactive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_source_is_read_like_a_file() {
-    let app = app_with_inbox().await;
+    let app = TestApp::spawn_for_runners().await;
     let server = serve_file(media().people.clone()).await;
     let url = format!("http://{server}/people.mp4");
     let scenario = app.create_scenario(&url).await;
     let mut runner = Runner::start(&app, scenario, &url, &[("VAP_RUNNER__SAMPLE_FPS", "1")]);
     assert_eq!(runner.wait(Duration::from_secs(120)).await, 0, "{}", runner.all_logs());
     let p = eventually(Duration::from_secs(30), "20 frames stored", || async {
-        let p = prediction(&app, scenario).await;
+        let p = app.prediction(scenario).await;
         (p["status"] == "inactive").then_some(p)
     })
     .await;
@@ -354,7 +337,7 @@ async fn http_source_is_read_like_a_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_that_never_opens_exits_3_and_fails_the_scenario() {
-    let app = app_with_inbox().await;
+    let app = TestApp::spawn_for_runners().await;
     let dir = tempfile::tempdir().unwrap();
     let not_video = dir.path().join("notes.mp4");
     std::fs::write(&not_video, "this is not a video").unwrap();
@@ -367,7 +350,7 @@ async fn camera_that_never_opens_exits_3_and_fails_the_scenario() {
         assert_eq!(runner.wait(Duration::from_secs(60)).await, 3, "{url}: {}", runner.all_logs());
         assert!(started.elapsed() < Duration::from_secs(30), "{url}: took {:?}", started.elapsed());
         let s = eventually(Duration::from_secs(20), "the scenario to fail", || async {
-            let s = scenario_status(&app, scenario).await;
+            let s = app.scenario(scenario).await;
             (s["status"] == "failed").then_some(s)
         })
         .await;
@@ -380,7 +363,7 @@ async fn camera_that_never_opens_exits_3_and_fails_the_scenario() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtsp_stream_survives_a_server_restart_and_sigterm_flushes() {
-    let app = app_with_inbox().await;
+    let app = TestApp::spawn_for_runners().await;
     let port = free_port();
     let url = format!("rtsp://127.0.0.1:{port}/cam");
     let mut server = RtspServer::start(port, &media().people);
@@ -390,7 +373,7 @@ async fn rtsp_stream_survives_a_server_restart_and_sigterm_flushes() {
         let app = &app;
         async move {
             eventually(Duration::from_secs(60), &format!("{n} stored frames"), || async {
-                let p = prediction(app, scenario).await;
+                let p = app.prediction(scenario).await;
                 (p["results"].as_array().unwrap().len() as i64 >= n).then_some(p)
             })
             .await
@@ -404,7 +387,7 @@ async fn rtsp_stream_survives_a_server_restart_and_sigterm_flushes() {
     let restarted_at = chrono::Utc::now();
     let _server = RtspServer::start(port, &media().people);
     let after = eventually(Duration::from_secs(60), "frames after the server restart", || async {
-        let p = prediction(&app, scenario).await;
+        let p = app.prediction(scenario).await;
         let late = p["results"].as_array().unwrap().iter().filter(|r| r["timestamp"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap() > restarted_at).count();
         (late >= 4).then_some(p)
     })
@@ -419,7 +402,7 @@ async fn rtsp_stream_survives_a_server_restart_and_sigterm_flushes() {
     let analysed = done["frames_analysed"].as_i64().unwrap();
     assert_eq!(done["published"].as_i64(), Some(analysed), "every analysed frame was flushed: {done}");
     let p = eventually(Duration::from_secs(20), "every analysed frame stored", || async {
-        let p = prediction(&app, scenario).await;
+        let p = app.prediction(scenario).await;
         (p["total_frames_processed"].as_i64() == Some(analysed)).then_some(p)
     })
     .await;
@@ -431,14 +414,14 @@ async fn rtsp_stream_survives_a_server_restart_and_sigterm_flushes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_keeps_analysing_and_delivers_afterwards() {
-    let mut app = app_with_inbox().await;
+    let mut app = TestApp::spawn_for_runners().await;
     let port = free_port();
     let url = format!("rtsp://127.0.0.1:{port}/cam");
     let _server = RtspServer::start(port, &media().people);
     let scenario = app.create_scenario(&url).await;
     let mut runner = Runner::start(&app, scenario, &url, &[("VAP_KAFKA__REQUEST_DEADLINE_MS", "500")]);
     eventually(Duration::from_secs(60), "first frames stored", || async {
-        (prediction(&app, scenario).await["results"].as_array().unwrap().len() >= 2).then_some(())
+        (app.prediction(scenario).await["results"].as_array().unwrap().len() >= 2).then_some(())
     })
     .await;
 
@@ -450,7 +433,7 @@ async fn broker_outage_keeps_analysing_and_delivers_afterwards() {
 
     // Frames captured while the broker was down arrive once it is back.
     let p = eventually(Duration::from_secs(60), "frames captured during the outage", || async {
-        let p = prediction(&app, scenario).await;
+        let p = app.prediction(scenario).await;
         let during = p["results"].as_array().unwrap().iter().filter(|r| {
             let t: chrono::DateTime<chrono::Utc> = r["timestamp"].as_str().unwrap().parse().unwrap();
             t > down_at && t < up_at
@@ -468,7 +451,7 @@ async fn broker_outage_keeps_analysing_and_delivers_afterwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervision_ready_watchdog_status_stopping() {
     use std::os::unix::net::UnixDatagram;
-    let app = app_with_inbox().await;
+    let app = TestApp::spawn_for_runners().await;
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -498,7 +481,7 @@ async fn supervision_ready_watchdog_status_stopping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_decoder_stops_the_watchdog_pings() {
     use std::os::unix::net::UnixDatagram;
-    let app = app_with_inbox().await;
+    let app = TestApp::spawn_for_runners().await;
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();

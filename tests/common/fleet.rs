@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::process::Child;
 
 use uuid::Uuid;
@@ -74,3 +75,30 @@ pub fn spawn_orchestrator_with(app: &TestApp, max_workers: usize, overrides: &[(
     spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &env, &[])
 }
 
+
+/// The runner settings every backend passes on here: this app's broker and results topic, and
+/// the shipped model.
+pub fn runner_env(app: &TestApp) -> Vec<String> {
+    vec![
+        format!("VAP_KAFKA__BROKERS={}", app.settings.kafka.brokers.join(",")),
+        format!("VAP_KAFKA__TOPIC_RESULTS={}", app.settings.kafka.topic_results),
+        format!("VAP_RUNNER__MODEL_MANIFEST={}", manifest().display()),
+        "VAP_RUNNER__RECONNECT_MIN_MS=300".into(),
+    ]
+}
+
+/// Writes an operator's TOML for `backend` into `dir`: `[orchestrator]` and the backend's own
+/// `[orchestrator.<backend>]` keys from `section` (which should set `runner_env`).
+pub fn orchestrator_config(dir: &Path, backend: &str, max_workers: usize, section: &str) -> PathBuf {
+    let toml = format!(
+        "[orchestrator]\nbackend = \"{backend}\"\nmax_workers = {max_workers}\nreconcile_interval_ms = 300\nleader_poll_ms = 300\nmetrics_listen = \"\"\n\n[orchestrator.{backend}]\n{section}"
+    );
+    let path = dir.join("orchestrator.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// vap-orchestrator started with `--config` as an operator would.
+pub fn spawn_orchestrator_with_config(app: &TestApp, config: &Path) -> Child {
+    spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &app.env(), &["--config", config.to_str().unwrap()])
+}

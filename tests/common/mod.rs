@@ -117,6 +117,35 @@ impl TestApp {
         self.request(Method::POST, path, &[("content-type", "application/json")], serde_json::to_vec(body).unwrap()).await
     }
 
+    /// An app whose API accepts file paths, with the relay (outbox + inbox) running in-process:
+    /// what runner and orchestrator tests need.
+    pub async fn spawn_for_runners() -> Self {
+        let mut app = Self::spawn_with(|s| s.api.allow_file_urls = true).await;
+        app.start_relay();
+        app
+    }
+
+    /// GET /api/v1/scenario/{id}.
+    pub async fn scenario(&self, id: uuid::Uuid) -> Value {
+        self.get(&format!("/api/v1/scenario/{id}")).await.json()
+    }
+
+    /// GET /api/v1/prediction/{id}, up to 1,000 frames.
+    pub async fn prediction(&self, id: uuid::Uuid) -> Value {
+        let r = self.get(&format!("/api/v1/prediction/{id}?limit=1000")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.json()
+    }
+
+    /// Waits until the scenario has `status`; returns it then.
+    pub async fn wait_for_status(&self, id: uuid::Uuid, status: &str, timeout: Duration) -> Value {
+        eventually(timeout, &format!("scenario {id} to be {status}"), || async {
+            let s = self.scenario(id).await;
+            (s["status"] == status).then_some(s)
+        })
+        .await
+    }
+
     /// POST /api/v1/scenario/init and return the new uuid.
     pub async fn create_scenario(&self, camera_url: &str) -> uuid::Uuid {
         let r = self.post_json("/api/v1/scenario/init", &serde_json::json!({ "camera_url": camera_url })).await;
