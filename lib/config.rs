@@ -150,6 +150,35 @@ pub struct OrchestratorSettings {
     pub metrics_listen: String,
     pub local: LocalBackendSettings,
     pub nomad: NomadBackendSettings,
+    pub systemd: SystemdBackendSettings,
+}
+
+/// The systemd backend: one transient unit per scenario over systemd's D-Bus API.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemdBackendSettings {
+    /// D-Bus address of the host's system bus; empty: this host's (`/run/dbus/system_bus_socket`).
+    pub bus_address: String,
+    /// Reported as the worker's node.
+    pub node_name: String,
+    pub runner_bin: PathBuf,
+    pub runner_config: Option<PathBuf>,
+    /// `KEY=VALUE` pairs for the runner's environment.
+    pub runner_env: Vec<String>,
+    pub slice: String,
+    pub watchdog_sec: u64,
+    pub restart_sec: u64,
+    /// Starts within `start_limit_interval_secs` before systemd gives up (unit failed).
+    pub start_limit_burst: u32,
+    pub start_limit_interval_secs: u64,
+    pub stop_timeout_secs: u64,
+    /// 0: no limit.
+    pub memory_max_mb: u64,
+    /// Percent of one CPU; 0: no limit.
+    pub cpu_quota_percent: u64,
+    pub tasks_max: u64,
+    /// Run runners as this user; empty: the manager's default (root on a system bus).
+    pub user: String,
 }
 
 /// The Nomad backend: one service job per scenario (docs/ARCHITECTURE.md).
@@ -340,6 +369,29 @@ impl Default for OrchestratorSettings {
             metrics_listen: "127.0.0.1:9182".into(),
             local: LocalBackendSettings::default(),
             nomad: NomadBackendSettings::default(),
+            systemd: SystemdBackendSettings::default(),
+        }
+    }
+}
+
+impl Default for SystemdBackendSettings {
+    fn default() -> Self {
+        Self {
+            bus_address: String::new(),
+            node_name: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
+            runner_bin: PathBuf::from("/usr/local/bin/vap-runner"),
+            runner_config: None,
+            runner_env: Vec::new(),
+            slice: "vap-runners.slice".into(),
+            watchdog_sec: 30,
+            restart_sec: 2,
+            start_limit_burst: 5,
+            start_limit_interval_secs: 300,
+            stop_timeout_secs: 15,
+            memory_max_mb: 1024,
+            cpu_quota_percent: 100,
+            tasks_max: 64,
+            user: String::new(),
         }
     }
 }

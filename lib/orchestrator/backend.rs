@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::local::LocalBackend;
 use super::nomad::NomadBackend;
+use super::systemd::SystemdBackend;
 use super::reconcile::{Observed, RunnerState};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,7 @@ impl WorkerInfo {
 pub enum Backend {
     Local(LocalBackend),
     Nomad(NomadBackend),
+    Systemd(SystemdBackend),
 }
 
 impl Backend {
@@ -72,6 +74,7 @@ impl Backend {
         match self {
             Backend::Local(_) => "local",
             Backend::Nomad(_) => "nomad",
+            Backend::Systemd(_) => "systemd",
         }
     }
 
@@ -79,7 +82,7 @@ impl Backend {
     /// orchestrator reconciles at once instead of at its next tick.
     pub fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         match self {
-            Backend::Local(_) => None,
+            Backend::Local(_) | Backend::Systemd(_) => None,
             Backend::Nomad(b) => Some(std::sync::Arc::clone(&b.changed)),
         }
     }
@@ -89,6 +92,7 @@ impl Backend {
         match self {
             Backend::Local(b) => Ok(b.list()),
             Backend::Nomad(b) => b.list().await,
+            Backend::Systemd(b) => b.list().await,
         }
     }
 
@@ -97,6 +101,7 @@ impl Backend {
         match self {
             Backend::Local(b) => b.start(spec),
             Backend::Nomad(b) => b.start(spec).await,
+            Backend::Systemd(b) => b.start(spec).await,
         }
     }
 
@@ -108,6 +113,7 @@ impl Backend {
                 Ok(())
             }
             Backend::Nomad(b) => b.stop(scenario).await,
+            Backend::Systemd(b) => b.stop(scenario).await,
         }
     }
 
@@ -119,6 +125,7 @@ impl Backend {
                 Ok(())
             }
             Backend::Nomad(b) => b.forget(scenario).await,
+            Backend::Systemd(b) => b.forget(scenario).await,
         }
     }
 }

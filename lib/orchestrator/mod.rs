@@ -17,11 +17,13 @@
 //! | [`backend`] | the placement interface and runner naming |
 //! | [`local`] | runners as supervised local processes (the embedded default) |
 //! | [`nomad`] | one Nomad service job per scenario, a typed HTTP API client |
+//! | [`systemd`] | one transient unit per scenario over systemd's D-Bus API |
 
 pub mod backend;
 pub mod local;
 pub mod nomad;
 pub mod reconcile;
+pub mod systemd;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,6 +80,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let backend = match settings.orchestrator.backend.as_str() {
         "local" => Backend::Local(local::LocalBackend::new(settings.orchestrator.local.clone())),
         "nomad" => Backend::Nomad(nomad::NomadBackend::new(settings.orchestrator.nomad.clone())?),
+        "systemd" => Backend::Systemd(systemd::SystemdBackend::new(settings.orchestrator.systemd.clone())),
         other => return Err(OrchestratorError::BackendNotBuilt(other.to_string())),
     };
     let metrics = Arc::new(Metrics::default());

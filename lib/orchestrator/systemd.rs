@@ -1,0 +1,195 @@
+//! The systemd backend: one transient service per scenario, `vap-runner-<uuid>.service`,
+//! started through systemd's D-Bus API (`org.freedesktop.systemd1.Manager`) with zbus, on the
+//! host's system bus or on the bus socket of a remote or containerised host.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+
+use super::backend::{runner_name, BackendError, RunnerSpec, WorkerInfo};
+use super::reconcile::RunnerState;
+use crate::config::SystemdBackendSettings;
+
+const BACKEND: &str = "systemd";
+const DEST: &str = "org.freedesktop.systemd1";
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+fn unavailable(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable { backend: BACKEND, message: e.to_string() }
+}
+
+fn unit_name(scenario: Uuid) -> String {
+    format!("{}.service", runner_name(scenario))
+}
+
+type UnitRow = (String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath);
+
+pub struct SystemdBackend {
+    settings: SystemdBackendSettings,
+    connection: tokio::sync::Mutex<Option<zbus::Connection>>,
+}
+
+impl SystemdBackend {
+    pub fn new(settings: SystemdBackendSettings) -> Self {
+        Self { settings, connection: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The bus connection, made on first use and again after it broke.
+    async fn bus(&self) -> Result<zbus::Connection, BackendError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = if self.settings.bus_address.is_empty() {
+            zbus::Connection::system().await.map_err(unavailable)?
+        } else {
+            zbus::connection::Builder::address(self.settings.bus_address.as_str()).map_err(unavailable)?.build().await.map_err(unavailable)?
+        };
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn manager(&self) -> Result<zbus::Proxy<'static>, BackendError> {
+        let bus = self.bus().await?;
+        match zbus::Proxy::new(&bus, DEST, MANAGER_PATH, MANAGER).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                *self.connection.lock().await = None;
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    async fn property(&self, path: &OwnedObjectPath, interface: &str, name: &str) -> Result<OwnedValue, BackendError> {
+        let bus = self.bus().await?;
+        let props = zbus::Proxy::new(&bus, DEST, path.as_str(), "org.freedesktop.DBus.Properties").await.map_err(unavailable)?;
+        let v: OwnedValue = props.call("Get", &(interface, name)).await.map_err(unavailable)?;
+        Ok(v)
+    }
+
+    pub async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
+        let manager = self.manager().await?;
+        let states: Vec<&str> = Vec::new();
+        let rows: Vec<UnitRow> = manager.call("ListUnitsByPatterns", &(states, vec!["vap-runner-*.service"])).await.map_err(|e| self.broken(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (name, _, load, active, sub, _, path, _, _, _) in rows {
+            let Some(scenario) = name.strip_prefix("vap-runner-").and_then(|s| s.strip_suffix(".service")).and_then(|s| Uuid::parse_str(s).ok()) else { continue };
+            if load != "loaded" {
+                continue;
+            }
+            let restarts = u32::try_from(self.property(&path, "org.freedesktop.systemd1.Service", "NRestarts").await?).unwrap_or(0);
+            let code = i32::try_from(self.property(&path, "org.freedesktop.systemd1.Service", "ExecMainStatus").await?).unwrap_or(0);
+            let started_us = u64::try_from(self.property(&path, "org.freedesktop.systemd1.Service", "ExecMainStartTimestamp").await?).unwrap_or(0);
+            let state = match (active.as_str(), sub.as_str()) {
+                ("active", "running") => RunnerState::Running,
+                // RemainAfterExit keeps a unit whose runner exited 0 (a file that ended).
+                ("active", "exited") => RunnerState::Exited { code },
+                ("activating", _) | ("reloading", _) => RunnerState::Starting,
+                ("deactivating", _) => RunnerState::Stopping,
+                ("failed", _) => {
+                    let result: String = String::try_from(self.property(&path, "org.freedesktop.systemd1.Service", "Result").await?).unwrap_or_default();
+                    RunnerState::Failed { reason: format!("systemd gave up on {name}: result {result}, last exit code {code}, {restarts} restarts") }
+                }
+                _ => RunnerState::Exited { code },
+            };
+            out.push(WorkerInfo {
+                scenario,
+                state,
+                backend_ref: name.clone(),
+                node: Some(self.settings.node_name.clone()).filter(|n| !n.is_empty()),
+                restarts,
+                started_at: (started_us > 0).then(|| DateTime::<Utc>::from_timestamp_micros(started_us as i64)).flatten(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A call failed: drop the connection so the next one reconnects.
+    fn broken(&self, e: zbus::Error) -> BackendError {
+        if let Ok(mut slot) = self.connection.try_lock() {
+            *slot = None;
+        }
+        unavailable(e)
+    }
+
+    pub async fn start(&self, spec: &RunnerSpec) -> Result<WorkerInfo, BackendError> {
+        let name = unit_name(spec.scenario);
+        let manager = self.manager().await?;
+        // A unit left from an earlier run (failed, or exited and kept) must go first.
+        let _: Result<(), _> = manager.call("ResetFailedUnit", &(name.as_str(),)).await;
+        let s = &self.settings;
+        let bin = s.runner_bin.display().to_string();
+        let mut argv = vec![bin.clone(), "--scenario".to_string(), spec.scenario.to_string()];
+        if let Some(config) = &s.runner_config {
+            argv.push("--config".into());
+            argv.push(config.display().to_string());
+        }
+        let mut env: Vec<String> = s.runner_env.clone();
+        env.extend(spec.job_env().into_iter().map(|(k, v)| format!("{k}={v}")));
+        let sec = |n: u64| n * 1_000_000;
+        let mut props: Vec<(&str, Value)> = vec![
+            ("Description", Value::from(format!("vap runner for scenario {}", spec.scenario))),
+            ("ExecStart", Value::from(vec![(bin, argv, false)])),
+            ("Environment", Value::from(env)),
+            ("Type", Value::from("notify")),
+            ("NotifyAccess", Value::from("main")),
+            ("WatchdogUSec", Value::from(sec(s.watchdog_sec))),
+            ("Restart", Value::from("on-failure")),
+            ("RestartUSec", Value::from(sec(s.restart_sec))),
+            // The runner's permanent ends: configuration, camera unavailable, model.
+            ("RestartPreventExitStatus", Value::from((vec![2i32, 3, 4], Vec::<i32>::new()))),
+            ("StartLimitBurst", Value::from(s.start_limit_burst)),
+            ("StartLimitIntervalUSec", Value::from(sec(s.start_limit_interval_secs))),
+            ("RemainAfterExit", Value::from(true)),
+            ("KillSignal", Value::from(libc::SIGTERM)),
+            ("TimeoutStopUSec", Value::from(sec(s.stop_timeout_secs))),
+            ("Slice", Value::from(s.slice.clone())),
+            ("TasksMax", Value::from(s.tasks_max)),
+            ("NoNewPrivileges", Value::from(true)),
+            ("ProtectSystem", Value::from("strict")),
+            ("ProtectHome", Value::from("read-only")),
+            ("PrivateTmp", Value::from(true)),
+            ("ProtectKernelTunables", Value::from(true)),
+            ("ProtectKernelModules", Value::from(true)),
+            ("ProtectControlGroups", Value::from(true)),
+            ("RestrictRealtime", Value::from(true)),
+            ("LockPersonality", Value::from(true)),
+        ];
+        if s.memory_max_mb > 0 {
+            props.push(("MemoryMax", Value::from(s.memory_max_mb * 1024 * 1024)));
+        }
+        if s.cpu_quota_percent > 0 {
+            props.push(("CPUQuotaPerSecUSec", Value::from(s.cpu_quota_percent * 10_000)));
+        }
+        if !s.user.is_empty() {
+            props.push(("User", Value::from(s.user.clone())));
+        }
+        let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
+        let _job: OwnedObjectPath = manager.call("StartTransientUnit", &(name.as_str(), "fail", props, aux)).await.map_err(|e| match e {
+            zbus::Error::MethodError(ref n, ..) if n.as_str().ends_with("UnitExists") => unavailable(format!("{name} exists already")),
+            e => self.broken(e),
+        })?;
+        Ok(WorkerInfo { scenario: spec.scenario, state: RunnerState::Starting, backend_ref: name, node: Some(s.node_name.clone()).filter(|n| !n.is_empty()), restarts: 0, started_at: None })
+    }
+
+    pub async fn stop(&self, scenario: Uuid) -> Result<(), BackendError> {
+        let manager = self.manager().await?;
+        let name = unit_name(scenario);
+        let stopped: Result<OwnedObjectPath, _> = manager.call("StopUnit", &(name.as_str(), "replace")).await;
+        match stopped {
+            Ok(_) => Ok(()),
+            // Not loaded: nothing to stop.
+            Err(zbus::Error::MethodError(n, ..)) if n.as_str().ends_with("NoSuchUnit") => Ok(()),
+            Err(e) => Err(self.broken(e)),
+        }
+    }
+
+    /// Unloads an ended unit (a kept exit, or a failure) so its name is free again.
+    pub async fn forget(&self, scenario: Uuid) -> Result<(), BackendError> {
+        self.stop(scenario).await?;
+        let manager = self.manager().await?;
+        let _: Result<(), _> = manager.call("ResetFailedUnit", &(unit_name(scenario).as_str(),)).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! A real systemd, booted with systemd-nspawn from the rootfs scripts/systemd-rootfs caches,
+//! sharing the host's network and seeing the project read-only at its own path. Its system bus
+//! is reachable from the host through a bound socket, exactly as vap drives a remote host.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Container {
+    child: Child,
+    bus_dir: tempfile::TempDir,
+}
+
+impl Container {
+    pub fn boot() -> Container {
+        let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(project.join("scripts/systemd-rootfs")).stderr(Stdio::inherit()).output().expect("scripts/systemd-rootfs");
+        assert!(out.status.success(), "building the rootfs failed");
+        let rootfs = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let bus_dir = tempfile::tempdir().unwrap();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!("vap-test-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.arg("-D").arg(&rootfs)
+            .args(["--register=no", "--keep-unit", "-M", &name, "--read-only", "--volatile=overlay", "--console=pipe", "-q"])
+            .arg(format!("--bind={}:/run/dbus", bus_dir.path().display()))
+            .arg(format!("--bind-ro={}", project.display()))
+            .arg("-b")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        unsafe {
+            // SIGTERM makes systemd-nspawn halt the container cleanly. It fires when the
+            // spawning *thread* ends: boot from the test's own thread, not a pool thread.
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("systemd-nspawn (scripts/setup installs systemd-container)");
+        let c = Container { child, bus_dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.state().is_some_and(|s| s == "running" || s == "degraded") {
+            assert!(Instant::now() < deadline, "the container's systemd did not come up (state {:?})", c.state());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    /// The D-Bus address of the container's system bus, as vap's configuration takes it.
+    pub fn bus_address(&self) -> String {
+        format!("unix:path={}/system_bus_socket", self.bus_dir.path().display())
+    }
+
+    fn busctl(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("busctl").arg(format!("--address={}", self.bus_address())).arg("--json=short").arg("--").args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// systemd's SystemState ("running" once booted).
+    pub fn state(&self) -> Option<String> {
+        let v = self.busctl(&["get-property", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "SystemState"])?;
+        let v: serde_json::Value = serde_json::from_str(&v).ok()?;
+        v["data"].as_str().map(str::to_string)
+    }
+
+    /// Loaded units matching `pattern`, with their active state, as systemd itself reports them.
+    pub fn units(&self, pattern: &str) -> Vec<(String, String, String)> {
+        let Some(out) = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "ListUnitsByPatterns", "asas", "0", "1", pattern]) else { return Vec::new() };
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["data"][0].as_array().map(|rows| rows.iter().map(|r| (r[0].as_str().unwrap_or("").to_string(), r[3].as_str().unwrap_or("").to_string(), r[4].as_str().unwrap_or("").to_string())).collect()).unwrap_or_default()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
