@@ -179,6 +179,9 @@ pub struct SystemdBackendSettings {
     pub tasks_max: u64,
     /// Run runners as this user; empty: the manager's default (root on a system bus).
     pub user: String,
+    /// Give each runner its own /tmp (PrivateTmp). Off only where the runner binary or its
+    /// inputs live under /tmp, which a private /tmp would hide.
+    pub private_tmp: bool,
 }
 
 /// The Nomad backend: one service job per scenario (docs/ARCHITECTURE.md).
@@ -392,6 +395,7 @@ impl Default for SystemdBackendSettings {
             cpu_quota_percent: 100,
             tasks_max: 64,
             user: String::new(),
+            private_tmp: true,
         }
     }
 }

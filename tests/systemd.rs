@@ -22,10 +22,12 @@ use serde_json::json;
 /// vap-orchestrator with `backend = "systemd"`, driving the container's bus.
 fn spawn_systemd_orchestrator(app: &TestApp, ct: &Container, dir: &Path) -> std::process::Child {
     let section = format!(
-        "bus_address = \"{}\"\nnode_name = \"container\"\nrunner_bin = \"{}\"\nrunner_env = {}\nwatchdog_sec = 30\n",
+        "bus_address = \"{}\"\nnode_name = \"container\"\nrunner_bin = \"{}\"\nrunner_env = {}\nwatchdog_sec = 30\nprivate_tmp = {}\n",
         ct.bus_address(),
         env!("CARGO_BIN_EXE_vap-runner"),
         serde_json::to_string(&runner_env(app)).unwrap(),
+        // A checkout under /tmp (CI clones there) would vanish behind a private /tmp.
+        !env!("CARGO_MANIFEST_DIR").starts_with("/tmp"),
     );
     spawn_orchestrator_with_config(app, &orchestrator_config(dir, "systemd", 10, &section))
 }

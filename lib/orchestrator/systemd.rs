@@ -149,7 +149,7 @@ impl SystemdBackend {
             ("NoNewPrivileges", Value::from(true)),
             ("ProtectSystem", Value::from("strict")),
             ("ProtectHome", Value::from("read-only")),
-            ("PrivateTmp", Value::from(true)),
+            ("PrivateTmp", Value::from(s.private_tmp)),
             ("ProtectKernelTunables", Value::from(true)),
             ("ProtectKernelModules", Value::from(true)),
             ("ProtectControlGroups", Value::from(true)),
