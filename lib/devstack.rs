@@ -33,9 +33,24 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevStackError {
 }
 
 /// A free loopback port (bound then released: a race is possible but rare on a dev machine).
+/// A loopback port that is free now, chosen below the kernel's ephemeral range (32768+): a
+/// port picked by binding port 0 is handed out again as the source port of outgoing
+/// connections (to PostgreSQL, the broker), and a server started on it moments later then
+/// fails with "address in use" (seen in CI).
 pub fn free_port() -> Result<u16, DevStackError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io("bind a free port"))?;
-    Ok(l.local_addr().map_err(io("read the free port"))?.port())
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Spread concurrent test binaries apart; step within a process.
+    let seed = std::process::id().wrapping_mul(7919) ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (BASE + seed.wrapping_add(n.wrapping_mul(97)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(DevStackError::Failed { what: "find a free port".into(), detail: format!("none free in {BASE}..{}", BASE + SPAN) })
 }
 
 fn wait_for_port(port: u16, what: &str, timeout: Duration) -> Result<(), DevStackError> {

@@ -54,7 +54,7 @@ pub fn manifest() -> PathBuf {
 
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    vap::devstack::free_port().expect("a free port")
 }
 
 /// GStreamer's RTSP server serving a file at rtsp://127.0.0.1:PORT/cam, killed on drop.
