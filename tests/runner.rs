@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{eventually, TestApp};
-use media::{free_port, manifest, media, RtspServer, BASKETBALL};
+use media::{free_port, manifest, media, serve_then_stall, RtspServer, BASKETBALL};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -509,26 +509,6 @@ async fn a_hung_decoder_stops_the_watchdog_pings() {
         }
     }
     panic!("watchdog pings never stopped ({} pings, last {:?} ago)", pings.len(), pings.last().map(|p| p.elapsed()));
-}
-
-async fn serve_then_stall(path: PathBuf) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let data = std::fs::read(path).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
-            let mut req = [0u8; 4096];
-            let _ = stream.read(&mut req).await;
-            let head = format!("HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {}\r\n\r\n", data.len());
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(&data[..data.len() / 3]).await;
-            held.push(stream);
-        }
-    });
-    addr
 }
 
 // ---- helpers: an HTTP file server with ranges, a GStreamer RTSP server ---------------------------

@@ -9,35 +9,23 @@ mod fleet;
 #[path = "common/media.rs"]
 mod media;
 
-use std::path::Path;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use common::{eventually, TestApp};
-use fleet::{orchestrator_config, runner_env, spawn_orchestrator_with_config};
-use container::Container;
+use container::{spawn_systemd_orchestrator, Container};
 use hyper::StatusCode;
-use media::{free_port, media, RtspServer};
+use media::{free_port, media, serve_then_stall, RtspServer};
 use serde_json::json;
 
-/// vap-orchestrator with `backend = "systemd"`, driving the container's bus.
-fn spawn_systemd_orchestrator(app: &TestApp, ct: &Container, dir: &Path) -> std::process::Child {
-    let section = format!(
-        "bus_address = \"{}\"\nnode_name = \"container\"\nrunner_bin = \"{}\"\nrunner_env = {}\nwatchdog_sec = 30\nprivate_tmp = {}\n",
-        ct.bus_address(),
-        env!("CARGO_BIN_EXE_vap-runner"),
-        serde_json::to_string(&runner_env(app)).unwrap(),
-        // A checkout under /tmp (CI clones there) would vanish behind a private /tmp.
-        !env!("CARGO_MANIFEST_DIR").starts_with("/tmp"),
-    );
-    spawn_orchestrator_with_config(app, &orchestrator_config(dir, "systemd", 10, &section))
-}
+const SERVICE: &str = "org.freedesktop.systemd1.Service";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_backend_end_to_end_in_a_booted_container() {
     let ct = Container::boot();
     let app = TestApp::spawn_for_runners().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path());
+    let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path(), 10, "watchdog_sec = 30\n", &[]);
 
     // A live camera: a transient unit `vap-runner-<uuid>.service`, active, detections served.
     let port = free_port();
@@ -65,5 +53,147 @@ async fn systemd_backend_end_to_end_in_a_booted_container() {
     app.wait_for_status(file, "inactive", Duration::from_secs(90)).await;
     assert_eq!(app.get(&format!("/api/v1/prediction/{file}")).await.json()["total_frames_processed"], 10);
     eventually(Duration::from_secs(20), "the finished unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
+    let _ = orchestrator.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_restarts_a_killed_runner_and_the_scenario_carries_on() {
+    let ct = Container::boot();
+    let app = TestApp::spawn_for_runners().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path(), 10, "watchdog_sec = 30\nrestart_sec = 1\n", &[]);
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+    let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
+    app.wait_for_status(live, "active", Duration::from_secs(90)).await;
+    let unit = format!("vap-runner-{live}.service");
+    let first_pid = ct.unit_property(&unit, SERVICE, "ExecMainPID").expect("the unit");
+
+    // `systemctl kill -s KILL`: an unclean end, so Restart=on-failure brings it back.
+    ct.kill_unit(&unit, libc::SIGKILL);
+    eventually(Duration::from_secs(30), "systemd restarting the runner", || async {
+        let restarted = ct.unit_property(&unit, SERVICE, "NRestarts") == Some(json!(1));
+        let pid = ct.unit_property(&unit, SERVICE, "ExecMainPID");
+        let running = ct.units(&unit).first().is_some_and(|u| u.1 == "active" && u.2 == "running");
+        (restarted && running && pid.is_some() && pid != Some(first_pid.clone())).then_some(())
+    })
+    .await;
+    // The scenario carries on: new detections after the restart, the restart shown on the worker.
+    let frames = app.prediction(live).await["total_frames_processed"].as_i64().unwrap();
+    eventually(Duration::from_secs(60), "detections after the restart", || async {
+        (app.prediction(live).await["total_frames_processed"].as_i64().unwrap() > frames).then_some(())
+    })
+    .await;
+    let s = eventually(Duration::from_secs(10), "the restart on the worker", || async {
+        let s = app.scenario(live).await;
+        (s["worker"]["restarts"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!((s["status"].as_str(), s["worker"]["status"].as_str()), (Some("active"), Some("running")), "{s}");
+
+    let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &json!({})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    app.wait_for_status(live, "inactive", Duration::from_secs(60)).await;
+    eventually(Duration::from_secs(20), "the unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
+    let _ = orchestrator.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_runner_is_killed_by_the_watchdog_until_the_start_limit_fails_the_scenario() {
+    let ct = Container::boot();
+    let app = TestApp::spawn_for_runners().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two starts in two minutes; a read timeout far longer than the 2 s watchdog.
+    let section = "watchdog_sec = 2\nrestart_sec = 1\nstart_limit_burst = 2\nstart_limit_interval_secs = 120\n";
+    let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path(), 10, section, &["VAP_RUNNER__READ_TIMEOUT_MS=600000", "VAP_RUNNER__SAMPLE_FPS=0"]);
+    let url = format!("http://{}/people.mp4", serve_then_stall(media().people.clone()).await);
+    let id = app.create_scenario(&url).await;
+    let unit = format!("vap-runner-{id}.service");
+
+    // systemd's own verdicts on the unit, sampled until the scenario fails.
+    let mut results = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let failed = loop {
+        if let Some(r) = ct.unit_property(&unit, SERVICE, "Result").and_then(|r| r.as_str().map(str::to_string)) {
+            results.insert(r);
+        }
+        let s = app.scenario(id).await;
+        if s["status"] == "failed" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not failed: {s}, systemd said {results:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(results.contains("watchdog"), "systemd never reported a watchdog timeout: {results:?}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&unit) && error.contains("result watchdog"), "{failed}");
+    let w = &failed["worker"];
+    assert_eq!((w["backend"].as_str(), w["status"].as_str()), (Some("systemd"), Some("failed")), "{failed}");
+    assert!(w["restarts"].as_i64() >= Some(1), "{failed}");
+    // Failed stays failed: the unit is collected and nothing starts it again.
+    eventually(Duration::from_secs(20), "the failed unit collected", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(ct.units("vap-runner-*").is_empty());
+    assert_eq!(app.scenario(id).await["status"], "failed");
+    let _ = orchestrator.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
+    let ct = Container::boot();
+    let app = TestApp::spawn_for_runners().await;
+    let dir = tempfile::tempdir().unwrap();
+    const CAP: usize = 2;
+    let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path(), CAP, "watchdog_sec = 30\n", &[]);
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+    let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
+    app.wait_for_status(live, "active", Duration::from_secs(90)).await;
+    let unit = format!("vap-runner-{live}.service");
+    let pid = ct.unit_property(&unit, SERVICE, "ExecMainPID").expect("the unit");
+
+    // kill -9, and a new orchestrator in its place.
+    unsafe { libc::kill(orchestrator.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = orchestrator.wait();
+    let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path(), CAP, "watchdog_sec = 30\n", &[]);
+
+    // Five files behind the live camera: with the cap at 2 they go one at a time.
+    let mut files = Vec::new();
+    for _ in 0..5 {
+        files.push(app.create_scenario(media().short.to_str().unwrap()).await);
+    }
+    let (mut most, mut waiting_seen) = (0, false);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        // systemd's count, not vap's: units with a runner process starting, running or stopping.
+        let busy = ct.units("vap-runner-*").iter().filter(|(_, active, sub)| (active == "active" && sub == "running") || active == "activating" || active == "deactivating").count();
+        assert!(busy <= CAP, "{busy} runner units at once with MAX_WORKERS {CAP}: {:?}", ct.units("vap-runner-*"));
+        most = most.max(busy);
+        let mut done = 0;
+        for f in &files {
+            let s = app.scenario(*f).await;
+            waiting_seen |= s["worker"]["status"] == "waiting";
+            done += (s["status"] == "inactive") as usize;
+        }
+        if done == files.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done} of {} files done", files.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(most, CAP, "the cap was never used in full");
+    assert!(waiting_seen, "no scenario was shown waiting");
+    for f in &files {
+        assert_eq!(app.prediction(*f).await["total_frames_processed"], 10);
+    }
+    // The live runner was adopted: the same process all along, never restarted, never doubled.
+    assert_eq!(ct.unit_property(&unit, SERVICE, "ExecMainPID"), Some(pid));
+    assert_eq!(ct.unit_property(&unit, SERVICE, "NRestarts"), Some(json!(0)));
+    assert_eq!(app.scenario(live).await["status"], "active");
+
+    let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &json!({})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    app.wait_for_status(live, "inactive", Duration::from_secs(60)).await;
+    eventually(Duration::from_secs(20), "every unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
     let _ = orchestrator.kill();
 }

@@ -8,6 +8,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::common::TestApp;
+use super::fleet::{orchestrator_config, runner_env, spawn_orchestrator_with_config};
+
+/// vap-orchestrator with `backend = "systemd"` driving the container's bus: `section` adds keys
+/// of `[orchestrator.systemd]`, `env` entries for the runners' environment.
+pub fn spawn_systemd_orchestrator(app: &TestApp, ct: &Container, dir: &Path, max_workers: usize, section: &str, env: &[&str]) -> Child {
+    let mut runner_env = runner_env(app);
+    runner_env.extend(env.iter().map(|e| e.to_string()));
+    let section = format!(
+        "bus_address = \"{}\"\nnode_name = \"container\"\nrunner_bin = \"{}\"\nrunner_env = {}\nprivate_tmp = {}\n{section}",
+        ct.bus_address(),
+        super::fleet::RUNNER_BIN,
+        serde_json::to_string(&runner_env).unwrap(),
+        // A checkout under /tmp (CI clones there) would vanish behind a private /tmp.
+        !env!("CARGO_MANIFEST_DIR").starts_with("/tmp"),
+    );
+    spawn_orchestrator_with_config(app, &orchestrator_config(dir, "systemd", max_workers, &section))
+}
+
 pub struct Container {
     child: Child,
     bus_dir: tempfile::TempDir,
@@ -64,6 +83,20 @@ impl Container {
         let v = self.busctl(&["get-property", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "SystemState"])?;
         let v: serde_json::Value = serde_json::from_str(&v).ok()?;
         v["data"].as_str().map(str::to_string)
+    }
+
+    /// A property of a loaded unit, as busctl's JSON value (`None`: no such unit).
+    pub fn unit_property(&self, unit: &str, interface: &str, property: &str) -> Option<serde_json::Value> {
+        let path = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "GetUnit", "s", unit])?;
+        let path: serde_json::Value = serde_json::from_str(&path).ok()?;
+        let v = self.busctl(&["get-property", "org.freedesktop.systemd1", path["data"][0].as_str()?, interface, property])?;
+        serde_json::from_str::<serde_json::Value>(&v).ok().map(|v| v["data"].clone())
+    }
+
+    /// `systemctl kill --kill-whom=main --signal=N unit`, over the bus.
+    pub fn kill_unit(&self, unit: &str, signal: i32) {
+        let out = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "KillUnit", "ssi", unit, "main", &signal.to_string()]);
+        assert!(out.is_some(), "KillUnit {unit} failed");
     }
 
     /// Loaded units matching `pattern`, with their active state, as systemd itself reports them.

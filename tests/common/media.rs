@@ -99,3 +99,25 @@ impl Drop for RtspServer {
         self.kill();
     }
 }
+
+/// An HTTP server that sends the first third of `path`, then holds the connection silently:
+/// a decoder with a long read timeout hangs in its read.
+pub async fn serve_then_stall(path: PathBuf) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = std::fs::read(path).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let mut req = [0u8; 4096];
+            let _ = stream.read(&mut req).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {}\r\n\r\n", data.len());
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&data[..data.len() / 3]).await;
+            held.push(stream);
+        }
+    });
+    addr
+}
