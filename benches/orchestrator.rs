@@ -4,11 +4,14 @@
 //! Per backend: time from POST /scenario/init to the runner process existing, and to the first
 //! stored detection, p50/p99 over 50 scenarios run one after another (a 5 s file each). The
 //! baseline beside it is the same runner started by hand, without API, relay or orchestrator.
-//! Then placements/s through the Nomad API double for 1,000 scenarios, beside the double's own
-//! register rate from a bare client.
+//! Backends: local processes, transient units in a systemd booted with systemd-nspawn (driven
+//! over its D-Bus socket), the Nomad API double. Then placements/s through the Nomad double for
+//! 1,000 scenarios, beside the double's own register rate from a bare client.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/common/container.rs"]
+mod container;
 #[path = "../tests/common/fleet.rs"]
 mod fleet;
 #[path = "../tests/common/media.rs"]
@@ -42,6 +45,9 @@ fn main() {
         let video = media().short.to_str().unwrap().to_string();
         if want("local") {
             local_latency(&app, &video).await;
+        }
+        if want("systemd") {
+            systemd_latency(&app, &video).await;
         }
         if want("nomad") {
             let (mut placed, mut first) = nomad_latency(&mut app, &video).await;
@@ -84,6 +90,22 @@ async fn local_latency(app: &TestApp, video: &str) {
     row("POST -> runner process started", &mut placed);
     row("POST -> first detection stored", &mut first);
     row("baseline: runner by hand -> first detection", &mut by_hand);
+}
+
+/// The same 50 scenarios as transient units in a real systemd booted with systemd-nspawn.
+async fn systemd_latency(app: &TestApp, video: &str) {
+    let ct = container::Container::boot();
+    let dir = tempfile::tempdir().unwrap();
+    let mut orchestrator = container::spawn_systemd_orchestrator(app, &ct, dir.path(), 4, "watchdog_sec = 30\n", &[]);
+    // Started: systemd has forked the unit's main process (activating until the runner's READY).
+    let (mut placed, mut first) = one_after_another(app, video, |id| {
+        ct.units(&format!("vap-runner-{id}.service")).first().is_some_and(|(_, active, _)| active == "activating" || active == "active")
+    })
+    .await;
+    let _ = orchestrator.kill();
+    println!("{:<46} {:>10} {:>10}", "systemd backend (nspawn container)", "p50", "p99");
+    row("POST -> unit's runner started", &mut placed);
+    row("POST -> first detection stored", &mut first);
 }
 
 fn nomad_config(dir: &std::path::Path, app: &TestApp, double: &nomad_double::NomadDouble, command: &str, max_workers: usize) -> std::path::PathBuf {
