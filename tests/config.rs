@@ -197,13 +197,19 @@ fn read_notifications(socket: &std::os::unix::net::UnixDatagram, want: &str, wit
 }
 
 #[tokio::test]
-async fn both_binaries_speak_the_sd_notify_protocol() {
+async fn the_services_speak_the_sd_notify_protocol() {
     let app = TestApp::spawn().await;
-    for bin in [env!("CARGO_BIN_EXE_vap-api"), env!("CARGO_BIN_EXE_vap-relay")] {
+    let orchestrator_env = [("VAP_ORCHESTRATOR__METRICS_LISTEN", ""), ("VAP_ORCHESTRATOR__LOCAL__RUNNER_BIN", "/bin/true"), ("VAP_ORCHESTRATOR__LEADER_POLL_MS", "300")];
+    let mut env = app.env();
+    env.extend(orchestrator_env.map(|(k, v)| (k.to_string(), v.to_string())));
+    // This one leads, so the orchestrator checked below is a standby, which must feed the
+    // watchdog too or systemd kills it.
+    let mut leader = common::spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &env, &[]);
+    for bin in [env!("CARGO_BIN_EXE_vap-api"), env!("CARGO_BIN_EXE_vap-relay"), env!("CARGO_BIN_EXE_vap-orchestrator")] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        let mut env = app.env();
+        let mut env = env.clone();
         env.push(("VAP_API__LISTEN".into(), format!("127.0.0.1:{}", vap::devstack::free_port().unwrap())));
         env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
         env.push(("WATCHDOG_USEC".into(), "200000".into()));
@@ -212,7 +218,10 @@ async fn both_binaries_speak_the_sd_notify_protocol() {
         let mut child = common::spawn_binary("/bin/sh", &env, &["-c", "WATCHDOG_PID=$$ exec \"$SERVICE_BIN\""]);
         let socket = tokio::task::spawn_blocking(move || {
             read_notifications(&socket, "READY=1", Duration::from_secs(20));
-            read_notifications(&socket, "WATCHDOG=1", Duration::from_secs(5));
+            // Pinged at half the period, and still pinged a few periods on.
+            for _ in 0..10 {
+                read_notifications(&socket, "WATCHDOG=1", Duration::from_millis(400));
+            }
             socket
         })
         .await
@@ -228,6 +237,7 @@ async fn both_binaries_speak_the_sd_notify_protocol() {
         let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(8))).await.unwrap();
         assert!(status.success(), "{bin}: {status:?}");
     }
+    let _ = leader.kill();
 }
 
 #[tokio::test]
