@@ -79,6 +79,8 @@ pub struct RunnerStats {
     pub publish_micros: AtomicU64,
     pub heartbeat_ms: AtomicU64,
     pub ready: AtomicBool,
+    /// Wakes the supervising loop for READY=1 the moment the first frame is in.
+    pub became_ready: tokio::sync::Notify,
 }
 
 pub struct RunReport {
@@ -170,6 +172,7 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
     let end = loop {
         tokio::select! {
             end = &mut done_rx => break end.unwrap_or(CaptureEnd::Stopped),
+            _ = stats.became_ready.notified(), if !ready_sent => {}
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 // Ping only while both threads make progress: a decoder stuck in a read (or a
                 // hung inference) stops the pings and systemd restarts the runner.
@@ -267,7 +270,9 @@ fn detect_loop<D: Detector>(mut detector: D, slot: &FrameSlot, stats: &RunnerSta
             Ok(None) => continue,
             Err(end) => return end,
         };
-        stats.ready.store(true, Ordering::Relaxed);
+        if !stats.ready.swap(true, Ordering::Relaxed) {
+            stats.became_ready.notify_one();
+        }
         let (detections, timing) = match detector.detect(&frame.image) {
             Ok(d) => d,
             Err(e) => {

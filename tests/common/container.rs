@@ -30,42 +30,63 @@ pub fn spawn_systemd_orchestrator(app: &TestApp, ct: &Container, dir: &Path, max
 pub struct Container {
     child: Child,
     bus_dir: tempfile::TempDir,
+    command: Vec<String>,
 }
 
 impl Container {
+    /// The runner rootfs (scripts/systemd-rootfs), read-only with a throwaway overlay, with the
+    /// project bound in read-only at its own path.
     pub fn boot() -> Container {
         let project = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(project.join("scripts/systemd-rootfs")).stderr(Stdio::inherit()).output().expect("scripts/systemd-rootfs");
-        assert!(out.status.success(), "building the rootfs failed");
-        let rootfs = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let rootfs = rootfs(&[]);
+        Self::start(&rootfs, &["--read-only".into(), "--volatile=overlay".into(), format!("--bind-ro={}", project.display())])
+    }
+
+    /// Boots `root` as it is, writable and kept across reboots: a provisioned host. `binds_ro`
+    /// are host paths it sees read-only at the same path.
+    pub fn boot_host(root: &Path, binds_ro: &[&Path]) -> Container {
+        let args: Vec<String> = binds_ro.iter().map(|p| format!("--bind-ro={}", p.display())).collect();
+        Self::start(root, &args)
+    }
+
+    fn start(root: &Path, args: &[String]) -> Container {
         let bus_dir = tempfile::tempdir().unwrap();
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let name = format!("vap-test-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let mut cmd = Command::new("systemd-nspawn");
-        cmd.arg("-D").arg(&rootfs)
-            .args(["--register=no", "--keep-unit", "-M", &name, "--read-only", "--volatile=overlay", "--console=pipe", "-q"])
-            .arg(format!("--bind={}:/run/dbus", bus_dir.path().display()))
-            .arg(format!("--bind-ro={}", project.display()))
-            .arg("-b")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        unsafe {
-            // SIGTERM makes systemd-nspawn halt the container cleanly. It fires when the
-            // spawning *thread* ends: boot from the test's own thread, not a pool thread.
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("systemd-nspawn (scripts/setup installs systemd-container)");
-        let c = Container { child, bus_dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !c.state().is_some_and(|s| s == "running" || s == "degraded") {
-            assert!(Instant::now() < deadline, "the container's systemd did not come up (state {:?})", c.state());
+        let mut command: Vec<String> = vec!["-D".into(), root.display().to_string()];
+        command.extend(["--register=no", "--keep-unit", "-M", &name, "--console=pipe", "-q"].map(String::from));
+        command.push(format!("--bind={}:/run/dbus", bus_dir.path().display()));
+        command.extend(args.iter().cloned());
+        command.push("-b".into());
+        let child = spawn_nspawn(&command);
+        let c = Container { child, bus_dir, command };
+        c.wait_until_up();
+        c
+    }
+
+    fn wait_until_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.state().is_some_and(|s| s == "running" || s == "degraded") {
+            assert!(Instant::now() < deadline, "the container's systemd did not come up (state {:?})", self.state());
             std::thread::sleep(Duration::from_millis(100));
         }
-        c
+    }
+
+    /// `systemctl reboot` over the bus; systemd-nspawn ends with 133 when its container reboots,
+    /// and is started again as a host's firmware would.
+    pub fn reboot(&mut self) {
+        let _ = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "Reboot"]);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the container did not go down for the reboot");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(status.code(), Some(133), "systemd-nspawn's exit for a reboot");
+        self.child = spawn_nspawn(&self.command);
+        self.wait_until_up();
     }
 
     /// The D-Bus address of the container's system bus, as vap's configuration takes it.
@@ -73,7 +94,7 @@ impl Container {
         format!("unix:path={}/system_bus_socket", self.bus_dir.path().display())
     }
 
-    fn busctl(&self, args: &[&str]) -> Option<String> {
+    pub fn busctl(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("busctl").arg(format!("--address={}", self.bus_address())).arg("--json=short").arg("--").args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
@@ -105,6 +126,28 @@ impl Container {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         v["data"][0].as_array().map(|rows| rows.iter().map(|r| (r[0].as_str().unwrap_or("").to_string(), r[3].as_str().unwrap_or("").to_string(), r[4].as_str().unwrap_or("").to_string())).collect()).unwrap_or_default()
     }
+}
+
+/// The cached rootfs scripts/systemd-rootfs builds (`args`: its arguments).
+pub fn rootfs(args: &[&str]) -> PathBuf {
+    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(project.join("scripts/systemd-rootfs")).args(args).stderr(Stdio::inherit()).output().expect("scripts/systemd-rootfs");
+    assert!(out.status.success(), "building the rootfs failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn spawn_nspawn(args: &[String]) -> Child {
+    let mut cmd = Command::new("systemd-nspawn");
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    unsafe {
+        // SIGTERM makes systemd-nspawn halt the container cleanly. It fires when the
+        // spawning *thread* ends: boot from the test's own thread, not a pool thread.
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("systemd-nspawn (scripts/setup installs systemd-container)")
 }
 
 impl Drop for Container {

@@ -31,13 +31,18 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The REST API as a user reaches it over HTTP: a TestApp's, or a deployed host's.
+pub struct ApiClient {
+    pub base: String,
+    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
 pub struct TestApp {
     pub settings: Settings,
-    pub base: String,
+    pub api: ApiClient,
     pub pool: Pool,
     pub broker: Broker,
     pub shutdown: CancellationToken,
-    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     api_done: Option<tokio::task::JoinHandle<()>>,
     relays: Vec<CancellationToken>,
 }
@@ -51,6 +56,67 @@ pub struct Response {
 impl Response {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> Self {
+        Self { base: base.to_string(), http: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response {
+        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self.http.request(req.body(Full::new(body.into())).unwrap()).await.expect("http request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("read body").to_bytes();
+        Response { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path, &[("content-type", "application/json")], serde_json::to_vec(body).unwrap()).await
+    }
+
+    /// GET /api/v1/scenario/{id}.
+    pub async fn scenario(&self, id: uuid::Uuid) -> Value {
+        self.get(&format!("/api/v1/scenario/{id}")).await.json()
+    }
+
+    /// GET /api/v1/prediction/{id}, up to 1,000 frames.
+    pub async fn prediction(&self, id: uuid::Uuid) -> Value {
+        let r = self.get(&format!("/api/v1/prediction/{id}?limit=1000")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.json()
+    }
+
+    /// Waits until the scenario has `status`; returns it then.
+    pub async fn wait_for_status(&self, id: uuid::Uuid, status: &str, timeout: Duration) -> Value {
+        eventually(timeout, &format!("scenario {id} to be {status}"), || async {
+            let s = self.scenario(id).await;
+            (s["status"] == status).then_some(s)
+        })
+        .await
+    }
+
+    /// POST /api/v1/scenario/init and return the new uuid.
+    pub async fn create_scenario(&self, camera_url: &str) -> uuid::Uuid {
+        let r = self.post_json("/api/v1/scenario/init", &serde_json::json!({ "camera_url": camera_url })).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.json()["scenario_uuid"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = ApiClient;
+    fn deref(&self) -> &ApiClient {
+        &self.api
     }
 }
 
@@ -86,35 +152,14 @@ impl TestApp {
             .await
             .unwrap();
         Self {
-            base: format!("http://{}", running.addr),
+            api: ApiClient::new(&format!("http://{}", running.addr)),
             settings,
             pool,
             broker,
             shutdown,
-            http: Client::builder(TokioExecutor::new()).build_http(),
             api_done: Some(running.done),
             relays: Vec::new(),
         }
-    }
-
-    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response {
-        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = self.http.request(req.body(Full::new(body.into())).unwrap()).await.expect("http request");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.expect("read body").to_bytes();
-        Response { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
-    }
-
-    pub async fn get(&self, path: &str) -> Response {
-        self.request(Method::GET, path, &[], Bytes::new()).await
-    }
-
-    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.request(Method::POST, path, &[("content-type", "application/json")], serde_json::to_vec(body).unwrap()).await
     }
 
     /// An app whose API accepts file paths, with the relay (outbox + inbox) running in-process:
@@ -123,34 +168,6 @@ impl TestApp {
         let mut app = Self::spawn_with(|s| s.api.allow_file_urls = true).await;
         app.start_relay();
         app
-    }
-
-    /// GET /api/v1/scenario/{id}.
-    pub async fn scenario(&self, id: uuid::Uuid) -> Value {
-        self.get(&format!("/api/v1/scenario/{id}")).await.json()
-    }
-
-    /// GET /api/v1/prediction/{id}, up to 1,000 frames.
-    pub async fn prediction(&self, id: uuid::Uuid) -> Value {
-        let r = self.get(&format!("/api/v1/prediction/{id}?limit=1000")).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        r.json()
-    }
-
-    /// Waits until the scenario has `status`; returns it then.
-    pub async fn wait_for_status(&self, id: uuid::Uuid, status: &str, timeout: Duration) -> Value {
-        eventually(timeout, &format!("scenario {id} to be {status}"), || async {
-            let s = self.scenario(id).await;
-            (s["status"] == status).then_some(s)
-        })
-        .await
-    }
-
-    /// POST /api/v1/scenario/init and return the new uuid.
-    pub async fn create_scenario(&self, camera_url: &str) -> uuid::Uuid {
-        let r = self.post_json("/api/v1/scenario/init", &serde_json::json!({ "camera_url": camera_url })).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        r.json()["scenario_uuid"].as_str().unwrap().parse().unwrap()
     }
 
     /// Runs the relay (outbox relay + inbox) inside this process.
@@ -195,29 +212,7 @@ impl TestApp {
 
     /// Every record currently on every partition of `topic`, with partition and offset.
     pub async fn read_topic(&self, topic: &str) -> Vec<(i32, i64, Record)> {
-        let client = self.kafka().await;
-        let mut out = Vec::new();
-        for p in 0..self.settings.kafka.partitions {
-            let pc = client.partition_client(topic, p, UnknownTopicHandling::Retry).await.unwrap();
-            let mut offset = 0;
-            let mut stalls = 0;
-            loop {
-                let (records, hw) = pc.fetch_records(offset, 1..8_000_000, 100).await.unwrap();
-                if offset >= hw {
-                    break;
-                }
-                let before = offset;
-                for r in records.into_iter().filter(|r| r.offset >= before) {
-                    offset = offset.max(r.offset + 1);
-                    out.push((p, r.offset, r.record));
-                }
-                if offset == before {
-                    stalls += 1;
-                    assert!(stalls < 50, "no progress reading {topic}/{p} at {offset} (hw {hw})");
-                }
-            }
-        }
-        out
+        read_topic(&self.kafka().await, topic, self.settings.kafka.partitions).await
     }
 
     /// Produces raw values to `results` keyed by scenario (as a runner would).
@@ -258,6 +253,32 @@ impl Drop for TestApp {
             r.cancel();
         }
     }
+}
+
+/// Every record of `topic` on a broker, in (partition, offset) order.
+pub async fn read_topic(client: &rskafka::client::Client, topic: &str, partitions: i32) -> Vec<(i32, i64, Record)> {
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let pc = client.partition_client(topic, p, UnknownTopicHandling::Retry).await.unwrap();
+        let mut offset = 0;
+        let mut stalls = 0;
+        loop {
+            let (records, hw) = pc.fetch_records(offset, 1..8_000_000, 100).await.unwrap();
+            if offset >= hw {
+                break;
+            }
+            let before = offset;
+            for r in records.into_iter().filter(|r| r.offset >= before) {
+                offset = offset.max(r.offset + 1);
+                out.push((p, r.offset, r.record));
+            }
+            if offset == before {
+                stalls += 1;
+                assert!(stalls < 50, "no progress reading {topic}/{p} at {offset} (hw {hw})");
+            }
+        }
+    }
+    out
 }
 
 /// Starts a binary that dies with the test (PR_SET_PDEATHSIG fires when the spawning test
