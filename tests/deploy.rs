@@ -204,6 +204,11 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     .await;
     assert_eq!(host.units("vap-runner-*"), vec![(unit.clone(), "active".into(), "running".into())], "the runner as a transient unit");
     assert_eq!(host.unit_property(&unit, SERVICE, "User"), Some(json!("vap")));
+    // The runner's unit is as hardened as the platform's own.
+    let security = host.exec(&["systemd-analyze", "security", "--threshold=20", &unit]);
+    let rating = String::from_utf8_lossy(&security.stdout).lines().last().unwrap_or_default().to_string();
+    assert!(security.status.success(), "the runner's unit rates above 2.0: {rating}");
+    eprintln!("{rating}");
     assert_eq!((w["backend"].as_str(), w["node"].as_str()), (Some("systemd"), Some(HOST)), "{w}");
 
     // kill -9 the relay while results flow: systemd restarts it, and nothing is lost.
@@ -229,10 +234,10 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     assert_eq!(stored["total_frames_processed"].as_u64(), Some(published.len() as u64));
 
     // Reboot: everything comes back by itself, with what was stored, and places runners again.
-    host.reboot();
     let started = Instant::now();
+    host.reboot();
     wait_for_platform(&host, &api).await;
-    eprintln!("host back after the reboot in {:?}", started.elapsed());
+    eprintln!("rebooted and serving again after {:?}", started.elapsed());
     assert_eq!(stored_frames(&api.prediction(id).await), published);
     let again = api.create_scenario(&format!("rtsp://127.0.0.1:{rtsp_port}/cam")).await;
     api.wait_for_status(again, "active", Duration::from_secs(120)).await;

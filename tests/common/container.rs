@@ -106,6 +106,14 @@ impl Container {
         v["data"].as_str().map(str::to_string)
     }
 
+    /// Runs `command` inside the container (its PID 1's namespaces), as root; returns its
+    /// status and output.
+    pub fn exec(&self, command: &[&str]) -> std::process::Output {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id())).unwrap();
+        let init = children.split_whitespace().next().expect("the container's init");
+        Command::new("nsenter").args(["-t", init, "-a", "--"]).args(command).output().expect("nsenter")
+    }
+
     /// A property of a loaded unit, as busctl's JSON value (`None`: no such unit).
     pub fn unit_property(&self, unit: &str, interface: &str, property: &str) -> Option<serde_json::Value> {
         let path = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "GetUnit", "s", unit])?;
