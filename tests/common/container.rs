@@ -75,13 +75,17 @@ impl Container {
     /// `systemctl reboot` over the bus; systemd-nspawn ends with 133 when its container reboots,
     /// and is started again as a host's firmware would.
     pub fn reboot(&mut self) {
-        let _ = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "Reboot"]);
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let asked = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "Reboot"]);
+        assert!(asked.is_some(), "Reboot refused");
+        let deadline = Instant::now() + Duration::from_secs(180);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            assert!(Instant::now() < deadline, "the container did not go down for the reboot");
+            if Instant::now() > deadline {
+                let jobs = self.exec(&["systemctl", "list-jobs", "--no-pager"]);
+                panic!("the container did not go down for the reboot; systemd's jobs:\n{}", String::from_utf8_lossy(&jobs.stdout));
+            }
             std::thread::sleep(Duration::from_millis(100));
         };
         assert_eq!(status.code(), Some(133), "systemd-nspawn's exit for a reboot");
