@@ -212,15 +212,15 @@ async fn the_services_speak_the_sd_notify_protocol() {
         let mut env = env.clone();
         env.push(("VAP_API__LISTEN".into(), format!("127.0.0.1:{}", vap::devstack::free_port().unwrap())));
         env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
-        env.push(("WATCHDOG_USEC".into(), "200000".into()));
+        env.push(("WATCHDOG_USEC".into(), "1000000".into()));
         env.push(("SERVICE_BIN".into(), bin.into()));
         // systemd sets WATCHDOG_PID to the service's pid; $$ is that pid once sh execs the binary.
         let mut child = common::spawn_binary("/bin/sh", &env, &["-c", "WATCHDOG_PID=$$ exec \"$SERVICE_BIN\""]);
         let socket = tokio::task::spawn_blocking(move || {
             read_notifications(&socket, "READY=1", Duration::from_secs(20));
             // Pinged at half the period, and still pinged a few periods on.
-            for _ in 0..10 {
-                read_notifications(&socket, "WATCHDOG=1", Duration::from_millis(400));
+            for _ in 0..5 {
+                read_notifications(&socket, "WATCHDOG=1", Duration::from_millis(1500));
             }
             socket
         })

@@ -32,20 +32,21 @@ fn project() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// ~/.cache/vap, where scripts/setup keeps what is slow to install.
+fn cache_dir() -> PathBuf {
+    let home = std::env::var("HOME").unwrap();
+    std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| Path::new(&home).join(".cache")).join("vap")
+}
+
 fn ansible_bin(name: &str) -> PathBuf {
-    let dir = std::env::var("VAP_ANSIBLE_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap();
-        std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| Path::new(&home).join(".cache")).join("vap/ansible-venv/bin")
-    });
-    let bin = dir.join(name);
+    let bin = cache_dir().join("ansible-venv/bin").join(name);
     assert!(bin.exists(), "{} missing: scripts/test installs Ansible (VAP_SETUP_TESTS=1 scripts/setup)", bin.display());
     bin
 }
 
 /// Apt's downloads are kept between runs here, so a run downloads each package once.
 fn apt_cache() -> PathBuf {
-    let home = std::env::var("HOME").unwrap();
-    let dir = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| Path::new(&home).join(".cache")).join("vap/apt-archives");
+    let dir = cache_dir().join("apt-archives");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

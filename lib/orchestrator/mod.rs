@@ -109,6 +109,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     crate::lifecycle::notify_ready();
     tracing::info!(backend = this.backend.kind(), max_workers = this.settings.max_workers, "orchestrator ready (standby)");
     let poll = Duration::from_millis(this.settings.leader_poll_ms);
+    let mut standby_watchdog = crate::lifecycle::Watchdog::from_env();
     while !shutdown.is_cancelled() {
         match db::dedicated_connection(&settings.database).await {
             Ok(lock) => match lock.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK]).await {
@@ -126,9 +127,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             },
             Err(e) => tracing::warn!(error = %e, "database unreachable; standing by"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = shutdown.cancelled() => {}
+        // A standby is healthy too: it keeps systemd's watchdog fed while it waits.
+        let pause = tokio::time::sleep(poll);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                _ = standby_watchdog.tick() => {}
+                _ = shutdown.cancelled() => break,
+            }
         }
     }
     crate::lifecycle::notify_stopping();
