@@ -161,6 +161,9 @@ pub struct SystemdBackendSettings {
     pub bus_address: String,
     /// Reported as the worker's node.
     pub node_name: String,
+    /// Several hosts: runners go to the one with the fewest. When set, `bus_address` and
+    /// `node_name` are not used.
+    pub nodes: Vec<SystemdNode>,
     pub runner_bin: PathBuf,
     pub runner_config: Option<PathBuf>,
     /// `KEY=VALUE` pairs for the runner's environment.
@@ -182,6 +185,26 @@ pub struct SystemdBackendSettings {
     /// Give each runner its own /tmp (PrivateTmp). Off only where the runner binary or its
     /// inputs live under /tmp, which a private /tmp would hide.
     pub private_tmp: bool,
+}
+
+/// A host whose systemd runs runners: its name (reported as the worker's node) and the D-Bus
+/// address of its system bus, e.g. `unixexec:path=ssh,argv1=-xT,argv2=root@worker-1,argv3=systemd-stdio-bridge`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdNode {
+    pub name: String,
+    pub bus_address: String,
+}
+
+impl SystemdBackendSettings {
+    /// The hosts runners go to: `nodes`, or this one host.
+    pub fn effective_nodes(&self) -> Vec<SystemdNode> {
+        if self.nodes.is_empty() {
+            vec![SystemdNode { name: self.node_name.clone(), bus_address: self.bus_address.clone() }]
+        } else {
+            self.nodes.clone()
+        }
+    }
 }
 
 /// The Nomad backend: one service job per scenario (docs/ARCHITECTURE.md).
@@ -382,6 +405,7 @@ impl Default for SystemdBackendSettings {
         Self {
             bus_address: String::new(),
             node_name: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
+            nodes: Vec::new(),
             runner_bin: PathBuf::from("/usr/local/bin/vap-runner"),
             runner_config: None,
             runner_env: Vec::new(),

@@ -197,3 +197,46 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
     eventually(Duration::from_secs(20), "every unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
     let _ = orchestrator.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_spread_over_several_hosts() {
+    let (a, b) = (Container::boot(), Container::boot());
+    let app = TestApp::spawn_for_runners().await;
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "watchdog_sec = 30\nnodes = [{{ name = \"host-a\", bus_address = \"{}\" }}, {{ name = \"host-b\", bus_address = \"{}\" }}]\n",
+        a.bus_address(),
+        b.bus_address()
+    );
+    let mut orchestrator = spawn_systemd_orchestrator(&app, &a, dir.path(), 4, &section, &[]);
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await);
+    }
+    for id in &ids {
+        app.wait_for_status(*id, "active", Duration::from_secs(120)).await;
+    }
+    // Two on each host, as each host's own systemd reports, and each worker names its host.
+    let running = |ct: &Container| ct.units("vap-runner-*").into_iter().filter(|u| u.1 == "active" && u.2 == "running").count();
+    eventually(Duration::from_secs(30), "two runners on each host", || async { (running(&a) == 2 && running(&b) == 2).then_some(()) }).await;
+    for id in &ids {
+        let s = app.scenario(*id).await;
+        let host = match s["worker"]["node"].as_str() {
+            Some("host-a") => &a,
+            Some("host-b") => &b,
+            other => panic!("worker node {other:?}: {s}"),
+        };
+        assert_eq!(host.units(&format!("vap-runner-{id}.service")).len(), 1, "{s}");
+    }
+    for id in &ids {
+        let r = app.post_json(&format!("/api/v1/scenario/{id}/shutdown"), &json!({})).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    for id in &ids {
+        app.wait_for_status(*id, "inactive", Duration::from_secs(60)).await;
+    }
+    eventually(Duration::from_secs(20), "no units on either host", || async { (a.units("vap-runner-*").is_empty() && b.units("vap-runner-*").is_empty()).then_some(()) }).await;
+    let _ = orchestrator.kill();
+}

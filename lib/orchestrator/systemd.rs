@@ -25,29 +25,43 @@ fn unit_name(scenario: Uuid) -> String {
 
 type UnitRow = (String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath);
 
-pub struct SystemdBackend {
-    settings: SystemdBackendSettings,
+/// One host's systemd, reached over its system bus.
+struct Node {
+    name: String,
+    address: String,
     connection: tokio::sync::Mutex<Option<zbus::Connection>>,
 }
 
-impl SystemdBackend {
-    pub fn new(settings: SystemdBackendSettings) -> Self {
-        Self { settings, connection: tokio::sync::Mutex::new(None) }
-    }
-
+impl Node {
     /// The bus connection, made on first use and again after it broke.
     async fn bus(&self) -> Result<zbus::Connection, BackendError> {
         let mut slot = self.connection.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = if self.settings.bus_address.is_empty() {
-            zbus::Connection::system().await.map_err(unavailable)?
+        let c = if self.address.is_empty() {
+            zbus::Connection::system().await.map_err(|e| self.unavailable(e))?
         } else {
-            zbus::connection::Builder::address(self.settings.bus_address.as_str()).map_err(unavailable)?.build().await.map_err(unavailable)?
+            zbus::connection::Builder::address(self.address.as_str()).map_err(|e| self.unavailable(e))?.build().await.map_err(|e| self.unavailable(e))?
         };
         *slot = Some(c.clone());
         Ok(c)
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> BackendError {
+        if self.name.is_empty() {
+            unavailable(e)
+        } else {
+            unavailable(format!("{}: {e}", self.name))
+        }
+    }
+
+    /// A call failed: drop the connection so the next one reconnects.
+    fn broken(&self, e: zbus::Error) -> BackendError {
+        if let Ok(mut slot) = self.connection.try_lock() {
+            *slot = None;
+        }
+        self.unavailable(e)
     }
 
     async fn manager(&self) -> Result<zbus::Proxy<'static>, BackendError> {
@@ -56,19 +70,23 @@ impl SystemdBackend {
             Ok(p) => Ok(p),
             Err(e) => {
                 *self.connection.lock().await = None;
-                Err(unavailable(e))
+                Err(self.unavailable(e))
             }
         }
     }
 
     async fn property(&self, path: &OwnedObjectPath, interface: &str, name: &str) -> Result<OwnedValue, BackendError> {
         let bus = self.bus().await?;
-        let props = zbus::Proxy::new(&bus, DEST, path.as_str(), "org.freedesktop.DBus.Properties").await.map_err(unavailable)?;
-        let v: OwnedValue = props.call("Get", &(interface, name)).await.map_err(unavailable)?;
+        let props = zbus::Proxy::new(&bus, DEST, path.as_str(), "org.freedesktop.DBus.Properties").await.map_err(|e| self.broken(e))?;
+        let v: OwnedValue = props.call("Get", &(interface, name)).await.map_err(|e| self.broken(e))?;
         Ok(v)
     }
 
-    pub async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
+    fn node(&self) -> Option<String> {
+        Some(self.name.clone()).filter(|n| !n.is_empty())
+    }
+
+    async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         let manager = self.manager().await?;
         let states: Vec<&str> = Vec::new();
         let rows: Vec<UnitRow> = manager.call("ListUnitsByPatterns", &(states, vec!["vap-runner-*.service"])).await.map_err(|e| self.broken(e))?;
@@ -97,25 +115,83 @@ impl SystemdBackend {
                 scenario,
                 state,
                 backend_ref: name.clone(),
-                node: Some(self.settings.node_name.clone()).filter(|n| !n.is_empty()),
+                node: self.node(),
                 restarts,
                 started_at: (started_us > 0).then(|| DateTime::<Utc>::from_timestamp_micros(started_us as i64)).flatten(),
             });
         }
         Ok(out)
     }
+}
 
-    /// A call failed: drop the connection so the next one reconnects.
-    fn broken(&self, e: zbus::Error) -> BackendError {
-        if let Ok(mut slot) = self.connection.try_lock() {
-            *slot = None;
+pub struct SystemdBackend {
+    settings: SystemdBackendSettings,
+    nodes: Vec<Node>,
+    /// Where each scenario's unit is, and how many runners each node has, as of the last list
+    /// and the starts since.
+    placement: std::sync::Mutex<Placement>,
+}
+
+#[derive(Default)]
+struct Placement {
+    node_of: std::collections::HashMap<Uuid, usize>,
+    load: Vec<usize>,
+}
+
+impl SystemdBackend {
+    pub fn new(settings: SystemdBackendSettings) -> Self {
+        let nodes: Vec<Node> = settings
+            .effective_nodes()
+            .into_iter()
+            .map(|n| Node { name: n.name, address: n.bus_address, connection: tokio::sync::Mutex::new(None) })
+            .collect();
+        let placement = Placement { node_of: Default::default(), load: vec![0; nodes.len()] };
+        Self { settings, nodes, placement: std::sync::Mutex::new(placement) }
+    }
+
+    /// Every node's runner units. One node that does not answer fails the whole list: its
+    /// runners' state is unknown, and starting them elsewhere could run a scenario twice.
+    pub async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
+        let lists = futures::future::join_all(self.nodes.iter().map(Node::list)).await;
+        let mut placement = Placement { node_of: Default::default(), load: vec![0; self.nodes.len()] };
+        let mut out = Vec::new();
+        for (i, list) in lists.into_iter().enumerate() {
+            for w in list? {
+                placement.node_of.insert(w.scenario, i);
+                if !matches!(w.state, RunnerState::Exited { .. } | RunnerState::Failed { .. }) {
+                    placement.load[i] += 1;
+                }
+                out.push(w);
+            }
         }
-        unavailable(e)
+        *self.placement.lock().unwrap() = placement;
+        Ok(out)
+    }
+
+    /// The node for a new runner: the one with the fewest, the first of equals.
+    fn choose(&self, scenario: Uuid) -> usize {
+        let mut p = self.placement.lock().unwrap();
+        if let Some(&i) = p.node_of.get(&scenario) {
+            return i;
+        }
+        let i = (0..self.nodes.len()).min_by_key(|&i| p.load[i]).unwrap_or(0);
+        p.load[i] += 1;
+        p.node_of.insert(scenario, i);
+        i
+    }
+
+    /// The nodes a scenario's unit may be on: the one it was seen on, or all.
+    fn nodes_of(&self, scenario: Uuid) -> Vec<&Node> {
+        match self.placement.lock().unwrap().node_of.get(&scenario) {
+            Some(&i) => vec![&self.nodes[i]],
+            None => self.nodes.iter().collect(),
+        }
     }
 
     pub async fn start(&self, spec: &RunnerSpec) -> Result<WorkerInfo, BackendError> {
         let name = unit_name(spec.scenario);
-        let manager = self.manager().await?;
+        let node = &self.nodes[self.choose(spec.scenario)];
+        let manager = node.manager().await?;
         // A unit left from an earlier run (failed, or exited and kept) must go first.
         let _: Result<(), _> = manager.call("ResetFailedUnit", &(name.as_str(),)).await;
         let s = &self.settings;
@@ -188,29 +264,36 @@ impl SystemdBackend {
         }
         let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
         let _job: OwnedObjectPath = manager.call("StartTransientUnit", &(name.as_str(), "fail", props, aux)).await.map_err(|e| match e {
-            zbus::Error::MethodError(ref n, ..) if n.as_str().ends_with("UnitExists") => unavailable(format!("{name} exists already")),
-            e => self.broken(e),
+            zbus::Error::MethodError(ref n, ..) if n.as_str().ends_with("UnitExists") => node.unavailable(format!("{name} exists already")),
+            e => node.broken(e),
         })?;
-        Ok(WorkerInfo { scenario: spec.scenario, state: RunnerState::Starting, backend_ref: name, node: Some(s.node_name.clone()).filter(|n| !n.is_empty()), restarts: 0, started_at: None })
+        Ok(WorkerInfo { scenario: spec.scenario, state: RunnerState::Starting, backend_ref: name, node: node.node(), restarts: 0, started_at: None })
     }
 
     pub async fn stop(&self, scenario: Uuid) -> Result<(), BackendError> {
-        let manager = self.manager().await?;
         let name = unit_name(scenario);
-        let stopped: Result<OwnedObjectPath, _> = manager.call("StopUnit", &(name.as_str(), "replace")).await;
-        match stopped {
-            Ok(_) => Ok(()),
-            // Not loaded: nothing to stop.
-            Err(zbus::Error::MethodError(n, ..)) if n.as_str().ends_with("NoSuchUnit") => Ok(()),
-            Err(e) => Err(self.broken(e)),
+        for node in self.nodes_of(scenario) {
+            let stopped: Result<OwnedObjectPath, _> = node.manager().await?.call("StopUnit", &(name.as_str(), "replace")).await;
+            match stopped {
+                Ok(_) => {}
+                // Not loaded there: nothing to stop.
+                Err(zbus::Error::MethodError(n, ..)) if n.as_str().ends_with("NoSuchUnit") => {}
+                Err(e) => return Err(node.broken(e)),
+            }
         }
+        Ok(())
     }
 
     /// Unloads an ended unit (a kept exit, or a failure) so its name is free again.
     pub async fn forget(&self, scenario: Uuid) -> Result<(), BackendError> {
         self.stop(scenario).await?;
-        let manager = self.manager().await?;
-        let _: Result<(), _> = manager.call("ResetFailedUnit", &(unit_name(scenario).as_str(),)).await;
+        for node in self.nodes_of(scenario) {
+            let _: Result<(), _> = node.manager().await?.call("ResetFailedUnit", &(unit_name(scenario).as_str(),)).await;
+        }
+        let mut p = self.placement.lock().unwrap();
+        if let Some(i) = p.node_of.remove(&scenario) {
+            p.load[i] = p.load[i].saturating_sub(1);
+        }
         Ok(())
     }
 }
