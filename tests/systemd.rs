@@ -203,10 +203,12 @@ async fn runners_spread_over_several_hosts() {
     let (a, b) = (Container::boot(), Container::boot());
     let app = TestApp::spawn_for_runners().await;
     let dir = tempfile::tempdir().unwrap();
+    // host-b is reached as a remote host would be: systemd-stdio-bridge over a pipe (nsenter
+    // standing in for ssh).
     let section = format!(
         "watchdog_sec = 30\nnodes = [{{ name = \"host-a\", bus_address = \"{}\" }}, {{ name = \"host-b\", bus_address = \"{}\" }}]\n",
         a.bus_address(),
-        b.bus_address()
+        b.stdio_bridge_address()
     );
     let mut orchestrator = spawn_systemd_orchestrator(&app, &a, dir.path(), 4, &section, &[]);
     let port = free_port();

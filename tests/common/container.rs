@@ -110,12 +110,21 @@ impl Container {
         v["data"].as_str().map(str::to_string)
     }
 
+    /// The same bus reached the way `systemctl -H` reaches a remote host's, through
+    /// `systemd-stdio-bridge` over a pipe, with nsenter standing in for ssh.
+    pub fn stdio_bridge_address(&self) -> String {
+        format!("unixexec:path=nsenter,argv1=-t,argv2={},argv3=-a,argv4=systemd-stdio-bridge", self.init_pid())
+    }
+
+    fn init_pid(&self) -> String {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id())).unwrap();
+        children.split_whitespace().next().expect("the container's init").to_string()
+    }
+
     /// Runs `command` inside the container (its PID 1's namespaces), as root; returns its
     /// status and output.
     pub fn exec(&self, command: &[&str]) -> std::process::Output {
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id())).unwrap();
-        let init = children.split_whitespace().next().expect("the container's init");
-        Command::new("nsenter").args(["-t", init, "-a", "--"]).args(command).output().expect("nsenter")
+        Command::new("nsenter").args(["-t", &self.init_pid(), "-a", "--"]).args(command).output().expect("nsenter")
     }
 
     /// A property of a loaded unit, as busctl's JSON value (`None`: no such unit).
