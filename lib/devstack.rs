@@ -32,7 +32,6 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevStackError {
     move |source| DevStackError::Io { what, source }
 }
 
-/// A free loopback port (bound then released: a race is possible but rare on a dev machine).
 /// A loopback port that is free now, chosen below the kernel's ephemeral range (32768+): a
 /// port picked by binding port 0 is handed out again as the source port of outgoing
 /// connections (to PostgreSQL, the broker), and a server started on it moments later then

@@ -229,8 +229,7 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     })
     .await;
 
-    let r = api.post_json(&format!("/api/v1/scenario/{id}/shutdown"), &json!({})).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    api.shutdown_scenario(id).await;
     api.wait_for_status(id, "inactive", Duration::from_secs(60)).await;
     eventually(Duration::from_secs(30), "the runner's unit gone", || async { host.units("vap-runner-*").is_empty().then_some(()) }).await;
     let stored = api.prediction(id).await;

@@ -142,8 +142,7 @@ async fn nomad_backend_end_to_end_through_the_double() {
     assert!(frames >= 1);
 
     // Shutdown: the job is purged and its task stopped; the scenario ends inactive.
-    let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &json!({})).await;
-    assert_eq!(r.status, StatusCode::OK);
+    app.shutdown_scenario(live).await;
     app.wait_for_status(live, "inactive", Duration::from_secs(90)).await;
     eventually(Duration::from_secs(15), "the job gone and its task stopped", || async {
         (client.list_jobs("vap-runner-").await.unwrap().is_empty() && double.running_tasks().is_empty()).then_some(())

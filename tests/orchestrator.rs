@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, TestApp};
 use fleet::{runner_processes, spawn_orchestrator, spawn_orchestrator_with, RunnerReaper};
-use hyper::StatusCode;
 use media::{free_port, media, RtspServer};
 use uuid::Uuid;
 
@@ -46,8 +45,7 @@ async fn local_backend_runs_a_file_to_the_end_and_shuts_a_live_camera_down() {
     assert!(w["backend_ref"].as_str().unwrap().starts_with("pid "), "{running}");
     assert!(w["node"].is_string() && w["started_at"].is_string(), "{running}");
     assert_eq!(runner_processes(&HashSet::from([live])).get(&live).map(Vec::len), Some(1));
-    let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &serde_json::json!({})).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.shutdown_scenario(live).await;
     let stopped = app.wait_for_status(live, "inactive", Duration::from_secs(30)).await;
     assert_eq!(stopped["worker"]["status"], "stopped", "{stopped}");
     assert!(runner_processes(&HashSet::from([live])).is_empty(), "runner still running after shutdown");
@@ -144,8 +142,7 @@ async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans()
     }
     // The runner the dead leader started was adopted, not started again.
     for id in &ids {
-        let r = app.post_json(&format!("/api/v1/scenario/{id}/shutdown"), &serde_json::json!({})).await;
-        assert_eq!(r.status, StatusCode::OK);
+        app.shutdown_scenario(*id).await;
     }
     for id in &ids {
         app.wait_for_status(*id, "inactive", Duration::from_secs(60)).await;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, TestApp};
 use container::{spawn_systemd_orchestrator, Container};
-use hyper::StatusCode;
 use media::{free_port, media, serve_then_stall, RtspServer};
 use serde_json::json;
 
@@ -43,8 +42,7 @@ async fn systemd_backend_end_to_end_in_a_booted_container() {
     assert_eq!(units, vec![(unit.clone(), "active".to_string(), "running".to_string())], "systemd's own view");
 
     // Shutdown: StopUnit, the runner flushes, the scenario ends inactive, the unit is gone.
-    let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &json!({})).await;
-    assert_eq!(r.status, StatusCode::OK);
+    app.shutdown_scenario(live).await;
     app.wait_for_status(live, "inactive", Duration::from_secs(90)).await;
     eventually(Duration::from_secs(20), "the unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
 
@@ -91,8 +89,7 @@ async fn systemd_restarts_a_killed_runner_and_the_scenario_carries_on() {
     .await;
     assert_eq!(s["status"], "active", "{s}");
 
-    let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &json!({})).await;
-    assert_eq!(r.status, StatusCode::OK);
+    app.shutdown_scenario(live).await;
     app.wait_for_status(live, "inactive", Duration::from_secs(60)).await;
     eventually(Duration::from_secs(20), "the unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
     let _ = orchestrator.kill();
@@ -191,8 +188,7 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
     assert_eq!(ct.unit_property(&unit, SERVICE, "NRestarts"), Some(json!(0)));
     assert_eq!(app.scenario(live).await["status"], "active");
 
-    let r = app.post_json(&format!("/api/v1/scenario/{live}/shutdown"), &json!({})).await;
-    assert_eq!(r.status, StatusCode::OK);
+    app.shutdown_scenario(live).await;
     app.wait_for_status(live, "inactive", Duration::from_secs(60)).await;
     eventually(Duration::from_secs(20), "every unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
     let _ = orchestrator.kill();
@@ -233,8 +229,7 @@ async fn runners_spread_over_several_hosts() {
         assert_eq!(host.units(&format!("vap-runner-{id}.service")).len(), 1, "{s}");
     }
     for id in &ids {
-        let r = app.post_json(&format!("/api/v1/scenario/{id}/shutdown"), &json!({})).await;
-        assert_eq!(r.status, StatusCode::OK);
+        app.shutdown_scenario(*id).await;
     }
     for id in &ids {
         app.wait_for_status(*id, "inactive", Duration::from_secs(60)).await;

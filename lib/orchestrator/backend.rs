@@ -39,9 +39,17 @@ impl RunnerSpec {
     }
 }
 
+/// What every runner's name starts with, on every backend.
+pub const RUNNER_PREFIX: &str = "vap-runner-";
+
 /// The name of a scenario's runner on every backend.
 pub fn runner_name(scenario: Uuid) -> String {
-    format!("vap-runner-{scenario}")
+    format!("{RUNNER_PREFIX}{scenario}")
+}
+
+/// The scenario a runner's name belongs to (`runner_name`'s inverse).
+pub fn runner_scenario(name: &str) -> Option<Uuid> {
+    name.strip_prefix(RUNNER_PREFIX).and_then(|s| Uuid::parse_str(s).ok())
 }
 
 /// A runner as the backend reports it.

@@ -22,13 +22,11 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::backend::{runner_name, BackendError, RunnerSpec, WorkerInfo};
+use super::backend::{runner_name, runner_scenario, BackendError, RunnerSpec, WorkerInfo, RUNNER_PREFIX};
 use super::reconcile::RunnerState;
 use crate::config::NomadBackendSettings;
 
 const BACKEND: &str = "nomad";
-/// Job IDs vap owns start with this; `nomad job status` lists them.
-pub const JOB_PREFIX: &str = "vap-runner-";
 const NS_PER_SEC: u64 = 1_000_000_000;
 const WATCH_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -334,11 +332,11 @@ impl NomadBackend {
     }
 
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
-        let jobs = self.client.list_jobs(JOB_PREFIX).await?;
+        let jobs = self.client.list_jobs(RUNNER_PREFIX).await?;
         let mut out = Vec::with_capacity(jobs.len());
         let mut seen = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let Some(scenario) = job.id.strip_prefix(JOB_PREFIX).and_then(|s| Uuid::parse_str(s).ok()) else { continue };
+            let Some(scenario) = runner_scenario(&job.id) else { continue };
             seen.push(scenario);
             self.watch(scenario, &job.id);
             let view = self.views.lock().unwrap_or_else(|e| e.into_inner()).get(&scenario).cloned();

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
-use super::backend::{runner_name, BackendError, RunnerSpec, WorkerInfo};
+use super::backend::{runner_name, runner_scenario, BackendError, RunnerSpec, WorkerInfo, RUNNER_PREFIX};
 use super::reconcile::RunnerState;
 use crate::config::SystemdBackendSettings;
 
@@ -75,11 +75,11 @@ impl Node {
         }
     }
 
-    async fn property(&self, path: &OwnedObjectPath, interface: &str, name: &str) -> Result<OwnedValue, BackendError> {
+    /// Every property of a unit's `org.freedesktop.systemd1.Service` interface, in one call.
+    async fn service_properties(&self, path: &OwnedObjectPath) -> Result<std::collections::HashMap<String, OwnedValue>, BackendError> {
         let bus = self.bus().await?;
         let props = zbus::Proxy::new(&bus, DEST, path.as_str(), "org.freedesktop.DBus.Properties").await.map_err(|e| self.broken(e))?;
-        let v: OwnedValue = props.call("Get", &(interface, name)).await.map_err(|e| self.broken(e))?;
-        Ok(v)
+        props.call("GetAll", &("org.freedesktop.systemd1.Service",)).await.map_err(|e| self.broken(e))
     }
 
     fn node(&self) -> Option<String> {
@@ -89,16 +89,18 @@ impl Node {
     async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         let manager = self.manager().await?;
         let states: Vec<&str> = Vec::new();
-        let rows: Vec<UnitRow> = manager.call("ListUnitsByPatterns", &(states, vec!["vap-runner-*.service"])).await.map_err(|e| self.broken(e))?;
+        let rows: Vec<UnitRow> = manager.call("ListUnitsByPatterns", &(states, vec![format!("{RUNNER_PREFIX}*.service")])).await.map_err(|e| self.broken(e))?;
         let mut out = Vec::with_capacity(rows.len());
         for (name, _, load, active, sub, _, path, _, _, _) in rows {
-            let Some(scenario) = name.strip_prefix("vap-runner-").and_then(|s| s.strip_suffix(".service")).and_then(|s| Uuid::parse_str(s).ok()) else { continue };
+            let Some(scenario) = name.strip_suffix(".service").and_then(runner_scenario) else { continue };
             if load != "loaded" {
                 continue;
             }
-            let restarts = u32::try_from(self.property(&path, "org.freedesktop.systemd1.Service", "NRestarts").await?).unwrap_or(0);
-            let code = i32::try_from(self.property(&path, "org.freedesktop.systemd1.Service", "ExecMainStatus").await?).unwrap_or(0);
-            let started_us = u64::try_from(self.property(&path, "org.freedesktop.systemd1.Service", "ExecMainStartTimestamp").await?).unwrap_or(0);
+            let props = self.service_properties(&path).await?;
+            let get = |key: &str| props.get(key).and_then(|v| v.try_clone().ok());
+            let restarts = get("NRestarts").and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+            let code = get("ExecMainStatus").and_then(|v| i32::try_from(v).ok()).unwrap_or(0);
+            let started_us = get("ExecMainStartTimestamp").and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
             let state = match (active.as_str(), sub.as_str()) {
                 ("active", "running") => RunnerState::Running,
                 // RemainAfterExit keeps a unit whose runner exited 0 (a file that ended).
@@ -106,7 +108,7 @@ impl Node {
                 ("activating", _) | ("reloading", _) => RunnerState::Starting,
                 ("deactivating", _) => RunnerState::Stopping,
                 ("failed", _) => {
-                    let result: String = String::try_from(self.property(&path, "org.freedesktop.systemd1.Service", "Result").await?).unwrap_or_default();
+                    let result = get("Result").and_then(|v| String::try_from(v).ok()).unwrap_or_default();
                     RunnerState::Failed { reason: format!("systemd gave up on {name}: result {result}, last exit code {code}, {restarts} restarts") }
                 }
                 _ => RunnerState::Exited { code },
@@ -132,10 +134,15 @@ pub struct SystemdBackend {
     placement: std::sync::Mutex<Placement>,
 }
 
-#[derive(Default)]
 struct Placement {
     node_of: std::collections::HashMap<Uuid, usize>,
     load: Vec<usize>,
+}
+
+impl Placement {
+    fn empty(nodes: usize) -> Self {
+        Self { node_of: Default::default(), load: vec![0; nodes] }
+    }
 }
 
 impl SystemdBackend {
@@ -145,15 +152,15 @@ impl SystemdBackend {
             .into_iter()
             .map(|n| Node { name: n.name, address: n.bus_address, connection: tokio::sync::Mutex::new(None) })
             .collect();
-        let placement = Placement { node_of: Default::default(), load: vec![0; nodes.len()] };
-        Self { settings, nodes, placement: std::sync::Mutex::new(placement) }
+        let placement = std::sync::Mutex::new(Placement::empty(nodes.len()));
+        Self { settings, nodes, placement }
     }
 
     /// Every node's runner units. One node that does not answer fails the whole list: its
     /// runners' state is unknown, and starting them elsewhere could run a scenario twice.
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         let lists = futures::future::join_all(self.nodes.iter().map(Node::list)).await;
-        let mut placement = Placement { node_of: Default::default(), load: vec![0; self.nodes.len()] };
+        let mut placement = Placement::empty(self.nodes.len());
         let mut out = Vec::new();
         for (i, list) in lists.into_iter().enumerate() {
             for w in list? {

@@ -183,11 +183,6 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
                 }
             }
             _ = status_tick.tick() => {
-                if !ready_sent && stats.ready.load(Ordering::Relaxed) {
-                    ready_sent = true;
-                    crate::lifecycle::notify_ready();
-                    tracing::info!("ready: model loaded and first frame decoded");
-                }
                 let analysed = stats.frames_analysed.load(Ordering::Relaxed);
                 let fps = (analysed - last_status.1) as f64 / last_status.0.elapsed().as_secs_f64().max(1e-3);
                 last_status = (Instant::now(), analysed);
@@ -196,7 +191,7 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
                 tracing::debug!(status = line, "progress");
             }
         }
-        // Send READY as soon as the first frame is in, not at the next status tick.
+        // READY once the first frame is in (became_ready wakes the loop for it).
         if !ready_sent && stats.ready.load(Ordering::Relaxed) {
             ready_sent = true;
             crate::lifecycle::notify_ready();

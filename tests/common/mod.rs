@@ -105,6 +105,12 @@ impl ApiClient {
         .await
     }
 
+    /// POST /api/v1/scenario/{id}/shutdown, which must be accepted.
+    pub async fn shutdown_scenario(&self, id: uuid::Uuid) {
+        let r = self.post_json(&format!("/api/v1/scenario/{id}/shutdown"), &serde_json::json!({})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+
     /// POST /api/v1/scenario/init and return the new uuid.
     pub async fn create_scenario(&self, camera_url: &str) -> uuid::Uuid {
         let r = self.post_json("/api/v1/scenario/init", &serde_json::json!({ "camera_url": camera_url })).await;
