@@ -188,11 +188,13 @@ pub struct SystemdBackendSettings {
 }
 
 /// A host whose systemd runs runners: its name (reported as the worker's node) and the D-Bus
-/// address of its system bus, e.g. `unixexec:path=ssh,argv1=-xT,argv2=root@worker-1,argv3=systemd-stdio-bridge`.
+/// address of its system bus, e.g. `unixexec:path=ssh,argv1=-xT,argv2=root@worker-1,argv3=systemd-stdio-bridge`;
+/// empty for the orchestrator's own host.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SystemdNode {
     pub name: String,
+    #[serde(default)]
     pub bus_address: String,
 }
 
@@ -590,6 +592,10 @@ impl Settings {
         }
         if o.reconcile_interval_ms == 0 || o.leader_poll_ms == 0 {
             return bad("orchestrator.reconcile_interval_ms", "reconcile_interval_ms and leader_poll_ms must be at least 1");
+        }
+        let names: std::collections::HashSet<&str> = o.systemd.nodes.iter().map(|n| n.name.as_str()).collect();
+        if names.contains("") || names.len() < o.systemd.nodes.len() {
+            return bad("orchestrator.systemd.nodes", "every node needs a name of its own");
         }
         if !["raw_exec", "exec", "docker"].contains(&o.nomad.driver.as_str()) {
             return bad("orchestrator.nomad.driver", "must be raw_exec, exec or docker");

@@ -53,6 +53,14 @@ fn unknown_keys_and_bad_values_are_refused_by_name() {
     assert!(e.contains("typo"), "{e}");
     let e = Settings::load_from(None, env(&[("VAP_RELAY__BATCH_SIZE", "0")])).unwrap_err().to_string();
     assert!(e.contains("relay.batch_size"), "{e}");
+    // Several hosts: the orchestrator's own needs no bus address, but every one a name of its own.
+    let nodes = "[[orchestrator.systemd.nodes]]\nname = \"infra\"\n[[orchestrator.systemd.nodes]]\nname = \"worker-1\"\nbus_address = \"unixexec:path=ssh,argv1=worker-1\"\n";
+    let file = write_toml(nodes);
+    let s = Settings::load_from(Some(file.path()), env(&[])).unwrap();
+    assert_eq!(s.orchestrator.systemd.effective_nodes().iter().map(|n| (n.name.as_str(), n.bus_address.as_str())).collect::<Vec<_>>(), [("infra", ""), ("worker-1", "unixexec:path=ssh,argv1=worker-1")]);
+    let file = write_toml(&nodes.replace("worker-1\"\n", "infra\"\n"));
+    let e = Settings::load_from(Some(file.path()), env(&[])).unwrap_err().to_string();
+    assert!(e.contains("orchestrator.systemd.nodes"), "{e}");
     let e = Settings::load_from(Some(std::path::Path::new("/nonexistent/vap.toml")), env(&[])).unwrap_err().to_string();
     assert!(e.contains("/nonexistent/vap.toml"), "{e}");
 }

@@ -1,7 +1,8 @@
 //! The bare-metal path, proven on a booted host: a fresh Debian 12 root filesystem
 //! (`scripts/systemd-rootfs fresh`) provisioned by ansible/site.yml through Ansible's chroot
 //! connection, then booted with systemd-nspawn on the host's loopback and checked from outside
-//! as an operator would: over its system bus and over HTTP.
+//! as an operator would: over its system bus and over HTTP. A second fresh host, provisioned as a
+//! worker only, takes runners from the first host's orchestrator over ssh, as a fleet's workers do.
 
 mod common;
 #[path = "common/container.rs"]
@@ -24,7 +25,10 @@ use serde_json::{json, Value};
 
 const SERVICE: &str = "org.freedesktop.systemd1.Service";
 const UNIT: &str = "org.freedesktop.systemd1.Unit";
+/// Infra and worker: PostgreSQL, the broker, the platform, and runners through its own bus.
 const HOST: &str = "deploy-host";
+/// A worker only: runners started by HOST's orchestrator through ssh and systemd-stdio-bridge.
+const WORKER: &str = "deploy-worker";
 /// What vap.target brings up on an infra host that runs its own PostgreSQL and broker.
 const PLATFORM_UNITS: [&str; 6] = ["postgresql.service", "vap-postgresql-setup.service", "nisshi.service", "vap-api.service", "vap-relay.service", "vap-orchestrator.service"];
 
@@ -66,17 +70,26 @@ struct Ports {
     broker: u16,
     relay_metrics: u16,
     orchestrator_metrics: u16,
+    worker_ssh: u16,
 }
 
-/// The host as an operator's inventory would describe it, but reached through a chroot.
-fn inventory(dir: &Path, root: &Path, ports: &Ports) -> PathBuf {
+/// The hosts as an operator's inventory would describe them, but reached through chroots. They
+/// share the machine's loopback, so the worker's sshd gets a port of its own.
+fn inventory(dir: &Path, host_root: &Path, worker_root: &Path, ports: &Ports) -> PathBuf {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_vap-api")).parent().unwrap();
+    let chroot = |root: &Path| {
+        json!({
+            "ansible_connection": "community.general.chroot",
+            "ansible_host": root,
+            // Already root, and a fresh host has no sudo.
+            "ansible_become": false,
+        })
+    };
+    let mut worker = chroot(worker_root);
+    worker["vap_ssh_port"] = json!(ports.worker_ssh);
     let vars = json!({
-        "ansible_connection": "community.general.chroot",
-        "ansible_host": root,
-        // Already root, and a fresh host has no sudo.
-        "ansible_become": false,
         "vap_manage_service_state": false,
+        "vap_address": "127.0.0.1",
         "vap_install_postgresql": true,
         "vap_install_broker": true,
         "vap_bin_dir": bin_dir,
@@ -90,20 +103,26 @@ fn inventory(dir: &Path, root: &Path, ports: &Ports) -> PathBuf {
         "vap_max_workers": 2,
     });
     let inventory = json!({
-        "vap": { "children": {
-            "vap_infra": { "hosts": { HOST: vars } },
-            "vap_workers": { "hosts": { HOST: {} } },
-        }},
+        "vap": {
+            "vars": vars,
+            "children": {
+                "vap_infra": { "hosts": { HOST: chroot(host_root) } },
+                "vap_workers": { "hosts": { HOST: {}, WORKER: worker } },
+            },
+        },
     });
     let path = dir.join("inventory.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&inventory).unwrap()).unwrap();
     path
 }
 
-/// Runs the playbook; returns the host's recap counts (ok, changed, failed...).
-fn run_playbook(inventory: &Path, root: &Path) -> std::collections::HashMap<String, u64> {
-    let archives = root.join("var/cache/apt/archives");
-    copy_debs(&apt_cache(), &archives);
+type Recap = std::collections::HashMap<String, u64>;
+
+/// Runs the playbook; returns each host's recap counts (ok, changed, failed...).
+fn run_playbook(inventory: &Path, roots: &[&Path]) -> [Recap; 2] {
+    for root in roots {
+        copy_debs(&apt_cache(), &root.join("var/cache/apt/archives"));
+    }
     let out = Command::new(ansible_bin("ansible-playbook"))
         .arg("-i")
         .arg(inventory)
@@ -114,14 +133,14 @@ fn run_playbook(inventory: &Path, root: &Path) -> std::collections::HashMap<Stri
         .output()
         .expect("ansible-playbook");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    copy_debs(&archives, &apt_cache());
+    for root in roots {
+        copy_debs(&root.join("var/cache/apt/archives"), &apt_cache());
+    }
     assert!(out.status.success(), "the playbook failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let recap = stdout.lines().rev().find(|l| l.starts_with(HOST) && l.contains("changed=")).unwrap_or_else(|| panic!("no recap in:\n{stdout}"));
-    recap
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))
-        .collect()
+    [HOST, WORKER].map(|host| {
+        let recap = stdout.lines().rev().find(|l| l.split_whitespace().next() == Some(host) && l.contains("changed=")).unwrap_or_else(|| panic!("no recap for {host} in:\n{stdout}"));
+        recap.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0))).collect()
+    })
 }
 
 fn unit_state(host: &Container, unit: &str) -> String {
@@ -129,10 +148,18 @@ fn unit_state(host: &Container, unit: &str) -> String {
 }
 
 async fn wait_for_platform(host: &Container, api: &ApiClient) {
-    eventually(Duration::from_secs(120), "every vap unit active", || async {
-        PLATFORM_UNITS.iter().all(|u| unit_state(host, u) == "active").then_some(())
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !PLATFORM_UNITS.iter().all(|u| unit_state(host, u) == "active") {
+        if Instant::now() > deadline {
+            let mut said = String::new();
+            for u in PLATFORM_UNITS.iter().filter(|u| unit_state(host, u) != "active") {
+                let journal = host.exec(&["journalctl", "--no-pager", "-n", "30", "-u", u]);
+                said += &format!("{u}: {}\n{}\n", unit_state(host, u), String::from_utf8_lossy(&journal.stdout));
+            }
+            panic!("not every vap unit is active after 120 s:\n{said}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(unit_state(host, "vap.target"), "active");
     let health = eventually(Duration::from_secs(30), "/health", || async {
         let r = api.get("/health").await;
@@ -170,18 +197,25 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     let lint = Command::new(ansible_bin("ansible-lint")).current_dir(project().join("ansible")).env("NO_COLOR", "1").output().expect("ansible-lint");
     assert!(lint.status.success(), "ansible-lint:\n{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
 
-    // A copy of the cached fresh host, so every run starts from the same fresh machine.
+    // Copies of the cached fresh host, so every run starts from the same fresh machines.
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let root = work.path().join("root");
-    let status = Command::new("cp").arg("-a").arg(container::rootfs(&["fresh"])).arg(&root).status().unwrap();
-    assert!(status.success());
-    let ports = Ports { api: free_port(), database: free_port(), broker: free_port(), relay_metrics: free_port(), orchestrator_metrics: free_port() };
-    let inventory = inventory(work.path(), &root, &ports);
+    let root = work.path().join("host");
+    let worker_root = work.path().join("worker");
+    for to in [&root, &worker_root] {
+        let status = Command::new("cp").arg("-a").arg(container::rootfs(&["fresh"])).arg(to).status().unwrap();
+        assert!(status.success());
+    }
+    let ports = Ports { api: free_port(), database: free_port(), broker: free_port(), relay_metrics: free_port(), orchestrator_metrics: free_port(), worker_ssh: free_port() };
+    let inventory = inventory(work.path(), &root, &worker_root, &ports);
 
-    let first = run_playbook(&inventory, &root);
-    assert!(first["changed"] > 0 && first["failed"] == 0, "{first:?}");
-    let second = run_playbook(&inventory, &root);
-    assert_eq!((second["changed"], second["failed"]), (0, 0), "a second run must change nothing: {second:?}");
+    let first = run_playbook(&inventory, &[&root, &worker_root]);
+    for recap in &first {
+        assert!(recap["changed"] > 0 && recap["failed"] == 0, "{first:?}");
+    }
+    let second = run_playbook(&inventory, &[&root, &worker_root]);
+    for recap in &second {
+        assert_eq!((recap["changed"], recap["failed"]), (0, 0), "a second run must change nothing: {second:?}");
+    }
 
     // The units as installed, checked where they are: verify and the security rating.
     for unit in ["vap-api.service", "vap-relay.service", "vap-orchestrator.service", "nisshi.service"] {
@@ -192,65 +226,113 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
         let security = Command::new("systemd-analyze").args(["security", "--offline=true", "--threshold=20"]).arg(format!("--root={}", root.display())).arg(&path).output().unwrap();
         assert!(security.status.success(), "{unit} rates above 2.0:\n{}", String::from_utf8_lossy(&security.stdout));
     }
+    // A worker holds no secrets: runners use neither the database nor the API's token.
+    assert!(root.join("etc/vap/secrets.env").exists() && !worker_root.join("etc/vap/secrets.env").exists());
 
-    // Boot it. The camera and the scenario's runner are real; the host shares the loopback.
+    // Boot them. The camera and the scenarios' runners are real; the hosts share the loopback.
     let mut host = Container::boot_host(&root, &[]);
+    let mut worker = Container::boot_host(&worker_root, &[]);
     let api = ApiClient::new(&format!("http://127.0.0.1:{}", ports.api));
     wait_for_platform(&host, &api).await;
+    eventually(Duration::from_secs(60), "sshd active on the worker", || async { (unit_state(&worker, "ssh.service") == "active").then_some(()) }).await;
 
+    // The orchestrator's key opens the worker's system bus and nothing else, from the infra
+    // host's address only (the hosts share the loopback: 127.0.0.2 stands for another machine).
+    let ssh = |extra: &[&str]| {
+        let port = ports.worker_ssh.to_string();
+        let mut argv = vec!["ssh", "-Fnone", "-i/etc/vap/ssh/id_ed25519", "-oBatchMode=yes", "-oStrictHostKeyChecking=yes", "-oUserKnownHostsFile=/etc/vap/ssh/known_hosts", "-p", &port, "-lroot"];
+        argv.extend(extra);
+        let out = host.exec(&argv);
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let said = ssh(&["127.0.0.1", "id"]);
+    assert!(!said.contains("uid=") && !said.contains("denied") && !said.contains("verification failed"), "ssh to the worker: {said}");
+    let said = ssh(&["-b127.0.0.2", "127.0.0.1", "id"]);
+    assert!(said.contains("Permission denied"), "the key from another address: {said}");
+
+    // Two live scenarios: the orchestrator puts one on each host, the fewest runners first.
     let rtsp_port = free_port();
     let _camera = RtspServer::start(rtsp_port, &media().people);
-    let id = api.create_scenario(&format!("rtsp://127.0.0.1:{rtsp_port}/cam")).await;
-    api.wait_for_status(id, "active", Duration::from_secs(120)).await;
-    let unit = format!("vap-runner-{id}.service");
-    let w = eventually(Duration::from_secs(60), "the worker running", || async {
-        let s = api.scenario(id).await;
-        (s["worker"]["status"] == "running").then_some(s["worker"].clone())
-    })
-    .await;
-    assert_eq!(host.units("vap-runner-*"), vec![(unit.clone(), "active".into(), "running".into())], "the runner as a transient unit");
-    assert_eq!(host.unit_property(&unit, SERVICE, "User"), Some(json!("vap")));
-    // The runner's unit is as hardened as the platform's own.
-    let security = host.exec(&["systemd-analyze", "security", "--threshold=20", &unit]);
-    let rating = String::from_utf8_lossy(&security.stdout).lines().last().unwrap_or_default().to_string();
-    assert!(security.status.success(), "the runner's unit rates above 2.0: {rating}");
-    eprintln!("{rating}");
-    assert_eq!((w["backend"].as_str(), w["node"].as_str()), (Some("systemd"), Some(HOST)), "{w}");
+    let camera = format!("rtsp://127.0.0.1:{rtsp_port}/cam");
+    let ids = [api.create_scenario(&camera).await, api.create_scenario(&camera).await];
+    let mut placed = Vec::new();
+    for id in ids {
+        api.wait_for_status(id, "active", Duration::from_secs(120)).await;
+        let w = eventually(Duration::from_secs(60), "the worker running", || async {
+            let s = api.scenario(id).await;
+            (s["worker"]["status"] == "running").then_some(s["worker"].clone())
+        })
+        .await;
+        assert_eq!(w["backend"].as_str(), Some("systemd"), "{w}");
+        placed.push((id, w["node"].as_str().unwrap_or_default().to_string()));
+    }
+    let nodes: BTreeSet<&str> = placed.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(nodes, BTreeSet::from([HOST, WORKER]), "one runner on each host: {placed:?}");
+    for (id, node) in &placed {
+        let on = if node == HOST { &host } else { &worker };
+        let unit = format!("vap-runner-{id}.service");
+        assert_eq!(on.units("vap-runner-*"), vec![(unit.clone(), "active".into(), "running".into())], "the runner as a transient unit on {node}");
+        assert_eq!(on.unit_property(&unit, SERVICE, "User"), Some(json!("vap")));
+        // The runner's unit is as hardened as the platform's own.
+        let security = on.exec(&["systemd-analyze", "security", "--threshold=20", &unit]);
+        let rating = String::from_utf8_lossy(&security.stdout).lines().last().unwrap_or_default().to_string();
+        assert!(security.status.success(), "the runner's unit on {node} rates above 2.0: {rating}");
+        eprintln!("{node}: {rating}");
+    }
 
     // kill -9 the relay while results flow: systemd restarts it, and nothing is lost.
-    let before = api.prediction(id).await["total_frames_processed"].as_i64().unwrap();
+    let mut before = Vec::new();
+    for id in ids {
+        before.push(api.prediction(id).await["total_frames_processed"].as_i64().unwrap());
+    }
     host.kill_unit("vap-relay.service", libc::SIGKILL);
     eventually(Duration::from_secs(30), "systemd restarting vap-relay", || async {
         (host.unit_property("vap-relay.service", SERVICE, "NRestarts") == Some(json!(1)) && unit_state(&host, "vap-relay.service") == "active").then_some(())
     })
     .await;
-    eventually(Duration::from_secs(60), "results stored after the relay's restart", || async {
-        (api.prediction(id).await["total_frames_processed"].as_i64().unwrap() > before + 4).then_some(())
-    })
-    .await;
+    for (id, before) in ids.into_iter().zip(before) {
+        eventually(Duration::from_secs(60), "results stored after the relay's restart", || async {
+            (api.prediction(id).await["total_frames_processed"].as_i64().unwrap() > before + 4).then_some(())
+        })
+        .await;
+    }
 
-    api.shutdown_scenario(id).await;
-    api.wait_for_status(id, "inactive", Duration::from_secs(60)).await;
-    eventually(Duration::from_secs(30), "the runner's unit gone", || async { host.units("vap-runner-*").is_empty().then_some(()) }).await;
-    let stored = api.prediction(id).await;
-    let published = published_frames(ports.broker, id).await;
-    assert!(!published.is_empty());
-    assert_eq!(stored_frames(&stored), published, "every published frame stored, once");
-    assert_eq!(stored["total_frames_processed"].as_u64(), Some(published.len() as u64));
+    let mut published = Vec::new();
+    for id in ids {
+        api.shutdown_scenario(id).await;
+    }
+    for id in ids {
+        api.wait_for_status(id, "inactive", Duration::from_secs(60)).await;
+    }
+    eventually(Duration::from_secs(30), "the runners' units gone", || async { (host.units("vap-runner-*").is_empty() && worker.units("vap-runner-*").is_empty()).then_some(()) }).await;
+    for id in ids {
+        let stored = api.prediction(id).await;
+        let frames = published_frames(ports.broker, id).await;
+        assert!(!frames.is_empty());
+        assert_eq!(stored_frames(&stored), frames, "every published frame stored, once");
+        assert_eq!(stored["total_frames_processed"].as_u64(), Some(frames.len() as u64));
+        published.push(frames);
+    }
 
-    // Reboot: everything comes back by itself, with what was stored, and places runners again.
+    // Reboot both: everything comes back by itself, with what was stored, and places runners on
+    // both hosts again.
     let started = Instant::now();
-    host.reboot();
+    host.ask_reboot();
+    worker.ask_reboot();
+    host.wait_rebooted();
+    worker.wait_rebooted();
     wait_for_platform(&host, &api).await;
     eprintln!("rebooted and serving again after {:?}", started.elapsed());
-    assert_eq!(stored_frames(&api.prediction(id).await), published);
-    // The operator's smoke test (the one vagrant/ documents) runs the next scenario.
-    let smoke = tokio::task::spawn_blocking(move || {
-        Command::new(project().join("scripts/smoke-test")).arg(format!("http://127.0.0.1:{}", ports.api)).arg(format!("rtsp://127.0.0.1:{rtsp_port}/cam")).output().unwrap()
+    for (id, frames) in ids.iter().zip(&published) {
+        assert_eq!(&stored_frames(&api.prediction(*id).await), frames);
+    }
+    // The operator's fleet check (the one vagrant/e2e-test runs): a scenario per host at once.
+    let fleet = tokio::task::spawn_blocking(move || {
+        Command::new(project().join("scripts/fleet-test")).arg(format!("http://127.0.0.1:{}", ports.api)).arg(format!("rtsp://127.0.0.1:{rtsp_port}/cam")).args([HOST, WORKER]).output().unwrap()
     })
     .await
     .unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&smoke.stdout), String::from_utf8_lossy(&smoke.stderr));
-    assert!(smoke.status.success() && said.contains("worker: systemd vap-runner-"), "scripts/smoke-test:\n{said}");
-    eventually(Duration::from_secs(30), "no runner units left", || async { host.units("vap-runner-*").is_empty().then_some(()) }).await;
+    let said = format!("{}{}", String::from_utf8_lossy(&fleet.stdout), String::from_utf8_lossy(&fleet.stderr));
+    assert!(fleet.status.success() && said.contains("worker: systemd vap-runner-"), "scripts/fleet-test:\n{said}");
+    eventually(Duration::from_secs(30), "no runner units left", || async { (host.units("vap-runner-*").is_empty() && worker.units("vap-runner-*").is_empty()).then_some(()) }).await;
 }

@@ -75,8 +75,18 @@ impl Container {
     /// `systemctl reboot` over the bus; systemd-nspawn ends with 133 when its container reboots,
     /// and is started again as a host's firmware would.
     pub fn reboot(&mut self) {
+        self.ask_reboot();
+        self.wait_rebooted();
+    }
+
+    /// The first half of `reboot`, so several hosts can go down together.
+    pub fn ask_reboot(&self) {
         let asked = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "Reboot"]);
         assert!(asked.is_some(), "Reboot refused");
+    }
+
+    /// The second half of `reboot`: call it from the thread that booted the container.
+    pub fn wait_rebooted(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(180);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
