@@ -237,3 +237,84 @@ async fn runners_spread_over_several_hosts() {
     eventually(Duration::from_secs(20), "no units on either host", || async { (a.units("vap-runner-*").is_empty() && b.units("vap-runner-*").is_empty()).then_some(()) }).await;
     let _ = orchestrator.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on() {
+    let (a, b) = (Container::boot(), Container::boot());
+    let app = TestApp::spawn_for_runners().await;
+    let dir = tempfile::tempdir().unwrap();
+    // host-b through a bridge the test can cut, as a network would: while `<bridge>.down`
+    // exists no connection opens, and the open one is killed below.
+    let bridge = dir.path().join("bridge");
+    let nsenter = format!("nsenter -t {} -a systemd-stdio-bridge", b.init_pid());
+    std::fs::write(&bridge, format!("#!/bin/sh\n[ -e \"$0.down\" ] && {{ echo 'host-b: no route to host' >&2; exit 1; }}\nexec {nsenter}\n")).unwrap();
+    std::fs::set_permissions(&bridge, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let section = format!(
+        "watchdog_sec = 30\nnodes = [{{ name = \"host-a\", bus_address = \"{}\" }}, {{ name = \"host-b\", bus_address = \"unixexec:path={}\" }}]\n",
+        a.bus_address(),
+        bridge.display()
+    );
+    let mut orchestrator = spawn_systemd_orchestrator(&app, &a, dir.path(), 4, &section, &[]);
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+    let camera = format!("rtsp://127.0.0.1:{port}/cam");
+    let node = |s: &serde_json::Value| s["worker"]["node"].as_str().unwrap_or_default().to_string();
+    let first = [app.create_scenario(&camera).await, app.create_scenario(&camera).await];
+    let mut on_b = None;
+    for id in first {
+        app.wait_for_status(id, "active", Duration::from_secs(120)).await;
+        if node(&app.scenario(id).await) == "host-b" {
+            on_b = Some(id);
+        }
+    }
+    let on_b = on_b.expect("one of two runners on host-b");
+    let on_a = first.into_iter().find(|&id| id != on_b).unwrap();
+    let b_unit = format!("vap-runner-{on_b}.service");
+    let b_pid = b.unit_property(&b_unit, SERVICE, "MainPID");
+
+    // Cut host-b off: no new connection, and the open one's bridge killed at both ends.
+    std::fs::write(dir.path().join("bridge.down"), "").unwrap();
+    let bridges = std::process::Command::new("pgrep").args(["-f", "^systemd-stdio-bridge", "--nslist", "pid", "--ns", &b.init_pid()]).output().unwrap();
+    let bridges = String::from_utf8_lossy(&bridges.stdout).split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert!(!bridges.is_empty(), "no bridge into host-b");
+    assert!(std::process::Command::new("pkill").args(["-f", &nsenter]).status().unwrap().success());
+    assert!(std::process::Command::new("kill").args(&bridges).status().unwrap().success());
+    let s = eventually(Duration::from_secs(30), "host-b's runner shown unreachable", || async {
+        let s = app.scenario(on_b).await;
+        (s["worker"]["status"] == "unreachable").then_some(s)
+    })
+    .await;
+    assert_eq!((s["status"].as_str(), s["worker"]["node"].as_str()), (Some("active"), Some("host-b")), "{s}");
+    assert!(s["worker"]["last_error"].as_str().unwrap_or_default().contains("host-b does not answer"), "{s}");
+
+    // New scenarios go to host-a, and a shutdown there completes...
+    let later = [app.create_scenario(&camera).await, app.create_scenario(&camera).await];
+    for id in later {
+        app.wait_for_status(id, "active", Duration::from_secs(120)).await;
+        assert_eq!(node(&app.scenario(id).await), "host-a");
+    }
+    app.shutdown_scenario(on_a).await;
+    app.wait_for_status(on_a, "inactive", Duration::from_secs(60)).await;
+    // ...while host-b's runner is left as it is: not started elsewhere, not given up, and its
+    // shutdown waits for the host.
+    app.shutdown_scenario(on_b).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = app.scenario(on_b).await;
+    assert!(["init_shutdown", "in_shutdown_processing"].contains(&s["status"].as_str().unwrap()), "{s}");
+    assert_eq!(b.unit_property(&b_unit, SERVICE, "MainPID"), b_pid, "host-b's runner untouched");
+    assert!(a.units(&b_unit).is_empty(), "host-b's scenario started on host-a");
+    assert_eq!(a.units("vap-runner-*").len(), 2);
+
+    // host-b answers again: its shutdown completes, and nothing ran twice.
+    std::fs::remove_file(dir.path().join("bridge.down")).unwrap();
+    app.wait_for_status(on_b, "inactive", Duration::from_secs(60)).await;
+    eventually(Duration::from_secs(20), "host-b's unit gone", || async { b.units("vap-runner-*").is_empty().then_some(()) }).await;
+    assert!(a.units(&b_unit).is_empty());
+    for id in later {
+        app.shutdown_scenario(id).await;
+    }
+    for id in later {
+        app.wait_for_status(id, "inactive", Duration::from_secs(60)).await;
+    }
+    let _ = orchestrator.kill();
+}

@@ -6,7 +6,10 @@ use tokio_postgres::Client;
 use super::DbError;
 
 /// The migrations, in order. Add a file to `migrations/` and a line here.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "0001_core", include_str!("../../migrations/0001_core.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_core", include_str!("../../migrations/0001_core.sql")),
+    (2, "0002_worker_unreachable", include_str!("../../migrations/0002_worker_unreachable.sql")),
+];
 
 const MIGRATION_LOCK: i64 = 0x7661_705f_6d69_67; // "vap_mig"
 

@@ -121,6 +121,15 @@ pub async fn record_waiting(pool: &Pool, scenario: Uuid, backend: &str) -> Resul
     record_placed(pool, &w).await
 }
 
+/// The runner's host does not answer: the worker shows it, and the scenario stays as it is.
+pub async fn record_unreachable(pool: &Pool, scenario: Uuid, backend: &str, node: &str) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    let error = format!("{node} does not answer");
+    let w = WorkerRecord { scenario, backend, status: "unreachable", backend_ref: None, node: Some(node), restarts: 0, started_at: None, last_error: Some(&error) };
+    upsert_worker(&client, &w).await?;
+    Ok(())
+}
+
 /// A stop was asked of the backend.
 pub async fn record_stopping(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
     let mut client = pool.get().await?;

@@ -208,6 +208,8 @@ impl Orchestrator {
         let actions = reconcile::plan(&wanted, &observed, self.settings.max_workers);
         let waiting = actions.iter().filter(|a| matches!(a, Action::Wait(_))).count();
         self.metrics.set("vap_orchestrator_waiting", "Scenarios waiting for a slot under MAX_WORKERS.", &[], waiting as f64);
+        let unreachable = actions.iter().filter(|a| matches!(a, Action::Unreachable { .. })).count();
+        self.metrics.set("vap_orchestrator_unreachable", "Scenarios whose runner's host does not answer.", &[], unreachable as f64);
         let kind = self.backend.kind();
         let stored: HashMap<Uuid, &workers::ActiveScenario> = scenarios.iter().map(|s| (s.scenario, s)).collect();
         let (starts, others): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| matches!(a, Action::Start(_)));
@@ -241,6 +243,11 @@ impl Orchestrator {
                 Action::Start(_) => Ok(()),
                 Action::Wait(id) if stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.0 == "waiting") => Ok(()),
                 Action::Wait(id) => workers::record_waiting(&self.pool, *id, kind).await.map_err(Into::into),
+                Action::Unreachable { scenario, .. } if stored.get(scenario).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.0 == "unreachable") => Ok(()),
+                Action::Unreachable { scenario, node } => {
+                    tracing::warn!(scenario = %scenario, node, "the runner's host does not answer; leaving it as it is");
+                    workers::record_unreachable(&self.pool, *scenario, kind, node).await.map_err(Into::into)
+                }
                 Action::Running { scenario, starting } => {
                     let info = listed.iter().find(|w| w.scenario == *scenario);
                     match (info, stored.get(scenario)) {
@@ -270,7 +277,7 @@ impl Orchestrator {
                     workers::record_worker_ended(&self.pool, *scenario, kind, error.as_deref()).await.map_err(Into::into)
                 }
             };
-            if !matches!(action, Action::Running { .. } | Action::Wait(_)) {
+            if !matches!(action, Action::Running { .. } | Action::Wait(_) | Action::Unreachable { .. }) {
                 taken += 1;
             }
             result?;

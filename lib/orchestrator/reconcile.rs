@@ -26,12 +26,15 @@ pub enum RunnerState {
     Exited { code: i32 },
     /// The backend gave up on it (restart limit, watchdog, placement failure).
     Failed { reason: String },
+    /// Last seen on a host that does not answer now: left alone, and its slot kept, until the
+    /// host answers again (starting it elsewhere could run the scenario twice).
+    Unreachable { node: String },
 }
 
 impl RunnerState {
     /// Whether the runner holds one of the MAX_WORKERS slots.
     pub fn holds_slot(&self) -> bool {
-        matches!(self, RunnerState::Starting | RunnerState::Running | RunnerState::Stopping)
+        matches!(self, RunnerState::Starting | RunnerState::Running | RunnerState::Stopping | RunnerState::Unreachable { .. })
     }
 }
 
@@ -49,6 +52,8 @@ pub enum Action {
     Wait(Uuid),
     /// Record that the backend runs it (worker row, `in_startup_processing`).
     Running { scenario: Uuid, starting: bool },
+    /// Its runner's host does not answer: show it, and leave the runner and its slot alone.
+    Unreachable { scenario: Uuid, node: String },
     /// Stop the scenario's runner (shutdown requested, or it should not run at all).
     Stop(Uuid),
     /// The scenario is done: its source ended, or its shutdown completed. `inactive`; the
@@ -76,6 +81,7 @@ pub fn plan(wanted: &[Wanted], observed: &[Observed], max_workers: usize) -> Vec
             (false, Some(RunnerState::Starting)) => actions.push(Action::Running { scenario: w.scenario, starting: true }),
             (false, Some(RunnerState::Running)) => actions.push(Action::Running { scenario: w.scenario, starting: false }),
             (_, Some(RunnerState::Stopping)) => {}
+            (_, Some(RunnerState::Unreachable { node })) => actions.push(Action::Unreachable { scenario: w.scenario, node: node.clone() }),
             (false, Some(RunnerState::Exited { code: 0 })) => actions.push(Action::Finish(w.scenario)),
             (false, Some(RunnerState::Exited { code })) => {
                 actions.push(Action::Fail { scenario: w.scenario, reason: exit_reason(*code) })
@@ -100,7 +106,7 @@ pub fn plan(wanted: &[Wanted], observed: &[Observed], max_workers: usize) -> Vec
             RunnerState::Exited { code: 0 } => actions.push(Action::Forget { scenario: o.scenario, error: None }),
             RunnerState::Exited { code } => actions.push(Action::Forget { scenario: o.scenario, error: Some(exit_reason(code)) }),
             RunnerState::Failed { ref reason } => actions.push(Action::Forget { scenario: o.scenario, error: Some(reason.clone()) }),
-            RunnerState::Stopping => {}
+            RunnerState::Stopping | RunnerState::Unreachable { .. } => {}
         }
     }
     actions
@@ -143,6 +149,21 @@ mod tests {
         w.insert(0, Wanted { scenario: s[0], status: InShutdownProcessing });
         let observed = vec![Observed { scenario: s[0], state: RunnerState::Stopping }];
         assert_eq!(plan(&w, &observed, 2), vec![Action::Start(s[1]), Action::Wait(s[2])]);
+    }
+
+    #[test]
+    fn a_runner_on_a_host_that_does_not_answer_is_left_alone_and_keeps_its_slot() {
+        let s = ids(4);
+        let gone = || RunnerState::Unreachable { node: "worker-2".into() };
+        let mut w = wanted(&s[..1], Active);
+        w.push(Wanted { scenario: s[1], status: InitShutdown });
+        w.extend(wanted(&s[2..], InitStartup));
+        let observed = vec![Observed { scenario: s[0], state: gone() }, Observed { scenario: s[1], state: gone() }];
+        // Neither started elsewhere, nor stopped, nor finished; the cap counts both.
+        let unreachable = |i: usize| Action::Unreachable { scenario: s[i], node: "worker-2".into() };
+        assert_eq!(plan(&w, &observed, 3), vec![unreachable(0), unreachable(1), Action::Start(s[2]), Action::Wait(s[3])]);
+        // One of a scenario at rest: nothing either, until the host answers.
+        assert_eq!(plan(&[], &observed, 3), vec![]);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! started through systemd's D-Bus API (`org.freedesktop.systemd1.Manager`) with zbus, on the
 //! host's system bus or on the bus socket of a remote or containerised host.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
@@ -25,27 +27,63 @@ fn unit_name(scenario: Uuid) -> String {
 
 type UnitRow = (String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath);
 
+/// How long one node may take to list its units before it counts as not answering: a silent
+/// host must not hold up placements on the others.
+const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconnects to a node that did not answer back off between these.
+const RECONNECT_MIN: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
 /// One host's systemd, reached over its system bus.
 struct Node {
     name: String,
     address: String,
     connection: tokio::sync::Mutex<Option<zbus::Connection>>,
+    /// After a failed connect: no new attempt before `.0`; `.1` is the next delay.
+    retry: std::sync::Mutex<(Option<Instant>, Duration)>,
 }
 
 impl Node {
-    /// The bus connection, made on first use and again after it broke.
+    fn new(name: String, address: String) -> Self {
+        Self { name, address, connection: tokio::sync::Mutex::new(None), retry: std::sync::Mutex::new((None, RECONNECT_MIN)) }
+    }
+
+    /// The bus connection, made on first use and again after it broke (backing off while the
+    /// host does not answer: each attempt may be an ssh connect timing out).
     async fn bus(&self) -> Result<zbus::Connection, BackendError> {
         let mut slot = self.connection.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = if self.address.is_empty() {
-            zbus::Connection::system().await.map_err(|e| self.unavailable(e))?
+        if let (Some(after), _) = *self.retry.lock().unwrap() {
+            if Instant::now() < after {
+                return Err(self.unavailable(format!("did not answer; next try in {} s", after.duration_since(Instant::now()).as_secs() + 1)));
+            }
+        }
+        let connected = if self.address.is_empty() {
+            zbus::Connection::system().await
         } else {
-            zbus::connection::Builder::address(self.address.as_str()).map_err(|e| self.unavailable(e))?.build().await.map_err(|e| self.unavailable(e))?
+            match zbus::connection::Builder::address(self.address.as_str()) {
+                Ok(b) => b.build().await,
+                Err(e) => Err(e),
+            }
         };
-        *slot = Some(c.clone());
-        Ok(c)
+        match connected {
+            Ok(c) => {
+                *self.retry.lock().unwrap() = (None, RECONNECT_MIN);
+                *slot = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                self.back_off();
+                Err(self.unavailable(e))
+            }
+        }
+    }
+
+    fn back_off(&self) {
+        let mut retry = self.retry.lock().unwrap();
+        *retry = (Some(Instant::now() + retry.1), (retry.1 * 2).min(RECONNECT_MAX));
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> BackendError {
@@ -137,11 +175,15 @@ pub struct SystemdBackend {
 struct Placement {
     node_of: std::collections::HashMap<Uuid, usize>,
     load: Vec<usize>,
+    /// Nodes that answered the last list; new runners go only to these.
+    answered: Vec<bool>,
+    /// Every node has answered one list since start: where each runner is, is known.
+    complete: bool,
 }
 
 impl Placement {
     fn empty(nodes: usize) -> Self {
-        Self { node_of: Default::default(), load: vec![0; nodes] }
+        Self { node_of: Default::default(), load: vec![0; nodes], answered: vec![true; nodes], complete: false }
     }
 }
 
@@ -150,28 +192,69 @@ impl SystemdBackend {
         let nodes: Vec<Node> = settings
             .effective_nodes()
             .into_iter()
-            .map(|n| Node { name: n.name, address: n.bus_address, connection: tokio::sync::Mutex::new(None) })
+            .map(|n| Node::new(n.name, n.bus_address))
             .collect();
         let placement = std::sync::Mutex::new(Placement::empty(nodes.len()));
         Self { settings, nodes, placement }
     }
 
-    /// Every node's runner units. One node that does not answer fails the whole list: its
-    /// runners' state is unknown, and starting them elsewhere could run a scenario twice.
+    /// Every node's runner units. The runners last seen on a node that does not answer are
+    /// reported `Unreachable`, so the others carry on without starting them twice. Until every
+    /// node has answered once, where runners are is unknown, and one silent node fails the list.
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
-        let lists = futures::future::join_all(self.nodes.iter().map(Node::list)).await;
+        let lists = futures::future::join_all(self.nodes.iter().map(|node| async move {
+            match tokio::time::timeout(NODE_LIST_TIMEOUT, node.list()).await {
+                Ok(list) => list,
+                Err(_) => {
+                    *node.connection.lock().await = None;
+                    node.back_off();
+                    Err(node.unavailable(format!("no answer within {} s", NODE_LIST_TIMEOUT.as_secs())))
+                }
+            }
+        }))
+        .await;
+        let mut last = self.placement.lock().unwrap();
         let mut placement = Placement::empty(self.nodes.len());
         let mut out = Vec::new();
+        let mut silent = None;
         for (i, list) in lists.into_iter().enumerate() {
-            for w in list? {
-                placement.node_of.insert(w.scenario, i);
-                if !matches!(w.state, RunnerState::Exited { .. } | RunnerState::Failed { .. }) {
-                    placement.load[i] += 1;
+            match list {
+                Ok(list) => {
+                    for w in list {
+                        placement.node_of.insert(w.scenario, i);
+                        if !matches!(w.state, RunnerState::Exited { .. } | RunnerState::Failed { .. }) {
+                            placement.load[i] += 1;
+                        }
+                        out.push(w);
+                    }
                 }
-                out.push(w);
+                Err(e) => {
+                    placement.answered[i] = false;
+                    if last.answered[i] {
+                        tracing::warn!(node = self.nodes[i].name, error = %e, "a systemd node stopped answering; its runners are left as they are");
+                    }
+                    silent.get_or_insert(e);
+                }
+            }
+            if placement.answered[i] && !last.answered[i] {
+                tracing::info!(node = self.nodes[i].name, "a systemd node answers again");
             }
         }
-        *self.placement.lock().unwrap() = placement;
+        if let Some(e) = silent {
+            if !last.complete || !placement.answered.contains(&true) {
+                last.answered = placement.answered;
+                return Err(e);
+            }
+            for (&scenario, &i) in last.node_of.iter().filter(|(_, &i)| !placement.answered[i]) {
+                placement.node_of.insert(scenario, i);
+                placement.load[i] += 1;
+                let node = &self.nodes[i];
+                let state = RunnerState::Unreachable { node: node.name.clone() };
+                out.push(WorkerInfo { scenario, state, backend_ref: unit_name(scenario), node: node.node(), restarts: 0, started_at: None });
+            }
+        }
+        placement.complete = true;
+        *last = placement;
         Ok(out)
     }
 
@@ -181,17 +264,18 @@ impl SystemdBackend {
         if let Some(&i) = p.node_of.get(&scenario) {
             return i;
         }
-        let i = (0..self.nodes.len()).min_by_key(|&i| p.load[i]).unwrap_or(0);
+        let i = (0..self.nodes.len()).filter(|&i| p.answered[i]).min_by_key(|&i| p.load[i]).unwrap_or(0);
         p.load[i] += 1;
         p.node_of.insert(scenario, i);
         i
     }
 
-    /// The nodes a scenario's unit may be on: the one it was seen on, or all.
+    /// The nodes a scenario's unit may be on: the one it was seen on, or all that answer.
     fn nodes_of(&self, scenario: Uuid) -> Vec<&Node> {
-        match self.placement.lock().unwrap().node_of.get(&scenario) {
+        let p = self.placement.lock().unwrap();
+        match p.node_of.get(&scenario) {
             Some(&i) => vec![&self.nodes[i]],
-            None => self.nodes.iter().collect(),
+            None => self.nodes.iter().enumerate().filter(|(i, _)| p.answered[*i]).map(|(_, n)| n).collect(),
         }
     }
 

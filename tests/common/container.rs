@@ -126,7 +126,7 @@ impl Container {
         format!("unixexec:path=nsenter,argv1=-t,argv2={},argv3=-a,argv4=systemd-stdio-bridge", self.init_pid())
     }
 
-    fn init_pid(&self) -> String {
+    pub fn init_pid(&self) -> String {
         let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id())).unwrap();
         children.split_whitespace().next().expect("the container's init").to_string()
     }
