@@ -194,6 +194,15 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
     let _ = orchestrator.kill();
 }
 
+/// An orchestrator placing on host-a (`a`, over its bus socket) and host-b (at `b_address`).
+fn spawn_two_host_orchestrator(app: &TestApp, a: &Container, b_address: &str, dir: &std::path::Path) -> std::process::Child {
+    let section = format!(
+        "watchdog_sec = 30\nnodes = [{{ name = \"host-a\", bus_address = \"{}\" }}, {{ name = \"host-b\", bus_address = \"{b_address}\" }}]\n",
+        a.bus_address()
+    );
+    spawn_systemd_orchestrator(app, a, dir, 4, &section, &[])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runners_spread_over_several_hosts() {
     let (a, b) = (Container::boot(), Container::boot());
@@ -201,12 +210,7 @@ async fn runners_spread_over_several_hosts() {
     let dir = tempfile::tempdir().unwrap();
     // host-b is reached as a remote host would be: systemd-stdio-bridge over a pipe (nsenter
     // standing in for ssh).
-    let section = format!(
-        "watchdog_sec = 30\nnodes = [{{ name = \"host-a\", bus_address = \"{}\" }}, {{ name = \"host-b\", bus_address = \"{}\" }}]\n",
-        a.bus_address(),
-        b.stdio_bridge_address()
-    );
-    let mut orchestrator = spawn_systemd_orchestrator(&app, &a, dir.path(), 4, &section, &[]);
+    let mut orchestrator = spawn_two_host_orchestrator(&app, &a, &b.stdio_bridge_address(), dir.path());
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
     let mut ids = Vec::new();
@@ -249,12 +253,7 @@ async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on()
     let nsenter = format!("nsenter -t {} -a systemd-stdio-bridge", b.init_pid());
     std::fs::write(&bridge, format!("#!/bin/sh\n[ -e \"$0.down\" ] && {{ echo 'host-b: no route to host' >&2; exit 1; }}\nexec {nsenter}\n")).unwrap();
     std::fs::set_permissions(&bridge, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let section = format!(
-        "watchdog_sec = 30\nnodes = [{{ name = \"host-a\", bus_address = \"{}\" }}, {{ name = \"host-b\", bus_address = \"unixexec:path={}\" }}]\n",
-        a.bus_address(),
-        bridge.display()
-    );
-    let mut orchestrator = spawn_systemd_orchestrator(&app, &a, dir.path(), 4, &section, &[]);
+    let mut orchestrator = spawn_two_host_orchestrator(&app, &a, &format!("unixexec:path={}", bridge.display()), dir.path());
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
     let camera = format!("rtsp://127.0.0.1:{port}/cam");
