@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{eventually, TestApp};
-use container::{spawn_systemd_orchestrator, Container};
+use container::{spawn_systemd_orchestrator, systemd_orchestrator_config, Container};
 use media::{free_port, media, serve_then_stall, RtspServer};
 use serde_json::json;
 
@@ -194,13 +194,23 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
     let _ = orchestrator.kill();
 }
 
-/// An orchestrator placing on host-a (`a`, over its bus socket) and host-b (at `b_address`).
-fn spawn_two_host_orchestrator(app: &TestApp, a: &Container, b_address: &str, dir: &std::path::Path) -> std::process::Child {
+/// An orchestrator placing on host-a (`a`, over its bus socket) and host-b (at `b_address`),
+/// serving its metrics on `metrics_port` when given.
+fn spawn_two_host_orchestrator(app: &TestApp, a: &Container, b_address: &str, dir: &std::path::Path, metrics_port: Option<u16>) -> std::process::Child {
     let section = format!(
         "watchdog_sec = 30\nnodes = [{{ name = \"host-a\", bus_address = \"{}\" }}, {{ name = \"host-b\", bus_address = \"{b_address}\" }}]\n",
         a.bus_address()
     );
-    spawn_systemd_orchestrator(app, a, dir, 4, &section, &[])
+    let config = systemd_orchestrator_config(app, a, dir, 4, &section, &[]);
+    let env: Vec<(String, String)> = metrics_port.map(|p| ("VAP_ORCHESTRATOR__METRICS_LISTEN".to_string(), format!("127.0.0.1:{p}"))).into_iter().collect();
+    fleet::spawn_orchestrator_with_env(app, &config, &env)
+}
+
+/// The orchestrator's gauge `name{node="..."}`, as served on its metrics port.
+async fn node_gauge(metrics_port: u16, node: &str) -> Option<f64> {
+    let text = common::ApiClient::new(&format!("http://127.0.0.1:{metrics_port}")).get("/metrics").await.text;
+    let series = format!("vap_orchestrator_node_up{{node=\"{node}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +220,7 @@ async fn runners_spread_over_several_hosts() {
     let dir = tempfile::tempdir().unwrap();
     // host-b is reached as a remote host would be: systemd-stdio-bridge over a pipe (nsenter
     // standing in for ssh).
-    let mut orchestrator = spawn_two_host_orchestrator(&app, &a, &b.stdio_bridge_address(), dir.path());
+    let mut orchestrator = spawn_two_host_orchestrator(&app, &a, &b.stdio_bridge_address(), dir.path(), None);
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
     let mut ids = Vec::new();
@@ -253,7 +263,8 @@ async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on()
     let nsenter = format!("nsenter -t {} -a systemd-stdio-bridge", b.init_pid());
     std::fs::write(&bridge, format!("#!/bin/sh\n[ -e \"$0.down\" ] && {{ echo 'host-b: no route to host' >&2; exit 1; }}\nexec {nsenter}\n")).unwrap();
     std::fs::set_permissions(&bridge, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut orchestrator = spawn_two_host_orchestrator(&app, &a, &format!("unixexec:path={}", bridge.display()), dir.path());
+    let metrics = free_port();
+    let mut orchestrator = spawn_two_host_orchestrator(&app, &a, &format!("unixexec:path={}", bridge.display()), dir.path(), Some(metrics));
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
     let camera = format!("rtsp://127.0.0.1:{port}/cam");
@@ -285,6 +296,7 @@ async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on()
     .await;
     assert_eq!((s["status"].as_str(), s["worker"]["node"].as_str()), (Some("active"), Some("host-b")), "{s}");
     assert!(s["worker"]["last_error"].as_str().unwrap_or_default().contains("host-b does not answer"), "{s}");
+    assert_eq!((node_gauge(metrics, "host-a").await, node_gauge(metrics, "host-b").await), (Some(1.0), Some(0.0)), "vap_orchestrator_node_up");
 
     // New scenarios go to host-a, and a shutdown there completes...
     let later = [app.create_scenario(&camera).await, app.create_scenario(&camera).await];
@@ -307,6 +319,7 @@ async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on()
     // host-b answers again: its shutdown completes, and nothing ran twice.
     std::fs::remove_file(dir.path().join("bridge.down")).unwrap();
     app.wait_for_status(on_b, "inactive", Duration::from_secs(60)).await;
+    assert_eq!(node_gauge(metrics, "host-b").await, Some(1.0));
     eventually(Duration::from_secs(20), "host-b's unit gone", || async { b.units("vap-runner-*").is_empty().then_some(()) }).await;
     assert!(a.units(&b_unit).is_empty());
     for id in later {

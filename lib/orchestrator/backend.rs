@@ -95,6 +95,15 @@ impl Backend {
         }
     }
 
+    /// Each host the backend places on itself, and whether it answered the last list (systemd
+    /// nodes; Nomad keeps its own clients' health).
+    pub fn nodes_answering(&self) -> Vec<(String, bool)> {
+        match self {
+            Backend::Local(_) | Backend::Nomad(_) => Vec::new(),
+            Backend::Systemd(b) => b.nodes_answering(),
+        }
+    }
+
     /// Every vap runner the backend knows, alive or recently ended.
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         match self {

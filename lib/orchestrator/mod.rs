@@ -197,7 +197,11 @@ impl Orchestrator {
     /// One round: list, plan, act. Returns the number of actions taken.
     async fn reconcile(&self) -> Result<usize, ReconcileError> {
         let scenarios = workers::active_scenarios(&self.pool).await?;
-        let mut listed = self.backend.list().await?;
+        let listed = self.backend.list().await;
+        for (node, up) in self.backend.nodes_answering() {
+            self.metrics.set("vap_orchestrator_node_up", "1 when the host answered the last list of runners.", &[("node", &node)], if up { 1.0 } else { 0.0 });
+        }
+        let mut listed = listed?;
         let ids: Vec<_> = listed.iter().map(|w| w.scenario).collect();
         let ours = workers::existing(&self.pool, &ids).await?;
         listed.retain(|w| ours.contains(&w.scenario));

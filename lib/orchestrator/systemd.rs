@@ -258,6 +258,11 @@ impl SystemdBackend {
         Ok(out)
     }
 
+    pub fn nodes_answering(&self) -> Vec<(String, bool)> {
+        let p = self.placement.lock().unwrap();
+        self.nodes.iter().zip(&p.answered).map(|(n, &up)| (n.node().unwrap_or_else(|| "local".into()), up)).collect()
+    }
+
     /// The node for a new runner: the one with the fewest, the first of equals.
     fn choose(&self, scenario: Uuid) -> usize {
         let mut p = self.placement.lock().unwrap();

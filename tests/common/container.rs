@@ -14,6 +14,11 @@ use super::fleet::{orchestrator_config, runner_env, spawn_orchestrator_with_conf
 /// vap-orchestrator with `backend = "systemd"` driving the container's bus: `section` adds keys
 /// of `[orchestrator.systemd]`, `env` entries for the runners' environment.
 pub fn spawn_systemd_orchestrator(app: &TestApp, ct: &Container, dir: &Path, max_workers: usize, section: &str, env: &[&str]) -> Child {
+    spawn_orchestrator_with_config(app, &systemd_orchestrator_config(app, ct, dir, max_workers, section, env))
+}
+
+/// The configuration `spawn_systemd_orchestrator` starts with, written into `dir`.
+pub fn systemd_orchestrator_config(app: &TestApp, ct: &Container, dir: &Path, max_workers: usize, section: &str, env: &[&str]) -> PathBuf {
     let mut runner_env = runner_env(app);
     runner_env.extend(env.iter().map(|e| e.to_string()));
     let section = format!(
@@ -24,7 +29,7 @@ pub fn spawn_systemd_orchestrator(app: &TestApp, ct: &Container, dir: &Path, max
         // A checkout under /tmp (CI clones there) would vanish behind a private /tmp.
         !env!("CARGO_MANIFEST_DIR").starts_with("/tmp"),
     );
-    spawn_orchestrator_with_config(app, &orchestrator_config(dir, "systemd", max_workers, &section))
+    orchestrator_config(dir, "systemd", max_workers, &section)
 }
 
 pub struct Container {

@@ -100,5 +100,12 @@ pub fn orchestrator_config(dir: &Path, backend: &str, max_workers: usize, sectio
 
 /// vap-orchestrator started with `--config` as an operator would.
 pub fn spawn_orchestrator_with_config(app: &TestApp, config: &Path) -> Child {
-    spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &app.env(), &["--config", config.to_str().unwrap()])
+    spawn_orchestrator_with_env(app, config, &[])
+}
+
+/// The same, with `env` (`VAP_*` settings) on top of the test app's.
+pub fn spawn_orchestrator_with_env(app: &TestApp, config: &Path, env: &[(String, String)]) -> Child {
+    let mut all = app.env();
+    all.extend(env.iter().cloned());
+    spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &all, &["--config", config.to_str().unwrap()])
 }
