@@ -216,6 +216,8 @@ impl Orchestrator {
         self.metrics.set("vap_orchestrator_unreachable", "Scenarios whose runner's host does not answer.", &[], unreachable as f64);
         let kind = self.backend.kind();
         let stored: HashMap<Uuid, &workers::ActiveScenario> = scenarios.iter().map(|s| (s.scenario, s)).collect();
+        // Rounds repeat Wait and Unreachable: skip the write when the worker row says it already.
+        let worker_shows = |id: &Uuid, status: &str| stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.0 == status);
         let (starts, others): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| matches!(a, Action::Start(_)));
         // Placements are independent: several at once (a backend call is a network round trip).
         let placed = futures::stream::iter(starts.into_iter().filter_map(|a| match a {
@@ -245,9 +247,9 @@ impl Orchestrator {
         for action in others {
             let result = match &action {
                 Action::Start(_) => Ok(()),
-                Action::Wait(id) if stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.0 == "waiting") => Ok(()),
+                Action::Wait(id) if worker_shows(id, "waiting") => Ok(()),
                 Action::Wait(id) => workers::record_waiting(&self.pool, *id, kind).await.map_err(Into::into),
-                Action::Unreachable { scenario, .. } if stored.get(scenario).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.0 == "unreachable") => Ok(()),
+                Action::Unreachable { scenario, .. } if worker_shows(scenario, "unreachable") => Ok(()),
                 Action::Unreachable { scenario, node } => {
                     tracing::warn!(scenario = %scenario, node, "the runner's host does not answer; leaving it as it is");
                     workers::record_unreachable(&self.pool, *scenario, kind, node).await.map_err(Into::into)

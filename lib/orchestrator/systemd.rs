@@ -94,23 +94,22 @@ impl Node {
         }
     }
 
-    /// A call failed: drop the connection so the next one reconnects.
-    fn broken(&self, e: zbus::Error) -> BackendError {
+    /// Drops the connection so the next call reconnects.
+    fn disconnect(&self) {
         if let Ok(mut slot) = self.connection.try_lock() {
             *slot = None;
         }
+    }
+
+    /// A call failed: drop the connection so the next one reconnects.
+    fn broken(&self, e: zbus::Error) -> BackendError {
+        self.disconnect();
         self.unavailable(e)
     }
 
     async fn manager(&self) -> Result<zbus::Proxy<'static>, BackendError> {
         let bus = self.bus().await?;
-        match zbus::Proxy::new(&bus, DEST, MANAGER_PATH, MANAGER).await {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                *self.connection.lock().await = None;
-                Err(self.unavailable(e))
-            }
-        }
+        zbus::Proxy::new(&bus, DEST, MANAGER_PATH, MANAGER).await.map_err(|e| self.broken(e))
     }
 
     /// Every property of a unit's `org.freedesktop.systemd1.Service` interface, in one call.
@@ -206,7 +205,8 @@ impl SystemdBackend {
             match tokio::time::timeout(NODE_LIST_TIMEOUT, node.list()).await {
                 Ok(list) => list,
                 Err(_) => {
-                    *node.connection.lock().await = None;
+                    // The timed-out list was dropped, and its lock with it.
+                    node.disconnect();
                     node.back_off();
                     Err(node.unavailable(format!("no answer within {} s", NODE_LIST_TIMEOUT.as_secs())))
                 }
