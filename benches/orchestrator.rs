@@ -40,7 +40,10 @@ fn main() {
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let want = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
     rt.block_on(async {
-        println!("machine: {} cores; {SCENARIOS} scenarios one after another, each a 5 s 640x480 H.264 file at 2 fps", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        println!(
+            "machine: {} cores; {SCENARIOS} scenarios one after another, each a 5 s 640x480 H.264 file at 2 fps",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
         let mut app = TestApp::spawn_for_runners().await;
         let video = media().short.to_str().unwrap().to_string();
         if want("local") {
@@ -65,7 +68,8 @@ async fn local_latency(app: &TestApp, video: &str) {
     let mut orchestrator = spawn_orchestrator(app, 4);
     let video = video.to_string();
     // Each file ends by itself; the next scenario starts after the last one is inactive.
-    let (mut placed, mut first) = one_after_another(app, &video, |id| !runner_processes(&HashSet::from([id])).is_empty()).await;
+    let (mut placed, mut first) =
+        one_after_another(app, &video, |id| !runner_processes(&HashSet::from([id])).is_empty()).await;
     let _ = orchestrator.kill();
 
     // Baseline: the runner by hand on a scenario that exists, no orchestrator in the way.
@@ -80,7 +84,11 @@ async fn local_latency(app: &TestApp, video: &str) {
             ("VAP_CAMERA_URL".to_string(), video.clone()),
         ]);
         let mut runner = common::spawn_binary(RUNNER_BIN, &env, &[]);
-        while app.get(&format!("/api/v1/prediction/{id}?limit=1")).await.json()["total_frames_processed"].as_i64().unwrap_or(0) < 1 {
+        while app.get(&format!("/api/v1/prediction/{id}?limit=1")).await.json()["total_frames_processed"]
+            .as_i64()
+            .unwrap_or(0)
+            < 1
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         by_hand.push(started.elapsed());
@@ -99,7 +107,9 @@ async fn systemd_latency(app: &TestApp, video: &str) {
     let mut orchestrator = container::spawn_systemd_orchestrator(app, &ct, dir.path(), 4, "watchdog_sec = 30\n", &[]);
     // Started: systemd has forked the unit's main process (activating until the runner's READY).
     let (mut placed, mut first) = one_after_another(app, video, |id| {
-        ct.units(&format!("vap-runner-{id}.service")).first().is_some_and(|(_, active, _)| active == "activating" || active == "active")
+        ct.units(&format!("vap-runner-{id}.service"))
+            .first()
+            .is_some_and(|(_, active, _)| active == "activating" || active == "active")
     })
     .await;
     let _ = orchestrator.kill();
@@ -108,7 +118,13 @@ async fn systemd_latency(app: &TestApp, video: &str) {
     row("POST -> first detection stored", &mut first);
 }
 
-fn nomad_config(dir: &std::path::Path, app: &TestApp, double: &nomad_double::NomadDouble, command: &str, max_workers: usize) -> std::path::PathBuf {
+fn nomad_config(
+    dir: &std::path::Path,
+    app: &TestApp,
+    double: &nomad_double::NomadDouble,
+    command: &str,
+    max_workers: usize,
+) -> std::path::PathBuf {
     let section = format!(
         "address = \"{}\"\ncommand = \"{command}\"\nrunner_env = {}\nrestart_delay_secs = 1\n",
         double.address(),
@@ -121,15 +137,21 @@ fn nomad_config(dir: &std::path::Path, app: &TestApp, double: &nomad_double::Nom
 async fn nomad_latency(app: &mut TestApp, video: &str) -> (Vec<Duration>, Vec<Duration>) {
     let double = nomad_double::NomadDouble::start(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut orchestrator = fleet::spawn_orchestrator_with_config(app, &nomad_config(dir.path(), app, &double, RUNNER_BIN, 4));
-    let timings = one_after_another(app, video, |id| double.running_tasks().contains_key(&format!("vap-runner-{id}"))).await;
+    let mut orchestrator =
+        fleet::spawn_orchestrator_with_config(app, &nomad_config(dir.path(), app, &double, RUNNER_BIN, 4));
+    let timings =
+        one_after_another(app, video, |id| double.running_tasks().contains_key(&format!("vap-runner-{id}"))).await;
     let _ = orchestrator.kill();
     timings
 }
 
 /// POSTs `SCENARIOS` scenarios on `video` one at a time; for each, the time until `started`
 /// says its runner exists and until its first detection is served. Waits for each to end.
-async fn one_after_another(app: &TestApp, video: &str, started: impl Fn(uuid::Uuid) -> bool) -> (Vec<Duration>, Vec<Duration>) {
+async fn one_after_another(
+    app: &TestApp,
+    video: &str,
+    started: impl Fn(uuid::Uuid) -> bool,
+) -> (Vec<Duration>, Vec<Duration>) {
     let (mut placed, mut first) = (Vec::new(), Vec::new());
     for _ in 0..SCENARIOS {
         let posted = Instant::now();
@@ -138,7 +160,11 @@ async fn one_after_another(app: &TestApp, video: &str, started: impl Fn(uuid::Uu
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         placed.push(posted.elapsed());
-        while app.get(&format!("/api/v1/prediction/{id}?limit=1")).await.json()["total_frames_processed"].as_i64().unwrap_or(0) < 1 {
+        while app.get(&format!("/api/v1/prediction/{id}?limit=1")).await.json()["total_frames_processed"]
+            .as_i64()
+            .unwrap_or(0)
+            < 1
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         first.push(posted.elapsed());
@@ -160,7 +186,11 @@ async fn nomad_placements(app: &mut TestApp) {
 
     // Baseline: the double's register rate from a bare client, 8 at a time.
     let baseline_double = nomad_double::NomadDouble::start(None).await;
-    let settings = vap::config::NomadBackendSettings { address: baseline_double.address(), command: stand_in.display().to_string(), ..Default::default() };
+    let settings = vap::config::NomadBackendSettings {
+        address: baseline_double.address(),
+        command: stand_in.display().to_string(),
+        ..Default::default()
+    };
     let client = std::sync::Arc::new(vap::orchestrator::nomad::NomadClient::new(&settings).unwrap());
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -168,7 +198,11 @@ async fn nomad_placements(app: &mut TestApp) {
         let (client, settings) = (std::sync::Arc::clone(&client), settings.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..N / 8 {
-                let spec = vap::orchestrator::backend::RunnerSpec { scenario: uuid::Uuid::new_v4(), camera_url: "rtsp://cam/1".into(), epoch: chrono::Utc::now() };
+                let spec = vap::orchestrator::backend::RunnerSpec {
+                    scenario: uuid::Uuid::new_v4(),
+                    camera_url: "rtsp://cam/1".into(),
+                    epoch: chrono::Utc::now(),
+                };
                 client.register_job(&vap::orchestrator::nomad::job_spec(&settings, &spec)).await.unwrap();
             }
             chunk
@@ -182,7 +216,10 @@ async fn nomad_placements(app: &mut TestApp) {
     drop(baseline_double);
 
     let double = nomad_double::NomadDouble::start(None).await;
-    let mut orchestrator = fleet::spawn_orchestrator_with_config(app, &nomad_config(dir.path(), app, &double, stand_in.to_str().unwrap(), N));
+    let mut orchestrator = fleet::spawn_orchestrator_with_config(
+        app,
+        &nomad_config(dir.path(), app, &double, stand_in.to_str().unwrap(), N),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     // 16 clients POST at once, so the API is not what limits the placement rate.
     let started = Instant::now();
@@ -201,7 +238,12 @@ async fn nomad_placements(app: &mut TestApp) {
     let _ = orchestrator.kill();
     double.kill_all();
     println!("placements through the Nomad double, {N} scenarios POSTed by 16 clients (MAX_WORKERS {N})");
-    println!("  POST x{N}: {:.1} s; all {N} jobs registered and running after {:.1} s: {:.0} placements/s", posted.as_secs_f64(), all_placed.as_secs_f64(), N as f64 / all_placed.as_secs_f64());
+    println!(
+        "  POST x{N}: {:.1} s; all {N} jobs registered and running after {:.1} s: {:.0} placements/s",
+        posted.as_secs_f64(),
+        all_placed.as_secs_f64(),
+        N as f64 / all_placed.as_secs_f64()
+    );
     println!("  baseline: bare client registering {N} jobs on the double, 8 at a time: {baseline:.0} registrations/s");
 }
 

@@ -30,7 +30,10 @@ fn main() {
     std::env::set_var("VAP_TEST_PG_DURABLE", "1");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        println!("machine: {} cores; PostgreSQL 15 with fsync and synchronous_commit on", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        println!(
+            "machine: {} cores; PostgreSQL 15 with fsync and synchronous_commit on",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
         if want("api") {
             api().await;
         }
@@ -55,8 +58,13 @@ fn wrk(url: &str, script: Option<&str>) -> (f64, String, String) {
     }
     let out = cmd.arg(url).output().expect("wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).map(|v| v.trim().parse().unwrap_or(0.0)).unwrap_or(0.0);
-    let pct = |p: &str| text.lines().find_map(|l| l.trim().strip_prefix(p).map(|v| v.trim().to_string())).unwrap_or_default();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .map(|v| v.trim().parse().unwrap_or(0.0))
+        .unwrap_or(0.0);
+    let pct =
+        |p: &str| text.lines().find_map(|l| l.trim().strip_prefix(p).map(|v| v.trim().to_string())).unwrap_or_default();
     let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("").trim().to_string();
     if !non2xx.is_empty() {
         println!("    wrk reported: {non2xx}");
@@ -105,7 +113,13 @@ async fn api() {
         &format!("{}/api/v1/scenario/init", app.base),
         Some("wrk.method = \"POST\"\nwrk.body = '{\"camera_url\": \"rtsp://cam.example/stream\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
     );
-    app.pool.get().await.unwrap().batch_execute("DROP TRIGGER bench_notify ON outbox; DROP FUNCTION bench_notify()").await.unwrap();
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute("DROP TRIGGER bench_notify ON outbox; DROP FUNCTION bench_notify()")
+        .await
+        .unwrap();
     println!("{:<44} {:>10.0} {:>10} {:>10}", "  baseline: NOTIFY inside each transaction", in_tx.0, in_tx.1, in_tx.2);
     let get = wrk(&format!("{}/api/v1/prediction/{s}", app.base), None);
     println!("{:<44} {:>10.0} {:>10} {:>10}", "GET /api/v1/prediction/{uuid} (100 frames)", get.0, get.1, get.2);
@@ -190,7 +204,10 @@ async fn relay() {
         lat.push(started.elapsed());
     }
     lat.sort();
-    println!("  one event, POST -> broker ack (poll interval 60 s, so NOTIFY wakes it): p50 {:?} p99 {:?} (50 samples)", lat[24], lat[49]);
+    println!(
+        "  one event, POST -> broker ack (poll interval 60 s, so NOTIFY wakes it): p50 {:?} p99 {:?} (50 samples)",
+        lat[24], lat[49]
+    );
     relay.kill().unwrap();
     relay.wait().unwrap();
 }
@@ -200,11 +217,13 @@ async fn raw_produce(app: &TestApp, per_request: usize, total: i64, nodelay: boo
     let client = app.kafka().await;
     let topic = common::unique("baseline");
     client.controller_client().unwrap().create_topic(&topic, 4, 1, 5_000).await.unwrap();
-    let pcs: Vec<_> = futures::future::join_all((0..4).map(|p| client.partition_client(topic.clone(), p, UnknownTopicHandling::Retry)))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let pcs: Vec<_> = futures::future::join_all(
+        (0..4).map(|p| client.partition_client(topic.clone(), p, UnknownTopicHandling::Retry)),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
     if nodelay {
         vap::kafka::set_nodelay_on_tcp_sockets();
     }
@@ -215,7 +234,12 @@ async fn raw_produce(app: &TestApp, per_request: usize, total: i64, nodelay: boo
     while sent < total {
         let sends = pcs.iter().map(|pc| {
             let records: Vec<Record> = (0..per_request)
-                .map(|_| Record { key: Some(b"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10".to_vec()), value: Some(value.to_vec()), headers: Default::default(), timestamp: chrono::Utc::now() })
+                .map(|_| Record {
+                    key: Some(b"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10".to_vec()),
+                    value: Some(value.to_vec()),
+                    headers: Default::default(),
+                    timestamp: chrono::Utc::now(),
+                })
                 .collect();
             pc.produce(records, Compression::NoCompression)
         });
@@ -256,7 +280,8 @@ async fn inbox() {
     // Baseline 2: the same rows inserted with one unnest INSERT per 2000, no Kafka, no positions.
     let client = app.pool.get().await.unwrap();
     client.batch_execute("CREATE TABLE raw_results (LIKE scenario_results INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)").await.unwrap();
-    let parsed: Vec<vap::events::FrameResult> = records.iter().map(|(_, v)| vap::events::FrameResult::parse(v).unwrap()).collect();
+    let parsed: Vec<vap::events::FrameResult> =
+        records.iter().map(|(_, v)| vap::events::FrameResult::parse(v).unwrap()).collect();
     let started = Instant::now();
     for chunk in parsed.chunks(2000) {
         let uuids: Vec<uuid::Uuid> = chunk.iter().map(|r| r.scenario_uuid).collect();

@@ -35,10 +35,25 @@ fn main() {
     let video = make_video(&dir);
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite_person_300.toml");
     let broker = Broker::start(BrokerStorage::Memory).expect("start broker");
-    println!("machine: {} cores; video: 640x480 H.264, 795 frames (vtest.avi), every frame analysed", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "machine: {} cores; video: 640x480 H.264, 795 frames (vtest.avi), every frame analysed",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
 
     println!("\n== vap-runner process (release), whole pipeline");
-    println!("{:<10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>9} {:>8} {:>10} {:>9}", "threads", "frames/s", "read ms", "resize ms", "infer ms", "nms ms", "queue ms", "other %", "produce ms", "peak RSS");
+    println!(
+        "{:<10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>9} {:>8} {:>10} {:>9}",
+        "threads",
+        "frames/s",
+        "read ms",
+        "resize ms",
+        "infer ms",
+        "nms ms",
+        "queue ms",
+        "other %",
+        "produce ms",
+        "peak RSS"
+    );
     for threads in [1, 2] {
         let (done, max_rss_kb) = run_runner(&video, &manifest, &broker.addr(), threads);
         let f = |k: &str| done[k].as_f64().unwrap_or(f64::NAN);
@@ -46,8 +61,16 @@ fn main() {
         let outside = f("read_ms") + f("preprocess_ms") + f("postprocess_ms") + f("queue_ms");
         println!(
             "{:<10} {:>8.1} {:>8.2} {:>11.2} {:>10.2} {:>10.3} {:>9.3} {:>7.1}% {:>10.2} {:>6} MB",
-            threads, f("fps"), f("read_ms"), f("preprocess_ms"), f("inference_ms"), f("postprocess_ms"), f("queue_ms"),
-            100.0 * outside / per_frame, f("produce_ms_per_request"), max_rss_kb / 1024,
+            threads,
+            f("fps"),
+            f("read_ms"),
+            f("preprocess_ms"),
+            f("inference_ms"),
+            f("postprocess_ms"),
+            f("queue_ms"),
+            100.0 * outside / per_frame,
+            f("produce_ms_per_request"),
+            max_rss_kb / 1024,
         );
     }
     println!("  (other % = read + resize/normalise + decode/NMS + queueing, as a share of a frame's wall time)");
@@ -58,12 +81,22 @@ fn main() {
     let model = manifest.parent().unwrap().join("ssdlite_person_300.onnx");
     let python = bench_python();
     for threads in [1usize, 2] {
-        let executor = if threads == 1 { tract_linalg::multithread::Executor::SingleThread } else { tract_linalg::multithread::Executor::multithread(threads) };
+        let executor = if threads == 1 {
+            tract_linalg::multithread::Executor::SingleThread
+        } else {
+            tract_linalg::multithread::Executor::multithread(threads)
+        };
         tract_linalg::multithread::set_default_executor(executor);
         let tract_ms = time_tract(&detector, &inputs);
         let ort = Command::new(&python)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_reference.py"))
-            .args([model.to_str().unwrap(), dir.join("inputs.f32").to_str().unwrap(), "300", "300", &threads.to_string()])
+            .args([
+                model.to_str().unwrap(),
+                dir.join("inputs.f32").to_str().unwrap(),
+                "300",
+                "300",
+                &threads.to_string(),
+            ])
             .output()
             .expect("run onnxruntime");
         assert!(ort.status.success(), "onnxruntime: {}", String::from_utf8_lossy(&ort.stderr));
@@ -71,7 +104,10 @@ fn main() {
         let ort_ms = ort["mean_ms"].as_f64().unwrap();
         println!(
             "threads {threads}: tract {:.2} ms/frame | onnxruntime {} {:.2} ms/frame | tract/onnxruntime {:.2}",
-            tract_ms, ort["version"].as_str().unwrap_or("?"), ort_ms, tract_ms / ort_ms
+            tract_ms,
+            ort["version"].as_str().unwrap_or("?"),
+            ort_ms,
+            tract_ms / ort_ms
         );
     }
     tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::SingleThread);
@@ -81,7 +117,10 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     // Stock sockets first: the NODELAY sweeper, once started, covers every socket of the process.
     let batches = [1usize, 50, 200];
-    let stock: Vec<f64> = batches.iter().map(|&b| rt.block_on(drain(&broker.addr(), false, if b == 1 { 1_000 } else { 5_000 }, b))).collect();
+    let stock: Vec<f64> = batches
+        .iter()
+        .map(|&b| rt.block_on(drain(&broker.addr(), false, if b == 1 { 1_000 } else { 5_000 }, b)))
+        .collect();
     for (i, &b) in batches.iter().enumerate() {
         let with = rt.block_on(drain(&broker.addr(), true, if b == 1 { 1_000 } else { 5_000 }, b));
         println!("{:<14} {:>18.0} /s {:>18.0} /s", b, stock[i], with);
@@ -94,7 +133,22 @@ fn make_video(dir: &Path) -> PathBuf {
     if !out.exists() {
         let tmp = dir.join("vtest.tmp.mp4");
         let ok = Command::new("ffmpeg")
-            .args(["-loglevel", "error", "-y", "-i", VTEST, "-vf", "scale=640:480", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-an"])
+            .args([
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                VTEST,
+                "-vf",
+                "scale=640:480",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-pix_fmt",
+                "yuv420p",
+                "-an",
+            ])
             .arg(&tmp)
             .status()
             .expect("ffmpeg")
@@ -138,7 +192,8 @@ fn run_runner(video: &Path, manifest: &Path, broker: &str, threads: usize) -> (V
 /// The first frames of the video as the detector prepares them, kept and written for Python.
 fn prepare_inputs(video: &Path, manifest: &Path, dir: &Path) -> Vec<Vec<f32>> {
     let mut detector = TractDetector::load(manifest, None).unwrap();
-    let mut capture = opencv::videoio::VideoCapture::from_file(video.to_str().unwrap(), opencv::videoio::CAP_FFMPEG).unwrap();
+    let mut capture =
+        opencv::videoio::VideoCapture::from_file(video.to_str().unwrap(), opencv::videoio::CAP_FFMPEG).unwrap();
     let mut frame = opencv::core::Mat::default();
     let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join("inputs.f32")).unwrap());
     let mut inputs = Vec::new();
@@ -169,11 +224,16 @@ fn bench_python() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let venv = Path::new(&home).join(".cache/vap/bench-venv");
     let python = venv.join("bin/python");
-    let ready = python.exists() && Command::new(&python).args(["-c", "import onnxruntime, numpy"]).status().is_ok_and(|s| s.success());
+    let ready = python.exists()
+        && Command::new(&python).args(["-c", "import onnxruntime, numpy"]).status().is_ok_and(|s| s.success());
     if !ready {
         println!("(installing onnxruntime and numpy from PyPI into {})", venv.display());
         assert!(Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success(), "python3 -m venv");
-        let ok = Command::new(venv.join("bin/pip")).args(["install", "--quiet", "onnxruntime", "numpy"]).status().unwrap().success();
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "onnxruntime", "numpy"])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "pip install onnxruntime numpy");
     }
     python

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// The default: run the service.

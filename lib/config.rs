@@ -378,12 +378,7 @@ impl Default for RelaySettings {
 
 impl Default for InboxSettings {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            fetch_max_bytes: 4 * 1024 * 1024,
-            fetch_max_wait_ms: 200,
-            batch_max_records: 2_000,
-        }
+        Self { enabled: true, fetch_max_bytes: 4 * 1024 * 1024, fetch_max_wait_ms: 200, batch_max_records: 2_000 }
     }
 }
 
@@ -406,7 +401,9 @@ impl Default for SystemdBackendSettings {
     fn default() -> Self {
         Self {
             bus_address: String::new(),
-            node_name: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
+            node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
             nodes: Vec::new(),
             runner_bin: PathBuf::from("/usr/local/bin/vap-runner"),
             runner_config: None,
@@ -533,10 +530,7 @@ impl Settings {
                 .with_list_parse_key("kafka.brokers")
                 .source(Some(env)),
         );
-        let settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(ConfigError::Invalid)?;
+        let settings: Settings = builder.build().and_then(|c| c.try_deserialize()).map_err(ConfigError::Invalid)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -591,7 +585,10 @@ impl Settings {
             return bad("orchestrator.max_workers", "must be at least 1");
         }
         if o.reconcile_interval_ms == 0 || o.leader_poll_ms == 0 {
-            return bad("orchestrator.reconcile_interval_ms", "reconcile_interval_ms and leader_poll_ms must be at least 1");
+            return bad(
+                "orchestrator.reconcile_interval_ms",
+                "reconcile_interval_ms and leader_poll_ms must be at least 1",
+            );
         }
         let names: std::collections::HashSet<&str> = o.systemd.nodes.iter().map(|n| n.name.as_str()).collect();
         if names.contains("") || names.len() < o.systemd.nodes.len() {
@@ -607,7 +604,10 @@ impl Settings {
             return bad("orchestrator.nomad.address", "must start with http:// or https://");
         }
         if let Some(bad_pair) = o.nomad.runner_env.iter().find(|kv| !kv.contains('=')) {
-            return Err(ConfigError::Value { key: "orchestrator.nomad.runner_env", reason: format!("'{bad_pair}' is not KEY=VALUE") });
+            return Err(ConfigError::Value {
+                key: "orchestrator.nomad.runner_env",
+                reason: format!("'{bad_pair}' is not KEY=VALUE"),
+            });
         }
         if !o.metrics_listen.is_empty() && o.metrics_listen.parse::<SocketAddr>().is_err() {
             return bad("orchestrator.metrics_listen", "must be host:port or empty");

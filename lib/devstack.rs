@@ -41,7 +41,8 @@ pub fn free_port() -> Result<u16, DevStackError> {
     const BASE: u32 = 20_000;
     const SPAN: u32 = 12_000;
     // Spread concurrent test binaries apart; step within a process.
-    let seed = std::process::id().wrapping_mul(7919) ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     for _ in 0..SPAN {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = (BASE + seed.wrapping_add(n.wrapping_mul(97)) % SPAN) as u16;
@@ -49,7 +50,10 @@ pub fn free_port() -> Result<u16, DevStackError> {
             return Ok(port);
         }
     }
-    Err(DevStackError::Failed { what: "find a free port".into(), detail: format!("none free in {BASE}..{}", BASE + SPAN) })
+    Err(DevStackError::Failed {
+        what: "find a free port".into(),
+        detail: format!("none free in {BASE}..{}", BASE + SPAN),
+    })
 }
 
 fn wait_for_port(port: u16, what: &str, timeout: Duration) -> Result<(), DevStackError> {
@@ -153,7 +157,8 @@ fn remove_dirs_of_dead_processes() {
         let mut parts = rest.rsplitn(3, '-');
         let (Some(_n), Some(pid), Some(_prefix)) = (parts.next(), parts.next(), parts.next()) else { continue };
         let Ok(pid) = pid.parse::<libc::pid_t>() else { continue };
-        let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let gone =
+            unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
         if gone {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -240,7 +245,10 @@ impl PostgresCluster {
         as_account(&mut initdb);
         let out = initdb.output().map_err(io("run initdb"))?;
         if !out.status.success() {
-            return Err(DevStackError::Failed { what: "initdb".into(), detail: String::from_utf8_lossy(&out.stderr).into() });
+            return Err(DevStackError::Failed {
+                what: "initdb".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into(),
+            });
         }
         let port = match opts.port {
             Some(p) => p,

@@ -126,7 +126,8 @@ pub async fn run(opts: EmbeddedOptions, shutdown: CancellationToken) -> Result<(
 /// POSTs a scenario on `video` through the API, as a user would.
 async fn start_sample(base: &str, video: &std::path::Path) -> Result<String, String> {
     use http_body_util::{BodyExt, Full};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
     let body = serde_json::json!({ "camera_url": video.display().to_string() }).to_string();
     let req = hyper::Request::post(format!("{base}/api/v1/scenario/init"))
         .header("content-type", "application/json")

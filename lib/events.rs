@@ -160,7 +160,9 @@ mod tests {
     #[test]
     fn rejects_bad_results() {
         let base = |det: &str, frame: i64| {
-            format!(r#"{{"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","frame_number":{frame},"timestamp":"2026-01-01T00:00:00Z","detections":[{det}]}}"#)
+            format!(
+                r#"{{"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","frame_number":{frame},"timestamp":"2026-01-01T00:00:00Z","detections":[{det}]}}"#
+            )
         };
         assert!(matches!(FrameResult::parse(b"{}"), Err(ResultError::Json(_))));
         assert_eq!(FrameResult::parse(base("", -1).as_bytes()), Err(ResultError::NegativeFrame(-1)));

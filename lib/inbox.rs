@@ -70,7 +70,9 @@ impl Inbox {
             };
             let fetched = async {
                 let client = self.kafka.get().await?.partition(&topic, partition).await?;
-                client.fetch_records(from, 1..self.settings.fetch_max_bytes, self.settings.fetch_max_wait_ms).await
+                client
+                    .fetch_records(from, 1..self.settings.fetch_max_bytes, self.settings.fetch_max_wait_ms)
+                    .await
                     .map_err(KafkaError::from)
             };
             let (mut records, high_watermark) = tokio::select! {
@@ -93,7 +95,12 @@ impl Inbox {
             // A fetch can start at the head of the batch that holds `from`.
             records.retain(|r| r.offset >= from);
             records.sort_by_key(|r| r.offset);
-            self.metrics.set("vap_inbox_lag_records", "Records on `results` not yet stored, per partition.", &[("partition", &p)], (high_watermark - from).max(0) as f64);
+            self.metrics.set(
+                "vap_inbox_lag_records",
+                "Records on `results` not yet stored, per partition.",
+                &[("partition", &p)],
+                (high_watermark - from).max(0) as f64,
+            );
             if records.is_empty() {
                 continue;
             }
@@ -126,14 +133,39 @@ impl Inbox {
                 match results::store_batch(&self.pool, batch).await {
                     Ok(BatchOutcome::Stored(s)) => {
                         let m = &self.metrics;
-                        m.inc("vap_inbox_results_stored_total", "Results written to PostgreSQL.", &[], s.inserted as u64);
-                        m.inc("vap_inbox_duplicates_total", "Results already stored (redelivered or produced twice).", &[], s.duplicates as u64);
+                        m.inc(
+                            "vap_inbox_results_stored_total",
+                            "Results written to PostgreSQL.",
+                            &[],
+                            s.inserted as u64,
+                        );
+                        m.inc(
+                            "vap_inbox_duplicates_total",
+                            "Results already stored (redelivered or produced twice).",
+                            &[],
+                            s.duplicates as u64,
+                        );
                         if s.unknown_scenario > 0 {
-                            m.inc("vap_inbox_rejected_total", "Records not stored, by reason.", &[("reason", "unknown_scenario")], s.unknown_scenario as u64);
-                            tracing::warn!(topic, partition, count = s.unknown_scenario, "results for unknown scenarios dropped");
+                            m.inc(
+                                "vap_inbox_rejected_total",
+                                "Records not stored, by reason.",
+                                &[("reason", "unknown_scenario")],
+                                s.unknown_scenario as u64,
+                            );
+                            tracing::warn!(
+                                topic,
+                                partition,
+                                count = s.unknown_scenario,
+                                "results for unknown scenarios dropped"
+                            );
                         }
                         if s.ended > 0 {
-                            m.inc("vap_inbox_streams_ended_total", "Scenarios moved to rest by their runner's end-of-stream record.", &[], s.ended as u64);
+                            m.inc(
+                                "vap_inbox_streams_ended_total",
+                                "Scenarios moved to rest by their runner's end-of-stream record.",
+                                &[],
+                                s.ended as u64,
+                            );
                         }
                         start = end;
                         next = Some(end);
@@ -164,7 +196,13 @@ impl Inbox {
     async fn recover_position(&self, topic: &str, partition: i32, from: i64) -> Option<i64> {
         let client = self.kafka.get().await.ok()?.partition(topic, partition).await.ok()?;
         let earliest = client.get_offset(OffsetAt::Earliest).await.ok()?;
-        tracing::warn!(topic, partition, from, earliest, "inbox position out of range; restarting at the earliest offset");
+        tracing::warn!(
+            topic,
+            partition,
+            from,
+            earliest,
+            "inbox position out of range; restarting at the earliest offset"
+        );
         results::reset_position(&self.pool, CONSUMER, topic, partition, earliest).await.ok()?;
         Some(earliest)
     }

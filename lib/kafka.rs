@@ -191,7 +191,11 @@ impl KafkaLink {
 
     /// Waits until the broker answers and `topic` exists (creating it when missing), retrying
     /// with back-off so the caller's process keeps serving meanwhile. `None` on shutdown.
-    pub async fn wait_for_topic(&self, topic: &str, shutdown: &tokio_util::sync::CancellationToken) -> Option<Vec<i32>> {
+    pub async fn wait_for_topic(
+        &self,
+        topic: &str,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<Vec<i32>> {
         let mut delay = Duration::from_millis(200);
         loop {
             let attempt = async {
@@ -254,7 +258,13 @@ pub fn set_nodelay_on_tcp_sockets() -> usize {
         }
         let one: libc::c_int = 1;
         let rc = unsafe {
-            libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
         };
         if rc == 0 {
             changed += 1;

@@ -7,8 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Latency buckets in seconds, fine at the low end where the API lives.
-const BUCKETS: [f64; 14] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -36,7 +35,11 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-fn family<'a, T>(map: &'a mut BTreeMap<&'static str, Family<T>>, name: &'static str, help: &'static str) -> &'a mut Family<T> {
+fn family<'a, T>(
+    map: &'a mut BTreeMap<&'static str, Family<T>>,
+    name: &'static str,
+    help: &'static str,
+) -> &'a mut Family<T> {
     map.entry(name).or_insert_with(|| Family { help, series: BTreeMap::new() })
 }
 

@@ -67,7 +67,12 @@ impl OutboxRelay {
         for outcome in futures::future::join_all(sends).await {
             match outcome {
                 Ok((topic, n, ids)) => {
-                    self.metrics.inc("vap_relay_events_published_total", "Outbox events acknowledged by Kafka.", &[("topic", topic)], n as u64);
+                    self.metrics.inc(
+                        "vap_relay_events_published_total",
+                        "Outbox events acknowledged by Kafka.",
+                        &[("topic", topic)],
+                        n as u64,
+                    );
                     acked.extend(ids);
                 }
                 Err(e) => first_error = first_error.or(Some(e)),
@@ -93,14 +98,24 @@ impl OutboxRelay {
                 Ok(Ok(n)) => {
                     total += n;
                     if n > 0 {
-                        self.metrics.observe("vap_relay_batch_seconds", "Claim, produce and commit of one outbox batch.", &[], started.elapsed());
+                        self.metrics.observe(
+                            "vap_relay_batch_seconds",
+                            "Claim, produce and commit of one outbox batch.",
+                            &[],
+                            started.elapsed(),
+                        );
                     }
                     if (n as i64) < self.settings.batch_size {
                         break;
                     }
                 }
                 Ok(Err(e)) => {
-                    self.metrics.inc("vap_relay_publish_failures_total", "Outbox batches that Kafka did not acknowledge.", &[], 1);
+                    self.metrics.inc(
+                        "vap_relay_publish_failures_total",
+                        "Outbox batches that Kafka did not acknowledge.",
+                        &[],
+                        1,
+                    );
                     tracing::warn!(error = %e, "kafka unavailable; events stay in the outbox");
                     return (total, true);
                 }

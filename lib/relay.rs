@@ -81,7 +81,11 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, shutdow
                 let (status, ctype, body) = match req.uri().path() {
                     "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
                     "/health" => (StatusCode::OK, "application/json", r#"{"status": "healthy"}"#.to_string()),
-                    _ => (StatusCode::NOT_FOUND, "application/json", r#"{"error": {"code": "not_found", "message": "try /metrics"}}"#.to_string()),
+                    _ => (
+                        StatusCode::NOT_FOUND,
+                        "application/json",
+                        r#"{"error": {"code": "not_found", "message": "try /metrics"}}"#.to_string(),
+                    ),
                 };
                 Ok::<_, Infallible>(
                     Response::builder()

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{TestApp, unique};
+use common::{unique, TestApp};
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
@@ -13,7 +13,10 @@ fn assert_error(r: &common::Response, status: StatusCode, code: &str, mentions: 
     let body = r.json();
     assert_eq!(body["error"]["code"], code, "body: {}", r.text);
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.to_lowercase().contains(&mentions.to_lowercase()), "message '{message}' should mention '{mentions}'");
+    assert!(
+        message.to_lowercase().contains(&mentions.to_lowercase()),
+        "message '{message}' should mention '{mentions}'"
+    );
 }
 
 #[tokio::test]
@@ -40,7 +43,9 @@ async fn init_answers_the_legacy_contract_and_writes_one_outbox_event() {
     assert_eq!(got.json()["status"], "init_startup");
     assert_eq!(got.json()["worker"], serde_json::Value::Null);
 
-    let events = app.scalar(&format!("SELECT count(*) FROM outbox WHERE scenario_uuid = '{uuid}' AND event_type = 'init_scenario'")).await;
+    let events = app
+        .scalar(&format!("SELECT count(*) FROM outbox WHERE scenario_uuid = '{uuid}' AND event_type = 'init_scenario'"))
+        .await;
     assert_eq!(events, 1);
 
     let p = app.get(&format!("/api/v1/prediction/{uuid}")).await;
@@ -81,7 +86,8 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
     let big = format!("{{\"camera_url\": \"rtsp://cam/x\", \"pad\": \"{}\"}}", "x".repeat(70 * 1024));
     let r = app.request(Method::POST, init, &json_ct, big).await;
     assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "65536");
-    let r = app.request(Method::POST, init, &[("content-type", "text/plain")], "{\"camera_url\": \"rtsp://c/x\"}").await;
+    let r =
+        app.request(Method::POST, init, &[("content-type", "text/plain")], "{\"camera_url\": \"rtsp://c/x\"}").await;
     assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "text/plain");
     let r = app.request(Method::POST, init, &[], "{\"camera_url\": \"rtsp://c/x\"}").await;
     assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "application/json");
@@ -91,7 +97,12 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
     let r = app.request(Method::DELETE, "/api/v1/scenario/6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10", &[], "").await;
     assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "DELETE");
 
-    for path in ["/api/v1/scenario/not-a-uuid", "/api/v1/scenario/123/shutdown", "/api/v1/prediction/zzz", "/api/v1/prediction/zzz/stream"] {
+    for path in [
+        "/api/v1/scenario/not-a-uuid",
+        "/api/v1/scenario/123/shutdown",
+        "/api/v1/prediction/zzz",
+        "/api/v1/prediction/zzz/stream",
+    ] {
         let method = if path.ends_with("shutdown") { Method::POST } else { Method::GET };
         let r = app.request(method, path, &[], "").await;
         assert_error(&r, StatusCode::BAD_REQUEST, "invalid_uuid", "not a valid UUID");
@@ -163,7 +174,10 @@ async fn idempotency_key_returns_the_first_answer_and_creates_nothing_new() {
     let first = app.request(Method::POST, "/api/v1/scenario/init", &headers, body.clone()).await;
     assert_eq!(first.status, StatusCode::OK);
     // Concurrent retries with the same key.
-    let retries = futures::future::join_all((0..8).map(|_| app.request(Method::POST, "/api/v1/scenario/init", &headers, body.clone()))).await;
+    let retries = futures::future::join_all(
+        (0..8).map(|_| app.request(Method::POST, "/api/v1/scenario/init", &headers, body.clone())),
+    )
+    .await;
     for r in &retries {
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         assert_eq!(r.json(), first.json());
@@ -174,7 +188,14 @@ async fn idempotency_key_returns_the_first_answer_and_creates_nothing_new() {
     let other = serde_json::to_vec(&json!({"camera_url": "rtsp://cam/other"})).unwrap();
     let r = app.request(Method::POST, "/api/v1/scenario/init", &headers, other).await;
     assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "different request");
-    let r = app.request(Method::POST, "/api/v1/scenario/init", &[("content-type", "application/json"), ("idempotency-key", "")], body).await;
+    let r = app
+        .request(
+            Method::POST,
+            "/api/v1/scenario/init",
+            &[("content-type", "application/json"), ("idempotency-key", "")],
+            body,
+        )
+        .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_idempotency_key", "Idempotency-Key");
     assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 1);
 }
@@ -185,11 +206,17 @@ async fn concurrent_first_requests_with_one_key_create_one_scenario() {
     let body = serde_json::to_vec(&json!({"camera_url": "rtsp://cam/race"})).unwrap();
     let key = unique("race");
     let headers = [("content-type", "application/json"), ("idempotency-key", key.as_str())];
-    let answers = futures::future::join_all((0..16).map(|_| app.request(Method::POST, "/api/v1/scenario/init", &headers, body.clone()))).await;
-    let uuids: HashSet<String> = answers.iter().map(|r| {
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        r.json()["scenario_uuid"].as_str().unwrap().to_string()
-    }).collect();
+    let answers = futures::future::join_all(
+        (0..16).map(|_| app.request(Method::POST, "/api/v1/scenario/init", &headers, body.clone())),
+    )
+    .await;
+    let uuids: HashSet<String> = answers
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            r.json()["scenario_uuid"].as_str().unwrap().to_string()
+        })
+        .collect();
     assert_eq!(uuids.len(), 1);
     assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 1);
 }
@@ -206,7 +233,10 @@ async fn shutdown_moves_to_init_shutdown_once_and_refuses_finished_scenarios() {
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.json()["status"], "init_shutdown");
     assert_eq!(
-        app.scalar(&format!("SELECT count(*) FROM outbox WHERE scenario_uuid = '{uuid}' AND event_type = 'shutdown_scenario'")).await,
+        app.scalar(&format!(
+            "SELECT count(*) FROM outbox WHERE scenario_uuid = '{uuid}' AND event_type = 'shutdown_scenario'"
+        ))
+        .await,
         1
     );
     // The orchestrator finishes it; a further shutdown is a conflict with a reason.
@@ -286,8 +316,10 @@ async fn ready_is_503_while_postgres_is_unreachable() {
     let pool = vap::db::pool(&settings.database).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let token = tokio_util::sync::CancellationToken::new();
-    let running = vap::api::serve(listener, pool, settings.api.clone(), settings.database.clone(), token.clone()).await.unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<http_body_util::Full<bytes::Bytes>>();
+    let running =
+        vap::api::serve(listener, pool, settings.api.clone(), settings.database.clone(), token.clone()).await.unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
     let get = |path: &'static str| {
         let client = client.clone();
         let uri = format!("http://{}{path}", running.addr);
@@ -315,9 +347,20 @@ async fn metrics_count_requests_by_route_and_status_and_report_the_outbox_backlo
     app.create_scenario("rtsp://cam/m").await;
     app.get("/api/v1/scenario/nope").await;
     let text = app.get("/metrics").await.text;
-    assert!(text.contains(r#"vap_http_requests_total{route="/api/v1/scenario/init",method="POST",status="200"} 1"#), "{text}");
-    assert!(text.contains(r#"vap_http_requests_total{route="/api/v1/scenario/{uuid}",method="GET",status="400"} 1"#), "{text}");
-    assert!(text.contains(r#"vap_http_request_duration_seconds_bucket{route="/api/v1/scenario/init",method="POST",le="+Inf"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"vap_http_requests_total{route="/api/v1/scenario/init",method="POST",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"vap_http_requests_total{route="/api/v1/scenario/{uuid}",method="GET",status="400"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"vap_http_request_duration_seconds_bucket{route="/api/v1/scenario/init",method="POST",le="+Inf"} 1"#
+        ),
+        "{text}"
+    );
     assert!(text.contains("vap_outbox_backlog 1"), "{text}");
     assert!(text.contains("vap_inbox_lag_records 0"), "{text}");
 }
@@ -328,8 +371,17 @@ async fn openapi_describes_every_route_and_docs_render_it() {
     let spec = app.get("/openapi.json").await.json();
     assert_eq!(spec["openapi"], "3.0.3");
     for path in [
-        "/health", "/ready", "/metrics", "/openapi.json", "/docs", "/api/v1/scenario/init", "/api/v1/scenarios",
-        "/api/v1/scenario/{uuid}", "/api/v1/scenario/{uuid}/shutdown", "/api/v1/prediction/{uuid}", "/api/v1/prediction/{uuid}/stream",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/api/v1/scenario/init",
+        "/api/v1/scenarios",
+        "/api/v1/scenario/{uuid}",
+        "/api/v1/scenario/{uuid}/shutdown",
+        "/api/v1/prediction/{uuid}",
+        "/api/v1/prediction/{uuid}/stream",
     ] {
         assert!(spec["paths"][path].is_object(), "openapi.json lacks {path}");
     }

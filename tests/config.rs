@@ -23,7 +23,11 @@ fn write_toml(text: &str) -> tempfile::NamedTempFile {
 fn the_documented_example_file_loads_and_runner_job_variables_are_not_settings() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("units/vap.toml");
     // The job variables a runner gets must not trip the unknown-key check.
-    let job = env(&[("VAP_SCENARIO_UUID", "6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10"), ("VAP_CAMERA_URL", "rtsp://cam/1"), ("VAP_SCENARIO_EPOCH", "2026-01-01T00:00:00Z")]);
+    let job = env(&[
+        ("VAP_SCENARIO_UUID", "6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10"),
+        ("VAP_CAMERA_URL", "rtsp://cam/1"),
+        ("VAP_SCENARIO_EPOCH", "2026-01-01T00:00:00Z"),
+    ]);
     let s = Settings::load_from(Some(&path), job).expect("units/vap.toml is valid");
     assert_eq!(s.runner.sample_fps, 2.0);
     assert_eq!(s.runner.model_manifest, std::path::PathBuf::from("/usr/share/vap/models/ssdlite_person_300.toml"));
@@ -34,7 +38,11 @@ fn the_documented_example_file_loads_and_runner_job_variables_are_not_settings()
 #[test]
 fn defaults_then_file_then_environment() {
     let file = write_toml("[database]\nport = 6000\nuser = \"fromfile\"\n[kafka]\npartitions = 8\n");
-    let s = Settings::load_from(Some(file.path()), env(&[("VAP_DATABASE__PORT", "7000"), ("VAP_KAFKA__BROKERS", "a:1,b:2")])).unwrap();
+    let s = Settings::load_from(
+        Some(file.path()),
+        env(&[("VAP_DATABASE__PORT", "7000"), ("VAP_KAFKA__BROKERS", "a:1,b:2")]),
+    )
+    .unwrap();
     assert_eq!(s.database.port, 7000, "environment beats the file");
     assert_eq!(s.database.user, "fromfile", "the file beats the defaults");
     assert_eq!(s.kafka.partitions, 8);
@@ -57,7 +65,15 @@ fn unknown_keys_and_bad_values_are_refused_by_name() {
     let nodes = "[[orchestrator.systemd.nodes]]\nname = \"infra\"\n[[orchestrator.systemd.nodes]]\nname = \"worker-1\"\nbus_address = \"unixexec:path=ssh,argv1=worker-1\"\n";
     let file = write_toml(nodes);
     let s = Settings::load_from(Some(file.path()), env(&[])).unwrap();
-    assert_eq!(s.orchestrator.systemd.effective_nodes().iter().map(|n| (n.name.as_str(), n.bus_address.as_str())).collect::<Vec<_>>(), [("infra", ""), ("worker-1", "unixexec:path=ssh,argv1=worker-1")]);
+    assert_eq!(
+        s.orchestrator
+            .systemd
+            .effective_nodes()
+            .iter()
+            .map(|n| (n.name.as_str(), n.bus_address.as_str()))
+            .collect::<Vec<_>>(),
+        [("infra", ""), ("worker-1", "unixexec:path=ssh,argv1=worker-1")]
+    );
     let file = write_toml(&nodes.replace("worker-1\"\n", "infra\"\n"));
     let e = Settings::load_from(Some(file.path()), env(&[])).unwrap_err().to_string();
     assert!(e.contains("orchestrator.systemd.nodes"), "{e}");
@@ -67,7 +83,9 @@ fn unknown_keys_and_bad_values_are_refused_by_name() {
 
 #[test]
 fn secrets_never_print() {
-    let s = Settings::load_from(None, env(&[("VAP_DATABASE__PASSWORD", "hunter2"), ("VAP_API__AUTH_TOKEN", "tok-123")])).unwrap();
+    let s =
+        Settings::load_from(None, env(&[("VAP_DATABASE__PASSWORD", "hunter2"), ("VAP_API__AUTH_TOKEN", "tok-123")]))
+            .unwrap();
     let shown = format!("{s:?}");
     assert!(!shown.contains("hunter2") && !shown.contains("tok-123"), "{shown}");
     assert_eq!(s.database.password.expose(), "hunter2");
@@ -137,7 +155,9 @@ async fn the_api_binary_drains_on_sigterm_exits_0_and_never_logs_secrets() {
     let req = hyper::Request::post(format!("{base}/api/v1/scenario/init"))
         .header("content-type", "application/json")
         .header("authorization", "Bearer api-secret-88")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"camera_url":"rtsp://u:camera-secret-99@cam/x"}"#)))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"camera_url":"rtsp://u:camera-secret-99@cam/x"}"#,
+        )))
         .unwrap();
     assert_eq!(client.request(req).await.unwrap().status(), 200);
     // A long-lived SSE stream is in flight when SIGTERM arrives; the drain must still end.
@@ -207,13 +227,18 @@ fn read_notifications(socket: &std::os::unix::net::UnixDatagram, want: &str, wit
 #[tokio::test]
 async fn the_services_speak_the_sd_notify_protocol() {
     let app = TestApp::spawn().await;
-    let orchestrator_env = [("VAP_ORCHESTRATOR__METRICS_LISTEN", ""), ("VAP_ORCHESTRATOR__LOCAL__RUNNER_BIN", "/bin/true"), ("VAP_ORCHESTRATOR__LEADER_POLL_MS", "300")];
+    let orchestrator_env = [
+        ("VAP_ORCHESTRATOR__METRICS_LISTEN", ""),
+        ("VAP_ORCHESTRATOR__LOCAL__RUNNER_BIN", "/bin/true"),
+        ("VAP_ORCHESTRATOR__LEADER_POLL_MS", "300"),
+    ];
     let mut env = app.env();
     env.extend(orchestrator_env.map(|(k, v)| (k.to_string(), v.to_string())));
     // This one leads, so the orchestrator checked below is a standby, which must feed the
     // watchdog too or systemd kills it.
     let mut leader = common::spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &env, &[]);
-    for bin in [env!("CARGO_BIN_EXE_vap-api"), env!("CARGO_BIN_EXE_vap-relay"), env!("CARGO_BIN_EXE_vap-orchestrator")] {
+    for bin in [env!("CARGO_BIN_EXE_vap-api"), env!("CARGO_BIN_EXE_vap-relay"), env!("CARGO_BIN_EXE_vap-orchestrator")]
+    {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();

@@ -30,7 +30,14 @@ const HOST: &str = "deploy-host";
 /// A worker only: runners started by HOST's orchestrator through ssh and systemd-stdio-bridge.
 const WORKER: &str = "deploy-worker";
 /// What vap.target brings up on an infra host that runs its own PostgreSQL and broker.
-const PLATFORM_UNITS: [&str; 6] = ["postgresql.service", "vap-postgresql-setup.service", "nisshi.service", "vap-api.service", "vap-relay.service", "vap-orchestrator.service"];
+const PLATFORM_UNITS: [&str; 6] = [
+    "postgresql.service",
+    "vap-postgresql-setup.service",
+    "nisshi.service",
+    "vap-api.service",
+    "vap-relay.service",
+    "vap-orchestrator.service",
+];
 
 fn project() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -138,13 +145,23 @@ fn run_playbook(inventory: &Path, roots: &[&Path]) -> [Recap; 2] {
     }
     assert!(out.status.success(), "the playbook failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     [HOST, WORKER].map(|host| {
-        let recap = stdout.lines().rev().find(|l| l.split_whitespace().next() == Some(host) && l.contains("changed=")).unwrap_or_else(|| panic!("no recap for {host} in:\n{stdout}"));
-        recap.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0))).collect()
+        let recap = stdout
+            .lines()
+            .rev()
+            .find(|l| l.split_whitespace().next() == Some(host) && l.contains("changed="))
+            .unwrap_or_else(|| panic!("no recap for {host} in:\n{stdout}"));
+        recap
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))
+            .collect()
     })
 }
 
 fn unit_state(host: &Container, unit: &str) -> String {
-    host.unit_property(unit, UNIT, "ActiveState").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "not loaded".into())
+    host.unit_property(unit, UNIT, "ActiveState")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "not loaded".into())
 }
 
 async fn wait_for_platform(host: &Container, api: &ApiClient) {
@@ -190,12 +207,31 @@ fn stored_frames(prediction: &Value) -> BTreeSet<i64> {
 async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     // The VM layout uses the same playbook; VMs cannot boot here (no KVM, no provider), so it is
     // validated only, without the providers' own settings.
-    let validate = Command::new("vagrant").args(["validate", "--ignore-provider"]).current_dir(project().join("vagrant")).env("VAGRANT_DOTFILE_PATH", tempfile::tempdir().unwrap().path()).output().expect("vagrant (scripts/setup installs it)");
-    assert!(validate.status.success(), "vagrant validate:\n{}{}", String::from_utf8_lossy(&validate.stdout), String::from_utf8_lossy(&validate.stderr));
+    let validate = Command::new("vagrant")
+        .args(["validate", "--ignore-provider"])
+        .current_dir(project().join("vagrant"))
+        .env("VAGRANT_DOTFILE_PATH", tempfile::tempdir().unwrap().path())
+        .output()
+        .expect("vagrant (scripts/setup installs it)");
+    assert!(
+        validate.status.success(),
+        "vagrant validate:\n{}{}",
+        String::from_utf8_lossy(&validate.stdout),
+        String::from_utf8_lossy(&validate.stderr)
+    );
 
     // Lint first: the playbook must pass ansible-lint's production profile.
-    let lint = Command::new(ansible_bin("ansible-lint")).current_dir(project().join("ansible")).env("NO_COLOR", "1").output().expect("ansible-lint");
-    assert!(lint.status.success(), "ansible-lint:\n{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
+    let lint = Command::new(ansible_bin("ansible-lint"))
+        .current_dir(project().join("ansible"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("ansible-lint");
+    assert!(
+        lint.status.success(),
+        "ansible-lint:\n{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 
     // Copies of the cached fresh host, so every run starts from the same fresh machines.
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -205,7 +241,14 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
         let status = Command::new("cp").arg("-a").arg(container::rootfs(&["fresh"])).arg(to).status().unwrap();
         assert!(status.success());
     }
-    let ports = Ports { api: free_port(), database: free_port(), broker: free_port(), relay_metrics: free_port(), orchestrator_metrics: free_port(), worker_ssh: free_port() };
+    let ports = Ports {
+        api: free_port(),
+        database: free_port(),
+        broker: free_port(),
+        relay_metrics: free_port(),
+        orchestrator_metrics: free_port(),
+        worker_ssh: free_port(),
+    };
     let inventory = inventory(work.path(), &root, &worker_root, &ports);
 
     let first = run_playbook(&inventory, &[&root, &worker_root]);
@@ -220,10 +263,23 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     // The units as installed, checked where they are: verify and the security rating.
     for unit in ["vap-api.service", "vap-relay.service", "vap-orchestrator.service", "nisshi.service"] {
         let path = root.join("etc/systemd/system").join(unit);
-        let verify = Command::new("systemd-analyze").arg("verify").arg(format!("--root={}", root.display())).arg(&path).output().unwrap();
+        let verify = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(format!("--root={}", root.display()))
+            .arg(&path)
+            .output()
+            .unwrap();
         let said = String::from_utf8_lossy(&verify.stderr);
-        assert!(verify.status.success() && !said.lines().any(|l| l.contains(unit)), "systemd-analyze verify {unit}:\n{said}");
-        let security = Command::new("systemd-analyze").args(["security", "--offline=true", "--threshold=20"]).arg(format!("--root={}", root.display())).arg(&path).output().unwrap();
+        assert!(
+            verify.status.success() && !said.lines().any(|l| l.contains(unit)),
+            "systemd-analyze verify {unit}:\n{said}"
+        );
+        let security = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--threshold=20"])
+            .arg(format!("--root={}", root.display()))
+            .arg(&path)
+            .output()
+            .unwrap();
         assert!(security.status.success(), "{unit} rates above 2.0:\n{}", String::from_utf8_lossy(&security.stdout));
     }
     // A worker holds no secrets: runners use neither the database nor the API's token.
@@ -234,19 +290,35 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     let mut worker = Container::boot_host(&worker_root, &[]);
     let api = ApiClient::new(&format!("http://127.0.0.1:{}", ports.api));
     wait_for_platform(&host, &api).await;
-    eventually(Duration::from_secs(60), "sshd active on the worker", || async { (unit_state(&worker, "ssh.service") == "active").then_some(()) }).await;
+    eventually(Duration::from_secs(60), "sshd active on the worker", || async {
+        (unit_state(&worker, "ssh.service") == "active").then_some(())
+    })
+    .await;
 
     // The orchestrator's key opens the worker's system bus and nothing else, from the infra
     // host's address only (the hosts share the loopback: 127.0.0.2 stands for another machine).
     let ssh = |extra: &[&str]| {
         let port = ports.worker_ssh.to_string();
-        let mut argv = vec!["ssh", "-Fnone", "-i/etc/vap/ssh/id_ed25519", "-oBatchMode=yes", "-oStrictHostKeyChecking=yes", "-oUserKnownHostsFile=/etc/vap/ssh/known_hosts", "-p", &port, "-lroot"];
+        let mut argv = vec![
+            "ssh",
+            "-Fnone",
+            "-i/etc/vap/ssh/id_ed25519",
+            "-oBatchMode=yes",
+            "-oStrictHostKeyChecking=yes",
+            "-oUserKnownHostsFile=/etc/vap/ssh/known_hosts",
+            "-p",
+            &port,
+            "-lroot",
+        ];
         argv.extend(extra);
         let out = host.exec(&argv);
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
     };
     let said = ssh(&["127.0.0.1", "id"]);
-    assert!(!said.contains("uid=") && !said.contains("denied") && !said.contains("verification failed"), "ssh to the worker: {said}");
+    assert!(
+        !said.contains("uid=") && !said.contains("denied") && !said.contains("verification failed"),
+        "ssh to the worker: {said}"
+    );
     let said = ssh(&["-b127.0.0.2", "127.0.0.1", "id"]);
     assert!(said.contains("Permission denied"), "the key from another address: {said}");
 
@@ -271,7 +343,11 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     for (id, node) in &placed {
         let on = if node == HOST { &host } else { &worker };
         let unit = format!("vap-runner-{id}.service");
-        assert_eq!(on.units("vap-runner-*"), vec![(unit.clone(), "active".into(), "running".into())], "the runner as a transient unit on {node}");
+        assert_eq!(
+            on.units("vap-runner-*"),
+            vec![(unit.clone(), "active".into(), "running".into())],
+            "the runner as a transient unit on {node}"
+        );
         assert_eq!(on.unit_property(&unit, SERVICE, "User"), Some(json!("vap")));
         // The runner's unit is as hardened as the platform's own.
         let security = on.exec(&["systemd-analyze", "security", "--threshold=20", &unit]);
@@ -287,7 +363,9 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     }
     host.kill_unit("vap-relay.service", libc::SIGKILL);
     eventually(Duration::from_secs(30), "systemd restarting vap-relay", || async {
-        (host.unit_property("vap-relay.service", SERVICE, "NRestarts") == Some(json!(1)) && unit_state(&host, "vap-relay.service") == "active").then_some(())
+        (host.unit_property("vap-relay.service", SERVICE, "NRestarts") == Some(json!(1))
+            && unit_state(&host, "vap-relay.service") == "active")
+            .then_some(())
     })
     .await;
     for (id, before) in ids.into_iter().zip(before) {
@@ -304,7 +382,10 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     for id in ids {
         api.wait_for_status(id, "inactive", Duration::from_secs(60)).await;
     }
-    eventually(Duration::from_secs(30), "the runners' units gone", || async { (host.units("vap-runner-*").is_empty() && worker.units("vap-runner-*").is_empty()).then_some(()) }).await;
+    eventually(Duration::from_secs(30), "the runners' units gone", || async {
+        (host.units("vap-runner-*").is_empty() && worker.units("vap-runner-*").is_empty()).then_some(())
+    })
+    .await;
     for id in ids {
         let stored = api.prediction(id).await;
         let frames = published_frames(ports.broker, id).await;
@@ -328,11 +409,19 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     }
     // The operator's fleet check (the one vagrant/e2e-test runs): a scenario per host at once.
     let fleet = tokio::task::spawn_blocking(move || {
-        Command::new(project().join("scripts/fleet-test")).arg(format!("http://127.0.0.1:{}", ports.api)).arg(format!("rtsp://127.0.0.1:{rtsp_port}/cam")).args([HOST, WORKER]).output().unwrap()
+        Command::new(project().join("scripts/fleet-test"))
+            .arg(format!("http://127.0.0.1:{}", ports.api))
+            .arg(format!("rtsp://127.0.0.1:{rtsp_port}/cam"))
+            .args([HOST, WORKER])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&fleet.stdout), String::from_utf8_lossy(&fleet.stderr));
     assert!(fleet.status.success() && said.contains("worker: systemd vap-runner-"), "scripts/fleet-test:\n{said}");
-    eventually(Duration::from_secs(30), "no runner units left", || async { (host.units("vap-runner-*").is_empty() && worker.units("vap-runner-*").is_empty()).then_some(()) }).await;
+    eventually(Duration::from_secs(30), "no runner units left", || async {
+        (host.units("vap-runner-*").is_empty() && worker.units("vap-runner-*").is_empty()).then_some(())
+    })
+    .await;
 }

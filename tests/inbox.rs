@@ -15,8 +15,14 @@ async fn stored(app: &TestApp) -> i64 {
 
 #[tokio::test]
 async fn every_result_produced_twice_is_stored_once_and_bad_records_are_skipped() {
-    let mut app = TestApp::spawn_with(|s| s.relay.metrics_listen = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap())).await;
-    let scenarios = [app.create_scenario("rtsp://cam/a").await, app.create_scenario("rtsp://cam/b").await, app.create_scenario("rtsp://cam/c").await];
+    let mut app =
+        TestApp::spawn_with(|s| s.relay.metrics_listen = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()))
+            .await;
+    let scenarios = [
+        app.create_scenario("rtsp://cam/a").await,
+        app.create_scenario("rtsp://cam/b").await,
+        app.create_scenario("rtsp://cam/c").await,
+    ];
     let ghost = uuid::Uuid::new_v4();
     let mut records = Vec::new();
     for frame in 0..300 {
@@ -41,10 +47,13 @@ async fn every_result_produced_twice_is_stored_once_and_bad_records_are_skipped(
     app.produce_results(stream).await;
 
     app.start_relay();
-    eventually(Duration::from_secs(60), "900 results stored", || async { (stored(&app).await == 900).then_some(()) }).await;
+    eventually(Duration::from_secs(60), "900 results stored", || async { (stored(&app).await == 900).then_some(()) })
+        .await;
     // Give a wrong implementation time to store more (it must not).
     eventually(Duration::from_secs(30), "inbox caught up", || async {
-        (app.scalar("SELECT COALESCE(sum(high_watermark - next_offset), -1)::bigint FROM consumer_positions").await == 0).then_some(())
+        (app.scalar("SELECT COALESCE(sum(high_watermark - next_offset), -1)::bigint FROM consumer_positions").await
+            == 0)
+            .then_some(())
     })
     .await;
     assert_eq!(stored(&app).await, 900);
@@ -65,7 +74,8 @@ async fn every_result_produced_twice_is_stored_once_and_bad_records_are_skipped(
 }
 
 async fn reqwest_text(url: &str) -> String {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
     let resp = client.get(url.parse().unwrap()).await.unwrap();
     String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
@@ -78,13 +88,15 @@ async fn kill_9_of_the_inbox_mid_stream_stores_each_result_exactly_once() {
     let records: Vec<_> = (0..4000).flat_map(|f| [(s, result_json(s, f)), (t, result_json(t, f))]).collect();
     app.produce_results(records).await;
     let mut relay = app.spawn_relay_process();
-    eventually(Duration::from_secs(60), "some results stored", || async { (stored(&app).await > 0).then_some(()) }).await;
+    eventually(Duration::from_secs(60), "some results stored", || async { (stored(&app).await > 0).then_some(()) })
+        .await;
     relay.kill().unwrap();
     relay.wait().unwrap();
     let at_kill = stored(&app).await;
     eprintln!("stored when the relay was killed: {at_kill} of 8000");
     let mut relay = app.spawn_relay_process();
-    eventually(Duration::from_secs(60), "8000 results stored", || async { (stored(&app).await == 8000).then_some(()) }).await;
+    eventually(Duration::from_secs(60), "8000 results stored", || async { (stored(&app).await == 8000).then_some(()) })
+        .await;
     relay.kill().unwrap();
     relay.wait().unwrap();
     let p = app.get(&format!("/api/v1/prediction/{s}?limit=1")).await.json();
@@ -127,7 +139,8 @@ async fn prediction_pages_deliver_every_result_once_in_frame_order() {
 
 /// Reads `want` SSE `result` events (or fails after `timeout`), returning their ids.
 async fn read_sse(app: &TestApp, path: &str, headers: &[(&str, &str)], want: usize, timeout: Duration) -> Vec<i64> {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = hyper::Request::get(format!("{}{path}", app.base));
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -140,7 +153,8 @@ async fn read_sse(app: &TestApp, path: &str, headers: &[(&str, &str)], want: usi
     let mut ids = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while ids.len() < want {
-        let frame = tokio::time::timeout_at(deadline, body.frame()).await.expect("SSE events in time").unwrap().unwrap();
+        let frame =
+            tokio::time::timeout_at(deadline, body.frame()).await.expect("SSE events in time").unwrap().unwrap();
         if let Ok(data) = frame.into_data() {
             buffer.push_str(std::str::from_utf8(&data).unwrap());
         }

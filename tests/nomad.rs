@@ -25,7 +25,12 @@ use vap::orchestrator::backend::RunnerSpec;
 use vap::orchestrator::nomad::{job_spec, NomadClient, NomadError};
 
 fn client_settings(double: &NomadDouble, token: &str) -> NomadBackendSettings {
-    NomadBackendSettings { address: double.address(), token: Secret::new(token), request_timeout_ms: 2_000, ..NomadBackendSettings::default() }
+    NomadBackendSettings {
+        address: double.address(),
+        token: Secret::new(token),
+        request_timeout_ms: 2_000,
+        ..NomadBackendSettings::default()
+    }
 }
 
 fn status_of(e: NomadError) -> (StatusCode, String) {
@@ -49,9 +54,15 @@ async fn client_speaks_nomads_api_acl_errors_and_blocking_queries() {
 
     // ACLs: no token, a wrong token.
     let anonymous = NomadClient::new(&client_settings(&double, "")).unwrap();
-    assert_eq!(status_of(anonymous.list_jobs("vap-runner-").await.unwrap_err()), (StatusCode::FORBIDDEN, "Permission denied".into()));
+    assert_eq!(
+        status_of(anonymous.list_jobs("vap-runner-").await.unwrap_err()),
+        (StatusCode::FORBIDDEN, "Permission denied".into())
+    );
     let wrong = NomadClient::new(&client_settings(&double, "nope")).unwrap();
-    assert_eq!(status_of(wrong.list_jobs("vap-runner-").await.unwrap_err()), (StatusCode::FORBIDDEN, "ACL token not found".into()));
+    assert_eq!(
+        status_of(wrong.list_jobs("vap-runner-").await.unwrap_err()),
+        (StatusCode::FORBIDDEN, "ACL token not found".into())
+    );
 
     // Register; re-registering the same spec is idempotent (no second allocation).
     let index = client.register_job(&sleeper("vap-runner-a")).await.unwrap();
@@ -79,7 +90,8 @@ async fn client_speaks_nomads_api_acl_errors_and_blocking_queries() {
 
     // A blocking query holds until the index moves past ours, then answers with the change.
     let started = Instant::now();
-    let timed_out = client.job_allocations("vap-runner-a", Some((alloc_index + 1_000, Duration::from_millis(300)))).await.unwrap();
+    let timed_out =
+        client.job_allocations("vap-runner-a", Some((alloc_index + 1_000, Duration::from_millis(300)))).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(280), "returned before the wait: {:?}", started.elapsed());
     assert_eq!(timed_out.0.len(), 1, "a timeout answers with the unchanged data");
     let (_, current) = client.job_allocations("vap-runner-a", None).await.unwrap();
@@ -87,22 +99,34 @@ async fn client_speaks_nomads_api_acl_errors_and_blocking_queries() {
     let watch = tokio::spawn(async move {
         let c = NomadClient::new(&settings).unwrap();
         let started = Instant::now();
-        let (allocs, index) = c.job_allocations("vap-runner-a", Some((current, Duration::from_secs(20)))).await.unwrap();
+        let (allocs, index) =
+            c.job_allocations("vap-runner-a", Some((current, Duration::from_secs(20)))).await.unwrap();
         (allocs, index, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     client.deregister_job("vap-runner-a", true).await.unwrap();
     let (allocs, index, waited) = watch.await.unwrap();
-    assert!(index > current && waited < Duration::from_secs(5), "woken by the change: index {index}, waited {waited:?}");
+    assert!(
+        index > current && waited < Duration::from_secs(5),
+        "woken by the change: index {index}, waited {waited:?}"
+    );
     assert_eq!(allocs[0].desired_status, "stop");
     // Purged: gone from the list, and its task is stopped.
     assert!(client.list_jobs("vap-runner-").await.unwrap().is_empty());
-    eventually(Duration::from_secs(10), "the task to be killed", || async { double.running_tasks().is_empty().then_some(()) }).await;
+    eventually(Duration::from_secs(10), "the task to be killed", || async {
+        double.running_tasks().is_empty().then_some(())
+    })
+    .await;
 }
 
 /// vap-orchestrator with `backend = "nomad"` against the double; `extra_env` is added to the
 /// runner's environment.
-fn spawn_nomad_orchestrator(app: &TestApp, double: &NomadDouble, dir: &Path, extra_env: &[String]) -> std::process::Child {
+fn spawn_nomad_orchestrator(
+    app: &TestApp,
+    double: &NomadDouble,
+    dir: &Path,
+    extra_env: &[String],
+) -> std::process::Child {
     let mut env = runner_env(app);
     env.extend(extra_env.iter().cloned());
     let section = format!(
@@ -138,7 +162,8 @@ async fn nomad_backend_end_to_end_through_the_double() {
     let jobs = client.list_jobs("vap-runner-").await.unwrap();
     assert_eq!(jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), vec![job_id.as_str()]);
     assert_eq!(double.running_tasks().get(&job_id).map(Vec::len), Some(1));
-    let frames = app.get(&format!("/api/v1/prediction/{live}")).await.json()["total_frames_processed"].as_i64().unwrap();
+    let frames =
+        app.get(&format!("/api/v1/prediction/{live}")).await.json()["total_frames_processed"].as_i64().unwrap();
     assert!(frames >= 1);
 
     // Shutdown: the job is purged and its task stopped; the scenario ends inactive.
@@ -167,7 +192,12 @@ async fn nomad_giving_up_fails_the_scenario_with_the_reason() {
     let double = NomadDouble::start(Some("s3cret")).await;
     let dir = tempfile::tempdir().unwrap();
     // A runner that can never start: its model is missing (exit 4, every time).
-    let mut orchestrator = spawn_nomad_orchestrator(&app, &double, dir.path(), &["VAP_RUNNER__MODEL_MANIFEST=/nonexistent/model.toml".into()]);
+    let mut orchestrator = spawn_nomad_orchestrator(
+        &app,
+        &double,
+        dir.path(),
+        &["VAP_RUNNER__MODEL_MANIFEST=/nonexistent/model.toml".into()],
+    );
     let id = app.create_scenario(media().short.to_str().unwrap()).await;
     let failed = app.wait_for_status(id, "failed", Duration::from_secs(90)).await;
     let error = failed["error"].as_str().unwrap_or_default();
@@ -180,7 +210,8 @@ async fn nomad_giving_up_fails_the_scenario_with_the_reason() {
 
 #[test]
 fn submitted_job_carries_the_scenario_the_runner_and_no_secret_in_its_arguments() {
-    let spec = RunnerSpec { scenario: Uuid::new_v4(), camera_url: "rtsp://u:secret@cam/1".into(), epoch: chrono::Utc::now() };
+    let spec =
+        RunnerSpec { scenario: Uuid::new_v4(), camera_url: "rtsp://u:secret@cam/1".into(), epoch: chrono::Utc::now() };
     let job = job_spec(&NomadBackendSettings::default(), &spec);
     let task = &job["TaskGroups"][0]["Tasks"][0];
     assert_eq!(job["ID"], format!("vap-runner-{}", spec.scenario));

@@ -36,7 +36,11 @@ async fn local_backend_runs_a_file_to_the_end_and_shuts_a_live_camera_down() {
     assert_eq!(done["worker"]["backend"], "local", "{done}");
     let p = app.prediction(file).await;
     assert_eq!(p["total_frames_processed"], 10, "5 s at 2 fps: {p}");
-    assert!(p["results"].as_array().unwrap().iter().filter(|r| !r["detections"].as_array().unwrap().is_empty()).count() >= 8, "{p}");
+    assert!(
+        p["results"].as_array().unwrap().iter().filter(|r| !r["detections"].as_array().unwrap().is_empty()).count()
+            >= 8,
+        "{p}"
+    );
 
     // A live camera: active with a running worker, until its shutdown.
     let running = app.wait_for_status(live, "active", Duration::from_secs(90)).await;
@@ -151,7 +155,13 @@ async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans()
         if active == ids.len() && running.len() == ids.len() {
             break;
         }
-        assert!(Instant::now() < deadline, "{active} of {} active, {} runners, {:?} after the kill", ids.len(), running.len(), killed_at.elapsed());
+        assert!(
+            Instant::now() < deadline,
+            "{active} of {} active, {} runners, {:?} after the kill",
+            ids.len(),
+            running.len(),
+            killed_at.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The runner the dead leader started was adopted, not started again.
@@ -188,7 +198,11 @@ async fn a_crash_looping_runner_fails_its_scenario_after_the_restart_limit() {
     let error = failed["error"].as_str().unwrap_or_default();
     assert!(error.contains("failed 3 times") && error.contains("exit code 1"), "{failed}");
     let w = &failed["worker"];
-    assert_eq!((w["backend"].as_str(), w["status"].as_str(), w["restarts"].as_i64()), (Some("local"), Some("failed"), Some(2)), "{failed}");
+    assert_eq!(
+        (w["backend"].as_str(), w["status"].as_str(), w["restarts"].as_i64()),
+        (Some("local"), Some("failed"), Some(2)),
+        "{failed}"
+    );
     // Failed stays failed: no further starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(app.scenario(id).await["status"], "failed");

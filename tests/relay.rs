@@ -91,7 +91,10 @@ async fn kill_9_mid_burst_loses_no_event_and_keeps_each_scenarios_order() {
     let mut relay = app.spawn_relay_process();
     let burst = burst(&app, 1000);
     let killer = async {
-        eventually(Duration::from_secs(60), "some events published", || async { (published(&app).await >= 150).then_some(()) }).await;
+        eventually(Duration::from_secs(60), "some events published", || async {
+            (published(&app).await >= 150).then_some(())
+        })
+        .await;
         relay.kill().unwrap(); // SIGKILL
         relay.wait().unwrap();
     };
@@ -111,7 +114,13 @@ async fn kill_9_mid_burst_loses_no_event_and_keeps_each_scenarios_order() {
     let shutdown_set: HashSet<_> = shutdowns.iter().map(|e| e.scenario_uuid).collect();
     assert_eq!(init_set, all.iter().copied().collect::<HashSet<_>>(), "every init event reached Kafka");
     assert_eq!(shutdown_set, stopped.iter().copied().collect::<HashSet<_>>(), "every shutdown event reached Kafka");
-    eprintln!("init records {} for {} events; shutdown records {} for {}", inits.len(), all.len(), shutdowns.len(), stopped.len());
+    eprintln!(
+        "init records {} for {} events; shutdown records {} for {}",
+        inits.len(),
+        all.len(),
+        shutdowns.len(),
+        stopped.len()
+    );
 
     // Order: a scenario's shutdown was published only after its init was acknowledged.
     let client = app.pool.get().await.unwrap();
@@ -132,7 +141,11 @@ async fn kill_9_mid_burst_loses_no_event_and_keeps_each_scenarios_order() {
     for topic in [&app.settings.kafka.topic_init_scenario, &app.settings.kafka.topic_shutdown_scenario] {
         for (partition, _, record) in app.read_topic(topic).await {
             let key = record.key.unwrap();
-            assert_eq!(partition, vap::kafka::partition_for_key(&key, partitions), "{topic}: key on the wrong partition");
+            assert_eq!(
+                partition,
+                vap::kafka::partition_for_key(&key, partitions),
+                "{topic}: key on the wrong partition"
+            );
         }
     }
 }

@@ -31,7 +31,13 @@ impl Runner {
 
     /// `as_watchdog_pid`: start through `sh` so WATCHDOG_PID can name the runner's own pid
     /// (sd_notify honours WATCHDOG_USEC only for that pid), as systemd sets it.
-    fn spawn(app: &TestApp, scenario: Uuid, camera_url: &str, extra_env: &[(&str, &str)], as_watchdog_pid: bool) -> Runner {
+    fn spawn(
+        app: &TestApp,
+        scenario: Uuid,
+        camera_url: &str,
+        extra_env: &[(&str, &str)],
+        as_watchdog_pid: bool,
+    ) -> Runner {
         use std::os::unix::process::CommandExt;
         let bin = env!("CARGO_BIN_EXE_vap-runner");
         let mut cmd = if as_watchdog_pid {
@@ -119,10 +125,8 @@ fn assert_people_found(results: &[Value], min_frames: usize) {
     assert!(results.len() >= min_frames, "only {} analysed frames", results.len());
     let frames: Vec<i64> = results.iter().map(|r| r["frame_number"].as_i64().unwrap()).collect();
     assert!(frames.windows(2).all(|w| w[0] < w[1]), "frame numbers not increasing: {frames:?}");
-    let with_people = results
-        .iter()
-        .filter(|r| r["detections"].as_array().unwrap().iter().any(|d| d["class"] == "person"))
-        .count();
+    let with_people =
+        results.iter().filter(|r| r["detections"].as_array().unwrap().iter().any(|d| d["class"] == "person")).count();
     assert!(with_people * 10 >= results.len() * 8, "persons in only {with_people} of {} frames", results.len());
     for r in results {
         for d in r["detections"].as_array().unwrap() {
@@ -153,7 +157,8 @@ fn ssd_model_finds_the_players_and_nothing_in_colour_bars() {
     assert!(detections.iter().all(|d| d.bbox[0] >= 0.0 && d.bbox[2] <= w && d.bbox[1] >= 0.0 && d.bbox[3] <= h));
     assert!(timing.inference > Duration::ZERO);
 
-    let mut bars = opencv::videoio::VideoCapture::from_file(media().bars.to_str().unwrap(), opencv::videoio::CAP_FFMPEG).unwrap();
+    let mut bars =
+        opencv::videoio::VideoCapture::from_file(media().bars.to_str().unwrap(), opencv::videoio::CAP_FFMPEG).unwrap();
     let mut frame = opencv::core::Mat::default();
     let mut frames = 0;
     while bars.read(&mut frame).unwrap() && frames < 10 {
@@ -168,7 +173,9 @@ fn ssd_model_finds_the_players_and_nothing_in_colour_bars() {
 /// 4 boxes), independent of the image but computed from it (`+ 0 * max(image)`).
 fn yolo_fixture(dir: &Path) -> PathBuf {
     use prost::Message;
-    use tract_onnx::pb::{self, attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension, type_proto};
+    use tract_onnx::pb::{
+        self, attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension, type_proto,
+    };
     let out: Vec<f32> = vec![
         20.0, 21.0, 20.0, 50.0, // cx
         32.0, 32.0, 32.0, 40.0, // cy
@@ -177,14 +184,26 @@ fn yolo_fixture(dir: &Path) -> PathBuf {
         0.9, 0.8, 0.2, 0.1, // class 0 ("person")
         0.1, 0.1, 0.7, 0.05, // class 1 ("bicycle")
     ];
-    let tensor = |name: &str, dims: Vec<i64>, data: Vec<f32>| pb::TensorProto { name: name.into(), dims, data_type: DataType::Float as i32, float_data: data, ..Default::default() };
+    let tensor = |name: &str, dims: Vec<i64>, data: Vec<f32>| pb::TensorProto {
+        name: name.into(),
+        dims,
+        data_type: DataType::Float as i32,
+        float_data: data,
+        ..Default::default()
+    };
     let value_info = |name: &str, dims: &[i64]| pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
                 elem_type: DataType::Float as i32,
                 shape: Some(pb::TensorShapeProto {
-                    dim: dims.iter().map(|d| pb::tensor_shape_proto::Dimension { value: Some(dimension::Value::DimValue(*d)), ..Default::default() }).collect(),
+                    dim: dims
+                        .iter()
+                        .map(|d| pb::tensor_shape_proto::Dimension {
+                            value: Some(dimension::Value::DimValue(*d)),
+                            ..Default::default()
+                        })
+                        .collect(),
                 }),
             })),
             ..Default::default()
@@ -199,8 +218,18 @@ fn yolo_fixture(dir: &Path) -> PathBuf {
         attribute,
         ..Default::default()
     };
-    let ints = |name: &str, v: Vec<i64>| pb::AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v, ..Default::default() };
-    let int = |name: &str, v: i64| pb::AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() };
+    let ints = |name: &str, v: Vec<i64>| pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v,
+        ..Default::default()
+    };
+    let int = |name: &str, v: i64| pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    };
     let graph = pb::GraphProto {
         name: "yolo_fixture".into(),
         node: vec![
@@ -261,9 +290,12 @@ fn yolov8_format_decodes_letterboxed_boxes_with_nms_per_class() {
     let mut detector = TractDetector::load(&yolo_fixture(dir.path()), None).expect("load the fixture");
     // 128x64 into 64x64: scale 0.5, the picture sits 16 px down (letterbox), so a box at
     // input (12..28, 24..40) is (24..56, 16..48) in the frame.
-    let frame = opencv::core::Mat::new_rows_cols_with_default(64, 128, opencv::core::CV_8UC3, opencv::core::Scalar::all(80.0)).unwrap();
+    let frame =
+        opencv::core::Mat::new_rows_cols_with_default(64, 128, opencv::core::CV_8UC3, opencv::core::Scalar::all(80.0))
+            .unwrap();
     let (found, _) = detector.detect(&frame).unwrap();
-    let got: Vec<(String, f32, [f32; 4])> = found.iter().map(|d| (d.class.clone(), (d.confidence * 100.0).round() / 100.0, d.bbox)).collect();
+    let got: Vec<(String, f32, [f32; 4])> =
+        found.iter().map(|d| (d.class.clone(), (d.confidence * 100.0).round() / 100.0, d.bbox)).collect();
     assert_eq!(
         got,
         vec![
@@ -283,11 +315,22 @@ fn a_bad_manifest_is_a_clear_error() {
     use vap::runner::detector::TractDetector;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.toml");
-    std::fs::write(&path, std::fs::read_to_string(manifest()).unwrap().replace("layout = \"nchw\"", "layout = \"sideways\"")).unwrap();
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(manifest()).unwrap().replace("layout = \"nchw\"", "layout = \"sideways\""),
+    )
+    .unwrap();
     let err = TractDetector::load(&path, None).err().expect("a bad layout must fail").to_string();
     assert!(err.contains("m.toml") && err.contains("sideways"), "{err}");
     // A wrong checksum names both sums.
-    std::fs::write(&path, std::fs::read_to_string(manifest()).unwrap().replace("849c858f", "00000000").replace("onnx = \"", &format!("onnx = \"{}/", manifest().parent().unwrap().display()))).unwrap();
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(manifest())
+            .unwrap()
+            .replace("849c858f", "00000000")
+            .replace("onnx = \"", &format!("onnx = \"{}/", manifest().parent().unwrap().display())),
+    )
+    .unwrap();
     let err = TractDetector::load(&path, None).err().expect("a wrong sha256 must fail").to_string();
     assert!(err.contains("sha256") && err.contains("849c858f"), "{err}");
 }
@@ -315,7 +358,17 @@ async fn file_source_is_analysed_stored_served_and_ends_inactive() {
     assert_eq!(results.len(), 40);
     assert_people_found(results, 40);
     // The log line carries the scenario, never credentials.
-    assert!(runner.logs.lock().unwrap().iter().all(|l| l["span"]["scenario"] == scenario.to_string() || l["spans"].to_string().contains(&scenario.to_string())), "{}", runner.all_logs());
+    assert!(
+        runner
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|l| l["span"]["scenario"] == scenario.to_string()
+                || l["spans"].to_string().contains(&scenario.to_string())),
+        "{}",
+        runner.all_logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,7 +399,12 @@ async fn camera_that_never_opens_exits_3_and_fails_the_scenario() {
     for url in [refused.as_str(), &format!("http://{server}/missing.mp4"), not_video.to_str().unwrap()] {
         let scenario = app.create_scenario(url).await;
         let started = Instant::now();
-        let mut runner = Runner::start(&app, scenario, url, &[("VAP_RUNNER__OPEN_ATTEMPTS", "2"), ("VAP_RUNNER__RECONNECT_MIN_MS", "100")]);
+        let mut runner = Runner::start(
+            &app,
+            scenario,
+            url,
+            &[("VAP_RUNNER__OPEN_ATTEMPTS", "2"), ("VAP_RUNNER__RECONNECT_MIN_MS", "100")],
+        );
         assert_eq!(runner.wait(Duration::from_secs(60)).await, 3, "{url}: {}", runner.all_logs());
         assert!(started.elapsed() < Duration::from_secs(30), "{url}: took {:?}", started.elapsed());
         let s = eventually(Duration::from_secs(20), "the scenario to fail", || async {
@@ -368,7 +426,12 @@ async fn rtsp_stream_survives_a_server_restart_and_sigterm_flushes() {
     let url = format!("rtsp://127.0.0.1:{port}/cam");
     let mut server = RtspServer::start(port, &media().people);
     let scenario = app.create_scenario(&url).await;
-    let mut runner = Runner::start(&app, scenario, &url, &[("VAP_RUNNER__RECONNECT_MIN_MS", "500"), ("VAP_RUNNER__RECONNECT_MAX_MS", "2000")]);
+    let mut runner = Runner::start(
+        &app,
+        scenario,
+        &url,
+        &[("VAP_RUNNER__RECONNECT_MIN_MS", "500"), ("VAP_RUNNER__RECONNECT_MAX_MS", "2000")],
+    );
     let stored = |n: i64| {
         let app = &app;
         async move {
@@ -388,7 +451,14 @@ async fn rtsp_stream_survives_a_server_restart_and_sigterm_flushes() {
     let _server = RtspServer::start(port, &media().people);
     let after = eventually(Duration::from_secs(60), "frames after the server restart", || async {
         let p = app.prediction(scenario).await;
-        let late = p["results"].as_array().unwrap().iter().filter(|r| r["timestamp"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap() > restarted_at).count();
+        let late = p["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["timestamp"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap() > restarted_at
+            })
+            .count();
         (late >= 4).then_some(p)
     })
     .await;
@@ -434,10 +504,15 @@ async fn broker_outage_keeps_analysing_and_delivers_afterwards() {
     // Frames captured while the broker was down arrive once it is back.
     let p = eventually(Duration::from_secs(60), "frames captured during the outage", || async {
         let p = app.prediction(scenario).await;
-        let during = p["results"].as_array().unwrap().iter().filter(|r| {
-            let t: chrono::DateTime<chrono::Utc> = r["timestamp"].as_str().unwrap().parse().unwrap();
-            t > down_at && t < up_at
-        }).count();
+        let during = p["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                let t: chrono::DateTime<chrono::Utc> = r["timestamp"].as_str().unwrap().parse().unwrap();
+                t > down_at && t < up_at
+            })
+            .count();
         (during >= 6).then_some(p)
     })
     .await;
@@ -458,7 +533,13 @@ async fn supervision_ready_watchdog_status_stopping() {
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let path = media().people.to_str().unwrap().to_string();
     let scenario = app.create_scenario(&path).await;
-    let mut runner = Runner::spawn(&app, scenario, &path, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000")], true);
+    let mut runner = Runner::spawn(
+        &app,
+        scenario,
+        &path,
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000")],
+        true,
+    );
     let mut messages = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut buf = [0u8; 4096];
@@ -471,11 +552,19 @@ async fn supervision_ready_watchdog_status_stopping() {
         }
     }
     assert_eq!(runner.wait(Duration::from_secs(30)).await, 0);
-    let first = |what: &str| messages.iter().position(|m| m.contains(what)).unwrap_or_else(|| panic!("no {what} in {messages:?}"));
+    let first = |what: &str| {
+        messages.iter().position(|m| m.contains(what)).unwrap_or_else(|| panic!("no {what} in {messages:?}"))
+    };
     assert!(first("READY=1") < first("STOPPING=1"));
     first("WATCHDOG=1");
     let status = &messages[first("STATUS=")];
-    assert!(status.contains("fps") && status.contains("frames analysed") && status.contains("dropped") && status.contains("last error"), "{status}");
+    assert!(
+        status.contains("fps")
+            && status.contains("frames analysed")
+            && status.contains("dropped")
+            && status.contains("last error"),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,7 +579,12 @@ async fn a_hung_decoder_stops_the_watchdog_pings() {
     // with a read timeout longer than the watchdog, the decoder hangs in its read.
     let url = format!("http://{}/people.mp4", serve_then_stall(media().people.clone()).await);
     let scenario = app.create_scenario(&url).await;
-    let env = [("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000"), ("VAP_RUNNER__READ_TIMEOUT_MS", "600000"), ("VAP_RUNNER__SAMPLE_FPS", "0")];
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "1000000"),
+        ("VAP_RUNNER__READ_TIMEOUT_MS", "600000"),
+        ("VAP_RUNNER__SAMPLE_FPS", "0"),
+    ];
     let _runner = Runner::spawn(&app, scenario, &url, &env, true);
     let mut buf = [0u8; 4096];
     let mut pings: Vec<Instant> = Vec::new();
@@ -513,7 +607,6 @@ async fn a_hung_decoder_stops_the_watchdog_pings() {
 
 // ---- helpers: an HTTP file server with ranges, a GStreamer RTSP server ---------------------------
 
-
 /// Serves one file at any path ending in its name, with byte ranges (FFmpeg seeks in MP4s);
 /// anything else is a 404.
 async fn serve_file(path: PathBuf) -> std::net::SocketAddr {
@@ -534,14 +627,24 @@ async fn serve_file(path: PathBuf) -> std::net::SocketAddr {
                     async move {
                         let len = data.len();
                         if !req.uri().path().ends_with(&name) {
-                            return Ok::<_, std::convert::Infallible>(Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from("not found"))).unwrap());
+                            return Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .status(StatusCode::NOT_FOUND)
+                                    .body(Full::new(Bytes::from("not found")))
+                                    .unwrap(),
+                            );
                         }
-                        let range = req.headers().get("range").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("bytes=")).and_then(|r| {
-                            let (a, b) = r.split_once('-')?;
-                            let start: usize = a.parse().ok()?;
-                            let end: usize = if b.is_empty() { len - 1 } else { b.parse().ok()? };
-                            (start <= end && end < len).then_some((start, end))
-                        });
+                        let range = req
+                            .headers()
+                            .get("range")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("bytes="))
+                            .and_then(|r| {
+                                let (a, b) = r.split_once('-')?;
+                                let start: usize = a.parse().ok()?;
+                                let end: usize = if b.is_empty() { len - 1 } else { b.parse().ok()? };
+                                (start <= end && end < len).then_some((start, end))
+                            });
                         let resp = match range {
                             Some((start, end)) => Response::builder()
                                 .status(StatusCode::PARTIAL_CONTENT)
@@ -553,10 +656,11 @@ async fn serve_file(path: PathBuf) -> std::net::SocketAddr {
                         Ok(resp.unwrap())
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
     addr
 }
-

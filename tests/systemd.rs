@@ -37,20 +37,30 @@ async fn systemd_backend_end_to_end_in_a_booted_container() {
         (s["worker"]["status"] == "running").then_some(s["worker"].clone())
     })
     .await;
-    assert_eq!((w["backend"].as_str(), w["backend_ref"].as_str(), w["node"].as_str()), (Some("systemd"), Some(unit.as_str()), Some("container")), "{w}");
+    assert_eq!(
+        (w["backend"].as_str(), w["backend_ref"].as_str(), w["node"].as_str()),
+        (Some("systemd"), Some(unit.as_str()), Some("container")),
+        "{w}"
+    );
     let units = ct.units("vap-runner-*");
     assert_eq!(units, vec![(unit.clone(), "active".to_string(), "running".to_string())], "systemd's own view");
 
     // Shutdown: StopUnit, the runner flushes, the scenario ends inactive, the unit is gone.
     app.shutdown_scenario(live).await;
     app.wait_for_status(live, "inactive", Duration::from_secs(90)).await;
-    eventually(Duration::from_secs(20), "the unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
+    eventually(Duration::from_secs(20), "the unit unloaded", || async {
+        ct.units("vap-runner-*").is_empty().then_some(())
+    })
+    .await;
 
     // A file: analysed to its end (exit 0, not restarted), inactive, the unit cleaned up.
     let file = app.create_scenario(media().short.to_str().unwrap()).await;
     app.wait_for_status(file, "inactive", Duration::from_secs(90)).await;
     assert_eq!(app.get(&format!("/api/v1/prediction/{file}")).await.json()["total_frames_processed"], 10);
-    eventually(Duration::from_secs(20), "the finished unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
+    eventually(Duration::from_secs(20), "the finished unit unloaded", || async {
+        ct.units("vap-runner-*").is_empty().then_some(())
+    })
+    .await;
     let _ = orchestrator.kill();
 }
 
@@ -59,7 +69,8 @@ async fn systemd_restarts_a_killed_runner_and_the_scenario_carries_on() {
     let ct = Container::boot();
     let app = TestApp::spawn_for_runners().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path(), 10, "watchdog_sec = 30\nrestart_sec = 1\n", &[]);
+    let mut orchestrator =
+        spawn_systemd_orchestrator(&app, &ct, dir.path(), 10, "watchdog_sec = 30\nrestart_sec = 1\n", &[]);
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
     let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
@@ -91,7 +102,10 @@ async fn systemd_restarts_a_killed_runner_and_the_scenario_carries_on() {
 
     app.shutdown_scenario(live).await;
     app.wait_for_status(live, "inactive", Duration::from_secs(60)).await;
-    eventually(Duration::from_secs(20), "the unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
+    eventually(Duration::from_secs(20), "the unit unloaded", || async {
+        ct.units("vap-runner-*").is_empty().then_some(())
+    })
+    .await;
     let _ = orchestrator.kill();
 }
 
@@ -102,7 +116,14 @@ async fn a_hung_runner_is_killed_by_the_watchdog_until_the_start_limit_fails_the
     let dir = tempfile::tempdir().unwrap();
     // Two starts in two minutes; a read timeout far longer than the 2 s watchdog.
     let section = "watchdog_sec = 2\nrestart_sec = 1\nstart_limit_burst = 2\nstart_limit_interval_secs = 120\n";
-    let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path(), 10, section, &["VAP_RUNNER__READ_TIMEOUT_MS=600000", "VAP_RUNNER__SAMPLE_FPS=0"]);
+    let mut orchestrator = spawn_systemd_orchestrator(
+        &app,
+        &ct,
+        dir.path(),
+        10,
+        section,
+        &["VAP_RUNNER__READ_TIMEOUT_MS=600000", "VAP_RUNNER__SAMPLE_FPS=0"],
+    );
     let url = format!("http://{}/people.mp4", serve_then_stall(media().people.clone()).await);
     let id = app.create_scenario(&url).await;
     let unit = format!("vap-runner-{id}.service");
@@ -128,7 +149,10 @@ async fn a_hung_runner_is_killed_by_the_watchdog_until_the_start_limit_fails_the
     assert_eq!((w["backend"].as_str(), w["status"].as_str()), (Some("systemd"), Some("failed")), "{failed}");
     assert!(w["restarts"].as_i64() >= Some(1), "{failed}");
     // Failed stays failed: the unit is collected and nothing starts it again.
-    eventually(Duration::from_secs(20), "the failed unit collected", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
+    eventually(Duration::from_secs(20), "the failed unit collected", || async {
+        ct.units("vap-runner-*").is_empty().then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(ct.units("vap-runner-*").is_empty());
     assert_eq!(app.scenario(id).await["status"], "failed");
@@ -163,7 +187,13 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         // systemd's count, not vap's: units with a runner process starting, running or stopping.
-        let busy = ct.units("vap-runner-*").iter().filter(|(_, active, sub)| (active == "active" && sub == "running") || active == "activating" || active == "deactivating").count();
+        let busy = ct
+            .units("vap-runner-*")
+            .iter()
+            .filter(|(_, active, sub)| {
+                (active == "active" && sub == "running") || active == "activating" || active == "deactivating"
+            })
+            .count();
         assert!(busy <= CAP, "{busy} runner units at once with MAX_WORKERS {CAP}: {:?}", ct.units("vap-runner-*"));
         most = most.max(busy);
         let mut done = 0;
@@ -190,19 +220,31 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
 
     app.shutdown_scenario(live).await;
     app.wait_for_status(live, "inactive", Duration::from_secs(60)).await;
-    eventually(Duration::from_secs(20), "every unit unloaded", || async { ct.units("vap-runner-*").is_empty().then_some(()) }).await;
+    eventually(Duration::from_secs(20), "every unit unloaded", || async {
+        ct.units("vap-runner-*").is_empty().then_some(())
+    })
+    .await;
     let _ = orchestrator.kill();
 }
 
 /// An orchestrator placing on host-a (`a`, over its bus socket) and host-b (at `b_address`),
 /// serving its metrics on `metrics_port` when given.
-fn spawn_two_host_orchestrator(app: &TestApp, a: &Container, b_address: &str, dir: &std::path::Path, metrics_port: Option<u16>) -> std::process::Child {
+fn spawn_two_host_orchestrator(
+    app: &TestApp,
+    a: &Container,
+    b_address: &str,
+    dir: &std::path::Path,
+    metrics_port: Option<u16>,
+) -> std::process::Child {
     let section = format!(
         "watchdog_sec = 30\nnodes = [{{ name = \"host-a\", bus_address = \"{}\" }}, {{ name = \"host-b\", bus_address = \"{b_address}\" }}]\n",
         a.bus_address()
     );
     let config = systemd_orchestrator_config(app, a, dir, 4, &section, &[]);
-    let env: Vec<(String, String)> = metrics_port.map(|p| ("VAP_ORCHESTRATOR__METRICS_LISTEN".to_string(), format!("127.0.0.1:{p}"))).into_iter().collect();
+    let env: Vec<(String, String)> = metrics_port
+        .map(|p| ("VAP_ORCHESTRATOR__METRICS_LISTEN".to_string(), format!("127.0.0.1:{p}")))
+        .into_iter()
+        .collect();
     fleet::spawn_orchestrator_with_env(app, &config, &env)
 }
 
@@ -231,8 +273,12 @@ async fn runners_spread_over_several_hosts() {
         app.wait_for_status(*id, "active", Duration::from_secs(120)).await;
     }
     // Two on each host, as each host's own systemd reports, and each worker names its host.
-    let running = |ct: &Container| ct.units("vap-runner-*").into_iter().filter(|u| u.1 == "active" && u.2 == "running").count();
-    eventually(Duration::from_secs(30), "two runners on each host", || async { (running(&a) == 2 && running(&b) == 2).then_some(()) }).await;
+    let running =
+        |ct: &Container| ct.units("vap-runner-*").into_iter().filter(|u| u.1 == "active" && u.2 == "running").count();
+    eventually(Duration::from_secs(30), "two runners on each host", || async {
+        (running(&a) == 2 && running(&b) == 2).then_some(())
+    })
+    .await;
     for id in &ids {
         let s = app.scenario(*id).await;
         let host = match s["worker"]["node"].as_str() {
@@ -248,7 +294,10 @@ async fn runners_spread_over_several_hosts() {
     for id in &ids {
         app.wait_for_status(*id, "inactive", Duration::from_secs(60)).await;
     }
-    eventually(Duration::from_secs(20), "no units on either host", || async { (a.units("vap-runner-*").is_empty() && b.units("vap-runner-*").is_empty()).then_some(()) }).await;
+    eventually(Duration::from_secs(20), "no units on either host", || async {
+        (a.units("vap-runner-*").is_empty() && b.units("vap-runner-*").is_empty()).then_some(())
+    })
+    .await;
     let _ = orchestrator.kill();
 }
 
@@ -261,10 +310,22 @@ async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on()
     // exists no connection opens, and the open one is killed below.
     let bridge = dir.path().join("bridge");
     let nsenter = format!("nsenter -t {} -a systemd-stdio-bridge", b.init_pid());
-    std::fs::write(&bridge, format!("#!/bin/sh\n[ -e \"$0.down\" ] && {{ echo 'host-b: no route to host' >&2; exit 1; }}\nexec {nsenter}\n")).unwrap();
+    std::fs::write(
+        &bridge,
+        format!(
+            "#!/bin/sh\n[ -e \"$0.down\" ] && {{ echo 'host-b: no route to host' >&2; exit 1; }}\nexec {nsenter}\n"
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&bridge, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let metrics = free_port();
-    let mut orchestrator = spawn_two_host_orchestrator(&app, &a, &format!("unixexec:path={}", bridge.display()), dir.path(), Some(metrics));
+    let mut orchestrator = spawn_two_host_orchestrator(
+        &app,
+        &a,
+        &format!("unixexec:path={}", bridge.display()),
+        dir.path(),
+        Some(metrics),
+    );
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
     let camera = format!("rtsp://127.0.0.1:{port}/cam");
@@ -284,7 +345,10 @@ async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on()
 
     // Cut host-b off: no new connection, and the open one's bridge killed at both ends.
     std::fs::write(dir.path().join("bridge.down"), "").unwrap();
-    let bridges = std::process::Command::new("pgrep").args(["-f", "^systemd-stdio-bridge", "--nslist", "pid", "--ns", &b.init_pid()]).output().unwrap();
+    let bridges = std::process::Command::new("pgrep")
+        .args(["-f", "^systemd-stdio-bridge", "--nslist", "pid", "--ns", &b.init_pid()])
+        .output()
+        .unwrap();
     let bridges = String::from_utf8_lossy(&bridges.stdout).split_whitespace().map(str::to_string).collect::<Vec<_>>();
     assert!(!bridges.is_empty(), "no bridge into host-b");
     assert!(std::process::Command::new("pkill").args(["-f", &nsenter]).status().unwrap().success());
@@ -296,7 +360,11 @@ async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on()
     .await;
     assert_eq!((s["status"].as_str(), s["worker"]["node"].as_str()), (Some("active"), Some("host-b")), "{s}");
     assert!(s["worker"]["last_error"].as_str().unwrap_or_default().contains("host-b does not answer"), "{s}");
-    assert_eq!((node_gauge(metrics, "host-a").await, node_gauge(metrics, "host-b").await), (Some(1.0), Some(0.0)), "vap_orchestrator_node_up");
+    assert_eq!(
+        (node_gauge(metrics, "host-a").await, node_gauge(metrics, "host-b").await),
+        (Some(1.0), Some(0.0)),
+        "vap_orchestrator_node_up"
+    );
 
     // New scenarios go to host-a, and a shutdown there completes...
     let later = [app.create_scenario(&camera).await, app.create_scenario(&camera).await];
@@ -320,7 +388,10 @@ async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on()
     std::fs::remove_file(dir.path().join("bridge.down")).unwrap();
     app.wait_for_status(on_b, "inactive", Duration::from_secs(60)).await;
     assert_eq!(node_gauge(metrics, "host-b").await, Some(1.0));
-    eventually(Duration::from_secs(20), "host-b's unit gone", || async { b.units("vap-runner-*").is_empty().then_some(()) }).await;
+    eventually(Duration::from_secs(20), "host-b's unit gone", || async {
+        b.units("vap-runner-*").is_empty().then_some(())
+    })
+    .await;
     assert!(a.units(&b_unit).is_empty());
     for id in later {
         app.shutdown_scenario(id).await;

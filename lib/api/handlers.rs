@@ -66,7 +66,10 @@ fn int_param(pairs: &[(String, String)], name: &'static str, min: i64, max: i64)
         None => Ok(None),
         Some(raw) => match raw.parse::<i64>() {
             Ok(v) if (min..=max).contains(&v) => Ok(Some(v)),
-            _ => Err(ApiError::bad("invalid_parameter", format!("{name} must be an integer from {min} to {max}, got '{raw}'"))),
+            _ => Err(ApiError::bad(
+                "invalid_parameter",
+                format!("{name} must be an integer from {min} to {max}, got '{raw}'"),
+            )),
         },
     }
 }
@@ -75,7 +78,11 @@ async fn read_json_body(req: Request<Incoming>) -> Result<(Value, Option<String>
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media != "application/json" {
-        return Err(ApiError::UnsupportedMediaType(if content_type.is_empty() { "nothing".into() } else { content_type.into() }));
+        return Err(ApiError::UnsupportedMediaType(if content_type.is_empty() {
+            "nothing".into()
+        } else {
+            content_type.into()
+        }));
     }
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
         if len > MAX_BODY_BYTES {
@@ -85,8 +92,17 @@ async fn read_json_body(req: Request<Incoming>) -> Result<(Value, Option<String>
     let key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => {
-            let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
-            Some(k.ok_or_else(|| ApiError::bad("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible ASCII characters"))?.to_string())
+            let k =
+                v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
+            Some(
+                k.ok_or_else(|| {
+                    ApiError::bad(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?
+                .to_string(),
+            )
         }
     };
     let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
@@ -100,7 +116,8 @@ async fn read_json_body(req: Request<Incoming>) -> Result<(Value, Option<String>
             }
         })?
         .to_bytes();
-    let value = serde_json::from_slice(&bytes).map_err(|e| ApiError::bad("malformed_json", format!("request body is not valid JSON: {e}")))?;
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad("malformed_json", format!("request body is not valid JSON: {e}")))?;
     Ok((value, key))
 }
 
@@ -114,7 +131,8 @@ pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Res
         Some(Value::String(s)) => s.as_str(),
         Some(_) => return Err(ApiError::bad("invalid_camera_url", "camera_url must be a string")),
     };
-    camera_url::validate(url, state.settings.allow_file_urls).map_err(|e| ApiError::bad("invalid_camera_url", e.to_string()))?;
+    camera_url::validate(url, state.settings.allow_file_urls)
+        .map_err(|e| ApiError::bad("invalid_camera_url", e.to_string()))?;
     let hash = hex(&Sha256::digest(url.as_bytes()));
     let idempotency = key.as_deref().map(|key| Idempotency { key, request_hash: &hash });
     match scenarios::create(&state.pool, url, idempotency, scenario_json).await? {
@@ -147,10 +165,16 @@ pub async fn list_scenarios(state: &Arc<AppState>, query: Option<&str>) -> Resul
             ApiError::bad("invalid_parameter", format!("status must be one of {}, got '{s}'", known.join(", ")))
         })?),
     };
-    let limit = int_param(&pairs, "limit", 1, state.settings.scenario_page_max)?.unwrap_or(state.settings.scenario_page_default);
+    let limit = int_param(&pairs, "limit", 1, state.settings.scenario_page_max)?
+        .unwrap_or(state.settings.scenario_page_default);
     let cursor = match query_param(&pairs, "cursor") {
         None | Some("") => None,
-        Some(c) => Some(c.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| ApiError::bad("invalid_cursor", "cursor is not one this API returned"))?),
+        Some(c) => Some(
+            c.parse::<i64>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| ApiError::bad("invalid_cursor", "cursor is not one this API returned"))?,
+        ),
     };
     let (rows, more) = scenarios::list(&state.pool, status, cursor, limit).await?;
     let next = if more { rows.last().map(|s| s.seq.to_string()) } else { None };
@@ -183,7 +207,8 @@ pub async fn prediction(state: &Arc<AppState>, id: &str, query: Option<&str>) ->
     let uuid = parse_uuid(id)?;
     let pairs = query_pairs(query);
     let after = int_param(&pairs, "after_frame", -1, i64::MAX)?.unwrap_or(-1);
-    let limit = int_param(&pairs, "limit", 1, state.settings.prediction_page_max)?.unwrap_or(state.settings.prediction_page_default);
+    let limit = int_param(&pairs, "limit", 1, state.settings.prediction_page_max)?
+        .unwrap_or(state.settings.prediction_page_default);
     let scenario = scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
     let rows = results::page(&state.pool, uuid, after, limit).await?;
     let next = if rows.len() as i64 == limit { rows.last().map(|r| r.frame_number) } else { None };
@@ -207,8 +232,13 @@ pub async fn ready(state: &Arc<AppState>) -> Response<Body> {
     };
     match tokio::time::timeout(Duration::from_secs(2), check).await {
         Ok(Ok(_)) => json_response(StatusCode::OK, &json!({"status": "ready"})),
-        Ok(Err(e)) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable", "reason": e.to_string()})),
-        Err(_) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable", "reason": "database did not answer in 2 s"})),
+        Ok(Err(e)) => {
+            json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable", "reason": e.to_string()}))
+        }
+        Err(_) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "unavailable", "reason": "database did not answer in 2 s"}),
+        ),
     }
 }
 
@@ -224,7 +254,12 @@ pub async fn metrics(state: &Arc<AppState>) -> String {
             let m = &state.metrics;
             m.set("vap_outbox_backlog", "Outbox events not yet acknowledged by Kafka.", &[], backlog as f64);
             m.set("vap_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox event.", &[], oldest);
-            m.set("vap_inbox_lag_records", "Records on `results` not yet stored, as of the inbox's last fetch.", &[], lag as f64);
+            m.set(
+                "vap_inbox_lag_records",
+                "Records on `results` not yet stored, as of the inbox's last fetch.",
+                &[],
+                lag as f64,
+            );
             1.0
         }
         _ => 0.0,

@@ -239,7 +239,9 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
     match route {
         Route::Health => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "healthy"}))),
         Route::Ready => Ok(handlers::ready(state).await),
-        Route::Metrics => Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", handlers::metrics(state).await)),
+        Route::Metrics => {
+            Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", handlers::metrics(state).await))
+        }
         Route::OpenApi => Ok(text_response(StatusCode::OK, "application/json", OPENAPI)),
         Route::Docs => Ok(text_response(StatusCode::OK, "text/html; charset=utf-8", DOCS_PAGE)),
         Route::InitScenario => handlers::init_scenario(state, req).await,

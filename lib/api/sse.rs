@@ -26,7 +26,11 @@ const PAGE: i64 = 500;
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Keeps a LISTEN connection open and forwards `vap_results` notifications to `bus`.
-pub async fn forward_notifications(database: DatabaseSettings, bus: broadcast::Sender<Uuid>, shutdown: CancellationToken) {
+pub async fn forward_notifications(
+    database: DatabaseSettings,
+    bus: broadcast::Sender<Uuid>,
+    shutdown: CancellationToken,
+) {
     let mut delay = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         match db::listen(&database, &["vap_results"]).await {
@@ -67,7 +71,10 @@ pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) ->
     let after = match resume {
         None => None,
         Some(raw) => Some(raw.parse::<i64>().ok().filter(|v| *v >= -1).ok_or_else(|| {
-            ApiError::bad("invalid_parameter", format!("after_frame (or Last-Event-ID) must be an integer >= -1, got '{raw}'"))
+            ApiError::bad(
+                "invalid_parameter",
+                format!("after_frame (or Last-Event-ID) must be an integer >= -1, got '{raw}'"),
+            )
         })?),
     };
     scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;

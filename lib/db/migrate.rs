@@ -30,12 +30,8 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>, DbError> {
                 version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
         )
         .await?;
-    let done: Vec<i32> = client
-        .query("SELECT version FROM schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let done: Vec<i32> =
+        client.query("SELECT version FROM schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
     let mut applied = Vec::new();
     for &(version, name, sql) in MIGRATIONS {
         if done.contains(&version) {
@@ -43,8 +39,7 @@ async fn apply_pending(client: &mut Client) -> Result<Vec<i32>, DbError> {
         }
         let tx = client.transaction().await?;
         tx.batch_execute(sql).await.map_err(|source| DbError::Migration { name, source })?;
-        tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&version, &name])
-            .await?;
+        tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&version, &name]).await?;
         tx.commit().await?;
         tracing::info!(version, name, "migration applied");
         applied.push(version);

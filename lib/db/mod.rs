@@ -54,11 +54,8 @@ pub fn pg_config(settings: &DatabaseSettings) -> tokio_postgres::Config {
 
 /// A pool; connections are opened lazily, so this succeeds while the database is down.
 pub fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
-    let manager = Manager::from_config(
-        pg_config(settings),
-        NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
-    );
+    let manager =
+        Manager::from_config(pg_config(settings), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(settings.pool_size)
         .runtime(deadpool_postgres::Runtime::Tokio1)

@@ -70,7 +70,13 @@ pub async fn position(pool: &Pool, consumer: &str, topic: &str, partition: i32, 
 }
 
 /// Moves a position without storing anything (used when the log was reset under us).
-pub async fn reset_position(pool: &Pool, consumer: &str, topic: &str, partition: i32, next: i64) -> Result<(), DbError> {
+pub async fn reset_position(
+    pool: &Pool,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) -> Result<(), DbError> {
     let client = pool.get().await?;
     client
         .execute(
@@ -127,7 +133,14 @@ pub async fn store_batch(pool: &Pool, batch: Batch<'_>) -> Result<BatchOutcome, 
         .execute(
             "UPDATE consumer_positions SET next_offset = $5, high_watermark = $6, updated_at = now()
               WHERE consumer = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
-            &[&batch.consumer, &batch.topic, &batch.partition, &batch.from_offset, &batch.next_offset, &batch.high_watermark],
+            &[
+                &batch.consumer,
+                &batch.topic,
+                &batch.partition,
+                &batch.from_offset,
+                &batch.next_offset,
+                &batch.high_watermark,
+            ],
         )
         .await?;
     if moved != 1 {
@@ -187,7 +200,13 @@ async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[Fram
         .await?;
     let known: i64 = row.get(0);
     let inserted: i64 = row.get(1);
-    Ok(Stored { inserted, duplicates: known - inserted, unknown_scenario: n as i64 - known, activated: row.get(2), ended: 0 })
+    Ok(Stored {
+        inserted,
+        duplicates: known - inserted,
+        unknown_scenario: n as i64 - known,
+        activated: row.get(2),
+        ended: 0,
+    })
 }
 
 /// A finished source makes the scenario `inactive`; one that never opened makes it `failed`

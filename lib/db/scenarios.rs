@@ -241,9 +241,8 @@ pub async fn request_shutdown(pool: &Pool, uuid: Uuid) -> Result<Shutdown, DbErr
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // Lock the row so a concurrent shutdown or status change serialises with us.
-    let Some(row) = tx
-        .query_opt("SELECT status, camera_url FROM scenarios WHERE scenario_uuid = $1 FOR UPDATE", &[&uuid])
-        .await?
+    let Some(row) =
+        tx.query_opt("SELECT status, camera_url FROM scenarios WHERE scenario_uuid = $1 FOR UPDATE", &[&uuid]).await?
     else {
         return Ok(Shutdown::NotFound);
     };

@@ -39,7 +39,9 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
                 status: ScenarioStatus::parse(r.get(1))?,
                 camera_url: r.get(2),
                 created_at: r.get(3),
-                worker: r.get::<_, Option<String>>(4).map(|status| (status, r.get(5), r.get::<_, Option<i32>>(6).unwrap_or(0))),
+                worker: r
+                    .get::<_, Option<String>>(4)
+                    .map(|status| (status, r.get(5), r.get::<_, Option<i32>>(6).unwrap_or(0))),
             })
         })
         .collect())
@@ -91,7 +93,13 @@ async fn upsert_worker(client: &impl GenericClient, w: &WorkerRecord<'_>) -> Res
 }
 
 /// Moves the scenarios among `ids` whose status is one of `from` to `to` (the others stay).
-async fn move_scenarios(client: &impl GenericClient, ids: &[Uuid], from: &[&str], to: &str, error: Option<&str>) -> Result<u64, DbError> {
+async fn move_scenarios(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+    from: &[&str],
+    to: &str,
+    error: Option<&str>,
+) -> Result<u64, DbError> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -117,7 +125,16 @@ pub async fn record_placed(pool: &Pool, w: &WorkerRecord<'_>) -> Result<(), DbEr
 
 /// Over the cap: the scenario waits for a slot (the API shows the worker as `waiting`).
 pub async fn record_waiting(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
-    let w = WorkerRecord { scenario, backend, status: "waiting", backend_ref: None, node: None, restarts: 0, started_at: None, last_error: None };
+    let w = WorkerRecord {
+        scenario,
+        backend,
+        status: "waiting",
+        backend_ref: None,
+        node: None,
+        restarts: 0,
+        started_at: None,
+        last_error: None,
+    };
     record_placed(pool, &w).await
 }
 
@@ -125,7 +142,16 @@ pub async fn record_waiting(pool: &Pool, scenario: Uuid, backend: &str) -> Resul
 pub async fn record_unreachable(pool: &Pool, scenario: Uuid, backend: &str, node: &str) -> Result<(), DbError> {
     let client = pool.get().await?;
     let error = format!("{node} does not answer");
-    let w = WorkerRecord { scenario, backend, status: "unreachable", backend_ref: None, node: Some(node), restarts: 0, started_at: None, last_error: Some(&error) };
+    let w = WorkerRecord {
+        scenario,
+        backend,
+        status: "unreachable",
+        backend_ref: None,
+        node: Some(node),
+        restarts: 0,
+        started_at: None,
+        last_error: Some(&error),
+    };
     upsert_worker(&client, &w).await?;
     Ok(())
 }
@@ -134,7 +160,16 @@ pub async fn record_unreachable(pool: &Pool, scenario: Uuid, backend: &str, node
 pub async fn record_stopping(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let w = WorkerRecord { scenario, backend, status: "stopping", backend_ref: None, node: None, restarts: 0, started_at: None, last_error: None };
+    let w = WorkerRecord {
+        scenario,
+        backend,
+        status: "stopping",
+        backend_ref: None,
+        node: None,
+        restarts: 0,
+        started_at: None,
+        last_error: None,
+    };
     upsert_worker(&tx, &w).await?;
     move_scenarios(&tx, &[scenario], &["init_shutdown"], "in_shutdown_processing", None).await?;
     tx.commit().await?;
@@ -145,20 +180,52 @@ pub async fn record_stopping(pool: &Pool, scenario: Uuid, backend: &str) -> Resu
 pub async fn record_finished(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let w = WorkerRecord { scenario, backend, status: "stopped", backend_ref: None, node: None, restarts: 0, started_at: None, last_error: None };
+    let w = WorkerRecord {
+        scenario,
+        backend,
+        status: "stopped",
+        backend_ref: None,
+        node: None,
+        restarts: 0,
+        started_at: None,
+        last_error: None,
+    };
     upsert_worker(&tx, &w).await?;
-    move_scenarios(&tx, &[scenario], &["init_startup", "in_startup_processing", "active", "init_shutdown", "in_shutdown_processing"], "inactive", None).await?;
+    move_scenarios(
+        &tx,
+        &[scenario],
+        &["init_startup", "in_startup_processing", "active", "init_shutdown", "in_shutdown_processing"],
+        "inactive",
+        None,
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
 
 /// The runner failed for good: the scenario is `failed` with the reason.
-pub async fn record_failed(pool: &Pool, scenario: Uuid, backend: &str, reason: &str, restarts: i32) -> Result<(), DbError> {
+pub async fn record_failed(
+    pool: &Pool,
+    scenario: Uuid,
+    backend: &str,
+    reason: &str,
+    restarts: i32,
+) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let w = WorkerRecord { scenario, backend, status: "failed", backend_ref: None, node: None, restarts, started_at: None, last_error: Some(reason) };
+    let w = WorkerRecord {
+        scenario,
+        backend,
+        status: "failed",
+        backend_ref: None,
+        node: None,
+        restarts,
+        started_at: None,
+        last_error: Some(reason),
+    };
     upsert_worker(&tx, &w).await?;
-    move_scenarios(&tx, &[scenario], &["init_startup", "in_startup_processing", "active"], "failed", Some(reason)).await?;
+    move_scenarios(&tx, &[scenario], &["init_startup", "in_startup_processing", "active"], "failed", Some(reason))
+        .await?;
     // A failing runner whose shutdown was asked for is simply done.
     move_scenarios(&tx, &[scenario], &["init_shutdown", "in_shutdown_processing"], "inactive", None).await?;
     tx.commit().await?;
@@ -166,10 +233,24 @@ pub async fn record_failed(pool: &Pool, scenario: Uuid, backend: &str, reason: &
 }
 
 /// A runner ended after its scenario came to rest: only the worker row changes.
-pub async fn record_worker_ended(pool: &Pool, scenario: Uuid, backend: &str, error: Option<&str>) -> Result<(), DbError> {
+pub async fn record_worker_ended(
+    pool: &Pool,
+    scenario: Uuid,
+    backend: &str,
+    error: Option<&str>,
+) -> Result<(), DbError> {
     let client = pool.get().await?;
     let status = if error.is_some() { "failed" } else { "stopped" };
-    let w = WorkerRecord { scenario, backend, status, backend_ref: None, node: None, restarts: 0, started_at: None, last_error: error };
+    let w = WorkerRecord {
+        scenario,
+        backend,
+        status,
+        backend_ref: None,
+        node: None,
+        restarts: 0,
+        started_at: None,
+        last_error: error,
+    };
     upsert_worker(&client, &w).await?;
     Ok(())
 }

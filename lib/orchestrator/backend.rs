@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use super::local::LocalBackend;
 use super::nomad::NomadBackend;
-use super::systemd::SystemdBackend;
 use super::reconcile::{Observed, RunnerState};
+use super::systemd::SystemdBackend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -84,13 +84,24 @@ impl LocalBackend {
             return Ok(w);
         }
         let started_at = Utc::now();
-        self.lock().insert(spec.scenario, Supervised { pid: None, state: RunnerState::Starting, restarts: 0, started_at, stop_requested: false });
-        let (settings, env, runners, job) = (self.settings.clone(), self.inherited_env.clone(), Arc::clone(&self.runners), spec.clone());
+        self.lock().insert(
+            spec.scenario,
+            Supervised { pid: None, state: RunnerState::Starting, restarts: 0, started_at, stop_requested: false },
+        );
+        let (settings, env, runners, job) =
+            (self.settings.clone(), self.inherited_env.clone(), Arc::clone(&self.runners), spec.clone());
         std::thread::Builder::new()
             .name(format!("vap-supervise-{}", &spec.scenario.to_string()[..8]))
             .spawn(move || supervise(&settings, &env, &runners, &job))
             .map_err(|e| BackendError::Unavailable { backend: "local", message: e.to_string() })?;
-        Ok(WorkerInfo { scenario: spec.scenario, state: RunnerState::Starting, backend_ref: String::new(), node: Some(hostname()), restarts: 0, started_at: Some(started_at) })
+        Ok(WorkerInfo {
+            scenario: spec.scenario,
+            state: RunnerState::Starting,
+            backend_ref: String::new(),
+            node: Some(hostname()),
+            restarts: 0,
+            started_at: Some(started_at),
+        })
     }
 
     pub fn stop(&self, scenario: Uuid) {
@@ -104,7 +115,10 @@ impl LocalBackend {
                     }
                     s.pid
                 }
-                None => find_runner_processes(&self.settings.runner_bin).into_iter().find(|(s, _)| *s == scenario).map(|(_, p)| p),
+                None => find_runner_processes(&self.settings.runner_bin)
+                    .into_iter()
+                    .find(|(s, _)| *s == scenario)
+                    .map(|(_, p)| p),
             }
         };
         if let Some(pid) = pid {
@@ -121,7 +135,8 @@ impl LocalBackend {
 
     /// Stops every runner and waits for them (the embedded default stops its runners with it).
     pub fn stop_all(&self, timeout: Duration) {
-        let scenarios: Vec<Uuid> = self.list().into_iter().filter(|w| w.state.holds_slot()).map(|w| w.scenario).collect();
+        let scenarios: Vec<Uuid> =
+            self.list().into_iter().filter(|w| w.state.holds_slot()).map(|w| w.scenario).collect();
         for s in &scenarios {
             self.stop(*s);
         }
@@ -132,14 +147,20 @@ impl LocalBackend {
     }
 }
 
-fn supervise(settings: &LocalBackendSettings, env: &[(String, String)], runners: &Mutex<HashMap<Uuid, Supervised>>, spec: &RunnerSpec) {
+fn supervise(
+    settings: &LocalBackendSettings,
+    env: &[(String, String)],
+    runners: &Mutex<HashMap<Uuid, Supervised>>,
+    spec: &RunnerSpec,
+) {
     let scenario = spec.scenario;
     let update = |f: &mut dyn FnMut(&mut Supervised)| {
         if let Some(s) = runners.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&scenario) {
             f(s);
         }
     };
-    let stop_requested = || runners.lock().unwrap_or_else(|e| e.into_inner()).get(&scenario).is_none_or(|s| s.stop_requested);
+    let stop_requested =
+        || runners.lock().unwrap_or_else(|e| e.into_inner()).get(&scenario).is_none_or(|s| s.stop_requested);
     let mut recent: VecDeque<Instant> = VecDeque::new();
     let mut delay = Duration::from_millis(settings.restart_delay_min_ms);
     loop {
@@ -182,11 +203,16 @@ fn supervise(settings: &LocalBackendSettings, env: &[(String, String)], runners:
         }
         let now = Instant::now();
         recent.push_back(now);
-        while recent.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(settings.restart_window_secs)) {
+        while recent.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(settings.restart_window_secs))
+        {
             recent.pop_front();
         }
         if recent.len() as u32 > settings.restart_limit {
-            let reason = format!("runner failed {} times in {} s (last exit code {code})", recent.len(), settings.restart_window_secs);
+            let reason = format!(
+                "runner failed {} times in {} s (last exit code {code})",
+                recent.len(),
+                settings.restart_window_secs
+            );
             tracing::error!(scenario = %scenario, reason, "giving up on runner");
             update(&mut |s| s.state = RunnerState::Failed { reason: reason.clone() });
             return;
@@ -217,12 +243,16 @@ fn find_runner_processes(runner_bin: &std::path::Path) -> Vec<(Uuid, u32)> {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_runner = args.first().is_some_and(|a| std::path::Path::new(std::ffi::OsStr::from_bytes(a)).file_name() == Some(name));
+        let is_runner = args
+            .first()
+            .is_some_and(|a| std::path::Path::new(std::ffi::OsStr::from_bytes(a)).file_name() == Some(name));
         if !is_runner || is_zombie(pid) {
             continue;
         }
         if let Some(i) = args.iter().position(|a| *a == b"--scenario") {
-            if let Some(id) = args.get(i + 1).and_then(|a| std::str::from_utf8(a).ok()).and_then(|s| Uuid::parse_str(s).ok()) {
+            if let Some(id) =
+                args.get(i + 1).and_then(|a| std::str::from_utf8(a).ok()).and_then(|s| Uuid::parse_str(s).ok())
+            {
                 found.push((id, pid));
             }
         }
@@ -239,6 +269,10 @@ fn is_zombie(pid: u32) -> bool {
 
 fn hostname() -> String {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into()))
-        .clone()
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    })
+    .clone()
 }

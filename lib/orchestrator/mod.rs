@@ -86,7 +86,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let metrics = Arc::new(Metrics::default());
     if !settings.orchestrator.metrics_listen.is_empty() {
         let addr = settings.orchestrator.metrics_listen.clone();
-        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| OrchestratorError::Bind { addr, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.map_err(|source| OrchestratorError::Bind { addr, source })?;
         tokio::spawn(crate::relay::serve_metrics(listener, Arc::clone(&metrics), shutdown.clone()));
     }
     let this = Arc::new(Orchestrator {
@@ -107,7 +108,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         });
     }
     crate::lifecycle::notify_ready();
-    tracing::info!(backend = this.backend.kind(), max_workers = this.settings.max_workers, "orchestrator ready (standby)");
+    tracing::info!(
+        backend = this.backend.kind(),
+        max_workers = this.settings.max_workers,
+        "orchestrator ready (standby)"
+    );
     let poll = Duration::from_millis(this.settings.leader_poll_ms);
     let mut standby_watchdog = crate::lifecycle::Watchdog::from_env();
     while !shutdown.is_cancelled() {
@@ -180,7 +185,12 @@ impl Orchestrator {
             let started = Instant::now();
             match self.reconcile().await {
                 Ok(n) => {
-                    self.metrics.observe("vap_orchestrator_reconcile_seconds", "One reconcile round.", &[], started.elapsed());
+                    self.metrics.observe(
+                        "vap_orchestrator_reconcile_seconds",
+                        "One reconcile round.",
+                        &[],
+                        started.elapsed(),
+                    );
                     if n > 0 {
                         tracing::debug!(actions = n, "reconciled");
                     }
@@ -199,7 +209,12 @@ impl Orchestrator {
         let scenarios = workers::active_scenarios(&self.pool).await?;
         let listed = self.backend.list().await;
         for (node, up) in self.backend.nodes_answering() {
-            self.metrics.set("vap_orchestrator_node_up", "1 when the host answered the last list of runners.", &[("node", &node)], if up { 1.0 } else { 0.0 });
+            self.metrics.set(
+                "vap_orchestrator_node_up",
+                "1 when the host answered the last list of runners.",
+                &[("node", &node)],
+                if up { 1.0 } else { 0.0 },
+            );
         }
         let mut listed = listed?;
         let ids: Vec<_> = listed.iter().map(|w| w.scenario).collect();
@@ -208,17 +223,34 @@ impl Orchestrator {
         let wanted: Vec<Wanted> = scenarios.iter().map(|s| Wanted { scenario: s.scenario, status: s.status }).collect();
         let observed: Vec<_> = listed.iter().map(WorkerInfo::observed).collect();
         let running = observed.iter().filter(|o| o.state.holds_slot()).count();
-        self.metrics.set("vap_orchestrator_runners", "Runners holding a slot, as the backend reports.", &[], running as f64);
+        self.metrics.set(
+            "vap_orchestrator_runners",
+            "Runners holding a slot, as the backend reports.",
+            &[],
+            running as f64,
+        );
         let actions = reconcile::plan(&wanted, &observed, self.settings.max_workers);
         let waiting = actions.iter().filter(|a| matches!(a, Action::Wait(_))).count();
-        self.metrics.set("vap_orchestrator_waiting", "Scenarios waiting for a slot under MAX_WORKERS.", &[], waiting as f64);
+        self.metrics.set(
+            "vap_orchestrator_waiting",
+            "Scenarios waiting for a slot under MAX_WORKERS.",
+            &[],
+            waiting as f64,
+        );
         let unreachable = actions.iter().filter(|a| matches!(a, Action::Unreachable { .. })).count();
-        self.metrics.set("vap_orchestrator_unreachable", "Scenarios whose runner's host does not answer.", &[], unreachable as f64);
+        self.metrics.set(
+            "vap_orchestrator_unreachable",
+            "Scenarios whose runner's host does not answer.",
+            &[],
+            unreachable as f64,
+        );
         let kind = self.backend.kind();
         let stored: HashMap<Uuid, &workers::ActiveScenario> = scenarios.iter().map(|s| (s.scenario, s)).collect();
         // Rounds repeat Wait and Unreachable: skip the write when the worker row says it already.
-        let worker_shows = |id: &Uuid, status: &str| stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.0 == status);
-        let (starts, others): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| matches!(a, Action::Start(_)));
+        let worker_shows =
+            |id: &Uuid, status: &str| stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.0 == status);
+        let (starts, others): (Vec<Action>, Vec<Action>) =
+            actions.into_iter().partition(|a| matches!(a, Action::Start(_)));
         // Placements are independent: several at once (a backend call is a network round trip).
         let placed = futures::stream::iter(starts.into_iter().filter_map(|a| match a {
             Action::Start(id) => stored.get(&id).map(|s| RunnerSpec { scenario: s.scenario, camera_url: s.camera_url.clone(), epoch: s.created_at }),
@@ -275,12 +307,15 @@ impl Orchestrator {
                 Action::Fail { scenario, reason } => {
                     self.backend.forget(*scenario).await?;
                     tracing::warn!(scenario = %scenario, reason, "scenario failed");
-                    let restarts = listed.iter().find(|w| w.scenario == *scenario).map(|w| w.restarts as i32).unwrap_or(0);
+                    let restarts =
+                        listed.iter().find(|w| w.scenario == *scenario).map(|w| w.restarts as i32).unwrap_or(0);
                     workers::record_failed(&self.pool, *scenario, kind, reason, restarts).await.map_err(Into::into)
                 }
                 Action::Forget { scenario, error } => {
                     self.backend.forget(*scenario).await?;
-                    workers::record_worker_ended(&self.pool, *scenario, kind, error.as_deref()).await.map_err(Into::into)
+                    workers::record_worker_ended(&self.pool, *scenario, kind, error.as_deref())
+                        .await
+                        .map_err(Into::into)
                 }
             };
             if !matches!(action, Action::Running { .. } | Action::Wait(_) | Action::Unreachable { .. }) {
@@ -360,14 +395,26 @@ impl Orchestrator {
                     Some(Ok(e)) if e.event_type == EventKind::InitScenario => started.push(e.scenario_uuid),
                     Some(Ok(e)) => stopping.push(e.scenario_uuid),
                     _ => {
-                        self.metrics.inc("vap_orchestrator_rejected_events_total", "Event records that are not scenario events.", &[], 1);
+                        self.metrics.inc(
+                            "vap_orchestrator_rejected_events_total",
+                            "Event records that are not scenario events.",
+                            &[],
+                            1,
+                        );
                         tracing::warn!(topic, partition, offset = r.offset, "not a scenario event; skipped");
                     }
                 }
             }
-            match workers::apply_events(&self.pool, CONSUMER, &topic, partition, from, last + 1, &started, &stopping).await {
+            match workers::apply_events(&self.pool, CONSUMER, &topic, partition, from, last + 1, &started, &stopping)
+                .await
+            {
                 Ok(_) => {
-                    self.metrics.inc("vap_orchestrator_events_total", "Scenario events consumed.", &[], records.len() as u64);
+                    self.metrics.inc(
+                        "vap_orchestrator_events_total",
+                        "Scenario events consumed.",
+                        &[],
+                        records.len() as u64,
+                    );
                     self.wake.notify_one();
                 }
                 Err(e) => {

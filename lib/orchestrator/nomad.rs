@@ -46,7 +46,9 @@ pub enum NomadError {
 impl From<NomadError> for BackendError {
     fn from(e: NomadError) -> Self {
         match e {
-            NomadError::Status { status, .. } if status.is_client_error() => BackendError::Rejected { backend: BACKEND, message: e.to_string() },
+            NomadError::Status { status, .. } if status.is_client_error() => {
+                BackendError::Rejected { backend: BACKEND, message: e.to_string() }
+            }
             _ => BackendError::Unavailable { backend: BACKEND, message: e.to_string() },
         }
     }
@@ -126,7 +128,10 @@ pub struct TaskEvent {
     pub exit_code: i64,
 }
 
-type HttpsClient = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
 
 /// The HTTP API client: token, namespace and region on every call.
 pub struct NomadClient {
@@ -155,7 +160,8 @@ impl NomadClient {
             .map_err(|e| NomadError::Tls { path: String::new(), reason: e.to_string() })?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -170,7 +176,14 @@ impl NomadClient {
     }
 
     /// One call. `blocking` adds `index`/`wait` and extends the timeout by the wait.
-    async fn call(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&Value>, blocking: Option<(u64, Duration)>) -> Result<(Bytes, u64), NomadError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        blocking: Option<(u64, Duration)>,
+    ) -> Result<(Bytes, u64), NomadError> {
         let mut params: Vec<(&str, String)> = vec![("namespace", self.namespace.clone())];
         if !self.region.is_empty() {
             params.push(("region", self.region.clone()));
@@ -183,9 +196,12 @@ impl NomadClient {
             // The server holds the call up to wait + wait/16 of jitter.
             timeout += wait + wait / 16;
         }
-        let query: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str()))).finish();
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+            .finish();
         let uri = format!("{}{path}?{query}", self.base);
-        let transport = |reason: String| NomadError::Transport { method: method.clone(), path: path.to_string(), reason };
+        let transport =
+            |reason: String| NomadError::Transport { method: method.clone(), path: path.to_string(), reason };
         let mut req = Request::builder().method(method.clone()).uri(&uri);
         if !self.token.is_empty() {
             req = req.header("X-Nomad-Token", &self.token);
@@ -203,7 +219,8 @@ impl NomadClient {
             .map_err(|_| transport(format!("no answer within {timeout:?}")))?
             .map_err(|e| transport(e.to_string()))?;
         let status = resp.status();
-        let index = resp.headers().get("X-Nomad-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let index =
+            resp.headers().get("X-Nomad-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
         let bytes = resp.into_body().collect().await.map_err(|e| transport(e.to_string()))?.to_bytes();
         if !status.is_success() {
             let body = String::from_utf8_lossy(&bytes).trim().to_string();
@@ -236,7 +253,11 @@ impl NomadClient {
     }
 
     /// `GET /v1/job/:id/allocations`, blocking until the index passes `index` (or `wait`).
-    pub async fn job_allocations(&self, id: &str, blocking: Option<(u64, Duration)>) -> Result<(Vec<AllocStub>, u64), NomadError> {
+    pub async fn job_allocations(
+        &self,
+        id: &str,
+        blocking: Option<(u64, Duration)>,
+    ) -> Result<(Vec<AllocStub>, u64), NomadError> {
         let path = format!("/v1/job/{}/allocations", escape(id));
         let (bytes, index) = self.call(Method::GET, &path, &[], None, blocking).await?;
         Ok((Self::decode(&path, &bytes)?, index))
@@ -250,11 +271,8 @@ fn escape(id: &str) -> String {
 /// The job vap submits for a scenario (golden file: tests/golden/nomad_job.json).
 pub fn job_spec(s: &NomadBackendSettings, spec: &RunnerSpec) -> Value {
     let id = runner_name(spec.scenario);
-    let mut env: BTreeMap<String, String> = s
-        .runner_env
-        .iter()
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect();
+    let mut env: BTreeMap<String, String> =
+        s.runner_env.iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
     env.extend(spec.job_env());
     let mut args = vec!["--scenario".to_string(), spec.scenario.to_string()];
     if let Some(config) = &s.runner_config {
@@ -368,7 +386,14 @@ impl NomadBackend {
         self.client.register_job(&job).await?;
         let id = runner_name(spec.scenario);
         self.watch(spec.scenario, &id);
-        Ok(WorkerInfo { scenario: spec.scenario, state: RunnerState::Starting, backend_ref: id, node: None, restarts: 0, started_at: None })
+        Ok(WorkerInfo {
+            scenario: spec.scenario,
+            state: RunnerState::Starting,
+            backend_ref: id,
+            node: None,
+            restarts: 0,
+            started_at: None,
+        })
     }
 
     pub async fn stop(&self, scenario: Uuid) -> Result<(), BackendError> {
@@ -387,7 +412,8 @@ impl NomadBackend {
         if watchers.get(&scenario).is_some_and(|h| !h.is_finished()) {
             return;
         }
-        let (client, views, changed, job_id) = (Arc::clone(&self.client), Arc::clone(&self.views), Arc::clone(&self.changed), job_id.to_string());
+        let (client, views, changed, job_id) =
+            (Arc::clone(&self.client), Arc::clone(&self.views), Arc::clone(&self.changed), job_id.to_string());
         let wait = Duration::from_millis(self.settings.blocking_wait_ms);
         watchers.insert(
             scenario,
@@ -400,7 +426,8 @@ impl NomadBackend {
                             let view = alloc_view(&allocs);
                             let differs = {
                                 let mut views = views.lock().unwrap_or_else(|e| e.into_inner());
-                                let differs = views.get(&scenario).map(|v| (&v.state, v.restarts, &v.node)) != Some((&view.state, view.restarts, &view.node));
+                                let differs = views.get(&scenario).map(|v| (&v.state, v.restarts, &v.node))
+                                    != Some((&view.state, view.restarts, &view.node));
                                 views.insert(scenario, view);
                                 differs
                             };
@@ -437,8 +464,13 @@ fn alloc_view(allocs: &[AllocStub]) -> AllocView {
         (_, true) if a.desired_status != "run" => RunnerState::Stopping,
         ("complete", true) => RunnerState::Exited { code: 0 },
         ("failed", true) | ("lost", true) => {
-            let code = task.and_then(|t| t.events.iter().rev().find(|e| e.kind == "Terminated")).map(|e| e.exit_code).unwrap_or(-1);
-            RunnerState::Failed { reason: format!("nomad allocation {} {} (last exit code {code})", a.id, a.client_status) }
+            let code = task
+                .and_then(|t| t.events.iter().rev().find(|e| e.kind == "Terminated"))
+                .map(|e| e.exit_code)
+                .unwrap_or(-1);
+            RunnerState::Failed {
+                reason: format!("nomad allocation {} {} (last exit code {code})", a.id, a.client_status),
+            }
         }
         ("running", false) if task.is_some_and(|t| t.state == "running") => RunnerState::Running,
         _ => RunnerState::Starting,
@@ -450,21 +482,36 @@ fn alloc_view(allocs: &[AllocStub]) -> AllocView {
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|t| t.with_timezone(&Utc))
         .filter(|t| t.timestamp() > 0);
-    AllocView { state, node: Some(a.node_name.clone()).filter(|n| !n.is_empty()), restarts: restarts as u32, started_at }
+    AllocView {
+        state,
+        node: Some(a.node_name.clone()).filter(|n| !n.is_empty()),
+        restarts: restarts as u32,
+        started_at,
+    }
 }
 
 /// The job list is the truth about existence; the allocation watch adds the detail.
 fn job_state(job: &JobStub, watched: Option<&RunnerState>) -> RunnerState {
-    let total = job.job_summary.as_ref().map(|s| s.summary.values().fold(GroupSummary::default(), |a, g| GroupSummary {
-        queued: a.queued + g.queued,
-        complete: a.complete + g.complete,
-        failed: a.failed + g.failed,
-        running: a.running + g.running,
-        starting: a.starting + g.starting,
-        lost: a.lost + g.lost,
-    })).unwrap_or_default();
+    let total = job
+        .job_summary
+        .as_ref()
+        .map(|s| {
+            s.summary.values().fold(GroupSummary::default(), |a, g| GroupSummary {
+                queued: a.queued + g.queued,
+                complete: a.complete + g.complete,
+                failed: a.failed + g.failed,
+                running: a.running + g.running,
+                starting: a.starting + g.starting,
+                lost: a.lost + g.lost,
+            })
+        })
+        .unwrap_or_default();
     if job.stop {
-        return if total.running + total.starting > 0 { RunnerState::Stopping } else { RunnerState::Exited { code: 0 } };
+        return if total.running + total.starting > 0 {
+            RunnerState::Stopping
+        } else {
+            RunnerState::Exited { code: 0 }
+        };
     }
     if job.status == "dead" {
         // A service job only dies for good when restarts and reschedules are spent.
@@ -504,7 +551,12 @@ mod tests {
             epoch: "2026-11-24T10:00:00Z".parse().unwrap(),
         };
         let golden: Value = serde_json::from_str(include_str!("../../tests/golden/nomad_job.json")).unwrap();
-        assert_eq!(job_spec(&settings(), &spec), golden, "{}", serde_json::to_string_pretty(&job_spec(&settings(), &spec)).unwrap());
+        assert_eq!(
+            job_spec(&settings(), &spec),
+            golden,
+            "{}",
+            serde_json::to_string_pretty(&job_spec(&settings(), &spec)).unwrap()
+        );
     }
 
     #[test]
@@ -519,7 +571,8 @@ mod tests {
         assert_eq!((v.state, v.node.as_deref(), v.restarts), (RunnerState::Running, Some("host-1"), 2));
         let job: JobStub = serde_json::from_str(r#"{"ID":"vap-runner-x","Status":"dead","Stop":false,"JobSummary":{"Summary":{"runner":{"Failed":1}},"Children":null}}"#).unwrap();
         assert!(matches!(job_state(&job, None), RunnerState::Failed { .. }));
-        let pending: JobStub = serde_json::from_str(r#"{"ID":"vap-runner-x","Status":"pending","JobSummary":{"Summary":null}}"#).unwrap();
+        let pending: JobStub =
+            serde_json::from_str(r#"{"ID":"vap-runner-x","Status":"pending","JobSummary":{"Summary":null}}"#).unwrap();
         assert_eq!(job_state(&pending, None), RunnerState::Starting);
     }
 }

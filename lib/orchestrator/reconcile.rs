@@ -23,18 +23,27 @@ pub enum RunnerState {
     /// Being stopped: still holds its slot.
     Stopping,
     /// Exited and will not be restarted by the backend; `code` 0 is a finished source.
-    Exited { code: i32 },
+    Exited {
+        code: i32,
+    },
     /// The backend gave up on it (restart limit, watchdog, placement failure).
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// Last seen on a host that does not answer now: left alone, and its slot kept, until the
     /// host answers again (starting it elsewhere could run the scenario twice).
-    Unreachable { node: String },
+    Unreachable {
+        node: String,
+    },
 }
 
 impl RunnerState {
     /// Whether the runner holds one of the MAX_WORKERS slots.
     pub fn holds_slot(&self) -> bool {
-        matches!(self, RunnerState::Starting | RunnerState::Running | RunnerState::Stopping | RunnerState::Unreachable { .. })
+        matches!(
+            self,
+            RunnerState::Starting | RunnerState::Running | RunnerState::Stopping | RunnerState::Unreachable { .. }
+        )
     }
 }
 
@@ -78,15 +87,23 @@ pub fn plan(wanted: &[Wanted], observed: &[Observed], max_workers: usize) -> Vec
         let state = by_scenario.get(&w.scenario).copied();
         let shutting_down = matches!(w.status, ScenarioStatus::InitShutdown | ScenarioStatus::InShutdownProcessing);
         match (shutting_down, state) {
-            (false, Some(RunnerState::Starting)) => actions.push(Action::Running { scenario: w.scenario, starting: true }),
-            (false, Some(RunnerState::Running)) => actions.push(Action::Running { scenario: w.scenario, starting: false }),
+            (false, Some(RunnerState::Starting)) => {
+                actions.push(Action::Running { scenario: w.scenario, starting: true })
+            }
+            (false, Some(RunnerState::Running)) => {
+                actions.push(Action::Running { scenario: w.scenario, starting: false })
+            }
             (_, Some(RunnerState::Stopping)) => {}
-            (_, Some(RunnerState::Unreachable { node })) => actions.push(Action::Unreachable { scenario: w.scenario, node: node.clone() }),
+            (_, Some(RunnerState::Unreachable { node })) => {
+                actions.push(Action::Unreachable { scenario: w.scenario, node: node.clone() })
+            }
             (false, Some(RunnerState::Exited { code: 0 })) => actions.push(Action::Finish(w.scenario)),
             (false, Some(RunnerState::Exited { code })) => {
                 actions.push(Action::Fail { scenario: w.scenario, reason: exit_reason(*code) })
             }
-            (false, Some(RunnerState::Failed { reason })) => actions.push(Action::Fail { scenario: w.scenario, reason: reason.clone() }),
+            (false, Some(RunnerState::Failed { reason })) => {
+                actions.push(Action::Fail { scenario: w.scenario, reason: reason.clone() })
+            }
             (false, None) => {
                 if slots_used < max_workers {
                     slots_used += 1;
@@ -96,7 +113,9 @@ pub fn plan(wanted: &[Wanted], observed: &[Observed], max_workers: usize) -> Vec
                 }
             }
             (true, Some(RunnerState::Starting | RunnerState::Running)) => actions.push(Action::Stop(w.scenario)),
-            (true, Some(RunnerState::Exited { .. } | RunnerState::Failed { .. }) | None) => actions.push(Action::Finish(w.scenario)),
+            (true, Some(RunnerState::Exited { .. } | RunnerState::Failed { .. }) | None) => {
+                actions.push(Action::Finish(w.scenario))
+            }
         }
     }
     // Runners of scenarios at rest, or unknown: nothing should run for them.
@@ -104,8 +123,12 @@ pub fn plan(wanted: &[Wanted], observed: &[Observed], max_workers: usize) -> Vec
         match o.state {
             RunnerState::Starting | RunnerState::Running => actions.push(Action::Stop(o.scenario)),
             RunnerState::Exited { code: 0 } => actions.push(Action::Forget { scenario: o.scenario, error: None }),
-            RunnerState::Exited { code } => actions.push(Action::Forget { scenario: o.scenario, error: Some(exit_reason(code)) }),
-            RunnerState::Failed { ref reason } => actions.push(Action::Forget { scenario: o.scenario, error: Some(reason.clone()) }),
+            RunnerState::Exited { code } => {
+                actions.push(Action::Forget { scenario: o.scenario, error: Some(exit_reason(code)) })
+            }
+            RunnerState::Failed { ref reason } => {
+                actions.push(Action::Forget { scenario: o.scenario, error: Some(reason.clone()) })
+            }
             RunnerState::Stopping | RunnerState::Unreachable { .. } => {}
         }
     }
@@ -139,7 +162,10 @@ mod tests {
     fn places_up_to_the_cap_in_creation_order_and_the_rest_wait() {
         let s = ids(5);
         let actions = plan(&wanted(&s, InitStartup), &[], 3);
-        assert_eq!(actions, vec![Action::Start(s[0]), Action::Start(s[1]), Action::Start(s[2]), Action::Wait(s[3]), Action::Wait(s[4])]);
+        assert_eq!(
+            actions,
+            vec![Action::Start(s[0]), Action::Start(s[1]), Action::Start(s[2]), Action::Wait(s[3]), Action::Wait(s[4])]
+        );
     }
 
     #[test]
@@ -161,7 +187,10 @@ mod tests {
         let observed = vec![Observed { scenario: s[0], state: gone() }, Observed { scenario: s[1], state: gone() }];
         // Neither started elsewhere, nor stopped, nor finished; the cap counts both.
         let unreachable = |i: usize| Action::Unreachable { scenario: s[i], node: "worker-2".into() };
-        assert_eq!(plan(&w, &observed, 3), vec![unreachable(0), unreachable(1), Action::Start(s[2]), Action::Wait(s[3])]);
+        assert_eq!(
+            plan(&w, &observed, 3),
+            vec![unreachable(0), unreachable(1), Action::Start(s[2]), Action::Wait(s[3])]
+        );
         // One of a scenario at rest: nothing either, until the host answers.
         assert_eq!(plan(&[], &observed, 3), vec![]);
     }
@@ -175,7 +204,10 @@ mod tests {
         ];
         assert_eq!(
             plan(&wanted(&s, Active), &observed, 2),
-            vec![Action::Running { scenario: s[0], starting: false }, Action::Running { scenario: s[1], starting: true }]
+            vec![
+                Action::Running { scenario: s[0], starting: false },
+                Action::Running { scenario: s[1], starting: true }
+            ]
         );
     }
 

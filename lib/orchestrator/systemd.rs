@@ -45,7 +45,12 @@ struct Node {
 
 impl Node {
     fn new(name: String, address: String) -> Self {
-        Self { name, address, connection: tokio::sync::Mutex::new(None), retry: std::sync::Mutex::new((None, RECONNECT_MIN)) }
+        Self {
+            name,
+            address,
+            connection: tokio::sync::Mutex::new(None),
+            retry: std::sync::Mutex::new((None, RECONNECT_MIN)),
+        }
     }
 
     /// The bus connection, made on first use and again after it broke (backing off while the
@@ -57,7 +62,10 @@ impl Node {
         }
         if let (Some(after), _) = *self.retry.lock().unwrap() {
             if Instant::now() < after {
-                return Err(self.unavailable(format!("did not answer; next try in {} s", after.duration_since(Instant::now()).as_secs() + 1)));
+                return Err(self.unavailable(format!(
+                    "did not answer; next try in {} s",
+                    after.duration_since(Instant::now()).as_secs() + 1
+                )));
             }
         }
         let connected = if self.address.is_empty() {
@@ -113,9 +121,14 @@ impl Node {
     }
 
     /// Every property of a unit's `org.freedesktop.systemd1.Service` interface, in one call.
-    async fn service_properties(&self, path: &OwnedObjectPath) -> Result<std::collections::HashMap<String, OwnedValue>, BackendError> {
+    async fn service_properties(
+        &self,
+        path: &OwnedObjectPath,
+    ) -> Result<std::collections::HashMap<String, OwnedValue>, BackendError> {
         let bus = self.bus().await?;
-        let props = zbus::Proxy::new(&bus, DEST, path.as_str(), "org.freedesktop.DBus.Properties").await.map_err(|e| self.broken(e))?;
+        let props = zbus::Proxy::new(&bus, DEST, path.as_str(), "org.freedesktop.DBus.Properties")
+            .await
+            .map_err(|e| self.broken(e))?;
         props.call("GetAll", &("org.freedesktop.systemd1.Service",)).await.map_err(|e| self.broken(e))
     }
 
@@ -126,7 +139,10 @@ impl Node {
     async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         let manager = self.manager().await?;
         let states: Vec<&str> = Vec::new();
-        let rows: Vec<UnitRow> = manager.call("ListUnitsByPatterns", &(states, vec![format!("{RUNNER_PREFIX}*.service")])).await.map_err(|e| self.broken(e))?;
+        let rows: Vec<UnitRow> = manager
+            .call("ListUnitsByPatterns", &(states, vec![format!("{RUNNER_PREFIX}*.service")]))
+            .await
+            .map_err(|e| self.broken(e))?;
         let mut out = Vec::with_capacity(rows.len());
         for (name, _, load, active, sub, _, path, _, _, _) in rows {
             let Some(scenario) = name.strip_suffix(".service").and_then(runner_scenario) else { continue };
@@ -146,7 +162,11 @@ impl Node {
                 ("deactivating", _) => RunnerState::Stopping,
                 ("failed", _) => {
                     let result = get("Result").and_then(|v| String::try_from(v).ok()).unwrap_or_default();
-                    RunnerState::Failed { reason: format!("systemd gave up on {name}: result {result}, last exit code {code}, {restarts} restarts") }
+                    RunnerState::Failed {
+                        reason: format!(
+                            "systemd gave up on {name}: result {result}, last exit code {code}, {restarts} restarts"
+                        ),
+                    }
                 }
                 _ => RunnerState::Exited { code },
             };
@@ -156,7 +176,9 @@ impl Node {
                 backend_ref: name.clone(),
                 node: self.node(),
                 restarts,
-                started_at: (started_us > 0).then(|| DateTime::<Utc>::from_timestamp_micros(started_us as i64)).flatten(),
+                started_at: (started_us > 0)
+                    .then(|| DateTime::<Utc>::from_timestamp_micros(started_us as i64))
+                    .flatten(),
             });
         }
         Ok(out)
@@ -188,11 +210,8 @@ impl Placement {
 
 impl SystemdBackend {
     pub fn new(settings: SystemdBackendSettings) -> Self {
-        let nodes: Vec<Node> = settings
-            .effective_nodes()
-            .into_iter()
-            .map(|n| Node::new(n.name, n.bus_address))
-            .collect();
+        let nodes: Vec<Node> =
+            settings.effective_nodes().into_iter().map(|n| Node::new(n.name, n.bus_address)).collect();
         let placement = std::sync::Mutex::new(Placement::empty(nodes.len()));
         Self { settings, nodes, placement }
     }
@@ -250,7 +269,14 @@ impl SystemdBackend {
                 placement.load[i] += 1;
                 let node = &self.nodes[i];
                 let state = RunnerState::Unreachable { node: node.name.clone() };
-                out.push(WorkerInfo { scenario, state, backend_ref: unit_name(scenario), node: node.node(), restarts: 0, started_at: None });
+                out.push(WorkerInfo {
+                    scenario,
+                    state,
+                    backend_ref: unit_name(scenario),
+                    node: node.node(),
+                    restarts: 0,
+                    started_at: None,
+                });
             }
         }
         placement.complete = true;
@@ -359,17 +385,28 @@ impl SystemdBackend {
             props.push(("User", Value::from(s.user.clone())));
         }
         let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
-        let _job: OwnedObjectPath = manager.call("StartTransientUnit", &(name.as_str(), "fail", props, aux)).await.map_err(|e| match e {
-            zbus::Error::MethodError(ref n, ..) if n.as_str().ends_with("UnitExists") => node.unavailable(format!("{name} exists already")),
-            e => node.broken(e),
-        })?;
-        Ok(WorkerInfo { scenario: spec.scenario, state: RunnerState::Starting, backend_ref: name, node: node.node(), restarts: 0, started_at: None })
+        let _job: OwnedObjectPath =
+            manager.call("StartTransientUnit", &(name.as_str(), "fail", props, aux)).await.map_err(|e| match e {
+                zbus::Error::MethodError(ref n, ..) if n.as_str().ends_with("UnitExists") => {
+                    node.unavailable(format!("{name} exists already"))
+                }
+                e => node.broken(e),
+            })?;
+        Ok(WorkerInfo {
+            scenario: spec.scenario,
+            state: RunnerState::Starting,
+            backend_ref: name,
+            node: node.node(),
+            restarts: 0,
+            started_at: None,
+        })
     }
 
     pub async fn stop(&self, scenario: Uuid) -> Result<(), BackendError> {
         let name = unit_name(scenario);
         for node in self.nodes_of(scenario) {
-            let stopped: Result<OwnedObjectPath, _> = node.manager().await?.call("StopUnit", &(name.as_str(), "replace")).await;
+            let stopped: Result<OwnedObjectPath, _> =
+                node.manager().await?.call("StopUnit", &(name.as_str(), "replace")).await;
             match stopped {
                 Ok(_) => {}
                 // Not loaded there: nothing to stop.
@@ -384,7 +421,8 @@ impl SystemdBackend {
     pub async fn forget(&self, scenario: Uuid) -> Result<(), BackendError> {
         self.stop(scenario).await?;
         for node in self.nodes_of(scenario) {
-            let _: Result<(), _> = node.manager().await?.call("ResetFailedUnit", &(unit_name(scenario).as_str(),)).await;
+            let _: Result<(), _> =
+                node.manager().await?.call("ResetFailedUnit", &(unit_name(scenario).as_str(),)).await;
         }
         let mut p = self.placement.lock().unwrap();
         if let Some(i) = p.node_of.remove(&scenario) {

@@ -55,7 +55,12 @@ impl OpenCvSource {
     pub fn new(url: &str, settings: &RunnerSettings) -> Self {
         // OpenCV takes paths, not file:// URLs.
         let url = url.strip_prefix("file://").unwrap_or(url).to_string();
-        Self { url, open_timeout_ms: settings.open_timeout_ms, read_timeout_ms: settings.read_timeout_ms, capture: None }
+        Self {
+            url,
+            open_timeout_ms: settings.open_timeout_ms,
+            read_timeout_ms: settings.read_timeout_ms,
+            capture: None,
+        }
     }
 
     fn is_stream_url(&self) -> bool {
@@ -153,7 +158,14 @@ pub struct CaptureStats {
 }
 
 impl FrameSlot {
-    fn put(&self, frame: SampledFrame, overwrite: bool, stats: &CaptureStats, shutdown: &CancellationToken, beat: &dyn Fn()) {
+    fn put(
+        &self,
+        frame: SampledFrame,
+        overwrite: bool,
+        stats: &CaptureStats,
+        shutdown: &CancellationToken,
+        beat: &dyn Fn(),
+    ) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if overwrite {
             if s.frame.replace(frame).is_some() {
@@ -240,7 +252,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
         Self { min, max, current: min, seed }
     }
 
@@ -276,7 +292,13 @@ impl<S: FrameSource> CaptureLoop<S> {
         slot.finish(end);
     }
 
-    fn capture(&mut self, slot: &FrameSlot, stats: &CaptureStats, started: Instant, shutdown: &CancellationToken) -> CaptureEnd {
+    fn capture(
+        &mut self,
+        slot: &FrameSlot,
+        stats: &CaptureStats,
+        started: Instant,
+        shutdown: &CancellationToken,
+    ) -> CaptureEnd {
         let beat = || stats.heartbeat_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut backoff = Backoff::new(self.reconnect_min, self.reconnect_max);
         let mut ever_opened = false;
@@ -346,7 +368,12 @@ impl<S: FrameSource> CaptureLoop<S> {
                         continue;
                     }
                 }
-                let frame = SampledFrame { image: std::mem::take(&mut image), captured_at, source_index: index - 1, read_time: read_started.elapsed() };
+                let frame = SampledFrame {
+                    image: std::mem::take(&mut image),
+                    captured_at,
+                    source_index: index - 1,
+                    read_time: read_started.elapsed(),
+                };
                 slot.put(frame, info.live, stats, shutdown, &beat);
             }
             if !info.live {

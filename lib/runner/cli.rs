@@ -49,15 +49,20 @@ pub struct RunnerArgs {
 
 impl RunnerArgs {
     /// Flags win over the environment.
-    pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Option<String>) -> Result<Self, UsageError> {
-        let (mut config, mut scenario, mut epoch, mut url) = (None, env("VAP_SCENARIO_UUID"), env("VAP_SCENARIO_EPOCH"), env("VAP_CAMERA_URL"));
+    pub fn parse(
+        args: impl IntoIterator<Item = String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, UsageError> {
+        let (mut config, mut scenario, mut epoch, mut url) =
+            (None, env("VAP_SCENARIO_UUID"), env("VAP_SCENARIO_EPOCH"), env("VAP_CAMERA_URL"));
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
                 Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
                 _ => (arg.clone(), None),
             };
-            let mut value = || inline.clone().or_else(|| args.next()).ok_or_else(|| UsageError::MissingValue(flag.clone()));
+            let mut value =
+                || inline.clone().or_else(|| args.next()).ok_or_else(|| UsageError::MissingValue(flag.clone()));
             match flag.as_str() {
                 "--config" | "-c" => config = Some(PathBuf::from(value()?)),
                 "--scenario" => scenario = Some(value()?),
@@ -140,21 +145,35 @@ mod tests {
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<RunnerArgs, UsageError> {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        RunnerArgs::parse(args.iter().map(|s| s.to_string()), |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+        RunnerArgs::parse(args.iter().map(|s| s.to_string()), |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
     }
 
     #[test]
     fn job_from_environment_or_flags() {
         let id = "6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10";
-        let a = parse(&[], &[("VAP_SCENARIO_UUID", id), ("VAP_CAMERA_URL", "rtsp://u:p@cam/1"), ("VAP_SCENARIO_EPOCH", "2026-01-01T00:00:00Z")]).unwrap();
+        let a = parse(
+            &[],
+            &[
+                ("VAP_SCENARIO_UUID", id),
+                ("VAP_CAMERA_URL", "rtsp://u:p@cam/1"),
+                ("VAP_SCENARIO_EPOCH", "2026-01-01T00:00:00Z"),
+            ],
+        )
+        .unwrap();
         assert_eq!((a.scenario.to_string().as_str(), a.camera_url.as_str()), (id, "rtsp://u:p@cam/1"));
         assert_eq!(a.epoch.to_rfc3339(), "2026-01-01T00:00:00+00:00");
-        let b = parse(&["--scenario", id, "--camera-url=file.mp4", "--config", "x.toml"], &[("VAP_CAMERA_URL", "env")]).unwrap();
+        let b = parse(&["--scenario", id, "--camera-url=file.mp4", "--config", "x.toml"], &[("VAP_CAMERA_URL", "env")])
+            .unwrap();
         assert_eq!((b.camera_url.as_str(), b.epoch), ("file.mp4", DateTime::UNIX_EPOCH));
         assert_eq!(parse(&[], &[]), Err(UsageError::NoScenario));
         assert_eq!(parse(&["--scenario", "nope"], &[]), Err(UsageError::BadScenario("nope".into())));
         assert_eq!(parse(&["--scenario", id], &[]), Err(UsageError::NoCameraUrl));
-        assert_eq!(parse(&["--scenario", id, "--epoch", "yesterday"], &[]), Err(UsageError::BadEpoch("yesterday".into())));
+        assert_eq!(
+            parse(&["--scenario", id, "--epoch", "yesterday"], &[]),
+            Err(UsageError::BadEpoch("yesterday".into()))
+        );
         assert!(matches!(parse(&["--frobnicate"], &[]), Err(UsageError::Unknown(_))));
         assert!(matches!(parse(&["--scenario"], &[]), Err(UsageError::MissingValue(_))));
     }

@@ -67,7 +67,8 @@ impl TractDetector {
         let manifest = Manifest::load(manifest_path)?;
         let path = manifest.onnx.display().to_string();
         let load_err = |e: TractError| DetectorError::Load { path: path.clone(), reason: format!("{e:#}") };
-        let bytes = std::fs::read(&manifest.onnx).map_err(|e| DetectorError::Load { path: path.clone(), reason: e.to_string() })?;
+        let bytes = std::fs::read(&manifest.onnx)
+            .map_err(|e| DetectorError::Load { path: path.clone(), reason: e.to_string() })?;
         if let Some(expected) = &manifest.sha256 {
             use sha2::Digest;
             let actual = format!("{:x}", sha2::Sha256::digest(&bytes));
@@ -91,14 +92,18 @@ impl TractDetector {
             .model_for_read(&mut bytes.as_slice())
             .map_err(load_err)?;
         model.select_outputs_by_name(&outputs).map_err(load_err)?;
-        let model = model
-            .with_input_fact(0, f32::fact(shape).into())
-            .map_err(load_err)?
-            .into_optimized()
-            .map_err(load_err)?;
+        let model =
+            model.with_input_fact(0, f32::fact(shape).into()).map_err(load_err)?.into_optimized().map_err(load_err)?;
         let plan = model.into_runnable().map_err(load_err)?;
         let score_threshold = score_threshold.unwrap_or(manifest.thresholds.score);
-        Ok(Self { input: vec![0.0; shape.iter().product()], manifest, plan, score_threshold, resized: Mat::default(), padded: Mat::default() })
+        Ok(Self {
+            input: vec![0.0; shape.iter().product()],
+            manifest,
+            plan,
+            score_threshold,
+            resized: Mat::default(),
+            padded: Mat::default(),
+        })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -113,7 +118,8 @@ impl TractDetector {
 
     /// Runs the model alone on a prepared input.
     pub fn infer(&self, input: &[f32]) -> Result<(), DetectorError> {
-        let tensor = Tensor::from_shape(&self.input_shape(), input).map_err(|e| DetectorError::Inference(e.to_string()))?;
+        let tensor =
+            Tensor::from_shape(&self.input_shape(), input).map_err(|e| DetectorError::Inference(e.to_string()))?;
         self.plan.run(tvec!(tensor.into())).map_err(|e| DetectorError::Inference(format!("{e:#}")))?;
         Ok(())
     }
@@ -146,11 +152,24 @@ impl TractDetector {
                 opencv::imgproc::resize(frame, &mut self.resized, Size::new(nw, nh), 0.0, 0.0, interp)?;
                 let (left, top) = ((w - nw) / 2, (h - nh) / 2);
                 let grey = Scalar::new(114.0, 114.0, 114.0, 0.0);
-                opencv::core::copy_make_border(&self.resized, &mut self.padded, top, h - nh - top, left, w - nw - left, BORDER_CONSTANT, grey)?;
+                opencv::core::copy_make_border(
+                    &self.resized,
+                    &mut self.padded,
+                    top,
+                    h - nh - top,
+                    left,
+                    w - nw - left,
+                    BORDER_CONSTANT,
+                    grey,
+                )?;
                 Placement { scale_x: scale, scale_y: scale, pad_x: left as f32, pad_y: top as f32 }
             }
         };
-        let src = if self.padded.is_continuous() { self.padded.data_bytes()? } else { return Err(DetectorError::FrameFormat("not continuous".into())) };
+        let src = if self.padded.is_continuous() {
+            self.padded.data_bytes()?
+        } else {
+            return Err(DetectorError::FrameFormat("not continuous".into()));
+        };
         let order: [usize; 3] = match spec.channels {
             Channels::Rgb => [2, 1, 0],
             Channels::Bgr => [0, 1, 2],
@@ -178,9 +197,16 @@ impl TractDetector {
         Ok(placement)
     }
 
-    fn decode(&self, outputs: &TVec<TValue>, placement: Placement, frame: (f32, f32)) -> Result<Vec<Detection>, DetectorError> {
+    fn decode(
+        &self,
+        outputs: &TVec<TValue>,
+        placement: Placement,
+        frame: (f32, f32),
+    ) -> Result<Vec<Detection>, DetectorError> {
         let view = |i: usize| -> Result<tract_ndarray::ArrayViewD<'_, f32>, DetectorError> {
-            outputs.get(i).ok_or_else(|| DetectorError::Inference(format!("model gave no output {i}")))?
+            outputs
+                .get(i)
+                .ok_or_else(|| DetectorError::Inference(format!("model gave no output {i}")))?
                 .to_plain_array_view::<f32>()
                 .map_err(|e| DetectorError::Inference(e.to_string()))
         };
@@ -208,7 +234,8 @@ impl TractDetector {
                         // Normalised to the model input, which (stretched) is the whole frame.
                         let (y0, x0, y1, x1) = (boxes[[0, n, 0]], boxes[[0, n, 1]], boxes[[0, n, 2]], boxes[[0, n, 3]]);
                         let to_frame = |x: f32, y: f32| {
-                            let (ix, iy) = (x * self.manifest.input.width as f32, y * self.manifest.input.height as f32);
+                            let (ix, iy) =
+                                (x * self.manifest.input.width as f32, y * self.manifest.input.height as f32);
                             ((ix - placement.pad_x) / placement.scale_x, (iy - placement.pad_y) / placement.scale_y)
                         };
                         let (a, b) = (to_frame(x0, y0), to_frame(x1, y1));
@@ -220,7 +247,9 @@ impl TractDetector {
                 let out = view(0)?;
                 let s = out.shape();
                 if s.len() != 3 || s[1] < 5 {
-                    return Err(DetectorError::Inference(format!("yolov8 output has shape {s:?}; expected [1, 4+C, N]")));
+                    return Err(DetectorError::Inference(format!(
+                        "yolov8 output has shape {s:?}; expected [1, 4+C, N]"
+                    )));
                 }
                 let classes = (s[1] - 4).min(labels.len());
                 for n in 0..s[2] {
@@ -252,12 +281,17 @@ impl Detector for TractDetector {
     fn detect(&mut self, frame: &Mat) -> Result<(Vec<Detection>, DetectTiming), DetectorError> {
         let started = Instant::now();
         let placement = self.preprocess(frame)?;
-        let tensor = Tensor::from_shape(&self.input_shape(), &self.input).map_err(|e| DetectorError::Inference(e.to_string()))?;
+        let tensor = Tensor::from_shape(&self.input_shape(), &self.input)
+            .map_err(|e| DetectorError::Inference(e.to_string()))?;
         let preprocessed = Instant::now();
         let outputs = self.plan.run(tvec!(tensor.into())).map_err(|e| DetectorError::Inference(format!("{e:#}")))?;
         let inferred = Instant::now();
         let detections = self.decode(&outputs, placement, (frame.cols() as f32, frame.rows() as f32))?;
-        let timing = DetectTiming { preprocess: preprocessed - started, inference: inferred - preprocessed, postprocess: inferred.elapsed() };
+        let timing = DetectTiming {
+            preprocess: preprocessed - started,
+            inference: inferred - preprocessed,
+            postprocess: inferred.elapsed(),
+        };
         Ok((detections, timing))
     }
 
@@ -285,7 +319,11 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let inter = iw * ih;
     let area = |r: &[f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
     let union = area(a) + area(b) - inter;
-    if union <= 0.0 { 0.0 } else { inter / union }
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
 }
 
 /// Greedy NMS per class: best score first, drop boxes of the same class overlapping a kept one
@@ -317,14 +355,21 @@ mod tests {
         let kept = non_max_suppression(
             vec![
                 c(0, 0.8, [0.0, 0.0, 10.0, 10.0]),
-                c(0, 0.9, [1.0, 1.0, 11.0, 11.0]),   // overlaps the first (IoU 0.68): wins
-                c(1, 0.7, [0.0, 0.0, 10.0, 10.0]),   // same place, other class: kept
+                c(0, 0.9, [1.0, 1.0, 11.0, 11.0]), // overlaps the first (IoU 0.68): wins
+                c(1, 0.7, [0.0, 0.0, 10.0, 10.0]), // same place, other class: kept
                 c(0, 0.6, [20.0, 20.0, 30.0, 30.0]), // elsewhere: kept
             ],
             0.5,
             10,
         );
-        assert_eq!(kept, vec![c(0, 0.9, [1.0, 1.0, 11.0, 11.0]), c(1, 0.7, [0.0, 0.0, 10.0, 10.0]), c(0, 0.6, [20.0, 20.0, 30.0, 30.0])]);
+        assert_eq!(
+            kept,
+            vec![
+                c(0, 0.9, [1.0, 1.0, 11.0, 11.0]),
+                c(1, 0.7, [0.0, 0.0, 10.0, 10.0]),
+                c(0, 0.6, [20.0, 20.0, 30.0, 30.0])
+            ]
+        );
         assert_eq!(non_max_suppression(kept, 0.5, 1).len(), 1);
     }
 

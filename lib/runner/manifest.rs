@@ -93,7 +93,8 @@ pub enum ManifestError {
 impl Manifest {
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;
-        let mut m: Manifest = toml::from_str(&text).map_err(|source| ManifestError::Parse { path: path.into(), source })?;
+        let mut m: Manifest =
+            toml::from_str(&text).map_err(|source| ManifestError::Parse { path: path.into(), source })?;
         let invalid = |reason: String| ManifestError::Invalid { path: path.into(), reason };
         if m.labels.is_empty() {
             return Err(invalid("labels: at least one class".into()));

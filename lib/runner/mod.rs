@@ -117,7 +117,9 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
     let started = Instant::now();
     let rs = settings.runner.clone();
     if rs.inference_threads > 1 {
-        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(rs.inference_threads));
+        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(
+            rs.inference_threads,
+        ));
     }
     let manifest_path = rs.model_manifest.clone();
     let threshold = rs.score_threshold;
@@ -131,14 +133,18 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
     let abandon = CancellationToken::new();
     let publisher = Publisher { kafka, scenario: job.scenario, batch: rs.produce_batch };
     // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
-    let publishing = tokio::spawn(tracing::Instrument::instrument(publisher.run(Arc::clone(&buffer), abandon.clone()), tracing::Span::current()));
+    let publishing = tokio::spawn(tracing::Instrument::instrument(
+        publisher.run(Arc::clone(&buffer), abandon.clone()),
+        tracing::Span::current(),
+    ));
 
     let slot = Arc::new(FrameSlot::default());
     let capture_stats = Arc::new(CaptureStats::default());
     let stats = Arc::new(RunnerStats::default());
     let span = tracing::Span::current();
     let capture = {
-        let (slot, cstats, stop, span) = (Arc::clone(&slot), Arc::clone(&capture_stats), shutdown.clone(), span.clone());
+        let (slot, cstats, stop, span) =
+            (Arc::clone(&slot), Arc::clone(&capture_stats), shutdown.clone(), span.clone());
         let capture_loop = CaptureLoop {
             source: OpenCvSource::new(&job.camera_url, &rs),
             sample_fps: rs.sample_fps,
@@ -154,7 +160,8 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
 
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let detecting = {
-        let (slot, stats, buffer, job, span) = (Arc::clone(&slot), Arc::clone(&stats), Arc::clone(&buffer), job.clone(), span.clone());
+        let (slot, stats, buffer, job, span) =
+            (Arc::clone(&slot), Arc::clone(&stats), Arc::clone(&buffer), job.clone(), span.clone());
         std::thread::Builder::new()
             .name("vap-detect".into())
             .spawn(move || {
@@ -214,7 +221,13 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
         Outcome::Stopped => None,
     };
     if let Some((reason, detail)) = end_reason {
-        let end = StreamEnd { scenario_uuid: job.scenario, timestamp: Utc::now(), end_of_stream: reason, detail, frames_analysed: analysed };
+        let end = StreamEnd {
+            scenario_uuid: job.scenario,
+            timestamp: Utc::now(),
+            end_of_stream: reason,
+            detail,
+            frames_analysed: analysed,
+        };
         buffer.push(result_record(job.scenario, serde_json::to_vec(&end).unwrap_or_default(), end.timestamp));
     }
     buffer.close();
@@ -231,7 +244,11 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
         }
     };
     if unsent > 0 {
-        tracing::warn!(unsent, flush_ms = flush.as_millis() as u64, "broker unreachable at shutdown: results not delivered");
+        tracing::warn!(
+            unsent,
+            flush_ms = flush.as_millis() as u64,
+            "broker unreachable at shutdown: results not delivered"
+        );
     }
     let per_frame = |micros: &AtomicU64| micros.load(Ordering::Relaxed) as f64 / 1000.0 / analysed.max(1) as f64;
     let published = buffer.stats.published.load(Ordering::Relaxed);
@@ -255,7 +272,14 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
     Ok(RunReport { outcome, stats, capture: capture_stats, buffer, unsent, elapsed: started.elapsed() })
 }
 
-fn detect_loop<D: Detector>(mut detector: D, slot: &FrameSlot, stats: &RunnerStats, buffer: &ResultBuffer, job: &RunnerJob, started: Instant) -> CaptureEnd {
+fn detect_loop<D: Detector>(
+    mut detector: D,
+    slot: &FrameSlot,
+    stats: &RunnerStats,
+    buffer: &ResultBuffer,
+    job: &RunnerJob,
+    started: Instant,
+) -> CaptureEnd {
     let mut numbers = FrameNumbers::new(job.epoch);
     let model = detector.model_name().to_string();
     loop {
@@ -302,7 +326,12 @@ fn detect_loop<D: Detector>(mut detector: D, slot: &FrameSlot, stats: &RunnerSta
 }
 
 fn status_line(fps: f64, stats: &RunnerStats, capture: &CaptureStats, buffer: &ResultBuffer) -> String {
-    let last_error = buffer.stats.last_error.lock().ok().and_then(|e| e.clone())
+    let last_error = buffer
+        .stats
+        .last_error
+        .lock()
+        .ok()
+        .and_then(|e| e.clone())
         .or_else(|| capture.last_error.lock().ok().and_then(|e| e.clone()))
         .unwrap_or_else(|| "none".into());
     format!(

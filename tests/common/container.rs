@@ -13,12 +13,26 @@ use super::fleet::{orchestrator_config, runner_env, spawn_orchestrator_with_conf
 
 /// vap-orchestrator with `backend = "systemd"` driving the container's bus: `section` adds keys
 /// of `[orchestrator.systemd]`, `env` entries for the runners' environment.
-pub fn spawn_systemd_orchestrator(app: &TestApp, ct: &Container, dir: &Path, max_workers: usize, section: &str, env: &[&str]) -> Child {
+pub fn spawn_systemd_orchestrator(
+    app: &TestApp,
+    ct: &Container,
+    dir: &Path,
+    max_workers: usize,
+    section: &str,
+    env: &[&str],
+) -> Child {
     spawn_orchestrator_with_config(app, &systemd_orchestrator_config(app, ct, dir, max_workers, section, env))
 }
 
 /// The configuration `spawn_systemd_orchestrator` starts with, written into `dir`.
-pub fn systemd_orchestrator_config(app: &TestApp, ct: &Container, dir: &Path, max_workers: usize, section: &str, env: &[&str]) -> PathBuf {
+pub fn systemd_orchestrator_config(
+    app: &TestApp,
+    ct: &Container,
+    dir: &Path,
+    max_workers: usize,
+    section: &str,
+    env: &[&str],
+) -> PathBuf {
     let mut runner_env = runner_env(app);
     runner_env.extend(env.iter().map(|e| e.to_string()));
     let section = format!(
@@ -44,7 +58,10 @@ impl Container {
     pub fn boot() -> Container {
         let project = Path::new(env!("CARGO_MANIFEST_DIR"));
         let rootfs = rootfs(&[]);
-        Self::start(&rootfs, &["--read-only".into(), "--volatile=overlay".into(), format!("--bind-ro={}", project.display())])
+        Self::start(
+            &rootfs,
+            &["--read-only".into(), "--volatile=overlay".into(), format!("--bind-ro={}", project.display())],
+        )
     }
 
     /// Boots `root` as it is, writable and kept across reboots: a provisioned host. `binds_ro`
@@ -86,7 +103,13 @@ impl Container {
 
     /// The first half of `reboot`, so several hosts can go down together.
     pub fn ask_reboot(&self) {
-        let asked = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "Reboot"]);
+        let asked = self.busctl(&[
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "Reboot",
+        ]);
         assert!(asked.is_some(), "Reboot refused");
     }
 
@@ -99,7 +122,10 @@ impl Container {
             }
             if Instant::now() > deadline {
                 let jobs = self.exec(&["systemctl", "list-jobs", "--no-pager"]);
-                panic!("the container did not go down for the reboot; systemd's jobs:\n{}", String::from_utf8_lossy(&jobs.stdout));
+                panic!(
+                    "the container did not go down for the reboot; systemd's jobs:\n{}",
+                    String::from_utf8_lossy(&jobs.stdout)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         };
@@ -114,13 +140,25 @@ impl Container {
     }
 
     pub fn busctl(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("busctl").arg(format!("--address={}", self.bus_address())).arg("--json=short").arg("--").args(args).output().ok()?;
+        let out = Command::new("busctl")
+            .arg(format!("--address={}", self.bus_address()))
+            .arg("--json=short")
+            .arg("--")
+            .args(args)
+            .output()
+            .ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// systemd's SystemState ("running" once booted).
     pub fn state(&self) -> Option<String> {
-        let v = self.busctl(&["get-property", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "SystemState"])?;
+        let v = self.busctl(&[
+            "get-property",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "SystemState",
+        ])?;
         let v: serde_json::Value = serde_json::from_str(&v).ok()?;
         v["data"].as_str().map(str::to_string)
     }
@@ -144,30 +182,78 @@ impl Container {
 
     /// A property of a loaded unit, as busctl's JSON value (`None`: no such unit).
     pub fn unit_property(&self, unit: &str, interface: &str, property: &str) -> Option<serde_json::Value> {
-        let path = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "GetUnit", "s", unit])?;
+        let path = self.busctl(&[
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "GetUnit",
+            "s",
+            unit,
+        ])?;
         let path: serde_json::Value = serde_json::from_str(&path).ok()?;
-        let v = self.busctl(&["get-property", "org.freedesktop.systemd1", path["data"][0].as_str()?, interface, property])?;
+        let v =
+            self.busctl(&["get-property", "org.freedesktop.systemd1", path["data"][0].as_str()?, interface, property])?;
         serde_json::from_str::<serde_json::Value>(&v).ok().map(|v| v["data"].clone())
     }
 
     /// `systemctl kill --kill-whom=main --signal=N unit`, over the bus.
     pub fn kill_unit(&self, unit: &str, signal: i32) {
-        let out = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "KillUnit", "ssi", unit, "main", &signal.to_string()]);
+        let out = self.busctl(&[
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "KillUnit",
+            "ssi",
+            unit,
+            "main",
+            &signal.to_string(),
+        ]);
         assert!(out.is_some(), "KillUnit {unit} failed");
     }
 
     /// Loaded units matching `pattern`, with their active state, as systemd itself reports them.
     pub fn units(&self, pattern: &str) -> Vec<(String, String, String)> {
-        let Some(out) = self.busctl(&["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "ListUnitsByPatterns", "asas", "0", "1", pattern]) else { return Vec::new() };
+        let Some(out) = self.busctl(&[
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "ListUnitsByPatterns",
+            "asas",
+            "0",
+            "1",
+            pattern,
+        ]) else {
+            return Vec::new();
+        };
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        v["data"][0].as_array().map(|rows| rows.iter().map(|r| (r[0].as_str().unwrap_or("").to_string(), r[3].as_str().unwrap_or("").to_string(), r[4].as_str().unwrap_or("").to_string())).collect()).unwrap_or_default()
+        v["data"][0]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        (
+                            r[0].as_str().unwrap_or("").to_string(),
+                            r[3].as_str().unwrap_or("").to_string(),
+                            r[4].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
 /// The cached rootfs scripts/systemd-rootfs builds (`args`: its arguments).
 pub fn rootfs(args: &[&str]) -> PathBuf {
     let project = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(project.join("scripts/systemd-rootfs")).args(args).stderr(Stdio::inherit()).output().expect("scripts/systemd-rootfs");
+    let out = Command::new(project.join("scripts/systemd-rootfs"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/systemd-rootfs");
     assert!(out.status.success(), "building the rootfs failed");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }

@@ -22,11 +22,17 @@ pub fn runner_processes(scenarios: &HashSet<Uuid>) -> HashMap<Uuid, Vec<u32>> {
         if args.first().map(String::as_str) != Some(RUNNER_BIN) {
             continue;
         }
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))).unwrap_or(true);
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true);
         if zombie {
             continue;
         }
-        let id = args.iter().position(|a| a == "--scenario").and_then(|i| args.get(i + 1)).and_then(|s| Uuid::parse_str(s).ok());
+        let id = args
+            .iter()
+            .position(|a| a == "--scenario")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|s| Uuid::parse_str(s).ok());
         if let Some(id) = id.filter(|id| scenarios.contains(id)) {
             found.entry(id).or_default().push(pid);
         }
@@ -74,7 +80,6 @@ pub fn spawn_orchestrator_with(app: &TestApp, max_workers: usize, overrides: &[(
     env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     spawn_binary(env!("CARGO_BIN_EXE_vap-orchestrator"), &env, &[])
 }
-
 
 /// The runner settings every backend passes on here: this app's broker and results topic, and
 /// the shipped model.

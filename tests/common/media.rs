@@ -31,7 +31,23 @@ pub fn media() -> &'static Media {
                 let status = Command::new("ffmpeg")
                     .args(["-loglevel", "error", "-y"])
                     .args(input)
-                    .args(["-t", "20", "-vf", "scale=640:480", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "10", "-movflags", "+faststart", "-an"])
+                    .args([
+                        "-t",
+                        "20",
+                        "-vf",
+                        "scale=640:480",
+                        "-c:v",
+                        "libx264",
+                        "-preset",
+                        "veryfast",
+                        "-pix_fmt",
+                        "yuv420p",
+                        "-g",
+                        "10",
+                        "-movflags",
+                        "+faststart",
+                        "-an",
+                    ])
                     .arg(&tmp)
                     .status()
                     .expect("ffmpeg (scripts/setup installs it)");
@@ -51,7 +67,6 @@ pub fn media() -> &'static Media {
 pub fn manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite_person_300.toml")
 }
-
 
 pub fn free_port() -> u16 {
     vap::devstack::free_port().expect("a free port")

@@ -24,7 +24,9 @@ pub fn cluster() -> &'static PostgresCluster {
     static CLUSTER: OnceLock<PostgresCluster> = OnceLock::new();
     // Benchmarks set VAP_TEST_PG_DURABLE=1: fsync on, as in production.
     let durable = std::env::var("VAP_TEST_PG_DURABLE").is_ok_and(|v| v == "1");
-    CLUSTER.get_or_init(|| PostgresCluster::start(PostgresOptions { durable, ..PostgresOptions::default() }).expect("start postgres"))
+    CLUSTER.get_or_init(|| {
+        PostgresCluster::start(PostgresOptions { durable, ..PostgresOptions::default() }).expect("start postgres")
+    })
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -64,7 +66,13 @@ impl ApiClient {
         Self { base: base.to_string(), http: Client::builder(TokioExecutor::new()).build_http() }
     }
 
-    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Response {
         let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -81,7 +89,8 @@ impl ApiClient {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.request(Method::POST, path, &[("content-type", "application/json")], serde_json::to_vec(body).unwrap()).await
+        self.request(Method::POST, path, &[("content-type", "application/json")], serde_json::to_vec(body).unwrap())
+            .await
     }
 
     /// GET /api/v1/scenario/{id}.
@@ -154,9 +163,10 @@ impl TestApp {
         let pool = vap::db::pool(&settings.database).expect("pool");
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind(settings.api.listen).await.unwrap();
-        let running = vap::api::serve(listener, pool.clone(), settings.api.clone(), settings.database.clone(), shutdown.clone())
-            .await
-            .unwrap();
+        let running =
+            vap::api::serve(listener, pool.clone(), settings.api.clone(), settings.database.clone(), shutdown.clone())
+                .await
+                .unwrap();
         Self {
             api: ApiClient::new(&format!("http://{}", running.addr)),
             settings,

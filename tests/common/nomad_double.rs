@@ -135,7 +135,9 @@ impl NomadDouble {
                         let state = Arc::clone(&state);
                         async move { Ok::<_, Infallible>(handle(state, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -184,11 +186,18 @@ impl Drop for NomadDouble {
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    Response::builder().status(status).header("content-type", "text/plain; charset=utf-8").body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
 }
 
 fn reply(value: &Value, index: u64, read: bool) -> Response<Full<Bytes>> {
-    let mut r = Response::builder().status(StatusCode::OK).header("content-type", "application/json").header("X-Nomad-Index", index.to_string());
+    let mut r = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("X-Nomad-Index", index.to_string());
     if read {
         r = r.header("X-Nomad-KnownLeader", "true").header("X-Nomad-LastContact", "0");
     }
@@ -213,11 +222,17 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
 }
 
 async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    let query: HashMap<String, String> = req.uri().query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let query: HashMap<String, String> =
+        req.uri().query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
     if let Some(expected) = &state.token {
-        let header = req.headers().get("X-Nomad-Token").and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| {
-            req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string)
-        });
+        let header =
+            req.headers().get("X-Nomad-Token").and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| {
+                req.headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_string)
+            });
         match header.map(|t| t.trim().to_string()) {
             None => return text(StatusCode::FORBIDDEN, "Permission denied"),
             Some(t) if &t != expected => return text(StatusCode::FORBIDDEN, "ACL token not found"),
@@ -227,7 +242,16 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Respo
     let namespace = query.get("namespace").cloned().unwrap_or_else(|| "default".into());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let segments: Vec<String> = path.trim_start_matches('/').split('/').map(|s| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()).collect();
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     // Blocking-query parameters are checked on every read.
     let blocking = if method == Method::GET {
@@ -273,9 +297,14 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Respo
                 None => text(StatusCode::NOT_FOUND, "job not found"),
             }
         }
-        (["v1", "job", id], &Method::DELETE) => deregister(&state, &namespace, id, query.get("purge").map(String::as_str)).await,
+        (["v1", "job", id], &Method::DELETE) => {
+            deregister(&state, &namespace, id, query.get("purge").map(String::as_str)).await
+        }
         (["v1", "job", id], &Method::PUT | &Method::POST) => {
-            let matches = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["Job"]["ID"].as_str().map(|b| b == *id)).unwrap_or(true);
+            let matches = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["Job"]["ID"].as_str().map(|b| b == *id))
+                .unwrap_or(true);
             if !matches {
                 return text(StatusCode::BAD_REQUEST, "Job ID does not match name");
             }
@@ -310,14 +339,19 @@ fn register(state: &Arc<State>, query_ns: &str, body: &[u8]) -> Response<Full<By
         Ok(v) => v,
         Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    let Some(job) = request.get("Job").filter(|j| !j.is_null()) else { return text(StatusCode::BAD_REQUEST, "Job must be specified") };
-    let Some(id) = job["ID"].as_str().filter(|s| !s.is_empty()).map(str::to_string) else { return text(StatusCode::BAD_REQUEST, "Job ID hasn't been provided") };
-    let namespace = [Some(query_ns).filter(|_| query_ns != "default"), request["Namespace"].as_str(), job["Namespace"].as_str()]
-        .into_iter()
-        .flatten()
-        .next()
-        .unwrap_or("default")
-        .to_string();
+    let Some(job) = request.get("Job").filter(|j| !j.is_null()) else {
+        return text(StatusCode::BAD_REQUEST, "Job must be specified");
+    };
+    let Some(id) = job["ID"].as_str().filter(|s| !s.is_empty()).map(str::to_string) else {
+        return text(StatusCode::BAD_REQUEST, "Job ID hasn't been provided");
+    };
+    let namespace =
+        [Some(query_ns).filter(|_| query_ns != "default"), request["Namespace"].as_str(), job["Namespace"].as_str()]
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or("default")
+            .to_string();
     let mut errors = Vec::new();
     if id.contains(' ') || id.contains('\0') {
         errors.push("Job ID contains a space".to_string());
@@ -332,16 +366,25 @@ fn register(state: &Arc<State>, query_ns: &str, body: &[u8]) -> Response<Full<By
     }
     for g in &groups {
         if g["Tasks"].as_array().is_none_or(|t| t.is_empty()) {
-            errors.push(format!("Task group {} validation failed: Missing tasks for task group", g["Name"].as_str().unwrap_or("")));
+            errors.push(format!(
+                "Task group {} validation failed: Missing tasks for task group",
+                g["Name"].as_str().unwrap_or("")
+            ));
         }
     }
     if !errors.is_empty() {
         let list: String = errors.iter().map(|e| format!("\t* {e}\n")).collect();
-        return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{} error{} occurred:\n{list}\n", errors.len(), if errors.len() == 1 { "" } else { "s" }));
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("{} error{} occurred:\n{list}\n", errors.len(), if errors.len() == 1 { "" } else { "s" }),
+        );
     }
     let mut inner = state.lock();
     if !inner.namespaces.contains(&namespace) {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("job \"{id}\" is in nonexistent namespace \"{namespace}\""));
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("job \"{id}\" is in nonexistent namespace \"{namespace}\""),
+        );
     }
     let key = (namespace.clone(), id.clone());
     let index = state.bump(&mut inner);
@@ -359,13 +402,26 @@ fn register(state: &Arc<State>, query_ns: &str, body: &[u8]) -> Response<Full<By
             (true, index)
         }
         None => {
-            inner.jobs.insert(key.clone(), Job { spec, stop: false, version: 0, create_index: index, modify_index: index, job_modify_index: index, submit_time: now_ns(), reschedules: Vec::new() });
+            inner.jobs.insert(
+                key.clone(),
+                Job {
+                    spec,
+                    stop: false,
+                    version: 0,
+                    create_index: index,
+                    modify_index: index,
+                    job_modify_index: index,
+                    submit_time: now_ns(),
+                    reschedules: Vec::new(),
+                },
+            );
             (true, index)
         }
     };
     if changed {
         // A new version replaces the running allocations.
-        let old: Vec<String> = inner.allocs_of(&namespace, &id).filter(|a| a.desired == "run").map(|a| a.id.clone()).collect();
+        let old: Vec<String> =
+            inner.allocs_of(&namespace, &id).filter(|a| a.desired == "run").map(|a| a.id.clone()).collect();
         for alloc in old {
             stop_alloc(state, &mut inner, &alloc);
         }
@@ -375,7 +431,11 @@ fn register(state: &Arc<State>, query_ns: &str, body: &[u8]) -> Response<Full<By
         }
     }
     let eval = uuid::Uuid::new_v4().to_string();
-    reply(&json!({ "EvalID": eval, "EvalCreateIndex": index, "JobModifyIndex": job_modify_index, "Warnings": "", "Index": index, "LastContact": 0, "KnownLeader": false, "NextToken": "" }), index, false)
+    reply(
+        &json!({ "EvalID": eval, "EvalCreateIndex": index, "JobModifyIndex": job_modify_index, "Warnings": "", "Index": index, "LastContact": 0, "KnownLeader": false, "NextToken": "" }),
+        index,
+        false,
+    )
 }
 
 async fn deregister(state: &Arc<State>, namespace: &str, id: &str, purge: Option<&str>) -> Response<Full<Bytes>> {
@@ -390,10 +450,15 @@ async fn deregister(state: &Arc<State>, namespace: &str, id: &str, purge: Option
     let mut inner = state.lock();
     let key = (namespace.to_string(), id.to_string());
     if !inner.jobs.contains_key(&key) {
-        return reply(&json!({ "EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": 0, "VolumeEvalID": "", "VolumeEvalIndex": 0, "Index": 0, "LastContact": 0, "KnownLeader": false, "NextToken": "" }), 0, false);
+        return reply(
+            &json!({ "EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": 0, "VolumeEvalID": "", "VolumeEvalIndex": 0, "Index": 0, "LastContact": 0, "KnownLeader": false, "NextToken": "" }),
+            0,
+            false,
+        );
     }
     let index = state.bump(&mut inner);
-    let allocs: Vec<String> = inner.allocs_of(namespace, id).filter(|a| a.desired == "run").map(|a| a.id.clone()).collect();
+    let allocs: Vec<String> =
+        inner.allocs_of(namespace, id).filter(|a| a.desired == "run").map(|a| a.id.clone()).collect();
     for alloc in allocs {
         stop_alloc(state, &mut inner, &alloc);
     }
@@ -405,7 +470,11 @@ async fn deregister(state: &Arc<State>, namespace: &str, id: &str, purge: Option
         job.job_modify_index = index;
     }
     let eval = uuid::Uuid::new_v4().to_string();
-    reply(&json!({ "EvalID": eval, "EvalCreateIndex": index, "JobModifyIndex": index, "VolumeEvalID": "", "VolumeEvalIndex": 0, "Index": index, "LastContact": 0, "KnownLeader": false, "NextToken": "" }), index, false)
+    reply(
+        &json!({ "EvalID": eval, "EvalCreateIndex": index, "JobModifyIndex": index, "VolumeEvalID": "", "VolumeEvalIndex": 0, "Index": index, "LastContact": 0, "KnownLeader": false, "NextToken": "" }),
+        index,
+        false,
+    )
 }
 
 fn task_of(inner: &Inner, namespace: &str, job_id: &str) -> Option<(Value, Value)> {
@@ -422,7 +491,9 @@ fn place(state: &Arc<State>, inner: &mut Inner, namespace: &str, job_id: &str, s
     inner.next_node += 1;
     inner.placements += 1;
     let (group_name, task_name) = task_of(inner, namespace, job_id)
-        .map(|(g, t)| (g["Name"].as_str().unwrap_or("group").to_string(), t["Name"].as_str().unwrap_or("task").to_string()))
+        .map(|(g, t)| {
+            (g["Name"].as_str().unwrap_or("group").to_string(), t["Name"].as_str().unwrap_or("task").to_string())
+        })
         .unwrap_or_default();
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_ns();
@@ -498,7 +569,10 @@ async fn supervise(state: Arc<State>, alloc_id: String) {
         };
         let Some((group, task)) = task_of(&state.lock(), &namespace, &job_id) else { return };
         let command = task["Config"]["command"].as_str().unwrap_or_default().to_string();
-        let args: Vec<String> = task["Config"]["args"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
+        let args: Vec<String> = task["Config"]["args"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
         let mut cmd = tokio::process::Command::new(&command);
         cmd.args(&args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
         if let Some(env) = task["Env"].as_object() {
@@ -545,7 +619,11 @@ async fn supervise(state: Arc<State>, alloc_id: String) {
         let code = status.as_ref().ok().and_then(|s| s.code()).unwrap_or(-1);
         let signal = status.as_ref().ok().and_then(|s| std::os::unix::process::ExitStatusExt::signal(s)).unwrap_or(0);
         let policy = &group["RestartPolicy"];
-        let (max_attempts, interval, delay) = (policy["Attempts"].as_u64().unwrap_or(2), policy["Interval"].as_u64().unwrap_or(1800 * NS), policy["Delay"].as_u64().unwrap_or(15 * NS));
+        let (max_attempts, interval, delay) = (
+            policy["Attempts"].as_u64().unwrap_or(2),
+            policy["Interval"].as_u64().unwrap_or(1800 * NS),
+            policy["Delay"].as_u64().unwrap_or(15 * NS),
+        );
         enum Next {
             Done,
             Restart(Duration),
@@ -629,8 +707,13 @@ fn group_counts(inner: &Inner, namespace: &str, job_id: &str) -> BTreeMap<String
             _ => queued += 1,
         }
     }
-    let group = task_of(inner, namespace, job_id).map(|(g, _)| g["Name"].as_str().unwrap_or("group").to_string()).unwrap_or_else(|| "group".into());
-    BTreeMap::from([(group, json!({ "Queued": queued, "Complete": complete, "Failed": failed, "Running": running, "Starting": starting, "Lost": lost, "Unknown": 0 }))])
+    let group = task_of(inner, namespace, job_id)
+        .map(|(g, _)| g["Name"].as_str().unwrap_or("group").to_string())
+        .unwrap_or_else(|| "group".into());
+    BTreeMap::from([(
+        group,
+        json!({ "Queued": queued, "Complete": complete, "Failed": failed, "Running": running, "Starting": starting, "Lost": lost, "Unknown": 0 }),
+    )])
 }
 
 fn job_status(inner: &Inner, namespace: &str, id: &str, job: &Job) -> &'static str {
@@ -670,10 +753,21 @@ fn job_stub(inner: &Inner, namespace: &str, id: &str, job: &Job) -> Value {
 fn full_job(inner: &Inner, namespace: &str, id: &str, job: &Job) -> Value {
     let mut v = job.spec.clone();
     let defaults = [
-        ("Region", json!("global")), ("Namespace", json!(namespace)), ("Name", json!(id)), ("Type", json!("service")),
-        ("Priority", json!(50)), ("Datacenters", json!(["*"])), ("NodePool", json!("default")), ("ParentID", json!("")),
-        ("Meta", Value::Null), ("Periodic", Value::Null), ("ParameterizedJob", Value::Null), ("Payload", Value::Null),
-        ("Dispatched", json!(false)), ("Stable", json!(false)), ("StatusDescription", json!("")),
+        ("Region", json!("global")),
+        ("Namespace", json!(namespace)),
+        ("Name", json!(id)),
+        ("Type", json!("service")),
+        ("Priority", json!(50)),
+        ("Datacenters", json!(["*"])),
+        ("NodePool", json!("default")),
+        ("ParentID", json!("")),
+        ("Meta", Value::Null),
+        ("Periodic", Value::Null),
+        ("ParameterizedJob", Value::Null),
+        ("Payload", Value::Null),
+        ("Dispatched", json!(false)),
+        ("Stable", json!(false)),
+        ("StatusDescription", json!("")),
     ];
     for (k, d) in defaults {
         if v.get(k).is_none() {
