@@ -8,15 +8,20 @@
 //! over its D-Bus socket), the Nomad API double. Then placements/s through the Nomad double for
 //! 1,000 scenarios, beside the double's own register rate from a bare client.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common.rs"]
+#[allow(dead_code)]
 mod common;
-#[path = "../tests/common/container.rs"]
+#[path = "../tests/integration/container.rs"]
+#[allow(dead_code)]
 mod container;
-#[path = "../tests/common/fleet.rs"]
+#[path = "../tests/integration/fleet.rs"]
+#[allow(dead_code)]
 mod fleet;
-#[path = "../tests/common/media.rs"]
+#[path = "../tests/integration/media.rs"]
+#[allow(dead_code)]
 mod media;
-#[path = "../tests/common/nomad_double.rs"]
+#[path = "../tests/integration/nomad_double.rs"]
+#[allow(dead_code)]
 mod nomad_double;
 
 use std::collections::HashSet;
@@ -71,6 +76,7 @@ async fn local_latency(app: &TestApp, video: &str) {
     let (mut placed, mut first) =
         one_after_another(app, &video, |id| !runner_processes(&HashSet::from([id])).is_empty()).await;
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 
     // Baseline: the runner by hand on a scenario that exists, no orchestrator in the way.
     let mut by_hand = Vec::new();
@@ -113,6 +119,7 @@ async fn systemd_latency(app: &TestApp, video: &str) {
     })
     .await;
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
     println!("{:<46} {:>10} {:>10}", "systemd backend (nspawn container)", "p50", "p99");
     row("POST -> unit's runner started", &mut placed);
     row("POST -> first detection stored", &mut first);
@@ -142,6 +149,7 @@ async fn nomad_latency(app: &mut TestApp, video: &str) -> (Vec<Duration>, Vec<Du
     let timings =
         one_after_another(app, video, |id| double.running_tasks().contains_key(&format!("vap-runner-{id}"))).await;
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
     timings
 }
 
@@ -198,9 +206,9 @@ async fn nomad_placements(app: &mut TestApp) {
         let (client, settings) = (std::sync::Arc::clone(&client), settings.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..N / 8 {
-                let spec = vap::orchestrator::backend::RunnerSpec {
+                let spec = vap::job::RunnerJob {
                     scenario: uuid::Uuid::new_v4(),
-                    camera_url: "rtsp://cam/1".into(),
+                    camera_url: vap::camera_url::CameraUrl::trusted("rtsp://cam/1".into()),
                     epoch: chrono::Utc::now(),
                 };
                 client.register_job(&vap::orchestrator::nomad::job_spec(&settings, &spec)).await.unwrap();
@@ -236,6 +244,7 @@ async fn nomad_placements(app: &mut TestApp) {
     }
     let all_placed = started.elapsed();
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
     double.kill_all();
     println!("placements through the Nomad double, {N} scenarios POSTed by 16 clients (MAX_WORKERS {N})");
     println!(

@@ -5,7 +5,8 @@
 //!
 //! Needs `wrk` (Debian package) for the HTTP load. Figures go to docs/BENCHMARKS.md.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common.rs"]
+#[allow(dead_code)]
 mod common;
 
 use std::process::Command;

@@ -160,6 +160,7 @@ fn make_video(dir: &Path) -> PathBuf {
 }
 
 /// Runs the real binary; returns its "runner done" fields and its peak RSS (KB).
+#[allow(clippy::zombie_processes)] // wait4 reaps it, for its rusage
 fn run_runner(video: &Path, manifest: &Path, broker: &str, threads: usize) -> (Value, i64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vap-runner"))
         .env_clear()
@@ -183,7 +184,9 @@ fn run_runner(video: &Path, manifest: &Path, broker: &str, threads: usize) -> (V
         }
     }
     let mut status = 0;
+    // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `usage` live across the call; the pid is our own child.
     unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     assert_eq!(status, 0, "runner failed");
     (done, usage.ru_maxrss)

@@ -1,4 +1,8 @@
-//! Camera URLs: what the API accepts, and how they are shown without credentials.
+//! Camera URLs: what the API accepts, and how they are shown without credentials. A
+//! [`CameraUrl`] is parsed once; its `Debug` and `Display` redact, and only
+//! [`CameraUrl::expose`] hands out the string with its credentials (to the runner).
+
+use std::fmt;
 
 use url::Url;
 
@@ -21,36 +25,69 @@ pub enum CameraUrlError {
     NoHost,
 }
 
-/// Checks a camera URL. Local files (`file://` or an absolute path) pass only when
-/// `allow_files` is set; an absolute path is returned as it was given.
-pub fn validate(raw: &str, allow_files: bool) -> Result<(), CameraUrlError> {
-    if raw.trim().is_empty() {
-        return Err(CameraUrlError::Empty);
-    }
-    if raw.len() > MAX_CAMERA_URL_BYTES {
-        return Err(CameraUrlError::TooLong(raw.len()));
-    }
-    if raw.starts_with('/') {
-        return if allow_files { Ok(()) } else { Err(CameraUrlError::FilesDisabled) };
-    }
-    let url = Url::parse(raw).map_err(|e| CameraUrlError::Unparsable(e.to_string()))?;
-    match url.scheme() {
-        "file" if allow_files => Ok(()),
-        "file" => Err(CameraUrlError::FilesDisabled),
-        s if NETWORK_SCHEMES.contains(&s) => {
-            if url.host_str().is_none_or(str::is_empty) {
-                Err(CameraUrlError::NoHost)
-            } else {
-                Ok(())
-            }
+/// A camera URL that passed [`CameraUrl::parse`] (or was stored after it did).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CameraUrl(String);
+
+impl CameraUrl {
+    /// Checks a camera URL. Local files (`file://` or an absolute path) pass only when
+    /// `allow_files` is set; an absolute path is kept as it was given.
+    pub fn parse(raw: &str, allow_files: bool) -> Result<Self, CameraUrlError> {
+        if raw.trim().is_empty() {
+            return Err(CameraUrlError::Empty);
         }
-        other => Err(CameraUrlError::SchemeNotAllowed(other.to_string())),
+        if raw.len() > MAX_CAMERA_URL_BYTES {
+            return Err(CameraUrlError::TooLong(raw.len()));
+        }
+        if raw.starts_with('/') {
+            return if allow_files { Ok(Self(raw.to_string())) } else { Err(CameraUrlError::FilesDisabled) };
+        }
+        let url = Url::parse(raw).map_err(|e| CameraUrlError::Unparsable(e.to_string()))?;
+        match url.scheme() {
+            "file" if allow_files => Ok(Self(raw.to_string())),
+            "file" => Err(CameraUrlError::FilesDisabled),
+            s if NETWORK_SCHEMES.contains(&s) => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    Err(CameraUrlError::NoHost)
+                } else {
+                    Ok(Self(raw.to_string()))
+                }
+            }
+            other => Err(CameraUrlError::SchemeNotAllowed(other.to_string())),
+        }
+    }
+
+    /// A URL vap stored or was handed after it was parsed (database rows, a runner's job).
+    pub fn trusted(raw: String) -> Self {
+        Self(raw)
+    }
+
+    /// The URL with its credentials: only for what opens the stream or carries it there.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with user and password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+impl fmt::Debug for CameraUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CameraUrl").field(&self.redacted()).finish()
+    }
+}
+
+impl fmt::Display for CameraUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
     }
 }
 
 /// The URL with user and password replaced by `***`, for answers and logs.
 /// Input that does not parse is returned unchanged only if it cannot hold credentials.
-pub fn redact(raw: &str) -> String {
+fn redact(raw: &str) -> String {
     match Url::parse(raw) {
         Ok(mut url) => {
             if !url.username().is_empty() {
@@ -73,6 +110,10 @@ pub fn redact(raw: &str) -> String {
 mod tests {
     use super::*;
 
+    fn validate(raw: &str, allow_files: bool) -> Result<(), CameraUrlError> {
+        CameraUrl::parse(raw, allow_files).map(|_| ())
+    }
+
     #[test]
     fn accepts_network_schemes_and_rejects_others() {
         assert_eq!(validate("rtsp://cam.local:554/stream", false), Ok(()));
@@ -91,5 +132,13 @@ mod tests {
         assert_eq!(redact("rtsp://token@cam/live"), "rtsp://***@cam/live");
         assert_eq!(redact("rtsp://cam/live"), "rtsp://cam/live");
         assert!(!redact("bad url user:pw@x").contains("pw"));
+    }
+
+    #[test]
+    fn debug_and_display_redact_and_expose_does_not() {
+        let url = CameraUrl::parse("rtsp://admin:hunter2@cam/live", false).unwrap();
+        assert_eq!(url.to_string(), "rtsp://***:***@cam/live");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert_eq!(url.expose(), "rtsp://admin:hunter2@cam/live");
     }
 }

@@ -9,10 +9,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// What a runner works on: given per process by the orchestrator, not configuration, so the
-/// settings loader leaves them alone (the camera URL stays out of `ps` and of config dumps).
-pub const RUNNER_JOB_ENV: [&str; 3] = ["VAP_SCENARIO_UUID", "VAP_SCENARIO_EPOCH", "VAP_CAMERA_URL"];
-
 /// Where an operator puts the file when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vap/vap.toml";
 
@@ -49,7 +45,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -304,21 +300,6 @@ pub struct LogSettings {
     pub json: bool,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            database: DatabaseSettings::default(),
-            kafka: KafkaSettings::default(),
-            api: ApiSettings::default(),
-            relay: RelaySettings::default(),
-            inbox: InboxSettings::default(),
-            runner: RunnerSettings::default(),
-            orchestrator: OrchestratorSettings::default(),
-            log: LogSettings::default(),
-        }
-    }
-}
-
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
@@ -519,8 +500,10 @@ impl Settings {
                 .map_err(|e| ConfigError::File { path: file.clone(), source: e })?;
             builder = builder.add_source(source);
         }
-        let env: std::collections::HashMap<String, String> =
-            env.into_iter().filter(|(k, _)| k.starts_with("VAP_") && !RUNNER_JOB_ENV.contains(&k.as_str())).collect();
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("VAP_") && !crate::job::JOB_ENV.contains(&k.as_str()))
+            .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("VAP")
                 .prefix_separator("_")

@@ -14,6 +14,7 @@ use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{DatabaseSettings, Secret};
+use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevStackError {
@@ -87,21 +88,12 @@ fn spawn_kept(mut cmd: Command, death_signal: libc::c_int) -> std::io::Result<Ch
                 // The channel lives in a static, so this thread never ends.
             })
             .expect("spawn the devstack keeper thread");
-        unsafe { libc::atexit(cleanup_at_exit) };
+        sys::at_exit(cleanup_at_exit);
         Mutex::new(tx)
     });
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sys::die_with_parent(&mut cmd, death_signal);
     let (tx, rx) = mpsc::channel();
-    keeper
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    crate::sys::lock(keeper)
         .send((cmd, death_signal, tx))
         .map_err(|_| std::io::Error::other("devstack keeper thread is gone"))?;
     rx.recv().map_err(|_| std::io::Error::other("devstack keeper thread is gone"))?
@@ -111,14 +103,14 @@ fn spawn_kept(mut cmd: Command, death_signal: libc::c_int) -> std::io::Result<Ch
 static LIVE: Mutex<Vec<(u32, libc::c_int, Option<PathBuf>)>> = Mutex::new(Vec::new());
 
 extern "C" fn cleanup_at_exit() {
-    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+    let live = std::mem::take(&mut *crate::sys::lock(&LIVE));
     for (pid, sig, _) in &live {
-        unsafe { libc::kill(*pid as libc::pid_t, *sig) };
+        sys::signal(*pid, *sig);
     }
     for (pid, _, dir) in &live {
         let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline && unsafe { libc::kill(*pid as libc::pid_t, 0) } == 0 {
-            unsafe { libc::waitpid(*pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
+        while Instant::now() < deadline && !sys::is_gone(*pid) {
+            sys::reap_if_exited(*pid);
             std::thread::sleep(Duration::from_millis(10));
         }
         if let Some(dir) = dir {
@@ -128,11 +120,11 @@ extern "C" fn cleanup_at_exit() {
 }
 
 fn track(pid: u32, sig: libc::c_int, dir: Option<PathBuf>) {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).push((pid, sig, dir));
+    crate::sys::lock(&LIVE).push((pid, sig, dir));
 }
 
 fn untrack(pid: u32) {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|(p, _, _)| *p != pid);
+    crate::sys::lock(&LIVE).retain(|(p, _, _)| *p != pid);
 }
 
 fn scratch_dir(prefix: &str) -> Result<PathBuf, DevStackError> {
@@ -156,10 +148,8 @@ fn remove_dirs_of_dead_processes() {
         // vap-<prefix>-<pid>-<n>
         let mut parts = rest.rsplitn(3, '-');
         let (Some(_n), Some(pid), Some(_prefix)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let Ok(pid) = pid.parse::<libc::pid_t>() else { continue };
-        let gone =
-            unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone {
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if sys::is_gone(pid) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -192,12 +182,10 @@ pub fn postgres_bin_dir() -> Result<PathBuf, DevStackError> {
 
 /// The uid/gid to run postgres as: it refuses root, so root uses the `postgres` account.
 fn postgres_account() -> Option<(u32, u32)> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !sys::is_root() {
         return None;
     }
-    let name = std::ffi::CString::new("postgres").ok()?;
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    (!pw.is_null()).then(|| unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    sys::account_ids("postgres")
 }
 
 pub struct PostgresOptions {
@@ -333,7 +321,7 @@ impl Drop for PostgresCluster {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             untrack(child.id());
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGQUIT) };
+            sys::signal(child.id(), sys::SIGQUIT);
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -17,6 +17,8 @@ pub enum EmbeddedError {
     DevStack(#[from] DevStackError),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaError),
     #[error("cannot start {name}: {source}")]
     Spawn { name: &'static str, source: std::io::Error },
     #[error("{0} exited unexpectedly ({1})")]
@@ -48,17 +50,75 @@ fn port_free(port: u16) -> bool {
 }
 
 pub async fn run(opts: EmbeddedOptions, shutdown: CancellationToken) -> Result<(), EmbeddedError> {
-    let pg = PostgresCluster::start(PostgresOptions { durable: true, ..PostgresOptions::default() })?;
+    // Both start by waiting on processes: not on the runtime's threads.
+    let pg =
+        blocking(|| PostgresCluster::start(PostgresOptions { durable: true, ..PostgresOptions::default() })).await?;
     pg.create_database("vap").await?;
     let database = pg.settings("vap");
     crate::db::migrate::run_with(&database).await?;
-    let broker = Broker::start(BrokerStorage::Memory)?;
+    let broker = blocking(|| Broker::start(BrokerStorage::Memory)).await?;
+    // Made here, before the services start: two of them creating a topic at once is harmless,
+    // but the loser's Kafka client logs it as an error, which looks like a failure.
+    let kafka = crate::config::KafkaSettings { brokers: vec![broker.addr()], ..Default::default() };
+    crate::kafka::KafkaLink::new(kafka).get().await?;
     let api_port = match opts.api_port {
         Some(p) => p,
         None if port_free(8080) => 8080,
         None => crate::devstack::free_port()?,
     };
-    let env = [
+    let env = service_env(&opts, &database, &broker, api_port)?;
+    let mut services = Vec::new();
+    for name in ["vap-relay", "vap-api", "vap-orchestrator"] {
+        let child = Command::new(opts.bin_dir.join(name))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|source| EmbeddedError::Spawn { name, source })?;
+        services.push(Service { name, child });
+    }
+    wait_healthy(&format!("127.0.0.1:{api_port}")).await;
+    welcome(&opts, &format!("http://127.0.0.1:{api_port}"), &pg, &broker).await;
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if let Some(dead) = services.iter_mut().find_map(|s| s.child.try_wait().ok().flatten().map(|st| (s.name, st))) {
+                    break Err(EmbeddedError::ChildDied(dead.0, dead.1));
+                }
+            }
+        }
+    };
+    // Waiting for processes blocks: not on the runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || {
+        for s in &services {
+            crate::sys::signal(s.child.id(), crate::sys::SIGTERM);
+        }
+        for s in &mut services {
+            let _ = s.child.wait();
+        }
+        drop(broker);
+        drop(pg);
+    })
+    .await;
+    outcome
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DevStackError> + Send + 'static,
+) -> Result<T, EmbeddedError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EmbeddedError::DevStack(DevStackError::Failed { what: "start".into(), detail: e.to_string() }))?
+        .map_err(EmbeddedError::from)
+}
+
+fn service_env(
+    opts: &EmbeddedOptions,
+    database: &crate::config::DatabaseSettings,
+    broker: &Broker,
+    api_port: u16,
+) -> Result<Vec<(&'static str, String)>, EmbeddedError> {
+    Ok(vec![
         ("VAP_DATABASE__HOST", database.host.clone()),
         ("VAP_DATABASE__PORT", database.port.to_string()),
         ("VAP_DATABASE__USER", database.user.clone()),
@@ -73,25 +133,18 @@ pub async fn run(opts: EmbeddedOptions, shutdown: CancellationToken) -> Result<(
         ("VAP_ORCHESTRATOR__LOCAL__RUNNER_BIN", opts.bin_dir.join("vap-runner").display().to_string()),
         ("VAP_ORCHESTRATOR__LOCAL__STOP_RUNNERS_ON_EXIT", "true".into()),
         ("VAP_RUNNER__MODEL_MANIFEST", opts.model_manifest.display().to_string()),
-    ];
-    let mut services = Vec::new();
-    for name in ["vap-relay", "vap-api", "vap-orchestrator"] {
-        let child = Command::new(opts.bin_dir.join(name))
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|source| EmbeddedError::Spawn { name, source })?;
-        services.push(Service { name, child });
-    }
-    let base = format!("http://127.0.0.1:{api_port}");
-    wait_healthy(&format!("127.0.0.1:{api_port}")).await;
+    ])
+}
+
+/// What a newcomer sees: where things are, and the sample scenario when there is one.
+async fn welcome(opts: &EmbeddedOptions, base: &str, pg: &PostgresCluster, broker: &Broker) {
     println!();
     println!("vap is running (embedded: PostgreSQL on {}, broker on {})", pg.port(), broker.addr());
     println!("  API:     {base}");
     println!("  docs:    {base}/docs");
     println!("  try:     curl -s -XPOST {base}/api/v1/scenario/init -H 'content-type: application/json' -d '{{\"camera_url\": \"rtsp://camera.local/stream\"}}'");
     if let Some(video) = &opts.sample_video {
-        match start_sample(&base, video).await {
+        match start_sample(base, video).await {
             Ok(id) => {
                 println!("  sample:  scenario {id} on {}", video.display());
                 println!("           curl -s {base}/api/v1/prediction/{id}        (detections, as they are stored)");
@@ -101,26 +154,6 @@ pub async fn run(opts: EmbeddedOptions, shutdown: CancellationToken) -> Result<(
         }
     }
     println!("Ctrl-C stops everything.");
-
-    let outcome = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if let Some(dead) = services.iter_mut().find_map(|s| s.child.try_wait().ok().flatten().map(|st| (s.name, st))) {
-                    break Err(EmbeddedError::ChildDied(dead.0, dead.1));
-                }
-            }
-        }
-    };
-    for s in &services {
-        unsafe { libc::kill(s.child.id() as libc::pid_t, libc::SIGTERM) };
-    }
-    for s in &mut services {
-        let _ = s.child.wait();
-    }
-    drop(broker);
-    drop(pg);
-    outcome
 }
 
 /// POSTs a scenario on `video` through the API, as a user would.

@@ -12,6 +12,7 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 use tokio::sync::Mutex;
 
+use crate::backoff::Backoff;
 use crate::config::KafkaSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +60,7 @@ impl Kafka {
             .build()
             .await?;
         if settings.tcp_nodelay {
-            set_nodelay_on_tcp_sockets();
+            sweep_nodelay().await;
             spawn_nodelay_sweeper();
         }
         Ok(Self { client, nodelay: settings.tcp_nodelay, partitions: Mutex::new(HashMap::new()) })
@@ -105,7 +106,7 @@ impl Kafka {
         }
         let p = Arc::new(self.client.partition_client(topic, partition, UnknownTopicHandling::Retry).await?);
         if self.nodelay {
-            set_nodelay_on_tcp_sockets();
+            sweep_nodelay().await;
         }
         Ok(Arc::clone(self.partitions.lock().await.entry(key).or_insert(p)))
     }
@@ -148,31 +149,6 @@ fn murmur2(data: &[u8]) -> u32 {
     h
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sweep_sets_nodelay_on_open_tcp_sockets() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        assert!(!stream.nodelay().unwrap(), "Linux starts sockets with Nagle on");
-        assert!(set_nodelay_on_tcp_sockets() >= 1);
-        assert!(stream.nodelay().unwrap());
-    }
-
-    #[test]
-    fn murmur2_matches_the_java_client() {
-        // Values from Kafka's own Utils test (as signed ints).
-        assert_eq!(murmur2(b"21") as i32, -973932308);
-        assert_eq!(murmur2(b"foobar") as i32, -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
-        assert_eq!(murmur2(b"abc") as i32, 479470107);
-    }
-}
-
 /// A lazily (re)connected client: the relay starts and serves the database side while the
 /// broker is still down, and connects (creating vap's topics) once it answers.
 pub struct KafkaLink {
@@ -196,7 +172,7 @@ impl KafkaLink {
         topic: &str,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Option<Vec<i32>> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let attempt = async {
                 let k = self.get().await?;
@@ -206,11 +182,9 @@ impl KafkaLink {
                 Ok(p) => return Some(p),
                 Err(e) => tracing::warn!(error = %e, topic, "waiting for kafka"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return None,
+            if !backoff.wait(shutdown).await {
+                return None;
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -244,33 +218,23 @@ pub fn set_nodelay_on_tcp_sockets() -> usize {
     for entry in entries.flatten() {
         let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<libc::c_int>().ok()) else { continue };
         // Only TCP stream sockets: SO_TYPE fails on non-sockets, SO_PROTOCOL tells TCP apart.
-        let getopt = |level, name| {
-            let mut value: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            let rc = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
-            (rc == 0).then_some(value)
-        };
+        let getopt = |level, name| crate::sys::socket_option(fd, level, name);
         if getopt(libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
             || getopt(libc::SOL_SOCKET, libc::SO_PROTOCOL) != Some(libc::IPPROTO_TCP)
             || getopt(libc::IPPROTO_TCP, libc::TCP_NODELAY) != Some(0)
         {
             continue;
         }
-        let one: libc::c_int = 1;
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
+        if crate::sys::set_socket_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1) {
             changed += 1;
         }
     }
     changed
+}
+
+/// The sweep reads /proc: off the runtime's threads.
+async fn sweep_nodelay() -> usize {
+    tokio::task::spawn_blocking(set_nodelay_on_tcp_sockets).await.unwrap_or(0)
 }
 
 /// Keeps sweeping, so connections rskafka re-opens after a broker restart get it too.
@@ -281,11 +245,36 @@ fn spawn_nodelay_sweeper() {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
-                let n = tokio::task::spawn_blocking(set_nodelay_on_tcp_sockets).await.unwrap_or(0);
+                let n = sweep_nodelay().await;
                 if n > 0 {
                     tracing::debug!(sockets = n, "TCP_NODELAY set on new connections");
                 }
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_sets_nodelay_on_open_tcp_sockets() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(!stream.nodelay().unwrap(), "Linux starts sockets with Nagle on");
+        assert!(set_nodelay_on_tcp_sockets() >= 1);
+        assert!(stream.nodelay().unwrap());
+    }
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Values from Kafka's own Utils test (as signed ints).
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
+    }
 }

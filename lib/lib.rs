@@ -17,27 +17,38 @@
 //! | [`orchestrator`] | `vap-orchestrator`: leader, event consumer, reconcile, backends |
 //! | [`relay`] | the `vap-relay` process: outbox relay + inbox + its metrics |
 //! | `runner` | `vap-runner`: capture, detection, publishing (feature `runner`: the only code linking OpenCV and tract) |
+//! | [`consumer`] | a Kafka consumer that keeps its positions in PostgreSQL (inbox, orchestrator) |
+//! | [`job`] | the orchestrator-runner contract: job environment, arguments, exit codes |
 //! | [`kafka`] | the Kafka interface (rskafka): connect, topics, partitioner |
 //! | [`events`] | the messages on Kafka: the contract between processes |
 //! | [`camera_url`] | which camera URLs are accepted, and their redaction |
 //! | [`config`] | typed settings: defaults < TOML < `VAP_*` |
+//! | [`backoff`] | the one retry beat: exponential, full jitter, cap, deadline |
 //! | [`lifecycle`] | signals, graceful shutdown, sd_notify, logging |
 //! | [`metrics`] | Prometheus text exposition |
+//! | [`tasks`] | owned tasks: a task that dies stops its service, nothing detached |
+//! | [`sys`] | the only unsafe code (libc calls), and the one lock policy |
 //! | [`devstack`] | throwaway PostgreSQL + broker for tests and the embedded default |
 //! | [`embedded`] | `vap-dev`: the whole flow on one machine, no Docker |
 //! | [`cli`] | the command line shared by the binaries |
 //!
 //! Binaries in `bin/` only parse the command line and configuration, then call in here.
 
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod api;
+pub mod backoff;
 pub mod camera_url;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod devstack;
 pub mod embedded;
 pub mod events;
 pub mod inbox;
+pub mod job;
 pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;
@@ -46,3 +57,6 @@ pub mod outbox_relay;
 pub mod relay;
 #[cfg(feature = "runner")]
 pub mod runner;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod tasks;

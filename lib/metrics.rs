@@ -49,18 +49,18 @@ fn labels(pairs: &[(&'static str, &str)]) -> Labels {
 
 impl Metrics {
     pub fn inc(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], by: u64) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = crate::sys::lock(&self.inner);
         *family(&mut inner.counters, name, help).series.entry(labels(l)).or_default() += by;
     }
 
     pub fn set(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], value: f64) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = crate::sys::lock(&self.inner);
         family(&mut inner.gauges, name, help).series.insert(labels(l), value);
     }
 
     pub fn observe(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], d: Duration) {
         let secs = d.as_secs_f64();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = crate::sys::lock(&self.inner);
         let h = family(&mut inner.histograms, name, help).series.entry(labels(l)).or_default();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
@@ -73,13 +73,13 @@ impl Metrics {
 
     /// A counter's current value (tests and status lines use it).
     pub fn counter(&self, name: &'static str, l: &[(&'static str, &str)]) -> u64 {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = crate::sys::lock(&self.inner);
         inner.counters.get(name).and_then(|f| f.series.get(&labels(l))).copied().unwrap_or(0)
     }
 
     /// The Prometheus text exposition of everything recorded.
     pub fn render(&self) -> String {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = crate::sys::lock(&self.inner);
         let mut out = String::new();
         for (name, f) in &inner.counters {
             let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", f.help);

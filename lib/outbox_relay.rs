@@ -10,11 +10,15 @@ use rskafka::client::partition::Compression;
 use rskafka::record::Record;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::{DatabaseSettings, RelaySettings};
 use crate::db::{self, outbox};
 use crate::events::{EventKind, ScenarioEvent};
 use crate::kafka::{partition_for_key, KafkaError, KafkaLink};
 use crate::metrics::Metrics;
+
+/// The outbox ids of one (topic, partition) group and the records that carry them.
+type EventsAndRecords = (Vec<i64>, Vec<Record>);
 
 pub struct OutboxRelay {
     pub pool: Pool,
@@ -39,7 +43,7 @@ impl OutboxRelay {
     async fn publish(&self, events: Vec<ScenarioEvent>) -> Result<Vec<i64>, KafkaError> {
         let kafka = self.kafka.get().await?;
         let partitions = self.kafka.settings().partitions;
-        let mut groups: BTreeMap<(&str, i32), (Vec<i64>, Vec<Record>)> = BTreeMap::new();
+        let mut groups: BTreeMap<(&str, i32), EventsAndRecords> = BTreeMap::new();
         for event in &events {
             let key = event.scenario_uuid.to_string().into_bytes();
             let topic = self.topic(event.event_type);
@@ -135,7 +139,8 @@ impl OutboxRelay {
         let mut last_prune = Instant::now() - prune_every;
         let mut watchdog = crate::lifecycle::Watchdog::from_env();
         let mut listener = None;
-        let mut failures = 0u32;
+        // After a failed round, back off instead of spinning on the broker (never past the poll).
+        let mut backoff = Backoff::new(Duration::from_millis(100), poll);
         while !shutdown.is_cancelled() {
             if listener.is_none() {
                 match db::listen(&self.database, &[outbox::OUTBOX_CHANNEL]).await {
@@ -155,9 +160,12 @@ impl OutboxRelay {
                     Err(e) => tracing::warn!(error = %e, "outbox prune failed"),
                 }
             }
-            // After a failed round, back off instead of spinning on the broker.
-            failures = if failed { failures.saturating_add(1) } else { 0 };
-            let wait = if failures > 0 { Duration::from_millis(100 << failures.min(4)).min(poll) } else { poll };
+            let wait = if failed {
+                backoff.next_delay().unwrap_or(poll)
+            } else {
+                backoff.reset();
+                poll
+            };
             let notified = async {
                 match listener.as_mut() {
                     Some((_, rx)) => rx.recv().await.is_some(),

@@ -18,11 +18,14 @@ use crate::kafka::KafkaLink;
 use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::outbox_relay::OutboxRelay;
+use crate::tasks::{OwnedTasks, TaskFailed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error(transparent)]
     Db(#[from] db::DbError),
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
     #[error("relay metrics listener {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -35,13 +38,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     drop(pool.get().await.map_err(db::DbError::from)?);
     let metrics = Arc::new(Metrics::default());
     let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
-
+    let mut tasks = OwnedTasks::new(&shutdown);
     if !settings.relay.metrics_listen.is_empty() {
         let addr = settings.relay.metrics_listen.clone();
         let listener = TcpListener::bind(&addr).await.map_err(|source| RelayError::Bind { addr, source })?;
-        tokio::spawn(serve_metrics(listener, Arc::clone(&metrics), shutdown.clone()));
+        tasks.spawn("metrics server", serve_metrics(listener, Arc::clone(&metrics), tasks.token()));
     }
-
     let relay = OutboxRelay {
         pool: pool.clone(),
         database: settings.database.clone(),
@@ -49,27 +51,27 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         settings: settings.relay.clone(),
         metrics: Arc::clone(&metrics),
     };
-    let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+    tasks.spawn("outbox relay", relay.run(tasks.token()));
     if settings.inbox.enabled {
         let inbox = Inbox { pool, kafka, settings: settings.inbox.clone(), metrics };
-        tasks.push(tokio::spawn(inbox.run(shutdown.clone())));
+        tasks.spawn_fallible("inbox", inbox.run(tasks.token()));
     }
     lifecycle::notify_ready();
     tracing::info!("relay ready");
-    let stopping = shutdown.clone();
-    tokio::spawn(async move {
+    let stopping = tasks.token();
+    tasks.spawn("stop notifier", async move {
         stopping.cancelled().await;
         lifecycle::notify_stopping();
     });
-    for t in tasks {
-        let _ = t.await;
-    }
-    Ok(())
+    Ok(tasks.join().await?)
 }
 
 /// /health and /metrics for the relay (plain HTTP/1, no routing beyond that).
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    // Scrapes in flight are owned: they end with the server.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let stream = tokio::select! {
             a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
             _ = shutdown.cancelled() => return,
@@ -96,6 +98,6 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, shutdow
                 )
             }
         });
-        tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        connections.spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
     }
 }

@@ -11,11 +11,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{json_response, ApiError, AppState, Body, MAX_BODY_BYTES};
-use crate::camera_url;
+use crate::camera_url::CameraUrl;
 use crate::config::ApiSettings;
 use crate::db::results::{self, StoredResult};
 use crate::db::scenarios::{self, Created, Idempotency, Scenario, ScenarioStatus, Shutdown};
-use crate::db::{self, outbox};
+use crate::db::{self, outbox, positions};
 
 /// The consumer name the inbox stores its positions under.
 pub use crate::inbox::CONSUMER as INBOX_CONSUMER;
@@ -38,7 +38,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn scenario_json(s: &Scenario) -> Value {
     json!({
         "scenario_uuid": s.uuid,
-        "camera_url": camera_url::redact(&s.camera_url),
+        "camera_url": s.camera_url.redacted(),
         "status": s.status.as_str(),
         "error": s.error,
         "frames_processed": s.frames_processed,
@@ -52,7 +52,7 @@ pub fn parse_uuid(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::bad("invalid_uuid", format!("'{raw}' is not a valid UUID")))
 }
 
-/// Query parameters as pairs; a malformed query is a 400.
+/// Query parameters as pairs; each handler checks the values it reads (400 naming the one).
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
 }
@@ -131,14 +131,14 @@ pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Res
         Some(Value::String(s)) => s.as_str(),
         Some(_) => return Err(ApiError::bad("invalid_camera_url", "camera_url must be a string")),
     };
-    camera_url::validate(url, state.settings.allow_file_urls)
+    let url = CameraUrl::parse(url, state.settings.allow_file_urls)
         .map_err(|e| ApiError::bad("invalid_camera_url", e.to_string()))?;
-    let hash = hex(&Sha256::digest(url.as_bytes()));
+    let hash = hex(&Sha256::digest(url.expose().as_bytes()));
     let idempotency = key.as_deref().map(|key| Idempotency { key, request_hash: &hash });
-    match scenarios::create(&state.pool, url, idempotency, scenario_json).await? {
+    match scenarios::create(&state.pool, &url, idempotency, scenario_json).await? {
         Created::New { scenario, response } => {
             state.outbox_waker.wake();
-            tracing::info!(scenario_uuid = %scenario.uuid, camera_url = %camera_url::redact(url), "scenario created");
+            tracing::info!(scenario_uuid = %scenario.uuid, camera_url = %url, "scenario created");
             Ok(json_response(StatusCode::OK, &response))
         }
         Created::Replayed(response) => Ok(json_response(StatusCode::OK, &response)),
@@ -246,7 +246,7 @@ pub async fn ready(state: &Arc<AppState>) -> Response<Body> {
 pub async fn metrics(state: &Arc<AppState>) -> String {
     let gauges = async {
         let (backlog, oldest) = outbox::backlog(&state.pool).await?;
-        let lag = results::consumer_lag(&state.pool, INBOX_CONSUMER).await?;
+        let lag = positions::lag(&state.pool, INBOX_CONSUMER).await?;
         Ok::<_, db::DbError>((backlog, oldest, lag))
     };
     let up = match tokio::time::timeout(Duration::from_secs(2), gauges).await {

@@ -23,6 +23,7 @@ pub use error::ApiError;
 
 use crate::config::{ApiSettings, DatabaseSettings};
 use crate::metrics::Metrics;
+use crate::tasks::{OwnedTasks, TaskFailed};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -63,7 +64,7 @@ fn text_response(status: StatusCode, content_type: &'static str, body: impl Into
 /// A running API: its address, and a handle that ends when it has drained.
 pub struct RunningApi {
     pub addr: SocketAddr,
-    pub done: tokio::task::JoinHandle<()>,
+    pub done: tokio::task::JoinHandle<Result<(), TaskFailed>>,
 }
 
 /// Binds and serves until `shutdown` is cancelled, then drains in-flight requests.
@@ -76,7 +77,9 @@ pub async fn serve(
 ) -> std::io::Result<RunningApi> {
     let addr = listener.local_addr()?;
     let (results_bus, _) = tokio::sync::broadcast::channel(1024);
-    let outbox_waker = crate::db::outbox::OutboxWaker::spawn(pool.clone(), shutdown.clone());
+    let mut tasks = OwnedTasks::new(&shutdown);
+    let (outbox_waker, waking) = crate::db::outbox::OutboxWaker::new(pool.clone(), tasks.token());
+    tasks.spawn("outbox waker", waking);
     let state = Arc::new(AppState {
         outbox_waker,
         pool,
@@ -85,15 +88,18 @@ pub async fn serve(
         results_bus: results_bus.clone(),
         shutdown: shutdown.clone(),
     });
-    tokio::spawn(sse::forward_notifications(database, results_bus, shutdown.clone()));
-    let done = tokio::spawn(accept_loop(listener, state, shutdown));
-    Ok(RunningApi { addr, done })
+    tasks.spawn("results listener", sse::forward_notifications(database, results_bus, tasks.token()));
+    tasks.spawn("accept loop", accept_loop(listener, state, tasks.token()));
+    Ok(RunningApi { addr, done: tokio::spawn(tasks.join()) })
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections are owned: any still open after the drain end with this loop.
+    let mut connections = tokio::task::JoinSet::new();
     let mut watchdog = crate::lifecycle::Watchdog::from_env();
     loop {
+        while connections.try_join_next().is_some() {}
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
@@ -116,7 +122,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, shutdown: Canc
                     .header_read_timeout(Duration::from_secs(30))
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -131,6 +137,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, shutdown: Canc
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timed out; closing remaining connections");
     }
+    connections.shutdown().await;
 }
 
 /// The route template, for metrics labels (never the raw path: uuids would explode cardinality).
@@ -262,6 +269,8 @@ pub enum ApiRunError {
     Db(#[from] crate::db::DbError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
 }
 
 /// The `vap-api` process: migrate (when configured), bind, serve until `shutdown`, drain.
@@ -277,7 +286,7 @@ pub async fn run(settings: crate::config::Settings, shutdown: CancellationToken)
     tracing::info!(addr = %running.addr, "api listening");
     shutdown.cancelled().await;
     crate::lifecycle::notify_stopping();
-    let _ = running.done.await;
+    let drained = running.done.await.unwrap_or_else(|e| Err(TaskFailed { task: "api", reason: e.to_string() }));
     tracing::info!("api stopped");
-    Ok(())
+    Ok(drained?)
 }

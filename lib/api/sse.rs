@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::handlers::{parse_uuid, result_json};
 use super::{ApiError, AppState, Body};
+use crate::backoff::Backoff;
 use crate::config::DatabaseSettings;
 use crate::db::{self, results, scenarios};
 
@@ -31,11 +32,11 @@ pub async fn forward_notifications(
     bus: broadcast::Sender<Uuid>,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         match db::listen(&database, &["vap_results"]).await {
             Ok((_client, mut notifications)) => {
-                delay = Duration::from_millis(100);
+                backoff.reset();
                 // Anything stored while we were not listening must be looked at again.
                 let _ = bus.send(Uuid::nil());
                 loop {
@@ -50,11 +51,9 @@ pub async fn forward_notifications(
             }
             Err(e) => tracing::warn!(error = %e, "cannot LISTEN for results; retrying"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return,
+        if !backoff.wait(&shutdown).await {
+            return;
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -85,8 +84,9 @@ pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) ->
         None => results::last_frame(&state.pool, uuid).await?,
     };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
-    tokio::spawn(pump(Arc::clone(state), uuid, cursor, wake, tx));
-    let body = StreamBody::new(tokio_stream_from(rx)).boxed();
+    // The pump belongs to the response body: a client that goes away aborts it.
+    let pump = AbortOnDrop(tokio::spawn(pump(Arc::clone(state), uuid, cursor, wake, tx)));
+    let body = StreamBody::new(tokio_stream_from(rx, pump)).boxed();
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -95,8 +95,22 @@ pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) ->
         .unwrap_or_else(|_| Response::new(http_body_util::Full::new(Bytes::new()).boxed())))
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+    pump: AbortOnDrop,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| {
+        let _owned = &pump;
+        rx.poll_recv(cx)
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn pump(

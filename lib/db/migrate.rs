@@ -11,7 +11,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "0002_worker_unreachable", include_str!("../../migrations/0002_worker_unreachable.sql")),
 ];
 
-const MIGRATION_LOCK: i64 = 0x7661_705f_6d69_67; // "vap_mig"
+const MIGRATION_LOCK: i64 = 0x0076_6170_5f6d_6967; // "vap_mig"
 
 /// Returns the versions it applied (empty when the schema was current).
 pub async fn run(client: &mut Client) -> Result<Vec<i32>, DbError> {

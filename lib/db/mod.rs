@@ -4,6 +4,7 @@
 
 pub mod migrate;
 pub mod outbox;
+pub mod positions;
 pub mod results;
 pub mod scenarios;
 pub mod workers;

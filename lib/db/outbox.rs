@@ -108,10 +108,14 @@ pub struct OutboxWaker {
 }
 
 impl OutboxWaker {
-    pub fn spawn(pool: Pool, shutdown: tokio_util::sync::CancellationToken) -> Self {
+    /// The waker, and the task that sends its wake-ups (the caller owns it).
+    pub fn new(
+        pool: Pool,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let wake = Arc::new(tokio::sync::Notify::new());
         let pending = Arc::clone(&wake);
-        tokio::spawn(async move {
+        let task = async move {
             loop {
                 tokio::select! {
                     _ = pending.notified() => {}
@@ -119,15 +123,15 @@ impl OutboxWaker {
                 }
                 let sent = async {
                     let client = pool.get().await?;
-                    client.execute("SELECT pg_notify('vap_outbox', '')", &[]).await?;
+                    client.execute("SELECT pg_notify($1, '')", &[&OUTBOX_CHANNEL]).await?;
                     Ok::<_, DbError>(())
                 };
                 if let Err(e) = sent.await {
                     tracing::debug!(error = %e, "outbox wake-up not sent; the relay's poll will find the rows");
                 }
             }
-        });
-        Self { wake }
+        };
+        (Self { wake }, task)
     }
 
     /// Asks for a wake-up; returns at once.

@@ -1,9 +1,10 @@
-//! Stored detection results and the Kafka positions of the consumers that store them.
+//! Stored detection results.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
+use super::positions::{self, Advance};
 use super::DbError;
 use crate::events::{EndReason, FrameResult, StreamEnd};
 
@@ -43,51 +44,6 @@ pub async fn last_frame(pool: &Pool, scenario: Uuid) -> Result<i64, DbError> {
     Ok(row.get(0))
 }
 
-/// A consumer's place in one partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    pub partition: i32,
-    pub next_offset: i64,
-}
-
-/// Reads the stored position, creating it at `initial` when the consumer is new.
-pub async fn position(pool: &Pool, consumer: &str, topic: &str, partition: i32, initial: i64) -> Result<i64, DbError> {
-    let client = pool.get().await?;
-    client
-        .execute(
-            "INSERT INTO consumer_positions (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
-            &[&consumer, &topic, &partition, &initial],
-        )
-        .await?;
-    let row = client
-        .query_one(
-            "SELECT next_offset FROM consumer_positions WHERE consumer = $1 AND topic = $2 AND partition = $3",
-            &[&consumer, &topic, &partition],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
-/// Moves a position without storing anything (used when the log was reset under us).
-pub async fn reset_position(
-    pool: &Pool,
-    consumer: &str,
-    topic: &str,
-    partition: i32,
-    next: i64,
-) -> Result<(), DbError> {
-    let client = pool.get().await?;
-    client
-        .execute(
-            "UPDATE consumer_positions SET next_offset = $4, updated_at = now()
-              WHERE consumer = $1 AND topic = $2 AND partition = $3",
-            &[&consumer, &topic, &partition, &next],
-        )
-        .await?;
-    Ok(())
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stored {
     /// New rows written.
@@ -102,60 +58,30 @@ pub struct Stored {
     pub ended: i64,
 }
 
-/// The outcome of [`store_batch`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum BatchOutcome {
-    Stored(Stored),
-    /// Another consumer moved this partition's position first; nothing was written.
-    PositionMoved,
-}
-
-pub struct Batch<'a> {
-    pub consumer: &'a str,
-    pub topic: &'a str,
-    pub partition: i32,
-    /// The position this batch was read from; the store fails if it changed meanwhile.
-    pub from_offset: i64,
-    /// The position after the batch.
-    pub next_offset: i64,
-    pub high_watermark: i64,
-    pub results: &'a [FrameResult],
-    /// Ends of streams, applied after the batch's results.
-    pub ends: &'a [StreamEnd],
-}
-
-/// Stores results and advances the position in one transaction: a crash between the two can't
-/// happen, so a re-read after a crash stores nothing twice. Duplicate frames are ignored.
-pub async fn store_batch(pool: &Pool, batch: Batch<'_>) -> Result<BatchOutcome, DbError> {
+/// Stores results and stream ends and advances the position in one transaction: a crash
+/// between the two can't happen, so a re-read after a crash stores nothing twice. Duplicate
+/// frames are ignored. `None` when another consumer moved the position first (nothing written).
+pub async fn store_batch(
+    pool: &Pool,
+    advance: &Advance<'_>,
+    results: &[FrameResult],
+    ends: &[StreamEnd],
+) -> Result<Option<Stored>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let moved = tx
-        .execute(
-            "UPDATE consumer_positions SET next_offset = $5, high_watermark = $6, updated_at = now()
-              WHERE consumer = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
-            &[
-                &batch.consumer,
-                &batch.topic,
-                &batch.partition,
-                &batch.from_offset,
-                &batch.next_offset,
-                &batch.high_watermark,
-            ],
-        )
-        .await?;
-    if moved != 1 {
+    if !positions::advance(&tx, advance).await? {
         tx.rollback().await?;
-        return Ok(BatchOutcome::PositionMoved);
+        return Ok(None);
     }
     let mut stored = Stored::default();
-    if !batch.results.is_empty() {
-        stored = insert_results(&tx, batch.results).await?;
+    if !results.is_empty() {
+        stored = insert_results(&tx, results).await?;
     }
-    for end in batch.ends {
+    for end in ends {
         stored.ended += end_stream(&tx, end).await? as i64;
     }
     tx.commit().await?;
-    Ok(BatchOutcome::Stored(stored))
+    Ok(Some(stored))
 }
 
 async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[FrameResult]) -> Result<Stored, DbError> {
@@ -223,17 +149,4 @@ async fn end_stream(tx: &deadpool_postgres::Transaction<'_>, end: &StreamEnd) ->
             &[&end.scenario_uuid, &status, &error],
         )
         .await?)
-}
-
-/// Sum over partitions of (high watermark - next offset) for a consumer: how far it trails.
-pub async fn consumer_lag(pool: &Pool, consumer: &str) -> Result<i64, DbError> {
-    let client = pool.get().await?;
-    let row = client
-        .query_one(
-            "SELECT COALESCE(sum(GREATEST(high_watermark - next_offset, 0)), 0)::bigint
-               FROM consumer_positions WHERE consumer = $1",
-            &[&consumer],
-        )
-        .await?;
-    Ok(row.get(0))
 }

@@ -6,7 +6,9 @@ use serde::Serialize;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::workers::WorkerStatus;
 use super::DbError;
+use crate::camera_url::CameraUrl;
 use crate::events::EventKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,7 +61,7 @@ pub struct Worker {
     pub backend: String,
     pub backend_ref: Option<String>,
     pub node: Option<String>,
-    pub status: String,
+    pub status: WorkerStatus,
     pub restarts: i32,
     pub last_error: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
@@ -70,8 +72,7 @@ pub struct Worker {
 pub struct Scenario {
     pub uuid: Uuid,
     pub seq: i64,
-    /// As submitted, credentials included: redact before showing it.
-    pub camera_url: String,
+    pub camera_url: CameraUrl,
     pub status: ScenarioStatus,
     pub error: Option<String>,
     pub frames_processed: i64,
@@ -91,7 +92,8 @@ fn scenario_from_row(row: &Row) -> Scenario {
         backend,
         backend_ref: row.get("backend_ref"),
         node: row.get("node"),
-        status: row.get("worker_status"),
+        // The CHECK constraint keeps this in the known set.
+        status: WorkerStatus::parse(row.get("worker_status")).unwrap_or(WorkerStatus::Failed),
         restarts: row.get("restarts"),
         last_error: row.get("last_error"),
         started_at: row.get("started_at"),
@@ -100,7 +102,7 @@ fn scenario_from_row(row: &Row) -> Scenario {
     Scenario {
         uuid: row.get("scenario_uuid"),
         seq: row.get("seq"),
-        camera_url: row.get("camera_url"),
+        camera_url: CameraUrl::trusted(row.get("camera_url")),
         // The CHECK constraint keeps this in the known set.
         status: ScenarioStatus::parse(status).unwrap_or(ScenarioStatus::Failed),
         error: row.get("error"),
@@ -115,7 +117,7 @@ fn scenario_from_row(row: &Row) -> Scenario {
 #[derive(Debug)]
 pub enum Created {
     /// A new scenario; `response` is what was stored for replays.
-    New { scenario: Scenario, response: serde_json::Value },
+    New { scenario: Box<Scenario>, response: serde_json::Value },
     /// The key was seen before with the same request: the first answer.
     Replayed(serde_json::Value),
     /// The key was seen before with a different request.
@@ -158,7 +160,7 @@ const INSERT_SCENARIO_WITH_EVENT: &str = "
 /// key is claimed in the same transaction; `render` makes the answer a replay gets back.
 pub async fn create(
     pool: &Pool,
-    camera_url: &str,
+    camera_url: &CameraUrl,
     idempotency: Option<Idempotency<'_>>,
     render: impl Fn(&Scenario) -> serde_json::Value,
 ) -> Result<Created, DbError> {
@@ -166,9 +168,9 @@ pub async fn create(
     let uuid = Uuid::new_v4();
     let Some(idem) = idempotency else {
         let insert = client.prepare_cached(INSERT_SCENARIO_WITH_EVENT).await?;
-        let scenario = scenario_from_row(&client.query_one(&insert, &[&uuid, &camera_url]).await?);
+        let scenario = scenario_from_row(&client.query_one(&insert, &[&uuid, &camera_url.expose()]).await?);
         let response = render(&scenario);
-        return Ok(Created::New { scenario, response });
+        return Ok(Created::New { scenario: Box::new(scenario), response });
     };
     let tx = client.transaction().await?;
     // Claim the key first: a concurrent twin blocks here until we commit, then sees the key.
@@ -189,11 +191,11 @@ pub async fn create(
         return Ok(if hash == idem.request_hash { Created::Replayed(row.get(1)) } else { Created::KeyReused });
     }
     let insert = tx.prepare_cached(INSERT_SCENARIO_WITH_EVENT).await?;
-    let scenario = scenario_from_row(&tx.query_one(&insert, &[&uuid, &camera_url]).await?);
+    let scenario = scenario_from_row(&tx.query_one(&insert, &[&uuid, &camera_url.expose()]).await?);
     let response = render(&scenario);
     tx.execute("UPDATE idempotency_keys SET response = $2 WHERE key = $1", &[&idem.key, &response]).await?;
     tx.commit().await?;
-    Ok(Created::New { scenario, response })
+    Ok(Created::New { scenario: Box::new(scenario), response })
 }
 
 pub async fn get(pool: &Pool, uuid: Uuid) -> Result<Option<Scenario>, DbError> {

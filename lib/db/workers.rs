@@ -6,18 +6,70 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use uuid::Uuid;
 
+use super::positions::{self, Advance};
 use super::scenarios::ScenarioStatus;
 use super::DbError;
+use crate::camera_url::CameraUrl;
+
+/// Where a scenario's runner stands, as its worker row (and the API) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerStatus {
+    /// Over MAX_WORKERS: waiting for a slot.
+    Waiting,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+    /// Its host does not answer.
+    Unreachable,
+}
+
+impl WorkerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Waiting => "waiting",
+            WorkerStatus::Starting => "starting",
+            WorkerStatus::Running => "running",
+            WorkerStatus::Stopping => "stopping",
+            WorkerStatus::Stopped => "stopped",
+            WorkerStatus::Failed => "failed",
+            WorkerStatus::Unreachable => "unreachable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            WorkerStatus::Waiting,
+            WorkerStatus::Starting,
+            WorkerStatus::Running,
+            WorkerStatus::Stopping,
+            WorkerStatus::Stopped,
+            WorkerStatus::Failed,
+            WorkerStatus::Unreachable,
+        ]
+        .into_iter()
+        .find(|w| w.as_str() == s)
+    }
+}
+
+/// The worker row as the orchestrator compares it with what a backend reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWorker {
+    pub status: Option<WorkerStatus>,
+    pub backend_ref: Option<String>,
+    pub restarts: i32,
+}
 
 /// A scenario not at rest, with what starting its runner needs.
 #[derive(Debug, Clone)]
 pub struct ActiveScenario {
     pub scenario: Uuid,
     pub status: ScenarioStatus,
-    pub camera_url: String,
+    pub camera_url: CameraUrl,
     pub created_at: DateTime<Utc>,
-    /// The worker row as stored: (status, backend reference, restarts), when there is one.
-    pub worker: Option<(String, Option<String>, i32)>,
+    pub worker: Option<StoredWorker>,
 }
 
 /// Scenarios that are not `inactive` or `failed`, oldest first.
@@ -37,11 +89,13 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
             Some(ActiveScenario {
                 scenario: r.get(0),
                 status: ScenarioStatus::parse(r.get(1))?,
-                camera_url: r.get(2),
+                camera_url: CameraUrl::trusted(r.get(2)),
                 created_at: r.get(3),
-                worker: r
-                    .get::<_, Option<String>>(4)
-                    .map(|status| (status, r.get(5), r.get::<_, Option<i32>>(6).unwrap_or(0))),
+                worker: r.get::<_, Option<&str>>(4).map(|status| StoredWorker {
+                    status: WorkerStatus::parse(status),
+                    backend_ref: r.get(5),
+                    restarts: r.get::<_, Option<i32>>(6).unwrap_or(0),
+                }),
             })
         })
         .collect())
@@ -63,7 +117,7 @@ pub async fn existing(pool: &Pool, ids: &[Uuid]) -> Result<std::collections::Has
 pub struct WorkerRecord<'a> {
     pub scenario: Uuid,
     pub backend: &'a str,
-    pub status: &'a str,
+    pub status: WorkerStatus,
     pub backend_ref: Option<&'a str>,
     pub node: Option<&'a str>,
     pub restarts: i32,
@@ -87,7 +141,7 @@ async fn upsert_worker(client: &impl GenericClient, w: &WorkerRecord<'_>) -> Res
                     (EXCLUDED.backend, EXCLUDED.status, COALESCE(EXCLUDED.backend_ref, w.backend_ref),
                      COALESCE(EXCLUDED.node, w.node), GREATEST(EXCLUDED.restarts, w.restarts),
                      COALESCE(EXCLUDED.started_at, w.started_at), COALESCE(EXCLUDED.last_error, w.last_error))",
-            &[&w.scenario, &w.backend, &w.status, &w.backend_ref, &w.node, &w.restarts, &w.started_at, &w.last_error],
+            &[&w.scenario, &w.backend, &w.status.as_str(), &w.backend_ref, &w.node, &w.restarts, &w.started_at, &w.last_error],
         )
         .await?)
 }
@@ -128,7 +182,7 @@ pub async fn record_waiting(pool: &Pool, scenario: Uuid, backend: &str) -> Resul
     let w = WorkerRecord {
         scenario,
         backend,
-        status: "waiting",
+        status: WorkerStatus::Waiting,
         backend_ref: None,
         node: None,
         restarts: 0,
@@ -145,7 +199,7 @@ pub async fn record_unreachable(pool: &Pool, scenario: Uuid, backend: &str, node
     let w = WorkerRecord {
         scenario,
         backend,
-        status: "unreachable",
+        status: WorkerStatus::Unreachable,
         backend_ref: None,
         node: Some(node),
         restarts: 0,
@@ -163,7 +217,7 @@ pub async fn record_stopping(pool: &Pool, scenario: Uuid, backend: &str) -> Resu
     let w = WorkerRecord {
         scenario,
         backend,
-        status: "stopping",
+        status: WorkerStatus::Stopping,
         backend_ref: None,
         node: None,
         restarts: 0,
@@ -183,7 +237,7 @@ pub async fn record_finished(pool: &Pool, scenario: Uuid, backend: &str) -> Resu
     let w = WorkerRecord {
         scenario,
         backend,
-        status: "stopped",
+        status: WorkerStatus::Stopped,
         backend_ref: None,
         node: None,
         restarts: 0,
@@ -216,7 +270,7 @@ pub async fn record_failed(
     let w = WorkerRecord {
         scenario,
         backend,
-        status: "failed",
+        status: WorkerStatus::Failed,
         backend_ref: None,
         node: None,
         restarts,
@@ -240,7 +294,7 @@ pub async fn record_worker_ended(
     error: Option<&str>,
 ) -> Result<(), DbError> {
     let client = pool.get().await?;
-    let status = if error.is_some() { "failed" } else { "stopped" };
+    let status = if error.is_some() { WorkerStatus::Failed } else { WorkerStatus::Stopped };
     let w = WorkerRecord {
         scenario,
         backend,
@@ -257,28 +311,17 @@ pub async fn record_worker_ended(
 
 /// Applies a batch of scenario events and the consumer's new position in one transaction:
 /// init events move `init_startup` to `in_startup_processing`, shutdown events move
-/// `init_shutdown` to `in_shutdown_processing`. Returns false when another consumer moved the
-/// position first (nothing written).
+/// `init_shutdown` to `in_shutdown_processing`. False when another consumer moved the position
+/// first (nothing written).
 pub async fn apply_events(
     pool: &Pool,
-    consumer: &str,
-    topic: &str,
-    partition: i32,
-    from_offset: i64,
-    next_offset: i64,
+    advance: &Advance<'_>,
     started: &[Uuid],
     stopping: &[Uuid],
 ) -> Result<bool, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let moved = tx
-        .execute(
-            "UPDATE consumer_positions SET next_offset = $5, updated_at = now()
-              WHERE consumer = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
-            &[&consumer, &topic, &partition, &from_offset, &next_offset],
-        )
-        .await?;
-    if moved != 1 {
+    if !positions::advance(&tx, advance).await? {
         tx.rollback().await?;
         return Ok(false);
     }

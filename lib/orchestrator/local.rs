@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::backend::{BackendError, RunnerSpec, WorkerInfo};
-use super::reconcile::RunnerState;
+use super::backend::{BackendError, RunnerState, WorkerInfo};
+use crate::backoff::Backoff;
 use crate::config::LocalBackendSettings;
+use crate::job::{exit, RunnerJob, JOB_ENV};
 
 struct Supervised {
     pid: Option<u32>,
@@ -36,18 +37,15 @@ pub struct LocalBackend {
     runners: Arc<Mutex<HashMap<Uuid, Supervised>>>,
 }
 
-const PERMANENT_EXITS: [i32; 4] = [0, 2, 3, 4];
-
 impl LocalBackend {
     pub fn new(settings: LocalBackendSettings) -> Self {
-        let inherited_env = std::env::vars()
-            .filter(|(k, _)| k.starts_with("VAP_") && !crate::config::RUNNER_JOB_ENV.contains(&k.as_str()))
-            .collect();
+        let inherited_env =
+            std::env::vars().filter(|(k, _)| k.starts_with("VAP_") && !JOB_ENV.contains(&k.as_str())).collect();
         Self { settings, inherited_env, runners: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Supervised>> {
-        self.runners.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sys::lock(&self.runners)
     }
 
     pub fn list(&self) -> Vec<WorkerInfo> {
@@ -79,7 +77,7 @@ impl LocalBackend {
         out
     }
 
-    pub fn start(&self, spec: &RunnerSpec) -> Result<WorkerInfo, BackendError> {
+    pub fn start(&self, spec: &RunnerJob) -> Result<WorkerInfo, BackendError> {
         if let Some(w) = self.list().into_iter().find(|w| w.scenario == spec.scenario && w.state.holds_slot()) {
             return Ok(w);
         }
@@ -122,7 +120,7 @@ impl LocalBackend {
             }
         };
         if let Some(pid) = pid {
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            crate::sys::signal(pid, crate::sys::SIGTERM);
         }
     }
 
@@ -147,72 +145,49 @@ impl LocalBackend {
     }
 }
 
+/// Runs a scenario's runner, restarting it after crashes (with back-off) until it ends for
+/// good, a stop is asked for, or it fails `restart_limit` times within the window.
 fn supervise(
     settings: &LocalBackendSettings,
     env: &[(String, String)],
     runners: &Mutex<HashMap<Uuid, Supervised>>,
-    spec: &RunnerSpec,
+    spec: &RunnerJob,
 ) {
     let scenario = spec.scenario;
     let update = |f: &mut dyn FnMut(&mut Supervised)| {
-        if let Some(s) = runners.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&scenario) {
+        if let Some(s) = crate::sys::lock(runners).get_mut(&scenario) {
             f(s);
         }
     };
-    let stop_requested =
-        || runners.lock().unwrap_or_else(|e| e.into_inner()).get(&scenario).is_none_or(|s| s.stop_requested);
+    let stop_requested = || crate::sys::lock(runners).get(&scenario).is_none_or(|s| s.stop_requested);
+    let window = Duration::from_secs(settings.restart_window_secs);
     let mut recent: VecDeque<Instant> = VecDeque::new();
-    let mut delay = Duration::from_millis(settings.restart_delay_min_ms);
+    let mut backoff = Backoff::new(
+        Duration::from_millis(settings.restart_delay_min_ms),
+        Duration::from_millis(settings.restart_delay_max_ms),
+    );
     loop {
-        let mut cmd = Command::new(&settings.runner_bin);
-        cmd.arg("--scenario").arg(scenario.to_string());
-        if let Some(config) = &settings.runner_config {
-            cmd.arg("--config").arg(config);
-        }
-        cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
-        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).envs(spec.job_env());
-        cmd.stdin(Stdio::null()).process_group(0);
-        let child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                let reason = format!("cannot start {}: {e}", settings.runner_bin.display());
+        let code = match run_once(settings, env, spec, &update) {
+            Ok(code) => code,
+            Err(reason) => {
                 tracing::error!(scenario = %scenario, reason, "runner not started");
                 update(&mut |s| s.state = RunnerState::Failed { reason: reason.clone() });
                 return;
             }
         };
-        let mut child = child;
-        let pid = child.id();
-        update(&mut |s| {
-            s.pid = Some(pid);
-            if !s.stop_requested {
-                s.state = RunnerState::Running;
-            }
-        });
-        tracing::info!(scenario = %scenario, pid, "runner started");
-        let status = child.wait();
-        let code = match &status {
-            Ok(s) => s.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(s).unwrap_or(0)),
-            Err(_) => -1,
-        };
-        update(&mut |s| s.pid = None);
-        if stop_requested() || PERMANENT_EXITS.contains(&code) {
+        if stop_requested() || exit::is_permanent(code) {
             tracing::info!(scenario = %scenario, code, "runner exited");
             update(&mut |s| s.state = RunnerState::Exited { code });
             return;
         }
         let now = Instant::now();
         recent.push_back(now);
-        while recent.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(settings.restart_window_secs))
-        {
+        while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
             recent.pop_front();
         }
         if recent.len() as u32 > settings.restart_limit {
-            let reason = format!(
-                "runner failed {} times in {} s (last exit code {code})",
-                recent.len(),
-                settings.restart_window_secs
-            );
+            let reason =
+                format!("runner failed {} times in {} s (last exit code {code})", recent.len(), window.as_secs());
             tracing::error!(scenario = %scenario, reason, "giving up on runner");
             update(&mut |s| s.state = RunnerState::Failed { reason: reason.clone() });
             return;
@@ -221,6 +196,7 @@ fn supervise(
             s.restarts += 1;
             s.state = RunnerState::Starting;
         });
+        let delay = backoff.next_delay().unwrap_or(window);
         tracing::warn!(scenario = %scenario, code, restart_in_ms = delay.as_millis() as u64, "runner crashed; restarting");
         let until = Instant::now() + delay;
         while Instant::now() < until {
@@ -228,10 +204,42 @@ fn supervise(
                 update(&mut |s| s.state = RunnerState::Exited { code });
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
         }
-        delay = (delay * 2).min(Duration::from_millis(settings.restart_delay_max_ms));
     }
+}
+
+/// Changes a supervised runner's entry, if it still has one.
+type Update<'a> = &'a dyn Fn(&mut dyn FnMut(&mut Supervised));
+
+/// Starts the runner once and waits for it; its exit code (128 + signal when killed).
+fn run_once(
+    settings: &LocalBackendSettings,
+    env: &[(String, String)],
+    spec: &RunnerJob,
+    update: Update<'_>,
+) -> Result<i32, String> {
+    let mut cmd = Command::new(&settings.runner_bin);
+    cmd.args(spec.args(settings.runner_config.as_deref()));
+    // The orchestrator's own systemd notifications are not the runner's to send.
+    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).envs(spec.env());
+    cmd.stdin(Stdio::null()).process_group(0);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", settings.runner_bin.display()))?;
+    let pid = child.id();
+    update(&mut |s| {
+        s.pid = Some(pid);
+        if !s.stop_requested {
+            s.state = RunnerState::Running;
+        }
+    });
+    tracing::info!(scenario = %spec.scenario, pid, "runner started");
+    let code = match child.wait() {
+        Ok(s) => s.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)),
+        Err(_) => -1,
+    };
+    update(&mut |s| s.pid = None);
+    Ok(code)
 }
 
 /// Running vap-runner processes started as `<runner_bin> --scenario <uuid>`, by scenario.

@@ -14,7 +14,8 @@
 //! | module | role |
 //! |---|---|
 //! | [`reconcile`] | the pure decision: wanted + observed -> actions |
-//! | [`backend`] | the placement interface and runner naming |
+//! | [`backend`] | what the backends share: errors, runner states, runner naming (a leaf) |
+//! | [`placement`] | the configured backend behind one interface |
 //! | [`local`] | runners as supervised local processes (the embedded default) |
 //! | [`nomad`] | one Nomad service job per scenario, a typed HTTP API client |
 //! | [`systemd`] | one transient unit per scenario over systemd's D-Bus API |
@@ -22,6 +23,7 @@
 pub mod backend;
 pub mod local;
 pub mod nomad;
+pub mod placement;
 pub mod reconcile;
 pub mod systemd;
 
@@ -37,12 +39,19 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{OrchestratorSettings, Settings};
-use crate::db::{self, workers};
+use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler};
+use crate::db;
+use crate::db::positions::Advance;
+use crate::db::workers::{self, WorkerStatus};
 use crate::events::{EventKind, ScenarioEvent};
-use crate::kafka::{KafkaError, KafkaLink};
+use crate::job::RunnerJob;
+use crate::kafka::KafkaLink;
 use crate::metrics::Metrics;
-use backend::{Backend, RunnerSpec, WorkerInfo};
+use crate::tasks::{OwnedTasks, TaskFailed};
+use backend::WorkerInfo;
+use placement::Backend;
 use reconcile::{Action, Wanted};
+use rskafka::record::RecordAndOffset;
 
 /// The name its Kafka positions are stored under.
 pub const CONSUMER: &str = "orchestrator";
@@ -55,8 +64,8 @@ const LEADER_LOCK: i64 = 0x0076_6170_6f72_6368;
 pub enum OrchestratorError {
     #[error(transparent)]
     Db(#[from] db::DbError),
-    #[error("orchestrator.backend = {0}: not available in this build yet (use local)")]
-    BackendNotBuilt(String),
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
     #[error(transparent)]
     Nomad(#[from] nomad::NomadError),
     #[error("orchestrator metrics listener {addr}: {source}")]
@@ -77,18 +86,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     crate::cli::migrate_on_start(&settings).await?;
     let pool = db::pool(&settings.database)?;
     drop(pool.get().await.map_err(db::DbError::from)?);
-    let backend = match settings.orchestrator.backend.as_str() {
-        "local" => Backend::Local(local::LocalBackend::new(settings.orchestrator.local.clone())),
-        "nomad" => Backend::Nomad(nomad::NomadBackend::new(settings.orchestrator.nomad.clone())?),
-        "systemd" => Backend::Systemd(systemd::SystemdBackend::new(settings.orchestrator.systemd.clone())),
-        other => return Err(OrchestratorError::BackendNotBuilt(other.to_string())),
-    };
+    let backend = Backend::from_settings(&settings.orchestrator)?;
     let metrics = Arc::new(Metrics::default());
+    let mut tasks = OwnedTasks::new(&shutdown);
     if !settings.orchestrator.metrics_listen.is_empty() {
         let addr = settings.orchestrator.metrics_listen.clone();
         let listener =
             tokio::net::TcpListener::bind(&addr).await.map_err(|source| OrchestratorError::Bind { addr, source })?;
-        tokio::spawn(crate::relay::serve_metrics(listener, Arc::clone(&metrics), shutdown.clone()));
+        tasks.spawn("metrics server", crate::relay::serve_metrics(listener, Arc::clone(&metrics), tasks.token()));
     }
     let this = Arc::new(Orchestrator {
         pool,
@@ -99,10 +104,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         wake: Arc::new(Notify::new()),
     });
     if let Some(changes) = this.backend.changes() {
-        let wake = Arc::clone(&this.wake);
-        tokio::spawn(async move {
-            loop {
-                changes.notified().await;
+        let (wake, stop) = (Arc::clone(&this.wake), tasks.token());
+        tasks.spawn("backend change forwarder", async move {
+            while stop.run_until_cancelled(changes.notified()).await.is_some() {
                 wake.notify_one();
             }
         });
@@ -113,60 +117,79 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         max_workers = this.settings.max_workers,
         "orchestrator ready (standby)"
     );
-    let poll = Duration::from_millis(this.settings.leader_poll_ms);
-    let mut standby_watchdog = crate::lifecycle::Watchdog::from_env();
-    while !shutdown.is_cancelled() {
-        match db::dedicated_connection(&settings.database).await {
-            Ok(lock) => match lock.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK]).await {
-                Ok(row) if row.get::<_, bool>(0) => {
-                    tracing::info!("leading");
-                    this.metrics.set("vap_orchestrator_leader", "1 while this orchestrator leads.", &[], 1.0);
-                    Arc::clone(&this).lead(&lock, shutdown.clone()).await;
-                    this.metrics.set("vap_orchestrator_leader", "1 while this orchestrator leads.", &[], 0.0);
-                    if !shutdown.is_cancelled() {
-                        tracing::warn!("lost the lead; standing by");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot try the leader lock"),
-            },
-            Err(e) => tracing::warn!(error = %e, "database unreachable; standing by"),
-        }
-        // A standby is healthy too: it keeps systemd's watchdog fed while it waits.
-        let pause = tokio::time::sleep(poll);
-        tokio::pin!(pause);
-        loop {
-            tokio::select! {
-                _ = &mut pause => break,
-                _ = standby_watchdog.tick() => {}
-                _ = shutdown.cancelled() => break,
-            }
-        }
-    }
+    let outcome = this.stand_by_or_lead(&settings, tasks.token()).await;
     crate::lifecycle::notify_stopping();
-    if this.settings.local.stop_runners_on_exit {
-        let backend = Arc::clone(&this.backend);
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Backend::Local(local) = &*backend {
-                local.stop_all(Duration::from_secs(15));
-            }
-        })
-        .await;
-    }
-    Ok(())
+    this.backend.on_exit(this.settings.local.stop_runners_on_exit).await;
+    let tasks_outcome = tasks.shutdown().await;
+    outcome?;
+    Ok(tasks_outcome?)
 }
 
 impl Orchestrator {
+    /// Standby until it holds the lead, then leads until it loses it; until `shutdown`.
+    async fn stand_by_or_lead(
+        self: &Arc<Self>,
+        settings: &Settings,
+        shutdown: CancellationToken,
+    ) -> Result<(), TaskFailed> {
+        let poll = Duration::from_millis(self.settings.leader_poll_ms);
+        let mut standby_watchdog = crate::lifecycle::Watchdog::from_env();
+        while !shutdown.is_cancelled() {
+            match db::dedicated_connection(&settings.database).await {
+                Ok(lock) => match lock.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK]).await {
+                    Ok(row) if row.get::<_, bool>(0) => {
+                        tracing::info!("leading");
+                        self.metrics.set("vap_orchestrator_leader", "1 while this orchestrator leads.", &[], 1.0);
+                        let led = Arc::clone(self).lead(&lock, shutdown.clone()).await;
+                        self.metrics.set("vap_orchestrator_leader", "1 while this orchestrator leads.", &[], 0.0);
+                        led?;
+                        if !shutdown.is_cancelled() {
+                            tracing::warn!("lost the lead; standing by");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot try the leader lock"),
+                },
+                Err(e) => tracing::warn!(error = %e, "database unreachable; standing by"),
+            }
+            // A standby is healthy too: it keeps systemd's watchdog fed while it waits.
+            let pause = tokio::time::sleep(poll);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    _ = &mut pause => break,
+                    _ = standby_watchdog.tick() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Leads until `shutdown` or until the lock connection fails (then another may lead).
-    async fn lead(self: Arc<Self>, lock: &tokio_postgres::Client, shutdown: CancellationToken) {
-        let leading = shutdown.child_token();
-        let consumers: Vec<_> = {
-            let k = self.kafka.settings();
-            [k.topic_init_scenario.clone(), k.topic_shutdown_scenario.clone()]
-                .into_iter()
-                .map(|topic| tokio::spawn(Arc::clone(&self).consume_topic(topic, leading.clone())))
-                .collect()
-        };
+    async fn lead(
+        self: Arc<Self>,
+        lock: &tokio_postgres::Client,
+        shutdown: CancellationToken,
+    ) -> Result<(), TaskFailed> {
+        let mut consumers = OwnedTasks::new(&shutdown);
+        let events = Arc::new(PositionedConsumer {
+            name: CONSUMER,
+            pool: self.pool.clone(),
+            kafka: Arc::clone(&self.kafka),
+            limits: FetchLimits { max_bytes: 1_000_000, max_wait_ms: 500, batch_max_records: usize::MAX },
+            handler: ApplyEvents {
+                pool: self.pool.clone(),
+                metrics: Arc::clone(&self.metrics),
+                wake: Arc::clone(&self.wake),
+            },
+        });
+        let k = self.kafka.settings();
+        for topic in [k.topic_init_scenario.clone(), k.topic_shutdown_scenario.clone()] {
+            let (events, token) = (Arc::clone(&events), consumers.token());
+            consumers.spawn_fallible("event consumer", async move { events.run(topic, token).await });
+        }
+        let stop = consumers.token();
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.reconcile_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watchdog = crate::lifecycle::Watchdog::from_env();
@@ -175,38 +198,66 @@ impl Orchestrator {
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
                 _ = watchdog.tick() => continue,
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
             }
             // Act only while the lock's connection is alive: a leader cut off from the database
             // must stop placing before another takes over.
             if lock.simple_query("SELECT 1").await.is_err() {
                 break;
             }
-            let started = Instant::now();
-            match self.reconcile().await {
-                Ok(n) => {
-                    self.metrics.observe(
-                        "vap_orchestrator_reconcile_seconds",
-                        "One reconcile round.",
-                        &[],
-                        started.elapsed(),
-                    );
-                    if n > 0 {
-                        tracing::debug!(actions = n, "reconciled");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "reconcile failed; will retry"),
-            }
+            self.reconcile_round().await;
         }
-        leading.cancel();
-        for c in consumers {
-            let _ = c.await;
+        self.backend.release();
+        consumers.shutdown().await
+    }
+
+    async fn reconcile_round(&self) {
+        let started = Instant::now();
+        match self.reconcile().await {
+            Ok(n) => {
+                self.metrics.observe(
+                    "vap_orchestrator_reconcile_seconds",
+                    "One reconcile round.",
+                    &[],
+                    started.elapsed(),
+                );
+                if n > 0 {
+                    tracing::debug!(actions = n, "reconciled");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reconcile failed; will retry"),
         }
     }
 
     /// One round: list, plan, act. Returns the number of actions taken.
     async fn reconcile(&self) -> Result<usize, ReconcileError> {
         let scenarios = workers::active_scenarios(&self.pool).await?;
+        let listed = self.list_ours().await?;
+        let actions = self.plan(&scenarios, &listed);
+        let stored: HashMap<Uuid, &workers::ActiveScenario> = scenarios.iter().map(|s| (s.scenario, s)).collect();
+        let (starts, others): (Vec<Action>, Vec<Action>) =
+            actions.into_iter().partition(|a| matches!(a, Action::Start(_)));
+        let jobs = starts.into_iter().filter_map(|a| match a {
+            Action::Start(id) => stored.get(&id).map(|s| RunnerJob {
+                scenario: s.scenario,
+                camera_url: s.camera_url.clone(),
+                epoch: s.created_at,
+            }),
+            _ => None,
+        });
+        let mut taken = self.place(jobs.collect()).await?;
+        for action in others {
+            self.apply(&action, &stored, &listed).await?;
+            if !matches!(action, Action::Running { .. } | Action::Wait(_) | Action::Unreachable { .. }) {
+                taken += 1;
+            }
+        }
+        Ok(taken)
+    }
+
+    /// The backend's runners that belong to this database's scenarios. A backend can report
+    /// runners of another vap deployment sharing its hosts: those are not ours to stop.
+    async fn list_ours(&self) -> Result<Vec<WorkerInfo>, ReconcileError> {
         let listed = self.backend.list().await;
         for (node, up) in self.backend.nodes_answering() {
             self.metrics.set(
@@ -220,114 +271,112 @@ impl Orchestrator {
         let ids: Vec<_> = listed.iter().map(|w| w.scenario).collect();
         let ours = workers::existing(&self.pool, &ids).await?;
         listed.retain(|w| ours.contains(&w.scenario));
+        Ok(listed)
+    }
+
+    fn plan(&self, scenarios: &[workers::ActiveScenario], listed: &[WorkerInfo]) -> Vec<Action> {
         let wanted: Vec<Wanted> = scenarios.iter().map(|s| Wanted { scenario: s.scenario, status: s.status }).collect();
         let observed: Vec<_> = listed.iter().map(WorkerInfo::observed).collect();
         let running = observed.iter().filter(|o| o.state.holds_slot()).count();
-        self.metrics.set(
-            "vap_orchestrator_runners",
-            "Runners holding a slot, as the backend reports.",
-            &[],
-            running as f64,
-        );
         let actions = reconcile::plan(&wanted, &observed, self.settings.max_workers);
-        let waiting = actions.iter().filter(|a| matches!(a, Action::Wait(_))).count();
-        self.metrics.set(
+        let count = |f: fn(&Action) -> bool| actions.iter().filter(|a| f(a)).count() as f64;
+        let m = &self.metrics;
+        m.set("vap_orchestrator_runners", "Runners holding a slot, as the backend reports.", &[], running as f64);
+        m.set(
             "vap_orchestrator_waiting",
             "Scenarios waiting for a slot under MAX_WORKERS.",
             &[],
-            waiting as f64,
+            count(|a| matches!(a, Action::Wait(_))),
         );
-        let unreachable = actions.iter().filter(|a| matches!(a, Action::Unreachable { .. })).count();
-        self.metrics.set(
+        m.set(
             "vap_orchestrator_unreachable",
             "Scenarios whose runner's host does not answer.",
             &[],
-            unreachable as f64,
+            count(|a| matches!(a, Action::Unreachable { .. })),
         );
+        actions
+    }
+
+    /// Places runners, several at once (each backend call is a network round trip). Returns
+    /// how many were placed; a failed placement is retried next round.
+    async fn place(&self, jobs: Vec<RunnerJob>) -> Result<usize, ReconcileError> {
         let kind = self.backend.kind();
-        let stored: HashMap<Uuid, &workers::ActiveScenario> = scenarios.iter().map(|s| (s.scenario, s)).collect();
-        // Rounds repeat Wait and Unreachable: skip the write when the worker row says it already.
-        let worker_shows =
-            |id: &Uuid, status: &str| stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.0 == status);
-        let (starts, others): (Vec<Action>, Vec<Action>) =
-            actions.into_iter().partition(|a| matches!(a, Action::Start(_)));
-        // Placements are independent: several at once (a backend call is a network round trip).
-        let placed = futures::stream::iter(starts.into_iter().filter_map(|a| match a {
-            Action::Start(id) => stored.get(&id).map(|s| RunnerSpec { scenario: s.scenario, camera_url: s.camera_url.clone(), epoch: s.created_at }),
-            _ => None,
-        }))
-        .map(|spec| async move {
-            match self.backend.start(&spec).await {
-                Ok(info) => {
-                    tracing::info!(scenario = %spec.scenario, backend = kind, reference = info.backend_ref, "runner placed");
-                    self.metrics.inc("vap_orchestrator_placements_total", "Runners placed.", &[("backend", kind)], 1);
-                    self.record(&info, true).await.map(|_| 1)
-                }
-                Err(e) => {
-                    tracing::warn!(scenario = %spec.scenario, error = %e, "placement failed; will retry");
-                    Ok(0)
-                }
-            }
-        })
-        .buffer_unordered(PLACEMENT_CONCURRENCY)
-        .collect::<Vec<Result<usize, ReconcileError>>>()
-        .await;
-        let mut taken = 0;
-        for p in placed {
-            taken += p?;
-        }
-        for action in others {
-            let result = match &action {
-                Action::Start(_) => Ok(()),
-                Action::Wait(id) if worker_shows(id, "waiting") => Ok(()),
-                Action::Wait(id) => workers::record_waiting(&self.pool, *id, kind).await.map_err(Into::into),
-                Action::Unreachable { scenario, .. } if worker_shows(scenario, "unreachable") => Ok(()),
-                Action::Unreachable { scenario, node } => {
-                    tracing::warn!(scenario = %scenario, node, "the runner's host does not answer; leaving it as it is");
-                    workers::record_unreachable(&self.pool, *scenario, kind, node).await.map_err(Into::into)
-                }
-                Action::Running { scenario, starting } => {
-                    let info = listed.iter().find(|w| w.scenario == *scenario);
-                    match (info, stored.get(scenario)) {
-                        // Most rounds change nothing: skip the write when the row already says it.
-                        (Some(info), Some(s)) if !unchanged(s, info, *starting) => self.record(info, *starting).await,
-                        _ => Ok(()),
+        let placed = futures::stream::iter(jobs)
+            .map(|job| async move {
+                match self.backend.start(&job).await {
+                    Ok(info) => {
+                        tracing::info!(scenario = %job.scenario, backend = kind, reference = info.backend_ref, "runner placed");
+                        self.metrics.inc("vap_orchestrator_placements_total", "Runners placed.", &[("backend", kind)], 1);
+                        self.record(&info, true).await.map(|_| 1)
+                    }
+                    Err(e) => {
+                        tracing::warn!(scenario = %job.scenario, error = %e, "placement failed; will retry");
+                        Ok(0)
                     }
                 }
-                Action::Stop(id) => {
-                    tracing::info!(scenario = %id, "stopping runner");
-                    self.backend.stop(*id).await?;
-                    workers::record_stopping(&self.pool, *id, kind).await.map_err(Into::into)
-                }
-                Action::Finish(id) => {
-                    self.backend.forget(*id).await?;
-                    tracing::info!(scenario = %id, "scenario inactive");
-                    workers::record_finished(&self.pool, *id, kind).await.map_err(Into::into)
-                }
-                Action::Fail { scenario, reason } => {
-                    self.backend.forget(*scenario).await?;
-                    tracing::warn!(scenario = %scenario, reason, "scenario failed");
-                    let restarts =
-                        listed.iter().find(|w| w.scenario == *scenario).map(|w| w.restarts as i32).unwrap_or(0);
-                    workers::record_failed(&self.pool, *scenario, kind, reason, restarts).await.map_err(Into::into)
-                }
-                Action::Forget { scenario, error } => {
-                    self.backend.forget(*scenario).await?;
-                    workers::record_worker_ended(&self.pool, *scenario, kind, error.as_deref())
-                        .await
-                        .map_err(Into::into)
-                }
-            };
-            if !matches!(action, Action::Running { .. } | Action::Wait(_) | Action::Unreachable { .. }) {
-                taken += 1;
+            })
+            .buffer_unordered(PLACEMENT_CONCURRENCY)
+            .collect::<Vec<Result<usize, ReconcileError>>>()
+            .await;
+        placed.into_iter().sum()
+    }
+
+    /// Carries out one action other than a start.
+    async fn apply(
+        &self,
+        action: &Action,
+        stored: &HashMap<Uuid, &workers::ActiveScenario>,
+        listed: &[WorkerInfo],
+    ) -> Result<(), ReconcileError> {
+        let kind = self.backend.kind();
+        // Rounds repeat Wait and Unreachable: skip the write when the worker row says it already.
+        let worker_shows = |id: &Uuid, status: WorkerStatus| {
+            stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.status == Some(status))
+        };
+        match action {
+            Action::Start(_) => {}
+            Action::Wait(id) if worker_shows(id, WorkerStatus::Waiting) => {}
+            Action::Wait(id) => workers::record_waiting(&self.pool, *id, kind).await?,
+            Action::Unreachable { scenario, .. } if worker_shows(scenario, WorkerStatus::Unreachable) => {}
+            Action::Unreachable { scenario, node } => {
+                tracing::warn!(scenario = %scenario, node, "the runner's host does not answer; leaving it as it is");
+                workers::record_unreachable(&self.pool, *scenario, kind, node).await?;
             }
-            result?;
+            Action::Running { scenario, starting } => {
+                let info = listed.iter().find(|w| w.scenario == *scenario);
+                // Most rounds change nothing: skip the write when the row already says it.
+                if let (Some(info), Some(s)) = (info, stored.get(scenario)) {
+                    if !unchanged(s, info, *starting) {
+                        self.record(info, *starting).await?;
+                    }
+                }
+            }
+            Action::Stop(id) => {
+                tracing::info!(scenario = %id, "stopping runner");
+                self.backend.stop(*id).await?;
+                workers::record_stopping(&self.pool, *id, kind).await?;
+            }
+            Action::Finish(id) => {
+                self.backend.forget(*id).await?;
+                tracing::info!(scenario = %id, "scenario inactive");
+                workers::record_finished(&self.pool, *id, kind).await?;
+            }
+            Action::Fail { scenario, reason } => {
+                self.backend.forget(*scenario).await?;
+                tracing::warn!(scenario = %scenario, reason, "scenario failed");
+                let restarts = listed.iter().find(|w| w.scenario == *scenario).map_or(0, |w| w.restarts as i32);
+                workers::record_failed(&self.pool, *scenario, kind, reason, restarts).await?;
+            }
+            Action::Forget { scenario, error } => {
+                self.backend.forget(*scenario).await?;
+                workers::record_worker_ended(&self.pool, *scenario, kind, error.as_deref()).await?;
+            }
         }
-        Ok(taken)
+        Ok(())
     }
 
     async fn record(&self, info: &WorkerInfo, starting: bool) -> Result<(), ReconcileError> {
-        let status = if starting { "starting" } else { "running" };
+        let status = if starting { WorkerStatus::Starting } else { WorkerStatus::Running };
         let w = workers::WorkerRecord {
             scenario: info.scenario,
             backend: self.backend.kind(),
@@ -341,97 +390,53 @@ impl Orchestrator {
         workers::record_placed(&self.pool, &w).await?;
         Ok(())
     }
+}
 
-    /// Consumes one topic's partitions until `stop`, waking the reconcile loop per batch.
-    async fn consume_topic(self: Arc<Self>, topic: String, stop: CancellationToken) {
-        let Some(partitions) = self.kafka.wait_for_topic(&topic, &stop).await else { return };
-        let tasks: Vec<_> = partitions
-            .into_iter()
-            .map(|p| tokio::spawn(Arc::clone(&self).consume_partition(topic.clone(), p, stop.clone())))
-            .collect();
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
+/// Scenario events -> scenario statuses, with the consumer's positions, waking reconcile.
+struct ApplyEvents {
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+}
 
-    async fn consume_partition(self: Arc<Self>, topic: String, partition: i32, stop: CancellationToken) {
-        let mut failures = 0u32;
-        while !stop.is_cancelled() {
-            if failures > 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200u64 << failures.min(5))) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-            let from = match db::results::position(&self.pool, CONSUMER, &topic, partition, 0).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, topic, partition, "cannot read orchestrator position");
-                    failures += 1;
-                    continue;
-                }
-            };
-            let fetched = async {
-                let client = self.kafka.get().await?.partition(&topic, partition).await?;
-                client.fetch_records(from, 1..1_000_000, 500).await.map_err(KafkaError::from)
-            };
-            let (mut records, _) = tokio::select! {
-                r = fetched => match r {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(error = %e, topic, partition, "event fetch failed");
-                        failures += 1;
-                        continue;
-                    }
-                },
-                _ = stop.cancelled() => return,
-            };
-            failures = 0;
-            records.retain(|r| r.offset >= from);
-            let Some(last) = records.iter().map(|r| r.offset).max() else { continue };
-            let (mut started, mut stopping) = (Vec::new(), Vec::new());
-            for r in &records {
-                match r.record.value.as_deref().map(serde_json::from_slice::<ScenarioEvent>) {
-                    Some(Ok(e)) if e.event_type == EventKind::InitScenario => started.push(e.scenario_uuid),
-                    Some(Ok(e)) => stopping.push(e.scenario_uuid),
-                    _ => {
-                        self.metrics.inc(
-                            "vap_orchestrator_rejected_events_total",
-                            "Event records that are not scenario events.",
-                            &[],
-                            1,
-                        );
-                        tracing::warn!(topic, partition, offset = r.offset, "not a scenario event; skipped");
-                    }
-                }
-            }
-            match workers::apply_events(&self.pool, CONSUMER, &topic, partition, from, last + 1, &started, &stopping)
-                .await
-            {
-                Ok(_) => {
+impl RecordHandler for ApplyEvents {
+    async fn apply(&self, advance: Advance<'_>, records: &[RecordAndOffset]) -> Result<bool, db::DbError> {
+        let (mut started, mut stopping) = (Vec::new(), Vec::new());
+        for r in records {
+            match r.record.value.as_deref().map(serde_json::from_slice::<ScenarioEvent>) {
+                Some(Ok(e)) if e.event_type == EventKind::InitScenario => started.push(e.scenario_uuid),
+                Some(Ok(e)) => stopping.push(e.scenario_uuid),
+                _ => {
                     self.metrics.inc(
-                        "vap_orchestrator_events_total",
-                        "Scenario events consumed.",
+                        "vap_orchestrator_rejected_events_total",
+                        "Event records that are not scenario events.",
                         &[],
-                        records.len() as u64,
+                        1,
                     );
-                    self.wake.notify_one();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, topic, partition, "applying events failed; will re-read");
-                    failures += 1;
+                    let (topic, partition) = (advance.at.topic, advance.at.partition);
+                    tracing::warn!(topic, partition, offset = r.offset, "not a scenario event; skipped");
                 }
             }
         }
+        if !workers::apply_events(&self.pool, &advance, &started, &stopping).await? {
+            return Ok(false);
+        }
+        if !records.is_empty() {
+            self.metrics.inc("vap_orchestrator_events_total", "Scenario events consumed.", &[], records.len() as u64);
+            self.wake.notify_one();
+        }
+        Ok(true)
     }
 }
 
 /// Whether the stored scenario and worker row already say what the backend reports.
 fn unchanged(stored: &workers::ActiveScenario, info: &WorkerInfo, starting: bool) -> bool {
-    let status = if starting { "starting" } else { "running" };
+    let status = if starting { WorkerStatus::Starting } else { WorkerStatus::Running };
     stored.status != crate::db::scenarios::ScenarioStatus::InitStartup
-        && stored.worker.as_ref().is_some_and(|(s, reference, restarts)| {
-            s == status && reference.as_deref() == Some(info.backend_ref.as_str()) && *restarts == info.restarts as i32
+        && stored.worker.as_ref().is_some_and(|w| {
+            w.status == Some(status)
+                && w.backend_ref.as_deref() == Some(info.backend_ref.as_str())
+                && w.restarts == info.restarts as i32
         })
 }
 

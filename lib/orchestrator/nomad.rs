@@ -4,7 +4,7 @@
 //! Why not the `nomad-client` crate: version 0.0.10 (generated for Nomad 0.11) sends
 //! `{"Job":null}` from `RegisterJobRequest::new`, never sends the ACL token, drops response
 //! headers (so no `X-Nomad-Index` and no blocking queries), keeps indexes in i32 and has no
-//! TLS (../shared/reference/findings.md). What vap needs is five endpoints; they are here.
+//! TLS. What vap needs is five endpoints; they are here.
 //!
 //! Each job's allocations are watched with blocking queries (`?index=&wait=`, fed by
 //! `X-Nomad-Index`); a change wakes the orchestrator's reconcile loop.
@@ -22,9 +22,10 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::backend::{runner_name, runner_scenario, BackendError, RunnerSpec, WorkerInfo, RUNNER_PREFIX};
-use super::reconcile::RunnerState;
+use super::backend::{runner_name, runner_scenario, BackendError, RunnerState, WorkerInfo, RUNNER_PREFIX};
+use crate::backoff::Backoff;
 use crate::config::NomadBackendSettings;
+use crate::job::RunnerJob;
 
 const BACKEND: &str = "nomad";
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -269,16 +270,10 @@ fn escape(id: &str) -> String {
 }
 
 /// The job vap submits for a scenario (golden file: tests/golden/nomad_job.json).
-pub fn job_spec(s: &NomadBackendSettings, spec: &RunnerSpec) -> Value {
+pub fn job_spec(s: &NomadBackendSettings, spec: &RunnerJob) -> Value {
     let id = runner_name(spec.scenario);
-    let mut env: BTreeMap<String, String> =
-        s.runner_env.iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
-    env.extend(spec.job_env());
-    let mut args = vec!["--scenario".to_string(), spec.scenario.to_string()];
-    if let Some(config) = &s.runner_config {
-        args.push("--config".into());
-        args.push(config.display().to_string());
-    }
+    let env: BTreeMap<String, String> = spec.env_with(&s.runner_env).into_iter().collect();
+    let args = spec.args(s.runner_config.as_deref());
     let config = match s.driver.as_str() {
         "docker" => json!({ "image": s.image, "args": args }),
         _ => json!({ "command": s.command, "args": args }),
@@ -357,7 +352,7 @@ impl NomadBackend {
             let Some(scenario) = runner_scenario(&job.id) else { continue };
             seen.push(scenario);
             self.watch(scenario, &job.id);
-            let view = self.views.lock().unwrap_or_else(|e| e.into_inner()).get(&scenario).cloned();
+            let view = crate::sys::lock(&self.views).get(&scenario).cloned();
             let state = job_state(&job, view.as_ref().map(|v| &v.state));
             out.push(WorkerInfo {
                 scenario,
@@ -369,7 +364,7 @@ impl NomadBackend {
             });
         }
         // Jobs gone (purged): stop watching them.
-        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut watchers = crate::sys::lock(&self.watchers);
         watchers.retain(|id, handle| {
             let keep = seen.contains(id);
             if !keep {
@@ -377,11 +372,11 @@ impl NomadBackend {
             }
             keep
         });
-        self.views.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| seen.contains(id));
+        crate::sys::lock(&self.views).retain(|id, _| seen.contains(id));
         Ok(out)
     }
 
-    pub async fn start(&self, spec: &RunnerSpec) -> Result<WorkerInfo, BackendError> {
+    pub async fn start(&self, spec: &RunnerJob) -> Result<WorkerInfo, BackendError> {
         let job = job_spec(&self.settings, spec);
         self.client.register_job(&job).await?;
         let id = runner_name(spec.scenario);
@@ -407,8 +402,17 @@ impl NomadBackend {
         self.stop(scenario).await
     }
 
+    /// Stops every allocation watcher (leadership lost, or shutdown); the next leader's list
+    /// starts them again.
+    pub fn release(&self) {
+        for (_, watcher) in crate::sys::lock(&self.watchers).drain() {
+            watcher.abort();
+        }
+        crate::sys::lock(&self.views).clear();
+    }
+
     fn watch(&self, scenario: Uuid, job_id: &str) {
-        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut watchers = crate::sys::lock(&self.watchers);
         if watchers.get(&scenario).is_some_and(|h| !h.is_finished()) {
             return;
         }
@@ -419,13 +423,15 @@ impl NomadBackend {
             scenario,
             tokio::spawn(async move {
                 let mut index = 0u64;
+                let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
                 loop {
                     match client.job_allocations(&job_id, Some((index, wait))).await {
                         Ok((allocs, new_index)) => {
+                            backoff.reset();
                             // Wake-ups can be spurious: compare the data, not just the index.
                             let view = alloc_view(&allocs);
                             let differs = {
-                                let mut views = views.lock().unwrap_or_else(|e| e.into_inner());
+                                let mut views = crate::sys::lock(&views);
                                 let differs = views.get(&scenario).map(|v| (&v.state, v.restarts, &v.node))
                                     != Some((&view.state, view.restarts, &view.node));
                                 views.insert(scenario, view);
@@ -443,12 +449,18 @@ impl NomadBackend {
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, job = job_id, "allocation watch failed; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            tokio::time::sleep(backoff.next_delay().unwrap_or(Duration::from_secs(5))).await;
                         }
                     }
                 }
             }),
         );
+    }
+}
+
+impl Drop for NomadBackend {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -545,9 +557,9 @@ mod tests {
 
     #[test]
     fn job_matches_the_golden_file() {
-        let spec = RunnerSpec {
+        let spec = RunnerJob {
             scenario: Uuid::parse_str("6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10").unwrap(),
-            camera_url: "rtsp://user:pass@camera-7.local/stream".into(),
+            camera_url: crate::camera_url::CameraUrl::trusted("rtsp://user:pass@camera-7.local/stream".into()),
             epoch: "2026-11-24T10:00:00Z".parse().unwrap(),
         };
         let golden: Value = serde_json::from_str(include_str!("../../tests/golden/nomad_job.json")).unwrap();

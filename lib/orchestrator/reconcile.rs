@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
+use super::backend::{Observed, RunnerState};
 use crate::db::scenarios::ScenarioStatus;
 
 /// A scenario that is not at rest, as stored.
@@ -12,45 +13,6 @@ use crate::db::scenarios::ScenarioStatus;
 pub struct Wanted {
     pub scenario: Uuid,
     pub status: ScenarioStatus,
-}
-
-/// What the backend reports for one runner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunnerState {
-    /// Placed, not yet running (pending allocation, unit activating, process just spawned).
-    Starting,
-    Running,
-    /// Being stopped: still holds its slot.
-    Stopping,
-    /// Exited and will not be restarted by the backend; `code` 0 is a finished source.
-    Exited {
-        code: i32,
-    },
-    /// The backend gave up on it (restart limit, watchdog, placement failure).
-    Failed {
-        reason: String,
-    },
-    /// Last seen on a host that does not answer now: left alone, and its slot kept, until the
-    /// host answers again (starting it elsewhere could run the scenario twice).
-    Unreachable {
-        node: String,
-    },
-}
-
-impl RunnerState {
-    /// Whether the runner holds one of the MAX_WORKERS slots.
-    pub fn holds_slot(&self) -> bool {
-        matches!(
-            self,
-            RunnerState::Starting | RunnerState::Running | RunnerState::Stopping | RunnerState::Unreachable { .. }
-        )
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    pub scenario: Uuid,
-    pub state: RunnerState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

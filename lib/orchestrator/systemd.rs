@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
-use super::backend::{runner_name, runner_scenario, BackendError, RunnerSpec, WorkerInfo, RUNNER_PREFIX};
-use super::reconcile::RunnerState;
+use super::backend::{runner_name, runner_scenario, BackendError, RunnerState, WorkerInfo, RUNNER_PREFIX};
 use crate::config::SystemdBackendSettings;
+use crate::job::{exit, RunnerJob};
 
 const BACKEND: &str = "systemd";
 const DEST: &str = "org.freedesktop.systemd1";
@@ -60,7 +60,7 @@ impl Node {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        if let (Some(after), _) = *self.retry.lock().unwrap() {
+        if let (Some(after), _) = *crate::sys::lock(&self.retry) {
             if Instant::now() < after {
                 return Err(self.unavailable(format!(
                     "did not answer; next try in {} s",
@@ -78,7 +78,7 @@ impl Node {
         };
         match connected {
             Ok(c) => {
-                *self.retry.lock().unwrap() = (None, RECONNECT_MIN);
+                *crate::sys::lock(&self.retry) = (None, RECONNECT_MIN);
                 *slot = Some(c.clone());
                 Ok(c)
             }
@@ -90,7 +90,7 @@ impl Node {
     }
 
     fn back_off(&self) {
-        let mut retry = self.retry.lock().unwrap();
+        let mut retry = crate::sys::lock(&self.retry);
         *retry = (Some(Instant::now() + retry.1), (retry.1 * 2).min(RECONNECT_MAX));
     }
 
@@ -220,7 +220,13 @@ impl SystemdBackend {
     /// reported `Unreachable`, so the others carry on without starting them twice. Until every
     /// node has answered once, where runners are is unknown, and one silent node fails the list.
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
-        let lists = futures::future::join_all(self.nodes.iter().map(|node| async move {
+        let lists = self.list_each_node().await;
+        self.merge(lists)
+    }
+
+    /// Every node's runners (or why it did not answer), asked all at once.
+    async fn list_each_node(&self) -> Vec<Result<Vec<WorkerInfo>, BackendError>> {
+        futures::future::join_all(self.nodes.iter().map(|node| async move {
             match tokio::time::timeout(NODE_LIST_TIMEOUT, node.list()).await {
                 Ok(list) => list,
                 Err(_) => {
@@ -231,8 +237,13 @@ impl SystemdBackend {
                 }
             }
         }))
-        .await;
-        let mut last = self.placement.lock().unwrap();
+        .await
+    }
+
+    /// One view of all nodes. A node that does not answer keeps the runners it was last seen
+    /// with, as unreachable (their slots held), unless no complete view was ever had.
+    fn merge(&self, lists: Vec<Result<Vec<WorkerInfo>, BackendError>>) -> Result<Vec<WorkerInfo>, BackendError> {
+        let mut last = crate::sys::lock(&self.placement);
         let mut placement = Placement::empty(self.nodes.len());
         let mut out = Vec::new();
         let mut silent = None;
@@ -285,13 +296,13 @@ impl SystemdBackend {
     }
 
     pub fn nodes_answering(&self) -> Vec<(String, bool)> {
-        let p = self.placement.lock().unwrap();
+        let p = crate::sys::lock(&self.placement);
         self.nodes.iter().zip(&p.answered).map(|(n, &up)| (n.node().unwrap_or_else(|| "local".into()), up)).collect()
     }
 
     /// The node for a new runner: the one with the fewest, the first of equals.
     fn choose(&self, scenario: Uuid) -> usize {
-        let mut p = self.placement.lock().unwrap();
+        let mut p = crate::sys::lock(&self.placement);
         if let Some(&i) = p.node_of.get(&scenario) {
             return i;
         }
@@ -303,14 +314,14 @@ impl SystemdBackend {
 
     /// The nodes a scenario's unit may be on: the one it was seen on, or all that answer.
     fn nodes_of(&self, scenario: Uuid) -> Vec<&Node> {
-        let p = self.placement.lock().unwrap();
+        let p = crate::sys::lock(&self.placement);
         match p.node_of.get(&scenario) {
             Some(&i) => vec![&self.nodes[i]],
             None => self.nodes.iter().enumerate().filter(|(i, _)| p.answered[*i]).map(|(_, n)| n).collect(),
         }
     }
 
-    pub async fn start(&self, spec: &RunnerSpec) -> Result<WorkerInfo, BackendError> {
+    pub async fn start(&self, spec: &RunnerJob) -> Result<WorkerInfo, BackendError> {
         let name = unit_name(spec.scenario);
         let node = &self.nodes[self.choose(spec.scenario)];
         let manager = node.manager().await?;
@@ -318,13 +329,8 @@ impl SystemdBackend {
         let _: Result<(), _> = manager.call("ResetFailedUnit", &(name.as_str(),)).await;
         let s = &self.settings;
         let bin = s.runner_bin.display().to_string();
-        let mut argv = vec![bin.clone(), "--scenario".to_string(), spec.scenario.to_string()];
-        if let Some(config) = &s.runner_config {
-            argv.push("--config".into());
-            argv.push(config.display().to_string());
-        }
-        let mut env: Vec<String> = s.runner_env.clone();
-        env.extend(spec.job_env().into_iter().map(|(k, v)| format!("{k}={v}")));
+        let argv: Vec<String> = std::iter::once(bin.clone()).chain(spec.args(s.runner_config.as_deref())).collect();
+        let env: Vec<String> = spec.env_with(&s.runner_env).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         let sec = |n: u64| n * 1_000_000;
         let mut props: Vec<(&str, Value)> = vec![
             ("Description", Value::from(format!("vap runner for scenario {}", spec.scenario))),
@@ -336,7 +342,7 @@ impl SystemdBackend {
             ("Restart", Value::from("on-failure")),
             ("RestartUSec", Value::from(sec(s.restart_sec))),
             // The runner's permanent ends: configuration, camera unavailable, model.
-            ("RestartPreventExitStatus", Value::from((vec![2i32, 3, 4], Vec::<i32>::new()))),
+            ("RestartPreventExitStatus", Value::from((exit::NOT_RESTARTED.map(i32::from).to_vec(), Vec::<i32>::new()))),
             ("StartLimitBurst", Value::from(s.start_limit_burst)),
             ("StartLimitIntervalUSec", Value::from(sec(s.start_limit_interval_secs))),
             ("RemainAfterExit", Value::from(true)),
@@ -424,7 +430,7 @@ impl SystemdBackend {
             let _: Result<(), _> =
                 node.manager().await?.call("ResetFailedUnit", &(unit_name(scenario).as_str(),)).await;
         }
-        let mut p = self.placement.lock().unwrap();
+        let mut p = crate::sys::lock(&self.placement);
         if let Some(i) = p.node_of.remove(&scenario) {
             p.load[i] = p.load[i].saturating_sub(1);
         }

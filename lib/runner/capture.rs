@@ -3,7 +3,7 @@
 //! jittered back-off.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -12,6 +12,8 @@ use opencv::prelude::*;
 use opencv::videoio;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+use crate::camera_url::CameraUrl;
 use crate::config::RunnerSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,18 +45,18 @@ pub trait FrameSource: Send {
     fn retrieve(&mut self, into: &mut Mat) -> Result<bool, CaptureError>;
 }
 
-/// OpenCV's FFmpeg backend. `url` may hold credentials: it is never logged from here.
+/// OpenCV's FFmpeg backend.
 pub struct OpenCvSource {
-    url: String,
+    url: CameraUrl,
     open_timeout_ms: u64,
     read_timeout_ms: u64,
     capture: Option<videoio::VideoCapture>,
 }
 
 impl OpenCvSource {
-    pub fn new(url: &str, settings: &RunnerSettings) -> Self {
+    pub fn new(url: &CameraUrl, settings: &RunnerSettings) -> Self {
         // OpenCV takes paths, not file:// URLs.
-        let url = url.strip_prefix("file://").unwrap_or(url).to_string();
+        let url = CameraUrl::trusted(url.expose().strip_prefix("file://").unwrap_or(url.expose()).to_string());
         Self {
             url,
             open_timeout_ms: settings.open_timeout_ms,
@@ -64,7 +66,7 @@ impl OpenCvSource {
     }
 
     fn is_stream_url(&self) -> bool {
-        let lower = self.url.to_ascii_lowercase();
+        let lower = self.url.expose().to_ascii_lowercase();
         lower.starts_with("rtsp://") || lower.starts_with("rtsps://")
     }
 }
@@ -79,10 +81,10 @@ impl FrameSource for OpenCvSource {
             videoio::CAP_PROP_READ_TIMEOUT_MSEC,
             self.read_timeout_ms.min(i32::MAX as u64) as i32,
         ]);
-        let cap = videoio::VideoCapture::from_file_with_params(&self.url, videoio::CAP_FFMPEG, &params)?;
+        let cap = videoio::VideoCapture::from_file_with_params(self.url.expose(), videoio::CAP_FFMPEG, &params)?;
         // A URL that can't be opened gives a closed capture, not an error.
         if !cap.is_opened()? {
-            return Err(CaptureError::Open(crate::camera_url::redact(&self.url)));
+            return Err(CaptureError::Open(self.url.redacted()));
         }
         let frames = cap.get(videoio::CAP_PROP_FRAME_COUNT)?;
         let info = SourceInfo {
@@ -166,7 +168,7 @@ impl FrameSlot {
         shutdown: &CancellationToken,
         beat: &dyn Fn(),
     ) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = crate::sys::lock(&self.state);
         if overwrite {
             if s.frame.replace(frame).is_some() {
                 stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
@@ -182,14 +184,14 @@ impl FrameSlot {
     }
 
     fn finish(&self, end: CaptureEnd) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = crate::sys::lock(&self.state);
         s.end = Some(end);
         self.changed.notify_all();
     }
 
     /// The next frame, waiting up to `wait`. `Err(end)` once the source is done and drained.
     pub fn take(&self, wait: Duration) -> Result<Option<SampledFrame>, CaptureEnd> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = crate::sys::lock(&self.state);
         if s.frame.is_none() && s.end.is_none() {
             s = self.changed.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
         }
@@ -242,41 +244,6 @@ impl Sampler {
     }
 }
 
-/// Exponential back-off with jitter, from `min` doubling up to `max`.
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            | 1;
-        Self { min, max, current: min, seed }
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    /// The next wait: the current step with +-25% jitter, then the step doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        // xorshift: jitter only needs to spread runners that lost the same camera.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let jitter = 0.75 + (self.seed % 1000) as f64 / 2000.0;
-        let delay = self.current.mul_f64(jitter);
-        self.current = (self.current * 2).min(self.max);
-        delay
-    }
-}
-
 pub struct CaptureLoop<S: FrameSource> {
     pub source: S,
     pub sample_fps: f64,
@@ -300,11 +267,11 @@ impl<S: FrameSource> CaptureLoop<S> {
         shutdown: &CancellationToken,
     ) -> CaptureEnd {
         let beat = || stats.heartbeat_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let cx = Context { slot, stats, shutdown, beat: &beat };
         let mut backoff = Backoff::new(self.reconnect_min, self.reconnect_max);
         let mut ever_opened = false;
         let mut failed_opens = 0u32;
         let mut sampler = Sampler::new(self.sample_fps);
-        let mut image = Mat::default();
         loop {
             beat();
             if shutdown.is_cancelled() {
@@ -315,12 +282,12 @@ impl<S: FrameSource> CaptureLoop<S> {
                 Err(e) => {
                     failed_opens += 1;
                     let reason = e.to_string();
-                    *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                    *crate::sys::lock(&stats.last_error) = Some(reason.clone());
                     if !ever_opened && failed_opens >= self.open_attempts {
                         tracing::error!(attempts = failed_opens, error = reason, "camera never opened; giving up");
                         return CaptureEnd::Unavailable(reason);
                     }
-                    let delay = backoff.next_delay();
+                    let delay = backoff.next_delay().unwrap_or(self.reconnect_max);
                     tracing::warn!(error = reason, retry_in_ms = delay.as_millis() as u64, "camera open failed");
                     if sleep_unless_cancelled(delay, shutdown, &beat) {
                         return CaptureEnd::Stopped;
@@ -335,63 +302,76 @@ impl<S: FrameSource> CaptureLoop<S> {
             failed_opens = 0;
             tracing::info!(live = info.live, fps = info.fps, width = info.width, height = info.height, "camera opened");
             sampler.reset();
-            let clock = Instant::now();
-            let mut index = 0u64;
-            let mut got_frames = false;
-            loop {
-                beat();
-                if shutdown.is_cancelled() {
-                    return CaptureEnd::Stopped;
-                }
-                let read_started = Instant::now();
-                let position = match self.source.grab() {
-                    Ok(p) => p,
-                    Err(e) => {
-                        *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                        None
-                    }
-                };
-                let Some(media_ms) = position else { break };
-                let captured_at = Utc::now();
-                stats.frames_read.fetch_add(1, Ordering::Relaxed);
-                index += 1;
-                got_frames = true;
-                let t_ms = if info.live { clock.elapsed().as_secs_f64() * 1000.0 } else { media_ms };
-                if !sampler.take(t_ms) {
-                    continue;
-                }
-                match self.source.retrieve(&mut image) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
-                        *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                        continue;
-                    }
-                }
-                let frame = SampledFrame {
-                    image: std::mem::take(&mut image),
-                    captured_at,
-                    source_index: index - 1,
-                    read_time: read_started.elapsed(),
-                };
-                slot.put(frame, info.live, stats, shutdown, &beat);
-            }
+            let Some(frames) = self.read_until_lost(&info, &mut sampler, &cx) else { return CaptureEnd::Stopped };
             if !info.live {
                 // Media with an end: reaching it is the normal way out.
-                tracing::info!(frames = index, "end of media");
+                tracing::info!(frames, "end of media");
                 return CaptureEnd::Finished;
             }
-            if got_frames {
+            if frames > 0 {
                 backoff.reset();
             }
-            let delay = backoff.next_delay();
-            *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some("stream lost".into());
-            tracing::warn!(frames = index, retry_in_ms = delay.as_millis() as u64, "stream lost; reconnecting");
+            let delay = backoff.next_delay().unwrap_or(self.reconnect_max);
+            *crate::sys::lock(&stats.last_error) = Some("stream lost".into());
+            tracing::warn!(frames, retry_in_ms = delay.as_millis() as u64, "stream lost; reconnecting");
             if sleep_unless_cancelled(delay, shutdown, &beat) {
                 return CaptureEnd::Stopped;
             }
         }
     }
+
+    /// Reads an opened source until it ends or fails, handing sampled frames to the slot.
+    /// Returns how many frames were read; `None` on shutdown.
+    fn read_until_lost(&mut self, info: &SourceInfo, sampler: &mut Sampler, cx: &Context<'_>) -> Option<u64> {
+        let clock = Instant::now();
+        let mut index = 0u64;
+        let mut image = Mat::default();
+        loop {
+            (cx.beat)();
+            if cx.shutdown.is_cancelled() {
+                return None;
+            }
+            let read_started = Instant::now();
+            let position = match self.source.grab() {
+                Ok(p) => p,
+                Err(e) => {
+                    *crate::sys::lock(&cx.stats.last_error) = Some(e.to_string());
+                    None
+                }
+            };
+            let Some(media_ms) = position else { return Some(index) };
+            let captured_at = Utc::now();
+            cx.stats.frames_read.fetch_add(1, Ordering::Relaxed);
+            index += 1;
+            let t_ms = if info.live { clock.elapsed().as_secs_f64() * 1000.0 } else { media_ms };
+            if !sampler.take(t_ms) {
+                continue;
+            }
+            match self.source.retrieve(&mut image) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    *crate::sys::lock(&cx.stats.last_error) = Some(e.to_string());
+                    continue;
+                }
+            }
+            let frame = SampledFrame {
+                image: std::mem::take(&mut image),
+                captured_at,
+                source_index: index - 1,
+                read_time: read_started.elapsed(),
+            };
+            cx.slot.put(frame, info.live, cx.stats, cx.shutdown, cx.beat);
+        }
+    }
+}
+
+/// What the capture thread reports to while it reads.
+struct Context<'a> {
+    slot: &'a FrameSlot,
+    stats: &'a CaptureStats,
+    shutdown: &'a CancellationToken,
+    beat: &'a dyn Fn(),
 }
 
 /// Sleeps in short steps, beating the heartbeat (waiting is not hanging). True if cancelled.
@@ -406,9 +386,6 @@ fn sleep_unless_cancelled(total: Duration, shutdown: &CancellationToken, beat: &
     }
     shutdown.is_cancelled()
 }
-
-/// Shared between the capture thread and the rest of the runner.
-pub type SharedSlot = Arc<FrameSlot>;
 
 #[cfg(test)]
 mod tests {
@@ -428,17 +405,5 @@ mod tests {
         assert!(s.take(3_500.0));
         let mut every = Sampler::new(0.0);
         assert!((0..10).all(|i| every.take(i as f64)));
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        let delays: Vec<f64> = (0..8).map(|_| b.next_delay().as_secs_f64()).collect();
-        for (i, d) in delays.iter().enumerate() {
-            let step = (1u64 << i).min(30) as f64;
-            assert!(*d >= step * 0.75 && *d <= step * 1.25, "delay {i} = {d}, step {step}");
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(1250));
     }
 }

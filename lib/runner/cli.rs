@@ -17,9 +17,8 @@ use uuid::Uuid;
 use super::{Outcome, RunnerError, RunnerJob};
 use crate::config::Settings;
 
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_SOURCE_UNAVAILABLE: u8 = 3;
-pub const EXIT_MODEL: u8 = 4;
+use crate::camera_url::CameraUrl;
+use crate::job::{exit, ENV_CAMERA_URL, ENV_SCENARIO_EPOCH, ENV_SCENARIO_UUID};
 
 const USAGE: &str = "usage: vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL]";
 
@@ -44,7 +43,7 @@ pub struct RunnerArgs {
     pub config: Option<PathBuf>,
     pub scenario: Uuid,
     pub epoch: DateTime<Utc>,
-    pub camera_url: String,
+    pub camera_url: CameraUrl,
 }
 
 impl RunnerArgs {
@@ -54,7 +53,7 @@ impl RunnerArgs {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, UsageError> {
         let (mut config, mut scenario, mut epoch, mut url) =
-            (None, env("VAP_SCENARIO_UUID"), env("VAP_SCENARIO_EPOCH"), env("VAP_CAMERA_URL"));
+            (None, env(ENV_SCENARIO_UUID), env(ENV_SCENARIO_EPOCH), env(ENV_CAMERA_URL));
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -78,7 +77,7 @@ impl RunnerArgs {
             Some(e) => DateTime::parse_from_rfc3339(&e).map_err(|_| UsageError::BadEpoch(e))?.with_timezone(&Utc),
             None => DateTime::UNIX_EPOCH,
         };
-        let camera_url = url.filter(|u| !u.is_empty()).ok_or(UsageError::NoCameraUrl)?;
+        let camera_url = CameraUrl::trusted(url.filter(|u| !u.is_empty()).ok_or(UsageError::NoCameraUrl)?);
         Ok(Self { config, scenario, epoch, camera_url })
     }
 }
@@ -94,14 +93,14 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("vap-runner: error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let settings = match Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("vap-runner: error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(exit::USAGE);
         }
     };
     crate::lifecycle::init_logging(&settings.log);
@@ -115,7 +114,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     let job = RunnerJob { scenario: args.scenario, camera_url: args.camera_url, epoch: args.epoch };
     let span = tracing::info_span!("runner", scenario = %job.scenario);
     let _entered = span.enter();
-    tracing::info!(camera = crate::camera_url::redact(&job.camera_url), "runner starting");
+    tracing::info!(camera = %job.camera_url, "runner starting");
     let result = runtime.block_on(async {
         let shutdown = crate::lifecycle::shutdown_on_signal();
         super::run(settings, job, shutdown).await
@@ -124,13 +123,13 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         Ok(report) => match report.outcome {
             Outcome::Finished | Outcome::Stopped => ExitCode::SUCCESS,
             Outcome::SourceUnavailable(reason) => {
-                tracing::error!(reason, exit_code = EXIT_SOURCE_UNAVAILABLE, "camera unavailable");
-                ExitCode::from(EXIT_SOURCE_UNAVAILABLE)
+                tracing::error!(reason, exit_code = exit::SOURCE_UNAVAILABLE, "camera unavailable");
+                ExitCode::from(exit::SOURCE_UNAVAILABLE)
             }
         },
         Err(RunnerError::Model(e)) => {
-            tracing::error!(error = %e, exit_code = EXIT_MODEL, "model unusable");
-            ExitCode::from(EXIT_MODEL)
+            tracing::error!(error = %e, exit_code = exit::MODEL, "model unusable");
+            ExitCode::from(exit::MODEL)
         }
         Err(e) => {
             tracing::error!(error = %e, "runner failed");
@@ -162,11 +161,11 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!((a.scenario.to_string().as_str(), a.camera_url.as_str()), (id, "rtsp://u:p@cam/1"));
+        assert_eq!((a.scenario.to_string().as_str(), a.camera_url.expose()), (id, "rtsp://u:p@cam/1"));
         assert_eq!(a.epoch.to_rfc3339(), "2026-01-01T00:00:00+00:00");
         let b = parse(&["--scenario", id, "--camera-url=file.mp4", "--config", "x.toml"], &[("VAP_CAMERA_URL", "env")])
             .unwrap();
-        assert_eq!((b.camera_url.as_str(), b.epoch), ("file.mp4", DateTime::UNIX_EPOCH));
+        assert_eq!((b.camera_url.expose(), b.epoch), ("file.mp4", DateTime::UNIX_EPOCH));
         assert_eq!(parse(&[], &[]), Err(UsageError::NoScenario));
         assert_eq!(parse(&["--scenario", "nope"], &[]), Err(UsageError::BadScenario("nope".into())));
         assert_eq!(parse(&["--scenario", id], &[]), Err(UsageError::NoCameraUrl));

@@ -137,11 +137,18 @@ impl TractDetector {
         if frame.typ() != opencv::core::CV_8UC3 {
             return Err(DetectorError::FrameFormat(format!("type {} with {} channels", frame.typ(), frame.channels())));
         }
+        let placement = self.resize(frame)?;
+        self.normalise()?;
+        Ok(placement)
+    }
+
+    /// Resizes (stretch) or letterboxes `frame` to the model's input size, into `self.padded`.
+    fn resize(&mut self, frame: &Mat) -> Result<Placement, DetectorError> {
         let spec = &self.manifest.input;
         let (fw, fh) = (frame.cols() as f32, frame.rows() as f32);
         let (w, h) = (spec.width as i32, spec.height as i32);
         let interp = opencv::imgproc::INTER_LINEAR;
-        let placement = match spec.resize {
+        Ok(match spec.resize {
             Resize::Stretch => {
                 opencv::imgproc::resize(frame, &mut self.padded, Size::new(w, h), 0.0, 0.0, interp)?;
                 Placement { scale_x: w as f32 / fw, scale_y: h as f32 / fh, pad_x: 0.0, pad_y: 0.0 }
@@ -164,7 +171,13 @@ impl TractDetector {
                 )?;
                 Placement { scale_x: scale, scale_y: scale, pad_x: left as f32, pad_y: top as f32 }
             }
-        };
+        })
+    }
+
+    /// `self.padded` (BGR bytes) into `self.input` in the model's channel order, layout and scale.
+    fn normalise(&mut self) -> Result<(), DetectorError> {
+        let spec = &self.manifest.input;
+        let (w, h) = (spec.width as i32, spec.height as i32);
         let src = if self.padded.is_continuous() {
             self.padded.data_bytes()?
         } else {
@@ -194,7 +207,7 @@ impl TractDetector {
                 }
             }
         }
-        Ok(placement)
+        Ok(())
     }
 
     fn decode(
@@ -203,78 +216,93 @@ impl TractDetector {
         placement: Placement,
         frame: (f32, f32),
     ) -> Result<Vec<Detection>, DetectorError> {
-        let view = |i: usize| -> Result<tract_ndarray::ArrayViewD<'_, f32>, DetectorError> {
-            outputs
-                .get(i)
-                .ok_or_else(|| DetectorError::Inference(format!("model gave no output {i}")))?
-                .to_plain_array_view::<f32>()
-                .map_err(|e| DetectorError::Inference(e.to_string()))
+        let candidates = match &self.manifest.output {
+            OutputSpec::Ssd { background_class, .. } => {
+                self.ssd_candidates(output(outputs, 0)?, output(outputs, 1)?, *background_class, placement, frame)?
+            }
+            OutputSpec::Yolov8 { .. } => self.yolov8_candidates(output(outputs, 0)?, placement, frame)?,
         };
         let t = self.manifest.thresholds;
         let labels = &self.manifest.labels;
-        let mut candidates: Vec<Candidate> = Vec::new();
-        let (fw, fh) = frame;
-        match &self.manifest.output {
-            OutputSpec::Ssd { background_class, .. } => {
-                let boxes = view(0)?;
-                let scores = view(1)?;
-                let (bs, ss) = (boxes.shape(), scores.shape());
-                if bs.len() != 3 || bs[2] != 4 || ss.len() != 3 || ss[1] != bs[1] {
-                    return Err(DetectorError::Inference(format!("ssd outputs have shapes {bs:?} and {ss:?}")));
-                }
-                for n in 0..bs[1] {
-                    for class in 0..ss[2].min(labels.len()) {
-                        if Some(class) == *background_class {
-                            continue;
-                        }
-                        let score = scores[[0, n, class]];
-                        if score < self.score_threshold {
-                            continue;
-                        }
-                        // Normalised to the model input, which (stretched) is the whole frame.
-                        let (y0, x0, y1, x1) = (boxes[[0, n, 0]], boxes[[0, n, 1]], boxes[[0, n, 2]], boxes[[0, n, 3]]);
-                        let to_frame = |x: f32, y: f32| {
-                            let (ix, iy) =
-                                (x * self.manifest.input.width as f32, y * self.manifest.input.height as f32);
-                            ((ix - placement.pad_x) / placement.scale_x, (iy - placement.pad_y) / placement.scale_y)
-                        };
-                        let (a, b) = (to_frame(x0, y0), to_frame(x1, y1));
-                        candidates.push(Candidate { class, score, bbox: clamp_box([a.0, a.1, b.0, b.1], fw, fh) });
-                    }
-                }
-            }
-            OutputSpec::Yolov8 { .. } => {
-                let out = view(0)?;
-                let s = out.shape();
-                if s.len() != 3 || s[1] < 5 {
-                    return Err(DetectorError::Inference(format!(
-                        "yolov8 output has shape {s:?}; expected [1, 4+C, N]"
-                    )));
-                }
-                let classes = (s[1] - 4).min(labels.len());
-                for n in 0..s[2] {
-                    // YOLOv8 scores each box for every class; keep its best class.
-                    let (class, score) = (0..classes)
-                        .map(|c| (c, out[[0, 4 + c, n]]))
-                        .fold((0, f32::MIN), |best, c| if c.1 > best.1 { c } else { best });
-                    if score < self.score_threshold {
-                        continue;
-                    }
-                    let (cx, cy, w, h) = (out[[0, 0, n]], out[[0, 1, n]], out[[0, 2, n]], out[[0, 3, n]]);
-                    let x0 = (cx - w / 2.0 - placement.pad_x) / placement.scale_x;
-                    let y0 = (cy - h / 2.0 - placement.pad_y) / placement.scale_y;
-                    let x1 = (cx + w / 2.0 - placement.pad_x) / placement.scale_x;
-                    let y1 = (cy + h / 2.0 - placement.pad_y) / placement.scale_y;
-                    candidates.push(Candidate { class, score, bbox: clamp_box([x0, y0, x1, y1], fw, fh) });
-                }
-            }
-        }
         let kept = non_max_suppression(candidates, t.iou, t.max_detections);
         Ok(kept
             .into_iter()
             .map(|c| Detection { class: labels[c.class].clone(), confidence: c.score.clamp(0.0, 1.0), bbox: c.bbox })
             .collect())
     }
+
+    /// SSD: boxes `[1, N, 4]` (y0, x0, y1, x1, normalised to the input) and scores `[1, N, C]`.
+    fn ssd_candidates(
+        &self,
+        boxes: tract_ndarray::ArrayViewD<'_, f32>,
+        scores: tract_ndarray::ArrayViewD<'_, f32>,
+        background_class: Option<usize>,
+        placement: Placement,
+        (fw, fh): (f32, f32),
+    ) -> Result<Vec<Candidate>, DetectorError> {
+        let (bs, ss) = (boxes.shape(), scores.shape());
+        if bs.len() != 3 || bs[2] != 4 || ss.len() != 3 || ss[1] != bs[1] {
+            return Err(DetectorError::Inference(format!("ssd outputs have shapes {bs:?} and {ss:?}")));
+        }
+        let input = &self.manifest.input;
+        let to_frame = |x: f32, y: f32| {
+            let (ix, iy) = (x * input.width as f32, y * input.height as f32);
+            ((ix - placement.pad_x) / placement.scale_x, (iy - placement.pad_y) / placement.scale_y)
+        };
+        let mut candidates = Vec::new();
+        for n in 0..bs[1] {
+            for class in 0..ss[2].min(self.manifest.labels.len()) {
+                let score = scores[[0, n, class]];
+                if Some(class) == background_class || score < self.score_threshold {
+                    continue;
+                }
+                let (y0, x0, y1, x1) = (boxes[[0, n, 0]], boxes[[0, n, 1]], boxes[[0, n, 2]], boxes[[0, n, 3]]);
+                let (a, b) = (to_frame(x0, y0), to_frame(x1, y1));
+                candidates.push(Candidate { class, score, bbox: clamp_box([a.0, a.1, b.0, b.1], fw, fh) });
+            }
+        }
+        Ok(candidates)
+    }
+
+    /// YOLOv8: one output `[1, 4 + C, N]`, boxes as (cx, cy, w, h) in input pixels.
+    fn yolov8_candidates(
+        &self,
+        out: tract_ndarray::ArrayViewD<'_, f32>,
+        placement: Placement,
+        (fw, fh): (f32, f32),
+    ) -> Result<Vec<Candidate>, DetectorError> {
+        let s = out.shape();
+        if s.len() != 3 || s[1] < 5 {
+            return Err(DetectorError::Inference(format!("yolov8 output has shape {s:?}; expected [1, 4+C, N]")));
+        }
+        let classes = (s[1] - 4).min(self.manifest.labels.len());
+        let mut candidates = Vec::new();
+        for n in 0..s[2] {
+            // YOLOv8 scores each box for every class; keep its best class.
+            let (class, score) =
+                (0..classes)
+                    .map(|c| (c, out[[0, 4 + c, n]]))
+                    .fold((0, f32::MIN), |best, c| if c.1 > best.1 { c } else { best });
+            if score < self.score_threshold {
+                continue;
+            }
+            let (cx, cy, w, h) = (out[[0, 0, n]], out[[0, 1, n]], out[[0, 2, n]], out[[0, 3, n]]);
+            let x0 = (cx - w / 2.0 - placement.pad_x) / placement.scale_x;
+            let y0 = (cy - h / 2.0 - placement.pad_y) / placement.scale_y;
+            let x1 = (cx + w / 2.0 - placement.pad_x) / placement.scale_x;
+            let y1 = (cy + h / 2.0 - placement.pad_y) / placement.scale_y;
+            candidates.push(Candidate { class, score, bbox: clamp_box([x0, y0, x1, y1], fw, fh) });
+        }
+        Ok(candidates)
+    }
+}
+
+fn output(outputs: &TVec<TValue>, i: usize) -> Result<tract_ndarray::ArrayViewD<'_, f32>, DetectorError> {
+    outputs
+        .get(i)
+        .ok_or_else(|| DetectorError::Inference(format!("model gave no output {i}")))?
+        .to_plain_array_view::<f32>()
+        .map_err(|e| DetectorError::Inference(e.to_string()))
 }
 
 impl Detector for TractDetector {

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use opencv::prelude::MatTraitConst;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::events::{EndReason, FrameResult, StreamEnd};
@@ -44,16 +43,9 @@ pub enum RunnerError {
     Thread(String),
 }
 
-/// The scenario a runner works for.
-#[derive(Debug, Clone)]
-pub struct RunnerJob {
-    pub scenario: Uuid,
-    /// May hold credentials: never logged (see `camera_url::redact`).
-    pub camera_url: String,
-    /// The scenario's creation time. Frame numbers count milliseconds from it, so they keep
-    /// increasing across reconnects, restarts and moves to another host, without any state.
-    pub epoch: DateTime<Utc>,
-}
+/// The scenario a runner works for. Frame numbers count milliseconds from its `epoch`, so they
+/// keep increasing across reconnects, restarts and moves to another host, without any state.
+pub use crate::job::RunnerJob;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,95 +108,26 @@ impl FrameNumbers {
 pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken) -> Result<RunReport, RunnerError> {
     let started = Instant::now();
     let rs = settings.runner.clone();
-    if rs.inference_threads > 1 {
-        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(
-            rs.inference_threads,
-        ));
-    }
-    let manifest_path = rs.model_manifest.clone();
-    let threshold = rs.score_threshold;
-    let detector = tokio::task::spawn_blocking(move || TractDetector::load(&manifest_path, threshold))
-        .await
-        .map_err(|e| RunnerError::Thread(e.to_string()))??;
-    tracing::info!(model = detector.model_name(), "model loaded");
-
-    let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
+    let detector = load_detector(&rs).await?;
     let buffer = Arc::new(ResultBuffer::new(rs.buffer_frames));
     let abandon = CancellationToken::new();
+    let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
     let publisher = Publisher { kafka, scenario: job.scenario, batch: rs.produce_batch };
     // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
     let publishing = tokio::spawn(tracing::Instrument::instrument(
         publisher.run(Arc::clone(&buffer), abandon.clone()),
         tracing::Span::current(),
     ));
-
-    let slot = Arc::new(FrameSlot::default());
-    let capture_stats = Arc::new(CaptureStats::default());
-    let stats = Arc::new(RunnerStats::default());
-    let span = tracing::Span::current();
-    let capture = {
-        let (slot, cstats, stop, span) =
-            (Arc::clone(&slot), Arc::clone(&capture_stats), shutdown.clone(), span.clone());
-        let capture_loop = CaptureLoop {
-            source: OpenCvSource::new(&job.camera_url, &rs),
-            sample_fps: rs.sample_fps,
-            open_attempts: rs.open_attempts,
-            reconnect_min: Duration::from_millis(rs.reconnect_min_ms),
-            reconnect_max: Duration::from_millis(rs.reconnect_max_ms),
-        };
-        std::thread::Builder::new()
-            .name("vap-capture".into())
-            .spawn(move || span.in_scope(|| capture_loop.run(&slot, &cstats, started, &stop)))
-            .map_err(|e| RunnerError::Thread(e.to_string()))?
+    let threads = Threads {
+        slot: Arc::new(FrameSlot::default()),
+        capture: Arc::new(CaptureStats::default()),
+        stats: Arc::new(RunnerStats::default()),
+        started,
     };
-
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    let detecting = {
-        let (slot, stats, buffer, job, span) =
-            (Arc::clone(&slot), Arc::clone(&stats), Arc::clone(&buffer), job.clone(), span.clone());
-        std::thread::Builder::new()
-            .name("vap-detect".into())
-            .spawn(move || {
-                let end = span.in_scope(|| detect_loop(detector, &slot, &stats, &buffer, &job, started));
-                let _ = done_tx.send(end);
-            })
-            .map_err(|e| RunnerError::Thread(e.to_string()))?
-    };
-
-    let watchdog = watchdog_period();
-    let mut watchdog_tick = tokio::time::interval(watchdog.map(|p| p / 2).unwrap_or(Duration::from_secs(3600)));
-    let mut status_tick = tokio::time::interval(Duration::from_millis(rs.status_interval_ms.max(100)));
-    let mut ready_sent = false;
-    let mut last_status = (Instant::now(), 0u64);
-    let end = loop {
-        tokio::select! {
-            end = &mut done_rx => break end.unwrap_or(CaptureEnd::Stopped),
-            _ = stats.became_ready.notified(), if !ready_sent => {}
-            _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                // Ping only while both threads make progress: a decoder stuck in a read (or a
-                // hung inference) stops the pings and systemd restarts the runner.
-                let now = started.elapsed().as_millis() as u64;
-                let oldest = capture_stats.heartbeat_ms.load(Ordering::Relaxed).min(stats.heartbeat_ms.load(Ordering::Relaxed));
-                if now.saturating_sub(oldest) < watchdog.unwrap_or_default().as_millis() as u64 / 2 {
-                    crate::lifecycle::notify_watchdog();
-                }
-            }
-            _ = status_tick.tick() => {
-                let analysed = stats.frames_analysed.load(Ordering::Relaxed);
-                let fps = (analysed - last_status.1) as f64 / last_status.0.elapsed().as_secs_f64().max(1e-3);
-                last_status = (Instant::now(), analysed);
-                let line = status_line(fps, &stats, &capture_stats, &buffer);
-                crate::lifecycle::notify_status(&line);
-                tracing::debug!(status = line, "progress");
-            }
-        }
-        // READY once the first frame is in (became_ready wakes the loop for it).
-        if !ready_sent && stats.ready.load(Ordering::Relaxed) {
-            ready_sent = true;
-            crate::lifecycle::notify_ready();
-            tracing::info!("ready: model loaded and first frame decoded");
-        }
-    };
+    let capture = threads.spawn_capture(&job, &rs, &shutdown)?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let detecting = threads.spawn_detect(detector, &buffer, &job, done_tx)?;
+    let end = threads.supervise(done_rx, &buffer, Duration::from_millis(rs.status_interval_ms.max(100))).await;
     let _ = capture.join();
     let _ = detecting.join();
 
@@ -213,26 +136,161 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
         CaptureEnd::Stopped => Outcome::Stopped,
         CaptureEnd::Unavailable(reason) => Outcome::SourceUnavailable(reason),
     };
-    crate::lifecycle::notify_stopping();
-    let analysed = stats.frames_analysed.load(Ordering::Relaxed);
-    let end_reason = match &outcome {
-        Outcome::Finished => Some((EndReason::Finished, "end of media".to_string())),
-        Outcome::SourceUnavailable(reason) => Some((EndReason::SourceUnavailable, reason.clone())),
-        Outcome::Stopped => None,
-    };
-    if let Some((reason, detail)) = end_reason {
-        let end = StreamEnd {
-            scenario_uuid: job.scenario,
-            timestamp: Utc::now(),
-            end_of_stream: reason,
-            detail,
-            frames_analysed: analysed,
-        };
-        buffer.push(result_record(job.scenario, serde_json::to_vec(&end).unwrap_or_default(), end.timestamp));
+    // STOPPING=1 only for a stop that was asked for: a source that ended exits on its own, so
+    // systemd keeps the unit as active (exited) and the orchestrator sees how it ended, rather
+    // than a unit gone before the inbox has stored the end (which would start it again).
+    if outcome == Outcome::Stopped {
+        crate::lifecycle::notify_stopping();
     }
+    push_stream_end(&buffer, &job, &outcome, threads.stats.frames_analysed.load(Ordering::Relaxed));
     buffer.close();
     let flush = Duration::from_millis(rs.flush_timeout_ms);
     let flush_started = Instant::now();
+    let unsent = flush_results(publishing, &abandon, flush).await;
+    log_summary(&outcome, &threads, &buffer, flush_started.elapsed());
+    let Threads { stats, capture, .. } = threads;
+    Ok(RunReport { outcome, stats, capture, buffer, unsent, elapsed: started.elapsed() })
+}
+
+async fn load_detector(rs: &crate::config::RunnerSettings) -> Result<TractDetector, RunnerError> {
+    if rs.inference_threads > 1 {
+        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(
+            rs.inference_threads,
+        ));
+    }
+    let (manifest_path, threshold) = (rs.model_manifest.clone(), rs.score_threshold);
+    let detector = tokio::task::spawn_blocking(move || TractDetector::load(&manifest_path, threshold))
+        .await
+        .map_err(|e| RunnerError::Thread(e.to_string()))??;
+    tracing::info!(model = detector.model_name(), "model loaded");
+    Ok(detector)
+}
+
+/// What the capture and detection threads share with the supervising task.
+struct Threads {
+    slot: Arc<FrameSlot>,
+    capture: Arc<CaptureStats>,
+    stats: Arc<RunnerStats>,
+    started: Instant,
+}
+
+impl Threads {
+    fn spawn_capture(
+        &self,
+        job: &RunnerJob,
+        rs: &crate::config::RunnerSettings,
+        shutdown: &CancellationToken,
+    ) -> Result<std::thread::JoinHandle<()>, RunnerError> {
+        let (slot, cstats, stop, span) =
+            (Arc::clone(&self.slot), Arc::clone(&self.capture), shutdown.clone(), tracing::Span::current());
+        let started = self.started;
+        let capture_loop = CaptureLoop {
+            source: OpenCvSource::new(&job.camera_url, rs),
+            sample_fps: rs.sample_fps,
+            open_attempts: rs.open_attempts,
+            reconnect_min: Duration::from_millis(rs.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(rs.reconnect_max_ms),
+        };
+        std::thread::Builder::new()
+            .name("vap-capture".into())
+            .spawn(move || span.in_scope(|| capture_loop.run(&slot, &cstats, started, &stop)))
+            .map_err(|e| RunnerError::Thread(e.to_string()))
+    }
+
+    fn spawn_detect(
+        &self,
+        detector: TractDetector,
+        buffer: &Arc<ResultBuffer>,
+        job: &RunnerJob,
+        done: tokio::sync::oneshot::Sender<CaptureEnd>,
+    ) -> Result<std::thread::JoinHandle<()>, RunnerError> {
+        let (slot, stats, buffer, job, span) = (
+            Arc::clone(&self.slot),
+            Arc::clone(&self.stats),
+            Arc::clone(buffer),
+            job.clone(),
+            tracing::Span::current(),
+        );
+        let started = self.started;
+        std::thread::Builder::new()
+            .name("vap-detect".into())
+            .spawn(move || {
+                let end = span.in_scope(|| detect_loop(detector, &slot, &stats, &buffer, &job, started));
+                let _ = done.send(end);
+            })
+            .map_err(|e| RunnerError::Thread(e.to_string()))
+    }
+
+    /// Until the threads end: READY=1 after the first frame, watchdog pings while both
+    /// threads make progress, STATUS lines.
+    async fn supervise(
+        &self,
+        mut done: tokio::sync::oneshot::Receiver<CaptureEnd>,
+        buffer: &ResultBuffer,
+        status_every: Duration,
+    ) -> CaptureEnd {
+        let watchdog = watchdog_period();
+        let mut watchdog_tick = tokio::time::interval(watchdog.map(|p| p / 2).unwrap_or(Duration::from_secs(3600)));
+        let mut status_tick = tokio::time::interval(status_every);
+        let mut ready_sent = false;
+        let mut last_status = (Instant::now(), 0u64);
+        loop {
+            tokio::select! {
+                end = &mut done => return end.unwrap_or(CaptureEnd::Stopped),
+                _ = self.stats.became_ready.notified(), if !ready_sent => {}
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    // Ping only while both threads make progress: a decoder stuck in a read (or
+                    // a hung inference) stops the pings and systemd restarts the runner.
+                    let now = self.started.elapsed().as_millis() as u64;
+                    let oldest = self.capture.heartbeat_ms.load(Ordering::Relaxed).min(self.stats.heartbeat_ms.load(Ordering::Relaxed));
+                    if now.saturating_sub(oldest) < watchdog.unwrap_or_default().as_millis() as u64 / 2 {
+                        crate::lifecycle::notify_watchdog();
+                    }
+                }
+                _ = status_tick.tick() => {
+                    let analysed = self.stats.frames_analysed.load(Ordering::Relaxed);
+                    let fps = (analysed - last_status.1) as f64 / last_status.0.elapsed().as_secs_f64().max(1e-3);
+                    last_status = (Instant::now(), analysed);
+                    let line = status_line(fps, &self.stats, &self.capture, buffer);
+                    crate::lifecycle::notify_status(&line);
+                    tracing::debug!(status = line, "progress");
+                }
+            }
+            // READY once the first frame is in (became_ready wakes the loop for it).
+            if !ready_sent && self.stats.ready.load(Ordering::Relaxed) {
+                ready_sent = true;
+                crate::lifecycle::notify_ready();
+                tracing::info!("ready: model loaded and first frame decoded");
+            }
+        }
+    }
+}
+
+/// A finished or unavailable source is recorded on `results`, after the last frame, so the
+/// inbox moves the scenario to rest; a stop asked for by the orchestrator is not.
+fn push_stream_end(buffer: &ResultBuffer, job: &RunnerJob, outcome: &Outcome, frames_analysed: u64) {
+    let (reason, detail) = match outcome {
+        Outcome::Finished => (EndReason::Finished, "end of media".to_string()),
+        Outcome::SourceUnavailable(reason) => (EndReason::SourceUnavailable, reason.clone()),
+        Outcome::Stopped => return,
+    };
+    let end = StreamEnd {
+        scenario_uuid: job.scenario,
+        timestamp: Utc::now(),
+        end_of_stream: reason,
+        detail,
+        frames_analysed,
+    };
+    buffer.push(result_record(job.scenario, serde_json::to_vec(&end).unwrap_or_default(), end.timestamp));
+}
+
+/// Waits for the publisher to drain the closed buffer, at most `flush`; returns how many
+/// results were left unsent.
+async fn flush_results(
+    publishing: tokio::task::JoinHandle<usize>,
+    abandon: &CancellationToken,
+    flush: Duration,
+) -> usize {
     let deadline = tokio::time::sleep(flush);
     tokio::pin!(deadline);
     tokio::pin!(publishing);
@@ -250,26 +308,32 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
             "broker unreachable at shutdown: results not delivered"
         );
     }
+    unsent
+}
+
+fn log_summary(outcome: &Outcome, threads: &Threads, buffer: &ResultBuffer, flushed_in: Duration) {
+    let (stats, capture) = (&threads.stats, &threads.capture);
+    let analysed = stats.frames_analysed.load(Ordering::Relaxed);
     let per_frame = |micros: &AtomicU64| micros.load(Ordering::Relaxed) as f64 / 1000.0 / analysed.max(1) as f64;
-    let published = buffer.stats.published.load(Ordering::Relaxed);
+    let b = &buffer.stats;
+    let produce_requests = b.produce_requests.load(Ordering::Relaxed);
     tracing::info!(
         outcome = ?outcome,
         frames_analysed = analysed,
-        published,
-        frames_dropped = capture_stats.frames_dropped.load(Ordering::Relaxed),
-        unsent_dropped = buffer.stats.dropped_unsent.load(Ordering::Relaxed),
-        fps = analysed as f64 / started.elapsed().as_secs_f64(),
+        published = b.published.load(Ordering::Relaxed),
+        frames_dropped = capture.frames_dropped.load(Ordering::Relaxed),
+        unsent_dropped = b.dropped_unsent.load(Ordering::Relaxed),
+        fps = analysed as f64 / threads.started.elapsed().as_secs_f64(),
         read_ms = per_frame(&stats.read_micros),
         preprocess_ms = per_frame(&stats.preprocess_micros),
         inference_ms = per_frame(&stats.inference_micros),
         postprocess_ms = per_frame(&stats.postprocess_micros),
         queue_ms = per_frame(&stats.publish_micros),
-        produce_ms_per_request = buffer.stats.produce_micros.load(Ordering::Relaxed) as f64 / 1000.0 / buffer.stats.produce_requests.load(Ordering::Relaxed).max(1) as f64,
-        produce_requests = buffer.stats.produce_requests.load(Ordering::Relaxed),
-        flush_ms = flush_started.elapsed().as_millis() as u64,
+        produce_ms_per_request = b.produce_micros.load(Ordering::Relaxed) as f64 / 1000.0 / produce_requests.max(1) as f64,
+        produce_requests,
+        flush_ms = flushed_in.as_millis() as u64,
         "runner done"
     );
-    Ok(RunReport { outcome, stats, capture: capture_stats, buffer, unsent, elapsed: started.elapsed() })
 }
 
 fn detect_loop<D: Detector>(
@@ -326,13 +390,9 @@ fn detect_loop<D: Detector>(
 }
 
 fn status_line(fps: f64, stats: &RunnerStats, capture: &CaptureStats, buffer: &ResultBuffer) -> String {
-    let last_error = buffer
-        .stats
-        .last_error
-        .lock()
-        .ok()
-        .and_then(|e| e.clone())
-        .or_else(|| capture.last_error.lock().ok().and_then(|e| e.clone()))
+    let last_error = crate::sys::lock(&buffer.stats.last_error)
+        .clone()
+        .or_else(|| crate::sys::lock(&capture.last_error).clone())
         .unwrap_or_else(|| "none".into());
     format!(
         "{fps:.1} fps, {} frames analysed, {} dropped, {} unsent dropped, {} buffered, {} reconnects, last error: {last_error}",

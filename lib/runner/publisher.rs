@@ -13,6 +13,7 @@ use rskafka::record::Record;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::kafka::{partition_for_key, KafkaError, KafkaLink};
 
 struct Pending {
@@ -56,7 +57,7 @@ impl ResultBuffer {
     /// Queues a record; drops the oldest one when full. Never blocks the detector for long.
     pub fn push(&self, record: Record) {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = crate::sys::lock(&self.queue);
         if q.len() >= self.capacity {
             q.pop_front();
             self.stats.dropped_unsent.fetch_add(1, Ordering::Relaxed);
@@ -73,7 +74,7 @@ impl ResultBuffer {
     }
 
     pub fn len(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+        crate::sys::lock(&self.queue).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -81,13 +82,13 @@ impl ResultBuffer {
     }
 
     fn peek(&self, max: usize) -> Vec<(u64, Record)> {
-        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let q = crate::sys::lock(&self.queue);
         q.iter().take(max).map(|p| (p.seq, p.record.clone())).collect()
     }
 
     /// Forgets records up to `seq`: they were acknowledged.
     fn ack(&self, seq: u64) {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = crate::sys::lock(&self.queue);
         while q.front().is_some_and(|p| p.seq <= seq) {
             q.pop_front();
         }
@@ -111,8 +112,9 @@ impl Publisher {
     pub async fn run(self, buffer: Arc<ResultBuffer>, abandon: CancellationToken) -> usize {
         let topic = self.kafka.settings().topic_results.clone();
         let key = self.scenario.to_string().into_bytes();
+        // Found once: every result of a scenario goes to the partition its key maps to.
         let mut partition: Option<i32> = None;
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             if abandon.is_cancelled() {
                 return buffer.len();
@@ -133,23 +135,8 @@ impl Publisher {
             let records: Vec<Record> = batch.into_iter().map(|(_, r)| r).collect();
             let n = records.len();
             let started = Instant::now();
-            let sent = async {
-                let kafka = self.kafka.get().await?;
-                let p = match partition {
-                    Some(p) => p,
-                    None => {
-                        let s = self.kafka.settings();
-                        let ids = kafka.ensure_topic(&topic, s.partitions, s.replication_factor).await?;
-                        let p = partition_for_key(&key, ids.len() as i32);
-                        partition = Some(p);
-                        p
-                    }
-                };
-                let client = kafka.partition(&topic, p).await?;
-                client.produce(records, Compression::NoCompression).await.map_err(KafkaError::from)
-            };
             let outcome = tokio::select! {
-                r = sent => r,
+                r = self.produce(&topic, &key, &mut partition, records) => r,
                 _ = abandon.cancelled() => return buffer.len(),
             };
             match outcome {
@@ -159,18 +146,23 @@ impl Publisher {
                     s.published.fetch_add(n as u64, Ordering::Relaxed);
                     s.produce_requests.fetch_add(1, Ordering::Relaxed);
                     s.produce_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    if failures > 0 {
-                        tracing::info!(after_failures = failures, "results reach the broker again");
+                    if backoff.failures() > 0 {
+                        tracing::info!(after_failures = backoff.failures(), "results reach the broker again");
                     }
-                    failures = 0;
+                    backoff.reset();
                 }
                 Err(e) => {
-                    failures += 1;
-                    let wait = Duration::from_millis(200u64 << failures.min(5)).min(Duration::from_secs(5));
+                    let wait = backoff.next_delay().unwrap_or(Duration::from_secs(5));
+                    let failures = backoff.failures();
                     if failures == 1 || failures % 10 == 0 {
-                        tracing::warn!(error = %e, buffered = buffer.len(), retry_in_ms = wait.as_millis() as u64, "producing results failed");
+                        tracing::warn!(
+                            error = %e,
+                            buffered = buffer.len(),
+                            retry_in_ms = wait.as_millis() as u64,
+                            "producing results failed"
+                        );
                     }
-                    *buffer.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    *crate::sys::lock(&buffer.stats.last_error) = Some(e.to_string());
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = abandon.cancelled() => return buffer.len(),
@@ -178,5 +170,25 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    async fn produce(
+        &self,
+        topic: &str,
+        key: &[u8],
+        partition: &mut Option<i32>,
+        records: Vec<Record>,
+    ) -> Result<(), KafkaError> {
+        let kafka = self.kafka.get().await?;
+        let p = match *partition {
+            Some(p) => p,
+            None => {
+                let s = self.kafka.settings();
+                let ids = kafka.ensure_topic(topic, s.partitions, s.replication_factor).await?;
+                *partition.insert(partition_for_key(key, ids.len() as i32))
+            }
+        };
+        kafka.partition(topic, p).await?.produce(records, Compression::NoCompression).await?;
+        Ok(())
     }
 }

@@ -4,7 +4,6 @@
 //! `X-Nomad-Index`), ACL tokens, namespaces and its plain-text errors with their real status
 //! codes, and it really runs each allocation's task (raw_exec/exec: the command, its args and
 //! env) with the job's restart and reschedule policies, on two pretend client nodes.
-#![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -96,7 +95,7 @@ impl Inner {
 
 impl State {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        vap::sys::lock(&self.inner)
     }
 
     /// Every mutation raises the one global index and wakes blocked readers.
@@ -173,7 +172,7 @@ impl NomadDouble {
         for a in self.state.lock().allocs.values_mut() {
             a.desired = "stop";
             if let Some(pid) = a.pid {
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                vap::sys::signal(pid, vap::sys::SIGKILL);
             }
         }
     }
@@ -540,11 +539,11 @@ fn stop_alloc(state: &Arc<State>, inner: &mut Inner, alloc_id: &str) {
     a.events.push(json!({ "Type": "Killing", "Time": now_ns(), "DisplayMessage": "Sent interrupt", "Details": {}, "ExitCode": 0, "Signal": 0 }));
     match a.pid {
         Some(pid) => {
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            vap::sys::signal(pid, vap::sys::SIGTERM);
             // SIGKILL after the kill timeout if it is still there.
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_nanos(kill_timeout)).await;
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                vap::sys::signal(pid, vap::sys::SIGKILL);
             });
         }
         None => {
@@ -582,12 +581,7 @@ async fn supervise(state: Arc<State>, alloc_id: String) {
         }
         cmd.env("NOMAD_ALLOC_ID", &alloc_id).env("NOMAD_JOB_NAME", &job_id).env("NOMAD_NAMESPACE", &namespace);
         cmd.stdin(std::process::Stdio::null());
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-                Ok(())
-            });
-        }
+        vap::sys::die_with_parent(cmd.as_std_mut(), vap::sys::SIGKILL);
         let spawned = cmd.spawn();
         let mut child = {
             let mut inner = state.lock();
@@ -617,7 +611,7 @@ async fn supervise(state: Arc<State>, alloc_id: String) {
         };
         let status = child.wait().await;
         let code = status.as_ref().ok().and_then(|s| s.code()).unwrap_or(-1);
-        let signal = status.as_ref().ok().and_then(|s| std::os::unix::process::ExitStatusExt::signal(s)).unwrap_or(0);
+        let signal = status.as_ref().ok().and_then(std::os::unix::process::ExitStatusExt::signal).unwrap_or(0);
         let policy = &group["RestartPolicy"];
         let (max_attempts, interval, delay) = (
             policy["Attempts"].as_u64().unwrap_or(2),

@@ -1,5 +1,4 @@
 //! Orchestrator processes and the runner processes they place, seen from outside (/proc).
-#![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -48,7 +47,7 @@ impl Drop for RunnerReaper {
     fn drop(&mut self) {
         for pids in runner_processes(&self.0).values() {
             for pid in pids {
-                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+                vap::sys::signal(*pid, vap::sys::SIGKILL);
             }
         }
     }

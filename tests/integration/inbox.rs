@@ -1,6 +1,6 @@
 //! The inbox (Kafka `results` -> PostgreSQL) and the prediction API that serves what it stores.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

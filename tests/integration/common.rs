@@ -1,6 +1,5 @@
 //! Test harness: one throwaway PostgreSQL cluster per test binary, and per test a fresh
 //! database, its own broker and uniquely named topics (zero-to-production style).
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -45,7 +44,7 @@ pub struct TestApp {
     pub pool: Pool,
     pub broker: Broker,
     pub shutdown: CancellationToken,
-    api_done: Option<tokio::task::JoinHandle<()>>,
+    api_done: Option<tokio::task::JoinHandle<Result<(), vap::tasks::TaskFailed>>>,
     relays: Vec<CancellationToken>,
 }
 
@@ -300,14 +299,8 @@ pub async fn read_topic(client: &rskafka::client::Client, topic: &str, partition
 /// Starts a binary that dies with the test (PR_SET_PDEATHSIG fires when the spawning test
 /// thread ends, even if the test panicked before killing it).
 pub fn spawn_binary(path: &str, env: &[(String, String)], args: &[&str]) -> Child {
-    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(path);
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            Ok(())
-        });
-    }
+    vap::sys::die_with_parent(&mut cmd, vap::sys::SIGKILL);
     cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);

@@ -2,13 +2,10 @@
 //! here: ../shared/reference/nomad-http-api.md), which really runs each allocation's runner.
 //! First the client against the API's conventions, then the whole flow through it.
 
-mod common;
-#[path = "common/fleet.rs"]
-mod fleet;
-#[path = "common/media.rs"]
-mod media;
-#[path = "common/nomad_double.rs"]
-mod nomad_double;
+use crate::common;
+use crate::fleet;
+use crate::media;
+use crate::nomad_double;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,8 +17,9 @@ use media::{free_port, media, RtspServer};
 use nomad_double::NomadDouble;
 use serde_json::{json, Value};
 use uuid::Uuid;
+use vap::camera_url::CameraUrl;
 use vap::config::{NomadBackendSettings, Secret};
-use vap::orchestrator::backend::RunnerSpec;
+use vap::job::RunnerJob;
 use vap::orchestrator::nomad::{job_spec, NomadClient, NomadError};
 
 fn client_settings(double: &NomadDouble, token: &str) -> NomadBackendSettings {
@@ -184,6 +182,7 @@ async fn nomad_backend_end_to_end_through_the_double() {
     })
     .await;
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,12 +205,16 @@ async fn nomad_giving_up_fails_the_scenario_with_the_reason() {
     // One restart in place, then one reschedule to a new allocation, then Nomad gives up.
     assert_eq!(double.placements(), 2, "rescheduled once before giving up");
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }
 
 #[test]
 fn submitted_job_carries_the_scenario_the_runner_and_no_secret_in_its_arguments() {
-    let spec =
-        RunnerSpec { scenario: Uuid::new_v4(), camera_url: "rtsp://u:secret@cam/1".into(), epoch: chrono::Utc::now() };
+    let spec = RunnerJob {
+        scenario: Uuid::new_v4(),
+        camera_url: CameraUrl::trusted("rtsp://u:secret@cam/1".into()),
+        epoch: chrono::Utc::now(),
+    };
     let job = job_spec(&NomadBackendSettings::default(), &spec);
     let task = &job["TaskGroups"][0]["Tasks"][0];
     assert_eq!(job["ID"], format!("vap-runner-{}", spec.scenario));

@@ -1,6 +1,6 @@
 //! The REST API against a real PostgreSQL: contract, bad input, idempotency, pagination, auth.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

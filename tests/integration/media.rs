@@ -1,5 +1,4 @@
 //! Test media made with ffmpeg from opencv-doc's pedestrian video, cached beside the build.
-#![allow(dead_code)] // each test binary uses a different part
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -79,17 +78,11 @@ pub struct RtspServer {
 
 impl RtspServer {
     pub fn start(port: u16, file: &Path) -> RtspServer {
-        use std::os::unix::process::CommandExt;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rtsp_server.py");
         // Debian's python: python3-gi and GStreamer's bindings are installed for it, not for
         // any other python3 on PATH.
         let mut cmd = Command::new("/usr/bin/python3");
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-                Ok(())
-            });
-        }
+        vap::sys::die_with_parent(&mut cmd, vap::sys::SIGKILL);
         let mut child = cmd
             .arg(script)
             .args([&port.to_string(), "cam", file.to_str().unwrap()])

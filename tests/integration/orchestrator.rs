@@ -2,11 +2,9 @@
 //! PostgreSQL, orchestrator processes and runner processes on real media. What runs is sampled
 //! from the machine (/proc), not from the orchestrator's own counters.
 
-mod common;
-#[path = "common/fleet.rs"]
-mod fleet;
-#[path = "common/media.rs"]
-mod media;
+use crate::common;
+use crate::fleet;
+use crate::media;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -56,6 +54,7 @@ async fn local_backend_runs_a_file_to_the_end_and_shuts_a_live_camera_down() {
     let frames = app.prediction(live).await["total_frames_processed"].as_i64().unwrap();
     assert!(frames >= 1, "the live camera was analysed");
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,6 +115,7 @@ async fn max_workers_is_never_exceeded_and_every_scenario_is_processed() {
         assert_eq!(app.prediction(*id).await["total_frames_processed"], 10);
     }
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +138,7 @@ async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans()
     let _reaper = RunnerReaper(set.clone());
     // Kill the leader while those start.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    unsafe { libc::kill(leader.id() as libc::pid_t, libc::SIGKILL) };
+    vap::sys::signal(leader.id(), vap::sys::SIGKILL);
     let _ = leader.wait();
     let killed_at = Instant::now();
 
@@ -173,6 +173,7 @@ async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans()
     }
     assert!(runner_processes(&set).is_empty(), "no orphans after shutdown");
     let _ = standby.kill();
+    let _ = standby.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,4 +208,5 @@ async fn a_crash_looping_runner_fails_its_scenario_after_the_restart_limit() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(app.scenario(id).await["status"], "failed");
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }

@@ -1,13 +1,10 @@
 //! The systemd backend against a real systemd (booted in a systemd-nspawn container), driven
 //! over its D-Bus socket exactly as on a bare-metal host.
 
-mod common;
-#[path = "common/container.rs"]
-mod container;
-#[path = "common/fleet.rs"]
-mod fleet;
-#[path = "common/media.rs"]
-mod media;
+use crate::common;
+use crate::container;
+use crate::fleet;
+use crate::media;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -62,6 +59,7 @@ async fn systemd_backend_end_to_end_in_a_booted_container() {
     })
     .await;
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,6 +105,7 @@ async fn systemd_restarts_a_killed_runner_and_the_scenario_carries_on() {
     })
     .await;
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,6 +156,7 @@ async fn a_hung_runner_is_killed_by_the_watchdog_until_the_start_limit_fails_the
     assert!(ct.units("vap-runner-*").is_empty());
     assert_eq!(app.scenario(id).await["status"], "failed");
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +174,7 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
     let pid = ct.unit_property(&unit, SERVICE, "ExecMainPID").expect("the unit");
 
     // kill -9, and a new orchestrator in its place.
-    unsafe { libc::kill(orchestrator.id() as libc::pid_t, libc::SIGKILL) };
+    vap::sys::signal(orchestrator.id(), vap::sys::SIGKILL);
     let _ = orchestrator.wait();
     let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path(), CAP, "watchdog_sec = 30\n", &[]);
 
@@ -225,6 +225,7 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
     })
     .await;
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }
 
 /// An orchestrator placing on host-a (`a`, over its bus socket) and host-b (at `b_address`),
@@ -299,6 +300,7 @@ async fn runners_spread_over_several_hosts() {
     })
     .await;
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,4 +402,5 @@ async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on()
         app.wait_for_status(id, "inactive", Duration::from_secs(60)).await;
     }
     let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }

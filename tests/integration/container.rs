@@ -1,9 +1,7 @@
 //! A real systemd, booted with systemd-nspawn from the rootfs scripts/systemd-rootfs caches,
 //! sharing the host's network and seeing the project read-only at its own path. Its system bus
 //! is reachable from the host through a bound socket, exactly as vap drives a remote host.
-#![allow(dead_code)] // each test binary uses a different part
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -261,20 +259,15 @@ pub fn rootfs(args: &[&str]) -> PathBuf {
 fn spawn_nspawn(args: &[String]) -> Child {
     let mut cmd = Command::new("systemd-nspawn");
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    unsafe {
-        // SIGTERM makes systemd-nspawn halt the container cleanly. It fires when the
-        // spawning *thread* ends: boot from the test's own thread, not a pool thread.
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
-            Ok(())
-        });
-    }
+    // SIGTERM makes systemd-nspawn halt the container cleanly. It fires when the
+    // spawning *thread* ends: boot from the test's own thread, not a pool thread.
+    vap::sys::die_with_parent(&mut cmd, vap::sys::SIGTERM);
     cmd.spawn().expect("systemd-nspawn (scripts/setup installs systemd-container)")
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        vap::sys::signal(self.child.id(), vap::sys::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {

@@ -1,9 +1,8 @@
 //! vap-runner against real media, a real RTSP server, a real broker, PostgreSQL and the relay's
 //! inbox: what a user would check is what the API serves afterwards.
 
-mod common;
-#[path = "common/media.rs"]
-mod media;
+use crate::common;
+use crate::media;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -38,7 +37,6 @@ impl Runner {
         extra_env: &[(&str, &str)],
         as_watchdog_pid: bool,
     ) -> Runner {
-        use std::os::unix::process::CommandExt;
         let bin = env!("CARGO_BIN_EXE_vap-runner");
         let mut cmd = if as_watchdog_pid {
             let mut sh = Command::new("sh");
@@ -47,12 +45,7 @@ impl Runner {
         } else {
             Command::new(bin)
         };
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-                Ok(())
-            });
-        }
+        vap::sys::die_with_parent(&mut cmd, vap::sys::SIGKILL);
         cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
         for (k, v) in app.env() {
             cmd.env(k, v);
@@ -75,7 +68,7 @@ impl Runner {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 match serde_json::from_str::<Value>(&line) {
-                    Ok(v) => sink.lock().unwrap().push(v),
+                    Ok(v) => vap::sys::lock(&sink).push(v),
                     Err(_) => eprintln!("runner: {line}"),
                 }
             }
@@ -92,23 +85,23 @@ impl Runner {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("runner still running after {timeout:?}; logs: {:#?}", self.logs.lock().unwrap());
+                panic!("runner still running after {timeout:?}; logs: {:#?}", vap::sys::lock(&self.logs));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     fn signal(&self, sig: libc::c_int) {
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        vap::sys::signal(self.child.id(), sig);
     }
 
     /// The fields of the last log line with this message.
     fn log(&self, message: &str) -> Option<Value> {
-        self.logs.lock().unwrap().iter().rev().find(|l| l["fields"]["message"] == message).map(|l| l["fields"].clone())
+        vap::sys::lock(&self.logs).iter().rev().find(|l| l["fields"]["message"] == message).map(|l| l["fields"].clone())
     }
 
     fn all_logs(&self) -> String {
-        self.logs.lock().unwrap().iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
+        vap::sys::lock(&self.logs).iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -359,10 +352,7 @@ async fn file_source_is_analysed_stored_served_and_ends_inactive() {
     assert_people_found(results, 40);
     // The log line carries the scenario, never credentials.
     assert!(
-        runner
-            .logs
-            .lock()
-            .unwrap()
+        vap::sys::lock(&runner.logs)
             .iter()
             .all(|l| l["span"]["scenario"] == scenario.to_string()
                 || l["spans"].to_string().contains(&scenario.to_string())),

@@ -4,13 +4,9 @@
 //! as an operator would: over its system bus and over HTTP. A second fresh host, provisioned as a
 //! worker only, takes runners from the first host's orchestrator over ssh, as a fleet's workers do.
 
-mod common;
-#[path = "common/container.rs"]
-mod container;
-#[path = "common/fleet.rs"]
-mod fleet;
-#[path = "common/media.rs"]
-mod media;
+use crate::common;
+use crate::container;
+use crate::media;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

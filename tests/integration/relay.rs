@@ -1,6 +1,6 @@
 //! The outbox relay against a real PostgreSQL and a real Kafka-protocol broker.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Configuration layering and the binaries' process behaviour (errors, secrets, SIGTERM).
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -114,7 +114,7 @@ fn a_binary_with_a_bad_key_stops_with_a_message_naming_it() {
 }
 
 fn sigterm(child: &std::process::Child) {
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    vap::sys::signal(child.id(), vap::sys::SIGTERM);
 }
 
 fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
@@ -271,6 +271,7 @@ async fn the_services_speak_the_sd_notify_protocol() {
         assert!(status.success(), "{bin}: {status:?}");
     }
     let _ = leader.kill();
+    let _ = leader.wait();
 }
 
 #[tokio::test]

@@ -1,0 +1,101 @@
+//! The contract between vap-orchestrator and vap-runner, the same on every backend: what a
+//! runner is given (its job, in the environment, so credentials stay out of the process
+//! list), how it is started, and what its exit codes mean.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::camera_url::CameraUrl;
+
+pub const ENV_SCENARIO_UUID: &str = "VAP_SCENARIO_UUID";
+pub const ENV_SCENARIO_EPOCH: &str = "VAP_SCENARIO_EPOCH";
+pub const ENV_CAMERA_URL: &str = "VAP_CAMERA_URL";
+/// Given per process, not configuration: the settings loader leaves them alone.
+pub const JOB_ENV: [&str; 3] = [ENV_SCENARIO_UUID, ENV_SCENARIO_EPOCH, ENV_CAMERA_URL];
+
+/// A runner's exit codes.
+pub mod exit {
+    /// The source ended, or SIGTERM flushed.
+    pub const FINISHED: u8 = 0;
+    /// Bad usage or configuration.
+    pub const USAGE: u8 = 2;
+    /// The camera never opened.
+    pub const SOURCE_UNAVAILABLE: u8 = 3;
+    /// The model could not be loaded.
+    pub const MODEL: u8 = 4;
+    /// Ends that a restart cannot fix: backends do not restart a runner on them.
+    pub const NOT_RESTARTED: [u8; 3] = [USAGE, SOURCE_UNAVAILABLE, MODEL];
+
+    /// Whether a runner that exited with `code` is done for good (finished, or not restartable).
+    pub fn is_permanent(code: i32) -> bool {
+        code == i32::from(FINISHED) || NOT_RESTARTED.iter().any(|&c| i32::from(c) == code)
+    }
+}
+
+/// What a runner works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerJob {
+    pub scenario: Uuid,
+    pub camera_url: CameraUrl,
+    /// The scenario's creation time: the runner's frame numbers count from it.
+    pub epoch: DateTime<Utc>,
+}
+
+impl RunnerJob {
+    /// The environment that carries the job to the runner (credentials included).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (ENV_SCENARIO_UUID.into(), self.scenario.to_string()),
+            (ENV_SCENARIO_EPOCH.into(), self.epoch.to_rfc3339()),
+            (ENV_CAMERA_URL.into(), self.camera_url.expose().to_string()),
+        ]
+    }
+
+    /// The runner's arguments after the program: its scenario (so `ps` and a restarted
+    /// orchestrator can tell runners apart) and the operator's configuration file.
+    pub fn args(&self, runner_config: Option<&Path>) -> Vec<String> {
+        let mut args = vec!["--scenario".to_string(), self.scenario.to_string()];
+        if let Some(config) = runner_config {
+            args.push("--config".into());
+            args.push(config.display().to_string());
+        }
+        args
+    }
+
+    /// The operator's extra `KEY=VALUE` entries, then the job's own (which win).
+    pub fn env_with(&self, extra: &[String]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> =
+            extra.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        env.retain(|(k, _)| !JOB_ENV.contains(&k.as_str()));
+        env.extend(self.env());
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_exits_are_finished_and_the_not_restarted_ones() {
+        assert!([0, 2, 3, 4].into_iter().all(exit::is_permanent));
+        assert!(![1, 137, -1].into_iter().any(exit::is_permanent));
+    }
+
+    #[test]
+    fn the_job_wins_over_extra_env_and_args_name_the_scenario() {
+        let job = RunnerJob {
+            scenario: Uuid::nil(),
+            camera_url: CameraUrl::trusted("rtsp://u:p@cam/1".into()),
+            epoch: DateTime::UNIX_EPOCH,
+        };
+        let env = job.env_with(&["RUST_LOG=info".into(), "VAP_CAMERA_URL=other".into(), "junk".into()]);
+        assert_eq!(env[0], ("RUST_LOG".into(), "info".into()));
+        assert_eq!(env.iter().filter(|(k, _)| k == ENV_CAMERA_URL).count(), 1);
+        assert!(env.contains(&(ENV_CAMERA_URL.into(), "rtsp://u:p@cam/1".into())));
+        let args = job.args(Some(Path::new("/etc/vap/vap.toml")));
+        assert_eq!(args, ["--scenario", &Uuid::nil().to_string(), "--config", "/etc/vap/vap.toml"]);
+    }
+}

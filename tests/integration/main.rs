@@ -1,0 +1,37 @@
+//! vap's integration tests: one binary (so OpenCV and tract are linked once), one module per
+//! part of the flow, each test against real services it starts itself (a throwaway PostgreSQL
+//! cluster, the nisshi broker, an RTSP server, a systemd booted in a container).
+//!
+//! Run one part with `cargo test --features runner --test integration -- systemd::`.
+
+// Helpers shared by the modules; each module uses a different part of them.
+#[allow(dead_code)]
+mod common;
+#[cfg(feature = "runner")]
+#[allow(dead_code)]
+mod container;
+#[cfg(feature = "runner")]
+#[allow(dead_code)]
+mod fleet;
+#[cfg(feature = "runner")]
+#[allow(dead_code)]
+mod media;
+#[cfg(feature = "runner")]
+#[allow(dead_code)]
+mod nomad_double;
+
+mod api;
+mod config;
+mod inbox;
+mod relay;
+
+#[cfg(feature = "runner")]
+mod deploy;
+#[cfg(feature = "runner")]
+mod nomad;
+#[cfg(feature = "runner")]
+mod orchestrator;
+#[cfg(feature = "runner")]
+mod runner;
+#[cfg(feature = "runner")]
+mod systemd;
