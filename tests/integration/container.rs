@@ -178,6 +178,14 @@ impl Container {
         Command::new("nsenter").args(["-t", &self.init_pid(), "-a", "--"]).args(command).output().expect("nsenter")
     }
 
+    /// What the container's journal holds of `unit` (systemd's lines and the unit's output).
+    pub fn journal(&self, unit: &str) -> String {
+        let out = self.exec(&["journalctl", "--no-pager", "-o", "short-monotonic", "-u", unit]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+
     /// A property of a loaded unit, as busctl's JSON value (`None`: no such unit).
     pub fn unit_property(&self, unit: &str, interface: &str, property: &str) -> Option<serde_json::Value> {
         let path = self.busctl(&[

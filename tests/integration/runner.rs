@@ -513,41 +513,59 @@ async fn broker_outage_keeps_analysing_and_delivers_afterwards() {
     assert_eq!(done["published"], done["frames_analysed"], "nothing lost: {done}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn supervision_ready_watchdog_status_stopping() {
+/// The sd_notify messages a runner sends until it exits, and its exit code. With
+/// `stop_on_ready` it gets SIGTERM once it is ready and has reported its status.
+async fn notify_messages(app: &TestApp, camera_url: &str, stop_on_ready: bool) -> (Vec<String>, i32) {
     use std::os::unix::net::UnixDatagram;
-    let app = TestApp::spawn_for_runners().await;
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let path = media().people.to_str().unwrap().to_string();
-    let scenario = app.create_scenario(&path).await;
+    let scenario = app.create_scenario(camera_url).await;
     let mut runner = Runner::spawn(
-        &app,
+        app,
         scenario,
-        &path,
+        camera_url,
         &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000")],
         true,
     );
     let mut messages = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
+    let mut stopped = false;
+    while Instant::now() < deadline && runner.child.try_wait().unwrap().is_none() {
         if let Ok(n) = socket.recv(&mut buf) {
             messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
-        if messages.iter().any(|m| m.contains("STOPPING=1")) {
-            break;
+        let ready_and_status = messages.iter().any(|m| m.contains("READY=1"))
+            && messages.iter().filter(|m| m.contains("STATUS=")).count() >= 2;
+        if stop_on_ready && !stopped && ready_and_status {
+            runner.signal(libc::SIGTERM);
+            stopped = true;
         }
     }
-    assert_eq!(runner.wait(Duration::from_secs(30)).await, 0);
-    let first = |what: &str| {
+    let code = runner.wait(Duration::from_secs(30)).await;
+    while let Ok(n) = socket.recv(&mut buf) {
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    (messages, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervision_ready_watchdog_status_stopping() {
+    let app = TestApp::spawn_for_runners().await;
+    let first = |messages: &[String], what: &str| {
         messages.iter().position(|m| m.contains(what)).unwrap_or_else(|| panic!("no {what} in {messages:?}"))
     };
-    assert!(first("READY=1") < first("STOPPING=1"));
-    first("WATCHDOG=1");
-    let status = &messages[first("STATUS=")];
+    // A file that plays to its end: READY, watchdog pings, STATUS lines, and no STOPPING=1. The
+    // runner ends by itself, so systemd keeps the unit as active (exited) and the orchestrator
+    // sees how it ended (a unit stopped by notification is collected at once, gone before the
+    // inbox has stored the end, and the scenario would be started again).
+    let (messages, code) = notify_messages(&app, media().people.to_str().unwrap(), false).await;
+    assert_eq!(code, 0);
+    first(&messages, "READY=1");
+    first(&messages, "WATCHDOG=1");
+    let status = &messages[first(&messages, "STATUS=")];
     assert!(
         status.contains("fps")
             && status.contains("frames analysed")
@@ -555,6 +573,14 @@ async fn supervision_ready_watchdog_status_stopping() {
             && status.contains("last error"),
         "{status}"
     );
+    assert!(!messages.iter().any(|m| m.contains("STOPPING=1")), "a finished source is not a stop: {messages:?}");
+
+    // A stop asked for (SIGTERM) is announced after READY, then the runner flushes and exits 0.
+    let port = free_port();
+    let _server = RtspServer::start(port, &media().people);
+    let (messages, code) = notify_messages(&app, &format!("rtsp://127.0.0.1:{port}/cam"), true).await;
+    assert_eq!(code, 0);
+    assert!(first(&messages, "READY=1") < first(&messages, "STOPPING=1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

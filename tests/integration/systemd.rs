@@ -138,10 +138,14 @@ async fn a_hung_runner_is_killed_by_the_watchdog_until_the_start_limit_fails_the
         if s["status"] == "failed" {
             break s;
         }
-        assert!(Instant::now() < deadline, "not failed: {s}, systemd said {results:?}");
+        assert!(Instant::now() < deadline, "not failed: {s}, systemd said {results:?}\n{}", ct.journal(&unit));
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(results.contains("watchdog"), "systemd never reported a watchdog timeout: {results:?}");
+    assert!(
+        results.contains("watchdog"),
+        "systemd never reported a watchdog timeout: {results:?}; scenario {failed}\n{}",
+        ct.journal(&unit)
+    );
     let error = failed["error"].as_str().unwrap_or_default();
     assert!(error.contains(&unit) && error.contains("result watchdog"), "{failed}");
     let w = &failed["worker"];
