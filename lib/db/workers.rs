@@ -125,6 +125,22 @@ pub struct WorkerRecord<'a> {
     pub last_error: Option<&'a str>,
 }
 
+impl<'a> WorkerRecord<'a> {
+    /// A change of status only: the other columns keep what the row has.
+    pub fn status(scenario: Uuid, backend: &'a str, status: WorkerStatus) -> Self {
+        Self {
+            scenario,
+            backend,
+            status,
+            backend_ref: None,
+            node: None,
+            restarts: 0,
+            started_at: None,
+            last_error: None,
+        }
+    }
+}
+
 async fn upsert_worker(client: &impl GenericClient, w: &WorkerRecord<'_>) -> Result<u64, DbError> {
     Ok(client
         .execute(
@@ -167,94 +183,54 @@ async fn move_scenarios(
         .await?)
 }
 
-/// The runner is placed (starting or running): the scenario is being processed.
-pub async fn record_placed(pool: &Pool, w: &WorkerRecord<'_>) -> Result<(), DbError> {
+/// Scenario statuses a record moves from, to, and the error it sets.
+type Move<'a> = (&'a [&'a str], &'a str, Option<&'a str>);
+
+/// One transaction: the worker row, then the scenario's status moves in order.
+async fn record(pool: &Pool, w: &WorkerRecord<'_>, moves: &[Move<'_>]) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     upsert_worker(&tx, w).await?;
-    move_scenarios(&tx, &[w.scenario], &["init_startup"], "in_startup_processing", None).await?;
+    for (from, to, error) in moves {
+        move_scenarios(&tx, &[w.scenario], from, to, *error).await?;
+    }
     tx.commit().await?;
     Ok(())
+}
+
+/// The runner is placed (starting or running): the scenario is being processed.
+pub async fn record_placed(pool: &Pool, w: &WorkerRecord<'_>) -> Result<(), DbError> {
+    record(pool, w, &[(&["init_startup"], "in_startup_processing", None)]).await
 }
 
 /// Over the cap: the scenario waits for a slot (the API shows the worker as `waiting`).
 pub async fn record_waiting(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
-    let w = WorkerRecord {
-        scenario,
-        backend,
-        status: WorkerStatus::Waiting,
-        backend_ref: None,
-        node: None,
-        restarts: 0,
-        started_at: None,
-        last_error: None,
-    };
-    record_placed(pool, &w).await
+    record_placed(pool, &WorkerRecord::status(scenario, backend, WorkerStatus::Waiting)).await
 }
 
 /// The runner's host does not answer: the worker shows it, and the scenario stays as it is.
 pub async fn record_unreachable(pool: &Pool, scenario: Uuid, backend: &str, node: &str) -> Result<(), DbError> {
-    let client = pool.get().await?;
     let error = format!("{node} does not answer");
     let w = WorkerRecord {
-        scenario,
-        backend,
-        status: WorkerStatus::Unreachable,
-        backend_ref: None,
         node: Some(node),
-        restarts: 0,
-        started_at: None,
         last_error: Some(&error),
+        ..WorkerRecord::status(scenario, backend, WorkerStatus::Unreachable)
     };
-    upsert_worker(&client, &w).await?;
-    Ok(())
+    record(pool, &w, &[]).await
 }
 
 /// A stop was asked of the backend.
 pub async fn record_stopping(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let w = WorkerRecord {
-        scenario,
-        backend,
-        status: WorkerStatus::Stopping,
-        backend_ref: None,
-        node: None,
-        restarts: 0,
-        started_at: None,
-        last_error: None,
-    };
-    upsert_worker(&tx, &w).await?;
-    move_scenarios(&tx, &[scenario], &["init_shutdown"], "in_shutdown_processing", None).await?;
-    tx.commit().await?;
-    Ok(())
+    let w = WorkerRecord::status(scenario, backend, WorkerStatus::Stopping);
+    record(pool, &w, &[(&["init_shutdown"], "in_shutdown_processing", None)]).await
 }
 
 /// The scenario is done (source ended, or shutdown complete): `inactive`, worker `stopped`.
 pub async fn record_finished(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let w = WorkerRecord {
-        scenario,
-        backend,
-        status: WorkerStatus::Stopped,
-        backend_ref: None,
-        node: None,
-        restarts: 0,
-        started_at: None,
-        last_error: None,
-    };
-    upsert_worker(&tx, &w).await?;
-    move_scenarios(
-        &tx,
-        &[scenario],
-        &["init_startup", "in_startup_processing", "active", "init_shutdown", "in_shutdown_processing"],
-        "inactive",
-        None,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    let w = WorkerRecord::status(scenario, backend, WorkerStatus::Stopped);
+    let not_at_rest: &[&str] =
+        &["init_startup", "in_startup_processing", "active", "init_shutdown", "in_shutdown_processing"];
+    record(pool, &w, &[(not_at_rest, "inactive", None)]).await
 }
 
 /// The runner failed for good: the scenario is `failed` with the reason.
@@ -265,25 +241,21 @@ pub async fn record_failed(
     reason: &str,
     restarts: i32,
 ) -> Result<(), DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
     let w = WorkerRecord {
-        scenario,
-        backend,
-        status: WorkerStatus::Failed,
-        backend_ref: None,
-        node: None,
         restarts,
-        started_at: None,
         last_error: Some(reason),
+        ..WorkerRecord::status(scenario, backend, WorkerStatus::Failed)
     };
-    upsert_worker(&tx, &w).await?;
-    move_scenarios(&tx, &[scenario], &["init_startup", "in_startup_processing", "active"], "failed", Some(reason))
-        .await?;
-    // A failing runner whose shutdown was asked for is simply done.
-    move_scenarios(&tx, &[scenario], &["init_shutdown", "in_shutdown_processing"], "inactive", None).await?;
-    tx.commit().await?;
-    Ok(())
+    record(
+        pool,
+        &w,
+        &[
+            (&["init_startup", "in_startup_processing", "active"], "failed", Some(reason)),
+            // A failing runner whose shutdown was asked for is simply done.
+            (&["init_shutdown", "in_shutdown_processing"], "inactive", None),
+        ],
+    )
+    .await
 }
 
 /// A runner ended after its scenario came to rest: only the worker row changes.
@@ -293,20 +265,8 @@ pub async fn record_worker_ended(
     backend: &str,
     error: Option<&str>,
 ) -> Result<(), DbError> {
-    let client = pool.get().await?;
     let status = if error.is_some() { WorkerStatus::Failed } else { WorkerStatus::Stopped };
-    let w = WorkerRecord {
-        scenario,
-        backend,
-        status,
-        backend_ref: None,
-        node: None,
-        restarts: 0,
-        started_at: None,
-        last_error: error,
-    };
-    upsert_worker(&client, &w).await?;
-    Ok(())
+    record(pool, &WorkerRecord { last_error: error, ..WorkerRecord::status(scenario, backend, status) }, &[]).await
 }
 
 /// Applies a batch of scenario events and the consumer's new position in one transaction:
