@@ -25,8 +25,10 @@ pub enum CameraUrlError {
     NoHost,
 }
 
-/// A camera URL that passed [`CameraUrl::parse`] (or was stored after it did).
-#[derive(Clone, PartialEq, Eq)]
+/// A camera URL that passed [`CameraUrl::parse`] (or was stored after it did). On the wire
+/// (`init_scenario`) it is the plain string: the runner needs its credentials.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct CameraUrl(String);
 
 impl CameraUrl {

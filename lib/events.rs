@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::camera_url::CameraUrl;
+
 /// What happened to a scenario. The Kafka topic is chosen by the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,7 +40,7 @@ pub struct ScenarioEvent {
     pub event_id: i64,
     pub event_type: EventKind,
     pub scenario_uuid: Uuid,
-    pub camera_url: String,
+    pub camera_url: CameraUrl,
     pub occurred_at: DateTime<Utc>,
 }
 

@@ -25,7 +25,7 @@
 //! | [`config`] | typed settings: defaults < TOML < `VAP_*` |
 //! | [`backoff`] | the one retry beat: exponential, full jitter, cap, deadline |
 //! | [`lifecycle`] | signals, graceful shutdown, sd_notify, logging |
-//! | [`metrics`] | Prometheus text exposition |
+//! | [`metrics`] | Prometheus text exposition, and the /health + /metrics server of relay and orchestrator |
 //! | [`tasks`] | owned tasks: a task that dies stops its service, nothing detached |
 //! | [`sys`] | the only unsafe code (libc calls), and the one lock policy |
 //! | [`devstack`] | throwaway PostgreSQL + broker for tests and the embedded default |

@@ -2,9 +2,17 @@
 //! Enough for vap's handful of series without a metrics framework.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Latency buckets in seconds, fine at the low end where the API lives.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -120,6 +128,42 @@ fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
         String::new()
     } else {
         format!("{{{}}}", parts.join(","))
+    }
+}
+
+/// /health and /metrics of the relay and the orchestrator (plain HTTP/1, no routing beyond that).
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    // Scrapes in flight are owned: they end with the server.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let stream = tokio::select! {
+            a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+            _ = shutdown.cancelled() => return,
+        };
+        let metrics = Arc::clone(&metrics);
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                let (status, ctype, body) = match req.uri().path() {
+                    "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+                    "/health" => (StatusCode::OK, "application/json", r#"{"status": "healthy"}"#.to_string()),
+                    _ => (
+                        StatusCode::NOT_FOUND,
+                        "application/json",
+                        r#"{"error": {"code": "not_found", "message": "try /metrics"}}"#.to_string(),
+                    ),
+                };
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .header(header::CONTENT_TYPE, ctype)
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap_or_default(),
+                )
+            }
+        });
+        connections.spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
     }
 }
 

@@ -1,13 +1,8 @@
 //! `vap-relay`: the only process between PostgreSQL and Kafka. It runs the outbox relay and
 //! the inbox side by side, and serves its own /health and /metrics.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{header, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +37,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     if !settings.relay.metrics_listen.is_empty() {
         let addr = settings.relay.metrics_listen.clone();
         let listener = TcpListener::bind(&addr).await.map_err(|source| RelayError::Bind { addr, source })?;
-        tasks.spawn("metrics server", serve_metrics(listener, Arc::clone(&metrics), tasks.token()));
+        tasks.spawn("metrics server", crate::metrics::serve(listener, Arc::clone(&metrics), tasks.token()));
     }
     let relay = OutboxRelay {
         pool: pool.clone(),
@@ -64,40 +59,4 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         lifecycle::notify_stopping();
     });
     Ok(tasks.join().await?)
-}
-
-/// /health and /metrics for the relay (plain HTTP/1, no routing beyond that).
-pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    // Scrapes in flight are owned: they end with the server.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let stream = tokio::select! {
-            a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
-            _ = shutdown.cancelled() => return,
-        };
-        let metrics = Arc::clone(&metrics);
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let metrics = Arc::clone(&metrics);
-            async move {
-                let (status, ctype, body) = match req.uri().path() {
-                    "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
-                    "/health" => (StatusCode::OK, "application/json", r#"{"status": "healthy"}"#.to_string()),
-                    _ => (
-                        StatusCode::NOT_FOUND,
-                        "application/json",
-                        r#"{"error": {"code": "not_found", "message": "try /metrics"}}"#.to_string(),
-                    ),
-                };
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .status(status)
-                        .header(header::CONTENT_TYPE, ctype)
-                        .body(Full::new(Bytes::from(body)))
-                        .unwrap_or_default(),
-                )
-            }
-        });
-        connections.spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-    }
 }

@@ -8,6 +8,7 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use super::DbError;
+use crate::camera_url::CameraUrl;
 use crate::events::{EventKind, ScenarioEvent};
 
 /// Claims the oldest publishable rows, hands them to `publish`, and marks as published the ids
@@ -50,7 +51,7 @@ where
                 event_id: row.get(0),
                 event_type: EventKind::parse(row.get(2))?,
                 scenario_uuid: row.get::<_, Uuid>(1),
-                camera_url: payload.get("camera_url")?.as_str()?.to_string(),
+                camera_url: CameraUrl::trusted(payload.get("camera_url")?.as_str()?.to_string()),
                 occurred_at: created_at,
             })
         })

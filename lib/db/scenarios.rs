@@ -6,54 +6,11 @@ use serde::Serialize;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::workers::WorkerStatus;
 use super::DbError;
 use crate::camera_url::CameraUrl;
 use crate::events::EventKind;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScenarioStatus {
-    InitStartup,
-    InStartupProcessing,
-    Active,
-    InitShutdown,
-    InShutdownProcessing,
-    Inactive,
-    Failed,
-}
-
-impl ScenarioStatus {
-    pub const ALL: [ScenarioStatus; 7] = [
-        Self::InitStartup,
-        Self::InStartupProcessing,
-        Self::Active,
-        Self::InitShutdown,
-        Self::InShutdownProcessing,
-        Self::Inactive,
-        Self::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InitStartup => "init_startup",
-            Self::InStartupProcessing => "in_startup_processing",
-            Self::Active => "active",
-            Self::InitShutdown => "init_shutdown",
-            Self::InShutdownProcessing => "in_shutdown_processing",
-            Self::Inactive => "inactive",
-            Self::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
-    pub fn is_finished(self) -> bool {
-        matches!(self, Self::Inactive | Self::Failed)
-    }
-}
+pub use super::status::{ScenarioStatus, WorkerStatus};
 
 /// Where the scenario's runner is, as the orchestrator recorded it.
 #[derive(Debug, Clone, Serialize)]

@@ -7,52 +7,10 @@ use deadpool_postgres::{GenericClient, Pool};
 use uuid::Uuid;
 
 use super::positions::{self, Advance};
-use super::scenarios::ScenarioStatus;
 use super::DbError;
 use crate::camera_url::CameraUrl;
 
-/// Where a scenario's runner stands, as its worker row (and the API) says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerStatus {
-    /// Over MAX_WORKERS: waiting for a slot.
-    Waiting,
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Failed,
-    /// Its host does not answer.
-    Unreachable,
-}
-
-impl WorkerStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerStatus::Waiting => "waiting",
-            WorkerStatus::Starting => "starting",
-            WorkerStatus::Running => "running",
-            WorkerStatus::Stopping => "stopping",
-            WorkerStatus::Stopped => "stopped",
-            WorkerStatus::Failed => "failed",
-            WorkerStatus::Unreachable => "unreachable",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            WorkerStatus::Waiting,
-            WorkerStatus::Starting,
-            WorkerStatus::Running,
-            WorkerStatus::Stopping,
-            WorkerStatus::Stopped,
-            WorkerStatus::Failed,
-            WorkerStatus::Unreachable,
-        ]
-        .into_iter()
-        .find(|w| w.as_str() == s)
-    }
-}
+pub use super::status::{ScenarioStatus, WorkerStatus};
 
 /// The worker row as the orchestrator compares it with what a backend reports.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -93,7 +93,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         let addr = settings.orchestrator.metrics_listen.clone();
         let listener =
             tokio::net::TcpListener::bind(&addr).await.map_err(|source| OrchestratorError::Bind { addr, source })?;
-        tasks.spawn("metrics server", crate::relay::serve_metrics(listener, Arc::clone(&metrics), tasks.token()));
+        tasks.spawn("metrics server", crate::metrics::serve(listener, Arc::clone(&metrics), tasks.token()));
     }
     let this = Arc::new(Orchestrator {
         pool,

@@ -69,7 +69,7 @@ async fn post_while_the_broker_is_down_succeeds_and_is_published_when_it_returns
     let got: Vec<uuid::Uuid> = events.iter().map(|e| e.scenario_uuid).collect();
     assert_eq!(got.len(), 3, "each event exactly once: {got:?}");
     assert_eq!(got.iter().collect::<HashSet<_>>(), created.iter().collect::<HashSet<_>>());
-    assert!(events.iter().all(|e| e.camera_url.starts_with("rtsp://cam/")));
+    assert!(events.iter().all(|e| e.camera_url.expose().starts_with("rtsp://cam/")));
 }
 
 #[tokio::test]
