@@ -541,6 +541,15 @@ impl Settings {
         if self.api.scenario_page_default < 1 || self.api.scenario_page_default > self.api.scenario_page_max {
             return bad("api.scenario_page_default", "must be between 1 and api.scenario_page_max");
         }
+        if !self.relay.metrics_listen.is_empty() && self.relay.metrics_listen.parse::<SocketAddr>().is_err() {
+            return bad("relay.metrics_listen", "must be host:port or empty");
+        }
+        self.validate_runner()?;
+        self.validate_orchestrator()
+    }
+
+    fn validate_runner(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: &str| Err(ConfigError::Value { key, reason: reason.into() });
         let r = &self.runner;
         if !(r.sample_fps >= 0.0 && r.sample_fps.is_finite()) {
             return bad("runner.sample_fps", "must be 0 (every frame) or a positive number");
@@ -560,6 +569,11 @@ impl Settings {
         if r.buffer_frames == 0 || r.produce_batch == 0 {
             return bad("runner.buffer_frames", "buffer_frames and produce_batch must be at least 1");
         }
+        Ok(())
+    }
+
+    fn validate_orchestrator(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: &str| Err(ConfigError::Value { key, reason: reason.into() });
         let o = &self.orchestrator;
         if !["local", "nomad", "systemd"].contains(&o.backend.as_str()) {
             return bad("orchestrator.backend", "must be local, nomad or systemd");
@@ -594,9 +608,6 @@ impl Settings {
         }
         if !o.metrics_listen.is_empty() && o.metrics_listen.parse::<SocketAddr>().is_err() {
             return bad("orchestrator.metrics_listen", "must be host:port or empty");
-        }
-        if !self.relay.metrics_listen.is_empty() && self.relay.metrics_listen.parse::<SocketAddr>().is_err() {
-            return bad("relay.metrics_listen", "must be host:port or empty");
         }
         Ok(())
     }

@@ -180,12 +180,7 @@ fn supervise(
             update(&mut |s| s.state = RunnerState::Exited { code });
             return;
         }
-        let now = Instant::now();
-        recent.push_back(now);
-        while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
-            recent.pop_front();
-        }
-        if recent.len() as u32 > settings.restart_limit {
+        if crashes_in_window(&mut recent, window) > settings.restart_limit {
             let reason =
                 format!("runner failed {} times in {} s (last exit code {code})", recent.len(), window.as_secs());
             tracing::error!(scenario = %scenario, reason, "giving up on runner");
@@ -207,6 +202,16 @@ fn supervise(
             std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
         }
     }
+}
+
+/// Counts a crash now; returns how many fell within the last `window`.
+fn crashes_in_window(recent: &mut VecDeque<Instant>, window: Duration) -> u32 {
+    let now = Instant::now();
+    recent.push_back(now);
+    while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+        recent.pop_front();
+    }
+    recent.len() as u32
 }
 
 /// Changes a supervised runner's entry, if it still has one.

@@ -42,6 +42,14 @@ pub struct PublishStats {
     pub last_error: Mutex<Option<String>>,
 }
 
+impl PublishStats {
+    fn count_produced(&self, records: usize, took: Duration) {
+        self.published.fetch_add(records as u64, Ordering::Relaxed);
+        self.produce_requests.fetch_add(1, Ordering::Relaxed);
+        self.produce_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
 impl ResultBuffer {
     pub fn new(capacity: usize) -> Self {
         Self {
@@ -142,10 +150,7 @@ impl Publisher {
             match outcome {
                 Ok(_) => {
                     buffer.ack(last_seq);
-                    let s = &buffer.stats;
-                    s.published.fetch_add(n as u64, Ordering::Relaxed);
-                    s.produce_requests.fetch_add(1, Ordering::Relaxed);
-                    s.produce_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    buffer.stats.count_produced(n, started.elapsed());
                     if backoff.failures() > 0 {
                         tracing::info!(after_failures = backoff.failures(), "results reach the broker again");
                     }
