@@ -284,9 +284,17 @@ pub async fn run(settings: crate::config::Settings, shutdown: CancellationToken)
         .map_err(|source| ApiRunError::Bind { addr, source })?;
     crate::lifecycle::notify_ready();
     tracing::info!(addr = %running.addr, "api listening");
-    shutdown.cancelled().await;
+    let mut done = running.done;
+    // A task that dies ends the serving early (its siblings are cancelled with it).
+    let early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        ended = &mut done => Some(ended),
+    };
     crate::lifecycle::notify_stopping();
-    let drained = running.done.await.unwrap_or_else(|e| Err(TaskFailed { task: "api", reason: e.to_string() }));
+    let drained = match early {
+        Some(ended) => ended,
+        None => done.await,
+    };
     tracing::info!("api stopped");
-    Ok(drained?)
+    Ok(drained.unwrap_or_else(|e| Err(TaskFailed { task: "api", reason: e.to_string() }))?)
 }
