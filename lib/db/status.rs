@@ -45,6 +45,10 @@ impl ScenarioStatus {
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Inactive | Self::Failed)
     }
+
+    pub fn is_shutting_down(self) -> bool {
+        matches!(self, Self::InitShutdown | Self::InShutdownProcessing)
+    }
 }
 
 /// Where a scenario's runner stands, as its worker row (and the API) says.

@@ -48,7 +48,7 @@ use crate::job::RunnerJob;
 use crate::kafka::KafkaLink;
 use crate::metrics::Metrics;
 use crate::tasks::{OwnedTasks, TaskFailed};
-use backend::WorkerInfo;
+use backend::{RunnerState, WorkerInfo};
 use placement::Backend;
 use reconcile::{Action, Wanted};
 use rskafka::record::RecordAndOffset;
@@ -57,6 +57,9 @@ use rskafka::record::RecordAndOffset;
 pub const CONSUMER: &str = "orchestrator";
 /// Backend calls in flight at once when placing many runners.
 const PLACEMENT_CONCURRENCY: usize = 16;
+/// How long the inbox has to store a finished source's end before the orchestrator ends the
+/// scenario itself.
+const FINISH_GRACE: Duration = Duration::from_secs(10);
 /// The advisory lock key of the leader ("vaporch" in ASCII).
 const LEADER_LOCK: i64 = 0x0076_6170_6f72_6368;
 
@@ -79,6 +82,8 @@ pub struct Orchestrator {
     settings: OrchestratorSettings,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
+    /// When each scenario's runner was first seen ended by itself (exit 0), for the grace.
+    ended: std::sync::Mutex<HashMap<Uuid, Instant>>,
 }
 
 /// Runs until `shutdown`: standby until it holds the lead, then leads until it loses it.
@@ -102,6 +107,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         settings: settings.orchestrator.clone(),
         metrics,
         wake: Arc::new(Notify::new()),
+        ended: std::sync::Mutex::new(HashMap::new()),
     });
     if let Some(changes) = this.backend.changes() {
         let (wake, stop) = (Arc::clone(&this.wake), tasks.token());
@@ -232,7 +238,8 @@ impl Orchestrator {
     /// One round: list, plan, act. Returns the number of actions taken.
     async fn reconcile(&self) -> Result<usize, ReconcileError> {
         let scenarios = workers::active_scenarios(&self.pool).await?;
-        let listed = self.list_ours().await?;
+        let mut listed = self.list_ours().await?;
+        self.give_the_inbox_time(&scenarios, &mut listed);
         let actions = self.plan(&scenarios, &listed);
         let stored: HashMap<Uuid, &workers::ActiveScenario> = scenarios.iter().map(|s| (s.scenario, s)).collect();
         let (starts, others): (Vec<Action>, Vec<Action>) =
@@ -253,6 +260,24 @@ impl Orchestrator {
             }
         }
         Ok(taken)
+    }
+
+    /// A runner whose source ended exits 0 after producing the end of its stream, which the
+    /// inbox applies after the stream's last results. For `FINISH_GRACE` after such an exit the
+    /// runner counts as stopping, so the scenario comes to rest through the inbox, with all its
+    /// results stored; only an end that never arrives is finished by the orchestrator.
+    fn give_the_inbox_time(&self, scenarios: &[workers::ActiveScenario], listed: &mut [WorkerInfo]) {
+        let now = Instant::now();
+        let mut ended = crate::sys::lock(&self.ended);
+        let mut seen = Vec::new();
+        for w in listed.iter_mut().filter(|w| w.state == RunnerState::Exited { code: 0 }) {
+            let running = scenarios.iter().any(|s| s.scenario == w.scenario && !s.status.is_shutting_down());
+            if running && now.duration_since(*ended.entry(w.scenario).or_insert(now)) < FINISH_GRACE {
+                w.state = RunnerState::Stopping;
+            }
+            seen.push(w.scenario);
+        }
+        ended.retain(|id, _| seen.contains(id));
     }
 
     /// The backend's runners that belong to this database's scenarios. A backend can report
