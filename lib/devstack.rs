@@ -76,6 +76,9 @@ type SpawnJob = (Command, libc::c_int, mpsc::Sender<std::io::Result<Child>>);
 /// Spawns on a thread that lives as long as the process: PR_SET_PDEATHSIG fires when the
 /// *thread* that forked the child exits, so a short-lived test thread must not do it.
 fn spawn_kept(mut cmd: Command, death_signal: libc::c_int) -> std::io::Result<Child> {
+    // A process group of its own: a Ctrl-C in the terminal reaches the services, which stop
+    // first, and not the database and broker under them (the owner stops those last).
+    cmd.process_group(0);
     static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
     let keeper = KEEPER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnJob>();
