@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::backend::{Observed, RunnerState};
 use crate::db::scenarios::ScenarioStatus;
+use crate::job::exit;
 
 /// A scenario that is not at rest, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,13 +98,13 @@ pub fn plan(wanted: &[Wanted], observed: &[Observed], max_workers: usize) -> Vec
     actions
 }
 
-/// Why a runner's exit code ends its scenario (see `runner::cli` for the codes).
+/// Why a runner's exit code ends its scenario (the codes: `job::exit`).
 pub fn exit_reason(code: i32) -> String {
-    match code {
-        3 => "camera unavailable: the source never opened".into(),
-        4 => "model could not be loaded".into(),
-        2 => "runner configuration rejected".into(),
-        c => format!("runner exited with code {c}"),
+    match u8::try_from(code) {
+        Ok(exit::SOURCE_UNAVAILABLE) => "camera unavailable: the source never opened".into(),
+        Ok(exit::MODEL) => "model could not be loaded".into(),
+        Ok(exit::USAGE) => "runner configuration rejected".into(),
+        _ => format!("runner exited with code {code}"),
     }
 }
 
