@@ -77,9 +77,15 @@ pub fn init_logging(settings: &crate::config::LogSettings) {
     let mut filter = tracing_subscriber::EnvFilter::try_new(&settings.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // At debug, tokio_postgres logs query parameters (camera URLs carry credentials): keep it
-    // at info even when the operator asks for more. rskafka logs every connection at info.
+    // at info even when the operator asks for more. rskafka logs every connection at info, and
+    // logs as an error every controller error it also returns to vap (which reports it itself):
+    // two services creating the same topic at first start looked like a failure.
     let verbose = settings.level.contains("debug") || settings.level.contains("trace");
-    let quiet: &[&str] = if verbose { &["tokio_postgres=info", "rskafka=info"] } else { &["rskafka=warn"] };
+    let quiet: &[&str] = if verbose {
+        &["tokio_postgres=info", "rskafka=info"]
+    } else {
+        &["rskafka=warn", "rskafka::client::controller=off"]
+    };
     for directive in quiet {
         if let Ok(d) = directive.parse() {
             filter = filter.add_directive(d);
