@@ -162,6 +162,38 @@ fn ssd_model_finds_the_players_and_nothing_in_colour_bars() {
     assert_eq!(frames, 10);
 }
 
+#[test]
+fn coco_model_finds_people_and_the_parked_vehicles_in_the_pedestrian_video() {
+    use opencv::prelude::*;
+    use vap::runner::detector::{Detector, TractDetector};
+    let coco = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/yolov3_tiny_coco_416.toml");
+    let mut detector = TractDetector::load(&coco, None).expect("load the shipped COCO model");
+    let path = media().people.to_str().unwrap().to_string();
+    let mut video = opencv::videoio::VideoCapture::from_file(&path, opencv::videoio::CAP_FFMPEG).unwrap();
+    let mut frame = opencv::core::Mat::default();
+    let (mut frames, mut with_person, mut with_car, mut with_truck) = (0, 0, 0, 0);
+    let mut index = 0;
+    while video.read(&mut frame).unwrap() {
+        index += 1;
+        // Ten frames spread over the clip.
+        if index % 20 != 0 {
+            continue;
+        }
+        let (found, _) = detector.detect(&frame).unwrap();
+        let (w, h) = (frame.cols() as f32, frame.rows() as f32);
+        assert!(found.iter().all(|d| d.bbox[0] >= 0.0 && d.bbox[2] <= w && d.bbox[1] >= 0.0 && d.bbox[3] <= h));
+        frames += 1;
+        with_person += found.iter().any(|d| d.class == "person") as usize;
+        with_car += found.iter().any(|d| d.class == "car") as usize;
+        with_truck += found.iter().any(|d| d.class == "truck") as usize;
+    }
+    // vtest.avi: pedestrians, a parked car, and a van the COCO classes call a truck.
+    assert!(frames >= 8, "read {frames} sampled frames");
+    assert!(with_person * 10 >= frames * 8, "persons in {with_person} of {frames} frames");
+    assert!(with_car * 10 >= frames * 8, "the parked car in {with_car} of {frames} frames");
+    assert!(with_truck * 2 >= frames, "the van (truck) in {with_truck} of {frames} frames");
+}
+
 /// A YOLOv8-format ONNX built here with known outputs: `[1, 6, 4]` (cx, cy, w, h, 2 classes,
 /// 4 boxes), independent of the image but computed from it (`+ 0 * max(image)`).
 fn yolo_fixture(dir: &Path) -> PathBuf {
