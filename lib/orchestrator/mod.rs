@@ -27,7 +27,7 @@ pub mod placement;
 pub mod reconcile;
 pub mod systemd;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -238,10 +238,10 @@ impl Orchestrator {
     /// One round: list, plan, act. Returns the number of actions taken.
     async fn reconcile(&self) -> Result<usize, ReconcileError> {
         let scenarios = workers::active_scenarios(&self.pool).await?;
-        let mut listed = self.list_ours().await?;
-        self.give_the_inbox_time(&scenarios, &mut listed);
-        let actions = self.plan(&scenarios, &listed);
         let stored: HashMap<Uuid, &workers::ActiveScenario> = scenarios.iter().map(|s| (s.scenario, s)).collect();
+        let mut listed = self.list_ours().await?;
+        self.give_the_inbox_time(&stored, &mut listed);
+        let actions = self.plan(&scenarios, &listed);
         let (starts, others): (Vec<Action>, Vec<Action>) =
             actions.into_iter().partition(|a| matches!(a, Action::Start(_)));
         let jobs = starts.into_iter().filter_map(|a| match a {
@@ -266,16 +266,16 @@ impl Orchestrator {
     /// inbox applies after the stream's last results. For `FINISH_GRACE` after such an exit the
     /// runner counts as stopping, so the scenario comes to rest through the inbox, with all its
     /// results stored; only an end that never arrives is finished by the orchestrator.
-    fn give_the_inbox_time(&self, scenarios: &[workers::ActiveScenario], listed: &mut [WorkerInfo]) {
+    fn give_the_inbox_time(&self, stored: &HashMap<Uuid, &workers::ActiveScenario>, listed: &mut [WorkerInfo]) {
         let now = Instant::now();
         let mut ended = crate::sys::lock(&self.ended);
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         for w in listed.iter_mut().filter(|w| w.state == RunnerState::Exited { code: 0 }) {
-            let running = scenarios.iter().any(|s| s.scenario == w.scenario && !s.status.is_shutting_down());
+            let running = stored.get(&w.scenario).is_some_and(|s| !s.status.is_shutting_down());
             if running && now.duration_since(*ended.entry(w.scenario).or_insert(now)) < FINISH_GRACE {
                 w.state = RunnerState::Stopping;
             }
-            seen.push(w.scenario);
+            seen.insert(w.scenario);
         }
         ended.retain(|id, _| seen.contains(id));
     }
