@@ -127,14 +127,19 @@ async fn pump(
     if !send(format!("retry: 2000\n: streaming results of {uuid} after frame {cursor}\n\n")).await {
         return;
     }
+    // Streams that lost the database together do not come back in step.
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     loop {
         // Drain everything after the cursor.
         loop {
             let rows = match results::page(&state.pool, uuid, cursor, PAGE).await {
-                Ok(rows) => rows,
+                Ok(rows) => {
+                    backoff.reset();
+                    rows
+                }
                 Err(e) => {
                     tracing::warn!(scenario_uuid = %uuid, error = %e, "SSE read failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(backoff.next_delay().unwrap_or(Duration::from_secs(5))).await;
                     continue;
                 }
             };
