@@ -600,11 +600,14 @@ impl Settings {
         if !(o.nomad.address.starts_with("http://") || o.nomad.address.starts_with("https://")) {
             return bad("orchestrator.nomad.address", "must start with http:// or https://");
         }
-        if let Some(bad_pair) = o.nomad.runner_env.iter().find(|kv| !kv.contains('=')) {
-            return Err(ConfigError::Value {
-                key: "orchestrator.nomad.runner_env",
-                reason: format!("'{bad_pair}' is not KEY=VALUE"),
-            });
+        // Both backends hand these to the runner through `job::RunnerJob::env_with`.
+        for (key, list) in [
+            ("orchestrator.nomad.runner_env", &o.nomad.runner_env),
+            ("orchestrator.systemd.runner_env", &o.systemd.runner_env),
+        ] {
+            if let Some(bad_pair) = list.iter().find(|kv| !kv.contains('=')) {
+                return Err(ConfigError::Value { key, reason: format!("'{bad_pair}' is not KEY=VALUE") });
+            }
         }
         if !o.metrics_listen.is_empty() && o.metrics_listen.parse::<SocketAddr>().is_err() {
             return bad("orchestrator.metrics_listen", "must be host:port or empty");

@@ -77,6 +77,9 @@ fn unknown_keys_and_bad_values_are_refused_by_name() {
     let file = write_toml(&nodes.replace("worker-1\"\n", "infra\"\n"));
     let e = Settings::load_from(Some(file.path()), env(&[])).unwrap_err().to_string();
     assert!(e.contains("orchestrator.systemd.nodes"), "{e}");
+    let file = write_toml("[orchestrator.systemd]\nrunner_env = [\"RUST_LOG=info\", \"NO_VALUE\"]\n");
+    let e = Settings::load_from(Some(file.path()), env(&[])).unwrap_err().to_string();
+    assert!(e.contains("orchestrator.systemd.runner_env") && e.contains("NO_VALUE"), "{e}");
     let e = Settings::load_from(Some(std::path::Path::new("/nonexistent/vap.toml")), env(&[])).unwrap_err().to_string();
     assert!(e.contains("/nonexistent/vap.toml"), "{e}");
 }
