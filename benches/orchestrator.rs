@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use common::TestApp;
 use fleet::{runner_processes, spawn_orchestrator, RUNNER_BIN};
-use media::{manifest, media};
+use media::{media, models_dir};
 
 const SCENARIOS: usize = 50;
 
@@ -85,7 +85,7 @@ async fn local_latency(app: &TestApp, video: &str) {
         let started = Instant::now();
         let mut env = app.env();
         env.extend([
-            ("VAP_RUNNER__MODEL_MANIFEST".to_string(), manifest().to_str().unwrap().to_string()),
+            ("VAP_RUNNER__MODELS_DIR".to_string(), models_dir().to_str().unwrap().to_string()),
             ("VAP_SCENARIO_UUID".to_string(), id.to_string()),
             ("VAP_CAMERA_URL".to_string(), video.clone()),
         ]);
@@ -210,6 +210,7 @@ async fn nomad_placements(app: &mut TestApp) {
                     scenario: uuid::Uuid::new_v4(),
                     camera_url: vap::camera_url::CameraUrl::trusted("rtsp://cam/1".into()),
                     epoch: chrono::Utc::now(),
+                    options: Default::default(),
                 };
                 client.register_job(&vap::orchestrator::nomad::job_spec(&settings, &spec)).await.unwrap();
             }

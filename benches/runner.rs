@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use vap::config::KafkaSettings;
 use vap::devstack::{Broker, BrokerStorage};
 use vap::kafka::KafkaLink;
+use vap::models::Manifest;
 use vap::runner::detector::TractDetector;
 use vap::runner::publisher::{result_record, Publisher, ResultBuffer};
 
@@ -166,7 +167,8 @@ fn run_runner(video: &Path, manifest: &Path, broker: &str, threads: usize) -> (V
         .env_clear()
         .env("VAP_KAFKA__BROKERS", broker)
         .env("VAP_KAFKA__TOPIC_RESULTS", format!("bench-results-{threads}"))
-        .env("VAP_RUNNER__MODEL_MANIFEST", manifest)
+        .env("VAP_RUNNER__MODELS_DIR", manifest.parent().unwrap())
+        .env("VAP_RUNNER__DEFAULT_MODEL", Manifest::load(manifest).unwrap().name)
         .env("VAP_RUNNER__SAMPLE_FPS", "0")
         .env("VAP_RUNNER__INFERENCE_THREADS", threads.to_string())
         .env("VAP_LOG__JSON", "true")

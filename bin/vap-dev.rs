@@ -21,9 +21,9 @@ async fn main() -> std::process::ExitCode {
         vap::lifecycle::init_logging(&vap::config::LogSettings::default());
         let exe = std::env::current_exe()?;
         let bin_dir = exe.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-        // scripts/run starts it from the repository, where the shipped model is.
-        let model_manifest = std::env::current_dir()?.join("models/ssdlite_person_300.toml");
-        let opts = vap::embedded::EmbeddedOptions { api_port, bin_dir, model_manifest, sample_video, max_workers };
+        // scripts/run starts it from the repository, where the shipped models are.
+        let models_dir = std::env::current_dir()?.join("models");
+        let opts = vap::embedded::EmbeddedOptions { api_port, bin_dir, models_dir, sample_video, max_workers };
         vap::embedded::run(opts, vap::lifecycle::shutdown_on_signal()).await?;
         Ok(())
     };

@@ -266,11 +266,16 @@ pub struct LocalBackendSettings {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunnerSettings {
-    /// The model manifest (TOML beside the ONNX file it names).
-    pub model_manifest: PathBuf,
-    /// Frames analysed per second of stream time; 0 analyses every frame.
+    /// The model catalogue: manifests (TOML beside the ONNX files they name). The API reads it
+    /// too, to check and list what a scenario may ask for.
+    pub models_dir: PathBuf,
+    /// The model of a scenario that names none.
+    pub default_model: String,
+    /// Frames analysed per second of stream time, for a scenario that sets no `fps`; 0
+    /// analyses every frame.
     pub sample_fps: f64,
-    /// Overrides the manifest's score threshold when set (0..1).
+    /// The confidence a detection needs, for a scenario that sets no `min_confidence`; unset:
+    /// each model's own threshold (0..1).
     pub score_threshold: Option<f32>,
     /// Threads for inference (matrix products); 1 leaves the other cores to other runners.
     pub inference_threads: usize,
@@ -449,7 +454,8 @@ impl Default for LocalBackendSettings {
 impl Default for RunnerSettings {
     fn default() -> Self {
         Self {
-            model_manifest: PathBuf::from("models/ssdlite_person_300.toml"),
+            models_dir: PathBuf::from("models"),
+            default_model: "ssdlite_person_300".into(),
             sample_fps: 2.0,
             score_threshold: None,
             inference_threads: 1,
@@ -553,6 +559,9 @@ impl Settings {
         let r = &self.runner;
         if !(r.sample_fps >= 0.0 && r.sample_fps.is_finite()) {
             return bad("runner.sample_fps", "must be 0 (every frame) or a positive number");
+        }
+        if r.default_model.is_empty() {
+            return bad("runner.default_model", "must name a model of runner.models_dir");
         }
         if r.score_threshold.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
             return bad("runner.score_threshold", "must be between 0 and 1");

@@ -33,8 +33,8 @@ pub struct EmbeddedOptions {
     pub api_port: Option<u16>,
     /// Where the vap binaries are (normally the directory of the running `vap-dev`).
     pub bin_dir: PathBuf,
-    /// The detector's manifest for the runners.
-    pub model_manifest: PathBuf,
+    /// The model catalogue (the API checks options against it, runners load from it).
+    pub models_dir: PathBuf,
     /// A video to start a scenario on once everything runs (a demo), if any.
     pub sample_video: Option<PathBuf>,
     pub max_workers: usize,
@@ -132,7 +132,7 @@ fn service_env(
         ("VAP_ORCHESTRATOR__METRICS_LISTEN", format!("127.0.0.1:{}", crate::devstack::free_port()?)),
         ("VAP_ORCHESTRATOR__LOCAL__RUNNER_BIN", opts.bin_dir.join("vap-runner").display().to_string()),
         ("VAP_ORCHESTRATOR__LOCAL__STOP_RUNNERS_ON_EXIT", "true".into()),
-        ("VAP_RUNNER__MODEL_MANIFEST", opts.model_manifest.display().to_string()),
+        ("VAP_RUNNER__MODELS_DIR", opts.models_dir.display().to_string()),
     ])
 }
 

@@ -8,12 +8,15 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::camera_url::CameraUrl;
+use crate::options::ScenarioOptions;
 
 pub const ENV_SCENARIO_UUID: &str = "VAP_SCENARIO_UUID";
 pub const ENV_SCENARIO_EPOCH: &str = "VAP_SCENARIO_EPOCH";
 pub const ENV_CAMERA_URL: &str = "VAP_CAMERA_URL";
+/// The scenario's options (lib/options.rs) as JSON.
+pub const ENV_SCENARIO_OPTIONS: &str = "VAP_SCENARIO_OPTIONS";
 /// Given per process, not configuration: the settings loader leaves them alone.
-pub const JOB_ENV: [&str; 3] = [ENV_SCENARIO_UUID, ENV_SCENARIO_EPOCH, ENV_CAMERA_URL];
+pub const JOB_ENV: [&str; 4] = [ENV_SCENARIO_UUID, ENV_SCENARIO_EPOCH, ENV_CAMERA_URL, ENV_SCENARIO_OPTIONS];
 
 /// A runner's exit codes.
 pub mod exit {
@@ -35,12 +38,14 @@ pub mod exit {
 }
 
 /// What a runner works on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunnerJob {
     pub scenario: Uuid,
     pub camera_url: CameraUrl,
     /// The scenario's creation time: the runner's frame numbers count from it.
     pub epoch: DateTime<Utc>,
+    /// Model, fps, classes, confidence, mask: what the API stored for the scenario.
+    pub options: ScenarioOptions,
 }
 
 impl RunnerJob {
@@ -50,6 +55,7 @@ impl RunnerJob {
             (ENV_SCENARIO_UUID.into(), self.scenario.to_string()),
             (ENV_SCENARIO_EPOCH.into(), self.epoch.to_rfc3339()),
             (ENV_CAMERA_URL.into(), self.camera_url.expose().to_string()),
+            (ENV_SCENARIO_OPTIONS.into(), serde_json::to_string(&self.options).unwrap_or_default()),
         ]
     }
 
@@ -90,6 +96,7 @@ mod tests {
             scenario: Uuid::nil(),
             camera_url: CameraUrl::trusted("rtsp://u:p@cam/1".into()),
             epoch: DateTime::UNIX_EPOCH,
+            options: ScenarioOptions::default(),
         };
         let env = job.env_with(&["RUST_LOG=info".into(), "VAP_CAMERA_URL=other".into(), "junk".into()]);
         assert_eq!(env[0], ("RUST_LOG".into(), "info".into()));

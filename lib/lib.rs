@@ -18,6 +18,8 @@
 //! | [`relay`] | the `vap-relay` process: outbox relay + inbox + its metrics |
 //! | `runner` | `vap-runner`: capture, detection, publishing (feature `runner`: the only code linking OpenCV and tract) |
 //! | [`consumer`] | a Kafka consumer that keeps its positions in PostgreSQL (inbox, orchestrator) |
+//! | [`models`] | the model catalogue: manifests beside ONNX files, checked at start, read by API and runner |
+//! | [`options`] | a scenario's options (model, fps, classes, confidence, mask): checks, merge patch, digest |
 //! | [`job`] | the orchestrator-runner contract: job environment, arguments, exit codes |
 //! | [`kafka`] | the Kafka interface (rskafka): connect, topics, partitioner |
 //! | [`events`] | the messages on Kafka: the contract between processes |
@@ -52,6 +54,8 @@ pub mod job;
 pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;
+pub mod models;
+pub mod options;
 pub mod orchestrator;
 pub mod outbox_relay;
 pub mod relay;

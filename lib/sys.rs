@@ -100,6 +100,17 @@ pub fn set_socket_option(fd: libc::c_int, level: libc::c_int, name: libc::c_int,
     rc == 0
 }
 
+/// This host's name (read once): a local runner's node, a runner instance's name.
+pub fn hostname() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    })
+    .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
-//! API errors: every one is a JSON body `{"error": {"code", "message"}}` with a 4xx/5xx status.
+//! API errors: every one is a JSON body `{"error": {"code", "message"}}` with a 4xx/5xx status;
+//! a bad scenario option adds `"field"`.
 
 use hyper::{header, Response, StatusCode};
 
@@ -9,6 +10,9 @@ use crate::db::DbError;
 pub enum ApiError {
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// A scenario option: the body names the field too.
+    #[error("{0}")]
+    InvalidOption(crate::options::OptionError),
     #[error("authentication required: send 'Authorization: Bearer <token>'")]
     Unauthorized,
     #[error("no route for {0}")]
@@ -39,6 +43,7 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::InvalidOption(_) => (StatusCode::BAD_REQUEST, "invalid_option"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::ScenarioNotFound(_) => (StatusCode::NOT_FOUND, "scenario_not_found"),
@@ -62,7 +67,10 @@ impl ApiError {
             }
             _ => self.to_string(),
         };
-        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        let mut body = serde_json::json!({ "error": { "code": code, "message": message } });
+        if let ApiError::InvalidOption(e) = &self {
+            body["error"]["field"] = e.field.clone().into();
+        }
         let mut resp = super::json_response(status, &body);
         match self {
             ApiError::MethodNotAllowed { allowed, .. } => {

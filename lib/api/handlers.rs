@@ -16,6 +16,7 @@ use crate::config::ApiSettings;
 use crate::db::results::{self, StoredResult};
 use crate::db::scenarios::{self, Created, Idempotency, Scenario, ScenarioStatus, Shutdown};
 use crate::db::{self, outbox, positions};
+use crate::options::{Defaults, ScenarioOptions};
 
 /// The consumer name the inbox stores its positions under.
 pub use crate::inbox::CONSUMER as INBOX_CONSUMER;
@@ -35,10 +36,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub fn scenario_json(s: &Scenario) -> Value {
+pub fn scenario_json(s: &Scenario, defaults: &Defaults) -> Value {
     json!({
         "scenario_uuid": s.uuid,
         "camera_url": s.camera_url.redacted(),
+        "options": options_json(&s.options, defaults),
         "status": s.status.as_str(),
         "error": s.error,
         "frames_processed": s.frames_processed,
@@ -46,6 +48,45 @@ pub fn scenario_json(s: &Scenario) -> Value {
         "updated_at": s.updated_at,
         "worker": s.worker,
     })
+}
+
+/// The options in effect: defaults that depend on the model are shown resolved against it.
+/// `classes: null` means every class of the model.
+pub fn options_json(o: &ScenarioOptions, defaults: &Defaults) -> Value {
+    let model = o.model_name(&defaults.catalogue);
+    let min_confidence = defaults.catalogue.get(model).map(|m| o.effective_min_confidence(m, defaults.min_confidence));
+    json!({
+        "name": o.name,
+        "model": model,
+        "fps": o.fps.unwrap_or(defaults.fps),
+        "classes": o.classes,
+        "min_confidence": min_confidence,
+        "mask": o.mask,
+    })
+}
+
+/// The catalogue: what `model` may name, and what each model can find.
+pub fn models(state: &Arc<AppState>) -> Response<Body> {
+    let catalogue = &state.options.catalogue;
+    let list: Vec<Value> = catalogue
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "default": m.name == catalogue.default_name(),
+                "classes": m.classes().collect::<Vec<_>>(),
+                "input": { "width": m.input.width, "height": m.input.height },
+                "output_format": m.output_format(),
+                "thresholds": {
+                    "min_confidence": m.thresholds.score,
+                    "iou": m.thresholds.iou,
+                    "max_detections": m.thresholds.max_detections,
+                },
+                "sha256": m.sha256,
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "default_model": catalogue.default_name(), "models": list }))
 }
 
 pub fn parse_uuid(raw: &str) -> Result<Uuid, ApiError> {
@@ -133,9 +174,19 @@ pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Res
     };
     let url = CameraUrl::parse(url, state.settings.allow_file_urls)
         .map_err(|e| ApiError::bad("invalid_camera_url", e.to_string()))?;
-    let hash = hex(&Sha256::digest(url.expose().as_bytes()));
+    let mut requested = fields.clone();
+    requested.remove("camera_url");
+    let options = ScenarioOptions::from_request(&requested, &state.options).map_err(ApiError::InvalidOption)?;
+    let mut digest = Sha256::new();
+    digest.update(url.expose().as_bytes());
+    // Only a request with options hashes them: keys stored before options existed still match.
+    if !requested.is_empty() {
+        digest.update(serde_json::to_vec(&requested).unwrap_or_default());
+    }
+    let hash = hex(&digest.finalize());
     let idempotency = key.as_deref().map(|key| Idempotency { key, request_hash: &hash });
-    match scenarios::create(&state.pool, &url, idempotency, scenario_json).await? {
+    let render = |s: &Scenario| scenario_json(s, &state.options);
+    match scenarios::create(&state.pool, &url, &options, idempotency, render).await? {
         Created::New { scenario, response } => {
             state.outbox_waker.wake();
             tracing::info!(scenario_uuid = %scenario.uuid, camera_url = %url, "scenario created");
@@ -153,7 +204,7 @@ fn hex(bytes: &[u8]) -> String {
 pub async fn get_scenario(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
     let scenario = scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
-    Ok(json_response(StatusCode::OK, &scenario_json(&scenario)))
+    Ok(json_response(StatusCode::OK, &scenario_json(&scenario, &state.options)))
 }
 
 pub async fn list_scenarios(state: &Arc<AppState>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
@@ -178,7 +229,7 @@ pub async fn list_scenarios(state: &Arc<AppState>, query: Option<&str>) -> Resul
     };
     let (rows, more) = scenarios::list(&state.pool, status, cursor, limit).await?;
     let next = if more { rows.last().map(|s| s.seq.to_string()) } else { None };
-    let list: Vec<Value> = rows.iter().map(scenario_json).collect();
+    let list: Vec<Value> = rows.iter().map(|s| scenario_json(s, &state.options)).collect();
     Ok(json_response(StatusCode::OK, &json!({ "scenarios": list, "next_cursor": next })))
 }
 
@@ -188,9 +239,9 @@ pub async fn shutdown_scenario(state: &Arc<AppState>, id: &str) -> Result<Respon
         Shutdown::Requested(s) => {
             state.outbox_waker.wake();
             tracing::info!(scenario_uuid = %uuid, "shutdown requested");
-            Ok(json_response(StatusCode::OK, &scenario_json(&s)))
+            Ok(json_response(StatusCode::OK, &scenario_json(&s, &state.options)))
         }
-        Shutdown::AlreadyShuttingDown(s) => Ok(json_response(StatusCode::OK, &scenario_json(&s))),
+        Shutdown::AlreadyShuttingDown(s) => Ok(json_response(StatusCode::OK, &scenario_json(&s, &state.options))),
         Shutdown::Finished(s) => Err(ApiError::Conflict(format!(
             "scenario {uuid} is already {}; there is nothing to shut down",
             s.status.as_str()
@@ -199,8 +250,19 @@ pub async fn shutdown_scenario(state: &Arc<AppState>, id: &str) -> Result<Respon
     }
 }
 
+/// A stored frame, with what produced it: model, the model file's digest, the runner
+/// instance, and for files the position in the media.
 pub fn result_json(r: &StoredResult) -> Value {
-    json!({ "frame_number": r.frame_number, "timestamp": r.timestamp, "detections": r.detections })
+    let extra = |k: &str| r.extra.get(k).cloned().unwrap_or(Value::Null);
+    json!({
+        "frame_number": r.frame_number,
+        "timestamp": r.timestamp,
+        "detections": r.detections,
+        "model": extra("model"),
+        "model_sha256": extra("model_sha256"),
+        "runner": extra("runner"),
+        "media_ms": extra("media_ms"),
+    })
 }
 
 pub async fn prediction(state: &Arc<AppState>, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {

@@ -23,6 +23,7 @@ pub use error::ApiError;
 
 use crate::config::{ApiSettings, DatabaseSettings};
 use crate::metrics::Metrics;
+use crate::options::Defaults;
 use crate::tasks::{OwnedTasks, TaskFailed};
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tells relays that new outbox rows are committed.
     pub outbox_waker: crate::db::outbox::OutboxWaker,
+    /// The model catalogue and the defaults of omitted scenario options.
+    pub options: Defaults,
 }
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -73,6 +76,7 @@ pub async fn serve(
     pool: Pool,
     settings: ApiSettings,
     database: DatabaseSettings,
+    options: Defaults,
     shutdown: CancellationToken,
 ) -> std::io::Result<RunningApi> {
     let addr = listener.local_addr()?;
@@ -87,6 +91,7 @@ pub async fn serve(
         metrics: Arc::new(Metrics::default()),
         results_bus: results_bus.clone(),
         shutdown: shutdown.clone(),
+        options,
     });
     tasks.spawn("results listener", sse::forward_notifications(database, results_bus, tasks.token()));
     tasks.spawn("accept loop", accept_loop(listener, state, tasks.token()));
@@ -151,6 +156,7 @@ fn route_of(path: &str) -> (&'static str, Option<Route>) {
         ["docs"] => Route::Docs,
         ["api", "v1", "scenario", "init"] => Route::InitScenario,
         ["api", "v1", "scenarios"] => Route::ListScenarios,
+        ["api", "v1", "models"] => Route::Models,
         ["api", "v1", "scenario", id] => Route::GetScenario(id.to_string()),
         ["api", "v1", "scenario", id, "shutdown"] => Route::Shutdown(id.to_string()),
         ["api", "v1", "prediction", id] => Route::Prediction(id.to_string()),
@@ -169,6 +175,7 @@ pub(crate) enum Route {
     Docs,
     InitScenario,
     ListScenarios,
+    Models,
     GetScenario(String),
     Shutdown(String),
     Prediction(String),
@@ -185,6 +192,7 @@ impl Route {
             Route::Docs => "/docs",
             Route::InitScenario => "/api/v1/scenario/init",
             Route::ListScenarios => "/api/v1/scenarios",
+            Route::Models => "/api/v1/models",
             Route::GetScenario(_) => "/api/v1/scenario/{uuid}",
             Route::Shutdown(_) => "/api/v1/scenario/{uuid}/shutdown",
             Route::Prediction(_) => "/api/v1/prediction/{uuid}",
@@ -253,6 +261,7 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
         Route::Docs => Ok(text_response(StatusCode::OK, "text/html; charset=utf-8", DOCS_PAGE)),
         Route::InitScenario => handlers::init_scenario(state, req).await,
         Route::ListScenarios => handlers::list_scenarios(state, req.uri().query()).await,
+        Route::Models => Ok(handlers::models(state)),
         Route::GetScenario(id) => handlers::get_scenario(state, &id).await,
         Route::Shutdown(id) => handlers::shutdown_scenario(state, &id).await,
         Route::Prediction(id) => handlers::prediction(state, &id, req.uri().query()).await,
@@ -271,15 +280,19 @@ pub enum ApiRunError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Task(#[from] TaskFailed),
+    #[error(transparent)]
+    Catalogue(#[from] crate::models::CatalogueError),
 }
 
 /// The `vap-api` process: migrate (when configured), bind, serve until `shutdown`, drain.
 pub async fn run(settings: crate::config::Settings, shutdown: CancellationToken) -> Result<(), ApiRunError> {
+    let options = Defaults::from_settings(&settings.runner)?;
+    tracing::info!(models = ?options.catalogue.names(), default = options.catalogue.default_name(), "model catalogue checked");
     crate::cli::migrate_on_start(&settings).await?;
     let pool = crate::db::pool(&settings.database)?;
     let addr = settings.api.listen;
     let listener = TcpListener::bind(addr).await.map_err(|source| ApiRunError::Bind { addr, source })?;
-    let running = serve(listener, pool, settings.api, settings.database, shutdown.clone())
+    let running = serve(listener, pool, settings.api, settings.database, options, shutdown.clone())
         .await
         .map_err(|source| ApiRunError::Bind { addr, source })?;
     crate::lifecycle::notify_ready();

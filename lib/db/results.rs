@@ -14,6 +14,8 @@ pub struct StoredResult {
     pub frame_number: i64,
     pub timestamp: DateTime<Utc>,
     pub detections: serde_json::Value,
+    /// What the runner added: model and its digest, runner instance, media position.
+    pub extra: serde_json::Value,
 }
 
 /// Frames of a scenario after `after_frame`, in frame order.
@@ -21,14 +23,14 @@ pub async fn page(pool: &Pool, scenario: Uuid, after_frame: i64, limit: i64) -> 
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT frame_number, captured_at, detections FROM scenario_results
+            "SELECT frame_number, captured_at, detections, extra FROM scenario_results
               WHERE scenario_uuid = $1 AND frame_number > $2 ORDER BY frame_number LIMIT $3",
         )
         .await?;
     let rows = client.query(&stmt, &[&scenario, &after_frame, &limit]).await?;
     Ok(rows
         .iter()
-        .map(|r| StoredResult { frame_number: r.get(0), timestamp: r.get(1), detections: r.get(2) })
+        .map(|r| StoredResult { frame_number: r.get(0), timestamp: r.get(1), detections: r.get(2), extra: r.get(3) })
         .collect())
 }
 

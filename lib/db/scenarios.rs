@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::DbError;
 use crate::camera_url::CameraUrl;
 use crate::events::EventKind;
+use crate::options::ScenarioOptions;
 
 pub use super::status::{ScenarioStatus, WorkerStatus};
 
@@ -30,6 +31,7 @@ pub struct Scenario {
     pub uuid: Uuid,
     pub seq: i64,
     pub camera_url: CameraUrl,
+    pub options: ScenarioOptions,
     pub status: ScenarioStatus,
     pub error: Option<String>,
     pub frames_processed: i64,
@@ -38,7 +40,8 @@ pub struct Scenario {
     pub worker: Option<Worker>,
 }
 
-const SELECT_SCENARIO: &str = "SELECT s.scenario_uuid, s.seq, s.camera_url, s.status, s.error, s.frames_processed,
+const SELECT_SCENARIO: &str =
+    "SELECT s.scenario_uuid, s.seq, s.camera_url, s.options, s.status, s.error, s.frames_processed,
         s.created_at, s.updated_at, w.backend, w.backend_ref, w.node, w.status AS worker_status, w.restarts,
         w.last_error, w.started_at, w.updated_at AS worker_updated_at
    FROM scenarios s LEFT JOIN workers w USING (scenario_uuid)";
@@ -60,6 +63,7 @@ fn scenario_from_row(row: &Row) -> Scenario {
         uuid: row.get("scenario_uuid"),
         seq: row.get("seq"),
         camera_url: CameraUrl::trusted(row.get("camera_url")),
+        options: options_from(row.get("options")),
         // The CHECK constraint keeps this in the known set.
         status: ScenarioStatus::parse(status).unwrap_or(ScenarioStatus::Failed),
         error: row.get("error"),
@@ -68,6 +72,14 @@ fn scenario_from_row(row: &Row) -> Scenario {
         updated_at: row.get("updated_at"),
         worker,
     }
+}
+
+/// Options as stored; a row this version can't read (written by a newer one) runs on defaults.
+pub(crate) fn options_from(value: serde_json::Value) -> ScenarioOptions {
+    serde_json::from_value(value).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "stored scenario options unreadable; using the defaults");
+        ScenarioOptions::default()
+    })
 }
 
 /// The outcome of a create with an idempotency key.
@@ -100,8 +112,8 @@ fn event_payload(kind: EventKind, uuid: Uuid, camera_url: &str, at: DateTime<Utc
 /// round trip instead of a BEGIN/INSERT/INSERT/COMMIT exchange.
 const INSERT_SCENARIO_WITH_EVENT: &str = "
     WITH s AS (
-        INSERT INTO scenarios (scenario_uuid, camera_url, status) VALUES ($1, $2, 'init_startup')
-        RETURNING scenario_uuid, seq, camera_url, status, error, frames_processed, created_at, updated_at),
+        INSERT INTO scenarios (scenario_uuid, camera_url, options, status) VALUES ($1, $2, $3, 'init_startup')
+        RETURNING scenario_uuid, seq, camera_url, options, status, error, frames_processed, created_at, updated_at),
     e AS (
         INSERT INTO outbox (scenario_uuid, event_type, payload)
         SELECT scenario_uuid, 'init_scenario',
@@ -118,14 +130,16 @@ const INSERT_SCENARIO_WITH_EVENT: &str = "
 pub async fn create(
     pool: &Pool,
     camera_url: &CameraUrl,
+    options: &ScenarioOptions,
     idempotency: Option<Idempotency<'_>>,
     render: impl Fn(&Scenario) -> serde_json::Value,
 ) -> Result<Created, DbError> {
     let mut client = pool.get().await?;
     let uuid = Uuid::new_v4();
+    let options = serde_json::to_value(options).unwrap_or_else(|_| serde_json::json!({}));
     let Some(idem) = idempotency else {
         let insert = client.prepare_cached(INSERT_SCENARIO_WITH_EVENT).await?;
-        let scenario = scenario_from_row(&client.query_one(&insert, &[&uuid, &camera_url.expose()]).await?);
+        let scenario = scenario_from_row(&client.query_one(&insert, &[&uuid, &camera_url.expose(), &options]).await?);
         let response = render(&scenario);
         return Ok(Created::New { scenario: Box::new(scenario), response });
     };
@@ -148,7 +162,7 @@ pub async fn create(
         return Ok(if hash == idem.request_hash { Created::Replayed(row.get(1)) } else { Created::KeyReused });
     }
     let insert = tx.prepare_cached(INSERT_SCENARIO_WITH_EVENT).await?;
-    let scenario = scenario_from_row(&tx.query_one(&insert, &[&uuid, &camera_url.expose()]).await?);
+    let scenario = scenario_from_row(&tx.query_one(&insert, &[&uuid, &camera_url.expose(), &options]).await?);
     let response = render(&scenario);
     tx.execute("UPDATE idempotency_keys SET response = $2 WHERE key = $1", &[&idem.key, &response]).await?;
     tx.commit().await?;

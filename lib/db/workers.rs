@@ -26,6 +26,7 @@ pub struct ActiveScenario {
     pub scenario: Uuid,
     pub status: ScenarioStatus,
     pub camera_url: CameraUrl,
+    pub options: crate::options::ScenarioOptions,
     pub created_at: DateTime<Utc>,
     pub worker: Option<StoredWorker>,
 }
@@ -35,7 +36,7 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT s.scenario_uuid, s.status, s.camera_url, s.created_at, w.status, w.backend_ref, w.restarts
+            "SELECT s.scenario_uuid, s.status, s.camera_url, s.created_at, w.status, w.backend_ref, w.restarts, s.options
                FROM scenarios s LEFT JOIN workers w USING (scenario_uuid)
               WHERE s.status NOT IN ('inactive', 'failed') ORDER BY s.seq",
         )
@@ -48,6 +49,7 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
                 scenario: r.get(0),
                 status: ScenarioStatus::parse(r.get(1))?,
                 camera_url: CameraUrl::trusted(r.get(2)),
+                options: super::scenarios::options_from(r.get(7)),
                 created_at: r.get(3),
                 worker: r.get::<_, Option<&str>>(4).map(|status| StoredWorker {
                     status: WorkerStatus::parse(status),

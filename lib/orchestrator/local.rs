@@ -56,7 +56,7 @@ impl LocalBackend {
                 scenario,
                 state: s.state.clone(),
                 backend_ref: s.pid.map(|p| format!("pid {p}")).unwrap_or_default(),
-                node: Some(hostname()),
+                node: Some(crate::sys::hostname()),
                 restarts: s.restarts,
                 started_at: Some(s.started_at),
             })
@@ -68,7 +68,7 @@ impl LocalBackend {
                     scenario,
                     state: RunnerState::Running,
                     backend_ref: format!("pid {pid}"),
-                    node: Some(hostname()),
+                    node: Some(crate::sys::hostname()),
                     restarts: 0,
                     started_at: None,
                 });
@@ -96,7 +96,7 @@ impl LocalBackend {
             scenario: spec.scenario,
             state: RunnerState::Starting,
             backend_ref: String::new(),
-            node: Some(hostname()),
+            node: Some(crate::sys::hostname()),
             restarts: 0,
             started_at: Some(started_at),
         })
@@ -278,14 +278,4 @@ fn is_zombie(pid: u32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
         .unwrap_or(true)
-}
-
-fn hostname() -> String {
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into())
-    })
-    .clone()
 }

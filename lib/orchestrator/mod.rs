@@ -249,6 +249,7 @@ impl Orchestrator {
                 scenario: s.scenario,
                 camera_url: s.camera_url.clone(),
                 epoch: s.created_at,
+                options: s.options.clone(),
             }),
             _ => None,
         });

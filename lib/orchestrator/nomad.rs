@@ -561,6 +561,11 @@ mod tests {
             scenario: Uuid::parse_str("6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10").unwrap(),
             camera_url: crate::camera_url::CameraUrl::trusted("rtsp://user:pass@camera-7.local/stream".into()),
             epoch: "2026-11-24T10:00:00Z".parse().unwrap(),
+            options: crate::options::ScenarioOptions {
+                model: Some("yolov3_tiny_coco_416".into()),
+                fps: Some(2.0),
+                ..Default::default()
+            },
         };
         let golden: Value = serde_json::from_str(include_str!("../../tests/golden/nomad_job.json")).unwrap();
         assert_eq!(

@@ -117,6 +117,8 @@ pub struct SampledFrame {
     pub captured_at: DateTime<Utc>,
     /// Index of the frame in the current connection to the source.
     pub source_index: u64,
+    /// Position in the media, for sources with an end (files): finds the frame in the file.
+    pub media_ms: Option<f64>,
     /// Time spent grabbing and decoding it.
     pub read_time: Duration,
 }
@@ -359,6 +361,7 @@ impl<S: FrameSource> CaptureLoop<S> {
                 image: std::mem::take(&mut image),
                 captured_at,
                 source_index: index - 1,
+                media_ms: (!info.live).then_some(media_ms),
                 read_time: read_started.elapsed(),
             };
             cx.slot.put(frame, info.live, cx.stats, cx.shutdown, cx.beat);

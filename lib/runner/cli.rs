@@ -1,7 +1,7 @@
-//! `vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL]`
+//! `vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL] [--options JSON]`
 //!
 //! The orchestrator passes the job in the environment (`VAP_SCENARIO_UUID`,
-//! `VAP_SCENARIO_EPOCH`, `VAP_CAMERA_URL`) so the camera URL, which may hold credentials, never
+//! `VAP_SCENARIO_EPOCH`, `VAP_CAMERA_URL`, `VAP_SCENARIO_OPTIONS`) so the camera URL, which may hold credentials, never
 //! shows in the process list. Flags are for running it by hand.
 //!
 //! Exit codes: 0 the source ended or SIGTERM flushed; 1 any other error; 2 bad usage or
@@ -18,9 +18,11 @@ use super::{Outcome, RunnerError, RunnerJob};
 use crate::config::Settings;
 
 use crate::camera_url::CameraUrl;
-use crate::job::{exit, ENV_CAMERA_URL, ENV_SCENARIO_EPOCH, ENV_SCENARIO_UUID};
+use crate::job::{exit, ENV_CAMERA_URL, ENV_SCENARIO_EPOCH, ENV_SCENARIO_OPTIONS, ENV_SCENARIO_UUID};
+use crate::options::ScenarioOptions;
 
-const USAGE: &str = "usage: vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL]";
+const USAGE: &str =
+    "usage: vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL] [--options JSON]";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UsageError {
@@ -36,14 +38,17 @@ pub enum UsageError {
     BadEpoch(String),
     #[error("no camera URL: set VAP_CAMERA_URL or pass --camera-url")]
     NoCameraUrl,
+    #[error("options are not scenario options JSON: {0}")]
+    BadOptions(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunnerArgs {
     pub config: Option<PathBuf>,
     pub scenario: Uuid,
     pub epoch: DateTime<Utc>,
     pub camera_url: CameraUrl,
+    pub options: ScenarioOptions,
 }
 
 impl RunnerArgs {
@@ -52,8 +57,8 @@ impl RunnerArgs {
         args: impl IntoIterator<Item = String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, UsageError> {
-        let (mut config, mut scenario, mut epoch, mut url) =
-            (None, env(ENV_SCENARIO_UUID), env(ENV_SCENARIO_EPOCH), env(ENV_CAMERA_URL));
+        let (mut config, mut scenario, mut epoch, mut url, mut options) =
+            (None, env(ENV_SCENARIO_UUID), env(ENV_SCENARIO_EPOCH), env(ENV_CAMERA_URL), env(ENV_SCENARIO_OPTIONS));
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -67,6 +72,7 @@ impl RunnerArgs {
                 "--scenario" => scenario = Some(value()?),
                 "--epoch" => epoch = Some(value()?),
                 "--camera-url" => url = Some(value()?),
+                "--options" => options = Some(value()?),
                 _ => return Err(UsageError::Unknown(arg)),
             }
         }
@@ -78,7 +84,12 @@ impl RunnerArgs {
             None => DateTime::UNIX_EPOCH,
         };
         let camera_url = CameraUrl::trusted(url.filter(|u| !u.is_empty()).ok_or(UsageError::NoCameraUrl)?);
-        Ok(Self { config, scenario, epoch, camera_url })
+        // Without options (a run by hand): the configured defaults.
+        let options = match options.filter(|o| !o.is_empty()) {
+            Some(o) => serde_json::from_str(&o).map_err(|e| UsageError::BadOptions(e.to_string()))?,
+            None => ScenarioOptions::default(),
+        };
+        Ok(Self { config, scenario, epoch, camera_url, options })
     }
 }
 
@@ -111,7 +122,8 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let job = RunnerJob { scenario: args.scenario, camera_url: args.camera_url, epoch: args.epoch };
+    let job =
+        RunnerJob { scenario: args.scenario, camera_url: args.camera_url, epoch: args.epoch, options: args.options };
     let span = tracing::info_span!("runner", scenario = %job.scenario);
     let _entered = span.enter();
     tracing::info!(camera = %job.camera_url, "runner starting");
@@ -174,6 +186,9 @@ mod tests {
             Err(UsageError::BadEpoch("yesterday".into()))
         );
         assert!(matches!(parse(&["--frobnicate"], &[]), Err(UsageError::Unknown(_))));
+        let with = |o: &str| parse(&["--scenario", id, "--camera-url", "f.mp4", "--options", o], &[]);
+        assert_eq!(with(r#"{"model":"m","fps":5}"#).unwrap().options.fps, Some(5.0));
+        assert!(matches!(with(r#"{"fps":"fast"}"#), Err(UsageError::BadOptions(_))));
         assert!(matches!(parse(&["--scenario"], &[]), Err(UsageError::MissingValue(_))));
     }
 }

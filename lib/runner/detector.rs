@@ -9,13 +9,17 @@ use opencv::core::{Mat, Scalar, Size, BORDER_CONSTANT};
 use opencv::prelude::*;
 use tract_onnx::prelude::*;
 
-use super::manifest::{Channels, Layout, Manifest, ManifestError, OutputSpec, Resize};
 use crate::events::Detection;
+use crate::models::manifest::{Channels, Layout, Manifest, ManifestError, OutputSpec, Resize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectorError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Catalogue(#[from] crate::models::CatalogueError),
+    #[error("model '{name}' is not in the catalogue {dir}")]
+    UnknownModel { name: String, dir: String },
     #[error("model {path}: {reason}")]
     Load { path: String, reason: String },
     #[error("model file {path} has sha256 {actual}, the manifest expects {expected}")]

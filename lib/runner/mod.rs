@@ -9,7 +9,6 @@
 //! | module | role |
 //! |---|---|
 //! | [`capture`] | the camera interface, its OpenCV backend, sampling and reconnects |
-//! | [`manifest`] | the model manifest beside each ONNX file |
 //! | [`detector`] | the model interface, its tract backend, decoding and NMS |
 //! | [`publisher`] | the bounded buffer and the producer to `results` |
 //! | [`cli`] | the command line and exit codes |
@@ -17,7 +16,6 @@
 pub mod capture;
 pub mod cli;
 pub mod detector;
-pub mod manifest;
 pub mod publisher;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::events::{EndReason, FrameResult, StreamEnd};
 use crate::kafka::KafkaLink;
+use crate::models::{Catalogue, Check};
+use crate::options::ScenarioOptions;
 use capture::{CaptureEnd, CaptureLoop, CaptureStats, FrameSlot, OpenCvSource};
 use detector::{Detector, DetectorError, TractDetector};
 use publisher::{result_record, Publisher, ResultBuffer};
@@ -108,7 +108,7 @@ impl FrameNumbers {
 pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken) -> Result<RunReport, RunnerError> {
     let started = Instant::now();
     let rs = settings.runner.clone();
-    let detector = load_detector(&rs).await?;
+    let (detector, provenance) = load_detector(&rs, &job.options).await?;
     let buffer = Arc::new(ResultBuffer::new(rs.buffer_frames));
     let abandon = CancellationToken::new();
     let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
@@ -126,7 +126,7 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
     };
     let capture = threads.spawn_capture(&job, &rs, &shutdown)?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let detecting = threads.spawn_detect(detector, &buffer, &job, done_tx)?;
+    let detecting = threads.spawn_detect(detector, provenance, &buffer, &job, done_tx)?;
     let end = threads.supervise(done_rx, &buffer, Duration::from_millis(rs.status_interval_ms.max(100))).await;
     let _ = capture.join();
     let _ = detecting.join();
@@ -152,18 +152,46 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
     Ok(RunReport { outcome, stats, capture, buffer, unsent, elapsed: started.elapsed() })
 }
 
-async fn load_detector(rs: &crate::config::RunnerSettings) -> Result<TractDetector, RunnerError> {
+async fn load_detector(
+    rs: &crate::config::RunnerSettings,
+    options: &ScenarioOptions,
+) -> Result<(TractDetector, Provenance), RunnerError> {
     if rs.inference_threads > 1 {
         tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(
             rs.inference_threads,
         ));
     }
-    let (manifest_path, threshold) = (rs.model_manifest.clone(), rs.score_threshold);
-    let detector = tokio::task::spawn_blocking(move || TractDetector::load(&manifest_path, threshold))
-        .await
-        .map_err(|e| RunnerError::Thread(e.to_string()))??;
-    tracing::info!(model = detector.model_name(), "model loaded");
-    Ok(detector)
+    let (rs, options) = (rs.clone(), options.clone());
+    let detector = tokio::task::spawn_blocking(move || {
+        // Manifests only: the detector checks the digest of the one model it loads.
+        let catalogue = Catalogue::load(&rs.models_dir, &rs.default_model, Check::Manifests)?;
+        let name = options.model_name(&catalogue);
+        let unknown = || DetectorError::UnknownModel { name: name.into(), dir: rs.models_dir.display().to_string() };
+        let path = catalogue.manifest_path(name).ok_or_else(unknown)?;
+        let manifest = catalogue.get(name).ok_or_else(unknown)?;
+        let threshold = options.effective_min_confidence(manifest, rs.score_threshold);
+        TractDetector::load(path, Some(threshold))
+    })
+    .await
+    .map_err(|e| RunnerError::Thread(e.to_string()))??;
+    let manifest = detector.manifest();
+    let provenance = Provenance {
+        model: manifest.name.clone(),
+        model_sha256: manifest.sha256.clone().unwrap_or_default(),
+        runner: format!("{}/{}/{:08x}", crate::sys::hostname(), std::process::id(), fastrand::u32(..)),
+    };
+    tracing::info!(model = provenance.model, runner = provenance.runner, "model loaded");
+    Ok((detector, provenance))
+}
+
+/// What produced a result, stored with each one.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub model: String,
+    /// The manifest's digest of the model file (checked when it loaded).
+    pub model_sha256: String,
+    /// This runner process: host, pid and a random tag (pids are reused).
+    pub runner: String,
 }
 
 /// What the capture and detection threads share with the supervising task.
@@ -186,7 +214,7 @@ impl Threads {
         let started = self.started;
         let capture_loop = CaptureLoop {
             source: OpenCvSource::new(&job.camera_url, rs),
-            sample_fps: rs.sample_fps,
+            sample_fps: job.options.fps.unwrap_or(rs.sample_fps),
             open_attempts: rs.open_attempts,
             reconnect_min: Duration::from_millis(rs.reconnect_min_ms),
             reconnect_max: Duration::from_millis(rs.reconnect_max_ms),
@@ -200,6 +228,7 @@ impl Threads {
     fn spawn_detect(
         &self,
         detector: TractDetector,
+        provenance: Provenance,
         buffer: &Arc<ResultBuffer>,
         job: &RunnerJob,
         done: tokio::sync::oneshot::Sender<CaptureEnd>,
@@ -215,7 +244,7 @@ impl Threads {
         std::thread::Builder::new()
             .name("vap-detect".into())
             .spawn(move || {
-                let end = span.in_scope(|| detect_loop(detector, &slot, &stats, &buffer, &job, started));
+                let end = span.in_scope(|| detect_loop(detector, &provenance, &slot, &stats, &buffer, &job, started));
                 let _ = done.send(end);
             })
             .map_err(|e| RunnerError::Thread(e.to_string()))
@@ -338,6 +367,7 @@ fn log_summary(outcome: &Outcome, threads: &Threads, buffer: &ResultBuffer, flus
 
 fn detect_loop<D: Detector>(
     mut detector: D,
+    provenance: &Provenance,
     slot: &FrameSlot,
     stats: &RunnerStats,
     buffer: &ResultBuffer,
@@ -345,7 +375,6 @@ fn detect_loop<D: Detector>(
     started: Instant,
 ) -> CaptureEnd {
     let mut numbers = FrameNumbers::new(job.epoch);
-    let model = detector.model_name().to_string();
     loop {
         stats.heartbeat_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let frame = match slot.take(Duration::from_millis(250)) {
@@ -356,7 +385,7 @@ fn detect_loop<D: Detector>(
         if !stats.ready.swap(true, Ordering::Relaxed) {
             stats.became_ready.notify_one();
         }
-        let (detections, timing) = match detector.detect(&frame.image) {
+        let (mut detections, timing) = match detector.detect(&frame.image) {
             Ok(d) => d,
             Err(e) => {
                 stats.detect_errors.fetch_add(1, Ordering::Relaxed);
@@ -364,12 +393,19 @@ fn detect_loop<D: Detector>(
                 continue;
             }
         };
+        let (width, height) = (frame.image.cols(), frame.image.rows());
+        detections.retain(|d| job.options.keeps(d, width as f32, height as f32));
         let publish_started = Instant::now();
         let mut extra = serde_json::Map::new();
-        extra.insert("model".into(), model.clone().into());
+        extra.insert("model".into(), provenance.model.clone().into());
+        extra.insert("model_sha256".into(), provenance.model_sha256.clone().into());
+        extra.insert("runner".into(), provenance.runner.clone().into());
+        if let Some(ms) = frame.media_ms {
+            extra.insert("media_ms".into(), ms.round().into());
+        }
         extra.insert("inference_ms".into(), (timing.inference.as_secs_f64() * 1000.0).into());
-        extra.insert("frame_width".into(), frame.image.cols().into());
-        extra.insert("frame_height".into(), frame.image.rows().into());
+        extra.insert("frame_width".into(), width.into());
+        extra.insert("frame_height".into(), height.into());
         extra.insert("source_frame".into(), frame.source_index.into());
         let result = FrameResult {
             scenario_uuid: job.scenario,

@@ -135,6 +135,94 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
 }
 
 #[tokio::test]
+async fn every_bad_option_is_a_400_naming_the_field_and_nothing_is_stored() {
+    let app = TestApp::spawn().await;
+    let square = json!([[0, 0], [1, 0], [1, 1], [0, 1]]);
+    let cases = [
+        (json!({"model": "resnet_9000"}), "model", "unknown model 'resnet_9000'"),
+        (json!({"model": ["ssdlite_person_300"]}), "model", "must be a string"),
+        (json!({"classes": ["car"]}), "classes", "model 'ssdlite_person_300' has no class 'car'"),
+        (json!({"model": "yolov3_tiny_coco_416", "classes": ["unicorn"]}), "classes", "has no class 'unicorn'"),
+        (json!({"classes": "person"}), "classes", "must be an array"),
+        (json!({"classes": [1]}), "classes[0]", "must be a string"),
+        (json!({"classes": []}), "classes", "at least one"),
+        (json!({"fps": 0.05}), "fps", "from 0.1 to 30"),
+        (json!({"fps": 60}), "fps", "from 0.1 to 30"),
+        (json!({"fps": "10"}), "fps", "must be a number"),
+        (json!({"min_confidence": -0.1}), "min_confidence", "from 0 to 1"),
+        (json!({"min_confidence": 2}), "min_confidence", "from 0 to 1"),
+        (json!({"min_confidence": true}), "min_confidence", "must be a number"),
+        (json!({"name": 5}), "name", "must be a string"),
+        (json!({"name": "x".repeat(201)}), "name", "1 to 200 characters"),
+        (json!({"mask": [[[0, 0], [1, 1]]]}), "mask[0]", "3 to 64 points"),
+        (json!({"mask": [vec![json!([0.5, 0.5]); 65]]}), "mask[0]", "3 to 64 points"),
+        (json!({"mask": [[[0, 0], [1, 0], [1, -0.2]]]}), "mask[0][2]", "normalised to 0..1"),
+        (json!({"mask": [[[0, 0], [1, 0], [2, 1]]]}), "mask[0][2]", "normalised to 0..1"),
+        (json!({"mask": [[[0, 0], [1, 0], "corner"]]}), "mask[0][2]", "[x, y]"),
+        (json!({"mask": [[[0, 0], [1, 0], [1, 1, 1]]]}), "mask[0][2]", "[x, y]"),
+        (json!({"mask": vec![square.clone(); 17]}), "mask", "at most 16 polygons"),
+        (json!({"mask": "left half"}), "mask", "must be an array"),
+        (json!({"classses": ["person"]}), "classses", "not an option"),
+    ];
+    for (options, field, reason) in cases {
+        let mut body = options.clone();
+        body["camera_url"] = "rtsp://cam/1".into();
+        let r = app.post_json("/api/v1/scenario/init", &body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{options}: {}", r.text);
+        let e = &r.json()["error"];
+        assert_eq!(
+            (e["code"].as_str(), e["field"].as_str()),
+            (Some("invalid_option"), Some(field)),
+            "{options}: {}",
+            r.text
+        );
+        assert!(e["message"].as_str().unwrap().contains(reason), "{options}: {}", r.text);
+    }
+    assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 0);
+    assert_eq!(app.scalar("SELECT count(*) FROM outbox").await, 0);
+}
+
+#[tokio::test]
+async fn options_are_stored_and_shown_in_effect_and_the_catalogue_is_listed() {
+    let app = TestApp::spawn().await;
+    // The old contract: defaults, resolved against the default model.
+    let plain = app.scenario(app.create_scenario("rtsp://cam/1").await).await;
+    assert_eq!(
+        plain["options"],
+        json!({"name": null, "model": "ssdlite_person_300", "fps": 2.0, "classes": null, "min_confidence": 0.5, "mask": []}),
+        "{plain}"
+    );
+    let mask = json!([[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]]);
+    let body =
+        json!({"name": "Gate 3", "model": "yolov3_tiny_coco_416", "fps": 5, "classes": ["car", "truck"], "mask": mask});
+    let id = app.create_scenario_with("rtsp://cam/2", body).await;
+    let got = app.scenario(id).await;
+    let o = &got["options"];
+    assert_eq!(
+        (o["name"].as_str(), o["model"].as_str(), o["fps"].as_f64()),
+        (Some("Gate 3"), Some("yolov3_tiny_coco_416"), Some(5.0))
+    );
+    // The model's own threshold, since none was asked for.
+    assert!((o["min_confidence"].as_f64().unwrap() - 0.4).abs() < 1e-6, "{got}");
+    assert_eq!((&o["classes"], &o["mask"]), (&json!(["car", "truck"]), &mask), "{got}");
+
+    let models = app.get("/api/v1/models").await;
+    assert_eq!(models.status, StatusCode::OK, "{}", models.text);
+    let m = models.json();
+    assert_eq!(m["default_model"], "ssdlite_person_300");
+    let names: Vec<&str> = m["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ssdlite_person_300", "yolov3_tiny_coco_416"]);
+    let coco = &m["models"][1];
+    assert_eq!((coco["classes"].as_array().unwrap().len(), &coco["classes"][2]), (80, &json!("car")));
+    assert_eq!(
+        (&coco["input"], &coco["output_format"], &coco["default"]),
+        (&json!({"width": 416, "height": 416}), &json!("yolov8"), &json!(false))
+    );
+    // The person model's background is not a class one can ask for.
+    assert_eq!(m["models"][0]["classes"], json!(["person"]));
+}
+
+#[tokio::test]
 async fn local_files_are_accepted_only_when_the_operator_enables_them() {
     let app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
     for url in ["/srv/video.mp4", "file:///srv/video.mp4"] {
@@ -316,8 +404,16 @@ async fn ready_is_503_while_postgres_is_unreachable() {
     let pool = vap::db::pool(&settings.database).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let token = tokio_util::sync::CancellationToken::new();
-    let running =
-        vap::api::serve(listener, pool, settings.api.clone(), settings.database.clone(), token.clone()).await.unwrap();
+    let running = vap::api::serve(
+        listener,
+        pool,
+        settings.api.clone(),
+        settings.database.clone(),
+        common::option_defaults(&settings),
+        token.clone(),
+    )
+    .await
+    .unwrap();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let get = |path: &'static str| {

@@ -28,6 +28,17 @@ pub fn cluster() -> &'static PostgresCluster {
     })
 }
 
+/// The API's model catalogue and option defaults; the shipped models are checked once per run.
+pub fn option_defaults(settings: &Settings) -> vap::options::Defaults {
+    static CHECKED: OnceLock<vap::options::Defaults> = OnceLock::new();
+    let shipped = CHECKED.get_or_init(|| vap::options::Defaults::from_settings(&Settings::default().runner).unwrap());
+    vap::options::Defaults {
+        fps: settings.runner.sample_fps,
+        min_confidence: settings.runner.score_threshold,
+        ..shipped.clone()
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
@@ -121,7 +132,14 @@ impl ApiClient {
 
     /// POST /api/v1/scenario/init and return the new uuid.
     pub async fn create_scenario(&self, camera_url: &str) -> uuid::Uuid {
-        let r = self.post_json("/api/v1/scenario/init", &serde_json::json!({ "camera_url": camera_url })).await;
+        self.create_scenario_with(camera_url, serde_json::json!({})).await
+    }
+
+    /// POST /api/v1/scenario/init with options (a JSON object) and return the new uuid.
+    pub async fn create_scenario_with(&self, camera_url: &str, options: Value) -> uuid::Uuid {
+        let mut body = options;
+        body["camera_url"] = camera_url.into();
+        let r = self.post_json("/api/v1/scenario/init", &body).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         r.json()["scenario_uuid"].as_str().unwrap().parse().unwrap()
     }
@@ -162,10 +180,16 @@ impl TestApp {
         let pool = vap::db::pool(&settings.database).expect("pool");
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind(settings.api.listen).await.unwrap();
-        let running =
-            vap::api::serve(listener, pool.clone(), settings.api.clone(), settings.database.clone(), shutdown.clone())
-                .await
-                .unwrap();
+        let running = vap::api::serve(
+            listener,
+            pool.clone(),
+            settings.api.clone(),
+            settings.database.clone(),
+            option_defaults(&settings),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         Self {
             api: ApiClient::new(&format!("http://{}", running.addr)),
             settings,

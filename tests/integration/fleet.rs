@@ -7,7 +7,7 @@ use std::process::Child;
 use uuid::Uuid;
 
 use super::common::{spawn_binary, TestApp};
-use super::media::manifest;
+use super::media::models_dir;
 
 pub const RUNNER_BIN: &str = env!("CARGO_BIN_EXE_vap-runner");
 
@@ -70,7 +70,7 @@ pub fn spawn_orchestrator_with(app: &TestApp, max_workers: usize, overrides: &[(
             ("VAP_ORCHESTRATOR__LOCAL__RUNNER_BIN", RUNNER_BIN.into()),
             ("VAP_ORCHESTRATOR__LOCAL__RESTART_DELAY_MIN_MS", "200".into()),
             // Runners get the orchestrator's VAP_* settings.
-            ("VAP_RUNNER__MODEL_MANIFEST", manifest().to_str().unwrap().into()),
+            ("VAP_RUNNER__MODELS_DIR", models_dir().to_str().unwrap().into()),
             ("VAP_RUNNER__RECONNECT_MIN_MS", "300".into()),
             ("VAP_LOG__LEVEL", "info".into()),
         ]
@@ -86,7 +86,7 @@ pub fn runner_env(app: &TestApp) -> Vec<String> {
     vec![
         format!("VAP_KAFKA__BROKERS={}", app.settings.kafka.brokers.join(",")),
         format!("VAP_KAFKA__TOPIC_RESULTS={}", app.settings.kafka.topic_results),
-        format!("VAP_RUNNER__MODEL_MANIFEST={}", manifest().display()),
+        format!("VAP_RUNNER__MODELS_DIR={}", models_dir().display()),
         "VAP_RUNNER__RECONNECT_MIN_MS=300".into(),
     ]
 }

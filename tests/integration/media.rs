@@ -64,7 +64,12 @@ pub fn media() -> &'static Media {
 }
 
 pub fn manifest() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite_person_300.toml")
+    models_dir().join("ssdlite_person_300.toml")
+}
+
+/// The shipped catalogue.
+pub fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
 }
 
 pub fn free_port() -> u16 {

@@ -191,12 +191,8 @@ async fn nomad_giving_up_fails_the_scenario_with_the_reason() {
     let double = NomadDouble::start(Some("s3cret")).await;
     let dir = tempfile::tempdir().unwrap();
     // A runner that can never start: its model is missing (exit 4, every time).
-    let mut orchestrator = spawn_nomad_orchestrator(
-        &app,
-        &double,
-        dir.path(),
-        &["VAP_RUNNER__MODEL_MANIFEST=/nonexistent/model.toml".into()],
-    );
+    let mut orchestrator =
+        spawn_nomad_orchestrator(&app, &double, dir.path(), &["VAP_RUNNER__MODELS_DIR=/nonexistent/models".into()]);
     let id = app.create_scenario(media().short.to_str().unwrap()).await;
     let failed = app.wait_for_status(id, "failed", Duration::from_secs(90)).await;
     let error = failed["error"].as_str().unwrap_or_default();
@@ -214,6 +210,7 @@ fn submitted_job_carries_the_scenario_the_runner_and_no_secret_in_its_arguments(
         scenario: Uuid::new_v4(),
         camera_url: CameraUrl::trusted("rtsp://u:secret@cam/1".into()),
         epoch: chrono::Utc::now(),
+        options: Default::default(),
     };
     let job = job_spec(&NomadBackendSettings::default(), &spec);
     let task = &job["TaskGroups"][0]["Tasks"][0];

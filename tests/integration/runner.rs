@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{eventually, TestApp};
-use media::{free_port, manifest, media, serve_then_stall, RtspServer, BASKETBALL};
+use media::{free_port, manifest, media, models_dir, serve_then_stall, RtspServer, BASKETBALL};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -52,7 +52,7 @@ impl Runner {
         }
         cmd.env("VAP_LOG__LEVEL", "info")
             .env("VAP_LOG__JSON", "true")
-            .env("VAP_RUNNER__MODEL_MANIFEST", manifest())
+            .env("VAP_RUNNER__MODELS_DIR", models_dir())
             .env("VAP_RUNNER__STATUS_INTERVAL_MS", "200")
             .env("VAP_SCENARIO_UUID", scenario.to_string())
             .env("VAP_SCENARIO_EPOCH", "2026-01-01T00:00:00Z")

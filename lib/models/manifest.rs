@@ -91,6 +91,27 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// The classes it detects: its labels without the background an SSD scores.
+    pub fn classes(&self) -> impl Iterator<Item = &str> {
+        let background = match &self.output {
+            OutputSpec::Ssd { background_class, .. } => *background_class,
+            OutputSpec::Yolov8 { .. } => None,
+        };
+        self.labels.iter().enumerate().filter(move |(i, _)| Some(*i) != background).map(|(_, l)| l.as_str())
+    }
+
+    pub fn has_class(&self, class: &str) -> bool {
+        self.classes().any(|c| c == class)
+    }
+
+    /// The output format's name, as in the manifest.
+    pub fn output_format(&self) -> &'static str {
+        match &self.output {
+            OutputSpec::Ssd { .. } => "ssd",
+            OutputSpec::Yolov8 { .. } => "yolov8",
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;
         let mut m: Manifest =

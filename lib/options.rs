@@ -1,0 +1,376 @@
+//! What one camera looks for: the model, how often, which classes, how sure, and which part of
+//! the picture to ignore. The API checks them against the model catalogue (a 400 naming the
+//! field), the orchestrator hands them to the runner, the runner applies them.
+
+use std::ops::RangeInclusive;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::RunnerSettings;
+use crate::events::Detection;
+use crate::models::{Catalogue, CatalogueError, Check, Manifest};
+
+pub const FPS: RangeInclusive<f64> = 0.1..=30.0;
+pub const MAX_POLYGONS: usize = 16;
+pub const MAX_POINTS: usize = 64;
+pub const MAX_NAME_CHARS: usize = 200;
+/// The fields a request may set, in the order they are checked.
+pub const FIELDS: [&str; 6] = ["name", "model", "fps", "classes", "min_confidence", "mask"];
+
+/// A polygon in normalised image coordinates (0..1, origin top left), as `[[x, y], ...]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Polygon(pub Vec<[f32; 2]>);
+
+impl Polygon {
+    /// Even-odd rule: a point on the crossing count's odd side is inside.
+    pub fn contains(&self, x: f32, y: f32) -> bool {
+        let p = &self.0;
+        let mut inside = false;
+        let mut j = p.len() - 1;
+        for i in 0..p.len() {
+            let ([xi, yi], [xj, yj]) = (p[i], p[j]);
+            if (yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi {
+                inside = !inside;
+            }
+            j = i;
+        }
+        inside
+    }
+}
+
+/// A scenario's options as stored. `model` and `fps` are resolved when the scenario is created;
+/// `classes` and `min_confidence` stay unset until a request sets them, because their defaults
+/// depend on the model (every class it has; its own threshold).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Unset only on scenarios created before options existed: the configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Unset only on scenarios created before options existed: `runner.sample_fps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_confidence: Option<f32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mask: Vec<Polygon>,
+}
+
+/// An option a request got wrong: the field (a path such as `mask[0][2]`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct OptionError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> OptionError {
+    OptionError { field: field.into(), reason: reason.into() }
+}
+
+/// Where omitted options come from.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub catalogue: Catalogue,
+    /// `runner.sample_fps`.
+    pub fps: f64,
+    /// `runner.score_threshold`: the operator's confidence for every model, over each model's own.
+    pub min_confidence: Option<f32>,
+}
+
+impl Defaults {
+    /// The catalogue in `runner.models_dir`, every model file checked, and the runner defaults.
+    pub fn from_settings(runner: &RunnerSettings) -> Result<Self, CatalogueError> {
+        Ok(Self {
+            catalogue: Catalogue::load(&runner.models_dir, &runner.default_model, Check::Files)?,
+            fps: runner.sample_fps,
+            min_confidence: runner.score_threshold,
+        })
+    }
+}
+
+impl ScenarioOptions {
+    /// The options of a new scenario: `fields` is the request body without `camera_url`.
+    pub fn from_request(fields: &Map<String, Value>, defaults: &Defaults) -> Result<Self, OptionError> {
+        let base = Self {
+            model: Some(defaults.catalogue.default_name().to_string()),
+            fps: Some(defaults.fps),
+            ..Self::default()
+        };
+        base.patched(fields, defaults)
+    }
+
+    /// A JSON merge patch (RFC 7396) of these options: a field given replaces, a `null` goes
+    /// back to the default, an absent field stays.
+    pub fn patched(&self, patch: &Map<String, Value>, defaults: &Defaults) -> Result<Self, OptionError> {
+        if let Some(unknown) = patch.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(invalid(unknown.as_str(), format!("not an option; options are {}", FIELDS.join(", "))));
+        }
+        let mut next = self.clone();
+        for field in FIELDS {
+            let Some(value) = patch.get(field) else { continue };
+            let null = value.is_null();
+            match field {
+                "name" => next.name = if null { None } else { Some(name(value)?) },
+                "model" => {
+                    next.model = Some(if null {
+                        defaults.catalogue.default_name().to_string()
+                    } else {
+                        model(value, &defaults.catalogue)?
+                    })
+                }
+                "fps" => next.fps = Some(if null { defaults.fps } else { number(field, value, FPS)? }),
+                "classes" => next.classes = if null { None } else { Some(strings(field, value)?) },
+                "min_confidence" => {
+                    next.min_confidence = if null { None } else { Some(number(field, value, 0.0..=1.0)? as f32) }
+                }
+                _ => next.mask = if null { Vec::new() } else { mask(value)? },
+            }
+        }
+        // Checked after the model is known: a patch may change both.
+        if let Some(classes) = &next.classes {
+            let manifest =
+                next.manifest(&defaults.catalogue).ok_or_else(|| invalid("model", "not in the catalogue"))?;
+            if let Some(missing) = classes.iter().find(|c| !manifest.has_class(c)) {
+                let known: Vec<&str> = manifest.classes().collect();
+                let hint = if known.len() <= 12 { format!("; it has {}", known.join(", ")) } else { String::new() };
+                let reason = format!("model '{}' has no class '{missing}'{hint}", manifest.name);
+                return Err(invalid("classes", reason));
+            }
+        }
+        Ok(next)
+    }
+
+    /// The model, falling back to the catalogue's default for scenarios older than options.
+    pub fn model_name<'c>(&'c self, catalogue: &'c Catalogue) -> &'c str {
+        self.model.as_deref().unwrap_or(catalogue.default_name())
+    }
+
+    pub fn manifest<'c>(&'c self, catalogue: &'c Catalogue) -> Option<&'c Manifest> {
+        catalogue.get(self.model_name(catalogue))
+    }
+
+    /// The confidence a detection needs: the scenario's, else the operator's, else the model's.
+    pub fn effective_min_confidence(&self, manifest: &Manifest, operator: Option<f32>) -> f32 {
+        self.min_confidence.or(operator).unwrap_or(manifest.thresholds.score)
+    }
+
+    /// A digest of what the runner is asked to do: equal options, equal digest.
+    pub fn digest(&self) -> String {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        format!("{:x}", Sha256::digest(&canonical))[..16].to_string()
+    }
+
+    /// Whether a detection in a `width` x `height` frame passes the class list and the mask
+    /// (a box whose centre lies in a mask polygon is dropped).
+    pub fn keeps(&self, d: &Detection, width: f32, height: f32) -> bool {
+        if self.classes.as_ref().is_some_and(|allowed| !allowed.contains(&d.class)) {
+            return false;
+        }
+        if self.mask.is_empty() || width <= 0.0 || height <= 0.0 {
+            return true;
+        }
+        let (cx, cy) = ((d.bbox[0] + d.bbox[2]) / 2.0 / width, (d.bbox[1] + d.bbox[3]) / 2.0 / height);
+        !self.mask.iter().any(|p| p.contains(cx, cy))
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn name(v: &Value) -> Result<String, OptionError> {
+    let s = v.as_str().ok_or_else(|| invalid("name", format!("must be a string, got {}", kind(v))))?;
+    let n = s.chars().count();
+    if n == 0 || n > MAX_NAME_CHARS {
+        return Err(invalid("name", format!("must be 1 to {MAX_NAME_CHARS} characters, got {n}")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(invalid("name", "must not contain control characters"));
+    }
+    Ok(s.to_string())
+}
+
+fn model(v: &Value, catalogue: &Catalogue) -> Result<String, OptionError> {
+    let s = v.as_str().ok_or_else(|| invalid("model", format!("must be a string, got {}", kind(v))))?;
+    match catalogue.get(s) {
+        Some(m) => Ok(m.name.clone()),
+        None => {
+            Err(invalid("model", format!("unknown model '{s}'; the catalogue has {}", catalogue.names().join(", "))))
+        }
+    }
+}
+
+fn number(field: &str, v: &Value, range: RangeInclusive<f64>) -> Result<f64, OptionError> {
+    let n = v.as_f64().ok_or_else(|| invalid(field, format!("must be a number, got {}", kind(v))))?;
+    if !range.contains(&n) {
+        return Err(invalid(field, format!("must be from {} to {}, got {n}", range.start(), range.end())));
+    }
+    Ok(n)
+}
+
+fn strings(field: &str, v: &Value) -> Result<Vec<String>, OptionError> {
+    let items = v.as_array().ok_or_else(|| invalid(field, format!("must be an array of strings, got {}", kind(v))))?;
+    if items.is_empty() {
+        return Err(invalid(field, "must name at least one class (null: every class)"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let s = item
+            .as_str()
+            .ok_or_else(|| invalid(format!("{field}[{i}]"), format!("must be a string, got {}", kind(item))))?;
+        if !out.iter().any(|o| o == s) {
+            out.push(s.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn mask(v: &Value) -> Result<Vec<Polygon>, OptionError> {
+    let polygons =
+        v.as_array().ok_or_else(|| invalid("mask", format!("must be an array of polygons, got {}", kind(v))))?;
+    if polygons.len() > MAX_POLYGONS {
+        return Err(invalid("mask", format!("at most {MAX_POLYGONS} polygons, got {}", polygons.len())));
+    }
+    polygons
+        .iter()
+        .enumerate()
+        .map(|(i, polygon)| {
+            let field = format!("mask[{i}]");
+            let points = polygon
+                .as_array()
+                .ok_or_else(|| invalid(&field, format!("must be an array of [x, y] points, got {}", kind(polygon))))?;
+            if !(3..=MAX_POINTS).contains(&points.len()) {
+                return Err(invalid(&field, format!("must have 3 to {MAX_POINTS} points, got {}", points.len())));
+            }
+            let points = points
+                .iter()
+                .enumerate()
+                .map(|(j, point)| {
+                    let field = format!("mask[{i}][{j}]");
+                    let xy: Vec<f64> =
+                        point.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+                    match xy.as_slice() {
+                        [x, y] if point.as_array().is_some_and(|a| a.len() == 2) => {
+                            if (0.0..=1.0).contains(x) && (0.0..=1.0).contains(y) {
+                                Ok([*x as f32, *y as f32])
+                            } else {
+                                Err(invalid(field, format!("coordinates are normalised to 0..1, got [{x}, {y}]")))
+                            }
+                        }
+                        _ => Err(invalid(field, format!("must be a point [x, y] of two numbers, got {point}"))),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Polygon(points))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn catalogue() -> Catalogue {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        Catalogue::load(&dir, "ssdlite_person_300", Check::Manifests).unwrap()
+    }
+
+    fn defaults() -> Defaults {
+        Defaults { catalogue: catalogue(), fps: 2.0, min_confidence: None }
+    }
+
+    fn parse(body: Value) -> Result<ScenarioOptions, OptionError> {
+        ScenarioOptions::from_request(body.as_object().unwrap(), &defaults())
+    }
+
+    #[test]
+    fn omitted_options_take_the_defaults_and_given_ones_are_kept() {
+        let o = parse(json!({})).unwrap();
+        assert_eq!(
+            (o.model.as_deref(), o.fps, &o.classes, o.mask.len()),
+            (Some("ssdlite_person_300"), Some(2.0), &None, 0)
+        );
+        let o = parse(
+            json!({"name": "gate", "model": "yolov3_tiny_coco_416", "fps": 5, "classes": ["car", "truck", "car"],
+            "min_confidence": 0.3, "mask": [[[0, 0], [0.5, 0], [0.5, 1], [0, 1]]]}),
+        )
+        .unwrap();
+        assert_eq!(o.classes.as_deref(), Some(&["car".to_string(), "truck".to_string()][..]));
+        assert_eq!((o.fps, o.min_confidence, o.name.as_deref()), (Some(5.0), Some(0.3), Some("gate")));
+        // Stored and read back unchanged; the digest follows the content.
+        let back: ScenarioOptions = serde_json::from_value(serde_json::to_value(&o).unwrap()).unwrap();
+        assert_eq!((back.digest(), back), (o.digest(), o.clone()));
+        assert_ne!(o.digest(), parse(json!({})).unwrap().digest());
+    }
+
+    #[test]
+    fn every_bad_option_names_its_field() {
+        let cases = [
+            (json!({"model": "nope"}), "model", "unknown model 'nope'"),
+            (json!({"model": 7}), "model", "must be a string"),
+            (json!({"classes": ["car"]}), "classes", "has no class 'car'"),
+            (json!({"classes": ["background"]}), "classes", "has no class 'background'"),
+            (json!({"classes": []}), "classes", "at least one"),
+            (json!({"classes": ["person", 3]}), "classes[1]", "must be a string"),
+            (json!({"fps": 0}), "fps", "from 0.1 to 30"),
+            (json!({"fps": 31}), "fps", "from 0.1 to 30"),
+            (json!({"fps": "2"}), "fps", "must be a number"),
+            (json!({"min_confidence": 1.5}), "min_confidence", "from 0 to 1"),
+            (json!({"name": ""}), "name", "1 to 200"),
+            (json!({"mask": [[[0, 0], [1, 0]]]}), "mask[0]", "3 to 64 points"),
+            (json!({"mask": [[[0, 0], [1, 0], [1, 1.5]]]}), "mask[0][2]", "0..1"),
+            (json!({"mask": [[[0, 0], [1, 0], [1]]]}), "mask[0][2]", "[x, y]"),
+            (json!({"mask": vec![json!([[0, 0], [1, 0], [1, 1]]); 17]}), "mask", "at most 16"),
+            (json!({"mask": {"x": 1}}), "mask", "array of polygons"),
+            (json!({"colour": "red"}), "colour", "not an option"),
+        ];
+        for (body, field, reason) in cases {
+            let err = parse(body.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{body}: {err}");
+            assert!(err.reason.contains(reason), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_patch_replaces_resets_and_rechecks_classes_against_a_new_model() {
+        let d = defaults();
+        let o = parse(json!({"classes": ["person"], "fps": 4})).unwrap();
+        let p = o.patched(json!({"model": "yolov3_tiny_coco_416", "fps": null}).as_object().unwrap(), &d).unwrap();
+        assert_eq!(
+            (p.model.as_deref(), p.fps, p.classes.clone()),
+            (Some("yolov3_tiny_coco_416"), Some(2.0), Some(vec!["person".into()]))
+        );
+        let p = p.patched(json!({"classes": ["car"]}).as_object().unwrap(), &d).unwrap();
+        // Back to the person model with `car` still asked for: refused, naming classes.
+        let err = p.patched(json!({"model": "ssdlite_person_300"}).as_object().unwrap(), &d).unwrap_err();
+        assert_eq!(err.field, "classes", "{err}");
+    }
+
+    #[test]
+    fn the_filter_keeps_allowed_classes_outside_the_mask() {
+        let o = parse(json!({"model": "yolov3_tiny_coco_416", "classes": ["car"], "mask": [[[0, 0], [0.5, 0], [0.5, 1], [0, 1]]]}))
+            .unwrap();
+        let det =
+            |class: &str, x: f32| Detection { class: class.into(), confidence: 0.9, bbox: [x, 10.0, x + 20.0, 50.0] };
+        assert!(o.keeps(&det("car", 400.0), 640.0, 480.0));
+        assert!(!o.keeps(&det("car", 100.0), 640.0, 480.0), "centre in the left half");
+        assert!(!o.keeps(&det("person", 400.0), 640.0, 480.0), "not an allowed class");
+        let triangle = Polygon(vec![[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]);
+        assert!(triangle.contains(0.2, 0.2) && !triangle.contains(0.8, 0.8));
+    }
+}
