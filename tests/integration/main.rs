@@ -30,6 +30,8 @@ mod deploy;
 #[cfg(feature = "runner")]
 mod nomad;
 #[cfg(feature = "runner")]
+mod options;
+#[cfg(feature = "runner")]
 mod orchestrator;
 #[cfg(feature = "runner")]
 mod runner;

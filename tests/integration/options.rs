@@ -1,0 +1,89 @@
+//! What each camera looks for, end to end: scenarios posted with options to the real API, run
+//! by the local backend's runner processes on opencv-doc's pedestrian video, and what the API
+//! then serves.
+
+use crate::common;
+use crate::fleet;
+use crate::media;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::TestApp;
+use fleet::{spawn_orchestrator, RunnerReaper};
+use media::{media, models_dir};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const COCO: &str = "yolov3_tiny_coco_416";
+
+/// Every stored frame of a finished scenario.
+async fn results(app: &TestApp, id: Uuid) -> Vec<Value> {
+    let p = app.prediction(id).await;
+    p["results"].as_array().unwrap().clone()
+}
+
+fn classes(results: &[Value]) -> HashSet<String> {
+    results
+        .iter()
+        .flat_map(|r| r["detections"].as_array().unwrap().iter().map(|d| d["class"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Box centres, as fractions of the 640 px width of the test video.
+fn centres_x(results: &[Value]) -> Vec<f64> {
+    results
+        .iter()
+        .flat_map(|r| r["detections"].as_array().unwrap().iter())
+        .map(|d| (d["bbox"][0].as_f64().unwrap() + d["bbox"][2].as_f64().unwrap()) / 2.0 / 640.0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classes_and_mask_decide_what_is_stored_and_each_result_says_what_produced_it() {
+    let app = TestApp::spawn_for_runners().await;
+    let mut orchestrator = spawn_orchestrator(&app, 3);
+    let video = media().short.to_str().unwrap().to_string();
+    let left_half = json!([[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]]);
+    let vehicles = app.create_scenario_with(&video, json!({"model": COCO, "classes": ["car", "truck"]})).await;
+    let masked = app.create_scenario_with(&video, json!({"model": COCO, "classes": ["person"], "mask": left_half})).await;
+    let people = app.create_scenario_with(&video, json!({"model": COCO, "classes": ["person"]})).await;
+    let _reaper = RunnerReaper(HashSet::from([vehicles, masked, people]));
+    for id in [vehicles, masked, people] {
+        app.wait_for_status(id, "inactive", Duration::from_secs(240)).await;
+    }
+
+    // 5 s at the default 2 fps.
+    let vehicles = results(&app, vehicles).await;
+    assert_eq!(vehicles.len(), 10, "{vehicles:?}");
+    let found = classes(&vehicles);
+    assert!(!found.is_empty() && found.is_subset(&HashSet::from(["car".into(), "truck".into()])), "{found:?}");
+    let with_vehicle = vehicles.iter().filter(|r| !r["detections"].as_array().unwrap().is_empty()).count();
+    assert!(with_vehicle >= 6, "the parked car and van in most frames: {with_vehicle} of 10");
+
+    let people = results(&app, people).await;
+    let masked = results(&app, masked).await;
+    assert_eq!(classes(&people), HashSet::from(["person".to_string()]));
+    assert_eq!(classes(&masked), HashSet::from(["person".to_string()]));
+    let (all, right) = (centres_x(&people), centres_x(&masked));
+    assert!(all.iter().any(|x| *x < 0.5), "without the mask some people are on the left: {all:?}");
+    assert!(right.iter().all(|x| *x >= 0.5), "no stored box centre under the mask: {right:?}");
+    assert!(!right.is_empty(), "people on the right are still found");
+
+    // Provenance: the model, its file's digest, one runner instance, and where in the file.
+    let manifest = vap::models::Manifest::load(&models_dir().join(format!("{COCO}.toml"))).unwrap();
+    for stored in [&vehicles, &people, &masked] {
+        let runners: HashSet<&str> = stored.iter().map(|r| r["runner"].as_str().unwrap()).collect();
+        assert_eq!(runners.len(), 1, "{runners:?}");
+        let mut last_ms = -1.0;
+        for r in stored.iter() {
+            assert_eq!(r["model"], COCO, "{r}");
+            assert_eq!(r["model_sha256"].as_str(), manifest.sha256.as_deref(), "{r}");
+            let ms = r["media_ms"].as_f64().unwrap_or_else(|| panic!("a file's result has its media position: {r}"));
+            assert!(ms > last_ms && ms <= 5_000.0, "media positions increase within the 5 s file: {r}");
+            last_ms = ms;
+        }
+    }
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+}
