@@ -211,6 +211,7 @@ async fn nomad_placements(app: &mut TestApp) {
                     camera_url: vap::camera_url::CameraUrl::trusted("rtsp://cam/1".into()),
                     epoch: chrono::Utc::now(),
                     options: Default::default(),
+                    options_revision: 0,
                 };
                 client.register_job(&vap::orchestrator::nomad::job_spec(&settings, &spec)).await.unwrap();
             }

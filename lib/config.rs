@@ -82,7 +82,11 @@ pub struct KafkaSettings {
     pub replication_factor: i16,
     pub topic_init_scenario: String,
     pub topic_shutdown_scenario: String,
+    /// Option changes (PATCH), API -> orchestrator through the outbox.
+    pub topic_update_scenario: String,
     pub topic_results: String,
+    /// Orchestrator -> runners: options to switch to (events::RunnerControl).
+    pub topic_runner_control: String,
     /// How long one produce may retry before it fails and the batch is retried later.
     pub request_deadline_ms: u64,
     /// Set TCP_NODELAY on the client's sockets (rskafka doesn't); off only to measure why.
@@ -320,6 +324,19 @@ impl Default for DatabaseSettings {
     }
 }
 
+impl KafkaSettings {
+    /// Every topic vap uses; each process creates the missing ones when it connects.
+    pub fn topics(&self) -> [&String; 5] {
+        [
+            &self.topic_init_scenario,
+            &self.topic_shutdown_scenario,
+            &self.topic_update_scenario,
+            &self.topic_results,
+            &self.topic_runner_control,
+        ]
+    }
+}
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         Self {
@@ -328,7 +345,9 @@ impl Default for KafkaSettings {
             replication_factor: 1,
             topic_init_scenario: "init_scenario".into(),
             topic_shutdown_scenario: "shutdown_scenario".into(),
+            topic_update_scenario: "update_scenario".into(),
             topic_results: "results".into(),
+            topic_runner_control: "runner_control".into(),
             request_deadline_ms: 5_000,
             tcp_nodelay: true,
         }

@@ -13,6 +13,8 @@ use crate::camera_url::CameraUrl;
 pub enum EventKind {
     InitScenario,
     ShutdownScenario,
+    /// The scenario's options changed (a PATCH): its runner is to be told.
+    UpdateScenario,
 }
 
 impl EventKind {
@@ -20,6 +22,7 @@ impl EventKind {
         match self {
             EventKind::InitScenario => "init_scenario",
             EventKind::ShutdownScenario => "shutdown_scenario",
+            EventKind::UpdateScenario => "update_scenario",
         }
     }
 
@@ -27,6 +30,7 @@ impl EventKind {
         match s {
             "init_scenario" => Some(EventKind::InitScenario),
             "shutdown_scenario" => Some(EventKind::ShutdownScenario),
+            "update_scenario" => Some(EventKind::UpdateScenario),
             _ => None,
         }
     }
@@ -42,6 +46,16 @@ pub struct ScenarioEvent {
     pub scenario_uuid: Uuid,
     pub camera_url: CameraUrl,
     pub occurred_at: DateTime<Utc>,
+}
+
+/// Orchestrator -> runner on `runner_control`, keyed by scenario: run with these options from
+/// now on. A runner applies only a revision newer than the one it runs, so records may repeat
+/// and a restarted runner may read them all again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunnerControl {
+    pub scenario_uuid: Uuid,
+    pub revision: i64,
+    pub options: crate::options::ScenarioOptions,
 }
 
 /// One detected object. `bbox` is `[x_min, y_min, x_max, y_max]` in pixels of the source frame.

@@ -15,8 +15,11 @@ pub const ENV_SCENARIO_EPOCH: &str = "VAP_SCENARIO_EPOCH";
 pub const ENV_CAMERA_URL: &str = "VAP_CAMERA_URL";
 /// The scenario's options (lib/options.rs) as JSON.
 pub const ENV_SCENARIO_OPTIONS: &str = "VAP_SCENARIO_OPTIONS";
+/// Which change of the options those are: the runner applies only newer ones.
+pub const ENV_OPTIONS_REVISION: &str = "VAP_OPTIONS_REVISION";
 /// Given per process, not configuration: the settings loader leaves them alone.
-pub const JOB_ENV: [&str; 4] = [ENV_SCENARIO_UUID, ENV_SCENARIO_EPOCH, ENV_CAMERA_URL, ENV_SCENARIO_OPTIONS];
+pub const JOB_ENV: [&str; 5] =
+    [ENV_SCENARIO_UUID, ENV_SCENARIO_EPOCH, ENV_CAMERA_URL, ENV_SCENARIO_OPTIONS, ENV_OPTIONS_REVISION];
 
 /// A runner's exit codes.
 pub mod exit {
@@ -46,6 +49,7 @@ pub struct RunnerJob {
     pub epoch: DateTime<Utc>,
     /// Model, fps, classes, confidence, mask: what the API stored for the scenario.
     pub options: ScenarioOptions,
+    pub options_revision: i64,
 }
 
 impl RunnerJob {
@@ -56,6 +60,7 @@ impl RunnerJob {
             (ENV_SCENARIO_EPOCH.into(), self.epoch.to_rfc3339()),
             (ENV_CAMERA_URL.into(), self.camera_url.expose().to_string()),
             (ENV_SCENARIO_OPTIONS.into(), serde_json::to_string(&self.options).unwrap_or_default()),
+            (ENV_OPTIONS_REVISION.into(), self.options_revision.to_string()),
         ]
     }
 
@@ -97,6 +102,7 @@ mod tests {
             camera_url: CameraUrl::trusted("rtsp://u:p@cam/1".into()),
             epoch: DateTime::UNIX_EPOCH,
             options: ScenarioOptions::default(),
+            options_revision: 0,
         };
         let env = job.env_with(&["RUST_LOG=info".into(), "VAP_CAMERA_URL=other".into(), "junk".into()]);
         assert_eq!(env[0], ("RUST_LOG".into(), "info".into()));

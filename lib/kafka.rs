@@ -188,6 +188,26 @@ impl KafkaLink {
         }
     }
 
+    /// One record to the partition its key maps to (rare messages: control records).
+    /// Returns its offset.
+    pub async fn produce_keyed(&self, topic: &str, key: &[u8], value: Vec<u8>) -> Result<i64, KafkaError> {
+        let kafka = self.get().await?;
+        let ids = kafka.ensure_topic(topic, self.settings.partitions, self.settings.replication_factor).await?;
+        let partition = partition_for_key(key, ids.len() as i32);
+        let record = rskafka::record::Record {
+            key: Some(key.to_vec()),
+            value: Some(value),
+            headers: Default::default(),
+            timestamp: chrono::Utc::now(),
+        };
+        let offsets = kafka
+            .partition(topic, partition)
+            .await?
+            .produce(vec![record], rskafka::client::partition::Compression::NoCompression)
+            .await?;
+        offsets.first().copied().ok_or_else(|| KafkaError::NoPartitions(topic.to_string()))
+    }
+
     /// The connected client, connecting and ensuring vap's topics first when needed.
     pub async fn get(&self) -> Result<Arc<Kafka>, KafkaError> {
         let mut slot = self.connected.lock().await;
@@ -196,7 +216,7 @@ impl KafkaLink {
         }
         let kafka = Kafka::connect(&self.settings).await?;
         let s = &self.settings;
-        for topic in [&s.topic_init_scenario, &s.topic_shutdown_scenario, &s.topic_results] {
+        for topic in s.topics() {
             kafka.ensure_topic(topic, s.partitions, s.replication_factor).await?;
         }
         tracing::info!(brokers = ?s.brokers, "connected to kafka");

@@ -34,6 +34,7 @@ impl OutboxRelay {
         match kind {
             EventKind::InitScenario => &k.topic_init_scenario,
             EventKind::ShutdownScenario => &k.topic_shutdown_scenario,
+            EventKind::UpdateScenario => &k.topic_update_scenario,
         }
     }
 

@@ -14,7 +14,7 @@ use super::{json_response, ApiError, AppState, Body, MAX_BODY_BYTES};
 use crate::camera_url::CameraUrl;
 use crate::config::ApiSettings;
 use crate::db::results::{self, StoredResult};
-use crate::db::scenarios::{self, Created, Idempotency, Scenario, ScenarioStatus, Shutdown};
+use crate::db::scenarios::{self, Created, Idempotency, OptionsChange, Scenario, ScenarioStatus, Shutdown};
 use crate::db::{self, outbox, positions};
 use crate::options::{Defaults, ScenarioOptions};
 
@@ -41,6 +41,7 @@ pub fn scenario_json(s: &Scenario, defaults: &Defaults) -> Value {
         "scenario_uuid": s.uuid,
         "camera_url": s.camera_url.redacted(),
         "options": options_json(&s.options, defaults),
+        "options_revision": s.options_revision,
         "status": s.status.as_str(),
         "error": s.error,
         "frames_processed": s.frames_processed,
@@ -118,7 +119,8 @@ fn int_param(pairs: &[(String, String)], name: &'static str, min: i64, max: i64)
 async fn read_json_body(req: Request<Incoming>) -> Result<(Value, Option<String>), ApiError> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if media != "application/json" {
+    // A PATCH body is a JSON merge patch, which RFC 7396 labels with its own type.
+    if media != "application/json" && media != "application/merge-patch+json" {
         return Err(ApiError::UnsupportedMediaType(if content_type.is_empty() {
             "nothing".into()
         } else {
@@ -207,6 +209,41 @@ pub async fn get_scenario(state: &Arc<AppState>, id: &str) -> Result<Response<Bo
     Ok(json_response(StatusCode::OK, &scenario_json(&scenario, &state.options)))
 }
 
+/// `PATCH /api/v1/scenario/{uuid}`: a JSON merge patch of the options. The change is stored
+/// with an `update_scenario` event; the orchestrator then tells the runner.
+pub async fn patch_scenario(
+    state: &Arc<AppState>,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let uuid = parse_uuid(id)?;
+    let (body, _) = read_json_body(req).await?;
+    let Value::Object(patch) = body else {
+        return Err(ApiError::bad("invalid_body", "request body must be a JSON object (a merge patch of the options)"));
+    };
+    if patch.contains_key("camera_url") {
+        return Err(ApiError::InvalidOption(crate::options::OptionError {
+            field: "camera_url".into(),
+            reason: "a scenario's camera can't change; create a new scenario".into(),
+        }));
+    }
+    let change = scenarios::change_options(&state.pool, uuid, |o| o.patched(&patch, &state.options)).await?;
+    match change {
+        OptionsChange::Changed(s) => {
+            state.outbox_waker.wake();
+            tracing::info!(scenario_uuid = %uuid, revision = s.options_revision, "options changed");
+            Ok(json_response(StatusCode::OK, &scenario_json(&s, &state.options)))
+        }
+        OptionsChange::Unchanged(s) => Ok(json_response(StatusCode::OK, &scenario_json(&s, &state.options))),
+        OptionsChange::NotRunning(s) => Err(ApiError::Conflict(format!(
+            "scenario {uuid} is {}; only a scenario that runs can change its options",
+            s.status.as_str()
+        ))),
+        OptionsChange::Refused(e) => Err(ApiError::InvalidOption(e)),
+        OptionsChange::NotFound => Err(ApiError::ScenarioNotFound(uuid)),
+    }
+}
+
 pub async fn list_scenarios(state: &Arc<AppState>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
     let pairs = query_pairs(query);
     let status = match query_param(&pairs, "status") {
@@ -261,6 +298,7 @@ pub fn result_json(r: &StoredResult) -> Value {
         "model": extra("model"),
         "model_sha256": extra("model_sha256"),
         "runner": extra("runner"),
+        "options_revision": extra("options_revision"),
         "media_ms": extra("media_ms"),
     })
 }

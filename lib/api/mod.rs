@@ -200,10 +200,12 @@ impl Route {
         }
     }
 
-    fn allowed(&self) -> (&'static Method, &'static str) {
+    /// The methods it answers (HEAD wherever GET), and the `Allow` header listing them.
+    fn allowed(&self) -> (&'static [Method], &'static str) {
         match self {
-            Route::InitScenario | Route::Shutdown(_) => (&Method::POST, "POST"),
-            _ => (&Method::GET, "GET, HEAD"),
+            Route::InitScenario | Route::Shutdown(_) => (&[Method::POST], "POST"),
+            Route::GetScenario(_) => (&[Method::GET, Method::PATCH], "GET, HEAD, PATCH"),
+            _ => (&[Method::GET], "GET, HEAD"),
         }
     }
 
@@ -244,7 +246,8 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
 
 async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (expected, allowed) = route.allowed();
-    let method_ok = req.method() == expected || (expected == Method::GET && req.method() == Method::HEAD);
+    let method_ok =
+        expected.contains(req.method()) || (expected.contains(&Method::GET) && req.method() == Method::HEAD);
     if !method_ok {
         return Err(ApiError::MethodNotAllowed { method: req.method().to_string(), allowed });
     }
@@ -262,6 +265,7 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
         Route::InitScenario => handlers::init_scenario(state, req).await,
         Route::ListScenarios => handlers::list_scenarios(state, req.uri().query()).await,
         Route::Models => Ok(handlers::models(state)),
+        Route::GetScenario(id) if req.method() == Method::PATCH => handlers::patch_scenario(state, &id, req).await,
         Route::GetScenario(id) => handlers::get_scenario(state, &id).await,
         Route::Shutdown(id) => handlers::shutdown_scenario(state, &id).await,
         Route::Prediction(id) => handlers::prediction(state, &id, req.uri().query()).await,

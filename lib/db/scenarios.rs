@@ -32,6 +32,8 @@ pub struct Scenario {
     pub seq: i64,
     pub camera_url: CameraUrl,
     pub options: ScenarioOptions,
+    /// How many times the options were changed.
+    pub options_revision: i64,
     pub status: ScenarioStatus,
     pub error: Option<String>,
     pub frames_processed: i64,
@@ -41,7 +43,7 @@ pub struct Scenario {
 }
 
 const SELECT_SCENARIO: &str =
-    "SELECT s.scenario_uuid, s.seq, s.camera_url, s.options, s.status, s.error, s.frames_processed,
+    "SELECT s.scenario_uuid, s.seq, s.camera_url, s.options, s.options_revision, s.status, s.error, s.frames_processed,
         s.created_at, s.updated_at, w.backend, w.backend_ref, w.node, w.status AS worker_status, w.restarts,
         w.last_error, w.started_at, w.updated_at AS worker_updated_at
    FROM scenarios s LEFT JOIN workers w USING (scenario_uuid)";
@@ -64,6 +66,7 @@ fn scenario_from_row(row: &Row) -> Scenario {
         seq: row.get("seq"),
         camera_url: CameraUrl::trusted(row.get("camera_url")),
         options: options_from(row.get("options")),
+        options_revision: row.get("options_revision"),
         // The CHECK constraint keeps this in the known set.
         status: ScenarioStatus::parse(status).unwrap_or(ScenarioStatus::Failed),
         error: row.get("error"),
@@ -113,7 +116,7 @@ fn event_payload(kind: EventKind, uuid: Uuid, camera_url: &str, at: DateTime<Utc
 const INSERT_SCENARIO_WITH_EVENT: &str = "
     WITH s AS (
         INSERT INTO scenarios (scenario_uuid, camera_url, options, status) VALUES ($1, $2, $3, 'init_startup')
-        RETURNING scenario_uuid, seq, camera_url, options, status, error, frames_processed, created_at, updated_at),
+        RETURNING scenario_uuid, seq, camera_url, options, options_revision, status, error, frames_processed, created_at, updated_at),
     e AS (
         INSERT INTO outbox (scenario_uuid, event_type, payload)
         SELECT scenario_uuid, 'init_scenario',
@@ -250,4 +253,63 @@ pub async fn request_shutdown(pool: &Pool, uuid: Uuid) -> Result<Shutdown, DbErr
         Some(false) => Shutdown::AlreadyShuttingDown(scenario),
         None => Shutdown::Finished(scenario),
     })
+}
+
+#[derive(Debug)]
+pub enum OptionsChange<E> {
+    /// Stored with an `update_scenario` event, revision incremented.
+    Changed(Scenario),
+    /// The patch changes nothing: nothing written.
+    Unchanged(Scenario),
+    /// Shutting down or at rest: options can't change.
+    NotRunning(Scenario),
+    /// `edit` refused the patch.
+    Refused(E),
+    NotFound,
+}
+
+/// Changes a scenario's options with `edit` (which sees the stored ones), and writes the
+/// `update_scenario` event in the same transaction; the row is locked meanwhile, so concurrent
+/// patches apply one after the other.
+pub async fn change_options<E>(
+    pool: &Pool,
+    uuid: Uuid,
+    edit: impl FnOnce(&ScenarioOptions) -> Result<ScenarioOptions, E>,
+) -> Result<OptionsChange<E>, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(row) =
+        tx.query_opt(&format!("{SELECT_SCENARIO} WHERE s.scenario_uuid = $1 FOR UPDATE OF s"), &[&uuid]).await?
+    else {
+        return Ok(OptionsChange::NotFound);
+    };
+    let current = scenario_from_row(&row);
+    if current.status.is_finished() || current.status.is_shutting_down() {
+        return Ok(OptionsChange::NotRunning(current));
+    }
+    let next = match edit(&current.options) {
+        Ok(next) => next,
+        Err(e) => return Ok(OptionsChange::Refused(e)),
+    };
+    if next == current.options {
+        return Ok(OptionsChange::Unchanged(current));
+    }
+    let options = serde_json::to_value(&next).unwrap_or_else(|_| serde_json::json!({}));
+    let now: DateTime<Utc> = tx
+        .query_one(
+            "UPDATE scenarios SET options = $2, options_revision = options_revision + 1, updated_at = now()
+              WHERE scenario_uuid = $1 RETURNING updated_at",
+            &[&uuid, &options],
+        )
+        .await?
+        .get(0);
+    let payload = event_payload(EventKind::UpdateScenario, uuid, current.camera_url.expose(), now);
+    tx.execute(
+        "INSERT INTO outbox (scenario_uuid, event_type, payload) VALUES ($1, $2, $3)",
+        &[&uuid, &EventKind::UpdateScenario.as_str(), &payload],
+    )
+    .await?;
+    let row = tx.query_one(&format!("{SELECT_SCENARIO} WHERE s.scenario_uuid = $1"), &[&uuid]).await?;
+    tx.commit().await?;
+    Ok(OptionsChange::Changed(scenario_from_row(&row)))
 }

@@ -18,6 +18,8 @@ pub struct StoredWorker {
     pub status: Option<WorkerStatus>,
     pub backend_ref: Option<String>,
     pub restarts: i32,
+    /// The digest of the options its runner was last given.
+    pub spec_digest: Option<String>,
 }
 
 /// A scenario not at rest, with what starting its runner needs.
@@ -27,6 +29,7 @@ pub struct ActiveScenario {
     pub status: ScenarioStatus,
     pub camera_url: CameraUrl,
     pub options: crate::options::ScenarioOptions,
+    pub options_revision: i64,
     pub created_at: DateTime<Utc>,
     pub worker: Option<StoredWorker>,
 }
@@ -36,7 +39,7 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT s.scenario_uuid, s.status, s.camera_url, s.created_at, w.status, w.backend_ref, w.restarts, s.options
+            "SELECT s.scenario_uuid, s.status, s.camera_url, s.created_at, w.status, w.backend_ref, w.restarts, s.options, s.options_revision, w.spec_digest
                FROM scenarios s LEFT JOIN workers w USING (scenario_uuid)
               WHERE s.status NOT IN ('inactive', 'failed') ORDER BY s.seq",
         )
@@ -50,11 +53,13 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
                 status: ScenarioStatus::parse(r.get(1))?,
                 camera_url: CameraUrl::trusted(r.get(2)),
                 options: super::scenarios::options_from(r.get(7)),
+                options_revision: r.get(8),
                 created_at: r.get(3),
                 worker: r.get::<_, Option<&str>>(4).map(|status| StoredWorker {
                     status: WorkerStatus::parse(status),
                     backend_ref: r.get(5),
                     restarts: r.get::<_, Option<i32>>(6).unwrap_or(0),
+                    spec_digest: r.get(9),
                 }),
             })
         })
@@ -161,6 +166,13 @@ async fn record(pool: &Pool, w: &WorkerRecord<'_>, moves: &[Move<'_>]) -> Result
 /// The runner is placed (starting or running): the scenario is being processed.
 pub async fn record_placed(pool: &Pool, w: &WorkerRecord<'_>) -> Result<(), DbError> {
     record(pool, w, &[(&["init_startup"], "in_startup_processing", None)]).await
+}
+
+/// The options its runner was given (at placement, or by a control record).
+pub async fn record_spec(pool: &Pool, scenario: Uuid, digest: &str) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client.execute("UPDATE workers SET spec_digest = $2 WHERE scenario_uuid = $1", &[&scenario, &digest]).await?;
+    Ok(())
 }
 
 /// Over the cap: the scenario waits for a slot (the API shows the worker as `waiting`).

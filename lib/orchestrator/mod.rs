@@ -43,7 +43,7 @@ use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler};
 use crate::db;
 use crate::db::positions::Advance;
 use crate::db::workers::{self, WorkerStatus};
-use crate::events::{EventKind, ScenarioEvent};
+use crate::events::{EventKind, RunnerControl, ScenarioEvent};
 use crate::job::RunnerJob;
 use crate::kafka::KafkaLink;
 use crate::metrics::Metrics;
@@ -191,7 +191,8 @@ impl Orchestrator {
             },
         });
         let k = self.kafka.settings();
-        for topic in [k.topic_init_scenario.clone(), k.topic_shutdown_scenario.clone()] {
+        for topic in [k.topic_init_scenario.clone(), k.topic_shutdown_scenario.clone(), k.topic_update_scenario.clone()]
+        {
             let (events, token) = (Arc::clone(&events), consumers.token());
             consumers.spawn_fallible("event consumer", async move { events.run(topic, token).await });
         }
@@ -250,6 +251,7 @@ impl Orchestrator {
                 camera_url: s.camera_url.clone(),
                 epoch: s.created_at,
                 options: s.options.clone(),
+                options_revision: s.options_revision,
             }),
             _ => None,
         });
@@ -259,6 +261,11 @@ impl Orchestrator {
             if !matches!(action, Action::Running { .. } | Action::Wait(_) | Action::Unreachable { .. }) {
                 taken += 1;
             }
+        }
+        // After the stops: a broker that is down delays only this, the next round retries.
+        match self.tell_changed_options(&scenarios).await {
+            Ok(told) => taken += told,
+            Err(e) => tracing::warn!(error = %e, "cannot tell runners their new options yet"),
         }
         Ok(taken)
     }
@@ -333,7 +340,9 @@ impl Orchestrator {
                     Ok(info) => {
                         tracing::info!(scenario = %job.scenario, backend = kind, reference = info.backend_ref, "runner placed");
                         self.metrics.inc("vap_orchestrator_placements_total", "Runners placed.", &[("backend", kind)], 1);
-                        self.record(&info, true).await.map(|_| 1)
+                        self.record(&info, true).await?;
+                        workers::record_spec(&self.pool, job.scenario, &job.options.digest()).await?;
+                        Ok(1)
                     }
                     Err(e) => {
                         tracing::warn!(scenario = %job.scenario, error = %e, "placement failed; will retry");
@@ -401,6 +410,33 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// A running runner whose scenario's options changed since it was given them gets a
+    /// control record; its worker row then holds the new digest. Sending one twice is
+    /// harmless: a runner applies only a newer revision.
+    async fn tell_changed_options(&self, scenarios: &[workers::ActiveScenario]) -> Result<usize, ReconcileError> {
+        let topic = &self.kafka.settings().topic_runner_control;
+        let mut told = 0;
+        for s in scenarios {
+            let Some(w) = &s.worker else { continue };
+            if !matches!(w.status, Some(WorkerStatus::Running | WorkerStatus::Starting)) {
+                continue;
+            }
+            let digest = s.options.digest();
+            if w.spec_digest.as_deref() == Some(digest.as_str()) {
+                continue;
+            }
+            let control =
+                RunnerControl { scenario_uuid: s.scenario, revision: s.options_revision, options: s.options.clone() };
+            let value = serde_json::to_vec(&control).unwrap_or_default();
+            let offset = self.kafka.produce_keyed(topic, s.scenario.to_string().as_bytes(), value).await?;
+            workers::record_spec(&self.pool, s.scenario, &digest).await?;
+            tracing::info!(scenario = %s.scenario, revision = s.options_revision, offset, "runner told its new options");
+            self.metrics.inc("vap_orchestrator_option_changes_total", "Control records sent to runners.", &[], 1);
+            told += 1;
+        }
+        Ok(told)
+    }
+
     async fn record(&self, info: &WorkerInfo, starting: bool) -> Result<(), ReconcileError> {
         let status = if starting { WorkerStatus::Starting } else { WorkerStatus::Running };
         let w = workers::WorkerRecord {
@@ -430,8 +466,12 @@ impl RecordHandler for ApplyEvents {
         let (mut started, mut stopping) = (Vec::new(), Vec::new());
         for r in records {
             match r.record.value.as_deref().map(serde_json::from_slice::<ScenarioEvent>) {
-                Some(Ok(e)) if e.event_type == EventKind::InitScenario => started.push(e.scenario_uuid),
-                Some(Ok(e)) => stopping.push(e.scenario_uuid),
+                Some(Ok(e)) => match e.event_type {
+                    EventKind::InitScenario => started.push(e.scenario_uuid),
+                    EventKind::ShutdownScenario => stopping.push(e.scenario_uuid),
+                    // The options are in the database: reconcile compares them with the runner's.
+                    EventKind::UpdateScenario => {}
+                },
                 _ => {
                     self.metrics.inc(
                         "vap_orchestrator_rejected_events_total",
@@ -472,4 +512,6 @@ enum ReconcileError {
     Db(#[from] db::DbError),
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaError),
 }

@@ -566,6 +566,7 @@ mod tests {
                 fps: Some(2.0),
                 ..Default::default()
             },
+            options_revision: 3,
         };
         let golden: Value = serde_json::from_str(include_str!("../../tests/golden/nomad_job.json")).unwrap();
         assert_eq!(

@@ -3,7 +3,7 @@
 //! jittered back-off.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -218,7 +218,21 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(fps: f64) -> Self {
-        Self { interval_ms: if fps > 0.0 { 1000.0 / fps } else { 0.0 }, next_due_ms: None }
+        Self { interval_ms: Self::interval(fps), next_due_ms: None }
+    }
+
+    fn interval(fps: f64) -> f64 {
+        if fps > 0.0 {
+            1000.0 / fps
+        } else {
+            0.0
+        }
+    }
+
+    /// A new rate from the next frame on (the scenario's options changed).
+    pub fn set_fps(&mut self, fps: f64) {
+        self.interval_ms = Self::interval(fps);
+        self.next_due_ms = None;
     }
 
     pub fn reset(&mut self) {
@@ -246,9 +260,24 @@ impl Sampler {
     }
 }
 
+/// The analysis rate, changed by the detection thread when the options change.
+pub struct SampleRate(AtomicU64);
+
+impl SampleRate {
+    pub fn new(fps: f64) -> Self {
+        Self(AtomicU64::new(fps.to_bits()))
+    }
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+    pub fn set(&self, fps: f64) {
+        self.0.store(fps.to_bits(), Ordering::Relaxed);
+    }
+}
+
 pub struct CaptureLoop<S: FrameSource> {
     pub source: S,
-    pub sample_fps: f64,
+    pub sample_fps: Arc<SampleRate>,
     pub open_attempts: u32,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -273,7 +302,7 @@ impl<S: FrameSource> CaptureLoop<S> {
         let mut backoff = Backoff::new(self.reconnect_min, self.reconnect_max);
         let mut ever_opened = false;
         let mut failed_opens = 0u32;
-        let mut sampler = Sampler::new(self.sample_fps);
+        let mut sampler = Sampler::new(self.sample_fps.get());
         loop {
             beat();
             if shutdown.is_cancelled() {
@@ -327,6 +356,7 @@ impl<S: FrameSource> CaptureLoop<S> {
     fn read_until_lost(&mut self, info: &SourceInfo, sampler: &mut Sampler, cx: &Context<'_>) -> Option<u64> {
         let clock = Instant::now();
         let mut index = 0u64;
+        let mut fps = self.sample_fps.get();
         let mut image = Mat::default();
         loop {
             (cx.beat)();
@@ -346,6 +376,10 @@ impl<S: FrameSource> CaptureLoop<S> {
             cx.stats.frames_read.fetch_add(1, Ordering::Relaxed);
             index += 1;
             let t_ms = if info.live { clock.elapsed().as_secs_f64() * 1000.0 } else { media_ms };
+            if self.sample_fps.get() != fps {
+                fps = self.sample_fps.get();
+                sampler.set_fps(fps);
+            }
             if !sampler.take(t_ms) {
                 continue;
             }

@@ -18,7 +18,9 @@ use super::{Outcome, RunnerError, RunnerJob};
 use crate::config::Settings;
 
 use crate::camera_url::CameraUrl;
-use crate::job::{exit, ENV_CAMERA_URL, ENV_SCENARIO_EPOCH, ENV_SCENARIO_OPTIONS, ENV_SCENARIO_UUID};
+use crate::job::{
+    exit, ENV_CAMERA_URL, ENV_OPTIONS_REVISION, ENV_SCENARIO_EPOCH, ENV_SCENARIO_OPTIONS, ENV_SCENARIO_UUID,
+};
 use crate::options::ScenarioOptions;
 
 const USAGE: &str =
@@ -49,6 +51,7 @@ pub struct RunnerArgs {
     pub epoch: DateTime<Utc>,
     pub camera_url: CameraUrl,
     pub options: ScenarioOptions,
+    pub options_revision: i64,
 }
 
 impl RunnerArgs {
@@ -85,11 +88,15 @@ impl RunnerArgs {
         };
         let camera_url = CameraUrl::trusted(url.filter(|u| !u.is_empty()).ok_or(UsageError::NoCameraUrl)?);
         // Without options (a run by hand): the configured defaults.
+        let options_revision = match env(ENV_OPTIONS_REVISION).filter(|r| !r.is_empty()) {
+            Some(r) => r.parse().map_err(|_| UsageError::BadOptions(format!("revision '{r}' is not an integer")))?,
+            None => 0,
+        };
         let options = match options.filter(|o| !o.is_empty()) {
             Some(o) => serde_json::from_str(&o).map_err(|e| UsageError::BadOptions(e.to_string()))?,
             None => ScenarioOptions::default(),
         };
-        Ok(Self { config, scenario, epoch, camera_url, options })
+        Ok(Self { config, scenario, epoch, camera_url, options, options_revision })
     }
 }
 
@@ -122,8 +129,13 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let job =
-        RunnerJob { scenario: args.scenario, camera_url: args.camera_url, epoch: args.epoch, options: args.options };
+    let job = RunnerJob {
+        scenario: args.scenario,
+        camera_url: args.camera_url,
+        epoch: args.epoch,
+        options: args.options,
+        options_revision: args.options_revision,
+    };
     let span = tracing::info_span!("runner", scenario = %job.scenario);
     let _entered = span.enter();
     tracing::info!(camera = %job.camera_url, "runner starting");

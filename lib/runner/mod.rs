@@ -9,12 +9,14 @@
 //! | module | role |
 //! |---|---|
 //! | [`capture`] | the camera interface, its OpenCV backend, sampling and reconnects |
+//! | [`control`] | options changed while running: the orchestrator's control records |
 //! | [`detector`] | the model interface, its tract backend, decoding and NMS |
 //! | [`publisher`] | the bounded buffer and the producer to `results` |
 //! | [`cli`] | the command line and exit codes |
 
 pub mod capture;
 pub mod cli;
+pub mod control;
 pub mod detector;
 pub mod publisher;
 
@@ -31,7 +33,7 @@ use crate::events::{EndReason, FrameResult, StreamEnd};
 use crate::kafka::KafkaLink;
 use crate::models::{Catalogue, Check};
 use crate::options::ScenarioOptions;
-use capture::{CaptureEnd, CaptureLoop, CaptureStats, FrameSlot, OpenCvSource};
+use capture::{CaptureEnd, CaptureLoop, CaptureStats, FrameSlot, OpenCvSource, SampleRate};
 use detector::{Detector, DetectorError, TractDetector};
 use publisher::{result_record, Publisher, ResultBuffer};
 
@@ -108,11 +110,16 @@ impl FrameNumbers {
 pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken) -> Result<RunReport, RunnerError> {
     let started = Instant::now();
     let rs = settings.runner.clone();
+    if rs.inference_threads > 1 {
+        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(
+            rs.inference_threads,
+        ));
+    }
     let (detector, provenance) = load_detector(&rs, &job.options).await?;
     let buffer = Arc::new(ResultBuffer::new(rs.buffer_frames));
     let abandon = CancellationToken::new();
     let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
-    let publisher = Publisher { kafka, scenario: job.scenario, batch: rs.produce_batch };
+    let publisher = Publisher { kafka: Arc::clone(&kafka), scenario: job.scenario, batch: rs.produce_batch };
     // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
     let publishing = tokio::spawn(tracing::Instrument::instrument(
         publisher.run(Arc::clone(&buffer), abandon.clone()),
@@ -122,12 +129,22 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
         slot: Arc::new(FrameSlot::default()),
         capture: Arc::new(CaptureStats::default()),
         stats: Arc::new(RunnerStats::default()),
+        sample_rate: Arc::new(SampleRate::new(job.options.fps.unwrap_or(rs.sample_fps))),
         started,
     };
     let capture = threads.spawn_capture(&job, &rs, &shutdown)?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let detecting = threads.spawn_detect(detector, provenance, &buffer, &job, done_tx)?;
+    let (reload_tx, reloads) = std::sync::mpsc::channel();
+    let following = CancellationToken::new();
+    let control = tokio::spawn(tracing::Instrument::instrument(
+        follow_option_changes(Arc::clone(&kafka), rs.clone(), job.clone(), reload_tx, following.clone()),
+        tracing::Span::current(),
+    ));
+    let current = Current { detector, provenance, options: job.options.clone(), revision: job.options_revision };
+    let detecting = threads.spawn_detect(current, reloads, &buffer, &job, rs.sample_fps, done_tx)?;
     let end = threads.supervise(done_rx, &buffer, Duration::from_millis(rs.status_interval_ms.max(100))).await;
+    following.cancel();
+    let _ = control.await;
     let _ = capture.join();
     let _ = detecting.join();
 
@@ -156,11 +173,6 @@ async fn load_detector(
     rs: &crate::config::RunnerSettings,
     options: &ScenarioOptions,
 ) -> Result<(TractDetector, Provenance), RunnerError> {
-    if rs.inference_threads > 1 {
-        tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(
-            rs.inference_threads,
-        ));
-    }
     let (rs, options) = (rs.clone(), options.clone());
     let detector = tokio::task::spawn_blocking(move || {
         // Manifests only: the detector checks the digest of the one model it loads.
@@ -178,10 +190,57 @@ async fn load_detector(
     let provenance = Provenance {
         model: manifest.name.clone(),
         model_sha256: manifest.sha256.clone().unwrap_or_default(),
-        runner: format!("{}/{}/{:08x}", crate::sys::hostname(), std::process::id(), fastrand::u32(..)),
+        runner: instance(),
     };
     tracing::info!(model = provenance.model, runner = provenance.runner, "model loaded");
     Ok((detector, provenance))
+}
+
+/// What the detection thread works with; replaced whole when the options change.
+pub struct Current<D> {
+    pub detector: D,
+    pub provenance: Provenance,
+    pub options: ScenarioOptions,
+    /// Which change of the options these are.
+    pub revision: i64,
+}
+
+/// Loads the model of each newer revision of the options beside the running one, then hands
+/// it to the detection thread, which switches between two frames: no frame is skipped for it.
+async fn follow_option_changes(
+    kafka: Arc<KafkaLink>,
+    rs: crate::config::RunnerSettings,
+    job: RunnerJob,
+    reloads: std::sync::mpsc::Sender<Current<TractDetector>>,
+    stop: CancellationToken,
+) {
+    let (tx, mut changes) = tokio::sync::mpsc::channel(4);
+    let follower = control::ControlFollower { kafka, scenario: job.scenario, revision: job.options_revision };
+    let following =
+        tokio::spawn(tracing::Instrument::instrument(follower.run(tx, stop.clone()), tracing::Span::current()));
+    while let Some(Some(change)) = stop.run_until_cancelled(changes.recv()).await {
+        match load_detector(&rs, &change.options).await {
+            Ok((detector, provenance)) => {
+                tracing::info!(revision = change.revision, model = provenance.model, "switching to new options");
+                let next = Current { detector, provenance, options: change.options, revision: change.revision };
+                if reloads.send(next).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::error!(revision = change.revision, error = %e, "new options unusable; keeping the running ones")
+            }
+        }
+    }
+    following.abort();
+}
+
+/// This runner process: host, pid and a random tag (pids are reused), made once.
+fn instance() -> String {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE
+        .get_or_init(|| format!("{}/{}/{:08x}", crate::sys::hostname(), std::process::id(), fastrand::u32(..)))
+        .clone()
 }
 
 /// What produced a result, stored with each one.
@@ -199,6 +258,7 @@ struct Threads {
     slot: Arc<FrameSlot>,
     capture: Arc<CaptureStats>,
     stats: Arc<RunnerStats>,
+    sample_rate: Arc<SampleRate>,
     started: Instant,
 }
 
@@ -214,7 +274,7 @@ impl Threads {
         let started = self.started;
         let capture_loop = CaptureLoop {
             source: OpenCvSource::new(&job.camera_url, rs),
-            sample_fps: job.options.fps.unwrap_or(rs.sample_fps),
+            sample_fps: Arc::clone(&self.sample_rate),
             open_attempts: rs.open_attempts,
             reconnect_min: Duration::from_millis(rs.reconnect_min_ms),
             reconnect_max: Duration::from_millis(rs.reconnect_max_ms),
@@ -227,10 +287,11 @@ impl Threads {
 
     fn spawn_detect(
         &self,
-        detector: TractDetector,
-        provenance: Provenance,
+        current: Current<TractDetector>,
+        reloads: std::sync::mpsc::Receiver<Current<TractDetector>>,
         buffer: &Arc<ResultBuffer>,
         job: &RunnerJob,
+        default_fps: f64,
         done: tokio::sync::oneshot::Sender<CaptureEnd>,
     ) -> Result<std::thread::JoinHandle<()>, RunnerError> {
         let (slot, stats, buffer, job, span) = (
@@ -240,11 +301,20 @@ impl Threads {
             job.clone(),
             tracing::Span::current(),
         );
-        let started = self.started;
+        let (started, rate) = (self.started, Arc::clone(&self.sample_rate));
         std::thread::Builder::new()
             .name("vap-detect".into())
             .spawn(move || {
-                let end = span.in_scope(|| detect_loop(detector, &provenance, &slot, &stats, &buffer, &job, started));
+                let detect = Detect {
+                    slot: &slot,
+                    stats: &stats,
+                    buffer: &buffer,
+                    job: &job,
+                    started,
+                    rate: &rate,
+                    default_fps,
+                };
+                let end = span.in_scope(|| detect.run(current, &reloads));
                 let _ = done.send(end);
             })
             .map_err(|e| RunnerError::Thread(e.to_string()))
@@ -365,63 +435,82 @@ fn log_summary(outcome: &Outcome, threads: &Threads, buffer: &ResultBuffer, flus
     );
 }
 
-fn detect_loop<D: Detector>(
-    mut detector: D,
-    provenance: &Provenance,
-    slot: &FrameSlot,
-    stats: &RunnerStats,
-    buffer: &ResultBuffer,
-    job: &RunnerJob,
+/// The detection thread's view of the run.
+struct Detect<'a> {
+    slot: &'a FrameSlot,
+    stats: &'a RunnerStats,
+    buffer: &'a ResultBuffer,
+    job: &'a RunnerJob,
     started: Instant,
-) -> CaptureEnd {
-    let mut numbers = FrameNumbers::new(job.epoch);
-    loop {
-        stats.heartbeat_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let frame = match slot.take(Duration::from_millis(250)) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => continue,
-            Err(end) => return end,
-        };
-        if !stats.ready.swap(true, Ordering::Relaxed) {
-            stats.became_ready.notify_one();
-        }
-        let (mut detections, timing) = match detector.detect(&frame.image) {
-            Ok(d) => d,
-            Err(e) => {
-                stats.detect_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "frame not analysed");
-                continue;
+    /// The capture thread's analysis rate, set here when the options change.
+    rate: &'a SampleRate,
+    /// The rate of options that set none.
+    default_fps: f64,
+}
+
+impl Detect<'_> {
+    fn run<D: Detector>(&self, mut current: Current<D>, reloads: &std::sync::mpsc::Receiver<Current<D>>) -> CaptureEnd {
+        let (slot, stats, buffer, job) = (self.slot, self.stats, self.buffer, self.job);
+        let mut numbers = FrameNumbers::new(job.epoch);
+        loop {
+            stats.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            // Between two frames: the next one is analysed with the new options.
+            while let Ok(next) = reloads.try_recv() {
+                self.rate.set(next.options.fps.unwrap_or(self.default_fps));
+                current = next;
             }
-        };
-        let (width, height) = (frame.image.cols(), frame.image.rows());
-        detections.retain(|d| job.options.keeps(d, width as f32, height as f32));
-        let publish_started = Instant::now();
-        let mut extra = serde_json::Map::new();
-        extra.insert("model".into(), provenance.model.clone().into());
-        extra.insert("model_sha256".into(), provenance.model_sha256.clone().into());
-        extra.insert("runner".into(), provenance.runner.clone().into());
-        if let Some(ms) = frame.media_ms {
-            extra.insert("media_ms".into(), ms.round().into());
+            let frame = match slot.take(Duration::from_millis(250)) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => continue,
+                Err(end) => return end,
+            };
+            if !stats.ready.swap(true, Ordering::Relaxed) {
+                stats.became_ready.notify_one();
+            }
+            let (mut detections, timing) = match current.detector.detect(&frame.image) {
+                Ok(d) => d,
+                Err(e) => {
+                    stats.detect_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "frame not analysed");
+                    continue;
+                }
+            };
+            let (width, height) = (frame.image.cols(), frame.image.rows());
+            detections.retain(|d| current.options.keeps(d, width as f32, height as f32));
+            let provenance = &current.provenance;
+            let publish_started = Instant::now();
+            let mut extra = serde_json::Map::new();
+            extra.insert("model".into(), provenance.model.clone().into());
+            extra.insert("model_sha256".into(), provenance.model_sha256.clone().into());
+            extra.insert("runner".into(), provenance.runner.clone().into());
+            extra.insert("options_revision".into(), current.revision.into());
+            if let Some(ms) = frame.media_ms {
+                extra.insert("media_ms".into(), ms.round().into());
+            }
+            extra.insert("inference_ms".into(), (timing.inference.as_secs_f64() * 1000.0).into());
+            extra.insert("frame_width".into(), width.into());
+            extra.insert("frame_height".into(), height.into());
+            extra.insert("source_frame".into(), frame.source_index.into());
+            let result = FrameResult {
+                scenario_uuid: job.scenario,
+                frame_number: numbers.next(frame.captured_at),
+                timestamp: frame.captured_at,
+                detections,
+                extra,
+            };
+            buffer.push(result_record(
+                job.scenario,
+                serde_json::to_vec(&result).unwrap_or_default(),
+                frame.captured_at,
+            ));
+            let micros = |d: Duration| d.as_micros() as u64;
+            stats.read_micros.fetch_add(micros(frame.read_time), Ordering::Relaxed);
+            stats.preprocess_micros.fetch_add(micros(timing.preprocess), Ordering::Relaxed);
+            stats.inference_micros.fetch_add(micros(timing.inference), Ordering::Relaxed);
+            stats.postprocess_micros.fetch_add(micros(timing.postprocess), Ordering::Relaxed);
+            stats.publish_micros.fetch_add(micros(publish_started.elapsed()), Ordering::Relaxed);
+            stats.frames_analysed.fetch_add(1, Ordering::Relaxed);
         }
-        extra.insert("inference_ms".into(), (timing.inference.as_secs_f64() * 1000.0).into());
-        extra.insert("frame_width".into(), width.into());
-        extra.insert("frame_height".into(), height.into());
-        extra.insert("source_frame".into(), frame.source_index.into());
-        let result = FrameResult {
-            scenario_uuid: job.scenario,
-            frame_number: numbers.next(frame.captured_at),
-            timestamp: frame.captured_at,
-            detections,
-            extra,
-        };
-        buffer.push(result_record(job.scenario, serde_json::to_vec(&result).unwrap_or_default(), frame.captured_at));
-        let micros = |d: Duration| d.as_micros() as u64;
-        stats.read_micros.fetch_add(micros(frame.read_time), Ordering::Relaxed);
-        stats.preprocess_micros.fetch_add(micros(timing.preprocess), Ordering::Relaxed);
-        stats.inference_micros.fetch_add(micros(timing.inference), Ordering::Relaxed);
-        stats.postprocess_micros.fetch_add(micros(timing.postprocess), Ordering::Relaxed);
-        stats.publish_micros.fetch_add(micros(publish_started.elapsed()), Ordering::Relaxed);
-        stats.frames_analysed.fetch_add(1, Ordering::Relaxed);
     }
 }
 

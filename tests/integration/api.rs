@@ -223,6 +223,66 @@ async fn options_are_stored_and_shown_in_effect_and_the_catalogue_is_listed() {
 }
 
 #[tokio::test]
+async fn patch_changes_options_with_one_event_and_refuses_what_it_cannot_do() {
+    let app = TestApp::spawn().await;
+    let id = app.create_scenario_with("rtsp://cam/1", json!({"fps": 4, "name": "lobby"})).await;
+    let path = format!("/api/v1/scenario/{id}");
+    let count_updates =
+        format!("SELECT count(*) FROM outbox WHERE event_type = 'update_scenario' AND scenario_uuid = '{id}'");
+    let updates = || app.scalar(&count_updates);
+
+    // A merge patch: given fields replace, null resets to the default, absent ones stay.
+    let r = app.patch_json(&path, &json!({"model": "yolov3_tiny_coco_416", "classes": ["car"], "name": null})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let s = r.json();
+    let o = &s["options"];
+    assert_eq!(
+        (o["model"].as_str(), o["fps"].as_f64(), &o["classes"], &o["name"]),
+        (Some("yolov3_tiny_coco_416"), Some(4.0), &json!(["car"]), &json!(null)),
+        "{s}"
+    );
+    assert_eq!(s["options_revision"], 1);
+    assert_eq!(app.scenario(id).await["options"], s["options"]);
+    assert_eq!(updates().await, 1);
+    // The same again changes nothing and writes nothing.
+    let r = app.patch_json(&path, &json!({"classes": ["car"]})).await;
+    assert_eq!((r.status, &r.json()["options_revision"]), (StatusCode::OK, &json!(1)), "{}", r.text);
+    assert_eq!(updates().await, 1);
+
+    // Bad patches: a 400 naming the field, nothing written.
+    for (patch, field) in [
+        (json!({"model": "ssdlite_person_300"}), "classes"), // car is not a class of the person model
+        (json!({"fps": 0}), "fps"),
+        (json!({"mask": [[[0, 0], [1, 1]]]}), "mask[0]"),
+        (json!({"camera_url": "rtsp://cam/2"}), "camera_url"),
+        (json!({"speed": 1}), "speed"),
+    ] {
+        let r = app.patch_json(&path, &patch).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{patch}: {}", r.text);
+        assert_eq!(r.json()["error"]["field"], field, "{patch}: {}", r.text);
+    }
+    let r = app.patch_json(&path, &json!([1])).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_body", "merge patch");
+    let r = app.request(Method::PATCH, &path, &[("content-type", "text/plain")], "{}").await;
+    assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "text/plain");
+    let ghost = uuid::Uuid::new_v4();
+    let r = app.patch_json(&format!("/api/v1/scenario/{ghost}"), &json!({"fps": 1})).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "scenario_not_found", &ghost.to_string());
+    assert_eq!(updates().await, 1);
+    assert_eq!(app.scenario(id).await["options_revision"], 1);
+
+    // A scenario on its way down, or at rest, keeps its options: 409 with the reason.
+    app.shutdown_scenario(id).await;
+    let r = app.patch_json(&path, &json!({"fps": 1})).await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", "init_shutdown");
+    let moved = format!("WITH u AS (UPDATE scenarios SET status = 'inactive' WHERE scenario_uuid = '{id}' RETURNING 1) SELECT count(*) FROM u");
+    assert_eq!(app.scalar(&moved).await, 1);
+    let r = app.patch_json(&path, &json!({"fps": 1})).await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict", "inactive");
+    assert_eq!(updates().await, 1);
+}
+
+#[tokio::test]
 async fn local_files_are_accepted_only_when_the_operator_enables_them() {
     let app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
     for url in ["/srv/video.mp4", "file:///srv/video.mp4"] {

@@ -103,6 +103,12 @@ impl ApiClient {
             .await
     }
 
+    /// PATCH with a JSON merge patch.
+    pub async fn patch_json(&self, path: &str, body: &Value) -> Response {
+        let ct = [("content-type", "application/merge-patch+json")];
+        self.request(Method::PATCH, path, &ct, serde_json::to_vec(body).unwrap()).await
+    }
+
     /// GET /api/v1/scenario/{id}.
     pub async fn scenario(&self, id: uuid::Uuid) -> Value {
         self.get(&format!("/api/v1/scenario/{id}")).await.json()
@@ -169,6 +175,8 @@ impl TestApp {
         settings.kafka.brokers = vec![broker.addr()];
         settings.kafka.topic_init_scenario = unique("init");
         settings.kafka.topic_shutdown_scenario = unique("shutdown");
+        settings.kafka.topic_update_scenario = unique("update");
+        settings.kafka.topic_runner_control = unique("control");
         settings.kafka.topic_results = unique("results");
         settings.kafka.request_deadline_ms = 2_000;
         settings.api.listen = "127.0.0.1:0".parse().unwrap();
@@ -235,6 +243,8 @@ impl TestApp {
             ("VAP_KAFKA__BROKERS".into(), s.kafka.brokers.join(",")),
             ("VAP_KAFKA__TOPIC_INIT_SCENARIO".into(), s.kafka.topic_init_scenario.clone()),
             ("VAP_KAFKA__TOPIC_SHUTDOWN_SCENARIO".into(), s.kafka.topic_shutdown_scenario.clone()),
+            ("VAP_KAFKA__TOPIC_UPDATE_SCENARIO".into(), s.kafka.topic_update_scenario.clone()),
+            ("VAP_KAFKA__TOPIC_RUNNER_CONTROL".into(), s.kafka.topic_runner_control.clone()),
             ("VAP_KAFKA__TOPIC_RESULTS".into(), s.kafka.topic_results.clone()),
             ("VAP_KAFKA__REQUEST_DEADLINE_MS".into(), s.kafka.request_deadline_ms.to_string()),
             ("VAP_RELAY__METRICS_LISTEN".into(), s.relay.metrics_listen.clone()),

@@ -86,6 +86,7 @@ pub fn runner_env(app: &TestApp) -> Vec<String> {
     vec![
         format!("VAP_KAFKA__BROKERS={}", app.settings.kafka.brokers.join(",")),
         format!("VAP_KAFKA__TOPIC_RESULTS={}", app.settings.kafka.topic_results),
+        format!("VAP_KAFKA__TOPIC_RUNNER_CONTROL={}", app.settings.kafka.topic_runner_control),
         format!("VAP_RUNNER__MODELS_DIR={}", models_dir().display()),
         "VAP_RUNNER__RECONNECT_MIN_MS=300".into(),
     ]

@@ -211,6 +211,7 @@ fn submitted_job_carries_the_scenario_the_runner_and_no_secret_in_its_arguments(
         camera_url: CameraUrl::trusted("rtsp://u:secret@cam/1".into()),
         epoch: chrono::Utc::now(),
         options: Default::default(),
+        options_revision: 0,
     };
     let job = job_spec(&NomadBackendSettings::default(), &spec);
     let task = &job["TaskGroups"][0]["Tasks"][0];
