@@ -534,6 +534,7 @@ async fn openapi_describes_every_route_and_docs_render_it() {
         "/docs",
         "/api/v1/scenario/init",
         "/api/v1/scenarios",
+        "/api/v1/models",
         "/api/v1/scenario/{uuid}",
         "/api/v1/scenario/{uuid}/shutdown",
         "/api/v1/prediction/{uuid}",
@@ -544,6 +545,10 @@ async fn openapi_describes_every_route_and_docs_render_it() {
     let init = &spec["paths"]["/api/v1/scenario/init"]["post"]["responses"];
     for code in ["200", "400", "401", "405", "413", "415", "422", "503"] {
         assert!(init[code].is_object(), "init lacks {code}");
+    }
+    let patch = &spec["paths"]["/api/v1/scenario/{uuid}"]["patch"]["responses"];
+    for code in ["200", "400", "404", "409", "415"] {
+        assert!(patch[code].is_object(), "patch lacks {code}");
     }
     let docs = app.get("/docs").await;
     assert_eq!(docs.status, StatusCode::OK);
