@@ -1,11 +1,14 @@
-//! Runner benchmark (docs/BENCHMARKS.md): `cargo bench --features runner --bench runner`.
+//! Runner benchmark (docs/BENCHMARKS.md): `cargo bench --features runner --bench runner [-- PART...]`,
+//! PART one of `pipeline`, `inference`, `accuracy`, `produce` (default: all), for every model
+//! of the shipped catalogue (`models/`):
 //!
-//! 1. the real vap-runner on a 640x480 H.264 file, every frame analysed, 1 and 2 inference
-//!    threads: per-frame time split, frames/s, peak RSS;
-//! 2. inference alone on the same prepared inputs: tract beside onnxruntime (PyPI), 1 and 2
-//!    threads;
-//! 3. the produce path catching up 5,000 buffered results, stock rskafka sockets beside
-//!    TCP_NODELAY.
+//! 1. pipeline: the real vap-runner on a 640x480 H.264 file, every frame analysed, 1 and 2
+//!    inference threads: per-frame time split, frames/s, peak RSS;
+//! 2. inference: inference alone on the same 100 prepared inputs, tract beside onnxruntime
+//!    (PyPI), 1 and 2 threads;
+//! 3. accuracy: precision and recall at IoU 0.5 per class on the labelled set (tests/eval);
+//! 4. produce: the produce path catching up 5,000 buffered results, stock rskafka sockets
+//!    beside TCP_NODELAY.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -19,31 +22,58 @@ use tokio_util::sync::CancellationToken;
 use vap::config::KafkaSettings;
 use vap::devstack::{Broker, BrokerStorage};
 use vap::kafka::KafkaLink;
-use vap::models::Manifest;
+use vap::models::{Catalogue, Check, Manifest};
 use vap::runner::detector::TractDetector;
 use vap::runner::publisher::{result_record, Publisher, ResultBuffer};
+
+// Its test module is compiled under clippy's --all-targets too, where nothing runs it.
+#[allow(dead_code)]
+#[path = "../tests/integration/eval.rs"]
+mod eval;
 
 const VTEST: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
 const INFERENCE_FRAMES: usize = 100;
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
         println!("runner benchmark: run with `cargo bench --features runner --bench runner`");
         return;
     }
+    let parts: Vec<&str> = args.iter().map(String::as_str).filter(|a| !a.starts_with("--")).collect();
+    let wanted = |part: &str| parts.is_empty() || parts.contains(&part);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-bench");
     std::fs::create_dir_all(&dir).unwrap();
     let video = make_video(&dir);
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ssdlite_person_300.toml");
+    let models_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let catalogue = Catalogue::load(&models_dir, "ssdlite_person_300", Check::Files).unwrap();
+    let manifests: Vec<(String, PathBuf)> =
+        catalogue.names().iter().map(|n| (n.to_string(), catalogue.manifest_path(n).unwrap().to_path_buf())).collect();
     let broker = Broker::start(BrokerStorage::Memory).expect("start broker");
     println!(
-        "machine: {} cores; video: 640x480 H.264, 795 frames (vtest.avi), every frame analysed",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        "machine: {} cores; video: 640x480 H.264, 795 frames (vtest.avi), every frame analysed; models: {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        catalogue.names().join(", ")
     );
+    if wanted("pipeline") {
+        pipeline(&video, &manifests, &broker.addr());
+    }
+    if wanted("inference") {
+        inference(&video, &manifests, &dir);
+    }
+    if wanted("accuracy") {
+        accuracy(&manifests);
+    }
+    if wanted("produce") {
+        produce(&broker.addr());
+    }
+}
 
+fn pipeline(video: &Path, manifests: &[(String, PathBuf)], broker: &str) {
     println!("\n== vap-runner process (release), whole pipeline");
     println!(
-        "{:<10} {:>8} {:>8} {:>11} {:>10} {:>10} {:>9} {:>8} {:>10} {:>9}",
+        "{:<22} {:<8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>9} {:>8} {:>10} {:>9}",
+        "model",
         "threads",
         "frames/s",
         "read ms",
@@ -55,75 +85,111 @@ fn main() {
         "produce ms",
         "peak RSS"
     );
-    for threads in [1, 2] {
-        let (done, max_rss_kb) = run_runner(&video, &manifest, &broker.addr(), threads);
-        let f = |k: &str| done[k].as_f64().unwrap_or(f64::NAN);
-        let per_frame = 1000.0 / f("fps");
-        let outside = f("read_ms") + f("preprocess_ms") + f("postprocess_ms") + f("queue_ms");
-        println!(
-            "{:<10} {:>8.1} {:>8.2} {:>11.2} {:>10.2} {:>10.3} {:>9.3} {:>7.1}% {:>10.2} {:>6} MB",
-            threads,
-            f("fps"),
-            f("read_ms"),
-            f("preprocess_ms"),
-            f("inference_ms"),
-            f("postprocess_ms"),
-            f("queue_ms"),
-            100.0 * outside / per_frame,
-            f("produce_ms_per_request"),
-            max_rss_kb / 1024,
-        );
+    for (name, manifest) in manifests {
+        for threads in [1, 2] {
+            let (done, max_rss_kb) = run_runner(video, manifest, broker, threads);
+            let f = |k: &str| done[k].as_f64().unwrap_or(f64::NAN);
+            let per_frame = 1000.0 / f("fps");
+            let outside = f("read_ms") + f("preprocess_ms") + f("postprocess_ms") + f("queue_ms");
+            println!(
+                "{:<22} {:<8} {:>8.1} {:>8.2} {:>10.2} {:>9.2} {:>8.3} {:>9.3} {:>7.1}% {:>10.2} {:>6} MB",
+                name,
+                threads,
+                f("fps"),
+                f("read_ms"),
+                f("preprocess_ms"),
+                f("inference_ms"),
+                f("postprocess_ms"),
+                f("queue_ms"),
+                100.0 * outside / per_frame,
+                f("produce_ms_per_request"),
+                max_rss_kb / 1024,
+            );
+        }
     }
     println!("  (other % = read + resize/normalise + decode/NMS + queueing, as a share of a frame's wall time)");
+}
 
-    println!("\n== inference alone, the same {INFERENCE_FRAMES} prepared inputs (300x300)");
-    let inputs = prepare_inputs(&video, &manifest, &dir);
-    let detector = TractDetector::load(&manifest, None).unwrap();
-    let model = manifest.parent().unwrap().join("ssdlite_person_300.onnx");
+fn inference(video: &Path, manifests: &[(String, PathBuf)], dir: &Path) {
+    println!("\n== inference alone, the same {INFERENCE_FRAMES} prepared inputs per model");
     let python = bench_python();
-    for threads in [1usize, 2] {
-        let executor = if threads == 1 {
-            tract_linalg::multithread::Executor::SingleThread
-        } else {
-            tract_linalg::multithread::Executor::multithread(threads)
-        };
-        tract_linalg::multithread::set_default_executor(executor);
-        let tract_ms = time_tract(&detector, &inputs);
-        let ort = Command::new(&python)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_reference.py"))
-            .args([
-                model.to_str().unwrap(),
-                dir.join("inputs.f32").to_str().unwrap(),
-                "300",
-                "300",
-                &threads.to_string(),
-            ])
-            .output()
-            .expect("run onnxruntime");
-        assert!(ort.status.success(), "onnxruntime: {}", String::from_utf8_lossy(&ort.stderr));
-        let ort: Value = serde_json::from_slice(&ort.stdout).unwrap();
-        let ort_ms = ort["mean_ms"].as_f64().unwrap();
-        println!(
-            "threads {threads}: tract {:.2} ms/frame | onnxruntime {} {:.2} ms/frame | tract/onnxruntime {:.2}",
-            tract_ms,
-            ort["version"].as_str().unwrap_or("?"),
-            ort_ms,
-            tract_ms / ort_ms
-        );
+    for (name, manifest) in manifests {
+        let inputs_file = dir.join(format!("inputs-{name}.f32"));
+        let inputs = prepare_inputs(video, manifest, &inputs_file);
+        let detector = TractDetector::load(manifest, None).unwrap();
+        let m = detector.manifest().clone();
+        for threads in [1usize, 2] {
+            let executor = if threads == 1 {
+                tract_linalg::multithread::Executor::SingleThread
+            } else {
+                tract_linalg::multithread::Executor::multithread(threads)
+            };
+            tract_linalg::multithread::set_default_executor(executor);
+            let tract_ms = time_tract(&detector, &inputs);
+            let ort = Command::new(&python)
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_reference.py"))
+                .args([
+                    m.onnx.to_str().unwrap(),
+                    inputs_file.to_str().unwrap(),
+                    &m.input.width.to_string(),
+                    &m.input.height.to_string(),
+                    &threads.to_string(),
+                ])
+                .output()
+                .expect("run onnxruntime");
+            assert!(ort.status.success(), "onnxruntime: {}", String::from_utf8_lossy(&ort.stderr));
+            let ort: Value = serde_json::from_slice(&ort.stdout).unwrap();
+            let ort_ms = ort["mean_ms"].as_f64().unwrap();
+            println!(
+                "{name} ({}x{}), threads {threads}: tract {:.2} ms/frame | onnxruntime {} {:.2} ms/frame | tract/onnxruntime {:.2}",
+                m.input.width,
+                m.input.height,
+                tract_ms,
+                ort["version"].as_str().unwrap_or("?"),
+                ort_ms,
+                tract_ms / ort_ms
+            );
+        }
     }
     tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::SingleThread);
+}
 
+fn accuracy(manifests: &[(String, PathBuf)]) {
+    let images = eval::labelled_images();
+    println!("\n== accuracy: precision / recall at IoU 0.5, {} labelled pictures (tests/eval), each model at its own threshold", images.len());
+    println!(
+        "{:<22} {:<12} {:>9} {:>7} {:>11} {:>9} {:>7}",
+        "model", "class", "labelled", "found", "detections", "precision", "recall"
+    );
+    for (name, manifest) in manifests {
+        let mut detector = TractDetector::load(manifest, None).unwrap();
+        let tallies = eval::evaluate(&mut detector, &images);
+        let all = eval::overall(&tallies);
+        for (class, t) in tallies.iter().map(|(c, t)| (c.as_str(), t)).chain([("all", &all)]) {
+            println!(
+                "{:<22} {:<12} {:>9} {:>7} {:>11} {:>9.2} {:>7.2}",
+                name,
+                class,
+                t.labelled,
+                t.found,
+                t.detections,
+                t.precision(),
+                t.recall()
+            );
+        }
+    }
+}
+
+fn produce(broker: &str) {
     println!("\n== produce path: 5000 buffered results (about 330 B each) drained by the runner's publisher");
     println!("{:<14} {:>22} {:>22}", "produce_batch", "stock rskafka sockets", "with TCP_NODELAY (vap)");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     // Stock sockets first: the NODELAY sweeper, once started, covers every socket of the process.
     let batches = [1usize, 50, 200];
-    let stock: Vec<f64> = batches
-        .iter()
-        .map(|&b| rt.block_on(drain(&broker.addr(), false, if b == 1 { 1_000 } else { 5_000 }, b)))
-        .collect();
+    let stock: Vec<f64> =
+        batches.iter().map(|&b| rt.block_on(drain(broker, false, if b == 1 { 1_000 } else { 5_000 }, b))).collect();
     for (i, &b) in batches.iter().enumerate() {
-        let with = rt.block_on(drain(&broker.addr(), true, if b == 1 { 1_000 } else { 5_000 }, b));
+        let with = rt.block_on(drain(broker, true, if b == 1 { 1_000 } else { 5_000 }, b));
         println!("{:<14} {:>18.0} /s {:>18.0} /s", b, stock[i], with);
     }
 }
@@ -195,12 +261,12 @@ fn run_runner(video: &Path, manifest: &Path, broker: &str, threads: usize) -> (V
 }
 
 /// The first frames of the video as the detector prepares them, kept and written for Python.
-fn prepare_inputs(video: &Path, manifest: &Path, dir: &Path) -> Vec<Vec<f32>> {
+fn prepare_inputs(video: &Path, manifest: &Path, out: &Path) -> Vec<Vec<f32>> {
     let mut detector = TractDetector::load(manifest, None).unwrap();
     let mut capture =
         opencv::videoio::VideoCapture::from_file(video.to_str().unwrap(), opencv::videoio::CAP_FFMPEG).unwrap();
     let mut frame = opencv::core::Mat::default();
-    let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join("inputs.f32")).unwrap());
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
     let mut inputs = Vec::new();
     while inputs.len() < INFERENCE_FRAMES && capture.read(&mut frame).unwrap() {
         let input = detector.input_for(&frame).unwrap().to_vec();

@@ -28,6 +28,8 @@ mod relay;
 #[cfg(feature = "runner")]
 mod deploy;
 #[cfg(feature = "runner")]
+mod eval;
+#[cfg(feature = "runner")]
 mod nomad;
 #[cfg(feature = "runner")]
 mod options;
