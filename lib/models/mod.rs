@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn the_shipped_models_load_with_their_digests_checked() {
         let c = Catalogue::load(&shipped(), "ssdlite_person_300", Check::Files).unwrap();
-        assert_eq!(c.names(), ["ssdlite_person_300", "yolov3_tiny_coco_416"]);
+        assert_eq!(c.names(), ["ssdlite_person_300", "yolov3_tiny_coco_416", "yolov4_tiny_coco_416"]);
         let coco = c.get("yolov3_tiny_coco_416").unwrap();
         assert_eq!((coco.labels.len(), coco.labels[2].as_str()), (80, "car"));
         assert_eq!(c.default_name(), "ssdlite_person_300");

@@ -211,7 +211,7 @@ async fn options_are_stored_and_shown_in_effect_and_the_catalogue_is_listed() {
     let m = models.json();
     assert_eq!(m["default_model"], "ssdlite_person_300");
     let names: Vec<&str> = m["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["ssdlite_person_300", "yolov3_tiny_coco_416"]);
+    assert_eq!(names, ["ssdlite_person_300", "yolov3_tiny_coco_416", "yolov4_tiny_coco_416"]);
     let coco = &m["models"][1];
     assert_eq!((coco["classes"].as_array().unwrap().len(), &coco["classes"][2]), (80, &json!("car")));
     assert_eq!(

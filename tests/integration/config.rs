@@ -117,6 +117,39 @@ fn a_binary_with_a_bad_key_stops_with_a_message_naming_it() {
     assert!(stdout.contains("password: \"***\"") && !stdout.contains("hunter2"), "{stdout}");
 }
 
+#[test]
+fn the_api_refuses_to_start_on_a_bad_model_catalogue_naming_the_manifest() {
+    // A copy of the shipped catalogue whose COCO manifest states another file's digest.
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    for name in ["ssdlite_person_300", "yolov3_tiny_coco_416"] {
+        let text = std::fs::read_to_string(shipped.join(format!("{name}.toml"))).unwrap();
+        let onnx = shipped.join(format!("{name}.onnx"));
+        let mut text = text.replace(&format!("onnx = \"{name}.onnx\""), &format!("onnx = {:?}", onnx.display().to_string()));
+        if name == "yolov3_tiny_coco_416" {
+            text = text.replace("sha256 = \"b239", "sha256 = \"0000");
+        }
+        std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vap-api"))
+        .env("VAP_RUNNER__MODELS_DIR", dir.path())
+        .env("VAP_API__LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("yolov3_tiny_coco_416.toml") && stderr.contains("sha256"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_vap-api"))
+        .env("VAP_RUNNER__DEFAULT_MODEL", "nonexistent_model")
+        .env("VAP_API__LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("default model 'nonexistent_model'"), "{stderr}");
+}
+
 fn sigterm(child: &std::process::Child) {
     vap::sys::signal(child.id(), vap::sys::SIGTERM);
 }
