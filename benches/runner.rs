@@ -165,16 +165,18 @@ fn accuracy(manifests: &[(String, PathBuf)]) {
         let mut detector = TractDetector::load(manifest, None).unwrap();
         let tallies = eval::evaluate(&mut detector, &images);
         let all = eval::overall(&tallies);
+        // A ratio over nothing is shown as "-": a class with no label has no recall.
+        let ratio = |v: f64, of: usize| if of == 0 { "-".to_string() } else { format!("{v:.2}") };
         for (class, t) in tallies.iter().map(|(c, t)| (c.as_str(), t)).chain([("all", &all)]) {
             println!(
-                "{:<22} {:<12} {:>9} {:>7} {:>11} {:>9.2} {:>7.2}",
+                "{:<22} {:<12} {:>9} {:>7} {:>11} {:>9} {:>7}",
                 name,
                 class,
                 t.labelled,
                 t.found,
                 t.detections,
-                t.precision(),
-                t.recall()
+                ratio(t.precision(), t.detections),
+                ratio(t.recall(), t.labelled)
             );
         }
     }

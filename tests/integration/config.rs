@@ -125,7 +125,8 @@ fn the_api_refuses_to_start_on_a_bad_model_catalogue_naming_the_manifest() {
     for name in ["ssdlite_person_300", "yolov3_tiny_coco_416"] {
         let text = std::fs::read_to_string(shipped.join(format!("{name}.toml"))).unwrap();
         let onnx = shipped.join(format!("{name}.onnx"));
-        let mut text = text.replace(&format!("onnx = \"{name}.onnx\""), &format!("onnx = {:?}", onnx.display().to_string()));
+        let mut text =
+            text.replace(&format!("onnx = \"{name}.onnx\""), &format!("onnx = {:?}", onnx.display().to_string()));
         if name == "yolov3_tiny_coco_416" {
             text = text.replace("sha256 = \"b239", "sha256 = \"0000");
         }
