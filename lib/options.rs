@@ -22,11 +22,11 @@ pub const FIELDS: [&str; 6] = ["name", "model", "fps", "classes", "min_confidenc
 /// A polygon in normalised image coordinates (0..1, origin top left), as `[[x, y], ...]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Polygon(pub Vec<[f32; 2]>);
+pub struct Polygon(pub Vec<[f64; 2]>);
 
 impl Polygon {
     /// Even-odd rule: a point on the crossing count's odd side is inside.
-    pub fn contains(&self, x: f32, y: f32) -> bool {
+    pub fn contains(&self, x: f64, y: f64) -> bool {
         let p = &self.0;
         let mut inside = false;
         let mut j = p.len() - 1;
@@ -57,7 +57,8 @@ pub struct ScenarioOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_confidence: Option<f32>,
+    /// f64 like every number a request gives, so what is stored reads back as it was sent.
+    pub min_confidence: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mask: Vec<Polygon>,
 }
@@ -128,7 +129,7 @@ impl ScenarioOptions {
                 "fps" => next.fps = Some(if null { defaults.fps } else { number(field, value, FPS)? }),
                 "classes" => next.classes = if null { None } else { Some(strings(field, value)?) },
                 "min_confidence" => {
-                    next.min_confidence = if null { None } else { Some(number(field, value, 0.0..=1.0)? as f32) }
+                    next.min_confidence = if null { None } else { Some(number(field, value, 0.0..=1.0)?) }
                 }
                 _ => next.mask = if null { Vec::new() } else { mask(value)? },
             }
@@ -158,7 +159,7 @@ impl ScenarioOptions {
 
     /// The confidence a detection needs: the scenario's, else the operator's, else the model's.
     pub fn effective_min_confidence(&self, manifest: &Manifest, operator: Option<f32>) -> f32 {
-        self.min_confidence.or(operator).unwrap_or(manifest.thresholds.score)
+        self.min_confidence.map(|c| c as f32).or(operator).unwrap_or(manifest.thresholds.score)
     }
 
     /// A digest of what the runner is asked to do: equal options, equal digest.
@@ -176,7 +177,8 @@ impl ScenarioOptions {
         if self.mask.is_empty() || width <= 0.0 || height <= 0.0 {
             return true;
         }
-        let (cx, cy) = ((d.bbox[0] + d.bbox[2]) / 2.0 / width, (d.bbox[1] + d.bbox[3]) / 2.0 / height);
+        let centre = |a: f32, b: f32, size: f32| f64::from((a + b) / 2.0 / size);
+        let (cx, cy) = (centre(d.bbox[0], d.bbox[2], width), centre(d.bbox[1], d.bbox[3], height));
         !self.mask.iter().any(|p| p.contains(cx, cy))
     }
 }
@@ -266,7 +268,7 @@ fn mask(v: &Value) -> Result<Vec<Polygon>, OptionError> {
                     match xy.as_slice() {
                         [x, y] if point.as_array().is_some_and(|a| a.len() == 2) => {
                             if (0.0..=1.0).contains(x) && (0.0..=1.0).contains(y) {
-                                Ok([*x as f32, *y as f32])
+                                Ok([*x, *y])
                             } else {
                                 Err(invalid(field, format!("coordinates are normalised to 0..1, got [{x}, {y}]")))
                             }
