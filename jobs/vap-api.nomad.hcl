@@ -57,9 +57,11 @@ job "vap-api" {
       }
 
       env {
-        VAP_API__LISTEN    = "${NOMAD_ADDR_http}"
-        VAP_DATABASE__HOST = var.database_host
-        VAP_LOG__JSON      = "true"
+        VAP_API__LISTEN        = "${NOMAD_ADDR_http}"
+        VAP_DATABASE__HOST     = var.database_host
+        VAP_LOG__JSON          = "true"
+        # The model catalogue, from the tarball: checked at start, listed by /api/v1/models.
+        VAP_RUNNER__MODELS_DIR = "local/vap/models"
       }
 
       template {

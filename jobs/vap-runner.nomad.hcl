@@ -43,11 +43,14 @@ job "vap-runner-6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10" { # vap-runner-<scenario u
       # runner_env, then the scenario's own. The camera URL (credentials included) is in Env,
       # never in args: restrict read-job in the namespace with an ACL policy.
       env {
-        VAP_KAFKA__BROKERS = "kafka-1:9092,kafka-2:9092"
-        VAP_LOG__JSON      = "true"
-        VAP_SCENARIO_UUID  = "6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10"
-        VAP_SCENARIO_EPOCH = "2026-11-24T10:00:00+00:00"
-        VAP_CAMERA_URL     = "rtsp://user:pass@camera-7.local/stream"
+        VAP_KAFKA__BROKERS     = "kafka-1:9092,kafka-2:9092"
+        VAP_LOG__JSON          = "true"
+        VAP_RUNNER__MODELS_DIR = "/usr/local/share/vap/models"   # the clients' catalogue
+        VAP_SCENARIO_UUID      = "6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10"
+        VAP_SCENARIO_EPOCH     = "2026-11-24T10:00:00+00:00"
+        VAP_CAMERA_URL         = "rtsp://user:pass@camera-7.local/stream"
+        VAP_SCENARIO_OPTIONS   = "{\"model\":\"yolov3_tiny_coco_416\",\"fps\":2.0}"
+        VAP_OPTIONS_REVISION   = "3"
       }
 
       kill_signal  = "SIGTERM" # the runner flushes what it analysed, then exits 0

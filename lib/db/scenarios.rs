@@ -102,13 +102,26 @@ pub struct Idempotency<'a> {
     pub request_hash: &'a str,
 }
 
-fn event_payload(kind: EventKind, uuid: Uuid, camera_url: &str, at: DateTime<Utc>) -> serde_json::Value {
-    serde_json::json!({
+/// An outbox event of a scenario, in the transaction that changed it.
+async fn write_event(
+    tx: &deadpool_postgres::Transaction<'_>,
+    kind: EventKind,
+    uuid: Uuid,
+    camera_url: &str,
+    at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    let payload = serde_json::json!({
         "event_type": kind.as_str(),
         "scenario_uuid": uuid,
         "camera_url": camera_url,
         "occurred_at": at,
-    })
+    });
+    tx.execute(
+        "INSERT INTO outbox (scenario_uuid, event_type, payload) VALUES ($1, $2, $3)",
+        &[&uuid, &kind.as_str(), &payload],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The scenario row and its `init_scenario` event in one statement: atomic on its own, and one
@@ -238,12 +251,7 @@ pub async fn request_shutdown(pool: &Pool, uuid: Uuid) -> Result<Shutdown, DbErr
             )
             .await?
             .get(0);
-        let payload = event_payload(EventKind::ShutdownScenario, uuid, &camera_url, now);
-        tx.execute(
-            "INSERT INTO outbox (scenario_uuid, event_type, payload) VALUES ($1, $2, $3)",
-            &[&uuid, &EventKind::ShutdownScenario.as_str(), &payload],
-        )
-        .await?;
+        write_event(&tx, EventKind::ShutdownScenario, uuid, &camera_url, now).await?;
     }
     let row = tx.query_one(&format!("{SELECT_SCENARIO} WHERE s.scenario_uuid = $1"), &[&uuid]).await?;
     tx.commit().await?;
@@ -303,12 +311,7 @@ pub async fn change_options<E>(
         )
         .await?
         .get(0);
-    let payload = event_payload(EventKind::UpdateScenario, uuid, current.camera_url.expose(), now);
-    tx.execute(
-        "INSERT INTO outbox (scenario_uuid, event_type, payload) VALUES ($1, $2, $3)",
-        &[&uuid, &EventKind::UpdateScenario.as_str(), &payload],
-    )
-    .await?;
+    write_event(&tx, EventKind::UpdateScenario, uuid, current.camera_url.expose(), now).await?;
     let row = tx.query_one(&format!("{SELECT_SCENARIO} WHERE s.scenario_uuid = $1"), &[&uuid]).await?;
     tx.commit().await?;
     Ok(OptionsChange::Changed(scenario_from_row(&row)))
