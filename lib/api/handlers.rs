@@ -76,6 +76,7 @@ pub fn models(state: &Arc<AppState>) -> Response<Body> {
                 "name": m.name,
                 "default": m.name == catalogue.default_name(),
                 "classes": m.classes().collect::<Vec<_>>(),
+                "labels": m.labels,
                 "input": { "width": m.input.width, "height": m.input.height },
                 "output_format": m.output_format(),
                 "thresholds": {

@@ -220,6 +220,7 @@ async fn options_are_stored_and_shown_in_effect_and_the_catalogue_is_listed() {
     );
     // The person model's background is not a class one can ask for.
     assert_eq!(m["models"][0]["classes"], json!(["person"]));
+    assert_eq!(m["models"][0]["labels"], json!(["background", "person"]));
 }
 
 #[tokio::test]
