@@ -80,14 +80,54 @@ pub struct FrameResult {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Bounds a result must keep to be stored: what PostgreSQL can hold, and no runner exceeds.
+pub mod limits {
+    pub const MAX_DETECTIONS: usize = 1_000;
+    pub const MAX_CLASS_BYTES: usize = 200;
+    pub const MAX_DETAIL_BYTES: usize = 4_096;
+    /// About 317 years of milliseconds since a scenario's epoch.
+    pub const MAX_FRAME_NUMBER: i64 = 10_000_000_000_000;
+    pub const MIN_YEAR: i32 = 2000;
+    pub const MAX_YEAR: i32 = 2200;
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ResultError {
     #[error("not a result message: {0}")]
     Json(String),
     #[error("frame_number {0} is negative")]
     NegativeFrame(i64),
+    #[error("frame_number {0} is beyond any scenario's lifetime")]
+    FrameTooLarge(i64),
+    #[error("timestamp {0} is outside {min}..{max}", min = limits::MIN_YEAR, max = limits::MAX_YEAR)]
+    Timestamp(DateTime<Utc>),
+    #[error("{0} detections; at most {max}", max = limits::MAX_DETECTIONS)]
+    TooManyDetections(usize),
     #[error("detection {index}: {reason}")]
     Detection { index: usize, reason: &'static str },
+    #[error("{0} holds a NUL character, which PostgreSQL cannot store")]
+    Nul(&'static str),
+    #[error("detail is {0} bytes; at most {max}", max = limits::MAX_DETAIL_BYTES)]
+    DetailTooLong(usize),
+}
+
+fn sane_time(t: DateTime<Utc>) -> Result<(), ResultError> {
+    use chrono::Datelike;
+    if (limits::MIN_YEAR..=limits::MAX_YEAR).contains(&t.year()) {
+        Ok(())
+    } else {
+        Err(ResultError::Timestamp(t))
+    }
+}
+
+/// Whether any string in a JSON value holds a NUL (jsonb refuses `\u0000`).
+fn holds_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(holds_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 impl FrameResult {
@@ -96,6 +136,16 @@ impl FrameResult {
         let r: FrameResult = serde_json::from_slice(bytes).map_err(|e| ResultError::Json(e.to_string()))?;
         if r.frame_number < 0 {
             return Err(ResultError::NegativeFrame(r.frame_number));
+        }
+        if r.frame_number > limits::MAX_FRAME_NUMBER {
+            return Err(ResultError::FrameTooLarge(r.frame_number));
+        }
+        sane_time(r.timestamp)?;
+        if r.detections.len() > limits::MAX_DETECTIONS {
+            return Err(ResultError::TooManyDetections(r.detections.len()));
+        }
+        if r.extra.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)) {
+            return Err(ResultError::Nul("a field"));
         }
         for (index, d) in r.detections.iter().enumerate() {
             let bad = |reason| Err(ResultError::Detection { index, reason });
@@ -108,8 +158,11 @@ impl FrameResult {
             if d.bbox[0] > d.bbox[2] || d.bbox[1] > d.bbox[3] {
                 return bad("bbox min is greater than max");
             }
-            if d.class.is_empty() {
-                return bad("class is empty");
+            if d.class.is_empty() || d.class.len() > limits::MAX_CLASS_BYTES {
+                return bad("class is empty or longer than 200 bytes");
+            }
+            if d.class.contains('\0') {
+                return bad("class holds a NUL character");
             }
         }
         Ok(r)
@@ -152,8 +205,25 @@ impl ResultsRecord {
         match FrameResult::parse(bytes) {
             Ok(frame) => Ok(ResultsRecord::Frame(frame)),
             // Frames are the hot path; only a record that isn't one is tried as an end.
-            Err(e @ ResultError::Json(_)) => serde_json::from_slice(bytes).map(ResultsRecord::End).map_err(|_| e),
+            Err(e @ ResultError::Json(_)) => {
+                let end: StreamEnd = serde_json::from_slice(bytes).map_err(|_| e)?;
+                sane_time(end.timestamp)?;
+                if end.detail.contains('\0') {
+                    return Err(ResultError::Nul("detail"));
+                }
+                if end.detail.len() > limits::MAX_DETAIL_BYTES {
+                    return Err(ResultError::DetailTooLong(end.detail.len()));
+                }
+                Ok(ResultsRecord::End(end))
+            }
             Err(e) => Err(e),
+        }
+    }
+
+    pub fn scenario(&self) -> Uuid {
+        match self {
+            ResultsRecord::Frame(f) => f.scenario_uuid,
+            ResultsRecord::End(e) => e.scenario_uuid,
         }
     }
 }
@@ -186,6 +256,17 @@ mod tests {
         assert!(matches!(FrameResult::parse(over.as_bytes()), Err(ResultError::Detection { index: 0, .. })));
         let flipped = base(r#"{"class":"person","confidence":0.5,"bbox":[5,0,1,1]}"#, 1);
         assert!(matches!(FrameResult::parse(flipped.as_bytes()), Err(ResultError::Detection { .. })));
+        // What PostgreSQL can't hold, or no runner sends.
+        let nul = base(r#"{"class":"per\u0000son","confidence":0.5,"bbox":[0,0,1,1]}"#, 1);
+        assert!(matches!(FrameResult::parse(nul.as_bytes()), Err(ResultError::Detection { .. })));
+        assert_eq!(
+            FrameResult::parse(base("", 9_223_372_036_854_775_000).as_bytes()),
+            Err(ResultError::FrameTooLarge(9_223_372_036_854_775_000))
+        );
+        let nul_extra = base("", 1).replace("\"detections\"", "\"model\":\"a\\u0000b\",\"detections\"");
+        assert_eq!(FrameResult::parse(nul_extra.as_bytes()), Err(ResultError::Nul("a field")));
+        let old = base("", 1).replace("2026-01-01", "1970-01-01");
+        assert!(matches!(FrameResult::parse(old.as_bytes()), Err(ResultError::Timestamp(_))));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::InboxSettings;
 use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler};
 use crate::db::positions::Advance;
-use crate::db::results::{self, Stored};
+use crate::db::results::{self, Batch, DeadLetter, Stored};
 use crate::db::DbError;
 use crate::events::ResultsRecord;
 use crate::kafka::KafkaLink;
@@ -56,20 +56,36 @@ struct StoreResults {
 
 impl RecordHandler for StoreResults {
     async fn apply(&self, advance: Advance<'_>, records: &[RecordAndOffset]) -> Result<bool, DbError> {
-        let mut frames = Vec::with_capacity(records.len());
-        let mut ends = Vec::new();
+        let mut batch = Batch { frames: Vec::with_capacity(records.len()), ..Batch::default() };
         for r in records {
-            match r.record.value.as_deref().map(ResultsRecord::parse) {
-                Some(Ok(ResultsRecord::Frame(result))) => frames.push(result),
-                Some(Ok(ResultsRecord::End(end))) => {
-                    tracing::info!(scenario = %end.scenario_uuid, reason = ?end.end_of_stream, detail = end.detail, "stream ended");
-                    ends.push(end);
+            let parsed = match r.record.value.as_deref().map(ResultsRecord::parse) {
+                None => Err(("empty", "record has no value".to_string())),
+                Some(Err(e)) => Err(("malformed", e.to_string())),
+                // The key places the record on its scenario's partition, in order: it must be
+                // the scenario the record says.
+                Some(Ok(p)) if r.record.key.as_deref() != Some(p.scenario().to_string().as_bytes()) => {
+                    Err(("key_mismatch", format!("record key is not its scenario {}", p.scenario())))
                 }
-                Some(Err(e)) => self.reject(&advance, r.offset, &e.to_string(), "malformed"),
-                None => self.reject(&advance, r.offset, "record has no value", "empty"),
+                Some(Ok(p)) => Ok(p),
+            };
+            match parsed {
+                Ok(ResultsRecord::Frame(result)) => batch.frames.push((r.offset, result)),
+                Ok(ResultsRecord::End(end)) => {
+                    tracing::info!(scenario = %end.scenario_uuid, reason = ?end.end_of_stream, detail = end.detail, "stream ended");
+                    batch.ends.push((r.offset, end));
+                }
+                Err((reason, error)) => {
+                    self.reject(&advance, r.offset, &error, reason);
+                    batch.dead.push(DeadLetter {
+                        offset: r.offset,
+                        reason: format!("{reason}: {error}"),
+                        key: r.record.key.clone(),
+                        value: r.record.value.clone(),
+                    });
+                }
             }
         }
-        let Some(stored) = results::store_batch(&self.pool, &advance, &frames, &ends).await? else { return Ok(false) };
+        let Some(stored) = results::store_batch(&self.pool, &advance, batch).await? else { return Ok(false) };
         self.count(&advance, stored);
         Ok(true)
     }
@@ -103,6 +119,14 @@ impl StoreResults {
             );
             let (topic, partition) = (advance.at.topic, advance.at.partition);
             tracing::warn!(topic, partition, count = s.unknown_scenario, "results for unknown scenarios dropped");
+        }
+        if s.dead_lettered > 0 {
+            m.inc(
+                "vap_inbox_dead_letters_total",
+                "Records set aside in dead_letters (malformed, or refused by PostgreSQL).",
+                &[],
+                s.dead_lettered as u64,
+            );
         }
         if s.ended > 0 {
             m.inc(

@@ -10,6 +10,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_core", include_str!("../../migrations/0001_core.sql")),
     (2, "0002_worker_unreachable", include_str!("../../migrations/0002_worker_unreachable.sql")),
     (3, "0003_scenario_options", include_str!("../../migrations/0003_scenario_options.sql")),
+    (4, "0004_dead_letters", include_str!("../../migrations/0004_dead_letters.sql")),
 ];
 
 const MIGRATION_LOCK: i64 = 0x0076_6170_5f6d_6967; // "vap_mig"

@@ -30,6 +30,24 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// True when PostgreSQL refused the data itself (a value it can't hold, a constraint): the
+    /// same write would fail again, so the record is set aside rather than retried.
+    pub fn is_data_error(&self) -> bool {
+        let DbError::Postgres(e) = self else { return false };
+        e.code().is_some_and(|c| ["22", "23", "54"].iter().any(|class| c.code().starts_with(class)))
+    }
+
+    /// PostgreSQL's own words (message and SQLSTATE) when it refused something; else the error.
+    pub fn server_message(&self) -> String {
+        match self {
+            DbError::Postgres(e) => match e.as_db_error() {
+                Some(d) => format!("{} (SQLSTATE {})", d.message(), d.code().code()),
+                None => e.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+
     /// True when the failure is the database being unreachable rather than a bad query.
     pub fn is_unavailable(&self) -> bool {
         match self {

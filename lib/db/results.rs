@@ -58,17 +58,46 @@ pub struct Stored {
     pub activated: i64,
     /// Scenarios whose stream ended with this batch (now `inactive` or `failed`).
     pub ended: i64,
+    /// Records set aside in `dead_letters` (the handler's and PostgreSQL's refusals).
+    pub dead_lettered: i64,
 }
 
-/// Stores results and stream ends and advances the position in one transaction: a crash
-/// between the two can't happen, so a re-read after a crash stores nothing twice. Duplicate
-/// frames are ignored. `None` when another consumer moved the position first (nothing written).
-pub async fn store_batch(
-    pool: &Pool,
-    advance: &Advance<'_>,
-    results: &[FrameResult],
-    ends: &[StreamEnd],
-) -> Result<Option<Stored>, DbError> {
+/// A record a consumer sets aside: where it came from, why, and its bytes.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub offset: i64,
+    pub reason: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// What one fetch brought, parsed: frames and ends by offset, and the records refused.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub frames: Vec<(i64, FrameResult)>,
+    pub ends: Vec<(i64, StreamEnd)>,
+    pub dead: Vec<DeadLetter>,
+}
+
+/// Stores results, stream ends and refused records and advances the position in one
+/// transaction: a crash between them can't happen, so a re-read after a crash stores nothing
+/// twice. Duplicate frames are ignored. Should PostgreSQL refuse a record the checks let
+/// through, the batch is stored again one record at a time and that record set aside, so one
+/// bad record never stops its partition. `None` when another consumer moved the position first.
+pub async fn store_batch(pool: &Pool, advance: &Advance<'_>, batch: Batch) -> Result<Option<Stored>, DbError> {
+    match store(pool, advance, &batch, false).await {
+        Err(e) if e.is_data_error() => {
+            tracing::warn!(
+                error = e.server_message(),
+                "PostgreSQL refused a record; storing this batch one record at a time"
+            );
+            store(pool, advance, &batch, true).await
+        }
+        other => other,
+    }
+}
+
+async fn store(pool: &Pool, advance: &Advance<'_>, batch: &Batch, isolate: bool) -> Result<Option<Stored>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     if !positions::advance(&tx, advance).await? {
@@ -76,14 +105,84 @@ pub async fn store_batch(
         return Ok(None);
     }
     let mut stored = Stored::default();
-    if !results.is_empty() {
-        stored = insert_results(&tx, results).await?;
+    let mut dead = batch.dead.clone();
+    if !isolate {
+        let frames: Vec<FrameResult> = batch.frames.iter().map(|(_, f)| f.clone()).collect();
+        if !frames.is_empty() {
+            stored = insert_results(&tx, &frames).await?;
+        }
+        for (_, end) in &batch.ends {
+            stored.ended += end_stream(&tx, end).await? as i64;
+        }
+    } else {
+        // Each record under a savepoint: a refused one is rolled back alone and set aside.
+        for (offset, frame) in &batch.frames {
+            tx.batch_execute("SAVEPOINT one_record").await?;
+            match insert_results(&tx, std::slice::from_ref(frame)).await {
+                Ok(s) => {
+                    stored.inserted += s.inserted;
+                    stored.duplicates += s.duplicates;
+                    stored.unknown_scenario += s.unknown_scenario;
+                    stored.activated += s.activated;
+                }
+                Err(e) if e.is_data_error() => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT one_record").await?;
+                    dead.push(refused(*offset, frame.scenario_uuid, serde_json::to_vec(frame), &e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for (offset, end) in &batch.ends {
+            tx.batch_execute("SAVEPOINT one_record").await?;
+            match end_stream(&tx, end).await {
+                Ok(n) => stored.ended += n as i64,
+                Err(e) if e.is_data_error() => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT one_record").await?;
+                    dead.push(refused(*offset, end.scenario_uuid, serde_json::to_vec(end), &e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
-    for end in ends {
-        stored.ended += end_stream(&tx, end).await? as i64;
-    }
+    stored.dead_lettered = insert_dead_letters(&tx, advance, &dead).await?;
     tx.commit().await?;
     Ok(Some(stored))
+}
+
+fn refused(offset: i64, scenario: Uuid, value: serde_json::Result<Vec<u8>>, e: &DbError) -> DeadLetter {
+    DeadLetter {
+        offset,
+        reason: format!("refused by PostgreSQL: {}", e.server_message()),
+        key: Some(scenario.to_string().into_bytes()),
+        value: value.ok(),
+    }
+}
+
+async fn insert_dead_letters(
+    tx: &deadpool_postgres::Transaction<'_>,
+    advance: &Advance<'_>,
+    dead: &[DeadLetter],
+) -> Result<i64, DbError> {
+    let at = &advance.at;
+    let mut n = 0;
+    for d in dead {
+        // A reason is ours, but may quote a record's text: no NUL reaches PostgreSQL.
+        let reason = d.reason.replace('\0', "\\0");
+        n += tx
+            .execute(
+                "INSERT INTO dead_letters (consumer, topic, partition, record_offset, reason, record_key, record_value)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[&at.consumer, &at.topic, &at.partition, &d.offset, &reason, &d.key, &d.value],
+            )
+            .await? as i64;
+    }
+    Ok(n)
+}
+
+/// How many records a consumer has set aside, for the API's metrics.
+pub async fn dead_letter_count(pool: &Pool, consumer: &str) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    Ok(client.query_one("SELECT count(*) FROM dead_letters WHERE consumer = $1", &[&consumer]).await?.get(0))
 }
 
 async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[FrameResult]) -> Result<Stored, DbError> {
@@ -133,7 +232,7 @@ async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[Fram
         duplicates: known - inserted,
         unknown_scenario: n as i64 - known,
         activated: row.get(2),
-        ended: 0,
+        ..Stored::default()
     })
 }
 

@@ -73,6 +73,54 @@ async fn every_result_produced_twice_is_stored_once_and_bad_records_are_skipped(
     assert!(metrics.contains("vap_inbox_duplicates_total 900"), "{metrics}");
 }
 
+#[tokio::test]
+async fn a_poisoned_record_is_set_aside_and_its_partition_goes_on() {
+    let mut app =
+        TestApp::spawn_with(|s| s.relay.metrics_listen = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()))
+            .await;
+    let (s0, s1) = (app.create_scenario("rtsp://cam/a").await, app.create_scenario("rtsp://cam/b").await);
+    // A value PostgreSQL refuses that no check here foresees: this database refuses frame 777.
+    let client = app.pool.get().await.unwrap();
+    client
+        .batch_execute("ALTER TABLE scenario_results ADD CONSTRAINT test_refuses_777 CHECK (frame_number <> 777)")
+        .await
+        .unwrap();
+    let nul = format!(
+        r#"{{"scenario_uuid":"{s0}","frame_number":100,"timestamp":"2026-11-24T10:00:00Z","detections":[{{"class":"per\u0000son","confidence":0.5,"bbox":[0,0,1,1]}}]}}"#
+    );
+    let mut stream: Vec<(uuid::Uuid, Vec<u8>)> = (0..10).map(|f| (s0, result_json(s0, f))).collect();
+    stream.push((s0, nul.into_bytes()));
+    stream.push((s1, result_json(s0, 101))); // keyed as another scenario
+    stream.push((s0, result_json(s0, 777)));
+    stream.extend((200..210).map(|f| (s0, result_json(s0, f))));
+    app.produce_results(stream).await;
+
+    app.start_relay();
+    eventually(Duration::from_secs(60), "the good results stored", || async {
+        (stored(&app).await == 20).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "inbox caught up", || async {
+        (app.scalar("SELECT COALESCE(sum(high_watermark - next_offset), -1)::bigint FROM consumer_positions").await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    let rows = client
+        .query("SELECT reason, record_value FROM dead_letters WHERE consumer = 'inbox' ORDER BY reason", &[])
+        .await
+        .unwrap();
+    let reasons: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].starts_with("key_mismatch"), "{reasons:?}");
+    assert!(reasons[1].starts_with("malformed") && reasons[1].contains("NUL"), "{reasons:?}");
+    assert!(reasons[2].starts_with("refused by PostgreSQL") && reasons[2].contains("test_refuses_777"), "{reasons:?}");
+    assert!(rows.iter().all(|r| r.get::<_, Option<Vec<u8>>>(1).is_some_and(|v| !v.is_empty())), "the records are kept");
+    assert_eq!(app.get(&format!("/api/v1/prediction/{s0}")).await.json()["total_frames_processed"], 20);
+    let metrics = reqwest_text(&format!("http://{}/metrics", app.settings.relay.metrics_listen)).await;
+    assert!(metrics.contains("vap_inbox_dead_letters_total 3"), "{metrics}");
+}
+
 async fn reqwest_text(url: &str) -> String {
     let client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
