@@ -23,7 +23,15 @@ pub enum CameraUrlError {
     FilesDisabled,
     #[error("camera_url has no host")]
     NoHost,
+    #[error("camera_url holds a control character (U+{0:04X}) at byte {1}; percent-encode it")]
+    ControlCharacter(u32, usize),
+    #[error("camera_url holds a backslash at byte {0}; URLs use '/'")]
+    Backslash(usize),
 }
+
+/// Query parameters whose values are secrets: shown as `***`, like a URL's user and password.
+pub const SECRET_QUERY_PARAMS: &[&str] =
+    &["password", "pass", "passwd", "pwd", "token", "key", "apikey", "api_key", "auth", "signature", "sig", "secret"];
 
 /// A camera URL that passed [`CameraUrl::parse`] (or was stored after it did). On the wire
 /// (`init_scenario`) it is the plain string: the runner needs its credentials.
@@ -41,6 +49,14 @@ impl CameraUrl {
         if raw.len() > MAX_CAMERA_URL_BYTES {
             return Err(CameraUrlError::TooLong(raw.len()));
         }
+        // CR/LF would reach FFmpeg's requests, NUL can't be stored, and URL parsers disagree on
+        // what a backslash means: refused, not cleaned up behind the user's back.
+        if let Some((at, c)) = raw.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(CameraUrlError::ControlCharacter(c as u32, at));
+        }
+        if let Some(at) = raw.find('\\') {
+            return Err(CameraUrlError::Backslash(at));
+        }
         if raw.starts_with('/') {
             return if allow_files { Ok(Self(raw.to_string())) } else { Err(CameraUrlError::FilesDisabled) };
         }
@@ -52,7 +68,8 @@ impl CameraUrl {
                 if url.host_str().is_none_or(str::is_empty) {
                     Err(CameraUrlError::NoHost)
                 } else {
-                    Ok(Self(raw.to_string()))
+                    // The runner opens the URL as the parser understood it, not the raw text.
+                    Ok(Self(url.to_string()))
                 }
             }
             other => Err(CameraUrlError::SchemeNotAllowed(other.to_string())),
@@ -69,7 +86,7 @@ impl CameraUrl {
         &self.0
     }
 
-    /// The URL with user and password replaced by `***`.
+    /// The URL with user, password and secret query values replaced by `***`.
     pub fn redacted(&self) -> String {
         redact(&self.0)
     }
@@ -97,6 +114,17 @@ fn redact(raw: &str) -> String {
             }
             if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
+            }
+            let secret = |k: &str| SECRET_QUERY_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
+            if url.query_pairs().any(|(k, _)| secret(&k)) {
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret(&k) { "***".to_string() } else { v.into_owned() };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(pairs);
             }
             url.to_string()
         }
@@ -134,6 +162,23 @@ mod tests {
         assert_eq!(redact("rtsp://token@cam/live"), "rtsp://***@cam/live");
         assert_eq!(redact("rtsp://cam/live"), "rtsp://cam/live");
         assert!(!redact("bad url user:pw@x").contains("pw"));
+        assert_eq!(
+            redact("rtsp://admin:S3cret@cam/live?password=Q9x&token=abc&channel=2"),
+            "rtsp://***:***@cam/live?password=***&token=***&channel=2"
+        );
+        assert_eq!(redact("http://cam/snap?Key=k1&PWD=p"), "http://cam/snap?Key=***&PWD=***");
+    }
+
+    #[test]
+    fn control_characters_and_backslashes_are_refused_and_the_url_is_kept_as_parsed() {
+        assert_eq!(validate("rtsp://h/a\0b", false), Err(CameraUrlError::ControlCharacter(0, 10)));
+        assert_eq!(validate("rtsp://h:6379/a\r\nSET x y\r\n", false), Err(CameraUrlError::ControlCharacter(13, 15)));
+        assert_eq!(validate("rtsp://h/a\tb", false), Err(CameraUrlError::ControlCharacter(9, 10)));
+        assert_eq!(validate("rtsp://h\\a/b", false), Err(CameraUrlError::Backslash(8)));
+        assert_eq!(validate("/srv/a\nb.mp4", true), Err(CameraUrlError::ControlCharacter(10, 6)));
+        let parsed = CameraUrl::parse("RTSP://Cam.Example:554/a b", false).unwrap();
+        // rtsp is not a special scheme to the URL standard: its host keeps its case.
+        assert_eq!(parsed.expose(), "rtsp://Cam.Example:554/a%20b");
     }
 
     #[test]

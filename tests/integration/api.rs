@@ -74,6 +74,16 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "empty");
     let r = app.post_json(init, &json!({"camera_url": "not a url at all"})).await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "does not parse");
+    // Control characters and backslashes: a 400 naming them, never a 500 nor a cleaned-up URL.
+    for (url, mentions) in [
+        ("rtsp://h/a\u{0}b", "U+0000"),
+        ("rtsp://h:6379/a\r\nSET x y\r\n", "U+000D"),
+        ("rtsp://cam/live\t", "U+0009"),
+        ("rtsp://cam\\live", "backslash"),
+    ] {
+        let r = app.post_json(init, &json!({ "camera_url": url })).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", mentions);
+    }
     let r = app.post_json(init, &json!({"camera_url": "ftp://cam/video"})).await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "scheme 'ftp'");
     let r = app.post_json(init, &json!({"camera_url": "/srv/video.mp4"})).await;
@@ -296,18 +306,18 @@ async fn local_files_are_accepted_only_when_the_operator_enables_them() {
 #[tokio::test]
 async fn camera_credentials_are_stored_but_never_shown() {
     let app = TestApp::spawn().await;
-    let url = "rtsp://admin:s3cr3t-pw@10.1.2.3:554/Streaming/101";
+    let url = "rtsp://admin:s3cr3t-pw@10.1.2.3:554/Streaming/101?token=t0k3n&channel=1";
     let r = app.post_json("/api/v1/scenario/init", &json!({"camera_url": url})).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(!r.text.contains("s3cr3t-pw") && !r.text.contains("admin"), "{}", r.text);
-    assert_eq!(r.json()["camera_url"], "rtsp://***:***@10.1.2.3:554/Streaming/101");
+    assert!(!r.text.contains("s3cr3t-pw") && !r.text.contains("admin") && !r.text.contains("t0k3n"), "{}", r.text);
+    assert_eq!(r.json()["camera_url"], "rtsp://***:***@10.1.2.3:554/Streaming/101?token=***&channel=1");
     let uuid = r.json()["scenario_uuid"].as_str().unwrap().to_string();
     for path in [format!("/api/v1/scenario/{uuid}"), "/api/v1/scenarios".to_string()] {
         let r = app.get(&path).await;
-        assert!(!r.text.contains("s3cr3t-pw"), "{path}: {}", r.text);
+        assert!(!r.text.contains("s3cr3t-pw") && !r.text.contains("t0k3n"), "{path}: {}", r.text);
     }
     let r = app.request(Method::POST, &format!("/api/v1/scenario/{uuid}/shutdown"), &[], "").await;
-    assert!(!r.text.contains("s3cr3t-pw"), "{}", r.text);
+    assert!(!r.text.contains("s3cr3t-pw") && !r.text.contains("t0k3n"), "{}", r.text);
     // The runner needs the real URL: it is stored as given.
     let client = app.pool.get().await.unwrap();
     let stored: String = client.query_one("SELECT camera_url FROM scenarios", &[]).await.unwrap().get(0);
