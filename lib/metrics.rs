@@ -138,7 +138,15 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
     loop {
         while connections.try_join_next().is_some() {}
         let stream = tokio::select! {
-            a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             _ = shutdown.cancelled() => return,
         };
         let metrics = Arc::clone(&metrics);

@@ -530,6 +530,17 @@ async fn metrics_count_requests_by_route_and_status_and_report_the_outbox_backlo
     );
     assert!(text.contains("vap_outbox_backlog 1"), "{text}");
     assert!(text.contains("vap_inbox_lag_records 0"), "{text}");
+    // Made-up methods share one label: requests can't mint metric series.
+    for made_up in ["FROB", "XYZZY", "BREW"] {
+        let r = app.request(Method::from_bytes(made_up.as_bytes()).unwrap(), "/api/v1/scenarios", &[], "").await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let text = app.get("/metrics").await.text;
+    assert!(
+        text.contains(r#"vap_http_requests_total{route="/api/v1/scenarios",method="other",status="405"} 3"#),
+        "{text}"
+    );
+    assert!(!text.contains("FROB") && !text.contains("XYZZY"), "{text}");
 }
 
 #[tokio::test]
