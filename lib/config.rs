@@ -68,6 +68,11 @@ pub struct DatabaseSettings {
     pub dbname: String,
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
+    /// PostgreSQL cancels a statement that runs longer (0: never).
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL ends a session left idle inside a transaction this long, so a process stuck
+    /// elsewhere (a broker that stopped answering) can't hold row locks forever (0: never).
+    pub idle_in_transaction_timeout_ms: u64,
     /// Apply pending migrations at start (safe with concurrent starters: they serialise on a lock).
     pub migrate_on_start: bool,
 }
@@ -319,6 +324,8 @@ impl Default for DatabaseSettings {
             dbname: "vap".into(),
             pool_size: 16,
             connect_timeout_ms: 5_000,
+            statement_timeout_ms: 30_000,
+            idle_in_transaction_timeout_ms: 60_000,
             migrate_on_start: true,
         }
     }

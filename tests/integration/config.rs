@@ -117,6 +117,27 @@ fn a_binary_with_a_bad_key_stops_with_a_message_naming_it() {
     assert!(stdout.contains("password: \"***\"") && !stdout.contains("hunter2"), "{stdout}");
 }
 
+#[tokio::test]
+async fn postgresql_cancels_long_statements_and_ends_sessions_idle_in_a_transaction() {
+    let app = TestApp::spawn_with(|s| {
+        s.database.statement_timeout_ms = 300;
+        s.database.idle_in_transaction_timeout_ms = 500;
+    })
+    .await;
+    let client = app.pool.get().await.unwrap();
+    let started = Instant::now();
+    let err = client.query_one("SELECT pg_sleep(5)", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(client);
+    // A transaction left open (its process stuck elsewhere) loses its session, and its locks.
+    let mut client = vap::db::dedicated_connection(&app.settings.database).await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.query_one("SELECT 1", &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(tx.query_one("SELECT 1", &[]).await.is_err(), "the idle transaction's session was ended");
+}
+
 #[test]
 fn the_api_refuses_to_start_on_a_bad_model_catalogue_naming_the_manifest() {
     // A copy of the shipped catalogue whose COCO manifest states another file's digest.
