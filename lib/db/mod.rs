@@ -66,7 +66,7 @@ pub fn pg_config(settings: &DatabaseSettings) -> tokio_postgres::Config {
         .dbname(&settings.dbname)
         .application_name("vap")
         .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .options(&format!(
+        .options(format!(
             "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
             settings.statement_timeout_ms, settings.idle_in_transaction_timeout_ms
         ));
