@@ -21,6 +21,24 @@ pub const ENV_OPTIONS_REVISION: &str = "VAP_OPTIONS_REVISION";
 pub const JOB_ENV: [&str; 5] =
     [ENV_SCENARIO_UUID, ENV_SCENARIO_EPOCH, ENV_CAMERA_URL, ENV_SCENARIO_OPTIONS, ENV_OPTIONS_REVISION];
 
+/// The settings a runner reads (`[kafka]`, `[runner]`, `[log]`), as `VAP_*` prefixes: all a
+/// backend passes on from its own environment. The database's and the API's settings, and
+/// their secrets, stay with the orchestrator.
+pub const RUNNER_SETTINGS_ENV: [&str; 3] = ["VAP_KAFKA__", "VAP_RUNNER__", "VAP_LOG__"];
+
+/// What a runner process may inherit besides its settings: how to find programs and libraries,
+/// locale and time zone, logging, and OpenCV's and FFmpeg's own knobs.
+pub fn is_process_env(name: &str) -> bool {
+    matches!(name, "PATH" | "HOME" | "LANG" | "TZ" | "TMPDIR" | "RUST_LOG" | "RUST_BACKTRACE" | "LD_LIBRARY_PATH")
+        || name.starts_with("LC_")
+        || name.starts_with("OPENCV_")
+}
+
+/// Which of `vars` a runner may be given.
+pub fn runner_settings_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.into_iter().filter(|(k, _)| RUNNER_SETTINGS_ENV.iter().any(|p| k.starts_with(p))).collect()
+}
+
 /// A runner's exit codes.
 pub mod exit {
     /// The source ended, or SIGTERM flushed.
@@ -93,6 +111,20 @@ mod tests {
     fn permanent_exits_are_finished_and_the_not_restarted_ones() {
         assert!([0, 2, 3, 4].into_iter().all(exit::is_permanent));
         assert!(![1, 137, -1].into_iter().any(exit::is_permanent));
+    }
+
+    #[test]
+    fn runners_get_only_the_settings_they_read() {
+        let vars = [
+            "VAP_KAFKA__BROKERS",
+            "VAP_RUNNER__SAMPLE_FPS",
+            "VAP_LOG__LEVEL",
+            "VAP_DATABASE__PASSWORD",
+            "VAP_API__AUTH_TOKEN",
+        ]
+        .map(|k| (k.to_string(), "x".to_string()));
+        let kept: Vec<String> = runner_settings_env(vars).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kept, ["VAP_KAFKA__BROKERS", "VAP_RUNNER__SAMPLE_FPS", "VAP_LOG__LEVEL"]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::backend::{BackendError, RunnerState, WorkerInfo};
 use crate::backoff::Backoff;
 use crate::config::LocalBackendSettings;
-use crate::job::{exit, RunnerJob, JOB_ENV};
+use crate::job::{exit, RunnerJob};
 
 struct Supervised {
     pid: Option<u32>,
@@ -32,15 +32,15 @@ struct Supervised {
 
 pub struct LocalBackend {
     settings: LocalBackendSettings,
-    /// The orchestrator's own `VAP_*` settings, passed on so runners reach the same broker.
+    /// The orchestrator's own runner settings (broker, runner, log), passed on so runners reach
+    /// the same broker; nothing else of its environment (the database password, the API token).
     inherited_env: Vec<(String, String)>,
     runners: Arc<Mutex<HashMap<Uuid, Supervised>>>,
 }
 
 impl LocalBackend {
     pub fn new(settings: LocalBackendSettings) -> Self {
-        let inherited_env =
-            std::env::vars().filter(|(k, _)| k.starts_with("VAP_") && !JOB_ENV.contains(&k.as_str())).collect();
+        let inherited_env = crate::job::runner_settings_env(std::env::vars());
         Self { settings, inherited_env, runners: Arc::new(Mutex::new(HashMap::new())) }
     }
 
@@ -226,8 +226,9 @@ fn run_once(
 ) -> Result<i32, String> {
     let mut cmd = Command::new(&settings.runner_bin);
     cmd.args(spec.args(settings.runner_config.as_deref()));
-    // The orchestrator's own systemd notifications are not the runner's to send.
-    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
+    // An allow-list, not the orchestrator's environment: no database password, no API token,
+    // and not its systemd notifications either.
+    cmd.env_clear().envs(std::env::vars().filter(|(k, _)| crate::job::is_process_env(k)));
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).envs(spec.env());
     cmd.stdin(Stdio::null()).process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", settings.runner_bin.display()))?;

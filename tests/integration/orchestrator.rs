@@ -58,6 +58,33 @@ async fn local_backend_runs_a_file_to_the_end_and_shuts_a_live_camera_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_runners_get_the_runner_settings_and_none_of_the_orchestrators_secrets() {
+    let app = TestApp::spawn_for_runners().await;
+    // PostgreSQL trusts local connections here, so the password is ignored, but still passed.
+    let mut orchestrator = spawn_orchestrator_with(
+        &app,
+        2,
+        &[("VAP_DATABASE__PASSWORD", "hunter2-db"), ("VAP_API__AUTH_TOKEN", "hunter2-api")],
+    );
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+    let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
+    let _reaper = RunnerReaper(HashSet::from([live]));
+    app.wait_for_status(live, "active", Duration::from_secs(90)).await;
+    let pid = runner_processes(&HashSet::from([live]))[&live][0];
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let vars: Vec<String> = environ.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    let names: Vec<&str> = vars.iter().filter_map(|v| v.split_once('=').map(|(k, _)| k)).collect();
+    assert!(names.contains(&"VAP_KAFKA__BROKERS") && names.contains(&"VAP_RUNNER__MODELS_DIR"), "{names:?}");
+    assert!(!vars.iter().any(|v| v.contains("hunter2")), "a secret reached the runner: {names:?}");
+    assert!(!names.iter().any(|k| k.starts_with("VAP_DATABASE__") || k.starts_with("VAP_API__")), "{names:?}");
+    app.shutdown_scenario(live).await;
+    app.wait_for_status(live, "inactive", Duration::from_secs(30)).await;
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_workers_is_never_exceeded_and_every_scenario_is_processed() {
     let app = TestApp::spawn_for_runners().await;
     let mut orchestrator = spawn_orchestrator(&app, 3);
