@@ -123,6 +123,8 @@ pub struct RelaySettings {
     pub poll_interval_ms: u64,
     /// Published outbox rows older than this are deleted.
     pub retention_secs: u64,
+    /// `Idempotency-Key`s older than this are forgotten (a retry after it creates anew).
+    pub idempotency_key_retention_secs: u64,
     pub prune_interval_secs: u64,
     /// Where vap-relay serves /health and /metrics; empty string disables it.
     pub metrics_listen: String,
@@ -382,6 +384,7 @@ impl Default for RelaySettings {
             batch_size: 500,
             poll_interval_ms: 1_000,
             retention_secs: 7 * 24 * 3600,
+            idempotency_key_retention_secs: 24 * 3600,
             prune_interval_secs: 300,
             metrics_listen: "127.0.0.1:9181".into(),
         }

@@ -160,6 +160,11 @@ impl OutboxRelay {
                     Ok(n) => tracing::info!(deleted = n, "pruned published outbox rows"),
                     Err(e) => tracing::warn!(error = %e, "outbox prune failed"),
                 }
+                match outbox::prune_idempotency_keys(&self.pool, self.settings.idempotency_key_retention_secs).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "pruned idempotency keys"),
+                    Err(e) => tracing::warn!(error = %e, "idempotency key prune failed"),
+                }
             }
             let wait = if failed {
                 backoff.next_delay().unwrap_or(poll)

@@ -80,6 +80,15 @@ pub async fn prune(pool: &Pool, retention_secs: u64) -> Result<u64, DbError> {
         .await?)
 }
 
+/// Deletes `Idempotency-Key`s older than `retention_secs`.
+pub async fn prune_idempotency_keys(pool: &Pool, retention_secs: u64) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    let secs = retention_secs as f64;
+    Ok(client
+        .execute("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)", &[&secs])
+        .await?)
+}
+
 /// Unpublished rows, and the age in seconds of the oldest.
 pub async fn backlog(pool: &Pool) -> Result<(i64, f64), DbError> {
     let client = pool.get().await?;

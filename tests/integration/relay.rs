@@ -171,6 +171,33 @@ async fn two_relays_at_once_never_publish_the_same_row() {
 }
 
 #[tokio::test]
+async fn idempotency_keys_are_forgotten_after_their_retention() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.relay.idempotency_key_retention_secs = 2;
+        s.relay.prune_interval_secs = 1;
+    })
+    .await;
+    app.start_relay();
+    let post = |key: &'static str| {
+        let app = &app;
+        async move {
+            let body = serde_json::to_vec(&serde_json::json!({"camera_url": "rtsp://cam/k"})).unwrap();
+            let headers = [("content-type", "application/json"), ("idempotency-key", key)];
+            app.request(hyper::Method::POST, "/api/v1/scenario/init", &headers, body).await.json()["scenario_uuid"]
+                .clone()
+        }
+    };
+    let first = post("retry-me").await;
+    assert_eq!(post("retry-me").await, first, "within its retention a key replays");
+    eventually(Duration::from_secs(30), "the key pruned", || async {
+        (app.scalar("SELECT count(*) FROM idempotency_keys").await == 0).then_some(())
+    })
+    .await;
+    assert_ne!(post("retry-me").await, first, "after it, the key is free again");
+    assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 2);
+}
+
+#[tokio::test]
 async fn published_rows_are_pruned_after_the_retention() {
     let mut app = TestApp::spawn_with(|s| {
         s.relay.retention_secs = 0;
