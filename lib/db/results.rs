@@ -107,7 +107,7 @@ async fn store(pool: &Pool, advance: &Advance<'_>, batch: &Batch, isolate: bool)
     let mut stored = Stored::default();
     let mut dead = batch.dead.clone();
     if !isolate {
-        let frames: Vec<FrameResult> = batch.frames.iter().map(|(_, f)| f.clone()).collect();
+        let frames: Vec<&FrameResult> = batch.frames.iter().map(|(_, f)| f).collect();
         if !frames.is_empty() {
             stored = insert_results(&tx, &frames).await?;
         }
@@ -118,7 +118,7 @@ async fn store(pool: &Pool, advance: &Advance<'_>, batch: &Batch, isolate: bool)
         // Each record under a savepoint: a refused one is rolled back alone and set aside.
         for (offset, frame) in &batch.frames {
             tx.batch_execute("SAVEPOINT one_record").await?;
-            match insert_results(&tx, std::slice::from_ref(frame)).await {
+            match insert_results(&tx, &[frame]).await {
                 Ok(s) => {
                     stored.inserted += s.inserted;
                     stored.duplicates += s.duplicates;
@@ -185,7 +185,7 @@ pub async fn dead_letter_count(pool: &Pool, consumer: &str) -> Result<i64, DbErr
     Ok(client.query_one("SELECT count(*) FROM dead_letters WHERE consumer = $1", &[&consumer]).await?.get(0))
 }
 
-async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[FrameResult]) -> Result<Stored, DbError> {
+async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[&FrameResult]) -> Result<Stored, DbError> {
     let n = results.len();
     let mut uuids = Vec::with_capacity(n);
     let mut frames = Vec::with_capacity(n);
