@@ -13,6 +13,16 @@ async fn stored(app: &TestApp) -> i64 {
     app.scalar("SELECT count(*) FROM scenario_results").await
 }
 
+/// Waits until every partition's stored position is at its high watermark.
+async fn caught_up(app: &TestApp) {
+    eventually(Duration::from_secs(30), "inbox caught up", || async {
+        (app.scalar("SELECT COALESCE(sum(high_watermark - next_offset), -1)::bigint FROM consumer_positions").await
+            == 0)
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn every_result_produced_twice_is_stored_once_and_bad_records_are_skipped() {
     let mut app =
@@ -50,12 +60,7 @@ async fn every_result_produced_twice_is_stored_once_and_bad_records_are_skipped(
     eventually(Duration::from_secs(60), "900 results stored", || async { (stored(&app).await == 900).then_some(()) })
         .await;
     // Give a wrong implementation time to store more (it must not).
-    eventually(Duration::from_secs(30), "inbox caught up", || async {
-        (app.scalar("SELECT COALESCE(sum(high_watermark - next_offset), -1)::bigint FROM consumer_positions").await
-            == 0)
-            .then_some(())
-    })
-    .await;
+    caught_up(&app).await;
     assert_eq!(stored(&app).await, 900);
     for s in &scenarios {
         let p = app.get(&format!("/api/v1/prediction/{s}?limit=1")).await.json();
@@ -100,12 +105,7 @@ async fn a_poisoned_record_is_set_aside_and_its_partition_goes_on() {
         (stored(&app).await == 20).then_some(())
     })
     .await;
-    eventually(Duration::from_secs(30), "inbox caught up", || async {
-        (app.scalar("SELECT COALESCE(sum(high_watermark - next_offset), -1)::bigint FROM consumer_positions").await
-            == 0)
-            .then_some(())
-    })
-    .await;
+    caught_up(&app).await;
     let rows = client
         .query("SELECT reason, record_value FROM dead_letters WHERE consumer = 'inbox' ORDER BY reason", &[])
         .await
