@@ -137,7 +137,13 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
     let (reload_tx, reloads) = std::sync::mpsc::channel();
     let following = CancellationToken::new();
     let control = tokio::spawn(tracing::Instrument::instrument(
-        follow_option_changes(Arc::clone(&kafka), rs.clone(), job.clone(), reload_tx, following.clone()),
+        follow_option_changes(
+            Arc::clone(&kafka),
+            rs.clone(),
+            (job.scenario, job.options_revision),
+            reload_tx,
+            following.clone(),
+        ),
         tracing::Span::current(),
     ));
     let current = Current { detector, provenance, options: job.options.clone(), revision: job.options_revision };
@@ -210,12 +216,12 @@ pub struct Current<D> {
 async fn follow_option_changes(
     kafka: Arc<KafkaLink>,
     rs: crate::config::RunnerSettings,
-    job: RunnerJob,
+    (scenario, revision): (uuid::Uuid, i64),
     reloads: std::sync::mpsc::Sender<Current<TractDetector>>,
     stop: CancellationToken,
 ) {
     let (tx, mut changes) = tokio::sync::mpsc::channel(4);
-    let follower = control::ControlFollower { kafka, scenario: job.scenario, revision: job.options_revision };
+    let follower = control::ControlFollower { kafka, scenario, revision };
     let following =
         tokio::spawn(tracing::Instrument::instrument(follower.run(tx, stop.clone()), tracing::Span::current()));
     while let Some(Some(change)) = stop.run_until_cancelled(changes.recv()).await {
