@@ -4,7 +4,9 @@
 
 use std::fmt;
 
-use url::Url;
+use url::{Host, Url};
+
+use crate::destination::{DestinationError, DestinationPolicy};
 
 pub const MAX_CAMERA_URL_BYTES: usize = 2048;
 const NETWORK_SCHEMES: &[&str] = &["rtsp", "rtsps", "http", "https"];
@@ -27,6 +29,8 @@ pub enum CameraUrlError {
     ControlCharacter(u32, usize),
     #[error("camera_url holds a backslash at byte {0}; URLs use '/'")]
     Backslash(usize),
+    #[error("camera_url's host: {0}")]
+    Destination(#[from] DestinationError),
 }
 
 /// Query parameters whose values are secrets: shown as `***`, like a URL's user and password.
@@ -41,8 +45,9 @@ pub struct CameraUrl(String);
 
 impl CameraUrl {
     /// Checks a camera URL. Local files (`file://` or an absolute path) pass only when
-    /// `allow_files` is set; an absolute path is kept as it was given.
-    pub fn parse(raw: &str, allow_files: bool) -> Result<Self, CameraUrlError> {
+    /// `allow_files` is set; an absolute path is kept as it was given. A host that is an
+    /// address (or `localhost`) must pass `policy`; names are checked by the runner.
+    pub fn parse(raw: &str, allow_files: bool, policy: &DestinationPolicy) -> Result<Self, CameraUrlError> {
         if raw.trim().is_empty() {
             return Err(CameraUrlError::Empty);
         }
@@ -65,12 +70,15 @@ impl CameraUrl {
             "file" if allow_files => Ok(Self(raw.to_string())),
             "file" => Err(CameraUrlError::FilesDisabled),
             s if NETWORK_SCHEMES.contains(&s) => {
-                if url.host_str().is_none_or(str::is_empty) {
-                    Err(CameraUrlError::NoHost)
-                } else {
-                    // The runner opens the URL as the parser understood it, not the raw text.
-                    Ok(Self(url.to_string()))
+                match url.host() {
+                    None => return Err(CameraUrlError::NoHost),
+                    Some(Host::Domain("")) => return Err(CameraUrlError::NoHost),
+                    Some(Host::Domain(name)) => policy.check_host(name)?,
+                    Some(Host::Ipv4(a)) => policy.check_ip(a.into())?,
+                    Some(Host::Ipv6(a)) => policy.check_ip(a.into())?,
                 }
+                // The runner opens the URL as the parser understood it, not the raw text.
+                Ok(Self(url.to_string()))
             }
             other => Err(CameraUrlError::SchemeNotAllowed(other.to_string())),
         }
@@ -141,7 +149,34 @@ mod tests {
     use super::*;
 
     fn validate(raw: &str, allow_files: bool) -> Result<(), CameraUrlError> {
-        CameraUrl::parse(raw, allow_files).map(|_| ())
+        CameraUrl::parse(raw, allow_files, &DestinationPolicy::default()).map(|_| ())
+    }
+
+    #[test]
+    fn hosts_the_policy_refuses_are_refused_in_every_spelling() {
+        for raw in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://2852039166/latest/meta-data/",
+            "rtsp://169.254.43518/x",
+            "rtsp://user:pw@127.0.0.1:554/a",
+            "rtsp://0x7f.1/a",
+            "http://[::ffff:127.0.0.1]/a",
+            "rtsps://localhost/a",
+            "http://[fe80::1]/a",
+            "rtsp://0.0.0.0/a",
+        ] {
+            let err = validate(raw, false).unwrap_err();
+            assert!(matches!(err, CameraUrlError::Destination(DestinationError::Refused { .. })), "{raw}: {err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
+        assert_eq!(validate("rtsp://192.168.1.64:554/live", false), Ok(()));
+        let allowed = DestinationPolicy::from_settings(&crate::config::DestinationSettings {
+            allow: vec!["127.0.0.1".into()],
+            deny: vec![],
+        })
+        .unwrap();
+        assert!(CameraUrl::parse("rtsp://127.0.0.1:8554/a", false, &allowed).is_ok());
+        assert!(CameraUrl::parse("rtsp://127.0.0.2:8554/a", false, &allowed).is_err());
     }
 
     #[test]
@@ -176,14 +211,14 @@ mod tests {
         assert_eq!(validate("rtsp://h/a\tb", false), Err(CameraUrlError::ControlCharacter(9, 10)));
         assert_eq!(validate("rtsp://h\\a/b", false), Err(CameraUrlError::Backslash(8)));
         assert_eq!(validate("/srv/a\nb.mp4", true), Err(CameraUrlError::ControlCharacter(10, 6)));
-        let parsed = CameraUrl::parse("RTSP://Cam.Example:554/a b", false).unwrap();
+        let parsed = CameraUrl::parse("RTSP://Cam.Example:554/a b", false, &DestinationPolicy::default()).unwrap();
         // rtsp is not a special scheme to the URL standard: its host keeps its case.
         assert_eq!(parsed.expose(), "rtsp://Cam.Example:554/a%20b");
     }
 
     #[test]
     fn debug_and_display_redact_and_expose_does_not() {
-        let url = CameraUrl::parse("rtsp://admin:hunter2@cam/live", false).unwrap();
+        let url = CameraUrl::parse("rtsp://admin:hunter2@cam/live", false, &DestinationPolicy::default()).unwrap();
         assert_eq!(url.to_string(), "rtsp://***:***@cam/live");
         assert!(!format!("{url:?}").contains("hunter2"));
         assert_eq!(url.expose(), "rtsp://admin:hunter2@cam/live");

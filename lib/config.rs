@@ -55,7 +55,18 @@ pub struct Settings {
     pub inbox: InboxSettings,
     pub runner: RunnerSettings,
     pub orchestrator: OrchestratorSettings,
+    pub destinations: DestinationSettings,
     pub log: LogSettings,
+}
+
+/// Where runners may connect for a scenario (lib/destination.rs): CIDRs or addresses.
+/// Loopback, link-local, unspecified, multicast and broadcast are refused unless in `allow`;
+/// anything in `deny` is refused.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DestinationSettings {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -546,6 +557,8 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("kafka.brokers")
+                .with_list_parse_key("destinations.allow")
+                .with_list_parse_key("destinations.deny")
                 .source(Some(env)),
         );
         let settings: Settings = builder.build().and_then(|c| c.try_deserialize()).map_err(ConfigError::Invalid)?;
@@ -579,6 +592,7 @@ impl Settings {
         if !self.relay.metrics_listen.is_empty() && self.relay.metrics_listen.parse::<SocketAddr>().is_err() {
             return bad("relay.metrics_listen", "must be host:port or empty");
         }
+        crate::destination::DestinationPolicy::from_settings(&self.destinations)?;
         self.validate_runner()?;
         self.validate_orchestrator()
     }

@@ -126,6 +126,8 @@ fn service_env(
         ("VAP_KAFKA__BROKERS", broker.addr()),
         ("VAP_API__LISTEN", format!("127.0.0.1:{api_port}")),
         ("VAP_API__ALLOW_FILE_URLS", "true".into()),
+        // A trial on one machine: a camera served on this machine (mediamtx, ffmpeg) is allowed.
+        ("VAP_DESTINATIONS__ALLOW", "127.0.0.0/8,::1".into()),
         ("VAP_RELAY__METRICS_LISTEN", format!("127.0.0.1:{}", crate::devstack::free_port()?)),
         ("VAP_ORCHESTRATOR__BACKEND", "local".into()),
         ("VAP_ORCHESTRATOR__MAX_WORKERS", opts.max_workers.to_string()),

@@ -21,10 +21,10 @@ pub const ENV_OPTIONS_REVISION: &str = "VAP_OPTIONS_REVISION";
 pub const JOB_ENV: [&str; 5] =
     [ENV_SCENARIO_UUID, ENV_SCENARIO_EPOCH, ENV_CAMERA_URL, ENV_SCENARIO_OPTIONS, ENV_OPTIONS_REVISION];
 
-/// The settings a runner reads (`[kafka]`, `[runner]`, `[log]`), as `VAP_*` prefixes: all a
+/// The settings a runner reads (`[kafka]`, `[runner]`, `[destinations]`, `[log]`), as `VAP_*` prefixes: all a
 /// backend passes on from its own environment. The database's and the API's settings, and
 /// their secrets, stay with the orchestrator.
-pub const RUNNER_SETTINGS_ENV: [&str; 3] = ["VAP_KAFKA__", "VAP_RUNNER__", "VAP_LOG__"];
+pub const RUNNER_SETTINGS_ENV: [&str; 4] = ["VAP_KAFKA__", "VAP_RUNNER__", "VAP_DESTINATIONS__", "VAP_LOG__"];
 
 /// What a runner process may inherit besides its settings: how to find programs and libraries,
 /// locale and time zone, logging, and OpenCV's and FFmpeg's own knobs.

@@ -24,6 +24,7 @@
 //! | [`kafka`] | the Kafka interface (rskafka): connect, topics, partitioner |
 //! | [`events`] | the messages on Kafka: the contract between processes |
 //! | [`camera_url`] | which camera URLs are accepted, and their redaction |
+//! | [`destination`] | which addresses runners may connect to (SSRF policy) |
 //! | [`config`] | typed settings: defaults < TOML < `VAP_*` |
 //! | [`backoff`] | the one retry beat: exponential, full jitter, cap, deadline |
 //! | [`lifecycle`] | signals, graceful shutdown, sd_notify, logging |
@@ -46,6 +47,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod destination;
 pub mod devstack;
 pub mod embedded;
 pub mod events;

@@ -175,7 +175,7 @@ pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Res
         Some(Value::String(s)) => s.as_str(),
         Some(_) => return Err(ApiError::bad("invalid_camera_url", "camera_url must be a string")),
     };
-    let url = CameraUrl::parse(url, state.settings.allow_file_urls)
+    let url = CameraUrl::parse(url, state.settings.allow_file_urls, &state.destinations)
         .map_err(|e| ApiError::bad("invalid_camera_url", e.to_string()))?;
     let mut requested = fields.clone();
     requested.remove("camera_url");

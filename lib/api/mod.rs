@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 
 use crate::config::{ApiSettings, DatabaseSettings};
+use crate::destination::DestinationPolicy;
 use crate::metrics::Metrics;
 use crate::options::Defaults;
 use crate::tasks::{OwnedTasks, TaskFailed};
@@ -45,6 +46,8 @@ pub struct AppState {
     pub outbox_waker: crate::db::outbox::OutboxWaker,
     /// The model catalogue and the defaults of omitted scenario options.
     pub options: Defaults,
+    /// Which camera hosts are refused (literal addresses; runners check resolved names).
+    pub destinations: DestinationPolicy,
 }
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -77,6 +80,7 @@ pub async fn serve(
     settings: ApiSettings,
     database: DatabaseSettings,
     options: Defaults,
+    destinations: DestinationPolicy,
     shutdown: CancellationToken,
 ) -> std::io::Result<RunningApi> {
     let addr = listener.local_addr()?;
@@ -92,6 +96,7 @@ pub async fn serve(
         results_bus: results_bus.clone(),
         shutdown: shutdown.clone(),
         options,
+        destinations,
     });
     tasks.spawn("results listener", sse::forward_notifications(database, results_bus, tasks.token()));
     tasks.spawn("accept loop", accept_loop(listener, state, tasks.token()));
@@ -293,6 +298,8 @@ pub enum ApiRunError {
     Task(#[from] TaskFailed),
     #[error(transparent)]
     Catalogue(#[from] crate::models::CatalogueError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// The `vap-api` process: migrate (when configured), bind, serve until `shutdown`, drain.
@@ -303,7 +310,8 @@ pub async fn run(settings: crate::config::Settings, shutdown: CancellationToken)
     let pool = crate::db::pool(&settings.database)?;
     let addr = settings.api.listen;
     let listener = TcpListener::bind(addr).await.map_err(|source| ApiRunError::Bind { addr, source })?;
-    let running = serve(listener, pool, settings.api, settings.database, options, shutdown.clone())
+    let destinations = DestinationPolicy::from_settings(&settings.destinations)?;
+    let running = serve(listener, pool, settings.api, settings.database, options, destinations, shutdown.clone())
         .await
         .map_err(|source| ApiRunError::Bind { addr, source })?;
     crate::lifecycle::notify_ready();

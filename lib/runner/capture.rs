@@ -15,11 +15,33 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::camera_url::CameraUrl;
 use crate::config::RunnerSettings;
+use crate::destination::{DestinationError, DestinationPolicy};
 
+/// FFmpeg's `OPENCV_FFMPEG_CAPTURE_OPTIONS` for `url`: `base` (the operator's, or RTSP over TCP)
+/// then the protocols the scheme needs and nothing else, so a playlist or a redirect can't pull
+/// `file:` or another scheme. Set once, before any thread starts.
+pub fn ffmpeg_capture_options(url: &CameraUrl, base: Option<&str>) -> String {
+    let scheme = url::Url::parse(url.expose()).map(|u| u.scheme().to_string()).unwrap_or_else(|_| "file".into());
+    let protocols = match scheme.as_str() {
+        "rtsp" | "rtsps" => "tcp,udp,rtp,srtp,tls",
+        "http" | "https" => "http,https,tcp,tls,httpproxy,crypto",
+        _ => "file",
+    };
+    let base = base.filter(|b| !b.trim().is_empty()).unwrap_or("rtsp_transport;tcp");
+    // Later keys win in FFmpeg's dictionary parse: the whitelist is always the one given here.
+    format!("{base}|protocol_whitelist;{protocols}")
+}
+
+/// Whether FFmpeg reaches this URL over HTTP, and so through the egress proxy.
+pub fn uses_http(url: &CameraUrl) -> bool {
+    url::Url::parse(url.expose()).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+}
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("cannot open {0}")]
     Open(String),
+    #[error("camera host refused: {0}")]
+    Destination(#[from] DestinationError),
     #[error("opencv: {0}")]
     OpenCv(#[from] opencv::Error),
 }
@@ -48,17 +70,19 @@ pub trait FrameSource: Send {
 /// OpenCV's FFmpeg backend.
 pub struct OpenCvSource {
     url: CameraUrl,
+    policy: std::sync::Arc<DestinationPolicy>,
     open_timeout_ms: u64,
     read_timeout_ms: u64,
     capture: Option<videoio::VideoCapture>,
 }
 
 impl OpenCvSource {
-    pub fn new(url: &CameraUrl, settings: &RunnerSettings) -> Self {
+    pub fn new(url: &CameraUrl, settings: &RunnerSettings, policy: std::sync::Arc<DestinationPolicy>) -> Self {
         // OpenCV takes paths, not file:// URLs.
         let url = CameraUrl::trusted(url.expose().strip_prefix("file://").unwrap_or(url.expose()).to_string());
         Self {
             url,
+            policy,
             open_timeout_ms: settings.open_timeout_ms,
             read_timeout_ms: settings.read_timeout_ms,
             capture: None,
@@ -68,6 +92,26 @@ impl OpenCvSource {
     fn is_stream_url(&self) -> bool {
         let lower = self.url.expose().to_ascii_lowercase();
         lower.starts_with("rtsp://") || lower.starts_with("rtsps://")
+    }
+
+    /// The URL FFmpeg opens. An RTSP host is resolved and every address checked first; plain
+    /// RTSP is then opened at the checked address, so a name can't resolve elsewhere a moment
+    /// later. HTTP is checked per connection by the egress proxy; files need no check.
+    fn checked_url(&self) -> Result<String, CaptureError> {
+        let Ok(mut url) = url::Url::parse(self.url.expose()) else { return Ok(self.url.expose().to_string()) };
+        if !matches!(url.scheme(), "rtsp" | "rtsps") {
+            return Ok(self.url.expose().to_string());
+        }
+        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let addresses = self.policy.resolve(&host, url.port().unwrap_or(554))?;
+        if url.scheme() == "rtsp" {
+            let ip = addresses[0].ip();
+            let pinned = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
+            if url.set_host(Some(&pinned)).is_err() {
+                return Err(CaptureError::Open(self.url.redacted()));
+            }
+        }
+        Ok(url.to_string())
     }
 }
 
@@ -81,7 +125,8 @@ impl FrameSource for OpenCvSource {
             videoio::CAP_PROP_READ_TIMEOUT_MSEC,
             self.read_timeout_ms.min(i32::MAX as u64) as i32,
         ]);
-        let cap = videoio::VideoCapture::from_file_with_params(self.url.expose(), videoio::CAP_FFMPEG, &params)?;
+        let url = self.checked_url()?;
+        let cap = videoio::VideoCapture::from_file_with_params(&url, videoio::CAP_FFMPEG, &params)?;
         // A URL that can't be opened gives a closed capture, not an error.
         if !cap.is_opened()? {
             return Err(CaptureError::Open(self.url.redacted()));
@@ -427,6 +472,25 @@ fn sleep_unless_cancelled(total: Duration, shutdown: &CancellationToken, beat: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ffmpeg_may_use_only_the_protocols_of_the_camera_scheme() {
+        let opts = |u: &str, base| ffmpeg_capture_options(&CameraUrl::trusted(u.into()), base);
+        assert_eq!(opts("rtsp://cam/1", None), "rtsp_transport;tcp|protocol_whitelist;tcp,udp,rtp,srtp,tls");
+        assert_eq!(
+            opts("https://cam/a.m3u8", None),
+            "rtsp_transport;tcp|protocol_whitelist;http,https,tcp,tls,httpproxy,crypto"
+        );
+        assert_eq!(opts("/srv/v.mp4", Some("fflags;nobuffer")), "fflags;nobuffer|protocol_whitelist;file");
+        assert_eq!(
+            opts("file:///srv/v.mp4", Some("protocol_whitelist;file,http")),
+            "protocol_whitelist;file,http|protocol_whitelist;file"
+        );
+        assert!(
+            uses_http(&CameraUrl::trusted("HTTPS://cam/x".into()))
+                && !uses_http(&CameraUrl::trusted("rtsp://cam".into()))
+        );
+    }
 
     #[test]
     fn samples_by_time_not_by_frame_count() {

@@ -102,11 +102,6 @@ impl RunnerArgs {
 
 /// The whole `vap-runner` process; the binary only calls this.
 pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
-    // FFmpeg reads this when a capture opens: RTSP over TCP survives lossy networks and NAT.
-    // Set before any thread starts (setenv is not thread-safe); an operator's value wins.
-    if std::env::var_os("OPENCV_FFMPEG_CAPTURE_OPTIONS").is_none() {
-        std::env::set_var("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp");
-    }
     let args = match RunnerArgs::parse(args, |k| std::env::var(k).ok()) {
         Ok(a) => a,
         Err(e) => {
@@ -114,6 +109,30 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    // FFmpeg reads these when a capture opens; set before any thread starts (setenv is not
+    // thread-safe). RTSP over TCP survives lossy networks and NAT; an operator's options win,
+    // but not over the protocol whitelist. HTTP goes through the egress proxy, every time.
+    let egress = match super::capture::uses_http(&args.camera_url) {
+        true => match super::egress::EgressProxy::bind() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("vap-runner: error: egress proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        false => None,
+    };
+    let base = std::env::var("OPENCV_FFMPEG_CAPTURE_OPTIONS").ok();
+    std::env::set_var(
+        "OPENCV_FFMPEG_CAPTURE_OPTIONS",
+        super::capture::ffmpeg_capture_options(&args.camera_url, base.as_deref()),
+    );
+    for name in ["no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY"] {
+        std::env::remove_var(name);
+    }
+    if let Some(proxy) = &egress {
+        std::env::set_var("http_proxy", proxy.url());
+    }
     let settings = match Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -141,7 +160,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     tracing::info!(camera = %job.camera_url, "runner starting");
     let result = runtime.block_on(async {
         let shutdown = crate::lifecycle::shutdown_on_signal();
-        super::run(settings, job, shutdown).await
+        super::run(settings, job, egress, shutdown).await
     });
     match result {
         Ok(report) => match report.outcome {

@@ -18,6 +18,7 @@ pub mod capture;
 pub mod cli;
 pub mod control;
 pub mod detector;
+pub mod egress;
 pub mod publisher;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +44,8 @@ pub enum RunnerError {
     Model(#[from] DetectorError),
     #[error("runner thread failed: {0}")]
     Thread(String),
+    #[error(transparent)]
+    Config(Box<crate::config::ConfigError>),
 }
 
 /// The scenario a runner works for. Frame numbers count milliseconds from its `epoch`, so they
@@ -106,10 +109,28 @@ impl FrameNumbers {
     }
 }
 
-/// Runs one scenario until its source ends, never opens, or `shutdown`.
-pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken) -> Result<RunReport, RunnerError> {
+/// Runs one scenario until its source ends, never opens, or `shutdown`. `egress`: the proxy
+/// FFmpeg's `http_proxy` names, for HTTP cameras.
+pub async fn run(
+    settings: Settings,
+    job: RunnerJob,
+    egress: Option<egress::EgressProxy>,
+    shutdown: CancellationToken,
+) -> Result<RunReport, RunnerError> {
     let started = Instant::now();
     let rs = settings.runner.clone();
+    let policy = Arc::new(
+        crate::destination::DestinationPolicy::from_settings(&settings.destinations)
+            .map_err(|e| RunnerError::Config(Box::new(e)))?,
+    );
+    let egress_stop = CancellationToken::new();
+    let _egress_guard = egress_stop.clone().drop_guard();
+    if let Some(proxy) = egress {
+        tokio::spawn(tracing::Instrument::instrument(
+            proxy.serve(Arc::clone(&policy), egress_stop),
+            tracing::Span::current(),
+        ));
+    }
     if rs.inference_threads > 1 {
         tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(
             rs.inference_threads,
@@ -132,7 +153,7 @@ pub async fn run(settings: Settings, job: RunnerJob, shutdown: CancellationToken
         sample_rate: Arc::new(SampleRate::new(job.options.fps.unwrap_or(rs.sample_fps))),
         started,
     };
-    let capture = threads.spawn_capture(&job, &rs, &shutdown)?;
+    let capture = threads.spawn_capture(&job, &rs, policy, &shutdown)?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (reload_tx, reloads) = std::sync::mpsc::channel();
     let following = CancellationToken::new();
@@ -273,13 +294,14 @@ impl Threads {
         &self,
         job: &RunnerJob,
         rs: &crate::config::RunnerSettings,
+        policy: Arc<crate::destination::DestinationPolicy>,
         shutdown: &CancellationToken,
     ) -> Result<std::thread::JoinHandle<()>, RunnerError> {
         let (slot, cstats, stop, span) =
             (Arc::clone(&self.slot), Arc::clone(&self.capture), shutdown.clone(), tracing::Span::current());
         let started = self.started;
         let capture_loop = CaptureLoop {
-            source: OpenCvSource::new(&job.camera_url, rs),
+            source: OpenCvSource::new(&job.camera_url, rs, policy),
             sample_fps: Arc::clone(&self.sample_rate),
             open_attempts: rs.open_attempts,
             reconnect_min: Duration::from_millis(rs.reconnect_min_ms),

@@ -56,6 +56,39 @@ async fn init_answers_the_legacy_contract_and_writes_one_outbox_event() {
     assert_eq!(p["results"], json!([]));
 }
 
+/// The default policy refuses loopback however it is spelt (only loopback is posted here: the
+/// link-local and metadata addresses are the same code path, covered by lib/destination.rs).
+#[tokio::test]
+async fn camera_hosts_the_destination_policy_refuses_get_a_400_and_nothing_is_stored() {
+    let app = TestApp::spawn_with(|s| {
+        s.destinations.allow = vec![];
+        s.destinations.deny = vec!["127.0.0.2/32".into()];
+    })
+    .await;
+    let init = "/api/v1/scenario/init";
+    for (url, mentions) in [
+        ("rtsp://admin:pw@127.0.0.1:8554/live", "127.0.0.1 is loopback"),
+        ("http://localhost:8080/a.mjpg", "127.0.0.1 is loopback"),
+        ("rtsp://2130706433/live", "127.0.0.1 is loopback"),
+        ("rtsp://0x7f.1/live", "127.0.0.1 is loopback"),
+        ("http://[::1]:8080/a.mjpg", "::1 is loopback"),
+        ("https://[::ffff:127.0.0.1]/a", "127.0.0.1 is loopback"),
+        ("rtsp://0.0.0.0/live", "unspecified"),
+    ] {
+        let r = app.post_json(init, &json!({ "camera_url": url })).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", mentions);
+        assert!(!r.text.contains("pw"), "{}", r.text);
+    }
+    let allowed = TestApp::spawn_with(|s| s.destinations.deny = vec!["127.0.0.2/32".into()]).await;
+    let r = allowed.post_json(init, &json!({ "camera_url": "rtsp://127.0.0.2:8554/live" })).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_camera_url", "127.0.0.2 is in destinations.deny");
+    let r = allowed.post_json(init, &json!({ "camera_url": "rtsp://127.0.0.1:8554/live" })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let stored: i64 =
+        app.pool.get().await.unwrap().query_one("SELECT count(*) FROM scenarios", &[]).await.unwrap().get(0);
+    assert_eq!(stored, 0);
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_4xx_naming_the_problem() {
     let app = TestApp::spawn().await;
@@ -481,6 +514,7 @@ async fn ready_is_503_while_postgres_is_unreachable() {
         settings.api.clone(),
         settings.database.clone(),
         common::option_defaults(&settings),
+        vap::destination::DestinationPolicy::default(),
         token.clone(),
     )
     .await

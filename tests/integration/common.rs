@@ -183,6 +183,8 @@ impl TestApp {
         settings.api.drain_timeout_ms = 2_000;
         settings.relay.metrics_listen = String::new();
         settings.relay.poll_interval_ms = 500;
+        // Test cameras are loopback servers, which the default policy refuses.
+        settings.destinations.allow = vec!["127.0.0.0/8".into(), "::1".into()];
         adjust(&mut settings);
         vap::db::migrate::run_with(&settings.database).await.expect("migrate");
         let pool = vap::db::pool(&settings.database).expect("pool");
@@ -194,6 +196,7 @@ impl TestApp {
             settings.api.clone(),
             settings.database.clone(),
             option_defaults(&settings),
+            vap::destination::DestinationPolicy::from_settings(&settings.destinations).unwrap(),
             shutdown.clone(),
         )
         .await
@@ -251,6 +254,7 @@ impl TestApp {
             ("VAP_RELAY__POLL_INTERVAL_MS".into(), s.relay.poll_interval_ms.to_string()),
             ("VAP_RELAY__BATCH_SIZE".into(), s.relay.batch_size.to_string()),
             ("VAP_INBOX__ENABLED".into(), s.inbox.enabled.to_string()),
+            ("VAP_DESTINATIONS__ALLOW".into(), s.destinations.allow.join(",")),
             ("VAP_LOG__LEVEL".into(), "warn".into()),
         ]
     }

@@ -104,6 +104,8 @@ fn inventory(dir: &Path, host_root: &Path, worker_root: &Path, ports: &Ports) ->
         "vap_relay_metrics_listen": format!("127.0.0.1:{}", ports.relay_metrics),
         "vap_orchestrator_metrics_listen": format!("127.0.0.1:{}", ports.orchestrator_metrics),
         "vap_max_workers": 2,
+        // The test's camera is a loopback RTSP server.
+        "vap_destinations_allow": ["127.0.0.0/8"],
     });
     let inventory = json!({
         "vap": {

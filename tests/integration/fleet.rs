@@ -89,6 +89,7 @@ pub fn runner_env(app: &TestApp) -> Vec<String> {
         format!("VAP_KAFKA__TOPIC_RUNNER_CONTROL={}", app.settings.kafka.topic_runner_control),
         format!("VAP_RUNNER__MODELS_DIR={}", models_dir().display()),
         "VAP_RUNNER__RECONNECT_MIN_MS=300".into(),
+        format!("VAP_DESTINATIONS__ALLOW={}", app.settings.destinations.allow.join(",")),
     ]
 }
 

@@ -410,6 +410,87 @@ async fn http_source_is_read_like_a_file() {
     assert_eq!(p["results"].as_array().unwrap().len(), 20, "1 fps over 20 s");
 }
 
+/// A camera the API accepted leads FFmpeg elsewhere: HLS playlists naming a local file or a
+/// refused address, a redirect to a refused address, a local playlist naming a network segment.
+/// None is followed: the refused address (127.0.0.2 here, a listener that counts connections)
+/// is never reached, and the local file (a real clip) is never read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playlists_and_redirects_cannot_lead_the_runner_past_the_destination_policy() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut app = TestApp::spawn_with(|s| {
+        s.destinations.allow = vec!["127.0.0.1/32".into()];
+        s.api.allow_file_urls = true;
+    })
+    .await;
+    app.start_relay();
+    let trap = tokio::net::TcpListener::bind("127.0.0.2:0").await.expect("bind 127.0.0.2");
+    let trap_addr = trap.local_addr().unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&reached);
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = trap.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.ts");
+    let made = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-i"])
+        .arg(&media().short)
+        .args(["-c", "copy", "-f", "mpegts"])
+        .arg(&secret)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let playlist = |segment: String| {
+        format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:5\n#EXTINF:5.0,\n{segment}\n#EXT-X-ENDLIST\n")
+    };
+    let routes = vec![
+        ("/local.m3u8", 200, String::new(), playlist(format!("file://{}", secret.display()))),
+        ("/away.m3u8", 200, String::new(), playlist(format!("http://{trap_addr}/seg.ts"))),
+        ("/moved.mp4", 302, format!("http://{trap_addr}/v.mp4"), String::new()),
+    ];
+    let (server, served) = serve_routes(routes).await;
+    // A local playlist (files allowed here) naming a network segment. This and the HTTP playlist
+    // naming a file are refused by FFmpeg 5.1's own default whitelists too; the runner's
+    // explicit whitelist keeps it so whatever the FFmpeg build or the operator's options.
+    let local_playlist = dir.path().join("cam.m3u8");
+    std::fs::write(&local_playlist, playlist(format!("http://{trap_addr}/seg.ts"))).unwrap();
+    let cameras = [
+        (format!("http://{server}/local.m3u8"), Some("/local.m3u8")),
+        (format!("http://{server}/away.m3u8"), Some("/away.m3u8")),
+        (format!("http://{server}/moved.mp4"), Some("/moved.mp4")),
+        (local_playlist.display().to_string(), None),
+    ];
+    for (url, path) in &cameras {
+        let scenario = app.create_scenario(url).await;
+        let mut runner = Runner::start(&app, scenario, url, &[("VAP_RUNNER__OPEN_ATTEMPTS", "1")]);
+        assert_eq!(runner.wait(Duration::from_secs(60)).await, 3, "{url}: {}", runner.all_logs());
+        assert_eq!(reached.load(Ordering::SeqCst), 0, "{url}: the refused address was reached");
+        if let Some(path) = path {
+            assert!(served.lock().unwrap().iter().any(|p| p == path), "{path} was never asked for");
+        }
+        let p = eventually(Duration::from_secs(20), "the scenario to fail", || async {
+            let p = app.prediction(scenario).await;
+            (p["status"] == "failed").then_some(p)
+        })
+        .await;
+        assert_eq!(p["results"].as_array().map(Vec::len), Some(0), "{url}: frames were analysed: {p}");
+    }
+    // The same redirect with 127.0.0.2 allowed reaches the listener: the check above can fail.
+    let url = format!("http://{server}/moved.mp4");
+    let scenario = app.create_scenario(&url).await;
+    let mut runner = Runner::start(
+        &app,
+        scenario,
+        &url,
+        &[("VAP_RUNNER__OPEN_ATTEMPTS", "1"), ("VAP_DESTINATIONS__ALLOW", "127.0.0.0/8")],
+    );
+    runner.wait(Duration::from_secs(60)).await;
+    assert!(reached.load(Ordering::SeqCst) >= 1, "allowed, the redirect was not followed: {}", runner.all_logs());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_that_never_opens_exits_3_and_fails_the_scenario() {
     let app = TestApp::spawn_for_runners().await;
@@ -654,6 +735,44 @@ async fn a_hung_decoder_stops_the_watchdog_pings() {
 }
 
 // ---- helpers: an HTTP file server with ranges, a GStreamer RTSP server ---------------------------
+
+/// Serves fixed answers by path: (path, status, Location, body). Returns the address and the
+/// paths asked for, in order.
+async fn serve_routes(
+    routes: Vec<(&'static str, u16, String, String)>,
+) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let (routes, log) = (Arc::new(routes), Arc::clone(&served));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (routes, log) = (Arc::clone(&routes), Arc::clone(&log));
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_string();
+                    log.lock().unwrap().push(path.clone());
+                    let route = routes.iter().find(|r| r.0 == path);
+                    let mut resp = hyper::Response::builder().status(route.map_or(404, |r| r.1));
+                    if let Some(r) = route.filter(|r| !r.2.is_empty()) {
+                        resp = resp.header("location", r.2.as_str());
+                    }
+                    if path.ends_with(".m3u8") {
+                        resp = resp.header("content-type", "application/vnd.apple.mpegurl");
+                    }
+                    let body = route.map_or_else(String::new, |r| r.3.clone());
+                    async move { Ok::<_, std::convert::Infallible>(resp.body(Full::new(Bytes::from(body))).unwrap()) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, served)
+}
 
 /// Serves one file at any path ending in its name, with byte ranges (FFmpeg seeks in MP4s);
 /// anything else is a 404.
