@@ -469,7 +469,7 @@ async fn playlists_and_redirects_cannot_lead_the_runner_past_the_destination_pol
         assert_eq!(runner.wait(Duration::from_secs(60)).await, 3, "{url}: {}", runner.all_logs());
         assert_eq!(reached.load(Ordering::SeqCst), 0, "{url}: the refused address was reached");
         if let Some(path) = path {
-            assert!(served.lock().unwrap().iter().any(|p| p == path), "{path} was never asked for");
+            assert!(vap::sys::lock(&served).iter().any(|p| p == path), "{path} was never asked for");
         }
         let p = eventually(Duration::from_secs(20), "the scenario to fail", || async {
             let p = app.prediction(scenario).await;
@@ -753,7 +753,7 @@ async fn serve_routes(
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let path = req.uri().path().to_string();
-                    log.lock().unwrap().push(path.clone());
+                    vap::sys::lock(&log).push(path.clone());
                     let route = routes.iter().find(|r| r.0 == path);
                     let mut resp = hyper::Response::builder().status(route.map_or(404, |r| r.1));
                     if let Some(r) = route.filter(|r| !r.2.is_empty()) {
