@@ -113,8 +113,15 @@ pub struct KafkaSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
-    /// Bearer token; empty disables auth. /health and /metrics never need it.
+    /// Bearer token of scope `operate`: everything, POST and PATCH included.
     pub auth_token: Secret,
+    /// Bearer token of scope `read`: GETs and streams only. With neither token set the API is
+    /// open, which vap-api allows only on a loopback address or with `allow_anonymous`.
+    pub read_token: Secret,
+    /// Serve without tokens on a non-loopback address (behind a proxy that authenticates).
+    pub allow_anonymous: bool,
+    /// Whether /metrics answers without a token (scrapers on a private network usually do).
+    pub metrics_public: bool,
     /// Accept `file://` URLs and absolute paths as camera URLs (operator opt-in).
     pub allow_file_urls: bool,
     pub prediction_page_default: i64,
@@ -379,6 +386,9 @@ impl Default for ApiSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             auth_token: Secret::default(),
+            read_token: Secret::default(),
+            allow_anonymous: false,
+            metrics_public: true,
             allow_file_urls: false,
             prediction_page_default: 100,
             prediction_page_max: 1_000,

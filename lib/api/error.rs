@@ -15,6 +15,8 @@ pub enum ApiError {
     InvalidOption(crate::options::OptionError),
     #[error("authentication required: send 'Authorization: Bearer <token>'")]
     Unauthorized,
+    #[error("this token may only read; {0} needs an operate token (api.auth_token)")]
+    Forbidden(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("scenario {0} not found")]
@@ -45,6 +47,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::InvalidOption(_) => (StatusCode::BAD_REQUEST, "invalid_option"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::ScenarioNotFound(_) => (StatusCode::NOT_FOUND, "scenario_not_found"),
             ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

@@ -21,19 +21,38 @@ use crate::options::{Defaults, ScenarioOptions};
 /// The consumer name the inbox stores its positions under.
 pub use crate::inbox::CONSUMER as INBOX_CONSUMER;
 
-pub fn authorized(settings: &ApiSettings, req: &Request<Incoming>) -> bool {
-    if settings.auth_token.is_empty() {
-        return true;
-    }
-    let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let Some(token) = value.strip_prefix("Bearer ") else { return false };
-    constant_time_eq(token.trim().as_bytes(), settings.auth_token.expose().as_bytes())
+/// What a bearer token may do. `Operate` includes reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Read,
+    Operate,
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The scope the request's token grants: every scope when no token is configured, `None` for a
+/// missing or wrong token. The scheme word is case-insensitive (RFC 9110); tokens are compared
+/// in constant time.
+pub fn granted_scope(settings: &ApiSettings, req: &Request<Incoming>) -> Option<Scope> {
+    if settings.auth_token.is_empty() && settings.read_token.is_empty() {
+        return Some(Scope::Operate);
+    }
+    let value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim().as_bytes();
+    let matches = |s: &crate::config::Secret| {
+        !s.is_empty() && bool::from(subtle::ConstantTimeEq::ct_eq(token, s.expose().as_bytes()))
+    };
+    // Both compared, whichever matches, so timing does not tell which scope a guess was near.
+    let (operate, read) = (matches(&settings.auth_token), matches(&settings.read_token));
+    if operate {
+        Some(Scope::Operate)
+    } else if read {
+        Some(Scope::Read)
+    } else {
+        None
+    }
 }
 
 pub fn scenario_json(s: &Scenario, defaults: &Defaults) -> Value {

@@ -3,6 +3,7 @@
 
 mod error;
 mod handlers;
+mod openapi;
 mod sse;
 
 use std::convert::Infallible;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub options: Defaults,
     /// Which camera hosts are refused (literal addresses; runners check resolved names).
     pub destinations: DestinationPolicy,
+    /// The OpenAPI document as this configuration enforces it.
+    pub openapi: Bytes,
 }
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -88,6 +91,7 @@ pub async fn serve(
     let mut tasks = OwnedTasks::new(&shutdown);
     let (outbox_waker, waking) = crate::db::outbox::OutboxWaker::new(pool.clone(), tasks.token());
     tasks.spawn("outbox waker", waking);
+    let openapi = Bytes::from(openapi::document(&settings));
     let state = Arc::new(AppState {
         outbox_waker,
         pool,
@@ -97,6 +101,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         options,
         destinations,
+        openapi,
     });
     tasks.spawn("results listener", sse::forward_notifications(database, results_bus, tasks.token()));
     tasks.spawn("accept loop", accept_loop(listener, state, tasks.token()));
@@ -214,8 +219,15 @@ impl Route {
         }
     }
 
-    fn needs_auth(&self) -> bool {
-        !matches!(self, Route::Health | Route::Metrics)
+    /// The scope a request needs, `None` for open routes: health and readiness (probes carry no
+    /// token), the API's own documentation, and /metrics unless configured otherwise.
+    fn scope(&self, method: &Method, settings: &ApiSettings) -> Option<handlers::Scope> {
+        match self {
+            Route::Health | Route::Ready | Route::OpenApi | Route::Docs => None,
+            Route::Metrics if settings.metrics_public => None,
+            _ if matches!(*method, Method::POST | Method::PATCH) => Some(handlers::Scope::Operate),
+            _ => Some(handlers::Scope::Read),
+        }
     }
 }
 
@@ -263,8 +275,12 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
     if !method_ok {
         return Err(ApiError::MethodNotAllowed { method: req.method().to_string(), allowed });
     }
-    if route.needs_auth() && !handlers::authorized(&state.settings, &req) {
-        return Err(ApiError::Unauthorized);
+    if let Some(needed) = route.scope(req.method(), &state.settings) {
+        match handlers::granted_scope(&state.settings, &req) {
+            None => return Err(ApiError::Unauthorized),
+            Some(granted) if granted < needed => return Err(ApiError::Forbidden(req.method().to_string())),
+            Some(_) => {}
+        }
     }
     match route {
         Route::Health => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "healthy"}))),
@@ -272,7 +288,7 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
         Route::Metrics => {
             Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", handlers::metrics(state).await))
         }
-        Route::OpenApi => Ok(text_response(StatusCode::OK, "application/json", OPENAPI)),
+        Route::OpenApi => Ok(text_response(StatusCode::OK, "application/json", state.openapi.clone())),
         Route::Docs => Ok(text_response(StatusCode::OK, "text/html; charset=utf-8", DOCS_PAGE)),
         Route::InitScenario => handlers::init_scenario(state, req).await,
         Route::ListScenarios => handlers::list_scenarios(state, req.uri().query()).await,
@@ -285,7 +301,6 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
     }
 }
 
-const OPENAPI: &str = include_str!("openapi.json");
 const DOCS_PAGE: &str = include_str!("docs.html");
 
 #[derive(Debug, thiserror::Error)]
@@ -302,8 +317,25 @@ pub enum ApiRunError {
     Config(#[from] crate::config::ConfigError),
 }
 
+/// An API without tokens answers anyone who can reach it: only on loopback, or when asked for.
+pub fn refuse_open_api_beyond_loopback(api: &ApiSettings) -> Result<(), crate::config::ConfigError> {
+    let open = api.auth_token.is_empty() && api.read_token.is_empty();
+    if open && !api.listen.ip().is_loopback() && !api.allow_anonymous {
+        return Err(crate::config::ConfigError::Value {
+            key: "api.auth_token",
+            reason: format!(
+                "vap-api would listen on {} with no token, open to anyone who reaches it; set api.auth_token \
+                 (VAP_API__AUTH_TOKEN), or api.allow_anonymous = true behind a proxy that authenticates",
+                api.listen
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The `vap-api` process: migrate (when configured), bind, serve until `shutdown`, drain.
 pub async fn run(settings: crate::config::Settings, shutdown: CancellationToken) -> Result<(), ApiRunError> {
+    refuse_open_api_beyond_loopback(&settings.api)?;
     let options = Defaults::from_settings(&settings.runner)?;
     tracing::info!(models = ?options.catalogue.names(), default = options.catalogue.default_name(), "model catalogue checked");
     crate::cli::migrate_on_start(&settings).await?;
@@ -329,4 +361,28 @@ pub async fn run(settings: crate::config::Settings, shutdown: CancellationToken)
     };
     tracing::info!("api stopped");
     Ok(drained.unwrap_or_else(|e| Err(TaskFailed { task: "api", reason: e.to_string() }))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn an_open_api_is_refused_beyond_loopback_unless_asked_for() {
+        let api = |listen: &str, token: &str, read: &str, anonymous: bool| ApiSettings {
+            listen: listen.parse().unwrap(),
+            auth_token: Secret::new(token),
+            read_token: Secret::new(read),
+            allow_anonymous: anonymous,
+            ..ApiSettings::default()
+        };
+        assert!(refuse_open_api_beyond_loopback(&api("127.0.0.1:8080", "", "", false)).is_ok());
+        assert!(refuse_open_api_beyond_loopback(&api("[::1]:8080", "", "", false)).is_ok());
+        assert!(refuse_open_api_beyond_loopback(&api("0.0.0.0:8080", "", "", false)).is_err());
+        assert!(refuse_open_api_beyond_loopback(&api("192.168.1.5:8080", "", "", false)).is_err());
+        assert!(refuse_open_api_beyond_loopback(&api("0.0.0.0:8080", "t", "", false)).is_ok());
+        assert!(refuse_open_api_beyond_loopback(&api("0.0.0.0:8080", "", "r", false)).is_ok());
+        assert!(refuse_open_api_beyond_loopback(&api("0.0.0.0:8080", "", "", true)).is_ok());
+    }
 }

@@ -473,24 +473,57 @@ async fn scenario_list_pages_with_a_keyset_cursor_and_filters_by_status() {
 }
 
 #[tokio::test]
-async fn bearer_token_guards_everything_but_health_and_metrics() {
-    let app = TestApp::spawn_with(|s| s.api.auth_token = vap::config::Secret::new("t0ken")).await;
-    assert_eq!(app.get("/health").await.status, StatusCode::OK);
-    assert_eq!(app.get("/metrics").await.status, StatusCode::OK);
-    let r = app.post_json("/api/v1/scenario/init", &json!({"camera_url": "rtsp://cam/a"})).await;
+async fn tokens_have_scopes_and_probes_and_docs_stay_open() {
+    let app = TestApp::spawn_with(|s| {
+        s.api.auth_token = vap::config::Secret::new("op-t0ken");
+        s.api.read_token = vap::config::Secret::new("read-t0ken");
+    })
+    .await;
+    for open in ["/health", "/ready", "/metrics", "/openapi.json", "/docs"] {
+        assert_eq!(app.get(open).await.status, StatusCode::OK, "{open}");
+    }
+    let list = "/api/v1/scenarios";
+    let r = app.get(list).await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized", "Bearer");
-    let r = app.request(Method::GET, "/api/v1/scenarios", &[("authorization", "Bearer wrong")], "").await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let r = app
-        .request(
-            Method::POST,
-            "/api/v1/scenario/init",
-            &[("authorization", "Bearer t0ken"), ("content-type", "application/json")],
-            "{\"camera_url\": \"rtsp://cam/a\"}",
-        )
-        .await;
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    for wrong in ["Bearer wrong", "Basic b3AtdDBrZW4=", "op-t0ken", "Bearer op-t0ke", "Bearer op-t0kenX"] {
+        let r = app.request(Method::GET, list, &[("authorization", wrong)], "").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    // The scheme word is case-insensitive; a read token reads.
+    let r = app.request(Method::GET, list, &[("authorization", "bearer read-t0ken")], "").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let body = "{\"camera_url\": \"rtsp://cam/a\"}";
+    let post = |token: &'static str| {
+        let headers = [("authorization", token), ("content-type", "application/json")];
+        let app = &app;
+        async move { app.request(Method::POST, "/api/v1/scenario/init", &headers, body).await }
+    };
+    let r = post("Bearer read-t0ken").await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", "POST needs an operate token");
+    assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 0);
+    let r = post("BEARER op-t0ken").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let id = r.json()["scenario_uuid"].as_str().unwrap().to_string();
+    let patch = [("authorization", "Bearer read-t0ken"), ("content-type", "application/json")];
+    let r = app.request(Method::PATCH, &format!("/api/v1/scenario/{id}"), &patch, "{\"fps\": 1}").await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", "PATCH");
+    let r =
+        app.request(Method::GET, &format!("/api/v1/scenario/{id}"), &[("authorization", "Bearer op-t0ken")], "").await;
+    assert_eq!(r.status, StatusCode::OK, "an operate token reads too");
     assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 1);
+
+    let private = TestApp::spawn_with(|s| {
+        s.api.read_token = vap::config::Secret::new("read-t0ken");
+        s.api.metrics_public = false;
+    })
+    .await;
+    assert_eq!(private.get("/metrics").await.status, StatusCode::UNAUTHORIZED);
+    let r = private.request(Method::GET, "/metrics", &[("authorization", "Bearer read-t0ken")], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Only a read token: nobody may create scenarios.
+    let r = private.post_json("/api/v1/scenario/init", &json!({"camera_url": "rtsp://cam/a"})).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -599,9 +632,17 @@ async fn openapi_describes_every_route_and_docs_render_it() {
         assert!(spec["paths"][path].is_object(), "openapi.json lacks {path}");
     }
     let init = &spec["paths"]["/api/v1/scenario/init"]["post"]["responses"];
-    for code in ["200", "400", "401", "405", "413", "415", "422", "503"] {
+    for code in ["200", "400", "405", "413", "415", "422", "503"] {
         assert!(init[code].is_object(), "init lacks {code}");
     }
+    // This server has no token: the document guards nothing and promises no 401.
+    assert_eq!(spec["security"], json!([]));
+    assert!(init.get("401").is_none() && init.get("403").is_none(), "{init}");
+    let guarded = TestApp::spawn_with(|s| s.api.auth_token = vap::config::Secret::new("t")).await;
+    let spec = guarded.get("/openapi.json").await.json();
+    assert_eq!(spec["security"], json!([{"bearer": []}]));
+    let init = &spec["paths"]["/api/v1/scenario/init"]["post"]["responses"];
+    assert!(init["401"].is_object() && init["403"].is_object(), "{init}");
     let patch = &spec["paths"]["/api/v1/scenario/{uuid}"]["patch"]["responses"];
     for code in ["200", "400", "404", "409", "415"] {
         assert!(patch[code].is_object(), "patch lacks {code}");

@@ -47,6 +47,7 @@ pub fn unique(prefix: &str) -> String {
 pub struct ApiClient {
     pub base: String,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    token: Option<String>,
 }
 
 pub struct TestApp {
@@ -73,7 +74,12 @@ impl Response {
 
 impl ApiClient {
     pub fn new(base: &str) -> Self {
-        Self { base: base.to_string(), http: Client::builder(TokioExecutor::new()).build_http() }
+        Self { base: base.to_string(), http: Client::builder(TokioExecutor::new()).build_http(), token: None }
+    }
+
+    /// A client that sends `Authorization: Bearer <token>` unless a request sets its own.
+    pub fn with_token(base: &str, token: &str) -> Self {
+        Self { token: Some(token.to_string()), ..Self::new(base) }
     }
 
     pub async fn request(
@@ -86,6 +92,11 @@ impl ApiClient {
         let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base));
         for (k, v) in headers {
             req = req.header(*k, *v);
+        }
+        if let Some(token) =
+            self.token.as_ref().filter(|_| !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")))
+        {
+            req = req.header("authorization", format!("Bearer {token}"));
         }
         let resp = self.http.request(req.body(Full::new(body.into())).unwrap()).await.expect("http request");
         let status = resp.status();

@@ -172,6 +172,16 @@ fn the_api_refuses_to_start_on_a_bad_model_catalogue_naming_the_manifest() {
     assert!(stderr.contains("default model 'nonexistent_model'"), "{stderr}");
 }
 
+#[test]
+fn the_api_refuses_to_listen_beyond_loopback_without_a_token() {
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vap-api")).env("VAP_API__LISTEN", listen).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{listen}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("api.auth_token") && stderr.contains("allow_anonymous"), "{stderr}");
+    }
+}
+
 fn sigterm(child: &std::process::Child) {
     vap::sys::signal(child.id(), vap::sys::SIGTERM);
 }

@@ -286,8 +286,16 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     // Boot them. The camera and the scenarios' runners are real; the hosts share the loopback.
     let mut host = Container::boot_host(&root, &[]);
     let mut worker = Container::boot_host(&worker_root, &[]);
-    let api = ApiClient::new(&format!("http://127.0.0.1:{}", ports.api));
+    // No token in the inventory: the playbook made one beside it, which the API now requires.
+    let token =
+        std::fs::read_to_string(work.path().join("vap-credentials/api_token")).expect("the generated API token");
+    let token = token.split_whitespace().next().unwrap_or_default().to_string();
+    assert!(token.len() >= 32, "{token}");
+    let api = ApiClient::with_token(&format!("http://127.0.0.1:{}", ports.api), &token);
     wait_for_platform(&host, &api).await;
+    let anonymous = ApiClient::new(&api.base);
+    let r = anonymous.get("/api/v1/scenarios").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
     eventually(Duration::from_secs(60), "sshd active on the worker", || async {
         (unit_state(&worker, "ssh.service") == "active").then_some(())
     })
@@ -406,8 +414,10 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
         assert_eq!(&stored_frames(&api.prediction(*id).await), frames);
     }
     // The operator's fleet check (the one vagrant/e2e-test runs): a scenario per host at once.
+    let fleet_token = token.clone();
     let fleet = tokio::task::spawn_blocking(move || {
         Command::new(project().join("scripts/fleet-test"))
+            .env("VAP_API_TOKEN", fleet_token)
             .arg(format!("http://127.0.0.1:{}", ports.api))
             .arg(format!("rtsp://127.0.0.1:{rtsp_port}/cam"))
             .args([HOST, WORKER])
