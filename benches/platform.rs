@@ -139,7 +139,7 @@ async fn seed_outbox(app: &TestApp, n: i64) {
              INSERT INTO outbox (scenario_uuid, event_type, payload)
              SELECT scenario_uuid, 'init_scenario',
                     jsonb_build_object('event_type', 'init_scenario', 'scenario_uuid', scenario_uuid,
-                                       'camera_url', camera_url, 'occurred_at', created_at)
+                                       'occurred_at', created_at)
                FROM s"
         ))
         .await
@@ -228,7 +228,7 @@ async fn raw_produce(app: &TestApp, per_request: usize, total: i64, nodelay: boo
     if nodelay {
         vap::kafka::set_nodelay_on_tcp_sockets();
     }
-    let value = br#"{"event_id":1,"event_type":"init_scenario","scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","camera_url":"rtsp://cam/1","occurred_at":"2026-11-24T10:00:00Z"}"#;
+    let value = br#"{"event_id":1,"event_type":"init_scenario","scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","occurred_at":"2026-11-24T10:00:00Z"}"#;
     let per_request = per_request.max(1);
     let started = Instant::now();
     let mut sent = 0i64;

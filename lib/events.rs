@@ -5,8 +5,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::camera_url::CameraUrl;
-
 /// What happened to a scenario. The Kafka topic is chosen by the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -36,15 +34,14 @@ impl EventKind {
     }
 }
 
-/// A scenario event as published. `camera_url` is the real one (credentials included): the
-/// runner needs it, so these topics must be as private as the database.
+/// A scenario event as published. It names the scenario only: its camera URL (credentials
+/// included) stays in PostgreSQL, where the orchestrator reads it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScenarioEvent {
     /// The outbox row id: unique and increasing, lets consumers drop duplicates.
     pub event_id: i64,
     pub event_type: EventKind,
     pub scenario_uuid: Uuid,
-    pub camera_url: CameraUrl,
     pub occurred_at: DateTime<Utc>,
 }
 

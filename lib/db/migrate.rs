@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "0002_worker_unreachable", include_str!("../../migrations/0002_worker_unreachable.sql")),
     (3, "0003_scenario_options", include_str!("../../migrations/0003_scenario_options.sql")),
     (4, "0004_dead_letters", include_str!("../../migrations/0004_dead_letters.sql")),
+    (5, "0005_events_without_camera_urls", include_str!("../../migrations/0005_events_without_camera_urls.sql")),
 ];
 
 const MIGRATION_LOCK: i64 = 0x0076_6170_5f6d_6967; // "vap_mig"

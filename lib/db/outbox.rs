@@ -3,12 +3,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use uuid::Uuid;
 
 use super::DbError;
-use crate::camera_url::CameraUrl;
 use crate::events::{EventKind, ScenarioEvent};
 
 /// Claims the oldest publishable rows, hands them to `publish`, and marks as published the ids
@@ -42,20 +39,35 @@ where
     if claimed == 0 {
         return Ok(Ok(0));
     }
-    let events = rows
-        .iter()
-        .filter_map(|row| {
-            let payload: serde_json::Value = row.get(3);
-            let created_at: DateTime<Utc> = row.get(4);
-            Some(ScenarioEvent {
-                event_id: row.get(0),
-                event_type: EventKind::parse(row.get(2))?,
-                scenario_uuid: row.get::<_, Uuid>(1),
-                camera_url: CameraUrl::trusted(payload.get("camera_url")?.as_str()?.to_string()),
-                occurred_at: created_at,
-            })
-        })
-        .collect();
+    let mut events = Vec::with_capacity(claimed);
+    let mut unreadable = Vec::new();
+    for row in &rows {
+        let (id, kind): (i64, &str) = (row.get(0), row.get(2));
+        match EventKind::parse(kind) {
+            Some(event_type) => events.push(ScenarioEvent {
+                event_id: id,
+                event_type,
+                scenario_uuid: row.get(1),
+                occurred_at: row.get(4),
+            }),
+            None => unreadable.push((id, format!("unknown event type '{kind}'"), row.get::<_, serde_json::Value>(3))),
+        }
+    }
+    // A row this version can't read (written by a newer one, say) would block its scenario's
+    // later events forever: it is kept in dead_letters, marked published, and said in the log.
+    for (id, reason, payload) in &unreadable {
+        tracing::error!(outbox_id = id, reason, "unreadable outbox row dead-lettered");
+        tx.execute(
+            "INSERT INTO dead_letters (consumer, topic, partition, record_offset, reason, record_value)
+             VALUES ('outbox_relay', 'outbox', 0, $1, $2, $3) ON CONFLICT DO NOTHING",
+            &[id, reason, &serde_json::to_vec(payload).unwrap_or_default()],
+        )
+        .await?;
+    }
+    if !unreadable.is_empty() {
+        let ids: Vec<i64> = unreadable.iter().map(|u| u.0).collect();
+        tx.execute("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1)", &[&ids]).await?;
+    }
     let published = match publish(events).await {
         Ok(ids) => ids,
         Err(e) => return Ok(Err(e)), // the transaction rolls back on drop: rows go back to the pool

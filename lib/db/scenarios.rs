@@ -107,13 +107,12 @@ async fn write_event(
     tx: &deadpool_postgres::Transaction<'_>,
     kind: EventKind,
     uuid: Uuid,
-    camera_url: &str,
     at: DateTime<Utc>,
 ) -> Result<(), DbError> {
+    // No camera URL: events travel on Kafka, the URL and its credentials stay here.
     let payload = serde_json::json!({
         "event_type": kind.as_str(),
         "scenario_uuid": uuid,
-        "camera_url": camera_url,
         "occurred_at": at,
     });
     tx.execute(
@@ -134,7 +133,7 @@ const INSERT_SCENARIO_WITH_EVENT: &str = "
         INSERT INTO outbox (scenario_uuid, event_type, payload)
         SELECT scenario_uuid, 'init_scenario',
                jsonb_build_object('event_type', 'init_scenario', 'scenario_uuid', scenario_uuid,
-                                  'camera_url', camera_url, 'occurred_at', created_at)
+                                  'occurred_at', created_at)
           FROM s)
     SELECT s.*, NULL::text AS backend, NULL::text AS backend_ref, NULL::text AS node,
            NULL::text AS worker_status, NULL::int AS restarts, NULL::text AS last_error,
@@ -230,13 +229,11 @@ pub async fn request_shutdown(pool: &Pool, uuid: Uuid) -> Result<Shutdown, DbErr
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // Lock the row so a concurrent shutdown or status change serialises with us.
-    let Some(row) =
-        tx.query_opt("SELECT status, camera_url FROM scenarios WHERE scenario_uuid = $1 FOR UPDATE", &[&uuid]).await?
+    let Some(row) = tx.query_opt("SELECT status FROM scenarios WHERE scenario_uuid = $1 FOR UPDATE", &[&uuid]).await?
     else {
         return Ok(Shutdown::NotFound);
     };
     let status = ScenarioStatus::parse(row.get(0)).unwrap_or(ScenarioStatus::Failed);
-    let camera_url: String = row.get(1);
     let outcome_kind = match status {
         ScenarioStatus::InitShutdown | ScenarioStatus::InShutdownProcessing => Some(false),
         s if s.is_finished() => None,
@@ -251,7 +248,7 @@ pub async fn request_shutdown(pool: &Pool, uuid: Uuid) -> Result<Shutdown, DbErr
             )
             .await?
             .get(0);
-        write_event(&tx, EventKind::ShutdownScenario, uuid, &camera_url, now).await?;
+        write_event(&tx, EventKind::ShutdownScenario, uuid, now).await?;
     }
     let row = tx.query_one(&format!("{SELECT_SCENARIO} WHERE s.scenario_uuid = $1"), &[&uuid]).await?;
     tx.commit().await?;
@@ -311,7 +308,7 @@ pub async fn change_options<E>(
         )
         .await?
         .get(0);
-    write_event(&tx, EventKind::UpdateScenario, uuid, current.camera_url.expose(), now).await?;
+    write_event(&tx, EventKind::UpdateScenario, uuid, now).await?;
     let row = tx.query_one(&format!("{SELECT_SCENARIO} WHERE s.scenario_uuid = $1"), &[&uuid]).await?;
     tx.commit().await?;
     Ok(OptionsChange::Changed(scenario_from_row(&row)))
