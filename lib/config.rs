@@ -105,6 +105,9 @@ pub struct KafkaSettings {
     pub topic_runner_control: String,
     /// How long one produce may retry before it fails and the batch is retried later.
     pub request_deadline_ms: u64,
+    /// How long one request may go unanswered (a broker that stops answering without closing
+    /// the connection). Must exceed the consumers' fetch wait.
+    pub request_timeout_ms: u64,
     /// Set TCP_NODELAY on the client's sockets (rskafka doesn't); off only to measure why.
     pub tcp_nodelay: bool,
 }
@@ -130,6 +133,12 @@ pub struct ApiSettings {
     pub scenario_page_max: i64,
     /// How long SIGTERM waits for in-flight requests before closing them.
     pub drain_timeout_ms: u64,
+    /// Open connections at most; one more is answered 503 and closed (file descriptors).
+    pub max_connections: usize,
+    /// Open prediction streams (SSE) at most; one more is answered 429.
+    pub max_sse_streams: usize,
+    /// A request body not received within this is answered 408.
+    pub body_read_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -376,6 +385,7 @@ impl Default for KafkaSettings {
             topic_results: "results".into(),
             topic_runner_control: "runner_control".into(),
             request_deadline_ms: 5_000,
+            request_timeout_ms: 10_000,
             tcp_nodelay: true,
         }
     }
@@ -395,6 +405,9 @@ impl Default for ApiSettings {
             scenario_page_default: 50,
             scenario_page_max: 500,
             drain_timeout_ms: 10_000,
+            max_connections: 4_096,
+            max_sse_streams: 1_024,
+            body_read_timeout_ms: 10_000,
         }
     }
 }
@@ -586,6 +599,11 @@ impl Settings {
         }
         if self.kafka.partitions < 1 {
             return bad("kafka.partitions", "must be at least 1");
+        }
+        // The orchestrator's fetches wait up to 500 ms for records.
+        let longest_fetch_wait = u64::try_from(self.inbox.fetch_max_wait_ms).unwrap_or(0).max(500);
+        if self.kafka.request_timeout_ms <= longest_fetch_wait {
+            return bad("kafka.request_timeout_ms", "must exceed inbox.fetch_max_wait_ms (and 500 ms)");
         }
         if self.relay.batch_size < 1 {
             return bad("relay.batch_size", "must be at least 1");

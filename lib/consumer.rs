@@ -115,9 +115,10 @@ impl<H: RecordHandler> PositionedConsumer<H> {
     /// Records from `from` on, in offset order (a fetch can start at the head of the batch
     /// that holds `from`), and the partition's high watermark.
     async fn fetch(&self, topic: &str, partition: i32, from: i64) -> Result<(Vec<RecordAndOffset>, i64), KafkaError> {
-        let client = self.kafka.get().await?.partition(topic, partition).await?;
-        let (mut records, high_watermark) =
-            client.fetch_records(from, 1..self.limits.max_bytes, self.limits.max_wait_ms).await?;
+        let kafka = self.kafka.get().await?;
+        let client = kafka.partition(topic, partition).await?;
+        let fetch = client.fetch_records(from, 1..self.limits.max_bytes, self.limits.max_wait_ms);
+        let (mut records, high_watermark) = crate::kafka::bounded(kafka.request_timeout(), fetch).await?;
         records.retain(|r| r.offset >= from);
         records.sort_by_key(|r| r.offset);
         Ok((records, high_watermark))
@@ -147,8 +148,10 @@ impl<H: RecordHandler> PositionedConsumer<H> {
     /// The stored position fell outside the log (retention, or a broker that lost its data):
     /// continue from the earliest record still kept. Duplicates are harmless; gaps are not.
     async fn recover(&self, at: PartitionRef<'_>, from: i64) -> Option<i64> {
-        let client = self.kafka.get().await.ok()?.partition(at.topic, at.partition).await.ok()?;
-        let earliest = client.get_offset(OffsetAt::Earliest).await.ok()?;
+        let kafka = self.kafka.get().await.ok()?;
+        let client = kafka.partition(at.topic, at.partition).await.ok()?;
+        let earliest =
+            crate::kafka::bounded(kafka.request_timeout(), client.get_offset(OffsetAt::Earliest)).await.ok()?;
         tracing::warn!(
             consumer = at.consumer,
             topic = at.topic,

@@ -361,6 +361,8 @@ pub enum BrokerStorage {
 
 pub struct Broker {
     port: u16,
+    /// The port clients are told to use (metadata), when something sits in front of the broker.
+    advertised: Option<u16>,
     storage: BrokerStorage,
     dir: PathBuf,
     child: Option<Child>,
@@ -368,7 +370,12 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(storage: BrokerStorage) -> Result<Self, DevStackError> {
-        let mut broker = Self { port: free_port()?, storage, dir: scratch_dir("broker")?, child: None };
+        Self::start_advertising(storage, None)
+    }
+
+    /// A broker that tells clients to connect to `advertised` (a proxy on loopback, say).
+    pub fn start_advertising(storage: BrokerStorage, advertised: Option<u16>) -> Result<Self, DevStackError> {
+        let mut broker = Self { port: free_port()?, advertised, storage, dir: scratch_dir("broker")?, child: None };
         broker.resume()?;
         Ok(broker)
     }
@@ -396,12 +403,13 @@ impl Broker {
             return Ok(());
         }
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let storage = match &self.storage {
             BrokerStorage::Memory => "memory://nisshi/".to_string(),
             BrokerStorage::Postgres(u) => u.clone(),
         };
         let mut cmd = Command::new(nisshi_bin()?);
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", &storage, "--cluster-id", "vap"])
             // nisshi reads `.env` from its working directory: give it an empty one.
             .current_dir(&self.dir)

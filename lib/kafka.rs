@@ -4,6 +4,7 @@
 //! PostgreSQL (see `db::results`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,21 @@ pub enum KafkaError {
     Client(#[from] rskafka::client::error::Error),
     #[error("kafka topic {0} has no partitions")]
     NoPartitions(String),
+    #[error("kafka request got no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// Bounds one request. rskafka has no request timeout: a broker that stops answering (without
+/// closing the connection) would otherwise hold the caller, and any transaction it has open,
+/// for good.
+pub async fn bounded<T, E: Into<KafkaError>>(
+    limit: Duration,
+    request: impl Future<Output = Result<T, E>>,
+) -> Result<T, KafkaError> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(answer) => answer.map_err(Into::into),
+        Err(_) => Err(KafkaError::TimedOut(limit)),
+    }
 }
 
 impl KafkaError {
@@ -39,7 +55,10 @@ impl KafkaError {
 pub struct Kafka {
     client: Client,
     nodelay: bool,
+    timeout: Duration,
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
+    /// Each topic's partition ids as the broker reported them (not as configured).
+    topics: Mutex<HashMap<String, Vec<i32>>>,
 }
 
 fn backoff(settings: &KafkaSettings) -> BackoffConfig {
@@ -54,30 +73,58 @@ fn backoff(settings: &KafkaSettings) -> BackoffConfig {
 
 impl Kafka {
     pub async fn connect(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        let client = ClientBuilder::new(settings.brokers.clone())
-            .client_id("vap")
-            .backoff_config(backoff(settings))
-            .build()
-            .await?;
+        let timeout = Duration::from_millis(settings.request_timeout_ms);
+        let client = bounded(
+            timeout,
+            ClientBuilder::new(settings.brokers.clone()).client_id("vap").backoff_config(backoff(settings)).build(),
+        )
+        .await?;
         if settings.tcp_nodelay {
             sweep_nodelay().await;
             spawn_nodelay_sweeper();
         }
-        Ok(Self { client, nodelay: settings.tcp_nodelay, partitions: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            client,
+            nodelay: settings.tcp_nodelay,
+            timeout,
+            partitions: Mutex::new(HashMap::new()),
+            topics: Mutex::new(HashMap::new()),
+        })
     }
 
-    /// Creates `topic` with `partitions` partitions unless it exists; returns its partition ids.
+    /// The limit of one request to the broker ([`bounded`]).
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Creates `topic` with `partitions` partitions unless it exists; returns its partition ids
+    /// (the broker's, remembered: a topic made elsewhere may have another count).
     pub async fn ensure_topic(&self, topic: &str, partitions: i32, replication: i16) -> Result<Vec<i32>, KafkaError> {
+        if let Some(known) = self.topics.lock().await.get(topic) {
+            return Ok(known.clone());
+        }
+        let ids = self.find_or_create_topic(topic, partitions, replication).await?;
+        self.topics.lock().await.insert(topic.to_string(), ids.clone());
+        Ok(ids)
+    }
+
+    async fn find_or_create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication: i16,
+    ) -> Result<Vec<i32>, KafkaError> {
         if let Some(found) = self.topic_partitions(topic).await? {
             return Ok(found);
         }
-        match self.client.controller_client()?.create_topic(topic, partitions, replication, 5_000).await {
+        let controller = self.client.controller_client()?;
+        match bounded(self.timeout, controller.create_topic(topic, partitions, replication, 5_000)).await {
             Ok(()) => tracing::info!(topic, partitions, "topic created"),
-            Err(rskafka::client::error::Error::ServerError {
+            Err(KafkaError::Client(rskafka::client::error::Error::ServerError {
                 protocol_error: rskafka::client::error::ProtocolError::TopicAlreadyExists,
                 ..
-            }) => {}
-            Err(e) => return Err(e.into()),
+            })) => {}
+            Err(e) => return Err(e),
         }
         // Metadata can lag a fresh create for a moment.
         for _ in 0..50 {
@@ -90,7 +137,7 @@ impl Kafka {
     }
 
     async fn topic_partitions(&self, topic: &str) -> Result<Option<Vec<i32>>, KafkaError> {
-        let topics = self.client.list_topics().await?;
+        let topics = bounded(self.timeout, self.client.list_topics()).await?;
         Ok(topics.into_iter().find(|t| t.name == topic).and_then(|t| {
             let mut ids: Vec<i32> = t.partitions.into_iter().collect();
             ids.sort_unstable();
@@ -104,7 +151,9 @@ impl Kafka {
         if let Some(p) = self.partitions.lock().await.get(&key) {
             return Ok(Arc::clone(p));
         }
-        let p = Arc::new(self.client.partition_client(topic, partition, UnknownTopicHandling::Retry).await?);
+        let p = Arc::new(
+            bounded(self.timeout, self.client.partition_client(topic, partition, UnknownTopicHandling::Retry)).await?,
+        );
         if self.nodelay {
             sweep_nodelay().await;
         }
@@ -200,11 +249,12 @@ impl KafkaLink {
             headers: Default::default(),
             timestamp: chrono::Utc::now(),
         };
-        let offsets = kafka
-            .partition(topic, partition)
-            .await?
-            .produce(vec![record], rskafka::client::partition::Compression::NoCompression)
-            .await?;
+        let client = kafka.partition(topic, partition).await?;
+        let offsets = bounded(
+            kafka.request_timeout(),
+            client.produce(vec![record], rskafka::client::partition::Compression::NoCompression),
+        )
+        .await?;
         offsets.first().copied().ok_or_else(|| KafkaError::NoPartitions(topic.to_string()))
     }
 

@@ -43,12 +43,21 @@ impl OutboxRelay {
     /// holds. A partition that fails leaves its rows unpublished for the next round.
     async fn publish(&self, events: Vec<ScenarioEvent>) -> Result<Vec<i64>, KafkaError> {
         let kafka = self.kafka.get().await?;
-        let partitions = self.kafka.settings().partitions;
+        let s = self.kafka.settings();
+        let mut partitions: BTreeMap<&str, i32> = BTreeMap::new();
+        for event in &events {
+            let topic = self.topic(event.event_type);
+            if !partitions.contains_key(topic) {
+                // The topic's real partition count: one made elsewhere need not match the config.
+                let ids = kafka.ensure_topic(topic, s.partitions, s.replication_factor).await?;
+                partitions.insert(topic, ids.len() as i32);
+            }
+        }
         let mut groups: BTreeMap<(&str, i32), EventsAndRecords> = BTreeMap::new();
         for event in &events {
             let key = event.scenario_uuid.to_string().into_bytes();
             let topic = self.topic(event.event_type);
-            let partition = partition_for_key(&key, partitions);
+            let partition = partition_for_key(&key, partitions[topic]);
             let group = groups.entry((topic, partition)).or_default();
             group.0.push(event.event_id);
             group.1.push(Record {
@@ -63,7 +72,8 @@ impl OutboxRelay {
             async move {
                 let client = kafka.partition(topic, partition).await?;
                 let n = records.len();
-                client.produce(records, Compression::NoCompression).await?;
+                crate::kafka::bounded(kafka.request_timeout(), client.produce(records, Compression::NoCompression))
+                    .await?;
                 Ok::<_, KafkaError>((topic, n, ids))
             }
         });

@@ -136,7 +136,9 @@ fn int_param(pairs: &[(String, String)], name: &'static str, min: i64, max: i64)
     }
 }
 
-async fn read_json_body(req: Request<Incoming>) -> Result<(Value, Option<String>), ApiError> {
+/// The body as JSON, with the Idempotency-Key. A body that trickles in slower than
+/// `timeout_ms` (a slow client holding a connection and a task) is a 408.
+async fn read_json_body(req: Request<Incoming>, timeout_ms: u64) -> Result<(Value, Option<String>), ApiError> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     // A PATCH body is a JSON merge patch, which RFC 7396 labels with its own type.
@@ -168,9 +170,10 @@ async fn read_json_body(req: Request<Incoming>) -> Result<(Value, Option<String>
             )
         }
     };
-    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
+    let collect = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+    let bytes = tokio::time::timeout(Duration::from_millis(timeout_ms), collect)
         .await
+        .map_err(|_| ApiError::BodyTimeout(timeout_ms))?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 ApiError::PayloadTooLarge(MAX_BODY_BYTES)
@@ -185,7 +188,7 @@ async fn read_json_body(req: Request<Incoming>) -> Result<(Value, Option<String>
 }
 
 pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let (body, key) = read_json_body(req).await?;
+    let (body, key) = read_json_body(req, state.settings.body_read_timeout_ms).await?;
     let Value::Object(fields) = &body else {
         return Err(ApiError::bad("invalid_body", "request body must be a JSON object"));
     };
@@ -237,7 +240,7 @@ pub async fn patch_scenario(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
-    let (body, _) = read_json_body(req).await?;
+    let (body, _) = read_json_body(req, state.settings.body_read_timeout_ms).await?;
     let Value::Object(patch) = body else {
         return Err(ApiError::bad("invalid_body", "request body must be a JSON object (a merge patch of the options)"));
     };
@@ -363,7 +366,23 @@ pub async fn ready(state: &Arc<AppState>) -> Response<Body> {
 }
 
 /// Request metrics plus gauges read from the database at scrape time.
+/// How long database gauges are reused: a flood of scrapes costs one query per this.
+const GAUGE_TTL: Duration = Duration::from_secs(5);
+
 pub async fn metrics(state: &Arc<AppState>) -> String {
+    state.metrics.set(
+        "vap_api_sse_streams",
+        "Prediction streams (SSE) open.",
+        &[],
+        state.sse_streams.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    // One scrape refreshes at a time; the others (and any within the TTL) render what is known.
+    let Ok(mut refreshed) = state.gauges_refreshed.try_lock() else { return state.metrics.render() };
+    if refreshed.is_some_and(|at| at.elapsed() < GAUGE_TTL) {
+        return state.metrics.render();
+    }
+    *refreshed = Some(std::time::Instant::now());
+    drop(refreshed);
     let gauges = async {
         let (backlog, oldest) = outbox::backlog(&state.pool).await?;
         let lag = positions::lag(&state.pool, INBOX_CONSUMER).await?;

@@ -51,6 +51,10 @@ pub struct AppState {
     pub destinations: DestinationPolicy,
     /// The OpenAPI document as this configuration enforces it.
     pub openapi: Bytes,
+    /// Prediction streams open now (capped by `max_sse_streams`).
+    pub sse_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// When the database gauges of /metrics were last read.
+    pub gauges_refreshed: tokio::sync::Mutex<Option<Instant>>,
 }
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -102,6 +106,8 @@ pub async fn serve(
         options,
         destinations,
         openapi,
+        sse_streams: Arc::default(),
+        gauges_refreshed: tokio::sync::Mutex::new(None),
     });
     tasks.spawn("results listener", sse::forward_notifications(database, results_bus, tasks.token()));
     tasks.spawn("accept loop", accept_loop(listener, state, tasks.token()));
@@ -126,6 +132,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, shutdown: Canc
                         continue;
                     }
                 };
+                if connections.len() >= state.settings.max_connections {
+                    refuse_busy(&stream);
+                    state.metrics.inc(
+                        "vap_http_connections_refused_total",
+                        "Connections answered 503 at api.max_connections.",
+                        &[],
+                        1,
+                    );
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 let state = Arc::clone(&state);
                 let service = hyper::service::service_fn(move |req| {
@@ -153,6 +169,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, shutdown: Canc
         tracing::warn!("drain timed out; closing remaining connections");
     }
     connections.shutdown().await;
+}
+
+/// Over the connection cap: a 503 in one write (a fresh socket's buffer takes it whole), closed.
+fn refuse_busy(stream: &tokio::net::TcpStream) {
+    const BODY: &str = r#"{"error": {"code": "too_many_connections", "message": "this server is at its connection limit; retry later"}}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.try_write(head.as_bytes());
 }
 
 /// The route template, for metrics labels (never the raw path: uuids would explode cardinality).

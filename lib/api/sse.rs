@@ -5,6 +5,7 @@
 //! coalesced or missed notifications can't skip or repeat a frame.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +78,8 @@ pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) ->
         })?),
     };
     scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
+    let slot = StreamSlot::take(&state.sse_streams, state.settings.max_sse_streams)
+        .ok_or(ApiError::TooManyStreams(state.settings.max_sse_streams))?;
     // Subscribe before reading the starting point, so nothing stored in between is missed.
     let wake = state.results_bus.subscribe();
     let cursor = match after {
@@ -85,7 +88,7 @@ pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) ->
     };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
     // The pump belongs to the response body: a client that goes away aborts it.
-    let pump = AbortOnDrop(tokio::spawn(pump(Arc::clone(state), uuid, cursor, wake, tx)));
+    let pump = AbortOnDrop(tokio::spawn(pump(Arc::clone(state), uuid, cursor, wake, tx, slot)));
     let body = StreamBody::new(tokio_stream_from(rx, pump)).boxed();
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -105,6 +108,22 @@ fn tokio_stream_from<T: Send + 'static>(
     })
 }
 
+/// One of `max_sse_streams`, held by a pump for as long as it runs.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Self(Arc::clone(open)))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -119,6 +138,7 @@ async fn pump(
     mut cursor: i64,
     mut wake: broadcast::Receiver<Uuid>,
     tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+    _slot: StreamSlot,
 ) {
     let send = |text: String| {
         let tx = tx.clone();
@@ -139,7 +159,16 @@ async fn pump(
                 }
                 Err(e) => {
                     tracing::warn!(scenario_uuid = %uuid, error = %e, "SSE read failed; retrying");
-                    tokio::time::sleep(backoff.next_delay().unwrap_or(Duration::from_secs(5))).await;
+                    // Writing is how a departed client is noticed: without it, a pump would
+                    // retry for a client long gone until the database came back.
+                    if !send(": database unavailable; retrying\n\n".into()).await {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay().unwrap_or(Duration::from_secs(5))) => {}
+                        _ = tx.closed() => return,
+                        _ = state.shutdown.cancelled() => return,
+                    }
                     continue;
                 }
             };

@@ -175,9 +175,22 @@ pub async fn record_spec(pool: &Pool, scenario: Uuid, digest: &str) -> Result<()
     Ok(())
 }
 
-/// Over the cap: the scenario waits for a slot (the API shows the worker as `waiting`).
-pub async fn record_waiting(pool: &Pool, scenario: Uuid, backend: &str) -> Result<(), DbError> {
-    record_placed(pool, &WorkerRecord::status(scenario, backend, WorkerStatus::Waiting)).await
+/// Over the cap: these scenarios wait for a slot (the API shows their workers as `waiting`).
+/// One statement for all: a queue can hold tens of thousands.
+pub async fn record_waiting(pool: &Pool, scenarios: &[Uuid], backend: &str) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO workers AS w (scenario_uuid, backend, status)
+         SELECT unnest($1::uuid[]), $2, 'waiting'
+         ON CONFLICT (scenario_uuid) DO UPDATE SET backend = EXCLUDED.backend, status = 'waiting', updated_at = now()
+          WHERE (w.backend, w.status) IS DISTINCT FROM (EXCLUDED.backend, 'waiting')",
+        &[&scenarios, &backend],
+    )
+    .await?;
+    move_scenarios(&tx, scenarios, &["init_startup"], "in_startup_processing", None).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The runner's host does not answer: the worker shows it, and the scenario stays as it is.

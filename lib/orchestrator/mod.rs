@@ -212,15 +212,15 @@ impl Orchestrator {
             if lock.simple_query("SELECT 1").await.is_err() {
                 break;
             }
-            self.reconcile_round().await;
+            self.reconcile_round(&stop).await;
         }
         self.backend.release();
         consumers.shutdown().await
     }
 
-    async fn reconcile_round(&self) {
+    async fn reconcile_round(&self, stop: &CancellationToken) {
         let started = Instant::now();
-        match self.reconcile().await {
+        match self.reconcile(stop).await {
             Ok(n) => {
                 self.metrics.observe(
                     "vap_orchestrator_reconcile_seconds",
@@ -236,8 +236,9 @@ impl Orchestrator {
         }
     }
 
-    /// One round: list, plan, act. Returns the number of actions taken.
-    async fn reconcile(&self) -> Result<usize, ReconcileError> {
+    /// One round: list, plan, act. Returns the number of actions taken. A round ends early at
+    /// `stop` (between actions, each its own transaction), so SIGTERM never waits on a long queue.
+    async fn reconcile(&self, stop: &CancellationToken) -> Result<usize, ReconcileError> {
         let scenarios = workers::active_scenarios(&self.pool).await?;
         let stored: HashMap<Uuid, &workers::ActiveScenario> = scenarios.iter().map(|s| (s.scenario, s)).collect();
         let mut listed = self.list_ours().await?;
@@ -255,9 +256,25 @@ impl Orchestrator {
             }),
             _ => None,
         });
-        let mut taken = self.place(jobs.collect()).await?;
+        let mut taken = self.place(jobs.collect(), stop).await;
+        let (waits, others): (Vec<Action>, Vec<Action>) =
+            others.into_iter().partition(|a| matches!(a, Action::Wait(_)));
+        self.record_waiting(&waits, &stored, stop).await;
         for action in others {
-            self.apply(&action, &stored, &listed).await?;
+            if stop.is_cancelled() {
+                return Ok(taken);
+            }
+            // One action that fails (a host, a row) must not hold back every action after it.
+            if let Err(e) = self.apply(&action, &stored, &listed).await {
+                tracing::warn!(?action, error = %e, "action failed; will retry next round");
+                self.metrics.inc(
+                    "vap_orchestrator_action_failures_total",
+                    "Reconcile actions that failed (retried the next round).",
+                    &[("action", action.name())],
+                    1,
+                );
+                continue;
+            }
             if !matches!(action, Action::Running { .. } | Action::Wait(_) | Action::Unreachable { .. }) {
                 taken += 1;
             }
@@ -332,31 +349,72 @@ impl Orchestrator {
 
     /// Places runners, several at once (each backend call is a network round trip). Returns
     /// how many were placed; a failed placement is retried next round.
-    async fn place(&self, jobs: Vec<RunnerJob>) -> Result<usize, ReconcileError> {
+    async fn place(&self, jobs: Vec<RunnerJob>, stop: &CancellationToken) -> usize {
         let kind = self.backend.kind();
         let placed = futures::stream::iter(jobs)
             .map(|job| async move {
+                if stop.is_cancelled() {
+                    return 0;
+                }
                 match self.backend.start(&job).await {
                     Ok(info) => {
                         tracing::info!(scenario = %job.scenario, backend = kind, reference = info.backend_ref, "runner placed");
                         self.metrics.inc("vap_orchestrator_placements_total", "Runners placed.", &[("backend", kind)], 1);
-                        self.record(&info, true).await?;
-                        workers::record_spec(&self.pool, job.scenario, &job.options.digest()).await?;
-                        Ok(1)
+                        // Placed but not recorded: the next round finds it listed and records it.
+                        let recorded = async {
+                            self.record(&info, true).await?;
+                            workers::record_spec(&self.pool, job.scenario, &job.options.digest()).await?;
+                            Ok::<_, ReconcileError>(())
+                        };
+                        if let Err(e) = recorded.await {
+                            tracing::warn!(scenario = %job.scenario, error = %e, "recording a placement failed");
+                        }
+                        1
                     }
                     Err(e) => {
                         tracing::warn!(scenario = %job.scenario, error = %e, "placement failed; will retry");
-                        Ok(0)
+                        0
                     }
                 }
             })
             .buffer_unordered(PLACEMENT_CONCURRENCY)
-            .collect::<Vec<Result<usize, ReconcileError>>>()
+            .collect::<Vec<usize>>()
             .await;
         placed.into_iter().sum()
     }
 
-    /// Carries out one action other than a start.
+    /// Records the scenarios newly over the cap as waiting, in chunks (a first round can find
+    /// tens of thousands), stopping at `stop`.
+    async fn record_waiting(
+        &self,
+        waits: &[Action],
+        stored: &HashMap<Uuid, &workers::ActiveScenario>,
+        stop: &CancellationToken,
+    ) {
+        const CHUNK: usize = 5_000;
+        // Rounds repeat Wait: only rows that don't already say it are written.
+        let new: Vec<Uuid> = waits
+            .iter()
+            .filter_map(|a| match a {
+                Action::Wait(id) => Some(*id),
+                _ => None,
+            })
+            .filter(|id| {
+                !stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.status == Some(WorkerStatus::Waiting))
+            })
+            .collect();
+        for chunk in new.chunks(CHUNK) {
+            if stop.is_cancelled() {
+                return;
+            }
+            if let Err(e) = workers::record_waiting(&self.pool, chunk, self.backend.kind()).await {
+                tracing::warn!(error = %e, scenarios = chunk.len(), "recording waiting scenarios failed; will retry");
+                return;
+            }
+        }
+    }
+
+    /// Carries out one action other than a start or a wait.
     async fn apply(
         &self,
         action: &Action,
@@ -370,8 +428,7 @@ impl Orchestrator {
         };
         match action {
             Action::Start(_) => {}
-            Action::Wait(id) if worker_shows(id, WorkerStatus::Waiting) => {}
-            Action::Wait(id) => workers::record_waiting(&self.pool, *id, kind).await?,
+            Action::Wait(_) => {}
             Action::Unreachable { scenario, .. } if worker_shows(scenario, WorkerStatus::Unreachable) => {}
             Action::Unreachable { scenario, node } => {
                 tracing::warn!(scenario = %scenario, node, "the runner's host does not answer; leaving it as it is");

@@ -38,6 +38,22 @@ pub enum Action {
     Forget { scenario: Uuid, error: Option<String> },
 }
 
+impl Action {
+    /// A label for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Start(_) => "start",
+            Action::Wait(_) => "wait",
+            Action::Running { .. } => "running",
+            Action::Unreachable { .. } => "unreachable",
+            Action::Stop(_) => "stop",
+            Action::Finish(_) => "finish",
+            Action::Fail { .. } => "fail",
+            Action::Forget { .. } => "forget",
+        }
+    }
+}
+
 /// Decides the actions for one round. `wanted` is in creation order, so scenarios over the cap
 /// start in the order they were created as slots free.
 pub fn plan(wanted: &[Wanted], observed: &[Observed], max_workers: usize) -> Vec<Action> {

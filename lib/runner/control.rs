@@ -34,12 +34,15 @@ impl ControlFollower {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while !stop.is_cancelled() {
             let read = async {
-                let client = self.kafka.get().await?.partition(&topic, partition).await?;
+                let kafka = self.kafka.get().await?;
+                let client = kafka.partition(&topic, partition).await?;
+                let limit = kafka.request_timeout();
                 let from = match offset {
                     Some(o) => o,
-                    None => client.get_offset(OffsetAt::Earliest).await?,
+                    None => crate::kafka::bounded(limit, client.get_offset(OffsetAt::Earliest)).await?,
                 };
-                let (records, _) = client.fetch_records(from, 1..1_000_000, 1_000).await?;
+                // Waits at most 500 ms for records, like every consumer (within the request timeout).
+                let (records, _) = crate::kafka::bounded(limit, client.fetch_records(from, 1..1_000_000, 500)).await?;
                 Ok::<_, KafkaError>((from, records))
             };
             let (from, records) = tokio::select! {

@@ -193,7 +193,8 @@ impl Publisher {
                 *partition.insert(partition_for_key(key, ids.len() as i32))
             }
         };
-        kafka.partition(topic, p).await?.produce(records, Compression::NoCompression).await?;
+        let client = kafka.partition(topic, p).await?;
+        crate::kafka::bounded(kafka.request_timeout(), client.produce(records, Compression::NoCompression)).await?;
         Ok(())
     }
 }

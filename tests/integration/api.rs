@@ -652,3 +652,77 @@ async fn openapi_describes_every_route_and_docs_render_it() {
     assert!(docs.headers["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(docs.text.contains("openapi.json"));
 }
+
+/// Sends raw bytes on a new connection and returns what arrives within `wait` (the whole head
+/// at least, when one comes), with the connection.
+async fn raw(addr: &str, request: &[u8], wait: std::time::Duration) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    // The rest of a small body, if it is on its way.
+    if let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_millis(200), conn.read(&mut buf)).await {
+        got.extend_from_slice(&buf[..n]);
+    }
+    (String::from_utf8_lossy(&got).into_owned(), conn)
+}
+
+#[tokio::test]
+async fn connections_streams_and_slow_bodies_are_bounded() {
+    use std::time::Duration;
+    let app = TestApp::spawn_with(|s| {
+        s.api.max_connections = 4;
+        s.api.max_sse_streams = 2;
+        s.api.body_read_timeout_ms = 500;
+    })
+    .await;
+    let addr = app.api.base.trim_start_matches("http://").to_string();
+    let id = app.create_scenario("rtsp://cam/bounded").await;
+    let stream = format!("GET /api/v1/prediction/{id}/stream HTTP/1.1\r\nhost: x\r\n\r\n");
+
+    // Two streams are open; a third is 429 with Retry-After; one closing frees its slot.
+    let (head, first) = raw(&addr, stream.as_bytes(), Duration::from_secs(5)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, _second) = raw(&addr, stream.as_bytes(), Duration::from_secs(5)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, _) = raw(&addr, stream.as_bytes(), Duration::from_secs(5)).await;
+    assert!(head.starts_with("HTTP/1.1 429") && head.contains("too_many_streams"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after: 5"), "{head}");
+    let metrics = app.get("/metrics").await.text;
+    assert!(metrics.contains("vap_api_sse_streams 2"), "{metrics}");
+    drop(first);
+    let _third = common::eventually(Duration::from_secs(20), "the stream's slot back", || async {
+        let (head, conn) = raw(&addr, stream.as_bytes(), Duration::from_secs(5)).await;
+        head.starts_with("HTTP/1.1 200").then_some(conn)
+    })
+    .await;
+
+    // A body that stops arriving: 408 after the timeout, and the connection closes.
+    let slow = b"POST /api/v1/scenario/init HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"camera";
+    let started = std::time::Instant::now();
+    let (head, _) = raw(&addr, slow, Duration::from_secs(5)).await;
+    assert!(head.starts_with("HTTP/1.1 408") && head.contains("request_timeout"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    // Two streams hold two of four connections; two idle ones fill the rest: the next is 503.
+    // (The 408's connection was closed by the server.)
+    let _idle =
+        [tokio::net::TcpStream::connect(&addr).await.unwrap(), tokio::net::TcpStream::connect(&addr).await.unwrap()];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (head, _) = raw(&addr, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(head.starts_with("HTTP/1.1 503") && head.contains("too_many_connections"), "{head}");
+    drop(_idle);
+    common::eventually(Duration::from_secs(10), "a connection slot back", || async {
+        let (head, _) = raw(&addr, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n", Duration::from_secs(5)).await;
+        head.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+}

@@ -176,10 +176,15 @@ impl TestApp {
 
     /// A fresh database (migrated), a broker, and the API serving on a free port.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_with_broker(Broker::start(BrokerStorage::Memory).expect("start broker"), adjust).await
+    }
+
+    /// The same with a broker of the test's own (one behind a proxy, say); `adjust` may point
+    /// `kafka.brokers` elsewhere.
+    pub async fn spawn_with_broker(broker: Broker, adjust: impl FnOnce(&mut Settings)) -> Self {
         let pg = cluster();
         let db = unique("t");
         pg.create_database(&db).await.expect("create database");
-        let broker = Broker::start(BrokerStorage::Memory).expect("start broker");
         let mut settings = Settings::default();
         settings.database = pg.settings(&db);
         settings.database.pool_size = 8;
@@ -382,4 +387,56 @@ pub fn result_json(scenario: uuid::Uuid, frame: i64) -> Vec<u8> {
         "model": "ssdlite_person_300",
     }))
     .unwrap()
+}
+
+/// A loopback TCP proxy that can stop forwarding without closing anything: a broker (or any
+/// peer) that stops answering, the fault no connection error reports.
+pub struct BlackHoleProxy {
+    pub addr: std::net::SocketAddr,
+    holed: tokio::sync::watch::Sender<bool>,
+}
+
+impl BlackHoleProxy {
+    /// Listens on `listener` and forwards each connection to `target`.
+    pub fn start(listener: tokio::net::TcpListener, target: String) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let (holed, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let (cr, cw) = client.into_split();
+                let (ur, uw) = upstream.into_split();
+                tokio::spawn(Self::pump(cr, uw, watch.clone()));
+                tokio::spawn(Self::pump(ur, cw, watch.clone()));
+            }
+        });
+        Self { addr, holed }
+    }
+
+    /// Stops (true) or resumes (false) forwarding on every connection, old and new.
+    pub fn hole(&self, holed: bool) {
+        self.holed.send_replace(holed);
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut holed: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if holed.wait_for(|h| !*h).await.is_err() {
+                return;
+            }
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // Bytes read just as the hole opened wait for it to close.
+            if holed.wait_for(|h| !*h).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
 }

@@ -237,3 +237,86 @@ async fn a_crash_looping_runner_fails_its_scenario_after_the_restart_limit() {
     let _ = orchestrator.kill();
     let _ = orchestrator.wait();
 }
+
+/// One scenario's action fails every round (its worker row refuses the update, as a full disk
+/// or a bad row would): the scenarios after it are still stopped when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_action_does_not_hold_back_the_rest_of_the_round() {
+    let app = TestApp::spawn_for_runners().await;
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+    let camera = format!("rtsp://127.0.0.1:{port}/cam");
+    // Created first, so its actions come first in every round.
+    let stuck = app.create_scenario(&camera).await;
+    let others = [app.create_scenario(&camera).await, app.create_scenario(&camera).await];
+    let _reaper = RunnerReaper(HashSet::from([stuck, others[0], others[1]]));
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_for_the_test() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'this row refuses updates'; END $$;
+             CREATE TRIGGER refuse_for_the_test BEFORE UPDATE ON workers FOR EACH ROW
+               WHEN (NEW.scenario_uuid = '{stuck}' AND NEW.status = 'running')
+               EXECUTE FUNCTION refuse_for_the_test();"
+        ))
+        .await
+        .unwrap();
+    let mut orchestrator = spawn_orchestrator(&app, 4);
+    for id in others {
+        app.wait_for_status(id, "active", Duration::from_secs(90)).await;
+        app.shutdown_scenario(id).await;
+    }
+    for id in others {
+        let s = app.wait_for_status(id, "inactive", Duration::from_secs(30)).await;
+        assert_eq!(s["worker"]["status"], "stopped", "{s}");
+    }
+    assert_eq!(app.scenario(stuck).await["worker"]["status"], "starting", "the refused update never happened");
+    app.shutdown_scenario(stuck).await;
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+}
+
+/// SIGTERM while the first round over a queue of 60,000 scenarios (MAX_WORKERS 1) is being
+/// written: the orchestrator exits 0 within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_sixty_thousand_scenarios_queued_exits_within_five_seconds() {
+    let app = TestApp::spawn().await;
+    // A camera that accepts and never answers: the one runner placed waits in its open.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let camera = format!("rtsp://{}/cam", silent.local_addr().unwrap());
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO scenarios (scenario_uuid, camera_url, status)
+             SELECT gen_random_uuid(), $1, 'init_startup' FROM generate_series(1, 60000)",
+            &[&camera],
+        )
+        .await
+        .unwrap();
+    let first: Uuid =
+        client.query_one("SELECT scenario_uuid FROM scenarios ORDER BY seq LIMIT 1", &[]).await.unwrap().get(0);
+    let _reaper = RunnerReaper(HashSet::from([first]));
+    let mut orchestrator = spawn_orchestrator(&app, 1);
+    eventually(Duration::from_secs(60), "the first round to be writing", || async {
+        (app.scalar("SELECT count(*) FROM workers").await > 0).then_some(())
+    })
+    .await;
+    let asked = Instant::now();
+    vap::sys::signal(orchestrator.id(), vap::sys::SIGTERM);
+    let status = loop {
+        if let Some(status) = orchestrator.try_wait().unwrap() {
+            break status;
+        }
+        if asked.elapsed() > Duration::from_secs(30) {
+            let _ = orchestrator.kill();
+            panic!("still running 30 s after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?} to exit");
+    eprintln!("orchestrator exited {took:?} after SIGTERM with 60,000 queued");
+}

@@ -244,3 +244,117 @@ async fn an_unreadable_outbox_row_is_dead_lettered_and_does_not_block_its_scenar
     assert_eq!(consumer, "outbox_relay");
     assert!(reason.contains("pause_scenario"), "{reason}");
 }
+
+/// A topic made elsewhere with another partition count than vap's setting: events still go
+/// where Kafka's partitioner puts their key for the topic as it is.
+#[tokio::test]
+async fn events_go_to_the_partition_of_the_topics_real_partition_count() {
+    let mut app = TestApp::spawn_with(|s| s.kafka.partitions = 4).await;
+    let kafka = app.kafka().await;
+    let topic = app.settings.kafka.topic_init_scenario.clone();
+    kafka.controller_client().unwrap().create_topic(&topic, 3, 1, 5_000).await.unwrap();
+    let mut created = HashSet::new();
+    for i in 0..12 {
+        created.insert(app.create_scenario(&format!("rtsp://cam/{i}")).await);
+    }
+    app.start_relay();
+    wait_outbox_empty(&app, Duration::from_secs(30)).await;
+    let records = common::read_topic(&kafka, &topic, 3).await;
+    let mut seen = HashSet::new();
+    for (partition, _, record) in &records {
+        let key = record.key.as_deref().unwrap();
+        assert_eq!(*partition, vap::kafka::partition_for_key(key, 3), "{}", String::from_utf8_lossy(key));
+        seen.insert(uuid::Uuid::parse_str(std::str::from_utf8(key).unwrap()).unwrap());
+    }
+    assert_eq!((records.len(), seen), (12, created));
+}
+
+/// The broker stops answering (a proxy in front of it stops forwarding, nothing is closed) for
+/// two minutes while scenarios are created and results flow: the API stays ready, the relay
+/// live, no transaction stays open past the request timeout, and afterwards every event is
+/// published (once per outbox id) and every result stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_answering_for_two_minutes_holds_no_transaction_and_loses_nothing() {
+    const HOLE: Duration = Duration::from_secs(120);
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_port = front.local_addr().unwrap().port();
+    let broker =
+        vap::devstack::Broker::start_advertising(vap::devstack::BrokerStorage::Memory, Some(front_port)).unwrap();
+    let proxy = common::BlackHoleProxy::start(front, broker.addr());
+    let relay_metrics = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap());
+    let metrics = relay_metrics.clone();
+    let mut app = TestApp::spawn_with_broker(broker, move |s| {
+        s.kafka.brokers = vec![format!("127.0.0.1:{front_port}")];
+        s.kafka.request_timeout_ms = 2_000;
+        s.relay.metrics_listen = metrics;
+    })
+    .await;
+    app.start_relay();
+    let before = [app.create_scenario("rtsp://cam/a").await, app.create_scenario("rtsp://cam/b").await];
+    wait_outbox_empty(&app, Duration::from_secs(30)).await;
+    app.produce_results((0..10).map(|f| (before[0], common::result_json(before[0], f))).collect()).await;
+
+    proxy.hole(true);
+    let holed_at = std::time::Instant::now();
+    let mut during = Vec::new();
+    let mut longest_transaction = 0.0f64;
+    while holed_at.elapsed() < HOLE {
+        if during.len() < 4 {
+            during.push(app.create_scenario(&format!("rtsp://cam/during-{}", during.len())).await);
+        }
+        assert_eq!(app.get("/ready").await.status, StatusCode::OK, "the API stopped being ready");
+        let relay = reqwest_status(&format!("http://{relay_metrics}/health")).await;
+        assert_eq!(relay, 200, "the relay stopped being live");
+        let open: f64 = app
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT COALESCE(max(extract(epoch FROM now() - xact_start)), 0)::float8 FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        longest_transaction = longest_transaction.max(open);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The request timeout is 2 s: a transaction open much longer waits on the broker.
+    assert!(longest_transaction < 5.0, "a transaction stayed open {longest_transaction:.1} s");
+    assert_eq!(app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await, during.len() as i64);
+
+    proxy.hole(false);
+    wait_outbox_empty(&app, Duration::from_secs(60)).await;
+    app.produce_results((10..20).map(|f| (before[0], common::result_json(before[0], f))).collect()).await;
+    eventually(Duration::from_secs(60), "20 results stored", || async {
+        (app.scalar("SELECT count(*) FROM scenario_results").await == 20).then_some(())
+    })
+    .await;
+    // A produce the relay gave up on may still reach the broker when the hole closes, and is
+    // sent again: Kafka holds events at least once, each with its outbox id, by which the
+    // orchestrator drops repeats. Every event is there, and no id names two scenarios.
+    let events = events(&app.read_topic(&app.settings.kafka.topic_init_scenario).await);
+    let by_id: std::collections::HashMap<i64, uuid::Uuid> =
+        events.iter().map(|e| (e.event_id, e.scenario_uuid)).collect();
+    assert!(events.iter().all(|e| by_id[&e.event_id] == e.scenario_uuid));
+    let mut ids: Vec<uuid::Uuid> = by_id.into_values().collect();
+    ids.sort();
+    let mut wanted: Vec<uuid::Uuid> = before.iter().chain(&during).copied().collect();
+    wanted.sort();
+    assert_eq!(ids, wanted, "each init event, once per outbox id");
+    let p = app.prediction(before[0]).await;
+    let frames: Vec<i64> =
+        p["results"].as_array().unwrap().iter().map(|r| r["frame_number"].as_i64().unwrap()).collect();
+    assert_eq!(frames, (0..20).collect::<Vec<_>>());
+}
+
+async fn reqwest_status(url: &str) -> u16 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    match tokio::time::timeout(Duration::from_secs(5), client.get(url.parse().unwrap())).await {
+        Ok(Ok(r)) => r.status().as_u16(),
+        _ => 0,
+    }
+}
