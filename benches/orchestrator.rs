@@ -88,6 +88,8 @@ async fn local_latency(app: &TestApp, video: &str) {
             ("VAP_RUNNER__MODELS_DIR".to_string(), models_dir().to_str().unwrap().to_string()),
             ("VAP_SCENARIO_UUID".to_string(), id.to_string()),
             ("VAP_CAMERA_URL".to_string(), video.clone()),
+            ("VAP_RESULTS_KEY".to_string(), app.results_key(id).await),
+            ("VAP_SCENARIO_EPOCH".to_string(), app.epoch(id).await),
         ]);
         let mut runner = common::spawn_binary(RUNNER_BIN, &env, &[]);
         while app.get(&format!("/api/v1/prediction/{id}?limit=1")).await.json()["total_frames_processed"]
@@ -212,6 +214,7 @@ async fn nomad_placements(app: &mut TestApp) {
                     epoch: chrono::Utc::now(),
                     options: Default::default(),
                     options_revision: 0,
+                    results_key: vap::signing::ResultsKey::new(vec![1; 32]),
                 };
                 client.register_job(&vap::orchestrator::nomad::job_spec(&settings, &spec)).await.unwrap();
             }

@@ -242,6 +242,7 @@ fn run_runner(video: &Path, manifest: &Path, broker: &str, threads: usize) -> (V
         .env("VAP_LOG__JSON", "true")
         .env("VAP_SCENARIO_UUID", uuid::Uuid::new_v4().to_string())
         .env("VAP_CAMERA_URL", video)
+        .env("VAP_RESULTS_KEY", "ab".repeat(32))
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn vap-runner");
@@ -336,13 +337,16 @@ async fn drain(broker: &str, nodelay: bool, count: usize, batch: usize) -> f64 {
     let warm = Arc::new(ResultBuffer::new(2));
     warm.push(result_record(scenario, value.clone(), chrono::Utc::now()));
     warm.close();
-    Publisher { kafka: Arc::clone(&kafka), scenario, batch }.run(warm, CancellationToken::new()).await;
+    let signer = vap::signing::ResultsKey::new(vec![1; 32]);
+    Publisher { kafka: Arc::clone(&kafka), scenario, batch, signer: signer.clone() }
+        .run(warm, CancellationToken::new())
+        .await;
     for _ in 1..count {
         buffer.push(result_record(scenario, value.clone(), chrono::Utc::now()));
     }
     buffer.close();
     let started = Instant::now();
-    let left = Publisher { kafka, scenario, batch }.run(Arc::clone(&buffer), CancellationToken::new()).await;
+    let left = Publisher { kafka, scenario, batch, signer }.run(Arc::clone(&buffer), CancellationToken::new()).await;
     assert_eq!(left, 0);
     count as f64 / started.elapsed().as_secs_f64()
 }

@@ -60,7 +60,7 @@ job "vap-orchestrator" {
         VAP_ORCHESTRATOR__METRICS_LISTEN   = "${NOMAD_ADDR_metrics}"
         VAP_ORCHESTRATOR__NOMAD__ADDRESS   = "http://${attr.unique.network.ip-address}:4646"
         VAP_ORCHESTRATOR__NOMAD__NAMESPACE = var.runner_namespace
-        VAP_ORCHESTRATOR__NOMAD__DRIVER    = "raw_exec"
+        VAP_ORCHESTRATOR__NOMAD__DRIVER    = "exec"
         VAP_ORCHESTRATOR__NOMAD__COMMAND   = "/usr/local/bin/vap-runner"
         VAP_DATABASE__HOST                 = var.database_host
         VAP_KAFKA__BROKERS                 = var.kafka_brokers

@@ -33,24 +33,33 @@ job "vap-runner-6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10" { # vap-runner-<scenario u
     }
 
     task "runner" {
-      driver = "raw_exec"     # driver: raw_exec | exec | docker (image)
+      driver = "exec"         # driver: exec (isolated) | raw_exec | docker (image)
 
       config {
         command = "/usr/local/bin/vap-runner"   # command
         args    = ["--scenario", "6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10"]
       }
 
-      # runner_env, then the scenario's own. The camera URL (credentials included) is in Env,
-      # never in args: restrict read-job in the namespace with an ACL policy.
+      # runner_env, then the scenario's own: nothing secret. The camera URL (credentials
+      # included) and the results key are the Variable nomad/jobs/<this job>, which the
+      # orchestrator writes before it registers the job; the template renders it into the
+      # task's secrets dir, readable by the task only.
       env {
         VAP_KAFKA__BROKERS     = "kafka-1:9092,kafka-2:9092"
         VAP_LOG__JSON          = "true"
         VAP_RUNNER__MODELS_DIR = "/usr/local/share/vap/models"   # the clients' catalogue
         VAP_SCENARIO_UUID      = "6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10"
         VAP_SCENARIO_EPOCH     = "2026-11-24T10:00:00+00:00"
-        VAP_CAMERA_URL         = "rtsp://user:pass@camera-7.local/stream"
         VAP_SCENARIO_OPTIONS   = "{\"model\":\"yolov3_tiny_coco_416\",\"fps\":2.0}"
         VAP_OPTIONS_REVISION   = "3"
+        VAP_JOB_SECRETS        = "file:${NOMAD_SECRETS_DIR}/vap-job.json"
+      }
+
+      template {
+        data        = "{{ with nomadVar \"nomad/jobs/vap-runner-6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10\" }}{{ .job }}{{ end }}"
+        destination = "secrets/vap-job.json"
+        perms       = "0400"
+        change_mode = "restart"
       }
 
       kill_signal  = "SIGTERM" # the runner flushes what it analysed, then exits 0

@@ -481,7 +481,7 @@ impl Default for NomadBackendSettings {
             region: String::new(),
             ca_file: None,
             datacenters: vec!["*".into()],
-            driver: "raw_exec".into(),
+            driver: "exec".into(),
             command: "/usr/local/bin/vap-runner".into(),
             image: String::new(),
             runner_config: None,

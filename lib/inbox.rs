@@ -56,19 +56,21 @@ struct StoreResults {
 
 impl RecordHandler for StoreResults {
     async fn apply(&self, advance: Advance<'_>, records: &[RecordAndOffset]) -> Result<bool, DbError> {
+        let parsed: Vec<Result<ResultsRecord, Refusal>> = records.iter().map(parse).collect();
+        let mut ids: Vec<uuid::Uuid> =
+            parsed.iter().filter_map(|p| p.as_ref().ok().map(ResultsRecord::scenario)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let facts = results::signing_facts(&self.pool, &ids).await?;
+        let now = chrono::Utc::now();
         let mut batch = Batch { frames: Vec::with_capacity(records.len()), ..Batch::default() };
-        for r in records {
-            let parsed = match r.record.value.as_deref().map(ResultsRecord::parse) {
-                None => Err(("empty", "record has no value".to_string())),
-                Some(Err(e)) => Err(("malformed", e.to_string())),
-                // The key places the record on its scenario's partition, in order: it must be
-                // the scenario the record says.
-                Some(Ok(p)) if r.record.key.as_deref() != Some(p.scenario().to_string().as_bytes()) => {
-                    Err(("key_mismatch", format!("record key is not its scenario {}", p.scenario())))
-                }
-                Some(Ok(p)) => Ok(p),
-            };
-            match parsed {
+        for (r, parsed) in records.iter().zip(parsed) {
+            let checked = parsed.and_then(|p| match facts.get(&p.scenario()) {
+                // Unknown scenarios are counted (not set aside) where they are stored.
+                None => Ok(p),
+                Some(f) => check(&p, &r.record, f, now).map(|()| p),
+            });
+            match checked {
                 Ok(ResultsRecord::Frame(result)) => batch.frames.push((r.offset, result)),
                 Ok(ResultsRecord::End(end)) => {
                     tracing::info!(scenario = %end.scenario_uuid, reason = ?end.end_of_stream, detail = end.detail, "stream ended");
@@ -97,6 +99,60 @@ impl RecordHandler for StoreResults {
             &[("partition", &partition.to_string())],
             lag as f64,
         );
+    }
+}
+
+/// Why a record is refused: a metric label and the detail.
+type Refusal = (&'static str, String);
+
+/// Runners' clocks and the database's differ a little; more than this ahead is forged.
+const CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+fn parse(r: &RecordAndOffset) -> Result<ResultsRecord, Refusal> {
+    match r.record.value.as_deref().map(ResultsRecord::parse) {
+        None => Err(("empty", "record has no value".to_string())),
+        Some(Err(e)) => Err(("malformed", e.to_string())),
+        // The key places the record on its scenario's partition, in order: it must be the
+        // scenario the record says.
+        Some(Ok(p)) if r.record.key.as_deref() != Some(p.scenario().to_string().as_bytes()) => {
+            Err(("key_mismatch", format!("record key is not its scenario {}", p.scenario())))
+        }
+        Some(Ok(p)) => Ok(p),
+    }
+}
+
+/// Signed with the scenario's key; a frame not from the future; nothing produced after the
+/// scenario came to rest (a replayed end, a late forgery).
+fn check(
+    record: &ResultsRecord,
+    raw: &rskafka::record::Record,
+    facts: &results::SigningFacts,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), Refusal> {
+    let value = raw.value.as_deref().unwrap_or_default();
+    match raw.headers.get(crate::signing::SIGNATURE_HEADER) {
+        None => return Err(("unsigned", "record has no signature".into())),
+        Some(signature) if !facts.key.verify(value, signature) => {
+            return Err(("bad_signature", "signature does not verify with the scenario's key".into()))
+        }
+        Some(_) => {}
+    }
+    let latest = facts.rested_at.unwrap_or(now) + CLOCK_SKEW;
+    match record {
+        ResultsRecord::End(_) if facts.rested_at.is_some() => {
+            Err(("not_running", "end of stream for a scenario already at rest".into()))
+        }
+        ResultsRecord::End(_) => Ok(()),
+        ResultsRecord::Frame(f) => {
+            let at = chrono::Duration::try_milliseconds(f.frame_number).and_then(|d| facts.epoch.checked_add_signed(d));
+            match at {
+                Some(at) if at <= latest => Ok(()),
+                _ if facts.rested_at.is_some() => {
+                    Err(("not_running", format!("frame {} is after the scenario came to rest", f.frame_number)))
+                }
+                _ => Err(("frame_out_of_window", format!("frame {} is in the future", f.frame_number))),
+            }
+        }
     }
 }
 

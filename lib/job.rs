@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::camera_url::CameraUrl;
 use crate::options::ScenarioOptions;
+use crate::signing::ResultsKey;
 
 pub const ENV_SCENARIO_UUID: &str = "VAP_SCENARIO_UUID";
 pub const ENV_SCENARIO_EPOCH: &str = "VAP_SCENARIO_EPOCH";
@@ -17,9 +18,36 @@ pub const ENV_CAMERA_URL: &str = "VAP_CAMERA_URL";
 pub const ENV_SCENARIO_OPTIONS: &str = "VAP_SCENARIO_OPTIONS";
 /// Which change of the options those are: the runner applies only newer ones.
 pub const ENV_OPTIONS_REVISION: &str = "VAP_OPTIONS_REVISION";
+/// The scenario's results key (lib/signing.rs), hex: only for runs by hand, like the URL.
+pub const ENV_RESULTS_KEY: &str = "VAP_RESULTS_KEY";
+/// Where a runner started by a backend finds its secrets (camera URL, results key), which
+/// stay out of its environment and arguments: `stdin` (one JSON object, [`JobSecrets`]), or
+/// `file:<path>` (the same JSON in a file only the runner reads).
+pub const ENV_JOB_SECRETS: &str = "VAP_JOB_SECRETS";
 /// Given per process, not configuration: the settings loader leaves them alone.
-pub const JOB_ENV: [&str; 5] =
-    [ENV_SCENARIO_UUID, ENV_SCENARIO_EPOCH, ENV_CAMERA_URL, ENV_SCENARIO_OPTIONS, ENV_OPTIONS_REVISION];
+pub const JOB_ENV: [&str; 7] = [
+    ENV_SCENARIO_UUID,
+    ENV_SCENARIO_EPOCH,
+    ENV_CAMERA_URL,
+    ENV_SCENARIO_OPTIONS,
+    ENV_OPTIONS_REVISION,
+    ENV_RESULTS_KEY,
+    ENV_JOB_SECRETS,
+];
+
+/// What only the runner of a scenario may know, as it receives it.
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobSecrets {
+    pub camera_url: String,
+    /// Hex.
+    pub results_key: String,
+}
+
+impl std::fmt::Debug for JobSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobSecrets(***)")
+    }
+}
 
 /// The settings a runner reads (`[kafka]`, `[runner]`, `[destinations]`, `[log]`), as `VAP_*` prefixes: all a
 /// backend passes on from its own environment. The database's and the API's settings, and
@@ -68,18 +96,32 @@ pub struct RunnerJob {
     /// Model, fps, classes, confidence, mask: what the API stored for the scenario.
     pub options: ScenarioOptions,
     pub options_revision: i64,
+    /// Signs the runner's results; the inbox stores only what verifies.
+    pub results_key: ResultsKey,
 }
 
 impl RunnerJob {
     /// The environment that carries the job to the runner (credentials included).
     pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.public_env();
+        env.push((ENV_CAMERA_URL.into(), self.camera_url.expose().to_string()));
+        env.push((ENV_RESULTS_KEY.into(), self.results_key.to_hex()));
+        env
+    }
+
+    /// The part of the job a process listing or a unit's properties may show: no secrets.
+    pub fn public_env(&self) -> Vec<(String, String)> {
         vec![
             (ENV_SCENARIO_UUID.into(), self.scenario.to_string()),
             (ENV_SCENARIO_EPOCH.into(), self.epoch.to_rfc3339()),
-            (ENV_CAMERA_URL.into(), self.camera_url.expose().to_string()),
             (ENV_SCENARIO_OPTIONS.into(), serde_json::to_string(&self.options).unwrap_or_default()),
             (ENV_OPTIONS_REVISION.into(), self.options_revision.to_string()),
         ]
+    }
+
+    /// The secrets, as [`ENV_JOB_SECRETS`] delivers them.
+    pub fn secrets(&self) -> JobSecrets {
+        JobSecrets { camera_url: self.camera_url.expose().to_string(), results_key: self.results_key.to_hex() }
     }
 
     /// The runner's arguments after the program: its scenario (so `ps` and a restarted
@@ -135,6 +177,7 @@ mod tests {
             epoch: DateTime::UNIX_EPOCH,
             options: ScenarioOptions::default(),
             options_revision: 0,
+            results_key: ResultsKey::new(vec![7; 32]),
         };
         let env = job.env_with(&["RUST_LOG=info".into(), "VAP_CAMERA_URL=other".into(), "junk".into()]);
         assert_eq!(env[0], ("RUST_LOG".into(), "info".into()));

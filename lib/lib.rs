@@ -25,6 +25,7 @@
 //! | [`events`] | the messages on Kafka: the contract between processes |
 //! | [`camera_url`] | which camera URLs are accepted, and their redaction |
 //! | [`destination`] | which addresses runners may connect to (SSRF policy) |
+//! | [`signing`] | results signed by their scenario's runner, verified by the inbox |
 //! | [`config`] | typed settings: defaults < TOML < `VAP_*` |
 //! | [`backoff`] | the one retry beat: exponential, full jitter, cap, deadline |
 //! | [`lifecycle`] | signals, graceful shutdown, sd_notify, logging |
@@ -63,6 +64,7 @@ pub mod outbox_relay;
 pub mod relay;
 #[cfg(feature = "runner")]
 pub mod runner;
+pub mod signing;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tasks;

@@ -79,6 +79,40 @@ pub struct Batch {
     pub dead: Vec<DeadLetter>,
 }
 
+/// What the inbox checks a scenario's records against.
+#[derive(Debug, Clone)]
+pub struct SigningFacts {
+    pub key: crate::signing::ResultsKey,
+    /// The runner's frame numbers count milliseconds from this.
+    pub epoch: DateTime<Utc>,
+    /// When the scenario came to rest (`inactive` or `failed`); `None` while it runs.
+    pub rested_at: Option<DateTime<Utc>>,
+}
+
+/// The facts of `ids` that exist.
+pub async fn signing_facts(
+    pool: &Pool,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, SigningFacts>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT scenario_uuid, results_key, created_at,
+                    CASE WHEN status IN ('inactive', 'failed') THEN updated_at END
+               FROM scenarios WHERE scenario_uuid = ANY($1)",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&ids]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let facts =
+                SigningFacts { key: crate::signing::ResultsKey::new(r.get(1)), epoch: r.get(2), rested_at: r.get(3) };
+            (r.get(0), facts)
+        })
+        .collect())
+}
+
 /// Stores results, stream ends and refused records and advances the position in one
 /// transaction: a crash between them can't happen, so a re-read after a crash stores nothing
 /// twice. Duplicate frames are ignored. Should PostgreSQL refuse a record the checks let

@@ -31,6 +31,7 @@ pub struct ActiveScenario {
     pub options: crate::options::ScenarioOptions,
     pub options_revision: i64,
     pub created_at: DateTime<Utc>,
+    pub results_key: crate::signing::ResultsKey,
     pub worker: Option<StoredWorker>,
 }
 
@@ -39,7 +40,8 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT s.scenario_uuid, s.status, s.camera_url, s.created_at, w.status, w.backend_ref, w.restarts, s.options, s.options_revision, w.spec_digest
+            "SELECT s.scenario_uuid, s.status, s.camera_url, s.created_at, w.status, w.backend_ref, w.restarts, s.options, s.options_revision, w.spec_digest,
+                    s.results_key
                FROM scenarios s LEFT JOIN workers w USING (scenario_uuid)
               WHERE s.status NOT IN ('inactive', 'failed') ORDER BY s.seq",
         )
@@ -55,6 +57,7 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
                 options: super::scenarios::options_from(r.get(7)),
                 options_revision: r.get(8),
                 created_at: r.get(3),
+                results_key: crate::signing::ResultsKey::new(r.get(10)),
                 worker: r.get::<_, Option<&str>>(4).map(|status| StoredWorker {
                     status: WorkerStatus::parse(status),
                     backend_ref: r.get(5),

@@ -229,9 +229,17 @@ fn run_once(
     // An allow-list, not the orchestrator's environment: no database password, no API token,
     // and not its systemd notifications either.
     cmd.env_clear().envs(std::env::vars().filter(|(k, _)| crate::job::is_process_env(k)));
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).envs(spec.env());
-    cmd.stdin(Stdio::null()).process_group(0);
+    // The secrets go through a pipe: not in the runner's environment or arguments, which
+    // /proc shows to its user and `ps` to everyone.
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).envs(spec.public_env());
+    cmd.env(crate::job::ENV_JOB_SECRETS, "stdin");
+    cmd.stdin(Stdio::piped()).process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", settings.runner_bin.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let secrets = serde_json::to_vec(&spec.secrets()).unwrap_or_default();
+        // A runner that died at once closed the pipe: its exit code says why.
+        let _ = std::io::Write::write_all(&mut stdin, &secrets);
+    }
     let pid = child.id();
     update(&mut |s| {
         s.pid = Some(pid);

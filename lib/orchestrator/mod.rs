@@ -253,6 +253,7 @@ impl Orchestrator {
                 epoch: s.created_at,
                 options: s.options.clone(),
                 options_revision: s.options_revision,
+                results_key: s.results_key.clone(),
             }),
             _ => None,
         });

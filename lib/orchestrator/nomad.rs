@@ -240,6 +240,23 @@ impl NomadClient {
         Ok(index)
     }
 
+    /// `PUT /v1/var/:path`: a Nomad Variable (Nomad encrypts it at rest; tasks of the job the
+    /// path names read it through a template, with their workload identity).
+    pub async fn put_variable(&self, path: &str, items: &Value) -> Result<(), NomadError> {
+        let url = format!("/v1/var/{path}");
+        let body = json!({ "Namespace": self.namespace, "Path": path, "Items": items });
+        self.call(Method::PUT, &url, &[], Some(&body), None).await?;
+        Ok(())
+    }
+
+    /// `DELETE /v1/var/:path` (gone already is fine).
+    pub async fn delete_variable(&self, path: &str) -> Result<(), NomadError> {
+        match self.call(Method::DELETE, &format!("/v1/var/{path}"), &[], None, None).await {
+            Err(NomadError::Status { status, .. }) if status == 404 => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
     /// `DELETE /v1/job/:id?purge=true`: stops the allocations and removes the job.
     pub async fn deregister_job(&self, id: &str, purge: bool) -> Result<(), NomadError> {
         let path = format!("/v1/job/{}", escape(id));
@@ -270,9 +287,30 @@ fn escape(id: &str) -> String {
 }
 
 /// The job vap submits for a scenario (golden file: tests/golden/nomad_job.json).
+/// Where a runner's secrets live: the path Nomad lets that job's tasks read by default.
+pub fn secrets_variable(scenario: Uuid) -> String {
+    format!("nomad/jobs/{}", runner_name(scenario))
+}
+
+/// The file the job's template renders the secrets into, in the task's private secrets dir.
+const SECRETS_FILE: &str = "secrets/vap-job.json";
+
 pub fn job_spec(s: &NomadBackendSettings, spec: &RunnerJob) -> Value {
     let id = runner_name(spec.scenario);
-    let env: BTreeMap<String, String> = spec.env_with(&s.runner_env).into_iter().collect();
+    // No secret in the job: Nomad shows jobs to anyone with read-job, and interpolates `${..}`
+    // in Env. The camera URL and the results key are a Variable, rendered to a file only the
+    // task reads.
+    let mut env: BTreeMap<String, String> = s
+        .runner_env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| !crate::job::JOB_ENV.contains(k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.extend(spec.public_env());
+    env.insert(crate::job::ENV_JOB_SECRETS.into(), "file:${NOMAD_SECRETS_DIR}/vap-job.json".into());
+    let template =
+        format!("{{{{ with nomadVar \"{}\" }}}}{{{{ .job }}}}{{{{ end }}}}", secrets_variable(spec.scenario));
     let args = spec.args(s.runner_config.as_deref());
     let config = match s.driver.as_str() {
         "docker" => json!({ "image": s.image, "args": args }),
@@ -307,6 +345,12 @@ pub fn job_spec(s: &NomadBackendSettings, spec: &RunnerJob) -> Value {
                 "Driver": s.driver,
                 "Config": config,
                 "Env": env,
+                "Templates": [{
+                    "EmbeddedTmpl": template,
+                    "DestPath": SECRETS_FILE,
+                    "Perms": "0400",
+                    "ChangeMode": "restart"
+                }],
                 "Resources": { "CPU": s.cpu_mhz, "MemoryMB": s.memory_mb },
                 "KillSignal": "SIGTERM",
                 "KillTimeout": s.kill_timeout_secs * NS_PER_SEC
@@ -377,6 +421,8 @@ impl NomadBackend {
     }
 
     pub async fn start(&self, spec: &RunnerJob) -> Result<WorkerInfo, BackendError> {
+        let secrets = serde_json::to_string(&spec.secrets()).unwrap_or_default();
+        self.client.put_variable(&secrets_variable(spec.scenario), &json!({ "job": secrets })).await?;
         let job = job_spec(&self.settings, spec);
         self.client.register_job(&job).await?;
         let id = runner_name(spec.scenario);
@@ -395,6 +441,7 @@ impl NomadBackend {
         // Purge: the job is gone at once, its allocations are stopped (SIGTERM, then
         // KillTimeout). Re-registering later starts afresh.
         self.client.deregister_job(&runner_name(scenario), true).await?;
+        self.client.delete_variable(&secrets_variable(scenario)).await?;
         Ok(())
     }
 
@@ -567,6 +614,7 @@ mod tests {
                 ..Default::default()
             },
             options_revision: 3,
+            results_key: crate::signing::ResultsKey::new(vec![0x5a; 32]),
         };
         let golden: Value = serde_json::from_str(include_str!("../../tests/golden/nomad_job.json")).unwrap();
         assert_eq!(

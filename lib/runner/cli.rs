@@ -1,8 +1,9 @@
 //! `vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL] [--options JSON]`
 //!
 //! The orchestrator passes the job in the environment (`VAP_SCENARIO_UUID`,
-//! `VAP_SCENARIO_EPOCH`, `VAP_CAMERA_URL`, `VAP_SCENARIO_OPTIONS`) so the camera URL, which may hold credentials, never
-//! shows in the process list. Flags are for running it by hand.
+//! `VAP_SCENARIO_EPOCH`, `VAP_SCENARIO_OPTIONS`) and its secrets (the camera URL, which may
+//! hold credentials, and the results key) where only the runner reads them: `VAP_JOB_SECRETS`
+//! names the place (lib/job.rs). By hand: `VAP_CAMERA_URL` and `VAP_RESULTS_KEY`, or flags.
 //!
 //! Exit codes: 0 the source ended or SIGTERM flushed; 1 any other error; 2 bad usage or
 //! configuration; 3 the camera never opened (a unit should not restart on it:
@@ -19,9 +20,11 @@ use crate::config::Settings;
 
 use crate::camera_url::CameraUrl;
 use crate::job::{
-    exit, ENV_CAMERA_URL, ENV_OPTIONS_REVISION, ENV_SCENARIO_EPOCH, ENV_SCENARIO_OPTIONS, ENV_SCENARIO_UUID,
+    exit, JobSecrets, ENV_CAMERA_URL, ENV_JOB_SECRETS, ENV_OPTIONS_REVISION, ENV_RESULTS_KEY, ENV_SCENARIO_EPOCH,
+    ENV_SCENARIO_OPTIONS, ENV_SCENARIO_UUID,
 };
 use crate::options::ScenarioOptions;
+use crate::signing::ResultsKey;
 
 const USAGE: &str =
     "usage: vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL] [--options JSON]";
@@ -42,6 +45,10 @@ pub enum UsageError {
     NoCameraUrl,
     #[error("options are not scenario options JSON: {0}")]
     BadOptions(String),
+    #[error("no results key: set VAP_RESULTS_KEY (hex, at least 16 bytes) or pass --results-key")]
+    NoResultsKey,
+    #[error("job secrets ({0}) unreadable: {1}")]
+    BadSecrets(String, String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,8 +57,24 @@ pub struct RunnerArgs {
     pub scenario: Uuid,
     pub epoch: DateTime<Utc>,
     pub camera_url: CameraUrl,
+    pub results_key: ResultsKey,
     pub options: ScenarioOptions,
     pub options_revision: i64,
+}
+
+/// The secrets from where `VAP_JOB_SECRETS` says: `stdin` or `file:<path>`.
+fn read_job_secrets(source: &str) -> Result<JobSecrets, UsageError> {
+    let bad = |e: String| UsageError::BadSecrets(source.split(':').next().unwrap_or_default().to_string(), e);
+    let text = match source.split_once(':') {
+        _ if source == "stdin" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text).map_err(|e| bad(e.to_string()))?;
+            text
+        }
+        Some(("file", path)) => std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?,
+        _ => return Err(bad("expected 'stdin' or 'file:<path>'".into())),
+    };
+    serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
 }
 
 impl RunnerArgs {
@@ -62,6 +85,11 @@ impl RunnerArgs {
     ) -> Result<Self, UsageError> {
         let (mut config, mut scenario, mut epoch, mut url, mut options) =
             (None, env(ENV_SCENARIO_UUID), env(ENV_SCENARIO_EPOCH), env(ENV_CAMERA_URL), env(ENV_SCENARIO_OPTIONS));
+        let mut key = env(ENV_RESULTS_KEY);
+        if let Some(source) = env(ENV_JOB_SECRETS).filter(|s| !s.is_empty()) {
+            let secrets = read_job_secrets(&source)?;
+            (url, key) = (Some(secrets.camera_url), Some(secrets.results_key));
+        }
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -76,6 +104,7 @@ impl RunnerArgs {
                 "--epoch" => epoch = Some(value()?),
                 "--camera-url" => url = Some(value()?),
                 "--options" => options = Some(value()?),
+                "--results-key" => key = Some(value()?),
                 _ => return Err(UsageError::Unknown(arg)),
             }
         }
@@ -87,6 +116,7 @@ impl RunnerArgs {
             None => DateTime::UNIX_EPOCH,
         };
         let camera_url = CameraUrl::trusted(url.filter(|u| !u.is_empty()).ok_or(UsageError::NoCameraUrl)?);
+        let results_key = key.as_deref().and_then(ResultsKey::from_hex).ok_or(UsageError::NoResultsKey)?;
         // Without options (a run by hand): the configured defaults.
         let options_revision = match env(ENV_OPTIONS_REVISION).filter(|r| !r.is_empty()) {
             Some(r) => r.parse().map_err(|_| UsageError::BadOptions(format!("revision '{r}' is not an integer")))?,
@@ -96,7 +126,7 @@ impl RunnerArgs {
             Some(o) => serde_json::from_str(&o).map_err(|e| UsageError::BadOptions(e.to_string()))?,
             None => ScenarioOptions::default(),
         };
-        Ok(Self { config, scenario, epoch, camera_url, options, options_revision })
+        Ok(Self { config, scenario, epoch, camera_url, results_key, options, options_revision })
     }
 }
 
@@ -151,6 +181,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     let job = RunnerJob {
         scenario: args.scenario,
         camera_url: args.camera_url,
+        results_key: args.results_key,
         epoch: args.epoch,
         options: args.options,
         options_revision: args.options_revision,
@@ -200,24 +231,41 @@ mod tests {
             &[
                 ("VAP_SCENARIO_UUID", id),
                 ("VAP_CAMERA_URL", "rtsp://u:p@cam/1"),
+                ("VAP_RESULTS_KEY", &"ab".repeat(32)),
                 ("VAP_SCENARIO_EPOCH", "2026-01-01T00:00:00Z"),
             ],
         )
         .unwrap();
         assert_eq!((a.scenario.to_string().as_str(), a.camera_url.expose()), (id, "rtsp://u:p@cam/1"));
         assert_eq!(a.epoch.to_rfc3339(), "2026-01-01T00:00:00+00:00");
-        let b = parse(&["--scenario", id, "--camera-url=file.mp4", "--config", "x.toml"], &[("VAP_CAMERA_URL", "env")])
-            .unwrap();
+        let key = "ab".repeat(32);
+        let b = parse(
+            &["--scenario", id, "--camera-url=file.mp4", "--config", "x.toml", "--results-key", &key],
+            &[("VAP_CAMERA_URL", "env")],
+        )
+        .unwrap();
         assert_eq!((b.camera_url.expose(), b.epoch), ("file.mp4", DateTime::UNIX_EPOCH));
         assert_eq!(parse(&[], &[]), Err(UsageError::NoScenario));
         assert_eq!(parse(&["--scenario", "nope"], &[]), Err(UsageError::BadScenario("nope".into())));
         assert_eq!(parse(&["--scenario", id], &[]), Err(UsageError::NoCameraUrl));
+        assert_eq!(parse(&["--scenario", id, "--camera-url", "f.mp4"], &[]), Err(UsageError::NoResultsKey));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("job.json");
+        std::fs::write(&file, format!(r#"{{"camera_url": "rtsp://u:p@cam/2", "results_key": "{key}"}}"#)).unwrap();
+        let source = format!("file:{}", file.display());
+        let c = parse(&["--scenario", id], &[("VAP_JOB_SECRETS", &source), ("VAP_CAMERA_URL", "env")]).unwrap();
+        assert_eq!(c.camera_url.expose(), "rtsp://u:p@cam/2");
+        assert!(matches!(
+            parse(&["--scenario", id], &[("VAP_JOB_SECRETS", "file:/nonexistent")]),
+            Err(UsageError::BadSecrets(..))
+        ));
         assert_eq!(
             parse(&["--scenario", id, "--epoch", "yesterday"], &[]),
             Err(UsageError::BadEpoch("yesterday".into()))
         );
         assert!(matches!(parse(&["--frobnicate"], &[]), Err(UsageError::Unknown(_))));
-        let with = |o: &str| parse(&["--scenario", id, "--camera-url", "f.mp4", "--options", o], &[]);
+        let with =
+            |o: &str| parse(&["--scenario", id, "--camera-url", "f.mp4", "--results-key", &key, "--options", o], &[]);
         assert_eq!(with(r#"{"model":"m","fps":5}"#).unwrap().options.fps, Some(5.0));
         assert!(matches!(with(r#"{"fps":"fast"}"#), Err(UsageError::BadOptions(_))));
         assert!(matches!(parse(&["--scenario"], &[]), Err(UsageError::MissingValue(_))));

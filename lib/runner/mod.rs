@@ -140,7 +140,12 @@ pub async fn run(
     let buffer = Arc::new(ResultBuffer::new(rs.buffer_frames));
     let abandon = CancellationToken::new();
     let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
-    let publisher = Publisher { kafka: Arc::clone(&kafka), scenario: job.scenario, batch: rs.produce_batch };
+    let publisher = Publisher {
+        kafka: Arc::clone(&kafka),
+        scenario: job.scenario,
+        batch: rs.produce_batch,
+        signer: job.results_key.clone(),
+    };
     // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
     let publishing = tokio::spawn(tracing::Instrument::instrument(
         publisher.run(Arc::clone(&buffer), abandon.clone()),

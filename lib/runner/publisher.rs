@@ -112,6 +112,8 @@ pub struct Publisher {
     pub kafka: Arc<KafkaLink>,
     pub scenario: Uuid,
     pub batch: usize,
+    /// Signs every record (the inbox stores only what verifies).
+    pub signer: crate::signing::ResultsKey,
 }
 
 impl Publisher {
@@ -140,7 +142,14 @@ impl Publisher {
                 continue;
             }
             let last_seq = batch.last().map(|(s, _)| *s).unwrap_or(0);
-            let records: Vec<Record> = batch.into_iter().map(|(_, r)| r).collect();
+            let records: Vec<Record> = batch
+                .into_iter()
+                .map(|(_, mut r)| {
+                    let signature = self.signer.sign(r.value.as_deref().unwrap_or_default());
+                    r.headers.insert(crate::signing::SIGNATURE_HEADER.to_string(), signature);
+                    r
+                })
+                .collect();
             let n = records.len();
             let started = Instant::now();
             let outcome = tokio::select! {

@@ -284,20 +284,45 @@ impl TestApp {
         read_topic(&self.kafka().await, topic, self.settings.kafka.partitions).await
     }
 
-    /// Produces raw values to `results` keyed by scenario (as a runner would).
+    /// Produces values to `results` keyed by scenario and signed with its key, as its runner
+    /// would (a scenario this database does not know goes unsigned).
     pub async fn produce_results(&self, records: Vec<(uuid::Uuid, Vec<u8>)>) {
+        let mut ids: Vec<uuid::Uuid> = records.iter().map(|(u, _)| *u).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let client = self.pool.get().await.unwrap();
+        let keys: HashMap<uuid::Uuid, vap::signing::ResultsKey> = client
+            .query("SELECT scenario_uuid, results_key FROM scenarios WHERE scenario_uuid = ANY($1)", &[&ids])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), vap::signing::ResultsKey::new(r.get(1))))
+            .collect();
+        let signed = records
+            .into_iter()
+            .map(|(uuid, value)| {
+                let signature = keys.get(&uuid).map(|k| k.sign(&value));
+                (uuid, value, signature)
+            })
+            .collect();
+        self.produce_raw(signed).await;
+    }
+
+    /// Produces values with whatever signature header the test gives (or none).
+    pub async fn produce_raw(&self, records: Vec<(uuid::Uuid, Vec<u8>, Option<Vec<u8>>)>) {
         let client = self.kafka().await;
         let topic = &self.settings.kafka.topic_results;
         let partitions = self.settings.kafka.partitions;
         client.controller_client().unwrap().create_topic(topic, partitions, 1, 5_000).await.ok();
         let mut by_partition: HashMap<i32, Vec<Record>> = HashMap::new();
-        for (uuid, value) in records {
+        for (uuid, value, signature) in records {
             let key = uuid.to_string().into_bytes();
             let p = vap::kafka::partition_for_key(&key, partitions);
+            let headers = signature.map(|s| (vap::signing::SIGNATURE_HEADER.to_string(), s)).into_iter().collect();
             by_partition.entry(p).or_default().push(Record {
                 key: Some(key),
                 value: Some(value),
-                headers: Default::default(),
+                headers,
                 timestamp: chrono::Utc::now(),
             });
         }
@@ -307,6 +332,24 @@ impl TestApp {
                 pc.produce(chunk.to_vec(), Compression::NoCompression).await.unwrap();
             }
         }
+    }
+
+    /// A scenario's results key, hex, as its runner gets it.
+    pub async fn results_key(&self, id: uuid::Uuid) -> String {
+        let client = self.pool.get().await.unwrap();
+        client
+            .query_one("SELECT encode(results_key, 'hex') FROM scenarios WHERE scenario_uuid = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// A scenario's creation time, RFC 3339: its runner's frame numbers count from it.
+    pub async fn epoch(&self, id: uuid::Uuid) -> String {
+        let client = self.pool.get().await.unwrap();
+        let at: chrono::DateTime<chrono::Utc> =
+            client.query_one("SELECT created_at FROM scenarios WHERE scenario_uuid = $1", &[&id]).await.unwrap().get(0);
+        at.to_rfc3339()
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {

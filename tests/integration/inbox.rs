@@ -252,3 +252,57 @@ async fn sse_delivers_every_new_result_exactly_once_and_resumes_from_last_event_
     let replay = read_sse(&app, &format!("{path}?after_frame=-1"), &[], 300, Duration::from_secs(10)).await;
     assert_eq!(replay.len(), 300);
 }
+
+/// Only the runner of a scenario can put results in it: records must carry a signature made
+/// with the scenario's key, frames may not come from the future, and nothing is taken for a
+/// scenario at rest. Each refusal is counted by reason and kept in dead_letters.
+#[tokio::test]
+async fn only_records_signed_with_the_scenarios_key_are_stored() {
+    let mut app =
+        TestApp::spawn_with(|s| s.relay.metrics_listen = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()))
+            .await;
+    let mine = app.create_scenario("rtsp://cam/mine").await;
+    let theirs = app.create_scenario("rtsp://cam/theirs").await;
+    let their_key = vap::signing::ResultsKey::from_hex(&app.results_key(theirs).await).unwrap();
+    let my_key = vap::signing::ResultsKey::from_hex(&app.results_key(mine).await).unwrap();
+    app.produce_results((0..5).map(|f| (mine, result_json(mine, f))).collect()).await;
+    let forged = result_json(mine, 6);
+    let future = result_json(mine, 1_000_000_000_000);
+    app.produce_raw(vec![
+        (mine, result_json(mine, 5), None),
+        (mine, forged.clone(), Some(their_key.sign(&forged))),
+        (mine, future.clone(), Some(my_key.sign(&future))),
+        (mine, result_json(mine, 7), Some(b"0123abcd".to_vec())),
+    ])
+    .await;
+    let end = serde_json::to_vec(&serde_json::json!({
+        "scenario_uuid": mine, "timestamp": chrono::Utc::now(), "end_of_stream": "finished", "frames_analysed": 5,
+    }))
+    .unwrap();
+    app.produce_results(vec![(mine, end.clone())]).await;
+    app.start_relay();
+    app.wait_for_status(mine, "inactive", Duration::from_secs(30)).await;
+    caught_up(&app).await;
+    assert_eq!(stored(&app).await, 5);
+    // The end again (a replay, signed as the runner signed it): refused. A frame captured
+    // before the rest that arrives after it (a runner's flush) is still stored.
+    let late = result_json(mine, 8);
+    app.produce_raw(vec![(mine, end.clone(), Some(my_key.sign(&end)))]).await;
+    app.produce_raw(vec![(mine, late.clone(), Some(my_key.sign(&late)))]).await;
+    eventually(Duration::from_secs(30), "five records set aside, the late frame stored", || async {
+        (app.scalar("SELECT count(*) FROM dead_letters").await == 5 && stored(&app).await == 6).then_some(())
+    })
+    .await;
+    let metrics = reqwest_text(&format!("http://{}/metrics", app.settings.relay.metrics_listen)).await;
+    for (reason, n) in [("unsigned", 1), ("bad_signature", 2), ("frame_out_of_window", 1), ("not_running", 1)] {
+        assert!(
+            metrics.contains(&format!(r#"vap_inbox_rejected_total{{reason="{reason}"}} {n}"#)),
+            "{reason}: {metrics}"
+        );
+    }
+    let p = app.prediction(mine).await;
+    let frames: Vec<i64> =
+        p["results"].as_array().unwrap().iter().map(|r| r["frame_number"].as_i64().unwrap()).collect();
+    assert_eq!(frames, vec![0, 1, 2, 3, 4, 8]);
+    assert_eq!(p["status"], "inactive", "the replayed end changed nothing");
+}

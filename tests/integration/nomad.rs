@@ -212,11 +212,17 @@ fn submitted_job_carries_the_scenario_the_runner_and_no_secret_in_its_arguments(
         epoch: chrono::Utc::now(),
         options: Default::default(),
         options_revision: 0,
+        results_key: vap::signing::ResultsKey::new(vec![3; 32]),
     };
     let job = job_spec(&NomadBackendSettings::default(), &spec);
     let task = &job["TaskGroups"][0]["Tasks"][0];
     assert_eq!(job["ID"], format!("vap-runner-{}", spec.scenario));
     assert_eq!(job["Type"], "service");
-    assert!(!task["Config"]["args"].to_string().contains("secret"), "the camera URL goes in Env, not in args");
-    assert_eq!(task["Env"]["VAP_CAMERA_URL"], "rtsp://u:secret@cam/1");
+    // No secret anywhere in the job (Nomad shows jobs to anyone who may read them): the URL and
+    // the results key are a Variable, rendered to a file in the task's secrets dir.
+    let text = job.to_string();
+    assert!(!text.contains("secret@") && !text.contains(&"03".repeat(32)), "{text}");
+    assert_eq!(task["Env"]["VAP_JOB_SECRETS"], "file:${NOMAD_SECRETS_DIR}/vap-job.json");
+    assert_eq!(task["Templates"][0]["DestPath"], "secrets/vap-job.json");
+    assert_eq!(task["Templates"][0]["Perms"], "0400");
 }

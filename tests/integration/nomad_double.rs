@@ -3,7 +3,10 @@
 //! lists and maps, nanosecond durations and timestamps), its blocking queries (`index`/`wait`,
 //! `X-Nomad-Index`), ACL tokens, namespaces and its plain-text errors with their real status
 //! codes, and it really runs each allocation's task (raw_exec/exec: the command, its args and
-//! env) with the job's restart and reschedule policies, on two pretend client nodes.
+//! env) with the job's restart and reschedule policies, on two pretend client nodes. Variables
+//! (`/v1/var/`) are kept, and a task's templates of the one form vap writes
+//! (`{{ with nomadVar "path" }}{{ .item }}{{ end }}`) are rendered into its task directory, with
+//! `${NOMAD_SECRETS_DIR}` and the like interpolated in its env, before it starts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -75,12 +78,16 @@ struct Inner {
     namespaces: Vec<String>,
     next_node: usize,
     placements: u64,
+    /// Variables by (namespace, path): their items.
+    variables: HashMap<(String, String), Value>,
 }
 
 struct State {
     inner: Mutex<Inner>,
     index: tokio::sync::watch::Sender<u64>,
     token: Option<String>,
+    /// The allocations' task directories.
+    dir: tempfile::TempDir,
 }
 
 impl Inner {
@@ -121,6 +128,7 @@ impl NomadDouble {
             inner: Mutex::new(Inner { index: 1, namespaces: vec!["default".into()], ..Inner::default() }),
             index,
             token: token.map(str::to_string),
+            dir: tempfile::tempdir().unwrap(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -320,6 +328,36 @@ async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Respo
             match inner.jobs.get(&(namespace.clone(), id.to_string())) {
                 Some(job) => reply(&summary(&inner, &namespace, id, job), inner.index, true),
                 None => text(StatusCode::NOT_FOUND, "job not found"),
+            }
+        }
+        (["v1", "var", rest @ ..], _) if !rest.is_empty() => {
+            let key = (namespace.clone(), rest.join("/"));
+            let mut inner = state.lock();
+            match method {
+                Method::PUT => {
+                    let Some(items) = serde_json::from_slice::<Value>(&body).ok().map(|v| v["Items"].clone()) else {
+                        return text(StatusCode::BAD_REQUEST, "failed to parse request");
+                    };
+                    if !items.is_object() {
+                        return text(StatusCode::BAD_REQUEST, "variable missing required Items object");
+                    }
+                    inner.variables.insert(key.clone(), items.clone());
+                    let index = state.bump(&mut inner);
+                    let var = json!({ "Namespace": key.0, "Path": key.1, "Items": items, "ModifyIndex": index });
+                    reply(&var, index, false)
+                }
+                Method::GET => match inner.variables.get(&key) {
+                    Some(items) => {
+                        reply(&json!({ "Namespace": key.0, "Path": key.1, "Items": items }), inner.index, true)
+                    }
+                    None => text(StatusCode::NOT_FOUND, "variable not found"),
+                },
+                Method::DELETE => {
+                    inner.variables.remove(&key);
+                    let index = state.bump(&mut inner);
+                    reply(&Value::Null, index, false)
+                }
+                _ => text(StatusCode::METHOD_NOT_ALLOWED, "Invalid method"),
             }
         }
         (["v1", "allocation", id], &Method::GET) => {
@@ -572,17 +610,33 @@ async fn supervise(state: Arc<State>, alloc_id: String) {
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
+        let task_dir = state.dir.path().join(&alloc_id);
+        let runtime = [
+            ("NOMAD_ALLOC_ID", alloc_id.clone()),
+            ("NOMAD_JOB_NAME", job_id.clone()),
+            ("NOMAD_NAMESPACE", namespace.clone()),
+            ("NOMAD_TASK_DIR", task_dir.join("local").display().to_string()),
+            ("NOMAD_SECRETS_DIR", task_dir.join("secrets").display().to_string()),
+        ];
         let mut cmd = tokio::process::Command::new(&command);
-        cmd.args(&args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd.args(&args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).current_dir(&task_dir);
         if let Some(env) = task["Env"].as_object() {
             for (k, v) in env {
-                cmd.env(k, v.as_str().unwrap_or_default());
+                // Nomad interpolates its runtime variables in env values.
+                let value = runtime.iter().fold(v.as_str().unwrap_or_default().to_string(), |v, (name, value)| {
+                    v.replace(&format!("${{{name}}}"), value)
+                });
+                cmd.env(k, value);
             }
         }
-        cmd.env("NOMAD_ALLOC_ID", &alloc_id).env("NOMAD_JOB_NAME", &job_id).env("NOMAD_NAMESPACE", &namespace);
+        cmd.envs(runtime.iter().map(|(k, v)| (*k, v.as_str())));
         cmd.stdin(std::process::Stdio::null());
         vap::sys::die_with_parent(cmd.as_std_mut(), vap::sys::SIGKILL);
-        let spawned = cmd.spawn();
+        let rendered = render_templates(&state, &namespace, &task, &task_dir);
+        let spawned = match rendered {
+            Ok(()) => cmd.spawn(),
+            Err(e) => Err(std::io::Error::other(e)),
+        };
         let mut child = {
             let mut inner = state.lock();
             let index = state.bump(&mut inner);
@@ -668,6 +722,47 @@ async fn supervise(state: Arc<State>, alloc_id: String) {
 }
 
 /// A failed allocation gets a successor (on the other node) while the reschedule policy allows.
+/// Writes the task's templates into its directory: only the form vap uses,
+/// `{{ with nomadVar "path" }}{{ .item }}{{ end }}` (Nomad would block on a missing variable;
+/// the double fails the start, which the test then sees).
+fn render_templates(
+    state: &Arc<State>,
+    namespace: &str,
+    task: &Value,
+    task_dir: &std::path::Path,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in ["local", "secrets"] {
+        std::fs::create_dir_all(task_dir.join(dir)).map_err(|e| e.to_string())?;
+    }
+    for t in task["Templates"].as_array().into_iter().flatten() {
+        let body = t["EmbeddedTmpl"].as_str().unwrap_or_default();
+        let path = body
+            .split_once("nomadVar \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(p, _)| p.to_string())
+            .ok_or_else(|| format!("template form not supported by the double: {body}"))?;
+        let item = body
+            .split_once("{{ .")
+            .and_then(|(_, rest)| rest.split_once(" }}"))
+            .map(|(i, _)| i.to_string())
+            .ok_or_else(|| format!("template form not supported by the double: {body}"))?;
+        let value = {
+            let inner = state.lock();
+            let items = inner
+                .variables
+                .get(&(namespace.to_string(), path.clone()))
+                .ok_or(format!("Missing: nomad.var.block({path})"))?;
+            items[&item].as_str().unwrap_or_default().to_string()
+        };
+        let dest = task_dir.join(t["DestPath"].as_str().unwrap_or("local/template"));
+        std::fs::write(&dest, value).map_err(|e| e.to_string())?;
+        let mode = u32::from_str_radix(t["Perms"].as_str().unwrap_or("0644"), 8).unwrap_or(0o644);
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn reschedule(state: &Arc<State>, failed_alloc: &str) {
     let mut inner = state.lock();
     let Some(a) = inner.allocs.get(failed_alloc).cloned() else { return };

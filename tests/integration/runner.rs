@@ -55,8 +55,10 @@ impl Runner {
             .env("VAP_RUNNER__MODELS_DIR", models_dir())
             .env("VAP_RUNNER__STATUS_INTERVAL_MS", "200")
             .env("VAP_SCENARIO_UUID", scenario.to_string())
-            .env("VAP_SCENARIO_EPOCH", "2026-01-01T00:00:00Z")
             .env("VAP_CAMERA_URL", camera_url);
+        // The key and the epoch its orchestrator would give it.
+        let (key, epoch) = job_of(app, scenario);
+        cmd.env("VAP_RESULTS_KEY", key).env("VAP_SCENARIO_EPOCH", epoch);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -103,6 +105,26 @@ impl Runner {
     fn all_logs(&self) -> String {
         vap::sys::lock(&self.logs).iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
     }
+}
+
+/// The scenario's key and epoch, read where its runner's would come from (a scenario the test
+/// never created gets a key nobody knows: its results are refused, as a stranger's would be).
+fn job_of(app: &TestApp, scenario: Uuid) -> (String, String) {
+    let read = async {
+        let client = app.pool.get().await.unwrap();
+        let row = client
+            .query_opt(
+                "SELECT encode(results_key, 'hex'), created_at FROM scenarios WHERE scenario_uuid = $1",
+                &[&scenario],
+            )
+            .await
+            .unwrap();
+        row.map_or_else(
+            || ("00".repeat(32), "2026-01-01T00:00:00Z".to_string()),
+            |r| (r.get(0), r.get::<_, chrono::DateTime<chrono::Utc>>(1).to_rfc3339()),
+        )
+    };
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(read))
 }
 
 impl Drop for Runner {
