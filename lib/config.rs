@@ -214,8 +214,13 @@ pub struct SystemdBackendSettings {
     /// Percent of one CPU; 0: no limit.
     pub cpu_quota_percent: u64,
     pub tasks_max: u64,
-    /// Run runners as this user; empty: the manager's default (root on a system bus).
+    /// Run runners as this user; empty: a user made for each runner (DynamicUser=, which
+    /// also gives it a private /tmp). Never root by default.
     pub user: String,
+    /// The runner key (at least 32 characters; lib/sealed.rs): read here to seal each runner's
+    /// secrets, and loaded by systemd on the runner's host from the same path (LoadCredential=).
+    /// Readable by root (and this orchestrator) only.
+    pub runner_key_file: PathBuf,
     /// Give each runner its own /tmp (PrivateTmp). Off only where the runner binary or its
     /// inputs live under /tmp, which a private /tmp would hide.
     pub private_tmp: bool,
@@ -467,6 +472,7 @@ impl Default for SystemdBackendSettings {
             cpu_quota_percent: 100,
             tasks_max: 64,
             user: String::new(),
+            runner_key_file: PathBuf::from("/etc/vap/runner.key"),
             private_tmp: true,
         }
     }
@@ -665,6 +671,12 @@ impl Settings {
             return bad(
                 "orchestrator.reconcile_interval_ms",
                 "reconcile_interval_ms and leader_poll_ms must be at least 1",
+            );
+        }
+        if o.systemd.user.is_empty() && !o.systemd.private_tmp {
+            return bad(
+                "orchestrator.systemd.private_tmp",
+                "false needs orchestrator.systemd.user: a dynamic user (user empty) always has a private /tmp",
             );
         }
         let names: std::collections::HashSet<&str> = o.systemd.nodes.iter().map(|n| n.name.as_str()).collect();

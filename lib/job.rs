@@ -21,8 +21,9 @@ pub const ENV_OPTIONS_REVISION: &str = "VAP_OPTIONS_REVISION";
 /// The scenario's results key (lib/signing.rs), hex: only for runs by hand, like the URL.
 pub const ENV_RESULTS_KEY: &str = "VAP_RESULTS_KEY";
 /// Where a runner started by a backend finds its secrets (camera URL, results key), which
-/// stay out of its environment and arguments: `stdin` (one JSON object, [`JobSecrets`]), or
-/// `file:<path>` (the same JSON in a file only the runner reads).
+/// stay out of its environment and arguments: `stdin` (one JSON object, [`JobSecrets`]),
+/// `file:<path>` (the same JSON in a file only the runner reads), or `sealed:<hex>` (sealed
+/// with the runner key, which systemd hands the unit as credential `vap-runner-key`).
 pub const ENV_JOB_SECRETS: &str = "VAP_JOB_SECRETS";
 /// Given per process, not configuration: the settings loader leaves them alone.
 pub const JOB_ENV: [&str; 7] = [
@@ -36,7 +37,7 @@ pub const JOB_ENV: [&str; 7] = [
 ];
 
 /// What only the runner of a scenario may know, as it receives it.
-#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobSecrets {
     pub camera_url: String,
     /// Hex.

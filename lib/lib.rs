@@ -26,6 +26,7 @@
 //! | [`camera_url`] | which camera URLs are accepted, and their redaction |
 //! | [`destination`] | which addresses runners may connect to (SSRF policy) |
 //! | [`signing`] | results signed by their scenario's runner, verified by the inbox |
+//! | [`sealed`] | job secrets sealed for systemd runners, opened with a key only they get |
 //! | [`config`] | typed settings: defaults < TOML < `VAP_*` |
 //! | [`backoff`] | the one retry beat: exponential, full jitter, cap, deadline |
 //! | [`lifecycle`] | signals, graceful shutdown, sd_notify, logging |
@@ -64,6 +65,7 @@ pub mod outbox_relay;
 pub mod relay;
 #[cfg(feature = "runner")]
 pub mod runner;
+pub mod sealed;
 pub mod signing;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -71,6 +71,8 @@ pub enum OrchestratorError {
     Task(#[from] TaskFailed),
     #[error(transparent)]
     Nomad(#[from] nomad::NomadError),
+    #[error("orchestrator.systemd.runner_key_file: {0}")]
+    RunnerKey(#[from] crate::sealed::SealError),
     #[error("orchestrator metrics listener {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }

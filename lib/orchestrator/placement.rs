@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::backend::{BackendError, WorkerInfo};
 use super::local::LocalBackend;
-use super::nomad::{NomadBackend, NomadError};
+use super::nomad::NomadBackend;
 use super::systemd::SystemdBackend;
 use crate::config::OrchestratorSettings;
 use crate::job::RunnerJob;
@@ -22,10 +22,10 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn from_settings(settings: &OrchestratorSettings) -> Result<Self, NomadError> {
+    pub fn from_settings(settings: &OrchestratorSettings) -> Result<Self, super::OrchestratorError> {
         Ok(match settings.backend.as_str() {
             "nomad" => Backend::Nomad(NomadBackend::new(settings.nomad.clone())?),
-            "systemd" => Backend::Systemd(SystemdBackend::new(settings.systemd.clone())),
+            "systemd" => Backend::Systemd(SystemdBackend::new(settings.systemd.clone())?),
             // Config validation admits only the three names.
             _ => Backend::Local(Arc::new(LocalBackend::new(settings.local.clone()))),
         })

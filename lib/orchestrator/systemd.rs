@@ -187,6 +187,8 @@ impl Node {
 
 pub struct SystemdBackend {
     settings: SystemdBackendSettings,
+    /// Seals each runner's secrets (lib/sealed.rs).
+    runner_key: Box<crate::sealed::RunnerKey>,
     nodes: Vec<Node>,
     /// Where each scenario's unit is, and how many runners each node has, as of the last list
     /// and the starts since.
@@ -209,11 +211,12 @@ impl Placement {
 }
 
 impl SystemdBackend {
-    pub fn new(settings: SystemdBackendSettings) -> Self {
+    pub fn new(settings: SystemdBackendSettings) -> Result<Self, crate::sealed::SealError> {
+        let runner_key = Box::new(crate::sealed::RunnerKey::load(&settings.runner_key_file)?);
         let nodes: Vec<Node> =
             settings.effective_nodes().into_iter().map(|n| Node::new(n.name, n.bus_address)).collect();
         let placement = std::sync::Mutex::new(Placement::empty(nodes.len()));
-        Self { settings, nodes, placement }
+        Ok(Self { settings, runner_key, nodes, placement })
     }
 
     /// Every node's runner units. The runners last seen on a node that does not answer are
@@ -330,12 +333,30 @@ impl SystemdBackend {
         let s = &self.settings;
         let bin = s.runner_bin.display().to_string();
         let argv: Vec<String> = std::iter::once(bin.clone()).chain(spec.args(s.runner_config.as_deref())).collect();
-        let env: Vec<String> = spec.env_with(&s.runner_env).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // Every property is readable by any local user (`systemctl show`): the secrets go sealed,
+        // and the key that opens them as a credential only this unit's user reads.
+        let sealed =
+            self.runner_key.seal(spec.scenario, &spec.secrets()).map_err(|e| node.unavailable(e.to_string()))?;
+        let mut env: Vec<String> = s
+            .runner_env
+            .iter()
+            .filter(|kv| kv.split_once('=').is_some_and(|(k, _)| !crate::job::JOB_ENV.contains(&k)))
+            .cloned()
+            .collect();
+        env.extend(spec.public_env().into_iter().map(|(k, v)| format!("{k}={v}")));
+        env.push(format!("{}=sealed:{sealed}", crate::job::ENV_JOB_SECRETS));
+        let credential = (crate::sealed::CREDENTIAL.to_string(), s.runner_key_file.display().to_string());
         let sec = |n: u64| n * 1_000_000;
         let mut props: Vec<(&str, Value)> = vec![
             ("Description", Value::from(format!("vap runner for scenario {}", spec.scenario))),
             ("ExecStart", Value::from(vec![(bin, argv, false)])),
             ("Environment", Value::from(env)),
+            ("LoadCredential", Value::from(vec![credential])),
+            // No way to the system bus (other units' properties, systemd itself).
+            (
+                "InaccessiblePaths",
+                Value::from(vec!["-/run/dbus/system_bus_socket", "-/var/run/dbus/system_bus_socket"]),
+            ),
             ("Type", Value::from("notify")),
             ("NotifyAccess", Value::from("main")),
             ("WatchdogUSec", Value::from(sec(s.watchdog_sec))),
@@ -387,7 +408,9 @@ impl SystemdBackend {
         if s.cpu_quota_percent > 0 {
             props.push(("CPUQuotaPerSecUSec", Value::from(s.cpu_quota_percent * 10_000)));
         }
-        if !s.user.is_empty() {
+        if s.user.is_empty() {
+            props.push(("DynamicUser", Value::from(true)));
+        } else {
             props.push(("User", Value::from(s.user.clone())));
         }
         let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();

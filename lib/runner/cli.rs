@@ -62,8 +62,9 @@ pub struct RunnerArgs {
     pub options_revision: i64,
 }
 
-/// The secrets from where `VAP_JOB_SECRETS` says: `stdin` or `file:<path>`.
-fn read_job_secrets(source: &str) -> Result<JobSecrets, UsageError> {
+/// The secrets from where `VAP_JOB_SECRETS` says: `stdin`, `file:<path>`, or `sealed:<hex>`
+/// (opened with the key systemd put in `credentials`, for `scenario`).
+fn read_job_secrets(source: &str, scenario: Uuid, credentials: Option<String>) -> Result<JobSecrets, UsageError> {
     let bad = |e: String| UsageError::BadSecrets(source.split(':').next().unwrap_or_default().to_string(), e);
     let text = match source.split_once(':') {
         _ if source == "stdin" => {
@@ -72,7 +73,13 @@ fn read_job_secrets(source: &str) -> Result<JobSecrets, UsageError> {
             text
         }
         Some(("file", path)) => std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?,
-        _ => return Err(bad("expected 'stdin' or 'file:<path>'".into())),
+        Some(("sealed", sealed)) => {
+            let dir = credentials.ok_or_else(|| bad("no CREDENTIALS_DIRECTORY (LoadCredential=)".into()))?;
+            let key = crate::sealed::RunnerKey::load(&PathBuf::from(dir).join(crate::sealed::CREDENTIAL))
+                .map_err(|e| bad(e.to_string()))?;
+            return key.open(scenario, sealed).map_err(|e| bad(e.to_string()));
+        }
+        _ => return Err(bad("expected 'stdin', 'file:<path>' or 'sealed:<hex>'".into())),
     };
     serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
 }
@@ -86,10 +93,6 @@ impl RunnerArgs {
         let (mut config, mut scenario, mut epoch, mut url, mut options) =
             (None, env(ENV_SCENARIO_UUID), env(ENV_SCENARIO_EPOCH), env(ENV_CAMERA_URL), env(ENV_SCENARIO_OPTIONS));
         let mut key = env(ENV_RESULTS_KEY);
-        if let Some(source) = env(ENV_JOB_SECRETS).filter(|s| !s.is_empty()) {
-            let secrets = read_job_secrets(&source)?;
-            (url, key) = (Some(secrets.camera_url), Some(secrets.results_key));
-        }
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -110,6 +113,10 @@ impl RunnerArgs {
         }
         let scenario = scenario.filter(|s| !s.is_empty()).ok_or(UsageError::NoScenario)?;
         let scenario = Uuid::parse_str(&scenario).map_err(|_| UsageError::BadScenario(scenario))?;
+        if let Some(source) = env(ENV_JOB_SECRETS).filter(|s| !s.is_empty()) {
+            let secrets = read_job_secrets(&source, scenario, env("CREDENTIALS_DIRECTORY"))?;
+            (url, key) = (Some(secrets.camera_url), Some(secrets.results_key));
+        }
         // Without an epoch (a run by hand) numbers count from the Unix epoch: still unique.
         let epoch = match epoch.filter(|e| !e.is_empty()) {
             Some(e) => DateTime::parse_from_rfc3339(&e).map_err(|_| UsageError::BadEpoch(e))?.with_timezone(&Utc),

@@ -33,15 +33,33 @@ pub fn systemd_orchestrator_config(
 ) -> PathBuf {
     let mut runner_env = runner_env(app);
     runner_env.extend(env.iter().map(|e| e.to_string()));
+    // A checkout under /tmp (CI clones there) would vanish behind a private /tmp, which a
+    // dynamic user always has: there the runners run as `nobody` instead.
+    let under_tmp = env!("CARGO_MANIFEST_DIR").starts_with("/tmp");
     let section = format!(
-        "bus_address = \"{}\"\nnode_name = \"container\"\nrunner_bin = \"{}\"\nrunner_env = {}\nprivate_tmp = {}\n{section}",
+        "bus_address = \"{}\"\nnode_name = \"container\"\nrunner_bin = \"{}\"\nrunner_env = {}\nprivate_tmp = {}\n{}runner_key_file = \"{}\"\n{section}",
         ct.bus_address(),
         super::fleet::RUNNER_BIN,
         serde_json::to_string(&runner_env).unwrap(),
-        // A checkout under /tmp (CI clones there) would vanish behind a private /tmp.
-        !env!("CARGO_MANIFEST_DIR").starts_with("/tmp"),
+        !under_tmp,
+        if under_tmp { "user = \"nobody\"\n" } else { "" },
+        runner_key_file().display(),
     );
     orchestrator_config(dir, "systemd", max_workers, &section)
+}
+
+/// The runner key for systemd runners, at a path the containers see too (the project is bound
+/// in at its own path): root-only, as Ansible installs it.
+pub fn runner_key_file() -> PathBuf {
+    static KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("runner-{}.key", std::process::id()));
+        std::fs::write(&path, format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        path
+    })
+    .clone()
 }
 
 pub struct Container {

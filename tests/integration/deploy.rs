@@ -354,7 +354,11 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
             vec![(unit.clone(), "active".into(), "running".into())],
             "the runner as a transient unit on {node}"
         );
-        assert_eq!(on.unit_property(&unit, SERVICE, "User"), Some(json!("vap")));
+        // A user of its own (not vap's, whose services hold the database password), and its
+        // secrets sealed: the key that opens them is a credential from /etc/vap/runner.key.
+        assert_eq!(on.unit_property(&unit, SERVICE, "DynamicUser"), Some(json!(true)));
+        let env = on.unit_property(&unit, SERVICE, "Environment").map(|v| v.to_string()).unwrap_or_default();
+        assert!(env.contains("VAP_JOB_SECRETS=sealed:") && !env.contains("rtsp://"), "{env}");
         // The runner's unit is as hardened as the platform's own.
         let security = on.exec(&["systemd-analyze", "security", "--threshold=20", &unit]);
         let rating = String::from_utf8_lossy(&security.stdout).lines().last().unwrap_or_default().to_string();

@@ -26,9 +26,24 @@ async fn systemd_backend_end_to_end_in_a_booted_container() {
     // A live camera: a transient unit `vap-runner-<uuid>.service`, active, detections served.
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
-    let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
+    let live = app.create_scenario(&format!("rtsp://viewer:S3cret-pw@127.0.0.1:{port}/cam")).await;
     app.wait_for_status(live, "active", Duration::from_secs(90)).await;
     let unit = format!("vap-runner-{live}.service");
+    // What any local user can read of the unit holds no secret: the URL's password and the
+    // results key are sealed; the key that opens them is a credential; the runner has a user
+    // of its own and no way to the system bus.
+    let key = app.results_key(live).await;
+    let mut shown = String::new();
+    for property in ["Environment", "ExecStart", "SetCredential", "LoadCredential", "StandardInputData"] {
+        shown += &ct.unit_property(&unit, SERVICE, property).map(|v| v.to_string()).unwrap_or_default();
+    }
+    assert!(!shown.contains("S3cret-pw") && !shown.contains(&key), "{shown}");
+    assert!(shown.contains("VAP_JOB_SECRETS=sealed:") && shown.contains("vap-runner-key"), "{shown}");
+    if !env!("CARGO_MANIFEST_DIR").starts_with("/tmp") {
+        assert_eq!(ct.unit_property(&unit, SERVICE, "DynamicUser"), Some(json!(true)));
+    }
+    let hidden = ct.unit_property(&unit, SERVICE, "InaccessiblePaths").map(|v| v.to_string()).unwrap_or_default();
+    assert!(hidden.contains("/run/dbus/system_bus_socket"), "{hidden}");
     let w = eventually(Duration::from_secs(10), "the worker row", || async {
         let s = app.scenario(live).await;
         (s["worker"]["status"] == "running").then_some(s["worker"].clone())
@@ -71,9 +86,24 @@ async fn systemd_restarts_a_killed_runner_and_the_scenario_carries_on() {
         spawn_systemd_orchestrator(&app, &ct, dir.path(), 10, "watchdog_sec = 30\nrestart_sec = 1\n", &[]);
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
-    let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
+    let live = app.create_scenario(&format!("rtsp://viewer:S3cret-pw@127.0.0.1:{port}/cam")).await;
     app.wait_for_status(live, "active", Duration::from_secs(90)).await;
     let unit = format!("vap-runner-{live}.service");
+    // What any local user can read of the unit holds no secret: the URL's password and the
+    // results key are sealed; the key that opens them is a credential; the runner has a user
+    // of its own and no way to the system bus.
+    let key = app.results_key(live).await;
+    let mut shown = String::new();
+    for property in ["Environment", "ExecStart", "SetCredential", "LoadCredential", "StandardInputData"] {
+        shown += &ct.unit_property(&unit, SERVICE, property).map(|v| v.to_string()).unwrap_or_default();
+    }
+    assert!(!shown.contains("S3cret-pw") && !shown.contains(&key), "{shown}");
+    assert!(shown.contains("VAP_JOB_SECRETS=sealed:") && shown.contains("vap-runner-key"), "{shown}");
+    if !env!("CARGO_MANIFEST_DIR").starts_with("/tmp") {
+        assert_eq!(ct.unit_property(&unit, SERVICE, "DynamicUser"), Some(json!(true)));
+    }
+    let hidden = ct.unit_property(&unit, SERVICE, "InaccessiblePaths").map(|v| v.to_string()).unwrap_or_default();
+    assert!(hidden.contains("/run/dbus/system_bus_socket"), "{hidden}");
     let first_pid = ct.unit_property(&unit, SERVICE, "ExecMainPID").expect("the unit");
 
     // `systemctl kill -s KILL`: an unclean end, so Restart=on-failure brings it back.
@@ -172,9 +202,24 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
     let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path(), CAP, "watchdog_sec = 30\n", &[]);
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
-    let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
+    let live = app.create_scenario(&format!("rtsp://viewer:S3cret-pw@127.0.0.1:{port}/cam")).await;
     app.wait_for_status(live, "active", Duration::from_secs(90)).await;
     let unit = format!("vap-runner-{live}.service");
+    // What any local user can read of the unit holds no secret: the URL's password and the
+    // results key are sealed; the key that opens them is a credential; the runner has a user
+    // of its own and no way to the system bus.
+    let key = app.results_key(live).await;
+    let mut shown = String::new();
+    for property in ["Environment", "ExecStart", "SetCredential", "LoadCredential", "StandardInputData"] {
+        shown += &ct.unit_property(&unit, SERVICE, property).map(|v| v.to_string()).unwrap_or_default();
+    }
+    assert!(!shown.contains("S3cret-pw") && !shown.contains(&key), "{shown}");
+    assert!(shown.contains("VAP_JOB_SECRETS=sealed:") && shown.contains("vap-runner-key"), "{shown}");
+    if !env!("CARGO_MANIFEST_DIR").starts_with("/tmp") {
+        assert_eq!(ct.unit_property(&unit, SERVICE, "DynamicUser"), Some(json!(true)));
+    }
+    let hidden = ct.unit_property(&unit, SERVICE, "InaccessiblePaths").map(|v| v.to_string()).unwrap_or_default();
+    assert!(hidden.contains("/run/dbus/system_bus_socket"), "{hidden}");
     let pid = ct.unit_property(&unit, SERVICE, "ExecMainPID").expect("the unit");
 
     // kill -9, and a new orchestrator in its place.
