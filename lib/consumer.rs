@@ -98,6 +98,13 @@ impl<H: RecordHandler> PositionedConsumer<H> {
                     continue;
                 }
             };
+            // Past the end of the log: the broker lost records we had read (a restart without
+            // its storage). Some brokers answer that with no records rather than an error.
+            if from > high_watermark {
+                next = self.recover(at, from).await;
+                backoff.next_delay();
+                continue;
+            }
             backoff.reset();
             self.handler.fetched(topic, partition, (high_watermark - from).max(0));
             match self.apply(at, from, high_watermark, &records).await {

@@ -320,3 +320,49 @@ async fn sigterm_with_sixty_thousand_scenarios_queued_exits_within_five_seconds(
     assert!(took < Duration::from_secs(5), "took {took:?} to exit");
     eprintln!("orchestrator exited {took:?} after SIGTERM with 60,000 queued");
 }
+
+/// A stored position beyond the end of the log (a broker that lost its data, retention): the
+/// orchestrator's consumer starts again at the earliest record instead of asking forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_outside_the_log_restarts_at_the_earliest_record() {
+    let mut app = TestApp::spawn().await;
+    app.start_relay();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let camera = format!("rtsp://{}/cam", silent.local_addr().unwrap());
+    let ids = [app.create_scenario(&camera).await, app.create_scenario(&camera).await];
+    let _reaper = RunnerReaper(HashSet::from(ids));
+    eventually(Duration::from_secs(30), "the events published", || async {
+        (app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+    let topic = app.settings.kafka.topic_init_scenario.clone();
+    let client = app.pool.get().await.unwrap();
+    for partition in 0..app.settings.kafka.partitions {
+        client
+            .execute(
+                "INSERT INTO consumer_positions (consumer, topic, partition, next_offset) VALUES ('orchestrator', $1, $2, 1000000)",
+                &[&topic, &partition],
+            )
+            .await
+            .unwrap();
+    }
+    let mut orchestrator = spawn_orchestrator(&app, 2);
+    eventually(Duration::from_secs(60), "every position back inside the log", || async {
+        let beyond = app
+            .scalar(&format!(
+                "SELECT count(*) FROM consumer_positions WHERE consumer = 'orchestrator' AND topic = '{topic}' AND next_offset >= 1000000"
+            ))
+            .await;
+        (beyond == 0).then_some(())
+    })
+    .await;
+    let sum = format!(
+        "SELECT COALESCE(sum(next_offset), 0)::bigint FROM consumer_positions WHERE consumer = 'orchestrator' AND topic = '{topic}'"
+    );
+    eventually(Duration::from_secs(30), "both init events read again, from the start", || async {
+        (app.scalar(&sum).await == 2).then_some(())
+    })
+    .await;
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+}
