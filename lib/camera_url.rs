@@ -37,6 +37,15 @@ pub enum CameraUrlError {
 pub const SECRET_QUERY_PARAMS: &[&str] =
     &["password", "pass", "passwd", "pwd", "token", "key", "apikey", "api_key", "auth", "signature", "sig", "secret"];
 
+static EXTRA_SECRET_QUERY_PARAMS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// The operator's names of secret query parameters (`log.secret_query_params`), added to
+/// [`SECRET_QUERY_PARAMS`] for this process; set once, at start, before anything is shown.
+pub fn add_secret_query_params(names: &[String]) {
+    let _ =
+        EXTRA_SECRET_QUERY_PARAMS.set(names.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect());
+}
+
 /// A camera URL that passed [`CameraUrl::parse`] (or was stored after it did). On the wire
 /// (`init_scenario`) it is the plain string: the runner needs its credentials.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -96,7 +105,7 @@ impl CameraUrl {
 
     /// The URL with user, password and secret query values replaced by `***`.
     pub fn redacted(&self) -> String {
-        redact(&self.0)
+        redact(&self.0, EXTRA_SECRET_QUERY_PARAMS.get().map_or(&[], Vec::as_slice))
     }
 }
 
@@ -114,7 +123,7 @@ impl fmt::Display for CameraUrl {
 
 /// The URL with user and password replaced by `***`, for answers and logs.
 /// Input that does not parse is returned unchanged only if it cannot hold credentials.
-fn redact(raw: &str) -> String {
+fn redact(raw: &str, extra: &[String]) -> String {
     match Url::parse(raw) {
         Ok(mut url) => {
             if !url.username().is_empty() {
@@ -123,7 +132,10 @@ fn redact(raw: &str) -> String {
             if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
             }
-            let secret = |k: &str| SECRET_QUERY_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
+            let secret = |k: &str| {
+                SECRET_QUERY_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s))
+                    || extra.iter().any(|s| k.eq_ignore_ascii_case(s))
+            };
             if url.query_pairs().any(|(k, _)| secret(&k)) {
                 let pairs: Vec<(String, String)> = url
                     .query_pairs()
@@ -192,16 +204,23 @@ mod tests {
     }
 
     #[test]
+    fn operator_named_query_parameters_are_secret_too() {
+        let extra = vec!["SessionId".to_string()];
+        assert_eq!(redact("rtsp://cam/live?sessionid=s1&channel=2", &extra), "rtsp://cam/live?sessionid=***&channel=2");
+        assert_eq!(redact("rtsp://cam/live?sessionid=s1", &[]), "rtsp://cam/live?sessionid=s1");
+    }
+
+    #[test]
     fn redacts_user_and_password() {
-        assert_eq!(redact("rtsp://admin:hunter2@10.0.0.5:554/live"), "rtsp://***:***@10.0.0.5:554/live");
-        assert_eq!(redact("rtsp://token@cam/live"), "rtsp://***@cam/live");
-        assert_eq!(redact("rtsp://cam/live"), "rtsp://cam/live");
-        assert!(!redact("bad url user:pw@x").contains("pw"));
+        assert_eq!(redact("rtsp://admin:hunter2@10.0.0.5:554/live", &[]), "rtsp://***:***@10.0.0.5:554/live");
+        assert_eq!(redact("rtsp://token@cam/live", &[]), "rtsp://***@cam/live");
+        assert_eq!(redact("rtsp://cam/live", &[]), "rtsp://cam/live");
+        assert!(!redact("bad url user:pw@x", &[]).contains("pw"));
         assert_eq!(
-            redact("rtsp://admin:S3cret@cam/live?password=Q9x&token=abc&channel=2"),
+            redact("rtsp://admin:S3cret@cam/live?password=Q9x&token=abc&channel=2", &[]),
             "rtsp://***:***@cam/live?password=***&token=***&channel=2"
         );
-        assert_eq!(redact("http://cam/snap?Key=k1&PWD=p"), "http://cam/snap?Key=***&PWD=***");
+        assert_eq!(redact("http://cam/snap?Key=k1&PWD=p", &[]), "http://cam/snap?Key=***&PWD=***");
     }
 
     #[test]

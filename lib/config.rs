@@ -346,6 +346,9 @@ pub struct LogSettings {
     /// `tracing` filter, e.g. `info` or `vap=debug,info`.
     pub level: String,
     pub json: bool,
+    /// Query parameters of camera URLs whose values are secrets, beyond the built-in ones
+    /// (password, token, key, ...): shown as `***` in answers and logs.
+    pub secret_query_params: Vec<String>,
 }
 
 impl Default for DatabaseSettings {
@@ -543,7 +546,7 @@ impl Default for RunnerSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { level: "info".into(), json: false }
+        Self { level: "info".into(), json: false, secret_query_params: Vec::new() }
     }
 }
 
@@ -588,6 +591,7 @@ impl Settings {
                 .with_list_parse_key("kafka.brokers")
                 .with_list_parse_key("destinations.allow")
                 .with_list_parse_key("destinations.deny")
+                .with_list_parse_key("log.secret_query_params")
                 .source(Some(env)),
         );
         let settings: Settings = builder.build().and_then(|c| c.try_deserialize()).map_err(ConfigError::Invalid)?;

@@ -74,6 +74,7 @@ impl Watchdog {
 
 /// Logging to stderr, one line per event.
 pub fn init_logging(settings: &crate::config::LogSettings) {
+    crate::camera_url::add_secret_query_params(&settings.secret_query_params);
     let mut filter = tracing_subscriber::EnvFilter::try_new(&settings.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // At debug, tokio_postgres logs query parameters (camera URLs carry credentials): keep it

@@ -209,6 +209,7 @@ async fn the_api_binary_drains_on_sigterm_exits_0_and_never_logs_secrets() {
     env.push(("VAP_DATABASE__PASSWORD".into(), "pg-secret-77".into()));
     env.push(("VAP_API__AUTH_TOKEN".into(), "api-secret-88".into()));
     env.push(("VAP_LOG__LEVEL".into(), "debug".into()));
+    env.push(("VAP_LOG__SECRET_QUERY_PARAMS".into(), "sessionid,sig2".into()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vap-api"));
     cmd.env_clear().envs(env).stderr(Stdio::piped()).stdout(Stdio::null());
     let mut api = cmd.spawn().unwrap();
@@ -225,10 +226,14 @@ async fn the_api_binary_drains_on_sigterm_exits_0_and_never_logs_secrets() {
         .header("content-type", "application/json")
         .header("authorization", "Bearer api-secret-88")
         .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            br#"{"camera_url":"rtsp://u:camera-secret-99@cam/x"}"#,
+            br#"{"camera_url":"rtsp://u:camera-secret-99@cam/x?sessionid=sess-secret-66&ch=1"}"#,
         )))
         .unwrap();
-    assert_eq!(client.request(req).await.unwrap().status(), 200);
+    let answer = client.request(req).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer = http_body_util::BodyExt::collect(answer.into_body()).await.unwrap().to_bytes();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("sessionid=***&ch=1") && !answer.contains("sess-secret-66"), "{answer}");
     // A long-lived SSE stream is in flight when SIGTERM arrives; the drain must still end.
     let uuid: String = {
         let c = app.pool.get().await.unwrap();
@@ -253,7 +258,7 @@ async fn the_api_binary_drains_on_sigterm_exits_0_and_never_logs_secrets() {
     let (status, log) = status;
     assert!(status.success(), "exit status {status:?}; log:\n{log}");
     assert!(log.contains("api listening") && log.contains("SIGTERM"), "{log}");
-    for secret in ["pg-secret-77", "api-secret-88", "camera-secret-99"] {
+    for secret in ["pg-secret-77", "api-secret-88", "camera-secret-99", "sess-secret-66"] {
         assert!(!log.contains(secret), "{secret} leaked into the log:\n{log}");
     }
     drop(stream);
