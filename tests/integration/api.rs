@@ -726,3 +726,31 @@ async fn connections_streams_and_slow_bodies_are_bounded() {
     })
     .await;
 }
+
+/// schemathesis (PyPI; scripts/setup installs it) against the live API, open and with tokens:
+/// every route, generated requests, every check: no 5xx, every answer as the served document
+/// says. No runner is started here, so the camera URLs it makes up are only stored, never opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_failure_against_the_live_api() {
+    let bin = common::cache_dir().join("schemathesis-venv/bin/schemathesis");
+    assert!(bin.exists(), "{} missing: scripts/test installs it (VAP_SETUP_TESTS=1 scripts/setup)", bin.display());
+    let open = TestApp::spawn().await;
+    let guarded = TestApp::spawn_with(|s| s.api.auth_token = vap::config::Secret::new("op-t0ken")).await;
+    for (app, auth) in [(&open, None), (&guarded, Some("Authorization: Bearer op-t0ken"))] {
+        let (bin, base) = (bin.clone(), app.api.base.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(bin);
+            cmd.args(["run", &format!("{base}/openapi.json"), "--checks", "all", "--hypothesis-max-examples", "40"])
+                .args(["--hypothesis-seed", "7", "--hypothesis-derandomize", "--no-color", "--base-url", &base])
+                .env("SCHEMATHESIS_TELEMETRY", "false");
+            if let Some(header) = auth {
+                cmd.args(["-H", header]);
+            }
+            cmd.output().unwrap()
+        })
+        .await
+        .unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "schemathesis ({auth:?}):\n{said}");
+    }
+}

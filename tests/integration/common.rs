@@ -483,3 +483,12 @@ impl BlackHoleProxy {
         }
     }
 }
+
+/// Where scripts/setup keeps what the tests need (venvs, apt's downloads): ~/.cache/vap.
+pub fn cache_dir() -> std::path::PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    std::env::var("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(&home).join(".cache"))
+        .join("vap")
+}

@@ -40,10 +40,7 @@ fn project() -> &'static Path {
 }
 
 /// ~/.cache/vap, where scripts/setup keeps what is slow to install.
-fn cache_dir() -> PathBuf {
-    let home = std::env::var("HOME").unwrap();
-    std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| Path::new(&home).join(".cache")).join("vap")
-}
+use common::cache_dir;
 
 fn ansible_bin(name: &str) -> PathBuf {
     let bin = cache_dir().join("ansible-venv/bin").join(name);
