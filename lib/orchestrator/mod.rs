@@ -71,6 +71,8 @@ pub enum OrchestratorError {
     Task(#[from] TaskFailed),
     #[error(transparent)]
     Nomad(#[from] nomad::NomadError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("orchestrator.systemd.runner_key_file: {0}")]
     RunnerKey(#[from] crate::sealed::SealError),
     #[error("orchestrator metrics listener {addr}: {source}")]
@@ -93,7 +95,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     crate::cli::migrate_on_start(&settings).await?;
     let pool = db::pool(&settings.database)?;
     drop(pool.get().await.map_err(db::DbError::from)?);
-    let backend = Backend::from_settings(&settings.orchestrator)?;
+    let destinations = crate::destination::DestinationPolicy::from_settings(&settings.destinations)
+        .map_err(|e| OrchestratorError::Config(e.to_string()))?;
+    let backend = Backend::from_settings(&settings.orchestrator, &destinations)?;
     let metrics = Arc::new(Metrics::default());
     let mut tasks = OwnedTasks::new(&shutdown);
     if !settings.orchestrator.metrics_listen.is_empty() {

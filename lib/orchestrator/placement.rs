@@ -22,10 +22,13 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn from_settings(settings: &OrchestratorSettings) -> Result<Self, super::OrchestratorError> {
+    pub fn from_settings(
+        settings: &OrchestratorSettings,
+        destinations: &crate::destination::DestinationPolicy,
+    ) -> Result<Self, super::OrchestratorError> {
         Ok(match settings.backend.as_str() {
             "nomad" => Backend::Nomad(NomadBackend::new(settings.nomad.clone())?),
-            "systemd" => Backend::Systemd(SystemdBackend::new(settings.systemd.clone())?),
+            "systemd" => Backend::Systemd(SystemdBackend::new(settings.systemd.clone(), destinations)?),
             // Config validation admits only the three names.
             _ => Backend::Local(Arc::new(LocalBackend::new(settings.local.clone()))),
         })

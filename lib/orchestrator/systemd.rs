@@ -189,6 +189,9 @@ pub struct SystemdBackend {
     settings: SystemdBackendSettings,
     /// Seals each runner's secrets (lib/sealed.rs).
     runner_key: Box<crate::sealed::RunnerKey>,
+    /// Link-local networks (cloud metadata) the policy refuses: the unit refuses them too, for
+    /// what FFmpeg reaches without the runner's check (an RTSP redirect).
+    ip_deny: Vec<(i32, Vec<u8>, u32)>,
     nodes: Vec<Node>,
     /// Where each scenario's unit is, and how many runners each node has, as of the last list
     /// and the starts since.
@@ -211,12 +214,24 @@ impl Placement {
 }
 
 impl SystemdBackend {
-    pub fn new(settings: SystemdBackendSettings) -> Result<Self, crate::sealed::SealError> {
+    pub fn new(
+        settings: SystemdBackendSettings,
+        destinations: &crate::destination::DestinationPolicy,
+    ) -> Result<Self, crate::sealed::SealError> {
         let runner_key = Box::new(crate::sealed::RunnerKey::load(&settings.runner_key_file)?);
+        let ip_deny = [("169.254.0.0", 16), ("fe80::", 10)]
+            .into_iter()
+            .filter_map(|(net, prefix)| Some((net.parse::<std::net::IpAddr>().ok()?, prefix)))
+            .filter(|(net, _)| destinations.check_ip(*net).is_err())
+            .map(|(net, prefix)| match net {
+                std::net::IpAddr::V4(a) => (libc::AF_INET, a.octets().to_vec(), prefix),
+                std::net::IpAddr::V6(a) => (libc::AF_INET6, a.octets().to_vec(), prefix),
+            })
+            .collect();
         let nodes: Vec<Node> =
             settings.effective_nodes().into_iter().map(|n| Node::new(n.name, n.bus_address)).collect();
         let placement = std::sync::Mutex::new(Placement::empty(nodes.len()));
-        Ok(Self { settings, runner_key, nodes, placement })
+        Ok(Self { settings, runner_key, ip_deny, nodes, placement })
     }
 
     /// Every node's runner units. The runners last seen on a node that does not answer are
@@ -407,6 +422,9 @@ impl SystemdBackend {
         }
         if s.cpu_quota_percent > 0 {
             props.push(("CPUQuotaPerSecUSec", Value::from(s.cpu_quota_percent * 10_000)));
+        }
+        if !self.ip_deny.is_empty() {
+            props.push(("IPAddressDeny", Value::from(self.ip_deny.clone())));
         }
         if s.user.is_empty() {
             props.push(("DynamicUser", Value::from(true)));

@@ -44,6 +44,9 @@ async fn systemd_backend_end_to_end_in_a_booted_container() {
     }
     let hidden = ct.unit_property(&unit, SERVICE, "InaccessiblePaths").map(|v| v.to_string()).unwrap_or_default();
     assert!(hidden.contains("/run/dbus/system_bus_socket"), "{hidden}");
+    // Link-local (cloud metadata) refused by the unit too: [family, address bytes, prefix].
+    let denied = ct.unit_property(&unit, "org.freedesktop.systemd1.Service", "IPAddressDeny").unwrap_or_default();
+    assert!(denied.to_string().contains("[169,254,0,0],16"), "{denied}");
     let w = eventually(Duration::from_secs(10), "the worker row", || async {
         let s = app.scenario(live).await;
         (s["worker"]["status"] == "running").then_some(s["worker"].clone())
@@ -104,6 +107,9 @@ async fn systemd_restarts_a_killed_runner_and_the_scenario_carries_on() {
     }
     let hidden = ct.unit_property(&unit, SERVICE, "InaccessiblePaths").map(|v| v.to_string()).unwrap_or_default();
     assert!(hidden.contains("/run/dbus/system_bus_socket"), "{hidden}");
+    // Link-local (cloud metadata) refused by the unit too: [family, address bytes, prefix].
+    let denied = ct.unit_property(&unit, "org.freedesktop.systemd1.Service", "IPAddressDeny").unwrap_or_default();
+    assert!(denied.to_string().contains("[169,254,0,0],16"), "{denied}");
     let first_pid = ct.unit_property(&unit, SERVICE, "ExecMainPID").expect("the unit");
 
     // `systemctl kill -s KILL`: an unclean end, so Restart=on-failure brings it back.
@@ -220,6 +226,9 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
     }
     let hidden = ct.unit_property(&unit, SERVICE, "InaccessiblePaths").map(|v| v.to_string()).unwrap_or_default();
     assert!(hidden.contains("/run/dbus/system_bus_socket"), "{hidden}");
+    // Link-local (cloud metadata) refused by the unit too: [family, address bytes, prefix].
+    let denied = ct.unit_property(&unit, "org.freedesktop.systemd1.Service", "IPAddressDeny").unwrap_or_default();
+    assert!(denied.to_string().contains("[169,254,0,0],16"), "{denied}");
     let pid = ct.unit_property(&unit, SERVICE, "ExecMainPID").expect("the unit");
 
     // kill -9, and a new orchestrator in its place.
