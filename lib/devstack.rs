@@ -209,6 +209,7 @@ pub struct PostgresCluster {
     port: u16,
     child: Option<Child>,
     pub user: String,
+    opts: PostgresOptions,
 }
 
 impl PostgresCluster {
@@ -245,30 +246,53 @@ impl PostgresCluster {
             Some(p) => p,
             None => free_port()?,
         };
+        let mut cluster = Self { dir, port, child: None, user, opts };
+        cluster.launch(&bin)?;
+        Ok(cluster)
+    }
+
+    /// Starts the server on the cluster's data directory and waits until it answers.
+    fn launch(&mut self, bin: &Path) -> Result<(), DevStackError> {
+        let account = postgres_account();
         let mut cmd = Command::new(bin.join("postgres"));
-        cmd.arg("-D").arg(&data).args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"]).arg(&dir);
+        cmd.arg("-D").arg(self.dir.join("data"));
+        cmd.args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"]).arg(&self.dir);
         let mut set = |k: &str, v: &str| {
             cmd.args(["-c", &format!("{k}={v}")]);
         };
-        set("max_connections", &opts.max_connections.to_string());
+        set("max_connections", &self.opts.max_connections.to_string());
         set("shared_buffers", "128MB");
-        if !opts.durable {
+        if !self.opts.durable {
             set("fsync", "off");
             set("synchronous_commit", "off");
             set("full_page_writes", "off");
         }
-        let log = std::fs::File::create(dir.join("postgres.log")).map_err(io("create postgres.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("postgres.log"))
+            .map_err(io("open postgres.log"))?;
         if let Some((uid, gid)) = account {
-            let _ = std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid));
+            let _ = std::os::unix::fs::chown(self.dir.join("postgres.log"), Some(uid), Some(gid));
+            cmd.uid(uid).gid(gid);
         }
         cmd.stdout(Stdio::null()).stderr(log);
-        as_account(&mut cmd);
         // SIGQUIT is PostgreSQL's immediate shutdown.
         let child = spawn_kept(cmd, libc::SIGQUIT).map_err(io("start postgres"))?;
-        track(child.id(), libc::SIGQUIT, Some(dir.clone()));
-        let cluster = Self { dir, port, child: Some(child), user };
-        cluster.wait_ready(&bin)?;
-        Ok(cluster)
+        track(child.id(), libc::SIGQUIT, Some(self.dir.clone()));
+        self.child = Some(child);
+        self.wait_ready(bin)
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended, as in a restart for an upgrade) and
+    /// starts it again on the same data and port.
+    pub fn restart(&mut self) -> Result<(), DevStackError> {
+        if let Some(mut child) = self.child.take() {
+            untrack(child.id());
+            sys::signal(child.id(), libc::SIGINT);
+            let _ = child.wait();
+        }
+        self.launch(&postgres_bin_dir()?)
     }
 
     fn wait_ready(&self, bin: &Path) -> Result<(), DevStackError> {
