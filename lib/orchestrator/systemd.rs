@@ -29,6 +29,8 @@ type UnitRow = (String, String, String, String, String, String, OwnedObjectPath,
 
 /// How long one node may take to list its units before it counts as not answering: a silent
 /// host must not hold up placements on the others.
+/// A D-Bus call (or connecting) that takes longer fails.
+const METHOD_TIMEOUT: Duration = Duration::from_secs(20);
 const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnects to a node that did not answer back off between these.
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
@@ -68,13 +70,19 @@ impl Node {
                 )));
             }
         }
-        let connected = if self.address.is_empty() {
-            zbus::Connection::system().await
+        // Every call answers within METHOD_TIMEOUT or fails: a host whose bus stops answering
+        // (an ssh link that hangs) must not hold a reconcile round; connecting is bounded too.
+        let builder = if self.address.is_empty() {
+            zbus::connection::Builder::system()
         } else {
-            match zbus::connection::Builder::address(self.address.as_str()) {
-                Ok(b) => b.build().await,
-                Err(e) => Err(e),
-            }
+            zbus::connection::Builder::address(self.address.as_str())
+        };
+        let connected = match builder {
+            Ok(b) => match tokio::time::timeout(METHOD_TIMEOUT, b.method_timeout(METHOD_TIMEOUT).build()).await {
+                Ok(c) => c,
+                Err(_) => Err(zbus::Error::Failure(format!("no connection within {METHOD_TIMEOUT:?}"))),
+            },
+            Err(e) => Err(e),
         };
         match connected {
             Ok(c) => {
