@@ -86,8 +86,13 @@ impl CameraUrl {
                     Some(Host::Ipv4(a)) => policy.check_ip(a.into())?,
                     Some(Host::Ipv6(a)) => policy.check_ip(a.into())?,
                 }
-                // The runner opens the URL as the parser understood it, not the raw text.
-                Ok(Self(url.to_string()))
+                // The runner opens the URL as the parser understood it, not the raw text; that
+                // form (percent-encoded) can be longer, and is what is stored (found by fuzzing).
+                let normalised = url.to_string();
+                if normalised.len() > MAX_CAMERA_URL_BYTES {
+                    return Err(CameraUrlError::TooLong(normalised.len()));
+                }
+                Ok(Self(normalised))
             }
             other => Err(CameraUrlError::SchemeNotAllowed(other.to_string())),
         }
@@ -201,6 +206,8 @@ mod tests {
         assert_eq!(validate("/v.mp4", true), Ok(()));
         assert!(matches!(validate("not a url", false), Err(CameraUrlError::Unparsable(_))));
         assert!(matches!(validate(&format!("rtsp://h/{}", "a".repeat(2100)), false), Err(CameraUrlError::TooLong(_))));
+        // Short as sent, too long once percent-encoded (the stored form): fuzzing found it.
+        assert_eq!(validate(&format!("rtsp://h/{}x", " ".repeat(700)), false), Err(CameraUrlError::TooLong(2110)));
     }
 
     #[test]

@@ -114,8 +114,13 @@ impl Manifest {
 
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// A manifest's text, as read from `path` (a relative `onnx` is beside it).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
         let mut m: Manifest =
-            toml::from_str(&text).map_err(|source| ManifestError::Parse { path: path.into(), source })?;
+            toml::from_str(text).map_err(|source| ManifestError::Parse { path: path.into(), source })?;
         let invalid = |reason: String| ManifestError::Invalid { path: path.into(), reason };
         if m.labels.is_empty() {
             return Err(invalid("labels: at least one class".into()));
