@@ -79,6 +79,9 @@ pub enum OrchestratorError {
     Bind { addr: String, source: std::io::Error },
 }
 
+/// How long the leader's lock connection may take to answer before leadership counts as lost.
+const LEADER_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Orchestrator {
     pool: Pool,
     kafka: Arc<KafkaLink>,
@@ -215,10 +218,18 @@ impl Orchestrator {
             }
             // Act only while the lock's connection is alive: a leader cut off from the database
             // must stop placing before another takes over.
-            if lock.simple_query("SELECT 1").await.is_err() {
-                break;
+            // A database that stops answering (not refusing) counts as lost too.
+            match tokio::time::timeout(LEADER_CHECK_TIMEOUT, lock.simple_query("SELECT 1")).await {
+                Ok(Ok(_)) => {}
+                _ => break,
             }
-            self.reconcile_round(&stop).await;
+            // A round waits on hosts and the database; shutdown does not wait for it. Each
+            // action is its own transaction, and a runner placed but not recorded is found by
+            // the next leader's list.
+            tokio::select! {
+                _ = self.reconcile_round(&stop) => {}
+                _ = stop.cancelled() => break,
+            }
         }
         self.backend.release();
         consumers.shutdown().await

@@ -462,3 +462,46 @@ async fn a_host_that_does_not_answer_keeps_its_runners_and_the_others_carry_on()
     let _ = orchestrator.kill();
     let _ = orchestrator.wait();
 }
+
+/// A host whose bus accepts connections and never answers (an ssh link that hangs): the
+/// orchestrator's rounds wait on it, but SIGTERM does not. Exit within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_not_held_by_a_host_whose_bus_never_answers() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent-bus");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = std::sync::Arc::clone(&held);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            vap::sys::lock(&keep).push(conn);
+        }
+    });
+    let section = format!(
+        "nodes = [{{ name = \"silent\", bus_address = \"unix:path={}\" }}]\nrunner_key_file = \"{}\"\n",
+        socket.display(),
+        container::runner_key_file().display()
+    );
+    let config = fleet::orchestrator_config(dir.path(), "systemd", 4, &section);
+    let mut orchestrator = fleet::spawn_orchestrator_with_config(&app, &config);
+    app.create_scenario("rtsp://cam.invalid/stream").await;
+    eventually(Duration::from_secs(20), "the orchestrator to be waiting on the host", || async {
+        (!vap::sys::lock(&held).is_empty()).then_some(())
+    })
+    .await;
+    let asked = Instant::now();
+    vap::sys::signal(orchestrator.id(), vap::sys::SIGTERM);
+    let status = loop {
+        if let Some(status) = orchestrator.try_wait().unwrap() {
+            break status;
+        }
+        if asked.elapsed() > Duration::from_secs(30) {
+            let _ = orchestrator.kill();
+            panic!("still running 30 s after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}", asked.elapsed());
+}
