@@ -102,16 +102,8 @@ pub struct RunnerJob {
 }
 
 impl RunnerJob {
-    /// The environment that carries the job to the runner (credentials included).
-    pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = self.public_env();
-        env.push((ENV_CAMERA_URL.into(), self.camera_url.expose().to_string()));
-        env.push((ENV_RESULTS_KEY.into(), self.results_key.to_hex()));
-        env
-    }
-
     /// The part of the job a process listing or a unit's properties may show: no secrets.
-    pub fn public_env(&self) -> Vec<(String, String)> {
+    fn public_env(&self) -> Vec<(String, String)> {
         vec![
             (ENV_SCENARIO_UUID.into(), self.scenario.to_string()),
             (ENV_SCENARIO_EPOCH.into(), self.epoch.to_rfc3339()),
@@ -136,12 +128,14 @@ impl RunnerJob {
         args
     }
 
-    /// The operator's extra `KEY=VALUE` entries, then the job's own (which win).
-    pub fn env_with(&self, extra: &[String]) -> Vec<(String, String)> {
+    /// The operator's extra `KEY=VALUE` entries, then the job's own (which win): the public
+    /// part, and where its secrets are (`VAP_JOB_SECRETS`, `secrets_at`), never the secrets.
+    pub fn env_with(&self, extra: &[String], secrets_at: &str) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> =
             extra.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
         env.retain(|(k, _)| !JOB_ENV.contains(&k.as_str()));
-        env.extend(self.env());
+        env.extend(self.public_env());
+        env.push((ENV_JOB_SECRETS.into(), secrets_at.into()));
         env
     }
 }
@@ -180,10 +174,11 @@ mod tests {
             options_revision: 0,
             results_key: ResultsKey::new(vec![7; 32]),
         };
-        let env = job.env_with(&["RUST_LOG=info".into(), "VAP_CAMERA_URL=other".into(), "junk".into()]);
+        let env = job.env_with(&["RUST_LOG=info".into(), "VAP_CAMERA_URL=other".into(), "junk".into()], "stdin");
         assert_eq!(env[0], ("RUST_LOG".into(), "info".into()));
-        assert_eq!(env.iter().filter(|(k, _)| k == ENV_CAMERA_URL).count(), 1);
-        assert!(env.contains(&(ENV_CAMERA_URL.into(), "rtsp://u:p@cam/1".into())));
+        // The operator's entry for a job variable is dropped; the job's secrets are not there.
+        assert!(!env.iter().any(|(k, v)| k == ENV_CAMERA_URL || k == ENV_RESULTS_KEY || v.contains("u:p@")), "{env:?}");
+        assert_eq!(env.last(), Some(&(ENV_JOB_SECRETS.into(), "stdin".into())));
         let args = job.args(Some(Path::new("/etc/vap/vap.toml")));
         assert_eq!(args, ["--scenario", &Uuid::nil().to_string(), "--config", "/etc/vap/vap.toml"]);
     }

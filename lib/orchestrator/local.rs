@@ -231,8 +231,7 @@ fn run_once(
     cmd.env_clear().envs(std::env::vars().filter(|(k, _)| crate::job::is_process_env(k)));
     // The secrets go through a pipe: not in the runner's environment or arguments, which
     // /proc shows to its user and `ps` to everyone.
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).envs(spec.public_env());
-    cmd.env(crate::job::ENV_JOB_SECRETS, "stdin");
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).envs(spec.env_with(&[], "stdin"));
     cmd.stdin(Stdio::piped()).process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", settings.runner_bin.display()))?;
     if let Some(mut stdin) = child.stdin.take() {

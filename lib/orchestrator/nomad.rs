@@ -300,15 +300,8 @@ pub fn job_spec(s: &NomadBackendSettings, spec: &RunnerJob) -> Value {
     // No secret in the job: Nomad shows jobs to anyone with read-job, and interpolates `${..}`
     // in Env. The camera URL and the results key are a Variable, rendered to a file only the
     // task reads.
-    let mut env: BTreeMap<String, String> = s
-        .runner_env
-        .iter()
-        .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| !crate::job::JOB_ENV.contains(k))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    env.extend(spec.public_env());
-    env.insert(crate::job::ENV_JOB_SECRETS.into(), "file:${NOMAD_SECRETS_DIR}/vap-job.json".into());
+    let env: BTreeMap<String, String> =
+        spec.env_with(&s.runner_env, "file:${NOMAD_SECRETS_DIR}/vap-job.json").into_iter().collect();
     let template =
         format!("{{{{ with nomadVar \"{}\" }}}}{{{{ .job }}}}{{{{ end }}}}", secrets_variable(spec.scenario));
     let args = spec.args(s.runner_config.as_deref());

@@ -360,14 +360,11 @@ impl SystemdBackend {
         // and the key that opens them as a credential only this unit's user reads.
         let sealed =
             self.runner_key.seal(spec.scenario, &spec.secrets()).map_err(|e| node.unavailable(e.to_string()))?;
-        let mut env: Vec<String> = s
-            .runner_env
-            .iter()
-            .filter(|kv| kv.split_once('=').is_some_and(|(k, _)| !crate::job::JOB_ENV.contains(&k)))
-            .cloned()
+        let env: Vec<String> = spec
+            .env_with(&s.runner_env, &format!("sealed:{sealed}"))
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        env.extend(spec.public_env().into_iter().map(|(k, v)| format!("{k}={v}")));
-        env.push(format!("{}=sealed:{sealed}", crate::job::ENV_JOB_SECRETS));
         let credential = (crate::sealed::CREDENTIAL.to_string(), s.runner_key_file.display().to_string());
         let sec = |n: u64| n * 1_000_000;
         let mut props: Vec<(&str, Value)> = vec![
