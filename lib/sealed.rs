@@ -59,15 +59,11 @@ impl RunnerKey {
         self.0
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(scenario.as_bytes()), &mut data)
             .map_err(|_| SealError::Seal)?;
-        Ok(nonce.iter().chain(&data).map(|b| format!("{b:02x}")).collect())
+        Ok(hex::encode([&nonce[..], &data].concat()))
     }
 
     pub fn open(&self, scenario: Uuid, sealed: &str) -> Result<JobSecrets, SealError> {
-        let bytes: Option<Vec<u8>> = (0..sealed.len())
-            .step_by(2)
-            .map(|i| sealed.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect();
-        let bytes = bytes.filter(|b| b.len() > NONCE_LEN).ok_or(SealError::Open(scenario))?;
+        let bytes = hex::decode(sealed).ok().filter(|b| b.len() > NONCE_LEN).ok_or(SealError::Open(scenario))?;
         let (nonce, data) = bytes.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| SealError::Open(scenario))?;
         let mut data = data.to_vec();

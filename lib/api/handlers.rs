@@ -208,7 +208,7 @@ pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Res
     if !requested.is_empty() {
         digest.update(serde_json::to_vec(&requested).unwrap_or_default());
     }
-    let hash = hex(&digest.finalize());
+    let hash = hex::encode(digest.finalize());
     let idempotency = key.as_deref().map(|key| Idempotency { key, request_hash: &hash });
     let render = |s: &Scenario| scenario_json(s, &state.options);
     match scenarios::create(&state.pool, &url, &options, idempotency, render).await? {
@@ -220,10 +220,6 @@ pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Res
         Created::Replayed(response) => Ok(json_response(StatusCode::OK, &response)),
         Created::KeyReused => Err(ApiError::IdempotencyKeyReused),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub async fn get_scenario(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
