@@ -109,6 +109,22 @@ pub fn spawn_orchestrator_with_config(app: &TestApp, config: &Path) -> Child {
     spawn_orchestrator_with_env(app, config, &[])
 }
 
+/// SIGTERM, then waits for the exit: its status and how long it took. Fails after 30 s.
+pub async fn terminate(child: &mut Child) -> (std::process::ExitStatus, std::time::Duration) {
+    let asked = std::time::Instant::now();
+    vap::sys::signal(child.id(), vap::sys::SIGTERM);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, asked.elapsed());
+        }
+        if asked.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("still running 30 s after SIGTERM");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The same, with `env` (`VAP_*` settings) on top of the test app's.
 pub fn spawn_orchestrator_with_env(app: &TestApp, config: &Path, env: &[(String, String)]) -> Child {
     let mut all = app.env();

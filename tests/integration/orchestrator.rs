@@ -303,19 +303,7 @@ async fn sigterm_with_sixty_thousand_scenarios_queued_exits_within_five_seconds(
         (app.scalar("SELECT count(*) FROM workers").await > 0).then_some(())
     })
     .await;
-    let asked = Instant::now();
-    vap::sys::signal(orchestrator.id(), vap::sys::SIGTERM);
-    let status = loop {
-        if let Some(status) = orchestrator.try_wait().unwrap() {
-            break status;
-        }
-        if asked.elapsed() > Duration::from_secs(30) {
-            let _ = orchestrator.kill();
-            panic!("still running 30 s after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let took = asked.elapsed();
+    let (status, took) = fleet::terminate(&mut orchestrator).await;
     assert!(status.success(), "{status:?}");
     assert!(took < Duration::from_secs(5), "took {took:?} to exit");
     eprintln!("orchestrator exited {took:?} after SIGTERM with 60,000 queued");
