@@ -51,7 +51,7 @@ impl EgressProxy {
                 Ok((client, _)) => {
                     let policy = Arc::clone(&policy);
                     connections.spawn(async move {
-                        if let Err(reason) = relay(client, &policy).await {
+                        if let Err(reason) = relay(client, policy).await {
                             tracing::warn!(reason, "egress refused");
                         }
                     });
@@ -67,7 +67,7 @@ impl EgressProxy {
 
 /// One client connection: read its first request head, check where it goes, connect, then
 /// pass bytes both ways. Later requests on the same connection go to the same checked place.
-async fn relay(mut client: TcpStream, policy: &DestinationPolicy) -> Result<(), String> {
+async fn relay(mut client: TcpStream, policy: Arc<DestinationPolicy>) -> Result<(), String> {
     let head = read_head(&mut client).await?;
     let request = match parse_head(&head) {
         Ok(r) => r,
@@ -77,12 +77,7 @@ async fn relay(mut client: TcpStream, policy: &DestinationPolicy) -> Result<(), 
         }
     };
     let (host, port) = (request.host.clone(), request.port);
-    let addresses = match tokio::task::spawn_blocking({
-        let policy = policy.clone();
-        move || policy.resolve(&host, port)
-    })
-    .await
-    {
+    let addresses = match tokio::task::spawn_blocking(move || policy.resolve(&host, port)).await {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
             let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\n").await;
