@@ -79,6 +79,12 @@ pub enum OrchestratorError {
     Bind { addr: String, source: std::io::Error },
 }
 
+/// Whether the stored worker row of `id` already has `status` (rounds repeat Wait and
+/// Unreachable; the row is written once).
+fn worker_shows(stored: &HashMap<Uuid, &workers::ActiveScenario>, id: &Uuid, status: WorkerStatus) -> bool {
+    stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.status == Some(status))
+}
+
 /// How long the leader's lock connection may take to answer before leadership counts as lost.
 const LEADER_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -417,9 +423,7 @@ impl Orchestrator {
                 Action::Wait(id) => Some(*id),
                 _ => None,
             })
-            .filter(|id| {
-                !stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.status == Some(WorkerStatus::Waiting))
-            })
+            .filter(|id| !worker_shows(stored, id, WorkerStatus::Waiting))
             .collect();
         for chunk in new.chunks(CHUNK) {
             if stop.is_cancelled() {
@@ -440,14 +444,11 @@ impl Orchestrator {
         listed: &[WorkerInfo],
     ) -> Result<(), ReconcileError> {
         let kind = self.backend.kind();
-        // Rounds repeat Wait and Unreachable: skip the write when the worker row says it already.
-        let worker_shows = |id: &Uuid, status: WorkerStatus| {
-            stored.get(id).and_then(|s| s.worker.as_ref()).is_some_and(|w| w.status == Some(status))
-        };
         match action {
             Action::Start(_) => {}
             Action::Wait(_) => {}
-            Action::Unreachable { scenario, .. } if worker_shows(scenario, WorkerStatus::Unreachable) => {}
+            // Rounds repeat it: skip the write when the worker row says it already.
+            Action::Unreachable { scenario, .. } if worker_shows(stored, scenario, WorkerStatus::Unreachable) => {}
             Action::Unreachable { scenario, node } => {
                 tracing::warn!(scenario = %scenario, node, "the runner's host does not answer; leaving it as it is");
                 workers::record_unreachable(&self.pool, *scenario, kind, node).await?;
