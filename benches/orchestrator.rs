@@ -215,6 +215,7 @@ async fn nomad_placements(app: &mut TestApp) {
                     options: Default::default(),
                     options_revision: 0,
                     results_key: vap::signing::ResultsKey::new(vec![1; 32]),
+                    kafka_password: None,
                 };
                 client.register_job(&vap::orchestrator::nomad::job_spec(&settings, &spec)).await.unwrap();
             }

@@ -110,6 +110,23 @@ pub struct KafkaSettings {
     pub request_timeout_ms: u64,
     /// Set TCP_NODELAY on the client's sockets (rskafka doesn't); off only to measure why.
     pub tcp_nodelay: bool,
+    /// How clients log in to the broker; `none` for a broker without `--authentication`.
+    pub sasl_mechanism: SaslMechanism,
+    pub sasl_username: String,
+    /// Runners get it with their other secrets, never in their environment.
+    pub sasl_password: Secret,
+    /// PEM file of the CA that signed the brokers' certificates: set, clients speak TLS.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SaslMechanism {
+    #[default]
+    None,
+    Plain,
+    ScramSha256,
+    ScramSha512,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -395,6 +412,10 @@ impl Default for KafkaSettings {
             request_deadline_ms: 5_000,
             request_timeout_ms: 10_000,
             tcp_nodelay: true,
+            sasl_mechanism: SaslMechanism::None,
+            sasl_username: String::new(),
+            sasl_password: Secret::default(),
+            tls_ca_file: None,
         }
     }
 }
@@ -614,6 +635,9 @@ impl Settings {
         let longest_fetch_wait = u64::try_from(self.inbox.fetch_max_wait_ms).unwrap_or(0).max(500);
         if self.kafka.request_timeout_ms <= longest_fetch_wait {
             return bad("kafka.request_timeout_ms", "must exceed inbox.fetch_max_wait_ms (and 500 ms)");
+        }
+        if self.kafka.sasl_mechanism != SaslMechanism::None && self.kafka.sasl_username.is_empty() {
+            return bad("kafka.sasl_username", "must be set when kafka.sasl_mechanism is");
         }
         if self.relay.batch_size < 1 {
             return bad("relay.batch_size", "must be at least 1");

@@ -388,8 +388,18 @@ pub struct Broker {
     /// The port clients are told to use (metadata), when something sits in front of the broker.
     advertised: Option<u16>,
     storage: BrokerStorage,
+    security: Option<BrokerSecurity>,
     dir: PathBuf,
     child: Option<Child>,
+}
+
+/// A broker that wants a SCRAM-SHA-512 login and, with `tls`, speaks only TLS.
+#[derive(Debug, Clone)]
+pub struct BrokerSecurity {
+    pub username: String,
+    pub password: String,
+    /// Certificate chain and private key (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Broker {
@@ -399,7 +409,29 @@ impl Broker {
 
     /// A broker that tells clients to connect to `advertised` (a proxy on loopback, say).
     pub fn start_advertising(storage: BrokerStorage, advertised: Option<u16>) -> Result<Self, DevStackError> {
-        let mut broker = Self { port: free_port()?, advertised, storage, dir: scratch_dir("broker")?, child: None };
+        let mut broker =
+            Self { port: free_port()?, advertised, storage, security: None, dir: scratch_dir("broker")?, child: None };
+        broker.resume()?;
+        Ok(broker)
+    }
+
+    /// A broker with a login (kept in PostgreSQL storage, which nisshi needs for it). nisshi
+    /// creates users only over an unauthenticated connection: the broker first runs open on
+    /// loopback, gets its user, then restarts secured.
+    pub fn start_secured(postgres_url: &str, security: BrokerSecurity) -> Result<Self, DevStackError> {
+        let mut broker = Self::start(BrokerStorage::Postgres(postgres_url.into()))?;
+        let out = Command::new(nisshi_bin()?)
+            .args(["user", "create", "--broker", &format!("tcp://{}", broker.addr()), "--mechanism", "scram512"])
+            .args([&security.username, &security.password])
+            .current_dir(&broker.dir)
+            .output()
+            .map_err(io("nisshi user create"))?;
+        if !out.status.success() {
+            let detail = String::from_utf8_lossy(&out.stderr).into_owned();
+            return Err(DevStackError::Failed { what: "nisshi user create".into(), detail });
+        }
+        broker.stop();
+        broker.security = Some(security);
         broker.resume()?;
         Ok(broker)
     }
@@ -433,8 +465,19 @@ impl Broker {
             BrokerStorage::Postgres(u) => u.clone(),
         };
         let mut cmd = Command::new(nisshi_bin()?);
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
-            .args(["--storage-engine", &storage, "--cluster-id", "vap"])
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised]).args([
+            "--storage-engine",
+            &storage,
+            "--cluster-id",
+            "vap",
+        ]);
+        if let Some(security) = &self.security {
+            cmd.arg("--authentication");
+            if let Some((cert, key)) = &security.tls {
+                cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+        }
+        cmd
             // nisshi reads `.env` from its working directory: give it an empty one.
             .current_dir(&self.dir)
             .env("RUST_LOG", "warn")

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::camera_url::CameraUrl;
+use crate::config::Secret;
 use crate::options::ScenarioOptions;
 use crate::signing::ResultsKey;
 
@@ -42,6 +43,9 @@ pub struct JobSecrets {
     pub camera_url: String,
     /// Hex.
     pub results_key: String,
+    /// The broker login's password (`kafka.sasl_password`), when the broker wants one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_password: Option<String>,
 }
 
 impl std::fmt::Debug for JobSecrets {
@@ -54,6 +58,8 @@ impl std::fmt::Debug for JobSecrets {
 /// backend passes on from its own environment. The database's and the API's settings, and
 /// their secrets, stay with the orchestrator.
 pub const RUNNER_SETTINGS_ENV: [&str; 4] = ["VAP_KAFKA__", "VAP_RUNNER__", "VAP_DESTINATIONS__", "VAP_LOG__"];
+/// Settings among those that are secrets: runners get them with their job's secrets.
+pub const RUNNER_SECRET_ENV: [&str; 1] = ["VAP_KAFKA__SASL_PASSWORD"];
 
 /// What a runner process may inherit besides its settings: how to find programs and libraries,
 /// locale and time zone, logging, and OpenCV's and FFmpeg's own knobs.
@@ -65,7 +71,11 @@ pub fn is_process_env(name: &str) -> bool {
 
 /// Which of `vars` a runner may be given.
 pub fn runner_settings_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
-    vars.into_iter().filter(|(k, _)| RUNNER_SETTINGS_ENV.iter().any(|p| k.starts_with(p))).collect()
+    vars.into_iter()
+        .filter(|(k, _)| {
+            RUNNER_SETTINGS_ENV.iter().any(|p| k.starts_with(p)) && !RUNNER_SECRET_ENV.contains(&k.as_str())
+        })
+        .collect()
 }
 
 /// A runner's exit codes.
@@ -99,6 +109,8 @@ pub struct RunnerJob {
     pub options_revision: i64,
     /// Signs the runner's results; the inbox stores only what verifies.
     pub results_key: ResultsKey,
+    /// The broker login's password, delivered with the other secrets.
+    pub kafka_password: Option<Secret>,
 }
 
 impl RunnerJob {
@@ -114,7 +126,11 @@ impl RunnerJob {
 
     /// The secrets, as [`ENV_JOB_SECRETS`] delivers them.
     pub fn secrets(&self) -> JobSecrets {
-        JobSecrets { camera_url: self.camera_url.expose().to_string(), results_key: self.results_key.to_hex() }
+        JobSecrets {
+            camera_url: self.camera_url.expose().to_string(),
+            results_key: self.results_key.to_hex(),
+            kafka_password: self.kafka_password.as_ref().map(|p| p.expose().to_string()),
+        }
     }
 
     /// The runner's arguments after the program: its scenario (so `ps` and a restarted
@@ -154,6 +170,7 @@ mod tests {
     fn runners_get_only_the_settings_they_read() {
         let vars = [
             "VAP_KAFKA__BROKERS",
+            "VAP_KAFKA__SASL_PASSWORD",
             "VAP_RUNNER__SAMPLE_FPS",
             "VAP_LOG__LEVEL",
             "VAP_DATABASE__PASSWORD",
@@ -173,11 +190,16 @@ mod tests {
             options: ScenarioOptions::default(),
             options_revision: 0,
             results_key: ResultsKey::new(vec![7; 32]),
+            kafka_password: Some(Secret::new("kpw")),
         };
         let env = job.env_with(&["RUST_LOG=info".into(), "VAP_CAMERA_URL=other".into(), "junk".into()], "stdin");
         assert_eq!(env[0], ("RUST_LOG".into(), "info".into()));
         // The operator's entry for a job variable is dropped; the job's secrets are not there.
-        assert!(!env.iter().any(|(k, v)| k == ENV_CAMERA_URL || k == ENV_RESULTS_KEY || v.contains("u:p@")), "{env:?}");
+        assert!(
+            !env.iter().any(|(k, v)| k == ENV_CAMERA_URL || k == ENV_RESULTS_KEY || v.contains("u:p@") || v == "kpw"),
+            "{env:?}"
+        );
+        assert_eq!(job.secrets().kafka_password.as_deref(), Some("kpw"));
         assert_eq!(env.last(), Some(&(ENV_JOB_SECRETS.into(), "stdin".into())));
         let args = job.args(Some(Path::new("/etc/vap/vap.toml")));
         assert_eq!(args, ["--scenario", &Uuid::nil().to_string(), "--config", "/etc/vap/vap.toml"]);

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
+use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::BackoffConfig;
 use tokio::sync::Mutex;
 
 use crate::backoff::Backoff;
-use crate::config::KafkaSettings;
+use crate::config::{KafkaSettings, SaslMechanism};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -24,6 +24,8 @@ pub enum KafkaError {
     NoPartitions(String),
     #[error("kafka request got no answer within {0:?}")]
     TimedOut(Duration),
+    #[error("kafka: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Bounds one request. rskafka has no request timeout: a broker that stops answering (without
@@ -71,14 +73,26 @@ fn backoff(settings: &KafkaSettings) -> BackoffConfig {
     }
 }
 
+/// A client builder with the settings' login (SASL) and TLS.
+pub fn builder(settings: &KafkaSettings) -> Result<ClientBuilder, KafkaError> {
+    let mut builder = ClientBuilder::new(settings.brokers.clone()).client_id("vap").backoff_config(backoff(settings));
+    let credentials = || Credentials::new(settings.sasl_username.clone(), settings.sasl_password.expose().to_string());
+    builder = match settings.sasl_mechanism {
+        SaslMechanism::None => builder,
+        SaslMechanism::Plain => builder.sasl_config(SaslConfig::Plain(credentials())),
+        SaslMechanism::ScramSha256 => builder.sasl_config(SaslConfig::ScramSha256(credentials())),
+        SaslMechanism::ScramSha512 => builder.sasl_config(SaslConfig::ScramSha512(credentials())),
+    };
+    if let Some(ca) = &settings.tls_ca_file {
+        builder = builder.tls_config(Arc::new(crate::tls::client_config(Some(ca))?));
+    }
+    Ok(builder)
+}
+
 impl Kafka {
     pub async fn connect(settings: &KafkaSettings) -> Result<Self, KafkaError> {
         let timeout = Duration::from_millis(settings.request_timeout_ms);
-        let client = bounded(
-            timeout,
-            ClientBuilder::new(settings.brokers.clone()).client_id("vap").backoff_config(backoff(settings)).build(),
-        )
-        .await?;
+        let client = bounded(timeout, builder(settings)?.build()).await?;
         if settings.tcp_nodelay {
             sweep_nodelay().await;
             spawn_nodelay_sweeper();

@@ -70,3 +70,4 @@ pub mod signing;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tasks;
+pub mod tls;

@@ -84,7 +84,11 @@ mod tests {
         let key = RunnerKey::from_secret(&"k".repeat(48)).unwrap();
         let other = RunnerKey::from_secret(&"j".repeat(48)).unwrap();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let secrets = JobSecrets { camera_url: "rtsp://admin:S3cret@cam/1".into(), results_key: "ab".repeat(32) };
+        let secrets = JobSecrets {
+            camera_url: "rtsp://admin:S3cret@cam/1".into(),
+            results_key: "ab".repeat(32),
+            kafka_password: None,
+        };
         let sealed = key.seal(a, &secrets).unwrap();
         assert!(!sealed.contains("S3cret") && !sealed.contains(&"ab".repeat(32)));
         assert_ne!(sealed, key.seal(a, &secrets).unwrap(), "a fresh nonce each time");

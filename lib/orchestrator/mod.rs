@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{OrchestratorSettings, Settings};
+use crate::config::{OrchestratorSettings, SaslMechanism, Secret, Settings};
 use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler};
 use crate::db;
 use crate::db::positions::Advance;
@@ -97,6 +97,8 @@ pub struct Orchestrator {
     wake: Arc<Notify>,
     /// When each scenario's runner was first seen ended by itself (exit 0), for the grace.
     ended: std::sync::Mutex<HashMap<Uuid, Instant>>,
+    /// The broker login's password, handed to runners with their secrets.
+    kafka_password: Option<Secret>,
 }
 
 /// Runs until `shutdown`: standby until it holds the lead, then leads until it loses it.
@@ -123,6 +125,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         metrics,
         wake: Arc::new(Notify::new()),
         ended: std::sync::Mutex::new(HashMap::new()),
+        kafka_password: match settings.kafka.sasl_mechanism {
+            SaslMechanism::None => None,
+            _ => Some(settings.kafka.sasl_password.clone()),
+        },
     });
     if let Some(changes) = this.backend.changes() {
         let (wake, stop) = (Arc::clone(&this.wake), tasks.token());
@@ -277,6 +283,7 @@ impl Orchestrator {
                 options: s.options.clone(),
                 options_revision: s.options_revision,
                 results_key: s.results_key.clone(),
+                kafka_password: self.kafka_password.clone(),
             }),
             _ => None,
         });

@@ -40,8 +40,8 @@ pub enum NomadError {
     Status { method: Method, path: String, status: StatusCode, body: String },
     #[error("nomad {path}: unexpected answer: {source}")]
     Decode { path: String, source: serde_json::Error },
-    #[error("nomad CA file {path}: {reason}")]
-    Tls { path: String, reason: String },
+    #[error("nomad: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl From<NomadError> for BackendError {
@@ -146,21 +146,7 @@ pub struct NomadClient {
 
 impl NomadClient {
     pub fn new(s: &NomadBackendSettings) -> Result<Self, NomadError> {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(path) = &s.ca_file {
-            use rustls::pki_types::pem::PemObject;
-            let tls_err = |reason: String| NomadError::Tls { path: path.display().to_string(), reason };
-            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| tls_err(e.to_string()))?;
-            for cert in certs {
-                roots.add(cert.map_err(|e| tls_err(e.to_string()))?).map_err(|e| tls_err(e.to_string()))?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| NomadError::Tls { path: String::new(), reason: e.to_string() })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::tls::client_config(s.ca_file.as_deref())?;
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -608,6 +594,7 @@ mod tests {
             },
             options_revision: 3,
             results_key: crate::signing::ResultsKey::new(vec![0x5a; 32]),
+            kafka_password: Some(crate::config::Secret::new("broker-login-secret")),
         };
         let golden: Value = serde_json::from_str(include_str!("../../tests/golden/nomad_job.json")).unwrap();
         assert_eq!(

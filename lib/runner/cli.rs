@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Outcome, RunnerError, RunnerJob};
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 
 use crate::camera_url::CameraUrl;
 use crate::job::{
@@ -60,6 +60,8 @@ pub struct RunnerArgs {
     pub results_key: ResultsKey,
     pub options: ScenarioOptions,
     pub options_revision: i64,
+    /// The broker login's password, from the job's secrets (else from the settings).
+    pub kafka_password: Option<Secret>,
 }
 
 /// The secrets from where `VAP_JOB_SECRETS` says: `stdin`, `file:<path>`, or `sealed:<hex>`
@@ -93,6 +95,7 @@ impl RunnerArgs {
         let (mut config, mut scenario, mut epoch, mut url, mut options) =
             (None, env(ENV_SCENARIO_UUID), env(ENV_SCENARIO_EPOCH), env(ENV_CAMERA_URL), env(ENV_SCENARIO_OPTIONS));
         let mut key = env(ENV_RESULTS_KEY);
+        let mut kafka_password = None;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -116,6 +119,7 @@ impl RunnerArgs {
         if let Some(source) = env(ENV_JOB_SECRETS).filter(|s| !s.is_empty()) {
             let secrets = read_job_secrets(&source, scenario, env("CREDENTIALS_DIRECTORY"))?;
             (url, key) = (Some(secrets.camera_url), Some(secrets.results_key));
+            kafka_password = secrets.kafka_password.map(Secret::new);
         }
         // Without an epoch (a run by hand) numbers count from the Unix epoch: still unique.
         let epoch = match epoch.filter(|e| !e.is_empty()) {
@@ -133,7 +137,7 @@ impl RunnerArgs {
             Some(o) => serde_json::from_str(&o).map_err(|e| UsageError::BadOptions(e.to_string()))?,
             None => ScenarioOptions::default(),
         };
-        Ok(Self { config, scenario, epoch, camera_url, results_key, options, options_revision })
+        Ok(Self { config, scenario, epoch, camera_url, results_key, options, options_revision, kafka_password })
     }
 }
 
@@ -170,13 +174,16 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     if let Some(proxy) = &egress {
         std::env::set_var("http_proxy", proxy.url());
     }
-    let settings = match Settings::load(args.config.as_deref()) {
+    let mut settings = match Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("vap-runner: error: {e}");
             return ExitCode::from(exit::USAGE);
         }
     };
+    if let Some(password) = &args.kafka_password {
+        settings.kafka.sasl_password = password.clone();
+    }
     crate::lifecycle::init_logging(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
@@ -192,6 +199,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         epoch: args.epoch,
         options: args.options,
         options_revision: args.options_revision,
+        kafka_password: args.kafka_password,
     };
     let span = tracing::info_span!("runner", scenario = %job.scenario);
     let _entered = span.enter();
@@ -202,6 +210,15 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     });
     match result {
         Ok(report) => match report.outcome {
+            // A source that ended with results undelivered is not finished: exit 0 would mark
+            // it done with them lost. A run again repeats frames, which the inbox stores once.
+            Outcome::Finished if report.unsent > 0 => {
+                tracing::error!(
+                    unsent = report.unsent,
+                    "source ended but results undelivered; exiting to be run again"
+                );
+                ExitCode::FAILURE
+            }
             Outcome::Finished | Outcome::Stopped => ExitCode::SUCCESS,
             Outcome::SourceUnavailable(reason) => {
                 tracing::error!(reason, exit_code = exit::SOURCE_UNAVAILABLE, "camera unavailable");

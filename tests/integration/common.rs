@@ -254,7 +254,8 @@ impl TestApp {
     /// The settings as VAP_* environment variables.
     pub fn env(&self) -> Vec<(String, String)> {
         let s = &self.settings;
-        vec![
+        let mut env = self.kafka_login_env();
+        env.extend([
             ("VAP_DATABASE__HOST".into(), s.database.host.clone()),
             ("VAP_DATABASE__PORT".into(), s.database.port.to_string()),
             ("VAP_DATABASE__USER".into(), s.database.user.clone()),
@@ -272,11 +273,28 @@ impl TestApp {
             ("VAP_INBOX__ENABLED".into(), s.inbox.enabled.to_string()),
             ("VAP_DESTINATIONS__ALLOW".into(), s.destinations.allow.join(",")),
             ("VAP_LOG__LEVEL".into(), "warn".into()),
-        ]
+        ]);
+        env
+    }
+
+    /// The broker login and TLS settings, when the test's broker wants them.
+    fn kafka_login_env(&self) -> Vec<(String, String)> {
+        let k = &self.settings.kafka;
+        let mut env = Vec::new();
+        if k.sasl_mechanism != vap::config::SaslMechanism::None {
+            let mechanism = serde_json::to_value(k.sasl_mechanism).unwrap().as_str().unwrap().to_string();
+            env.push(("VAP_KAFKA__SASL_MECHANISM".into(), mechanism));
+            env.push(("VAP_KAFKA__SASL_USERNAME".into(), k.sasl_username.clone()));
+            env.push(("VAP_KAFKA__SASL_PASSWORD".into(), k.sasl_password.expose().to_string()));
+        }
+        if let Some(ca) = &k.tls_ca_file {
+            env.push(("VAP_KAFKA__TLS_CA_FILE".into(), ca.display().to_string()));
+        }
+        env
     }
 
     pub async fn kafka(&self) -> rskafka::client::Client {
-        rskafka::client::ClientBuilder::new(self.settings.kafka.brokers.clone()).build().await.expect("kafka client")
+        vap::kafka::builder(&self.settings.kafka).unwrap().build().await.expect("kafka client")
     }
 
     /// Every record currently on every partition of `topic`, with partition and offset.
@@ -491,4 +509,49 @@ pub fn cache_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::path::Path::new(&home).join(".cache"))
         .join("vap")
+}
+
+/// A CA and a certificate it signed for 127.0.0.1 with its key (PEM, PKCS#8), made by openssl
+/// in `dir`: what a broker that speaks TLS presents (cert, key) and what its clients trust (CA).
+pub struct TestCertificates {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+pub fn test_certificates(dir: &std::path::Path) -> TestCertificates {
+    let openssl = |args: &[&str]| {
+        let out =
+            Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (scripts/setup installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=vap test CA", "-days", "2"],
+        ]
+        .concat(),
+    );
+    openssl(&[&["req"], &ec[..], &["-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    TestCertificates { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") }
 }

@@ -213,6 +213,7 @@ fn submitted_job_carries_the_scenario_the_runner_and_no_secret_in_its_arguments(
         options: Default::default(),
         options_revision: 0,
         results_key: vap::signing::ResultsKey::new(vec![3; 32]),
+        kafka_password: Some(vap::config::Secret::new("broker-login-secret")),
     };
     let job = job_spec(&NomadBackendSettings::default(), &spec);
     let task = &job["TaskGroups"][0]["Tasks"][0];

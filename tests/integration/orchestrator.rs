@@ -354,3 +354,73 @@ async fn a_position_outside_the_log_restarts_at_the_earliest_record() {
     let _ = orchestrator.kill();
     let _ = orchestrator.wait();
 }
+
+/// A broker that wants a SCRAM login and speaks only TLS (as the Ansible roles deploy it):
+/// the API's outbox, the relay, the orchestrator and its runners all log in, the runner gets
+/// the password with its secrets (not in its environment), results are stored; a client
+/// without the login, with a wrong password, or without TLS gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_with_a_login_and_tls_carries_the_whole_flow_and_refuses_strangers() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = common::test_certificates(dir.path());
+    let storage = common::unique("nisshi");
+    common::cluster().create_database(&storage).await.unwrap();
+    let pg = common::cluster().settings(&storage);
+    let password = common::unique("pw");
+    let broker = vap::devstack::Broker::start_secured(
+        &format!("postgres://{}@{}:{}/{}", pg.user, pg.host, pg.port, pg.dbname),
+        vap::devstack::BrokerSecurity {
+            username: "vap".into(),
+            password: password.clone(),
+            tls: Some((certs.cert.clone(), certs.key.clone())),
+        },
+    )
+    .unwrap();
+    let (login, ca) = (password.clone(), certs.ca.clone());
+    let mut app = TestApp::spawn_with_broker(broker, move |s| {
+        s.api.allow_file_urls = true;
+        s.kafka.sasl_mechanism = vap::config::SaslMechanism::ScramSha512;
+        s.kafka.sasl_username = "vap".into();
+        s.kafka.sasl_password = vap::config::Secret::new(login);
+        s.kafka.tls_ca_file = Some(ca);
+    })
+    .await;
+    app.start_relay();
+    let mut orchestrator = spawn_orchestrator(&app, 2);
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+    let file = app.create_scenario(media().short.to_str().unwrap()).await;
+    let live = app.create_scenario(&format!("rtsp://127.0.0.1:{port}/cam")).await;
+    let _reaper = RunnerReaper(HashSet::from([file, live]));
+
+    app.wait_for_status(file, "inactive", Duration::from_secs(90)).await;
+    assert_eq!(app.prediction(file).await["total_frames_processed"], 10, "every frame of the file stored");
+    app.wait_for_status(live, "active", Duration::from_secs(90)).await;
+    let pid = runner_processes(&HashSet::from([live]))[&live][0];
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
+    assert!(environ.contains("VAP_KAFKA__SASL_USERNAME=vap"), "the runner logs in as configured");
+    assert!(!environ.contains(&password), "the broker password is in the runner's environment");
+    eventually(Duration::from_secs(30), "the live camera's results", || async {
+        (app.prediction(live).await["total_frames_processed"].as_i64() > Some(0)).then_some(())
+    })
+    .await;
+
+    // Strangers: each gets no topic list within the time a client gets.
+    let refused = |adjust: fn(&mut vap::config::KafkaSettings)| {
+        let mut settings = app.settings.kafka.clone();
+        adjust(&mut settings);
+        async move {
+            let attempt = async { vap::kafka::builder(&settings).unwrap().build().await?.list_topics().await };
+            !matches!(tokio::time::timeout(Duration::from_secs(20), attempt).await, Ok(Ok(_)))
+        }
+    };
+    assert!(!refused(|_| {}).await, "the configured login lists topics (else the rest proves nothing)");
+    assert!(refused(|k| k.sasl_mechanism = vap::config::SaslMechanism::None).await, "no login was let in");
+    assert!(refused(|k| k.sasl_password = vap::config::Secret::new("wrong")).await, "a wrong password was let in");
+    assert!(refused(|k| k.tls_ca_file = None).await, "a plain connection was let in");
+
+    app.shutdown_scenario(live).await;
+    app.wait_for_status(live, "inactive", Duration::from_secs(30)).await;
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+}

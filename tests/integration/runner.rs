@@ -648,6 +648,32 @@ async fn broker_outage_keeps_analysing_and_delivers_afterwards() {
     assert_eq!(done["published"], done["frames_analysed"], "nothing lost: {done}");
 }
 
+/// A file that ends while the broker is down: the runner must not exit 0 (which marks the
+/// scenario done with its results lost) but 1, so its backend runs it again; the second run,
+/// with the broker back, stores every frame once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_ends_with_results_undelivered_exits_to_be_run_again_and_nothing_is_lost() {
+    let mut app = TestApp::spawn_for_runners().await;
+    let path = media().short.to_str().unwrap().to_string();
+    let scenario = app.create_scenario(&path).await;
+    app.broker.stop();
+    let quick_flush = [("VAP_KAFKA__REQUEST_DEADLINE_MS", "500"), ("VAP_RUNNER__FLUSH_TIMEOUT_MS", "1000")];
+    let mut first = Runner::start(&app, scenario, &path, &quick_flush);
+    assert_eq!(first.wait(Duration::from_secs(60)).await, 1, "{}", first.all_logs());
+    assert!(first.all_logs().contains("results undelivered"), "{}", first.all_logs());
+    assert_ne!(app.prediction(scenario).await["status"], "inactive", "marked done with nothing stored");
+
+    app.broker.resume().unwrap();
+    let mut again = Runner::start(&app, scenario, &path, &[]);
+    assert_eq!(again.wait(Duration::from_secs(60)).await, 0, "{}", again.all_logs());
+    let p = eventually(Duration::from_secs(30), "the file's frames stored", || async {
+        let p = app.prediction(scenario).await;
+        (p["status"] == "inactive").then_some(p)
+    })
+    .await;
+    assert_eq!(p["total_frames_processed"], 10, "5 s at 2 fps, each frame once: {p}");
+}
+
 /// The sd_notify messages a runner sends until it exits, and its exit code. With
 /// `stop_on_ready` it gets SIGTERM once it is ready and has reported its status.
 async fn notify_messages(app: &TestApp, camera_url: &str, stop_on_ready: bool) -> (Vec<String>, i32) {
