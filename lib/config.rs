@@ -119,13 +119,17 @@ pub struct KafkaSettings {
     pub tls_ca_file: Option<PathBuf>,
 }
 
+/// Named as Kafka clients name them (`sasl.mechanism`), lower case.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
 pub enum SaslMechanism {
     #[default]
+    #[serde(rename = "none")]
     None,
+    #[serde(rename = "plain")]
     Plain,
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    #[serde(rename = "scram-sha-512")]
     ScramSha512,
 }
 

@@ -287,10 +287,22 @@ impl PostgresCluster {
     /// Stops the server (fast shutdown: sessions are ended, as in a restart for an upgrade) and
     /// starts it again on the same data and port.
     pub fn restart(&mut self) -> Result<(), DevStackError> {
+        self.stop();
+        self.resume()
+    }
+
+    /// Stops the server (fast shutdown), keeping its data and port for [`Self::resume`].
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             untrack(child.id());
             sys::signal(child.id(), libc::SIGINT);
             let _ = child.wait();
+        }
+    }
+
+    pub fn resume(&mut self) -> Result<(), DevStackError> {
+        if self.child.is_some() {
+            return Ok(());
         }
         self.launch(&postgres_bin_dir()?)
     }

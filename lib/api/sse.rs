@@ -49,6 +49,9 @@ pub async fn forward_notifications(
                         _ = shutdown.cancelled() => return,
                     }
                 }
+                // Lost: streams look again, and while the database is away they say so to
+                // their clients (which is also how they notice a client that left).
+                let _ = bus.send(Uuid::nil());
             }
             Err(e) => tracing::warn!(error = %e, "cannot LISTEN for results; retrying"),
         }

@@ -56,6 +56,10 @@ pub struct Observed {
 /// What every runner's name starts with, on every backend.
 pub const RUNNER_PREFIX: &str = "vap-runner-";
 
+/// How long the inbox has to store a finished source's end before the orchestrator ends the
+/// scenario itself (or, for a runner whose exit it could not see, starts it again).
+pub const FINISH_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The name of a scenario's runner on every backend.
 pub fn runner_name(scenario: Uuid) -> String {
     format!("{RUNNER_PREFIX}{scenario}")

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::backend::{BackendError, RunnerState, WorkerInfo};
+use super::backend::{BackendError, RunnerState, WorkerInfo, FINISH_GRACE};
 use crate::backoff::Backoff;
 use crate::config::LocalBackendSettings;
 use crate::job::{exit, RunnerJob};
@@ -36,12 +36,33 @@ pub struct LocalBackend {
     /// the same broker; nothing else of its environment (the database password, the API token).
     inherited_env: Vec<(String, String)>,
     runners: Arc<Mutex<HashMap<Uuid, Supervised>>>,
+    /// Runners an earlier orchestrator started, and when each was first seen gone. Not our
+    /// children, so how they ended is unknown: one gone counts as stopping for FINISH_GRACE,
+    /// time for the inbox to store its end if it finished; a scenario still not at rest after
+    /// that (a crash) is started again.
+    adopted: Mutex<HashMap<Uuid, Adopted>>,
+}
+
+#[derive(Default)]
+struct Adopted {
+    gone_at: Option<Instant>,
+    /// Stopped by us: gone means stopped, no grace.
+    stop_asked: bool,
+}
+
+fn orphan(scenario: Uuid, state: RunnerState, backend_ref: String) -> WorkerInfo {
+    WorkerInfo { scenario, state, backend_ref, node: Some(crate::sys::hostname()), restarts: 0, started_at: None }
 }
 
 impl LocalBackend {
     pub fn new(settings: LocalBackendSettings) -> Self {
         let inherited_env = crate::job::runner_settings_env(std::env::vars());
-        Self { settings, inherited_env, runners: Arc::new(Mutex::new(HashMap::new())) }
+        Self {
+            settings,
+            inherited_env,
+            runners: Arc::new(Mutex::new(HashMap::new())),
+            adopted: Mutex::new(HashMap::new()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Supervised>> {
@@ -62,18 +83,28 @@ impl LocalBackend {
             })
             .collect();
         // Runners left by an earlier orchestrator: alive, not ours to wait for.
+        let ours: std::collections::HashSet<Uuid> = out.iter().map(|w| w.scenario).collect();
+        let mut adopted = crate::sys::lock(&self.adopted);
         for (scenario, pid) in find_runner_processes(&self.settings.runner_bin) {
             if !out.iter().any(|w| w.scenario == scenario) {
-                out.push(WorkerInfo {
-                    scenario,
-                    state: RunnerState::Running,
-                    backend_ref: format!("pid {pid}"),
-                    node: Some(crate::sys::hostname()),
-                    restarts: 0,
-                    started_at: None,
-                });
+                adopted.entry(scenario).or_default().gone_at = None;
+                out.push(orphan(scenario, RunnerState::Running, format!("pid {pid}")));
             }
         }
+        let now = Instant::now();
+        adopted.retain(|&scenario, a| {
+            if ours.contains(&scenario) {
+                return false;
+            }
+            if out.iter().any(|w| w.scenario == scenario) {
+                return true;
+            }
+            let waiting = !a.stop_asked && now.duration_since(*a.gone_at.get_or_insert(now)) < FINISH_GRACE;
+            if waiting {
+                out.push(orphan(scenario, RunnerState::Stopping, String::new()));
+            }
+            waiting
+        });
         out
     }
 
@@ -113,10 +144,15 @@ impl LocalBackend {
                     }
                     s.pid
                 }
-                None => find_runner_processes(&self.settings.runner_bin)
-                    .into_iter()
-                    .find(|(s, _)| *s == scenario)
-                    .map(|(_, p)| p),
+                None => {
+                    if let Some(a) = crate::sys::lock(&self.adopted).get_mut(&scenario) {
+                        a.stop_asked = true;
+                    }
+                    find_runner_processes(&self.settings.runner_bin)
+                        .into_iter()
+                        .find(|(s, _)| *s == scenario)
+                        .map(|(_, p)| p)
+                }
             }
         };
         if let Some(pid) = pid {

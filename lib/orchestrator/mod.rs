@@ -48,7 +48,7 @@ use crate::job::RunnerJob;
 use crate::kafka::KafkaLink;
 use crate::metrics::Metrics;
 use crate::tasks::{OwnedTasks, TaskFailed};
-use backend::{RunnerState, WorkerInfo};
+use backend::{RunnerState, WorkerInfo, FINISH_GRACE};
 use placement::Backend;
 use reconcile::{Action, Wanted};
 use rskafka::record::RecordAndOffset;
@@ -57,9 +57,6 @@ use rskafka::record::RecordAndOffset;
 pub const CONSUMER: &str = "orchestrator";
 /// Backend calls in flight at once when placing many runners.
 const PLACEMENT_CONCURRENCY: usize = 16;
-/// How long the inbox has to store a finished source's end before the orchestrator ends the
-/// scenario itself.
-const FINISH_GRACE: Duration = Duration::from_secs(10);
 /// The advisory lock key of the leader ("vaporch" in ASCII).
 const LEADER_LOCK: i64 = 0x0076_6170_6f72_6368;
 

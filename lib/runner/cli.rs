@@ -143,6 +143,13 @@ impl RunnerArgs {
 
 /// The whole `vap-runner` process; the binary only calls this.
 pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
+    // A panic in the capture or detect thread would leave the other, and the process, waiting
+    // for it forever (deaf to SIGTERM): end the process instead, which its backend restarts.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let args = match RunnerArgs::parse(args, |k| std::env::var(k).ok()) {
         Ok(a) => a,
         Err(e) => {

@@ -783,3 +783,81 @@ async fn a_flood_of_metrics_scrapes_reads_the_database_once_per_interval() {
     // The POST and the reads of the counters themselves are a few; 200 uncached scrapes were 400.
     assert!(made < 30, "{made} transactions for 200 scrapes");
 }
+
+/// Prediction streams whose clients leave while PostgreSQL is down end with them: their slots
+/// come back during the outage, not when the database returns; the clients that stay are told
+/// the database is away, and get results again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_whose_clients_leave_during_a_database_outage_end_with_them() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    let mut pg = vap::devstack::PostgresCluster::start(vap::devstack::PostgresOptions::default()).unwrap();
+    pg.create_database("outage").await.unwrap();
+    let database = pg.settings("outage");
+    let mut app = TestApp::spawn_with(move |s| {
+        s.database = vap::config::DatabaseSettings { pool_size: 8, connect_timeout_ms: 1_000, ..database };
+        s.api.max_sse_streams = 4;
+    })
+    .await;
+    app.start_relay();
+    let addr = app.api.base.trim_start_matches("http://").to_string();
+    let id = app.create_scenario("rtsp://cam/outage").await;
+    let stream = format!("GET /api/v1/prediction/{id}/stream HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let (head, conn) = raw(&addr, stream.as_bytes(), Duration::from_secs(5)).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        streams.push(conn);
+    }
+    let gauge = |metrics: &str| -> Option<i64> {
+        metrics.lines().find_map(|l| l.strip_prefix("vap_api_sse_streams ")).and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(gauge(&app.get("/metrics").await.text), Some(4));
+
+    pg.stop();
+    // Every stream says the database is away.
+    for conn in &mut streams {
+        let mut said = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !String::from_utf8_lossy(&said).contains("database unavailable") {
+            match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => said.extend_from_slice(&buf[..n]),
+                other => panic!("no word of the outage: {other:?} after {}", String::from_utf8_lossy(&said)),
+            }
+        }
+    }
+    // Three leave; their slots come back while the database is still down.
+    let stays = streams.pop().unwrap();
+    drop(streams);
+    let left_at = std::time::Instant::now();
+    common::eventually(Duration::from_secs(15), "the departed streams' slots back during the outage", || async {
+        (gauge(&app.get("/metrics").await.text) == Some(1)).then_some(())
+    })
+    .await;
+    eprintln!("departed streams ended {:?} after their clients left", left_at.elapsed());
+
+    // The one that stayed gets results once the database is back.
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.resume().unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    common::eventually(Duration::from_secs(15), "/ready after the outage", || async {
+        (app.get("/ready").await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    app.produce_results(vec![(id, common::result_json(id, 1))]).await;
+    let mut stays = stays;
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&said).contains("event: result") {
+        match tokio::time::timeout_at(deadline, stays.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => said.extend_from_slice(&buf[..n]),
+            other => panic!("no result after the outage: {other:?}"),
+        }
+    }
+    drop(pg);
+}

@@ -52,6 +52,23 @@ fn defaults_then_file_then_environment() {
 }
 
 #[test]
+fn broker_logins_are_named_as_kafka_clients_name_them() {
+    use vap::config::SaslMechanism;
+    for (name, want) in [
+        ("none", SaslMechanism::None),
+        ("plain", SaslMechanism::Plain),
+        ("scram-sha-256", SaslMechanism::ScramSha256),
+        ("scram-sha-512", SaslMechanism::ScramSha512),
+    ] {
+        let file = write_toml(&format!("[kafka]\nsasl_mechanism = \"{name}\"\nsasl_username = \"vap\"\n"));
+        let s = Settings::load_from(Some(file.path()), env(&[("VAP_KAFKA__SASL_PASSWORD", "pw")])).unwrap();
+        assert_eq!((s.kafka.sasl_mechanism, s.kafka.sasl_password.expose()), (want, "pw"), "{name}");
+    }
+    let e = Settings::load_from(None, env(&[("VAP_KAFKA__SASL_MECHANISM", "scram-sha-512")])).unwrap_err().to_string();
+    assert!(e.contains("kafka.sasl_username"), "a login without a user: {e}");
+}
+
+#[test]
 fn unknown_keys_and_bad_values_are_refused_by_name() {
     let file = write_toml("[database]\nprot = 5\n");
     let e = Settings::load_from(Some(file.path()), env(&[])).unwrap_err().to_string();
@@ -248,7 +265,7 @@ async fn the_api_binary_drains_on_sigterm_exits_0_and_never_logs_secrets() {
 
     sigterm(&api);
     let status = tokio::task::spawn_blocking(move || {
-        let s = wait_exit(&mut api, Duration::from_secs(8));
+        let s = wait_exit(&mut api, Duration::from_secs(5));
         let mut log = String::new();
         api.stderr.take().unwrap().read_to_string(&mut log).unwrap();
         (s, log)
@@ -275,7 +292,7 @@ async fn the_relay_binary_exits_0_on_sigterm() {
     })
     .await;
     sigterm(&relay);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut relay, Duration::from_secs(8))).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut relay, Duration::from_secs(5))).await.unwrap();
     assert!(status.success(), "{status:?}");
 }
 

@@ -68,6 +68,7 @@ struct Ports {
     api: u16,
     database: u16,
     broker: u16,
+    broker_login: u16,
     relay_metrics: u16,
     orchestrator_metrics: u16,
     worker_ssh: u16,
@@ -87,6 +88,9 @@ fn inventory(dir: &Path, host_root: &Path, worker_root: &Path, ports: &Ports) ->
     };
     let mut worker = chroot(worker_root);
     worker["vap_ssh_port"] = json!(ports.worker_ssh);
+    // The broker as the roles deploy it with TLS: a login (the default) and the operator's
+    // certificate for the address clients use.
+    let certs = common::test_certificates(dir);
     let vars = json!({
         "vap_manage_service_state": false,
         "vap_address": "127.0.0.1",
@@ -97,6 +101,10 @@ fn inventory(dir: &Path, host_root: &Path, worker_root: &Path, ports: &Ports) ->
         "vap_database_port": ports.database,
         "vap_broker_listen": format!("127.0.0.1:{}", ports.broker),
         "vap_kafka_brokers": [format!("127.0.0.1:{}", ports.broker)],
+        "vap_broker_login_listen": format!("127.0.0.1:{}", ports.broker_login),
+        "vap_kafka_tls_ca": certs.ca,
+        "vap_broker_tls_cert": certs.cert,
+        "vap_broker_tls_key": certs.key,
         "vap_api_listen": format!("127.0.0.1:{}", ports.api),
         "vap_relay_metrics_listen": format!("127.0.0.1:{}", ports.relay_metrics),
         "vap_orchestrator_metrics_listen": format!("127.0.0.1:{}", ports.orchestrator_metrics),
@@ -181,9 +189,29 @@ async fn wait_for_platform(host: &Container, api: &ApiClient) {
     assert_eq!(health, json!({"status": "healthy"}));
 }
 
+/// The broker's settings as the playbook made them: its login (password beside the inventory)
+/// and the CA; `None` for the password connects without a login.
+fn broker_client_settings(dir: &Path, broker: u16, password: Option<String>) -> vap::config::KafkaSettings {
+    let mut k = vap::config::KafkaSettings { brokers: vec![format!("127.0.0.1:{broker}")], ..Default::default() };
+    if let Some(password) = password {
+        k.sasl_mechanism = vap::config::SaslMechanism::ScramSha512;
+        k.sasl_username = "vap".into();
+        k.sasl_password = vap::config::Secret::new(password);
+    }
+    k.tls_ca_file = Some(dir.join("ca.pem"));
+    k.request_deadline_ms = 2_000;
+    k
+}
+
+fn generated_broker_password(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("vap-credentials/kafka_password")).expect("the generated password");
+    text.split_whitespace().next().unwrap_or_default().to_string()
+}
+
 /// Frame numbers of `scenario` on the results topic: what the runners published.
-async fn published_frames(broker: u16, scenario: uuid::Uuid) -> BTreeSet<i64> {
-    let client = rskafka::client::ClientBuilder::new(vec![format!("127.0.0.1:{broker}")]).build().await.unwrap();
+async fn published_frames(dir: &Path, broker: u16, scenario: uuid::Uuid) -> BTreeSet<i64> {
+    let settings = broker_client_settings(dir, broker, Some(generated_broker_password(dir)));
+    let client = vap::kafka::builder(&settings).unwrap().build().await.unwrap();
     let records = common::read_topic(&client, "results", 4).await;
     records
         .into_iter()
@@ -240,6 +268,7 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
         api: free_port(),
         database: free_port(),
         broker: free_port(),
+        broker_login: free_port(),
         relay_metrics: free_port(),
         orchestrator_metrics: free_port(),
         worker_ssh: free_port(),
@@ -293,6 +322,13 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     let anonymous = ApiClient::new(&api.base);
     let r = anonymous.get("/api/v1/scenarios").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    // The broker wants the login: without it a client (over TLS) gets no topic list.
+    let stranger = broker_client_settings(work.path(), ports.broker, None);
+    let attempt = async { vap::kafka::builder(&stranger).unwrap().build().await?.list_topics().await };
+    assert!(
+        !matches!(tokio::time::timeout(Duration::from_secs(20), attempt).await, Ok(Ok(_))),
+        "the deployed broker let a client in without a login"
+    );
     eventually(Duration::from_secs(60), "sshd active on the worker", || async {
         (unit_state(&worker, "ssh.service") == "active").then_some(())
     })
@@ -395,7 +431,7 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     .await;
     for id in ids {
         let stored = api.prediction(id).await;
-        let frames = published_frames(ports.broker, id).await;
+        let frames = published_frames(work.path(), ports.broker, id).await;
         assert!(!frames.is_empty());
         assert_eq!(stored_frames(&stored), frames, "every published frame stored, once");
         assert_eq!(stored["total_frames_processed"].as_u64(), Some(frames.len() as u64));

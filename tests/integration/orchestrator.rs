@@ -424,3 +424,59 @@ async fn a_broker_with_a_login_and_tls_carries_the_whole_flow_and_refuses_strang
     let _ = orchestrator.kill();
     let _ = orchestrator.wait();
 }
+
+/// A runner an earlier orchestrator started, adopted by the next one, finishes its file while
+/// the inbox is down (its end not yet stored): the orchestrator cannot see how it ended, so it
+/// waits for the inbox, and the file is not analysed a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_runner_that_finishes_before_its_end_is_stored_is_not_started_again() {
+    let mut app = TestApp::spawn_with(|s| s.api.allow_file_urls = true).await;
+    let inbox = app.start_relay();
+    let mut first = spawn_orchestrator(&app, 2);
+    // Every frame of 20 s: long enough to outlive the first orchestrator.
+    let file = app.create_scenario_with(media().people.to_str().unwrap(), serde_json::json!({"fps": 10})).await;
+    let set = HashSet::from([file]);
+    let _reaper = RunnerReaper(set.clone());
+    let pid =
+        eventually(Duration::from_secs(60), "the runner", || async { runner_processes(&set).get(&file).map(|p| p[0]) })
+            .await;
+    vap::sys::signal(first.id(), vap::sys::SIGKILL);
+    let _ = first.wait();
+    inbox.cancel();
+    let mut second = spawn_orchestrator(&app, 2);
+    let adopted_from = Instant::now();
+
+    // The runner ends by itself; no other takes its place, before or after the inbox is back.
+    eventually(Duration::from_secs(120), "the adopted runner to finish", || async {
+        runner_processes(&set).is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        adopted_from.elapsed() > Duration::from_secs(2),
+        "the runner ended {:?} after the second orchestrator started: too soon to say it was adopted",
+        adopted_from.elapsed()
+    );
+    let watch = |until: Duration| {
+        let set = set.clone();
+        async move {
+            let end = Instant::now() + until;
+            while Instant::now() < end {
+                let running = runner_processes(&set);
+                assert!(running.get(&file).is_none_or(|p| p == &[pid]), "started again: {running:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    watch(Duration::from_secs(3)).await;
+    app.start_relay();
+    let done = async {
+        app.wait_for_status(file, "inactive", Duration::from_secs(30)).await;
+    };
+    tokio::join!(done, watch(Duration::from_secs(8)));
+    let p = app.prediction(file).await;
+    // 20 s at 10 fps (sampled by media time, a frame or two may fall between ticks).
+    let frames = p["total_frames_processed"].as_i64().unwrap();
+    assert!((190..=200).contains(&frames), "{frames} frames stored");
+    let _ = second.kill();
+    let _ = second.wait();
+}

@@ -455,11 +455,25 @@ async fn sigterm_is_not_held_by_a_host_whose_bus_never_answers() {
         container::runner_key_file().display()
     );
     let config = fleet::orchestrator_config(dir.path(), "systemd", 4, &section);
-    let mut orchestrator = fleet::spawn_orchestrator_with_config(&app, &config);
+    let metrics = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap());
+    let mut orchestrator = fleet::spawn_orchestrator_with_env(
+        &app,
+        &config,
+        &[("VAP_ORCHESTRATOR__METRICS_LISTEN".into(), metrics.clone())],
+    );
     // Never opened (no runner starts here); loopback all the same.
     app.create_scenario("rtsp://127.0.0.1:9/stream").await;
     eventually(Duration::from_secs(20), "the orchestrator to be waiting on the host", || async {
         (!vap::sys::lock(&held).is_empty()).then_some(())
+    })
+    .await;
+    // The list times out (10 s; each call 20 s): the host is reported down, nothing hangs on it.
+    let scraper = common::ApiClient::new(&format!("http://{metrics}"));
+    eventually(Duration::from_secs(45), "the silent host reported down", || async {
+        let text = scraper.get("/metrics").await.text;
+        text.lines()
+            .any(|l| l.starts_with("vap_orchestrator_node_up") && l.contains("silent") && l.ends_with(" 0"))
+            .then_some(())
     })
     .await;
     let (status, took) = fleet::terminate(&mut orchestrator).await;
