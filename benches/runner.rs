@@ -338,7 +338,8 @@ async fn drain(broker: &str, nodelay: bool, count: usize, batch: usize) -> f64 {
     warm.push(result_record(scenario, value.clone(), chrono::Utc::now()));
     warm.close();
     let signer = vap::signing::ResultsKey::new(vec![1; 32]);
-    Publisher { kafka: Arc::clone(&kafka), scenario, batch, signer: signer.clone() }
+    let topic = kafka.settings().topic_results.clone();
+    Publisher { kafka: Arc::clone(&kafka), topic: topic.clone(), scenario, batch, signer: signer.clone() }
         .run(warm, CancellationToken::new())
         .await;
     for _ in 1..count {
@@ -346,7 +347,8 @@ async fn drain(broker: &str, nodelay: bool, count: usize, batch: usize) -> f64 {
     }
     buffer.close();
     let started = Instant::now();
-    let left = Publisher { kafka, scenario, batch, signer }.run(Arc::clone(&buffer), CancellationToken::new()).await;
+    let left =
+        Publisher { kafka, topic, scenario, batch, signer }.run(Arc::clone(&buffer), CancellationToken::new()).await;
     assert_eq!(left, 0);
     count as f64 / started.elapsed().as_secs_f64()
 }

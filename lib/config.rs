@@ -101,6 +101,8 @@ pub struct KafkaSettings {
     /// Option changes (PATCH), API -> orchestrator through the outbox.
     pub topic_update_scenario: String,
     pub topic_results: String,
+    /// Runners -> inbox: what they saw happen (zones, lines, camera health).
+    pub topic_events: String,
     /// Orchestrator -> runners: options to switch to (events::RunnerControl).
     pub topic_runner_control: String,
     /// How long one produce may retry before it fails and the batch is retried later.
@@ -412,6 +414,7 @@ impl Default for KafkaSettings {
             topic_shutdown_scenario: "shutdown_scenario".into(),
             topic_update_scenario: "update_scenario".into(),
             topic_results: "results".into(),
+            topic_events: "events".into(),
             topic_runner_control: "runner_control".into(),
             request_deadline_ms: 5_000,
             request_timeout_ms: 10_000,

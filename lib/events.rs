@@ -62,6 +62,10 @@ pub struct Detection {
     pub class: String,
     pub confidence: f32,
     pub bbox: [f32; 4],
+    /// The object this is, the same from frame to frame (analytics::tracker); never reused
+    /// within its scenario.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_id: Option<i64>,
 }
 
 /// One analysed frame, as the runner produces it to `results`.
@@ -163,6 +167,116 @@ impl FrameResult {
             }
         }
         Ok(r)
+    }
+}
+
+/// What a runner saw happen, derived from its tracks and the scenario's zones and lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SceneEventKind {
+    ObjectEntered,
+    ObjectLeft,
+    LineCrossed,
+    Dwell,
+    CameraOffline,
+    CameraOnline,
+}
+
+impl SceneEventKind {
+    pub const ALL: [SceneEventKind; 6] = [
+        SceneEventKind::ObjectEntered,
+        SceneEventKind::ObjectLeft,
+        SceneEventKind::LineCrossed,
+        SceneEventKind::Dwell,
+        SceneEventKind::CameraOffline,
+        SceneEventKind::CameraOnline,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SceneEventKind::ObjectEntered => "object_entered",
+            SceneEventKind::ObjectLeft => "object_left",
+            SceneEventKind::LineCrossed => "line_crossed",
+            SceneEventKind::Dwell => "dwell",
+            SceneEventKind::CameraOffline => "camera_offline",
+            SceneEventKind::CameraOnline => "camera_online",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Which way a line was crossed (see `options::Line`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// One event on `events`, keyed by scenario. Its id is derived from what it is (scenario, kind,
+/// zone or line, track, frame), so a record replayed or produced again by a restarted runner
+/// is the same event, stored once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SceneEvent {
+    pub event_id: Uuid,
+    pub scenario_uuid: Uuid,
+    pub kind: SceneEventKind,
+    /// The frame it was seen in (for `object_left` of a lost track: the frame it was last seen).
+    pub frame_number: i64,
+    pub timestamp: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// How long the object had been in the zone (`dwell`, `object_left`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dwell_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The namespace of event ids (UUID v5).
+const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x7661_7065_7665_6e74_0000_0000_0000_0001);
+
+impl SceneEvent {
+    /// The id of the event of `kind` at `region` (zone or line name) by `track` in `frame`.
+    pub fn id_for(scenario: Uuid, kind: SceneEventKind, region: &str, track: Option<i64>, frame: i64) -> Uuid {
+        let name = format!("{scenario}/{}/{region}/{}/{frame}", kind.as_str(), track.unwrap_or(-1));
+        Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes())
+    }
+
+    /// Parses and checks an `events` record value.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
+        let e: SceneEvent = serde_json::from_slice(bytes).map_err(|err| ResultError::Json(err.to_string()))?;
+        if e.frame_number < 0 {
+            return Err(ResultError::NegativeFrame(e.frame_number));
+        }
+        if e.frame_number > limits::MAX_FRAME_NUMBER {
+            return Err(ResultError::FrameTooLarge(e.frame_number));
+        }
+        sane_time(e.timestamp)?;
+        for text in [&e.zone, &e.line, &e.class, &e.detail].into_iter().flatten() {
+            if text.contains('\0') {
+                return Err(ResultError::Nul("a text field"));
+            }
+            if text.len() > limits::MAX_DETAIL_BYTES {
+                return Err(ResultError::DetailTooLong(text.len()));
+            }
+        }
+        if e.dwell_seconds.is_some_and(|d| !d.is_finite() || d < 0.0) {
+            return Err(ResultError::Detection { index: 0, reason: "dwell_seconds is not a finite, positive number" });
+        }
+        Ok(e)
     }
 }
 

@@ -1,6 +1,6 @@
-//! Kafka `results` -> PostgreSQL, through the [positioned consumer](crate::consumer): results,
-//! stream ends and the new position in one transaction, so a redelivered or duplicated record is
-//! stored once and a crash never loses or doubles a result.
+//! Kafka `results` and `events` -> PostgreSQL, through the [positioned consumer](crate::consumer):
+//! results, stream ends, scene events and the new position in one transaction, so a redelivered
+//! or duplicated record is stored once and a crash never loses or doubles one.
 
 use std::sync::Arc;
 
@@ -12,8 +12,9 @@ use crate::config::InboxSettings;
 use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler};
 use crate::db::positions::Advance;
 use crate::db::results::{self, Batch, DeadLetter, Stored};
+use crate::db::scene_events;
 use crate::db::DbError;
-use crate::events::ResultsRecord;
+use crate::events::{ResultsRecord, SceneEvent};
 use crate::kafka::KafkaLink;
 use crate::metrics::Metrics;
 use crate::tasks::TaskFailed;
@@ -29,23 +30,35 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// Consumes every partition of `results` until `shutdown`.
+    /// Consumes every partition of `results` and of `events` until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), TaskFailed> {
-        let topic = self.kafka.settings().topic_results.clone();
+        let (results_topic, events_topic) =
+            (self.kafka.settings().topic_results.clone(), self.kafka.settings().topic_events.clone());
         let s = &self.settings;
         let limits = FetchLimits {
             max_bytes: s.fetch_max_bytes,
             max_wait_ms: s.fetch_max_wait_ms,
             batch_max_records: s.batch_max_records,
         };
-        let consumer = PositionedConsumer {
+        let results = PositionedConsumer {
+            name: CONSUMER,
+            pool: self.pool.clone(),
+            kafka: Arc::clone(&self.kafka),
+            limits,
+            handler: StoreResults { pool: self.pool.clone(), metrics: Arc::clone(&self.metrics) },
+        };
+        let events = PositionedConsumer {
             name: CONSUMER,
             pool: self.pool.clone(),
             kafka: self.kafka,
             limits,
-            handler: StoreResults { pool: self.pool, metrics: self.metrics },
+            handler: StoreEvents { pool: self.pool, metrics: self.metrics },
         };
-        Arc::new(consumer).run(topic, shutdown).await
+        let (a, b) = tokio::join!(
+            Arc::new(results).run(results_topic, shutdown.clone()),
+            Arc::new(events).run(events_topic, shutdown)
+        );
+        a.and(b)
     }
 }
 
@@ -68,7 +81,7 @@ impl RecordHandler for StoreResults {
             let checked = parsed.and_then(|p| match facts.get(&p.scenario()) {
                 // Unknown scenarios are counted (not set aside) where they are stored.
                 None => Ok(p),
-                Some(f) => check(&p, &r.record, f, now).map(|()| p),
+                Some(f) => check(claim(&p), &r.record, f, now).map(|()| p),
             });
             match checked {
                 Ok(ResultsRecord::Frame(result)) => batch.frames.push((r.offset, result)),
@@ -76,14 +89,9 @@ impl RecordHandler for StoreResults {
                     tracing::info!(scenario = %end.scenario_uuid, reason = ?end.end_of_stream, detail = end.detail, "stream ended");
                     batch.ends.push((r.offset, end));
                 }
-                Err((reason, error)) => {
-                    self.reject(&advance, r.offset, &error, reason);
-                    batch.dead.push(DeadLetter {
-                        offset: r.offset,
-                        reason: format!("{reason}: {error}"),
-                        key: r.record.key.clone(),
-                        value: r.record.value.clone(),
-                    });
+                Err(refusal) => {
+                    reject(&self.metrics, &advance, r.offset, &refusal);
+                    batch.dead.push(dead_letter(r, &refusal));
                 }
             }
         }
@@ -92,13 +100,8 @@ impl RecordHandler for StoreResults {
         Ok(true)
     }
 
-    fn fetched(&self, _topic: &str, partition: i32, lag: i64) {
-        self.metrics.set(
-            "vap_inbox_lag_records",
-            "Records on `results` not yet stored, per partition.",
-            &[("partition", &partition.to_string())],
-            lag as f64,
-        );
+    fn fetched(&self, topic: &str, partition: i32, lag: i64) {
+        lag_metric(&self.metrics, topic, partition, lag);
     }
 }
 
@@ -114,17 +117,20 @@ fn parse(r: &RecordAndOffset) -> Result<ResultsRecord, Refusal> {
         Some(Err(e)) => Err(("malformed", e.to_string())),
         // The key places the record on its scenario's partition, in order: it must be the
         // scenario the record says.
-        Some(Ok(p)) if r.record.key.as_deref() != Some(p.scenario().to_string().as_bytes()) => {
-            Err(("key_mismatch", format!("record key is not its scenario {}", p.scenario())))
-        }
-        Some(Ok(p)) => Ok(p),
+        Some(Ok(p)) => key_matches(r, p.scenario()).map(|()| p),
     }
+}
+
+/// What a record claims, for [`check`]: a frame (or an event seen in one), or an end.
+enum Claim {
+    Frame(i64),
+    End,
 }
 
 /// Signed with the scenario's key; a frame not from the future; nothing produced after the
 /// scenario came to rest (a replayed end, a late forgery).
 fn check(
-    record: &ResultsRecord,
+    claim: Claim,
     raw: &rskafka::record::Record,
     facts: &results::SigningFacts,
     now: chrono::DateTime<chrono::Utc>,
@@ -138,22 +144,131 @@ fn check(
         Some(_) => {}
     }
     let latest = facts.rested_at.unwrap_or(now) + CLOCK_SKEW;
-    match record {
-        ResultsRecord::End(_) if facts.rested_at.is_some() => {
+    match claim {
+        Claim::End if facts.rested_at.is_some() => {
             Err(("not_running", "end of stream for a scenario already at rest".into()))
         }
-        ResultsRecord::End(_) => Ok(()),
-        ResultsRecord::Frame(f) => {
-            let at = chrono::Duration::try_milliseconds(f.frame_number).and_then(|d| facts.epoch.checked_add_signed(d));
+        Claim::End => Ok(()),
+        Claim::Frame(frame) => {
+            let at = chrono::Duration::try_milliseconds(frame).and_then(|d| facts.epoch.checked_add_signed(d));
             match at {
                 Some(at) if at <= latest => Ok(()),
                 _ if facts.rested_at.is_some() => {
-                    Err(("not_running", format!("frame {} is after the scenario came to rest", f.frame_number)))
+                    Err(("not_running", format!("frame {frame} is after the scenario came to rest")))
                 }
-                _ => Err(("frame_out_of_window", format!("frame {} is in the future", f.frame_number))),
+                _ => Err(("frame_out_of_window", format!("frame {frame} is in the future"))),
             }
         }
     }
+}
+
+fn claim(record: &ResultsRecord) -> Claim {
+    match record {
+        ResultsRecord::Frame(f) => Claim::Frame(f.frame_number),
+        ResultsRecord::End(_) => Claim::End,
+    }
+}
+
+/// The key places a record on its scenario's partition, in order: it must be the scenario the
+/// record says.
+fn key_matches(r: &RecordAndOffset, scenario: uuid::Uuid) -> Result<(), Refusal> {
+    if r.record.key.as_deref() == Some(scenario.to_string().as_bytes()) {
+        Ok(())
+    } else {
+        Err(("key_mismatch", format!("record key is not its scenario {scenario}")))
+    }
+}
+
+fn dead_letter(r: &RecordAndOffset, (reason, error): &Refusal) -> DeadLetter {
+    DeadLetter {
+        offset: r.offset,
+        reason: format!("{reason}: {error}"),
+        key: r.record.key.clone(),
+        value: r.record.value.clone(),
+    }
+}
+
+/// `events` -> `scenario_events`, checked like results.
+struct StoreEvents {
+    pool: Pool,
+    metrics: Arc<Metrics>,
+}
+
+impl RecordHandler for StoreEvents {
+    async fn apply(&self, advance: Advance<'_>, records: &[RecordAndOffset]) -> Result<bool, DbError> {
+        let parsed: Vec<Result<SceneEvent, Refusal>> = records
+            .iter()
+            .map(|r| match r.record.value.as_deref().map(SceneEvent::parse) {
+                None => Err(("empty", "record has no value".to_string())),
+                Some(Err(e)) => Err(("malformed", e.to_string())),
+                Some(Ok(e)) => key_matches(r, e.scenario_uuid).map(|()| e),
+            })
+            .collect();
+        let mut ids: Vec<uuid::Uuid> = parsed.iter().filter_map(|p| p.as_ref().ok().map(|e| e.scenario_uuid)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let facts = results::signing_facts(&self.pool, &ids).await?;
+        let now = chrono::Utc::now();
+        let (mut events, mut dead) = (Vec::with_capacity(records.len()), Vec::new());
+        for (r, parsed) in records.iter().zip(parsed) {
+            let checked = parsed.and_then(|e| match facts.get(&e.scenario_uuid) {
+                None => Ok(e),
+                Some(f) => check(Claim::Frame(e.frame_number), &r.record, f, now).map(|()| e),
+            });
+            match checked {
+                Ok(e) => events.push((r.offset, e)),
+                Err(refusal) => {
+                    reject(&self.metrics, &advance, r.offset, &refusal);
+                    dead.push(dead_letter(r, &refusal));
+                }
+            }
+        }
+        let Some(s) = scene_events::store_batch(&self.pool, &advance, &events, dead).await? else { return Ok(false) };
+        let m = &self.metrics;
+        m.inc("vap_inbox_events_stored_total", "Scene events written to PostgreSQL.", &[], s.inserted as u64);
+        m.inc(
+            "vap_inbox_event_duplicates_total",
+            "Scene events already stored (redelivered or produced again).",
+            &[],
+            s.duplicates as u64,
+        );
+        if s.unknown_scenario > 0 {
+            m.inc(
+                "vap_inbox_rejected_total",
+                "Records not stored, by reason.",
+                &[("reason", "unknown_scenario")],
+                s.unknown_scenario as u64,
+            );
+        }
+        if s.dead_lettered > 0 {
+            m.inc(
+                "vap_inbox_dead_letters_total",
+                "Records set aside in dead_letters (malformed, or refused by PostgreSQL).",
+                &[],
+                s.dead_lettered as u64,
+            );
+        }
+        Ok(true)
+    }
+
+    fn fetched(&self, topic: &str, partition: i32, lag: i64) {
+        lag_metric(&self.metrics, topic, partition, lag);
+    }
+}
+
+fn lag_metric(metrics: &Metrics, topic: &str, partition: i32, lag: i64) {
+    metrics.set(
+        "vap_inbox_lag_records",
+        "Records on `results` and `events` not yet stored, per topic and partition.",
+        &[("topic", topic), ("partition", &partition.to_string())],
+        lag as f64,
+    );
+}
+
+fn reject(metrics: &Metrics, advance: &Advance<'_>, offset: i64, (reason, error): &Refusal) {
+    metrics.inc("vap_inbox_rejected_total", "Records not stored, by reason.", &[("reason", reason)], 1);
+    let (topic, partition) = (advance.at.topic, advance.at.partition);
+    tracing::warn!(topic, partition, offset, error, "rejected a record");
 }
 
 impl StoreResults {
@@ -192,11 +307,5 @@ impl StoreResults {
                 s.ended as u64,
             );
         }
-    }
-
-    fn reject(&self, advance: &Advance<'_>, offset: i64, error: &str, reason: &'static str) {
-        self.metrics.inc("vap_inbox_rejected_total", "Records not stored, by reason.", &[("reason", reason)], 1);
-        let (topic, partition) = (advance.at.topic, advance.at.partition);
-        tracing::warn!(topic, partition, offset, error, "rejected a results record");
     }
 }

@@ -4,8 +4,8 @@
 //! client -> vap-api (api) -> PostgreSQL [scenarios + outbox, one transaction] (db)
 //! outbox relay (outbox_relay) -> Kafka `init_scenario` / `shutdown_scenario` (kafka, events)
 //! vap-orchestrator (orchestrator) -> one runner per scenario: local process | Nomad | systemd
-//! vap-runner (runner): OpenCV decode -> tract detect -> Kafka `results`
-//! inbox (inbox): Kafka `results` -> PostgreSQL, idempotent -> api serves predictions
+//! vap-runner (runner): OpenCV decode -> tract detect -> track, zones (analytics) -> Kafka `results`, `events`
+//! inbox (inbox): Kafka `results`, `events` -> PostgreSQL, idempotent -> api serves predictions, events
 //! ```
 //!
 //! | module | part of the flow |
@@ -16,6 +16,7 @@
 //! | [`inbox`] | Kafka `results` -> `scenario_results`, exactly-once effects |
 //! | [`orchestrator`] | `vap-orchestrator`: leader, event consumer, reconcile, backends |
 //! | [`relay`] | the `vap-relay` process: outbox relay + inbox + its metrics |
+//! | [`analytics`] | tracks and zone/line events derived from detections (pure; the runner runs it) |
 //! | `runner` | `vap-runner`: capture, detection, publishing (feature `runner`: the only code linking OpenCV and tract) |
 //! | [`consumer`] | a Kafka consumer that keeps its positions in PostgreSQL (inbox, orchestrator) |
 //! | [`models`] | the model catalogue: manifests beside ONNX files, checked at start, read by API and runner |
@@ -42,6 +43,7 @@
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod analytics;
 pub mod api;
 pub mod backoff;
 pub mod camera_url;

@@ -16,8 +16,13 @@ pub const FPS: RangeInclusive<f64> = 0.1..=30.0;
 pub const MAX_POLYGONS: usize = 16;
 pub const MAX_POINTS: usize = 64;
 pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_ZONES: usize = 16;
+pub const MAX_LINES: usize = 16;
+pub const MAX_REGION_NAME_CHARS: usize = 100;
+/// The longest dwell a zone may wait for: a day.
+pub const DWELL_SECONDS: RangeInclusive<f64> = 1.0..=86_400.0;
 /// The fields a request may set, in the order they are checked.
-pub const FIELDS: [&str; 6] = ["name", "model", "fps", "classes", "min_confidence", "mask"];
+pub const FIELDS: [&str; 8] = ["name", "model", "fps", "classes", "min_confidence", "mask", "zones", "lines"];
 
 /// A polygon in normalised image coordinates (0..1, origin top left), as `[[x, y], ...]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +66,35 @@ pub struct ScenarioOptions {
     pub min_confidence: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mask: Vec<Polygon>,
+    /// Areas whose visitors are reported (entered, left, dwell).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<Zone>,
+    /// Lines whose crossings are reported, with a direction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<Line>,
+}
+
+/// A named area. An object is in it when the bottom centre of its box is (where it stands).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Zone {
+    pub name: String,
+    pub polygon: Polygon,
+    /// Only these classes count; unset: every class the scenario keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
+    /// A `dwell` event when an object stays this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dwell_seconds: Option<f64>,
+}
+
+/// A named segment `[[x, y], [x, y]]`. Crossing it towards the left of the way from its first
+/// point to its second, as the picture is shown, is `in`; the other way `out`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    pub name: String,
+    pub points: [[f64; 2]; 2],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
 }
 
 /// An option a request got wrong: the field (a path such as `mask[0][2]`) and why.
@@ -131,18 +165,22 @@ impl ScenarioOptions {
                 "min_confidence" => {
                     next.min_confidence = if null { None } else { Some(number(field, value, 0.0..=1.0)?) }
                 }
-                _ => next.mask = if null { Vec::new() } else { mask(value)? },
+                "mask" => next.mask = if null { Vec::new() } else { mask(value)? },
+                "zones" => next.zones = if null { Vec::new() } else { zones(value)? },
+                _ => next.lines = if null { Vec::new() } else { lines(value)? },
             }
         }
         // Checked after the model is known: a patch may change both.
-        if let Some(classes) = &next.classes {
-            let manifest =
-                next.manifest(&defaults.catalogue).ok_or_else(|| invalid("model", "not in the catalogue"))?;
-            if let Some(missing) = classes.iter().find(|c| !manifest.has_class(c)) {
+        let manifest = next.manifest(&defaults.catalogue).ok_or_else(|| invalid("model", "not in the catalogue"))?;
+        let class_lists = std::iter::once(("classes".to_string(), next.classes.as_ref()))
+            .chain(next.zones.iter().enumerate().map(|(i, z)| (format!("zones[{i}].classes"), z.classes.as_ref())))
+            .chain(next.lines.iter().enumerate().map(|(i, l)| (format!("lines[{i}].classes"), l.classes.as_ref())));
+        for (field, classes) in class_lists {
+            if let Some(missing) = classes.and_then(|c| c.iter().find(|c| !manifest.has_class(c))) {
                 let known: Vec<&str> = manifest.classes().collect();
                 let hint = if known.len() <= 12 { format!("; it has {}", known.join(", ")) } else { String::new() };
                 let reason = format!("model '{}' has no class '{missing}'{hint}", manifest.name);
-                return Err(invalid("classes", reason));
+                return Err(invalid(field, reason));
             }
         }
         Ok(next)
@@ -242,44 +280,119 @@ fn strings(field: &str, v: &Value) -> Result<Vec<String>, OptionError> {
 }
 
 fn mask(v: &Value) -> Result<Vec<Polygon>, OptionError> {
-    let polygons =
-        v.as_array().ok_or_else(|| invalid("mask", format!("must be an array of polygons, got {}", kind(v))))?;
-    if polygons.len() > MAX_POLYGONS {
-        return Err(invalid("mask", format!("at most {MAX_POLYGONS} polygons, got {}", polygons.len())));
-    }
-    polygons
+    list("mask", v, MAX_POLYGONS, "polygons")?
         .iter()
         .enumerate()
-        .map(|(i, polygon)| {
-            let field = format!("mask[{i}]");
-            let points = polygon
-                .as_array()
-                .ok_or_else(|| invalid(&field, format!("must be an array of [x, y] points, got {}", kind(polygon))))?;
-            if !(3..=MAX_POINTS).contains(&points.len()) {
-                return Err(invalid(&field, format!("must have 3 to {MAX_POINTS} points, got {}", points.len())));
-            }
-            let points = points
-                .iter()
-                .enumerate()
-                .map(|(j, point)| {
-                    let field = format!("mask[{i}][{j}]");
-                    let xy: Vec<f64> =
-                        point.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
-                    match xy.as_slice() {
-                        [x, y] if point.as_array().is_some_and(|a| a.len() == 2) => {
-                            if (0.0..=1.0).contains(x) && (0.0..=1.0).contains(y) {
-                                Ok([*x, *y])
-                            } else {
-                                Err(invalid(field, format!("coordinates are normalised to 0..1, got [{x}, {y}]")))
-                            }
-                        }
-                        _ => Err(invalid(field, format!("must be a point [x, y] of two numbers, got {point}"))),
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Polygon(points))
-        })
+        .map(|(i, polygon)| polygon_at(&format!("mask[{i}]"), polygon))
         .collect()
+}
+
+fn polygon_at(field: &str, polygon: &Value) -> Result<Polygon, OptionError> {
+    let points = polygon
+        .as_array()
+        .ok_or_else(|| invalid(field, format!("must be an array of [x, y] points, got {}", kind(polygon))))?;
+    if !(3..=MAX_POINTS).contains(&points.len()) {
+        return Err(invalid(field, format!("must have 3 to {MAX_POINTS} points, got {}", points.len())));
+    }
+    let points = points
+        .iter()
+        .enumerate()
+        .map(|(j, point)| point_at(format!("{field}[{j}]"), point))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Polygon(points))
+}
+
+/// A point `[x, y]` in normalised coordinates.
+fn point_at(field: String, point: &Value) -> Result<[f64; 2], OptionError> {
+    let xy: Vec<f64> = point.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    match xy.as_slice() {
+        [x, y] if point.as_array().is_some_and(|a| a.len() == 2) => {
+            if (0.0..=1.0).contains(x) && (0.0..=1.0).contains(y) {
+                Ok([*x, *y])
+            } else {
+                Err(invalid(field, format!("coordinates are normalised to 0..1, got [{x}, {y}]")))
+            }
+        }
+        _ => Err(invalid(field, format!("must be a point [x, y] of two numbers, got {point}"))),
+    }
+}
+
+/// `field` of an object, which must be one; its keys must be among `known`.
+fn object<'v>(field: &str, v: &'v Value, known: &[&str]) -> Result<&'v Map<String, Value>, OptionError> {
+    let o = v.as_object().ok_or_else(|| invalid(field, format!("must be an object, got {}", kind(v))))?;
+    if let Some(unknown) = o.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(invalid(format!("{field}.{unknown}"), format!("not a field; fields are {}", known.join(", "))));
+    }
+    Ok(o)
+}
+
+/// The `name` of a zone or line: given, short, printable, unique among `taken`.
+fn region_name(field: &str, o: &Map<String, Value>, taken: &[String]) -> Result<String, OptionError> {
+    let field = format!("{field}.name");
+    let v = o.get("name").ok_or_else(|| invalid(&field, "is required"))?;
+    let s = v.as_str().ok_or_else(|| invalid(&field, format!("must be a string, got {}", kind(v))))?;
+    let n = s.chars().count();
+    if n == 0 || n > MAX_REGION_NAME_CHARS || s.chars().any(char::is_control) {
+        return Err(invalid(field, format!("must be 1 to {MAX_REGION_NAME_CHARS} printable characters")));
+    }
+    if taken.iter().any(|t| t == s) {
+        return Err(invalid(field, format!("'{s}' is used twice")));
+    }
+    Ok(s.to_string())
+}
+
+fn list<'v>(field: &str, v: &'v Value, max: usize, what: &str) -> Result<&'v Vec<Value>, OptionError> {
+    let items = v.as_array().ok_or_else(|| invalid(field, format!("must be an array of {what}, got {}", kind(v))))?;
+    if items.len() > max {
+        return Err(invalid(field, format!("at most {max} {what}, got {}", items.len())));
+    }
+    Ok(items)
+}
+
+fn zones(v: &Value) -> Result<Vec<Zone>, OptionError> {
+    let mut out: Vec<Zone> = Vec::new();
+    for (i, item) in list("zones", v, MAX_ZONES, "zones")?.iter().enumerate() {
+        let field = format!("zones[{i}]");
+        let o = object(&field, item, &["name", "polygon", "classes", "dwell_seconds"])?;
+        let name = region_name(&field, o, &out.iter().map(|z| z.name.clone()).collect::<Vec<_>>())?;
+        let polygon_field = format!("{field}.polygon");
+        let polygon = o.get("polygon").ok_or_else(|| invalid(&polygon_field, "is required"))?;
+        let polygon = polygon_at(&polygon_field, polygon)?;
+        let classes = match o.get("classes") {
+            None | Some(Value::Null) => None,
+            Some(c) => Some(strings(&format!("{field}.classes"), c)?),
+        };
+        let dwell_seconds = match o.get("dwell_seconds") {
+            None | Some(Value::Null) => None,
+            Some(d) => Some(number(&format!("{field}.dwell_seconds"), d, DWELL_SECONDS)?),
+        };
+        out.push(Zone { name, polygon, classes, dwell_seconds });
+    }
+    Ok(out)
+}
+
+fn lines(v: &Value) -> Result<Vec<Line>, OptionError> {
+    let mut out: Vec<Line> = Vec::new();
+    for (i, item) in list("lines", v, MAX_LINES, "lines")?.iter().enumerate() {
+        let field = format!("lines[{i}]");
+        let o = object(&field, item, &["name", "points", "classes"])?;
+        let name = region_name(&field, o, &out.iter().map(|l| l.name.clone()).collect::<Vec<_>>())?;
+        let points_field = format!("{field}.points");
+        let points = o.get("points").ok_or_else(|| invalid(&points_field, "is required"))?;
+        let points = match points.as_array().map(Vec::as_slice) {
+            Some([a, b]) => [point_at(format!("{points_field}[0]"), a)?, point_at(format!("{points_field}[1]"), b)?],
+            _ => return Err(invalid(points_field, format!("must be two points [[x, y], [x, y]], got {points}"))),
+        };
+        if points[0] == points[1] {
+            return Err(invalid(points_field, "the two points must differ"));
+        }
+        let classes = match o.get("classes") {
+            None | Some(Value::Null) => None,
+            Some(c) => Some(strings(&format!("{field}.classes"), c)?),
+        };
+        out.push(Line { name, points, classes });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -340,12 +453,70 @@ mod tests {
             (json!({"mask": vec![json!([[0, 0], [1, 0], [1, 1]]); 17]}), "mask", "at most 16"),
             (json!({"mask": {"x": 1}}), "mask", "array of polygons"),
             (json!({"colour": "red"}), "colour", "not an option"),
+            (json!({"zones": {"name": "a"}}), "zones", "array of zones"),
+            (json!({"zones": [{"polygon": [[0, 0], [1, 0], [1, 1]]}]}), "zones[0].name", "is required"),
+            (json!({"zones": [{"name": "a"}]}), "zones[0].polygon", "is required"),
+            (json!({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0]]}]}), "zones[0].polygon", "3 to 64 points"),
+            (json!({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [1, 2]]}]}), "zones[0].polygon[2]", "0..1"),
+            (
+                json!({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [1, 1]]}, {"name": "a", "polygon": [[0, 0], [1, 0], [1, 1]]}]}),
+                "zones[1].name",
+                "used twice",
+            ),
+            (
+                json!({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [1, 1]], "dwell_seconds": 0}]}),
+                "zones[0].dwell_seconds",
+                "from 1",
+            ),
+            (
+                json!({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [1, 1]], "classes": ["car"]}]}),
+                "zones[0].classes",
+                "no class 'car'",
+            ),
+            (
+                json!({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [1, 1]], "colour": 1}]}),
+                "zones[0].colour",
+                "not a field",
+            ),
+            (
+                json!({"zones": vec![json!({"name": "z", "polygon": [[0, 0], [1, 0], [1, 1]]}); 17]}),
+                "zones",
+                "at most 16",
+            ),
+            (json!({"lines": [{"name": "gate", "points": [[0, 0]]}]}), "lines[0].points", "two points"),
+            (
+                json!({"lines": [{"name": "gate", "points": [[0.5, 0.5], [0.5, 0.5]]}]}),
+                "lines[0].points",
+                "must differ",
+            ),
+            (json!({"lines": [{"name": "gate", "points": [[0, 0], [1, -1]]}]}), "lines[0].points[1]", "0..1"),
+            (json!({"lines": [{"name": "", "points": [[0, 0], [1, 1]]}]}), "lines[0].name", "1 to 100"),
+            (
+                json!({"lines": [{"name": "g", "points": [[0, 0], [1, 1]], "classes": []}]}),
+                "lines[0].classes",
+                "at least one",
+            ),
         ];
         for (body, field, reason) in cases {
             let err = parse(body.clone()).unwrap_err();
             assert_eq!(err.field, field, "{body}: {err}");
             assert!(err.reason.contains(reason), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn zones_and_lines_are_kept_as_given_and_read_back() {
+        let o = parse(json!({
+            "zones": [{"name": "door", "polygon": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]], "dwell_seconds": 120}],
+            "lines": [{"name": "gate", "points": [[0.5, 1], [0.5, 0]], "classes": ["person"]}],
+        }))
+        .unwrap();
+        assert_eq!((o.zones[0].name.as_str(), o.zones[0].dwell_seconds), ("door", Some(120.0)));
+        assert_eq!(o.lines[0].points, [[0.5, 1.0], [0.5, 0.0]]);
+        let back: ScenarioOptions = serde_json::from_value(serde_json::to_value(&o).unwrap()).unwrap();
+        assert_eq!(back, o);
+        let cleared = o.patched(json!({"zones": null}).as_object().unwrap(), &defaults()).unwrap();
+        assert!(cleared.zones.is_empty() && cleared.lines.len() == 1);
     }
 
     #[test]
@@ -367,8 +538,12 @@ mod tests {
     fn the_filter_keeps_allowed_classes_outside_the_mask() {
         let o = parse(json!({"model": "yolov3_tiny_coco_416", "classes": ["car"], "mask": [[[0, 0], [0.5, 0], [0.5, 1], [0, 1]]]}))
             .unwrap();
-        let det =
-            |class: &str, x: f32| Detection { class: class.into(), confidence: 0.9, bbox: [x, 10.0, x + 20.0, 50.0] };
+        let det = |class: &str, x: f32| Detection {
+            class: class.into(),
+            confidence: 0.9,
+            bbox: [x, 10.0, x + 20.0, 50.0],
+            track_id: None,
+        };
         assert!(o.keeps(&det("car", 400.0), 640.0, 480.0));
         assert!(!o.keeps(&det("car", 100.0), 640.0, 480.0), "centre in the left half");
         assert!(!o.keeps(&det("person", 400.0), 640.0, 480.0), "not an allowed class");

@@ -15,7 +15,8 @@ use crate::camera_url::CameraUrl;
 use crate::config::ApiSettings;
 use crate::db::results::{self, StoredResult};
 use crate::db::scenarios::{self, Created, Idempotency, OptionsChange, Scenario, ScenarioStatus, Shutdown};
-use crate::db::{self, outbox, positions};
+use crate::db::{self, outbox, positions, scene_events};
+use crate::events::SceneEventKind;
 use crate::options::{Defaults, ScenarioOptions};
 
 /// The consumer name the inbox stores its positions under.
@@ -82,6 +83,8 @@ pub fn options_json(o: &ScenarioOptions, defaults: &Defaults) -> Value {
         "classes": o.classes,
         "min_confidence": min_confidence,
         "mask": o.mask,
+        "zones": o.zones,
+        "lines": o.lines,
     })
 }
 
@@ -304,6 +307,58 @@ pub async fn shutdown_scenario(state: &Arc<AppState>, id: &str) -> Result<Respon
         ))),
         Shutdown::NotFound => Err(ApiError::ScenarioNotFound(uuid)),
     }
+}
+
+/// A scenario's scene events in frame order: `kind`, `since`/`until` (RFC 3339, on the event's
+/// time), `limit`, and `cursor` (the last page's `next_cursor`).
+pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let uuid = parse_uuid(id)?;
+    let pairs = query_pairs(query);
+    let kind = match query_param(&pairs, "kind") {
+        None | Some("") => None,
+        Some(k) => Some(SceneEventKind::parse(k).ok_or_else(|| {
+            let known: Vec<&str> = SceneEventKind::ALL.iter().map(|k| k.as_str()).collect();
+            ApiError::bad("invalid_parameter", format!("kind must be one of {}, got '{k}'", known.join(", ")))
+        })?),
+    };
+    let time = |name: &'static str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        match query_param(&pairs, name) {
+            None | Some("") => Ok(None),
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| Some(t.with_timezone(&chrono::Utc)))
+                .map_err(|_| ApiError::bad("invalid_parameter", format!("{name} must be an RFC 3339 time, got '{t}'"))),
+        }
+    };
+    let (since, until) = (time("since")?, time("until")?);
+    let limit = int_param(&pairs, "limit", 1, state.settings.prediction_page_max)?
+        .unwrap_or(state.settings.prediction_page_default);
+    let after = match query_param(&pairs, "cursor") {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.split_once('.')
+                .and_then(|(f, e)| Some((f.parse::<i64>().ok()?, uuid::Uuid::parse_str(e).ok()?)))
+                .ok_or_else(|| ApiError::bad("invalid_cursor", "cursor is not one this API returned"))?,
+        ),
+    };
+    if scenarios::get(&state.pool, uuid).await?.is_none() {
+        return Err(ApiError::ScenarioNotFound(uuid));
+    }
+    let q = scene_events::EventQuery { kind, since, until, after, limit: limit + 1 };
+    let mut rows = scene_events::page(&state.pool, uuid, &q).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more { rows.last().map(|e| format!("{}.{}", e.frame_number, e.event_id)) } else { None };
+    let events: Vec<Value> = rows
+        .iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("scenario_uuid");
+            }
+            v
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "scenario_uuid": uuid, "events": events, "next_cursor": next })))
 }
 
 /// A stored frame, with what produced it: model, the model file's digest, the runner

@@ -7,6 +7,7 @@ pub mod outbox;
 pub mod positions;
 pub mod results;
 pub mod scenarios;
+pub mod scene_events;
 pub mod status;
 pub mod workers;
 

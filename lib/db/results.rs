@@ -192,7 +192,7 @@ fn refused(offset: i64, scenario: Uuid, value: serde_json::Result<Vec<u8>>, e: &
     }
 }
 
-async fn insert_dead_letters(
+pub(crate) async fn insert_dead_letters(
     tx: &deadpool_postgres::Transaction<'_>,
     advance: &Advance<'_>,
     dead: &[DeadLetter],

@@ -231,7 +231,12 @@ impl TractDetector {
         let kept = non_max_suppression(candidates, t.iou, t.max_detections);
         Ok(kept
             .into_iter()
-            .map(|c| Detection { class: labels[c.class].clone(), confidence: c.score.clamp(0.0, 1.0), bbox: c.bbox })
+            .map(|c| Detection {
+                class: labels[c.class].clone(),
+                confidence: c.score.clamp(0.0, 1.0),
+                bbox: c.bbox,
+                track_id: None,
+            })
             .collect())
     }
 

@@ -29,8 +29,10 @@ use chrono::{DateTime, Utc};
 use opencv::prelude::MatTraitConst;
 use tokio_util::sync::CancellationToken;
 
+use crate::analytics::regions::{FrameAt, Placed, Regions};
+use crate::analytics::tracker::{Observation, Tracker, TrackerSettings};
 use crate::config::Settings;
-use crate::events::{EndReason, FrameResult, StreamEnd};
+use crate::events::{EndReason, FrameResult, SceneEvent, StreamEnd};
 use crate::kafka::KafkaLink;
 use crate::models::{Catalogue, Check};
 use crate::options::ScenarioOptions;
@@ -136,21 +138,27 @@ pub async fn run(
             rs.inference_threads,
         ));
     }
-    let (detector, provenance) = load_detector(&rs, &job.options).await?;
+    let (detector, provenance, min_confidence) = load_detector(&rs, &job.options).await?;
     let buffer = Arc::new(ResultBuffer::new(rs.buffer_frames));
+    let events = Arc::new(ResultBuffer::new(rs.buffer_frames));
     let abandon = CancellationToken::new();
     let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
-    let publisher = Publisher {
-        kafka: Arc::clone(&kafka),
-        scenario: job.scenario,
-        batch: rs.produce_batch,
-        signer: job.results_key.clone(),
+    let publish = |topic: &str, buffer: &Arc<ResultBuffer>| {
+        let publisher = Publisher {
+            kafka: Arc::clone(&kafka),
+            topic: topic.to_string(),
+            scenario: job.scenario,
+            batch: rs.produce_batch,
+            signer: job.results_key.clone(),
+        };
+        // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
+        tokio::spawn(tracing::Instrument::instrument(
+            publisher.run(Arc::clone(buffer), abandon.clone()),
+            tracing::Span::current(),
+        ))
     };
-    // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
-    let publishing = tokio::spawn(tracing::Instrument::instrument(
-        publisher.run(Arc::clone(&buffer), abandon.clone()),
-        tracing::Span::current(),
-    ));
+    let publishing = publish(&settings.kafka.topic_results, &buffer);
+    let publishing_events = publish(&settings.kafka.topic_events, &events);
     let threads = Threads {
         slot: Arc::new(FrameSlot::default()),
         capture: Arc::new(CaptureStats::default()),
@@ -172,8 +180,9 @@ pub async fn run(
         ),
         tracing::Span::current(),
     ));
-    let current = Current { detector, provenance, options: job.options.clone(), revision: job.options_revision };
-    let detecting = threads.spawn_detect(current, reloads, &buffer, &job, rs.sample_fps, done_tx)?;
+    let current =
+        Current { detector, provenance, options: job.options.clone(), revision: job.options_revision, min_confidence };
+    let detecting = threads.spawn_detect(current, reloads, (&buffer, &events), &job, rs.sample_fps, done_tx)?;
     let end = threads.supervise(done_rx, &buffer, Duration::from_millis(rs.status_interval_ms.max(100))).await;
     following.cancel();
     let _ = control.await;
@@ -193,18 +202,24 @@ pub async fn run(
     }
     push_stream_end(&buffer, &job, &outcome, threads.stats.frames_analysed.load(Ordering::Relaxed));
     buffer.close();
+    events.close();
     let flush = Duration::from_millis(rs.flush_timeout_ms);
     let flush_started = Instant::now();
-    let unsent = flush_results(publishing, &abandon, flush).await;
+    // Both within the one deadline: events first is no better than results first.
+    let (unsent, unsent_events) =
+        tokio::join!(flush_results(publishing, &abandon, flush), flush_results(publishing_events, &abandon, flush));
+    let unsent = unsent + unsent_events;
     log_summary(&outcome, &threads, &buffer, flush_started.elapsed());
     let Threads { stats, capture, .. } = threads;
     Ok(RunReport { outcome, stats, capture, buffer, unsent, elapsed: started.elapsed() })
 }
 
+/// The scenario's detector, what produced its results, and the confidence a box needs to be
+/// stored (the detector itself reports less sure ones too, for the tracker).
 async fn load_detector(
     rs: &crate::config::RunnerSettings,
     options: &ScenarioOptions,
-) -> Result<(TractDetector, Provenance), RunnerError> {
+) -> Result<(TractDetector, Provenance, f32), RunnerError> {
     let (rs, options) = (rs.clone(), options.clone());
     let detector = tokio::task::spawn_blocking(move || {
         // Manifests only: the detector checks the digest of the one model it loads.
@@ -214,10 +229,13 @@ async fn load_detector(
         let path = catalogue.manifest_path(name).ok_or_else(unknown)?;
         let manifest = catalogue.get(name).ok_or_else(unknown)?;
         let threshold = options.effective_min_confidence(manifest, rs.score_threshold);
-        TractDetector::load(path, Some(threshold))
+        // Boxes down to the tracker's low score keep tracks alive; only sure ones are stored.
+        let low = threshold.min(TrackerSettings::default().low_score);
+        TractDetector::load(path, Some(low)).map(|d| (d, threshold))
     })
     .await
     .map_err(|e| RunnerError::Thread(e.to_string()))??;
+    let (detector, min_confidence) = detector;
     let manifest = detector.manifest();
     let provenance = Provenance {
         model: manifest.name.clone(),
@@ -225,7 +243,7 @@ async fn load_detector(
         runner: instance(),
     };
     tracing::info!(model = provenance.model, runner = provenance.runner, "model loaded");
-    Ok((detector, provenance))
+    Ok((detector, provenance, min_confidence))
 }
 
 /// What the detection thread works with; replaced whole when the options change.
@@ -235,6 +253,8 @@ pub struct Current<D> {
     pub options: ScenarioOptions,
     /// Which change of the options these are.
     pub revision: i64,
+    /// A detection this sure is stored (and may start a track).
+    pub min_confidence: f32,
 }
 
 /// Loads the model of each newer revision of the options beside the running one, then hands
@@ -252,9 +272,15 @@ async fn follow_option_changes(
         tokio::spawn(tracing::Instrument::instrument(follower.run(tx, stop.clone()), tracing::Span::current()));
     while let Some(Some(change)) = stop.run_until_cancelled(changes.recv()).await {
         match load_detector(&rs, &change.options).await {
-            Ok((detector, provenance)) => {
+            Ok((detector, provenance, min_confidence)) => {
                 tracing::info!(revision = change.revision, model = provenance.model, "switching to new options");
-                let next = Current { detector, provenance, options: change.options, revision: change.revision };
+                let next = Current {
+                    detector,
+                    provenance,
+                    options: change.options,
+                    revision: change.revision,
+                    min_confidence,
+                };
                 if reloads.send(next).is_err() {
                     break;
                 }
@@ -322,15 +348,16 @@ impl Threads {
         &self,
         current: Current<TractDetector>,
         reloads: std::sync::mpsc::Receiver<Current<TractDetector>>,
-        buffer: &Arc<ResultBuffer>,
+        (buffer, events): (&Arc<ResultBuffer>, &Arc<ResultBuffer>),
         job: &RunnerJob,
         default_fps: f64,
         done: tokio::sync::oneshot::Sender<CaptureEnd>,
     ) -> Result<std::thread::JoinHandle<()>, RunnerError> {
-        let (slot, stats, buffer, job, span) = (
+        let (slot, stats, buffer, events, job, span) = (
             Arc::clone(&self.slot),
             Arc::clone(&self.stats),
             Arc::clone(buffer),
+            Arc::clone(events),
             job.clone(),
             tracing::Span::current(),
         );
@@ -342,6 +369,7 @@ impl Threads {
                     slot: &slot,
                     stats: &stats,
                     buffer: &buffer,
+                    events: &events,
                     job: &job,
                     started,
                     rate: &rate,
@@ -473,6 +501,8 @@ struct Detect<'a> {
     slot: &'a FrameSlot,
     stats: &'a RunnerStats,
     buffer: &'a ResultBuffer,
+    /// Scene events, for `events`.
+    events: &'a ResultBuffer,
     job: &'a RunnerJob,
     started: Instant,
     /// The capture thread's analysis rate, set here when the options change.
@@ -485,11 +515,23 @@ impl Detect<'_> {
     fn run<D: Detector>(&self, mut current: Current<D>, reloads: &std::sync::mpsc::Receiver<Current<D>>) -> CaptureEnd {
         let (slot, stats, buffer, job) = (self.slot, self.stats, self.buffer, self.job);
         let mut numbers = FrameNumbers::new(job.epoch);
+        let tracking = |min_confidence: f32| TrackerSettings {
+            high_score: min_confidence,
+            low_score: TrackerSettings::default().low_score.min(min_confidence),
+            ..TrackerSettings::default()
+        };
+        let mut tracker = Tracker::new(tracking(current.min_confidence));
+        let mut regions = Regions::new(job.scenario, current.options.zones.clone(), current.options.lines.clone());
         loop {
             stats.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             // Between two frames: the next one is analysed with the new options.
             while let Ok(next) = reloads.try_recv() {
                 self.rate.set(next.options.fps.unwrap_or(self.default_fps));
+                tracker.set_settings(tracking(next.min_confidence));
+                // New zones or lines start afresh (visits of the old ones end without events).
+                if (&next.options.zones, &next.options.lines) != (&current.options.zones, &current.options.lines) {
+                    regions = Regions::new(job.scenario, next.options.zones.clone(), next.options.lines.clone());
+                }
                 current = next;
             }
             let frame = match slot.take(Duration::from_millis(250)) {
@@ -510,6 +552,45 @@ impl Detect<'_> {
             };
             let (width, height) = (frame.image.cols(), frame.image.rows());
             detections.retain(|d| current.options.keeps(d, width as f32, height as f32));
+            let frame_number = numbers.next(frame.captured_at);
+            // The stream's clock: media time for files (analysed faster than real time).
+            let t = frame.media_ms.unwrap_or_else(|| ms_since(job.epoch, frame.captured_at)) / 1000.0;
+            let observations: Vec<Observation> = detections
+                .iter()
+                .map(|d| Observation { class: d.class.clone(), score: d.confidence, bbox: d.bbox })
+                .collect();
+            let update = tracker.update(frame_number, t, &observations);
+            for (d, id) in detections.iter_mut().zip(&update.assigned) {
+                d.track_id = id.and_then(|id| i64::try_from(id).ok());
+            }
+            detections.retain(|d| d.confidence >= current.min_confidence);
+            if !regions.is_empty() {
+                let mut scene = Vec::new();
+                for ended in &update.ended {
+                    let last = FrameAt {
+                        number: ended.seen_frame,
+                        t: ended.seen_at,
+                        timestamp: job.epoch + chrono::Duration::milliseconds(ended.seen_frame),
+                    };
+                    scene.extend(regions.ended(ended.id as i64, &last));
+                }
+                let at = FrameAt { number: frame_number, t, timestamp: frame.captured_at };
+                let placed: Vec<Placed> = detections
+                    .iter()
+                    .filter_map(|d| {
+                        let foot = [(d.bbox[0] + d.bbox[2]) / 2.0 / width as f32, d.bbox[3] / height as f32];
+                        d.track_id.map(|track_id| Placed {
+                            track_id,
+                            class: d.class.clone(),
+                            at: foot.map(|v| f64::from(v.clamp(0.0, 1.0))),
+                        })
+                    })
+                    .collect();
+                scene.extend(regions.observe(&at, &placed));
+                for event in scene {
+                    self.push_event(&event);
+                }
+            }
             let provenance = &current.provenance;
             let publish_started = Instant::now();
             let mut extra = serde_json::Map::new();
@@ -526,7 +607,7 @@ impl Detect<'_> {
             extra.insert("source_frame".into(), frame.source_index.into());
             let result = FrameResult {
                 scenario_uuid: job.scenario,
-                frame_number: numbers.next(frame.captured_at),
+                frame_number,
                 timestamp: frame.captured_at,
                 detections,
                 extra,
@@ -545,6 +626,18 @@ impl Detect<'_> {
             stats.frames_analysed.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+impl Detect<'_> {
+    fn push_event(&self, event: &SceneEvent) {
+        let value = serde_json::to_vec(event).unwrap_or_default();
+        self.events.push(result_record(self.job.scenario, value, event.timestamp));
+    }
+}
+
+/// Milliseconds from `epoch` to `t`, as a float.
+fn ms_since(epoch: DateTime<Utc>, t: DateTime<Utc>) -> f64 {
+    (t - epoch).num_microseconds().map_or(0.0, |us| us as f64 / 1000.0)
 }
 
 fn status_line(fps: f64, stats: &RunnerStats, capture: &CaptureStats, buffer: &ResultBuffer) -> String {

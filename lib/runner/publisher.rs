@@ -1,4 +1,4 @@
-//! Analysed frames -> Kafka `results`, keyed by scenario uuid. A bounded buffer sits between
+//! Analysed frames -> Kafka `results` (and scene events -> `events`), keyed by scenario uuid. A bounded buffer sits between
 //! the detector and the broker: while the broker is down the runner keeps analysing, the
 //! oldest unsent results beyond the buffer are dropped (counted), and the rest go out when the
 //! broker returns, in order.
@@ -110,6 +110,8 @@ pub fn result_record(scenario: Uuid, value: Vec<u8>, timestamp: chrono::DateTime
 
 pub struct Publisher {
     pub kafka: Arc<KafkaLink>,
+    /// `results` or `events`.
+    pub topic: String,
     pub scenario: Uuid,
     pub batch: usize,
     /// Signs every record (the inbox stores only what verifies).
@@ -120,7 +122,7 @@ impl Publisher {
     /// Drains `buffer` to the broker until it is closed and empty. After `abandon` fires (the
     /// flush deadline on shutdown) it stops even with records left, and says how many.
     pub async fn run(self, buffer: Arc<ResultBuffer>, abandon: CancellationToken) -> usize {
-        let topic = self.kafka.settings().topic_results.clone();
+        let topic = self.topic.clone();
         let key = self.scenario.to_string().into_bytes();
         // Found once: every result of a scenario goes to the partition its key maps to.
         let mut partition: Option<i32> = None;

@@ -206,6 +206,28 @@ async fn every_bad_option_is_a_400_naming_the_field_and_nothing_is_stored() {
         (json!({"mask": vec![square.clone(); 17]}), "mask", "at most 16 polygons"),
         (json!({"mask": "left half"}), "mask", "must be an array"),
         (json!({"classses": ["person"]}), "classses", "not an option"),
+        (json!({"zones": [{"name": "door"}]}), "zones[0].polygon", "is required"),
+        (json!({"zones": [{"name": "door", "polygon": [[0, 0], [1, 0], [1, 7]]}]}), "zones[0].polygon[2]", "0..1"),
+        (
+            json!({"zones": [{"name": "door", "polygon": square, "classes": ["car"]}]}),
+            "zones[0].classes",
+            "no class 'car'",
+        ),
+        (
+            json!({"zones": [{"name": "door", "polygon": square, "dwell_seconds": -1}]}),
+            "zones[0].dwell_seconds",
+            "from 1",
+        ),
+        (
+            json!({"zones": [{"name": "a", "polygon": square}, {"name": "a", "polygon": square}]}),
+            "zones[1].name",
+            "used twice",
+        ),
+        (json!({"zones": [{"name": "a", "polygon": square, "color": "red"}]}), "zones[0].color", "not a field"),
+        (json!({"lines": [{"name": "gate", "points": [[0, 0], [1, 1], [0, 1]]}]}), "lines[0].points", "two points"),
+        (json!({"lines": [{"name": "gate", "points": [[0.2, 0.2], [0.2, 0.2]]}]}), "lines[0].points", "must differ"),
+        (json!({"lines": [{"points": [[0, 0], [1, 1]]}]}), "lines[0].name", "is required"),
+        (json!({"lines": "across"}), "lines", "must be an array"),
     ];
     for (options, field, reason) in cases {
         let mut body = options.clone();
@@ -232,7 +254,7 @@ async fn options_are_stored_and_shown_in_effect_and_the_catalogue_is_listed() {
     let plain = app.scenario(app.create_scenario("rtsp://cam/1").await).await;
     assert_eq!(
         plain["options"],
-        json!({"name": null, "model": "ssdlite_person_300", "fps": 2.0, "classes": null, "min_confidence": 0.5, "mask": []}),
+        json!({"name": null, "model": "ssdlite_person_300", "fps": 2.0, "classes": null, "min_confidence": 0.5, "mask": [], "zones": [], "lines": []}),
         "{plain}"
     );
     let mask = json!([[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]]);

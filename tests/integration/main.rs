@@ -30,6 +30,8 @@ mod deploy;
 #[cfg(feature = "runner")]
 mod eval;
 #[cfg(feature = "runner")]
+mod events;
+#[cfg(feature = "runner")]
 mod nomad;
 #[cfg(feature = "runner")]
 mod options;

@@ -15,7 +15,23 @@ pub struct Media {
     pub bars: PathBuf,
     /// 640x480 H.264, 5 s of pedestrians: a short finite source.
     pub short: PathBuf,
+    /// 640x480 H.264, 10 s at 10 fps on grey: one person (cut from basketball1.png) walks right
+    /// from x 10 to 530 in 4 s, stands 1 s, walks back in 4 s, stands 1 s. [`WALKER_PATH`].
+    pub walker: PathBuf,
 }
+
+/// Where the walker's box (100 x 293 px, top at y 60) is at time `t` (s): its left edge.
+pub fn walker_x(t: f64) -> f64 {
+    match t {
+        t if t < 4.0 => 10.0 + 130.0 * t,
+        t if t < 5.0 => 530.0,
+        t if t < 9.0 => 530.0 - 130.0 * (t - 5.0),
+        _ => 10.0,
+    }
+}
+
+/// The same path as ffmpeg's overlay expression.
+const WALKER_PATH: &str = "if(lt(t,4),10+130*t,if(lt(t,5),530,if(lt(t,9),530-130*(t-5),10)))";
 
 pub fn media() -> &'static Media {
     static MEDIA: OnceLock<Media> = OnceLock::new();
@@ -59,6 +75,26 @@ pub fn media() -> &'static Media {
             people: make("people.mp4", &["-i", VTEST]),
             bars: make("bars.mp4", &["-f", "lavfi", "-i", "testsrc=size=640x480:rate=10:duration=3"]),
             short: make("short.mp4", &["-t", "5", "-i", VTEST]),
+            walker: {
+                let out = dir.join("walker.mp4");
+                if !out.exists() {
+                    let tmp = dir.join(format!("walker.{}.tmp.mp4", std::process::id()));
+                    let filter = format!(
+                        "[1]crop=140:410:28:70,scale=100:293,format=yuv420p[p];[0][p]overlay=x='{WALKER_PATH}':y=60:shortest=1"
+                    );
+                    let status = Command::new("ffmpeg")
+                        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=640x480:r=10:d=10"])
+                        .args(["-loop", "1", "-i", BASKETBALL, "-filter_complex", &filter])
+                        .args(["-t", "10", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"])
+                        .args(["-g", "10", "-movflags", "+faststart", "-an"])
+                        .arg(&tmp)
+                        .status()
+                        .expect("ffmpeg (scripts/setup installs it)");
+                    assert!(status.success(), "ffmpeg failed making walker.mp4");
+                    std::fs::rename(&tmp, &out).unwrap();
+                }
+                out
+            },
         }
     })
 }

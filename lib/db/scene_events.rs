@@ -1,0 +1,187 @@
+//! Stored scene events (`scenario_events`): written by the inbox, read by the API.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Pool, Transaction};
+use uuid::Uuid;
+
+use super::positions::{self, Advance};
+use super::results::{insert_dead_letters, DeadLetter};
+use super::DbError;
+use crate::events::{Direction, SceneEvent, SceneEventKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoredEvents {
+    pub inserted: i64,
+    /// Already stored (replayed, or produced again by a restarted runner).
+    pub duplicates: i64,
+    pub unknown_scenario: i64,
+    pub dead_lettered: i64,
+}
+
+/// Stores the events and refused records and advances the position in one transaction (as
+/// `results::store_batch` does for frames). `None` when another consumer moved it first.
+pub async fn store_batch(
+    pool: &Pool,
+    advance: &Advance<'_>,
+    events: &[(i64, SceneEvent)],
+    dead: Vec<DeadLetter>,
+) -> Result<Option<StoredEvents>, DbError> {
+    match store(pool, advance, events, dead.clone(), false).await {
+        Err(e) if e.is_data_error() => {
+            tracing::warn!(error = e.server_message(), "PostgreSQL refused an event; storing one at a time");
+            store(pool, advance, events, dead, true).await
+        }
+        other => other,
+    }
+}
+
+async fn store(
+    pool: &Pool,
+    advance: &Advance<'_>,
+    events: &[(i64, SceneEvent)],
+    mut dead: Vec<DeadLetter>,
+    isolate: bool,
+) -> Result<Option<StoredEvents>, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if !positions::advance(&tx, advance).await? {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let mut stored = StoredEvents::default();
+    if !isolate {
+        let all: Vec<&SceneEvent> = events.iter().map(|(_, e)| e).collect();
+        stored = insert(&tx, &all).await?;
+    } else {
+        for (offset, event) in events {
+            tx.batch_execute("SAVEPOINT one_record").await?;
+            match insert(&tx, &[event]).await {
+                Ok(s) => {
+                    stored.inserted += s.inserted;
+                    stored.duplicates += s.duplicates;
+                    stored.unknown_scenario += s.unknown_scenario;
+                }
+                Err(e) if e.is_data_error() => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT one_record").await?;
+                    dead.push(DeadLetter {
+                        offset: *offset,
+                        reason: format!("refused by PostgreSQL: {}", e.server_message()),
+                        key: Some(event.scenario_uuid.to_string().into_bytes()),
+                        value: serde_json::to_vec(event).ok(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    stored.dead_lettered = insert_dead_letters(&tx, advance, &dead).await?;
+    tx.commit().await?;
+    Ok(Some(stored))
+}
+
+async fn insert(tx: &Transaction<'_>, events: &[&SceneEvent]) -> Result<StoredEvents, DbError> {
+    if events.is_empty() {
+        return Ok(StoredEvents::default());
+    }
+    let column = |f: &dyn Fn(&SceneEvent) -> Option<String>| events.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let scenarios: Vec<Uuid> = events.iter().map(|e| e.scenario_uuid).collect();
+    let kinds = column(&|e| Some(e.kind.as_str().to_string()));
+    let frames: Vec<i64> = events.iter().map(|e| e.frame_number).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.timestamp).collect();
+    let zones = column(&|e| e.zone.clone());
+    let lines = column(&|e| e.line.clone());
+    let directions = column(&|e| e.direction.map(|d| direction_str(d).to_string()));
+    let tracks: Vec<Option<i64>> = events.iter().map(|e| e.track_id).collect();
+    let classes = column(&|e| e.class.clone());
+    let dwell: Vec<Option<f64>> = events.iter().map(|e| e.dwell_seconds).collect();
+    let details = column(&|e| e.detail.clone());
+    let row = tx
+        .query_one(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::timestamptz[],
+                                      $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[],
+                                      $11::float8[], $12::text[])
+                          AS t(event_id, scenario_uuid, kind, frame_number, occurred_at, zone, line, direction,
+                               track_id, class, dwell_seconds, detail)),
+             known AS (
+                 SELECT i.* FROM input i WHERE EXISTS (SELECT 1 FROM scenarios s WHERE s.scenario_uuid = i.scenario_uuid)),
+             inserted AS (
+                 INSERT INTO scenario_events (event_id, scenario_uuid, kind, frame_number, occurred_at, zone, line,
+                                              direction, track_id, class, dwell_seconds, detail)
+                 SELECT * FROM known ON CONFLICT (event_id) DO NOTHING
+                 RETURNING 1)
+             SELECT (SELECT count(*) FROM known), (SELECT count(*) FROM inserted)",
+            &[
+                &ids, &scenarios, &kinds, &frames, &times, &zones, &lines, &directions, &tracks, &classes, &dwell,
+                &details,
+            ],
+        )
+        .await?;
+    let (known, inserted): (i64, i64) = (row.get(0), row.get(1));
+    Ok(StoredEvents {
+        inserted,
+        duplicates: known - inserted,
+        unknown_scenario: events.len() as i64 - known,
+        dead_lettered: 0,
+    })
+}
+
+fn direction_str(d: Direction) -> &'static str {
+    match d {
+        Direction::In => "in",
+        Direction::Out => "out",
+    }
+}
+
+/// Which of a scenario's events a page holds.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub kind: Option<SceneEventKind>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// After this `(frame_number, event_id)` (the previous page's last).
+    pub after: Option<(i64, Uuid)>,
+    pub limit: i64,
+}
+
+/// Events of `scenario` in frame order (then id), as the query says.
+pub async fn page(pool: &Pool, scenario: Uuid, q: &EventQuery) -> Result<Vec<SceneEvent>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT event_id, kind, frame_number, occurred_at, zone, line, direction, track_id, class,
+                    dwell_seconds, detail
+               FROM scenario_events
+              WHERE scenario_uuid = $1
+                AND ($2::text IS NULL OR kind = $2)
+                AND ($3::timestamptz IS NULL OR occurred_at >= $3)
+                AND ($4::timestamptz IS NULL OR occurred_at < $4)
+                AND ($5::bigint IS NULL OR (frame_number, event_id) > ($5, $6::uuid))
+              ORDER BY frame_number, event_id
+              LIMIT $7",
+        )
+        .await?;
+    let kind = q.kind.map(|k| k.as_str().to_string());
+    let (after_frame, after_id) = (q.after.map(|a| a.0), q.after.map(|a| a.1));
+    let rows = client.query(&stmt, &[&scenario, &kind, &q.since, &q.until, &after_frame, &after_id, &q.limit]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some(SceneEvent {
+                event_id: r.get(0),
+                scenario_uuid: scenario,
+                kind: SceneEventKind::parse(r.get::<_, &str>(1))?,
+                frame_number: r.get(2),
+                timestamp: r.get(3),
+                zone: r.get(4),
+                line: r.get(5),
+                direction: r.get::<_, Option<&str>>(6).map(|d| if d == "in" { Direction::In } else { Direction::Out }),
+                track_id: r.get(7),
+                class: r.get(8),
+                dwell_seconds: r.get(9),
+                detail: r.get(10),
+            })
+        })
+        .collect())
+}
