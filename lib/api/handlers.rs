@@ -321,15 +321,7 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
             ApiError::bad("invalid_parameter", format!("kind must be one of {}, got '{k}'", known.join(", ")))
         })?),
     };
-    let time = |name: &'static str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-        match query_param(&pairs, name) {
-            None | Some("") => Ok(None),
-            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-                .map(|t| Some(t.with_timezone(&chrono::Utc)))
-                .map_err(|_| ApiError::bad("invalid_parameter", format!("{name} must be an RFC 3339 time, got '{t}'"))),
-        }
-    };
-    let (since, until) = (time("since")?, time("until")?);
+    let (since, until) = (time_param(&pairs, "since")?, time_param(&pairs, "until")?);
     let limit = int_param(&pairs, "limit", 1, state.settings.prediction_page_max)?
         .unwrap_or(state.settings.prediction_page_default);
     let after = match query_param(&pairs, "cursor") {
@@ -359,6 +351,43 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
         })
         .collect();
     Ok(json_response(StatusCode::OK, &json!({ "scenario_uuid": uuid, "events": events, "next_cursor": next })))
+}
+
+fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    match query_param(pairs, name) {
+        None | Some("") => Ok(None),
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| Some(t.with_timezone(&chrono::Utc)))
+            .map_err(|_| ApiError::bad("invalid_parameter", format!("{name} must be an RFC 3339 time, got '{t}'"))),
+    }
+}
+
+/// Per `bucket` (`1m` or `1h`), zone or line, and class: entered, left, crossed in and out,
+/// and zones' peak occupancy, computed by PostgreSQL from the stored events.
+pub async fn scene_counts(state: &Arc<AppState>, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let uuid = parse_uuid(id)?;
+    let pairs = query_pairs(query);
+    let bucket = match query_param(&pairs, "bucket") {
+        None | Some("") => scene_events::Bucket::Hour,
+        Some(b) => scene_events::Bucket::parse(b)
+            .ok_or_else(|| ApiError::bad("invalid_parameter", format!("bucket must be 1m or 1h, got '{b}'")))?,
+    };
+    let (since, until) = (time_param(&pairs, "since")?, time_param(&pairs, "until")?);
+    if scenarios::get(&state.pool, uuid).await?.is_none() {
+        return Err(ApiError::ScenarioNotFound(uuid));
+    }
+    let rows = scene_events::counts(&state.pool, uuid, bucket, since, until).await?;
+    let counts: Vec<Value> = rows
+        .iter()
+        .map(|c| match &c.zone {
+            Some(zone) => json!({"start": c.start, "zone": zone, "class": c.class, "entered": c.entered,
+                                 "left": c.left, "peak_occupancy": c.peak_occupancy}),
+            None => json!({"start": c.start, "line": c.line, "class": c.class, "crossed_in": c.crossed_in,
+                           "crossed_out": c.crossed_out}),
+        })
+        .collect();
+    let bucket = if bucket == scene_events::Bucket::Minute { "1m" } else { "1h" };
+    Ok(json_response(StatusCode::OK, &json!({ "scenario_uuid": uuid, "bucket": bucket, "counts": counts })))
 }
 
 /// A stored frame, with what produced it: model, the model file's digest, the runner

@@ -196,6 +196,7 @@ fn route_of(path: &str) -> (&'static str, Option<Route>) {
         ["api", "v1", "scenario", id] => Route::GetScenario(id.to_string()),
         ["api", "v1", "scenario", id, "shutdown"] => Route::Shutdown(id.to_string()),
         ["api", "v1", "scenario", id, "events"] => Route::Events(id.to_string()),
+        ["api", "v1", "scenario", id, "counts"] => Route::Counts(id.to_string()),
         ["api", "v1", "prediction", id] => Route::Prediction(id.to_string()),
         ["api", "v1", "prediction", id, "stream"] => Route::PredictionStream(id.to_string()),
         _ => return ("unmatched", None),
@@ -216,6 +217,7 @@ pub(crate) enum Route {
     GetScenario(String),
     Shutdown(String),
     Events(String),
+    Counts(String),
     Prediction(String),
     PredictionStream(String),
 }
@@ -234,6 +236,7 @@ impl Route {
             Route::GetScenario(_) => "/api/v1/scenario/{uuid}",
             Route::Shutdown(_) => "/api/v1/scenario/{uuid}/shutdown",
             Route::Events(_) => "/api/v1/scenario/{uuid}/events",
+            Route::Counts(_) => "/api/v1/scenario/{uuid}/counts",
             Route::Prediction(_) => "/api/v1/prediction/{uuid}",
             Route::PredictionStream(_) => "/api/v1/prediction/{uuid}/stream",
         }
@@ -327,6 +330,7 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
         Route::Shutdown(id) => handlers::shutdown_scenario(state, &id).await,
         Route::Prediction(id) => handlers::prediction(state, &id, req.uri().query()).await,
         Route::Events(id) => handlers::scene_events(state, &id, req.uri().query()).await,
+        Route::Counts(id) => handlers::scene_counts(state, &id, req.uri().query()).await,
         Route::PredictionStream(id) => sse::stream(state, &id, &req).await,
     }
 }

@@ -320,12 +320,23 @@ impl SampleRate {
     }
 }
 
+/// A live camera went away (its stream was lost) or came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CameraHealth {
+    Offline,
+    Online,
+}
+
+/// Told of each change, with when and why.
+pub type HealthHook = Box<dyn Fn(CameraHealth, chrono::DateTime<Utc>, &str) + Send>;
+
 pub struct CaptureLoop<S: FrameSource> {
     pub source: S,
     pub sample_fps: Arc<SampleRate>,
     pub open_attempts: u32,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    pub health: Option<HealthHook>,
 }
 
 impl<S: FrameSource> CaptureLoop<S> {
@@ -346,6 +357,7 @@ impl<S: FrameSource> CaptureLoop<S> {
         let cx = Context { slot, stats, shutdown, beat: &beat };
         let mut backoff = Backoff::new(self.reconnect_min, self.reconnect_max);
         let mut ever_opened = false;
+        let mut offline = false;
         let mut failed_opens = 0u32;
         let mut sampler = Sampler::new(self.sample_fps.get());
         loop {
@@ -374,6 +386,9 @@ impl<S: FrameSource> CaptureLoop<S> {
             if ever_opened {
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
             }
+            if std::mem::take(&mut offline) {
+                self.tell(CameraHealth::Online, "stream back");
+            }
             ever_opened = true;
             failed_opens = 0;
             tracing::info!(live = info.live, fps = info.fps, width = info.width, height = info.height, "camera opened");
@@ -388,11 +403,20 @@ impl<S: FrameSource> CaptureLoop<S> {
                 backoff.reset();
             }
             let delay = backoff.next_delay().unwrap_or(self.reconnect_max);
+            let reason = crate::sys::lock(&stats.last_error).clone().unwrap_or_else(|| "stream ended".into());
             *crate::sys::lock(&stats.last_error) = Some("stream lost".into());
             tracing::warn!(frames, retry_in_ms = delay.as_millis() as u64, "stream lost; reconnecting");
+            offline = true;
+            self.tell(CameraHealth::Offline, &reason);
             if sleep_unless_cancelled(delay, shutdown, &beat) {
                 return CaptureEnd::Stopped;
             }
+        }
+    }
+
+    fn tell(&self, change: CameraHealth, why: &str) {
+        if let Some(hook) = &self.health {
+            hook(change, Utc::now(), why);
         }
     }
 

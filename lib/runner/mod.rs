@@ -32,11 +32,11 @@ use tokio_util::sync::CancellationToken;
 use crate::analytics::regions::{FrameAt, Placed, Regions};
 use crate::analytics::tracker::{Observation, Tracker, TrackerSettings};
 use crate::config::Settings;
-use crate::events::{EndReason, FrameResult, SceneEvent, StreamEnd};
+use crate::events::{EndReason, FrameResult, SceneEvent, SceneEventKind, StreamEnd};
 use crate::kafka::KafkaLink;
 use crate::models::{Catalogue, Check};
 use crate::options::ScenarioOptions;
-use capture::{CaptureEnd, CaptureLoop, CaptureStats, FrameSlot, OpenCvSource, SampleRate};
+use capture::{CameraHealth, CaptureEnd, CaptureLoop, CaptureStats, FrameSlot, HealthHook, OpenCvSource, SampleRate};
 use detector::{Detector, DetectorError, TractDetector};
 use publisher::{result_record, Publisher, ResultBuffer};
 
@@ -166,7 +166,7 @@ pub async fn run(
         sample_rate: Arc::new(SampleRate::new(job.options.fps.unwrap_or(rs.sample_fps))),
         started,
     };
-    let capture = threads.spawn_capture(&job, &rs, policy, &shutdown)?;
+    let capture = threads.spawn_capture(&job, &rs, policy, &events, &shutdown)?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (reload_tx, reloads) = std::sync::mpsc::channel();
     let following = CancellationToken::new();
@@ -326,17 +326,44 @@ impl Threads {
         job: &RunnerJob,
         rs: &crate::config::RunnerSettings,
         policy: Arc<crate::destination::DestinationPolicy>,
+        events: &Arc<ResultBuffer>,
         shutdown: &CancellationToken,
     ) -> Result<std::thread::JoinHandle<()>, RunnerError> {
         let (slot, cstats, stop, span) =
             (Arc::clone(&self.slot), Arc::clone(&self.capture), shutdown.clone(), tracing::Span::current());
         let started = self.started;
+        let (events, scenario, epoch) = (Arc::clone(events), job.scenario, job.epoch);
+        let health: HealthHook = Box::new(move |change, at, why| {
+            let kind = match change {
+                CameraHealth::Offline => SceneEventKind::CameraOffline,
+                CameraHealth::Online => SceneEventKind::CameraOnline,
+            };
+            // Numbered on the frames' clock (ms since the scenario's epoch): unique per change.
+            let frame_number = (at - epoch).num_milliseconds().max(0);
+            let event = SceneEvent {
+                event_id: SceneEvent::id_for(scenario, kind, "", None, frame_number),
+                scenario_uuid: scenario,
+                kind,
+                frame_number,
+                timestamp: at,
+                zone: None,
+                line: None,
+                direction: None,
+                track_id: None,
+                class: None,
+                dwell_seconds: None,
+                detail: Some(why.chars().take(500).collect()),
+            };
+            tracing::info!(event = kind.as_str(), detail = why, "camera health");
+            events.push(result_record(scenario, serde_json::to_vec(&event).unwrap_or_default(), at));
+        });
         let capture_loop = CaptureLoop {
             source: OpenCvSource::new(&job.camera_url, rs, policy),
             sample_fps: Arc::clone(&self.sample_rate),
             open_attempts: rs.open_attempts,
             reconnect_min: Duration::from_millis(rs.reconnect_min_ms),
             reconnect_max: Duration::from_millis(rs.reconnect_max_ms),
+            health: Some(health),
         };
         std::thread::Builder::new()
             .name("vap-capture".into())

@@ -119,6 +119,19 @@ async fn a_walk_across_a_line_into_a_zone_and_back_gives_the_true_events_once_ea
     let once: Vec<(String, Option<String>)> = seen.iter().map(|(k, d)| (k.to_string(), d.map(String::from))).collect();
     assert_eq!(twice, once);
 
+    // Counts, computed by PostgreSQL: summed over buckets (the clip may straddle one).
+    let counts = app.get(&format!("/api/v1/scenario/{first}/counts?bucket=1m")).await.json();
+    let rows = counts["counts"].as_array().unwrap();
+    let total = |region: &str, name: &str, field: &str| -> i64 {
+        rows.iter().filter(|r| r[region] == name && r["class"] == "person").map(|r| r[field].as_i64().unwrap()).sum()
+    };
+    assert_eq!([total("zone", "right", "entered"), total("zone", "right", "left")], [1, 1], "{counts}");
+    assert_eq!([total("line", "middle", "crossed_in"), total("line", "middle", "crossed_out")], [1, 1], "{counts}");
+    let peak = rows.iter().filter_map(|r| r["peak_occupancy"].as_i64()).max();
+    assert_eq!(peak, Some(1), "{counts}");
+    let r = app.get(&format!("/api/v1/scenario/{first}/counts?bucket=1d")).await;
+    assert_eq!(r.status, hyper::StatusCode::BAD_REQUEST, "{}", r.text);
+
     // Filters and bad parameters.
     let crossed = app.get(&format!("/api/v1/scenario/{first}/events?kind=line_crossed")).await.json();
     assert_eq!(crossed["events"].as_array().unwrap().len(), 2);

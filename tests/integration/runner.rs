@@ -605,6 +605,18 @@ async fn rtsp_stream_survives_a_server_restart_and_sigterm_flushes() {
     assert!(runner.all_logs().contains("reconnecting"), "{}", runner.all_logs());
     // Stopped, not ended: the scenario stays as it was (the orchestrator decides).
     assert_eq!(p["status"], "active");
+
+    // The outage as events: offline once before the server came back, online once after.
+    let events = app.get(&format!("/api/v1/scenario/{scenario}/events")).await.json();
+    let health: Vec<(String, chrono::DateTime<chrono::Utc>)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap().to_string(), e["timestamp"].as_str().unwrap().parse().unwrap()))
+        .collect();
+    let kinds: Vec<&str> = health.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["camera_offline", "camera_online"], "{events}");
+    assert!(health[0].1 < restarted_at && health[1].1 > restarted_at, "{health:?} around {restarted_at}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
