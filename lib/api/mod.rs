@@ -197,6 +197,7 @@ fn route_of(path: &str) -> (&'static str, Option<Route>) {
         ["api", "v1", "scenario", id, "shutdown"] => Route::Shutdown(id.to_string()),
         ["api", "v1", "scenario", id, "events"] => Route::Events(id.to_string()),
         ["api", "v1", "scenario", id, "counts"] => Route::Counts(id.to_string()),
+        ["api", "v1", "scenario", id, "events", "stream"] => Route::EventStream(id.to_string()),
         ["api", "v1", "prediction", id] => Route::Prediction(id.to_string()),
         ["api", "v1", "prediction", id, "stream"] => Route::PredictionStream(id.to_string()),
         _ => return ("unmatched", None),
@@ -218,6 +219,7 @@ pub(crate) enum Route {
     Shutdown(String),
     Events(String),
     Counts(String),
+    EventStream(String),
     Prediction(String),
     PredictionStream(String),
 }
@@ -237,6 +239,7 @@ impl Route {
             Route::Shutdown(_) => "/api/v1/scenario/{uuid}/shutdown",
             Route::Events(_) => "/api/v1/scenario/{uuid}/events",
             Route::Counts(_) => "/api/v1/scenario/{uuid}/counts",
+            Route::EventStream(_) => "/api/v1/scenario/{uuid}/events/stream",
             Route::Prediction(_) => "/api/v1/prediction/{uuid}",
             Route::PredictionStream(_) => "/api/v1/prediction/{uuid}/stream",
         }
@@ -331,6 +334,7 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
         Route::Prediction(id) => handlers::prediction(state, &id, req.uri().query()).await,
         Route::Events(id) => handlers::scene_events(state, &id, req.uri().query()).await,
         Route::Counts(id) => handlers::scene_counts(state, &id, req.uri().query()).await,
+        Route::EventStream(id) => sse::stream_events(state, &id, &req).await,
         Route::PredictionStream(id) => sse::stream(state, &id, &req).await,
     }
 }

@@ -1,4 +1,5 @@
-//! `GET /api/v1/prediction/{uuid}/stream`: Server-Sent Events of results as they are stored.
+//! `GET /api/v1/prediction/{uuid}/stream` and `GET /api/v1/scenario/{uuid}/events/stream`:
+//! Server-Sent Events of results and of scene events as they are stored.
 //!
 //! One LISTEN connection per API process fans PostgreSQL notifications out to every stream.
 //! A notification only says "look again": each stream reads rows after its own cursor, so
@@ -22,7 +23,7 @@ use super::handlers::{parse_uuid, result_json};
 use super::{ApiError, AppState, Body};
 use crate::backoff::Backoff;
 use crate::config::DatabaseSettings;
-use crate::db::{self, results, scenarios};
+use crate::db::{self, results, scenarios, scene_events};
 
 const PAGE: i64 = 500;
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -35,7 +36,7 @@ pub async fn forward_notifications(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
-        match db::listen(&database, &["vap_results"]).await {
+        match db::listen(&database, &["vap_results", "vap_events"]).await {
             Ok((_client, mut notifications)) => {
                 backoff.reset();
                 // Anything stored while we were not listening must be looked at again.
@@ -61,17 +62,100 @@ pub async fn forward_notifications(
     }
 }
 
+/// What a stream sends, after a cursor: results after a frame, or events after
+/// `(frame, event id)`. Its `Last-Event-ID` is the cursor of the last item sent.
+trait Feed: Send + Sync + 'static {
+    type Cursor: Clone + Send + Sync + 'static;
+
+    /// Up to `limit` items after `cursor`: each with its cursor, event name and data.
+    fn page(
+        &self,
+        state: &AppState,
+        uuid: Uuid,
+        cursor: &Self::Cursor,
+        limit: i64,
+    ) -> impl std::future::Future<Output = Result<Vec<(Self::Cursor, String)>, db::DbError>> + Send;
+
+    fn id(cursor: &Self::Cursor) -> String;
+    fn event_name(&self) -> &'static str;
+}
+
+struct Results;
+
+impl Feed for Results {
+    type Cursor = i64;
+
+    async fn page(
+        &self,
+        state: &AppState,
+        uuid: Uuid,
+        cursor: &i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, db::DbError> {
+        let rows = results::page(&state.pool, uuid, *cursor, limit).await?;
+        Ok(rows.iter().map(|r| (r.frame_number, serde_json::to_string(&result_json(r)).unwrap_or_default())).collect())
+    }
+
+    fn id(cursor: &i64) -> String {
+        cursor.to_string()
+    }
+
+    fn event_name(&self) -> &'static str {
+        "result"
+    }
+}
+
+struct SceneEvents;
+
+impl Feed for SceneEvents {
+    /// `None`: from the start.
+    type Cursor = Option<(i64, Uuid)>;
+
+    async fn page(
+        &self,
+        state: &AppState,
+        uuid: Uuid,
+        cursor: &Self::Cursor,
+        limit: i64,
+    ) -> Result<Vec<(Self::Cursor, String)>, db::DbError> {
+        let q = scene_events::EventQuery { after: *cursor, limit, ..Default::default() };
+        let rows = scene_events::page(&state.pool, uuid, &q).await?;
+        Ok(rows
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("scenario_uuid");
+                }
+                (Some((e.frame_number, e.event_id)), v.to_string())
+            })
+            .collect())
+    }
+
+    fn id(cursor: &Self::Cursor) -> String {
+        cursor.map(|(f, e)| format!("{f}.{e}")).unwrap_or_default()
+    }
+
+    fn event_name(&self) -> &'static str {
+        "scene_event"
+    }
+}
+
+fn resume_from(req: &Request<Incoming>, pairs: &[(String, String)], param: &str) -> Option<String> {
+    req.headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| pairs.iter().find(|(k, _)| k == param).map(|(_, v)| v.clone()))
+}
+
+/// Results as they are stored, after `after_frame` (or `Last-Event-ID`); without either, from
+/// now on.
 pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
     let pairs: Vec<(String, String)> =
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
-    let resume = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| pairs.iter().find(|(k, _)| k == "after_frame").map(|(_, v)| v.clone()));
-    let after = match resume {
+    let after = match resume_from(req, &pairs, "after_frame") {
         None => None,
         Some(raw) => Some(raw.parse::<i64>().ok().filter(|v| *v >= -1).ok_or_else(|| {
             ApiError::bad(
@@ -89,16 +173,54 @@ pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) ->
         Some(a) => a,
         None => results::last_frame(&state.pool, uuid).await?,
     };
+    Ok(respond(state, Results, uuid, cursor, wake, slot))
+}
+
+/// Scene events as they are stored, after `cursor` (an events page's `next_cursor`, or
+/// `Last-Event-ID`); without either, every event from the first.
+pub async fn stream_events(
+    state: &Arc<AppState>,
+    id: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let uuid = parse_uuid(id)?;
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let cursor = match resume_from(req, &pairs, "cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(raw) => Some(
+            raw.split_once('.')
+                .and_then(|(f, e)| Some((f.parse::<i64>().ok()?, Uuid::parse_str(e).ok()?)))
+                .ok_or_else(|| {
+                    ApiError::bad("invalid_cursor", "cursor (or Last-Event-ID) is not one this API returned")
+                })?,
+        ),
+    };
+    scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
+    let slot = StreamSlot::take(&state.sse_streams, state.settings.max_sse_streams)
+        .ok_or(ApiError::TooManyStreams(state.settings.max_sse_streams))?;
+    let wake = state.results_bus.subscribe();
+    Ok(respond(state, SceneEvents, uuid, cursor, wake, slot))
+}
+
+fn respond<F: Feed>(
+    state: &Arc<AppState>,
+    feed: F,
+    uuid: Uuid,
+    cursor: F::Cursor,
+    wake: broadcast::Receiver<Uuid>,
+    slot: StreamSlot,
+) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
     // The pump belongs to the response body: a client that goes away aborts it.
-    let pump = AbortOnDrop(tokio::spawn(pump(Arc::clone(state), uuid, cursor, wake, tx, slot)));
+    let pump = AbortOnDrop(tokio::spawn(pump(Arc::clone(state), feed, uuid, cursor, wake, tx, slot)));
     let body = StreamBody::new(tokio_stream_from(rx, pump)).boxed();
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(body)
-        .unwrap_or_else(|_| Response::new(http_body_util::Full::new(Bytes::new()).boxed())))
+        .unwrap_or_else(|_| Response::new(http_body_util::Full::new(Bytes::new()).boxed()))
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -135,10 +257,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn pump(
+async fn pump<F: Feed>(
     state: Arc<AppState>,
+    feed: F,
     uuid: Uuid,
-    mut cursor: i64,
+    mut cursor: F::Cursor,
     mut wake: broadcast::Receiver<Uuid>,
     tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
     _slot: StreamSlot,
@@ -147,7 +270,9 @@ async fn pump(
         let tx = tx.clone();
         async move { tx.send(Ok(Frame::data(Bytes::from(text)))).await.is_ok() }
     };
-    if !send(format!("retry: 2000\n: streaming results of {uuid} after frame {cursor}\n\n")).await {
+    let after = F::id(&cursor);
+    let what = feed.event_name();
+    if !send(format!("retry: 2000\n: streaming {what}s of {uuid} after '{after}'\n\n")).await {
         return;
     }
     // Streams that lost the database together do not come back in step.
@@ -155,7 +280,7 @@ async fn pump(
     loop {
         // Drain everything after the cursor.
         loop {
-            let rows = match results::page(&state.pool, uuid, cursor, PAGE).await {
+            let rows = match feed.page(&state, uuid, &cursor, PAGE).await {
                 Ok(rows) => {
                     backoff.reset();
                     rows
@@ -175,14 +300,14 @@ async fn pump(
                     continue;
                 }
             };
-            for r in &rows {
-                let data = serde_json::to_string(&result_json(r)).unwrap_or_default();
-                if !send(format!("id: {}\nevent: result\ndata: {data}\n\n", r.frame_number)).await {
+            let n = rows.len() as i64;
+            for (at, data) in rows {
+                if !send(format!("id: {}\nevent: {what}\ndata: {data}\n\n", F::id(&at))).await {
                     return;
                 }
-                cursor = r.frame_number;
+                cursor = at;
             }
-            if (rows.len() as i64) < PAGE {
+            if n < PAGE {
                 break;
             }
         }

@@ -54,6 +54,44 @@ fn when_at(x: f64, first: bool) -> f64 {
     range.into_iter().find(|&t| if first { foot(t) >= x } else { foot(t) <= x }).unwrap()
 }
 
+/// Reads `want` `scene_event`s from the scenario's event stream: each `(id, kind)`.
+async fn read_event_stream(
+    app: &TestApp,
+    id: uuid::Uuid,
+    last_event_id: Option<&str>,
+    want: usize,
+) -> Vec<(String, String)> {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut req = hyper::Request::get(format!("{}/api/v1/scenario/{id}/events/stream", app.base));
+    if let Some(last) = last_event_id {
+        req = req.header("last-event-id", last);
+    }
+    let resp = client.request(req.body(Full::new(bytes::Bytes::new())).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), hyper::StatusCode::OK);
+    let mut body = resp.into_body();
+    let (mut buffer, mut got) = (String::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while got.len() < want {
+        let frame = tokio::time::timeout_at(deadline, body.frame()).await.expect("events in time").unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            buffer.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            if !event.contains("event: scene_event") {
+                continue;
+            }
+            let id = event.lines().find_map(|l| l.strip_prefix("id: ")).unwrap().to_string();
+            let data: Value =
+                serde_json::from_str(event.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+            got.push((id, data["kind"].as_str().unwrap().to_string()));
+        }
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_walk_across_a_line_into_a_zone_and_back_gives_the_true_events_once_each() {
     let app = TestApp::spawn_for_runners().await;
@@ -62,9 +100,13 @@ async fn a_walk_across_a_line_into_a_zone_and_back_gives_the_true_events_once_ea
     let first = app.create_scenario_with(&path, regions()).await;
     let again = app.create_scenario_with(&path, regions()).await;
     let _reaper = RunnerReaper(HashSet::from([first, again]));
-    for id in [first, again] {
-        app.wait_for_status(id, "inactive", Duration::from_secs(120)).await;
-    }
+    // A client follows the first scenario's events live, from before there are any.
+    let both_done = async {
+        for id in [first, again] {
+            app.wait_for_status(id, "inactive", Duration::from_secs(120)).await;
+        }
+    };
+    let (live, ()) = tokio::join!(read_event_stream(&app, first, None, 4), both_done);
     let scenario = app.scenario(first).await;
     assert_eq!(scenario["options"]["lines"][0]["name"], "middle", "{scenario}");
 
@@ -118,6 +160,12 @@ async fn a_walk_across_a_line_into_a_zone_and_back_gives_the_true_events_once_ea
         .collect();
     let once: Vec<(String, Option<String>)> = seen.iter().map(|(k, d)| (k.to_string(), d.map(String::from))).collect();
     assert_eq!(twice, once);
+
+    // The stream sent the same events, in the same order; resumed after the second, the rest.
+    let kinds: Vec<&str> = live.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(kinds, seen.iter().map(|(k, _)| *k).collect::<Vec<_>>());
+    let resumed = read_event_stream(&app, first, Some(&live[1].0), 2).await;
+    assert_eq!(resumed, live[2..].to_vec());
 
     // Counts, computed by PostgreSQL: summed over buckets (the clip may straddle one).
     let counts = app.get(&format!("/api/v1/scenario/{first}/counts?bucket=1m")).await.json();
