@@ -57,6 +57,41 @@ pub struct Settings {
     pub orchestrator: OrchestratorSettings,
     pub destinations: DestinationSettings,
     pub log: LogSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Scene events POSTed to receivers (lib/webhooks.rs), by the relay.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Receives every scenario's events, besides a scenario's own `webhook_url`; empty: none.
+    pub url: String,
+    /// Key of the `vap-signature` HMAC-SHA256 over each body, shared with receivers. Empty:
+    /// nothing is sent (deliveries wait, saying so).
+    pub secret: Secret,
+    /// One POST, connect to last byte.
+    pub timeout_ms: u64,
+    /// Retries back off from 1 s up to this, with jitter.
+    pub retry_max_ms: u64,
+    pub poll_interval_ms: u64,
+    /// Deliveries in flight at once (one per scenario at a time: in event order).
+    pub concurrency: usize,
+    /// CAs trusted for https receivers (PEM); default Debian's bundle.
+    pub ca_file: PathBuf,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret: Secret::default(),
+            timeout_ms: 5_000,
+            retry_max_ms: 300_000,
+            poll_interval_ms: 500,
+            concurrency: 8,
+            ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        }
+    }
 }
 
 /// Where runners may connect for a scenario (lib/destination.rs): CIDRs or addresses.
@@ -645,6 +680,11 @@ impl Settings {
         }
         if self.kafka.sasl_mechanism != SaslMechanism::None && self.kafka.sasl_username.is_empty() {
             return bad("kafka.sasl_username", "must be set when kafka.sasl_mechanism is");
+        }
+        if !self.webhooks.url.is_empty()
+            && !url::Url::parse(&self.webhooks.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return bad("webhooks.url", "must be an http(s) URL or empty");
         }
         if self.relay.batch_size < 1 {
             return bad("relay.batch_size", "must be at least 1");

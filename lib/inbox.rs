@@ -27,6 +27,8 @@ pub struct Inbox {
     pub kafka: Arc<KafkaLink>,
     pub settings: InboxSettings,
     pub metrics: Arc<Metrics>,
+    /// `webhooks.url`: every new event is queued for it (empty: none).
+    pub global_webhook: String,
 }
 
 impl Inbox {
@@ -52,7 +54,7 @@ impl Inbox {
             pool: self.pool.clone(),
             kafka: self.kafka,
             limits,
-            handler: StoreEvents { pool: self.pool, metrics: self.metrics },
+            handler: StoreEvents { pool: self.pool, metrics: self.metrics, global_webhook: self.global_webhook },
         };
         let (a, b) = tokio::join!(
             Arc::new(results).run(results_topic, shutdown.clone()),
@@ -192,6 +194,7 @@ fn dead_letter(r: &RecordAndOffset, (reason, error): &Refusal) -> DeadLetter {
 struct StoreEvents {
     pool: Pool,
     metrics: Arc<Metrics>,
+    global_webhook: String,
 }
 
 impl RecordHandler for StoreEvents {
@@ -223,7 +226,10 @@ impl RecordHandler for StoreEvents {
                 }
             }
         }
-        let Some(s) = scene_events::store_batch(&self.pool, &advance, &events, dead).await? else { return Ok(false) };
+        let Some(s) = scene_events::store_batch(&self.pool, &advance, &events, dead, &self.global_webhook).await?
+        else {
+            return Ok(false);
+        };
         let m = &self.metrics;
         m.inc("vap_inbox_events_stored_total", "Scene events written to PostgreSQL.", &[], s.inserted as u64);
         m.inc(

@@ -13,7 +13,8 @@
 //! | [`api`] | the REST API (hyper), SSE of new results |
 //! | [`db`] | PostgreSQL: pool, migrations, scenario/outbox/result queries |
 //! | [`outbox_relay`] | outbox rows -> Kafka, marked published only after the ack |
-//! | [`inbox`] | Kafka `results` -> `scenario_results`, exactly-once effects |
+//! | [`inbox`] | Kafka `results`, `events` -> `scenario_results`, `scenario_events`, exactly-once effects |
+//! | [`webhooks`] | scene events POSTed to receivers, signed, at least once, in order per scenario |
 //! | [`orchestrator`] | `vap-orchestrator`: leader, event consumer, reconcile, backends |
 //! | [`relay`] | the `vap-relay` process: outbox relay + inbox + its metrics |
 //! | [`analytics`] | tracks and zone/line events derived from detections (pure; the runner runs it) |
@@ -73,3 +74,4 @@ pub mod signing;
 pub mod sys;
 pub mod tasks;
 pub mod tls;
+pub mod webhooks;

@@ -22,7 +22,9 @@ pub const MAX_REGION_NAME_CHARS: usize = 100;
 /// The longest dwell a zone may wait for: a day.
 pub const DWELL_SECONDS: RangeInclusive<f64> = 1.0..=86_400.0;
 /// The fields a request may set, in the order they are checked.
-pub const FIELDS: [&str; 8] = ["name", "model", "fps", "classes", "min_confidence", "mask", "zones", "lines"];
+pub const FIELDS: [&str; 9] =
+    ["name", "model", "fps", "classes", "min_confidence", "mask", "zones", "lines", "webhook_url"];
+pub const MAX_WEBHOOK_URL_CHARS: usize = 2048;
 
 /// A polygon in normalised image coordinates (0..1, origin top left), as `[[x, y], ...]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +74,9 @@ pub struct ScenarioOptions {
     /// Lines whose crossings are reported, with a direction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<Line>,
+    /// Where each of the scenario's events is POSTed (lib/webhooks.rs), besides the global one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 /// A named area. An object is in it when the bottom centre of its box is (where it stands).
@@ -167,7 +172,8 @@ impl ScenarioOptions {
                 }
                 "mask" => next.mask = if null { Vec::new() } else { mask(value)? },
                 "zones" => next.zones = if null { Vec::new() } else { zones(value)? },
-                _ => next.lines = if null { Vec::new() } else { lines(value)? },
+                "lines" => next.lines = if null { Vec::new() } else { lines(value)? },
+                _ => next.webhook_url = if null { None } else { Some(webhook_url(value)?) },
             }
         }
         // Checked after the model is known: a patch may change both.
@@ -347,6 +353,28 @@ fn list<'v>(field: &str, v: &'v Value, max: usize, what: &str) -> Result<&'v Vec
         return Err(invalid(field, format!("at most {max} {what}, got {}", items.len())));
     }
     Ok(items)
+}
+
+/// An http(s) URL with a host and no credentials (the signature authenticates vap instead).
+/// Whether its host may be reached is the destination policy's to say (the API checks literal
+/// addresses, the sender every address it connects to).
+fn webhook_url(v: &Value) -> Result<String, OptionError> {
+    let field = "webhook_url";
+    let s = v.as_str().ok_or_else(|| invalid(field, format!("must be a string, got {}", kind(v))))?;
+    if s.chars().count() > MAX_WEBHOOK_URL_CHARS || s.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(invalid(field, format!("must be at most {MAX_WEBHOOK_URL_CHARS} printable characters")));
+    }
+    let url = url::Url::parse(s).map_err(|e| invalid(field, format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(field, format!("must be http or https, got {}", url.scheme())));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(field, "must name a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(field, "must not carry credentials; receivers check the signature"));
+    }
+    Ok(url.to_string())
 }
 
 fn zones(v: &Value) -> Result<Vec<Zone>, OptionError> {

@@ -23,6 +23,8 @@ pub enum RelayError {
     Task(#[from] TaskFailed),
     #[error("relay metrics listener {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// Runs until `shutdown`, then finishes the batch in hand and returns.
@@ -48,8 +50,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     };
     tasks.spawn("outbox relay", relay.run(tasks.token()));
     if settings.inbox.enabled {
-        let inbox = Inbox { pool, kafka, settings: settings.inbox.clone(), metrics };
+        let inbox = Inbox {
+            pool: pool.clone(),
+            kafka,
+            settings: settings.inbox.clone(),
+            metrics: Arc::clone(&metrics),
+            global_webhook: settings.webhooks.url.clone(),
+        };
         tasks.spawn_fallible("inbox", inbox.run(tasks.token()));
+        let policy = crate::destination::DestinationPolicy::from_settings(&settings.destinations)
+            .map_err(|e| RelayError::Config(e.to_string()))?;
+        let sender =
+            crate::webhooks::Sender { pool, settings: settings.webhooks.clone(), policy: Arc::new(policy), metrics };
+        tasks.spawn("webhook sender", sender.run(tasks.token()));
     }
     lifecycle::notify_ready();
     tracing::info!("relay ready");

@@ -71,6 +71,20 @@ pub fn scenario_json(s: &Scenario, defaults: &Defaults) -> Value {
     })
 }
 
+/// A webhook's host, when an address, must be one the destination policy allows (names are
+/// checked by the sender, at every connection).
+fn webhook_reachable(state: &AppState, o: ScenarioOptions) -> Result<ScenarioOptions, crate::options::OptionError> {
+    let host =
+        o.webhook_url.as_deref().and_then(|u| url::Url::parse(u).ok()).and_then(|u| u.host_str().map(String::from));
+    match host.map(|h| state.destinations.check_host(h.trim_start_matches('[').trim_end_matches(']'))) {
+        Some(Err(e)) => Err(crate::options::OptionError {
+            field: "webhook_url".into(),
+            reason: format!("not a reachable host: {e}"),
+        }),
+        _ => Ok(o),
+    }
+}
+
 /// The options in effect: defaults that depend on the model are shown resolved against it.
 /// `classes: null` means every class of the model.
 pub fn options_json(o: &ScenarioOptions, defaults: &Defaults) -> Value {
@@ -85,6 +99,7 @@ pub fn options_json(o: &ScenarioOptions, defaults: &Defaults) -> Value {
         "mask": o.mask,
         "zones": o.zones,
         "lines": o.lines,
+        "webhook_url": o.webhook_url,
     })
 }
 
@@ -204,7 +219,9 @@ pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Res
         .map_err(|e| ApiError::bad("invalid_camera_url", e.to_string()))?;
     let mut requested = fields.clone();
     requested.remove("camera_url");
-    let options = ScenarioOptions::from_request(&requested, &state.options).map_err(ApiError::InvalidOption)?;
+    let options = ScenarioOptions::from_request(&requested, &state.options)
+        .and_then(|o| webhook_reachable(state, o))
+        .map_err(ApiError::InvalidOption)?;
     let mut digest = Sha256::new();
     digest.update(url.expose().as_bytes());
     // Only a request with options hashes them: keys stored before options existed still match.
@@ -249,7 +266,10 @@ pub async fn patch_scenario(
             reason: "a scenario's camera can't change; create a new scenario".into(),
         }));
     }
-    let change = scenarios::change_options(&state.pool, uuid, |o| o.patched(&patch, &state.options)).await?;
+    let change = scenarios::change_options(&state.pool, uuid, |o| {
+        o.patched(&patch, &state.options).and_then(|o| webhook_reachable(state, o))
+    })
+    .await?;
     match change {
         OptionsChange::Changed(s) => {
             state.outbox_waker.wake();
@@ -340,12 +360,25 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = if more { rows.last().map(|e| format!("{}.{}", e.frame_number, e.event_id)) } else { None };
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|e| e.event_id).collect();
+    let deliveries = db::webhooks::states(&state.pool, &ids).await?;
     let events: Vec<Value> = rows
         .iter()
         .map(|e| {
             let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
             if let Some(o) = v.as_object_mut() {
                 o.remove("scenario_uuid");
+                let webhooks: Vec<Value> = deliveries
+                    .iter()
+                    .filter(|(id, _)| *id == e.event_id)
+                    .map(|(_, d)| {
+                        json!({"url": CameraUrl::trusted(d.url.clone()).redacted(), "delivered_at": d.delivered_at,
+                               "attempts": d.attempts, "last_status": d.last_status, "last_error": d.last_error})
+                    })
+                    .collect();
+                if !webhooks.is_empty() {
+                    o.insert("webhooks".into(), Value::Array(webhooks));
+                }
             }
             v
         })

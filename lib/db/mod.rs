@@ -9,6 +9,7 @@ pub mod results;
 pub mod scenarios;
 pub mod scene_events;
 pub mod status;
+pub mod webhooks;
 pub mod workers;
 
 use std::time::Duration;

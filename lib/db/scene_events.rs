@@ -16,20 +16,25 @@ pub struct StoredEvents {
     pub duplicates: i64,
     pub unknown_scenario: i64,
     pub dead_lettered: i64,
+    /// Deliveries queued for webhook receivers.
+    pub webhooks_queued: i64,
 }
 
 /// Stores the events and refused records and advances the position in one transaction (as
 /// `results::store_batch` does for frames). `None` when another consumer moved it first.
+/// Each new event is also queued for the scenario's `webhook_url` and for `global_webhook`
+/// (empty: none), in the same transaction.
 pub async fn store_batch(
     pool: &Pool,
     advance: &Advance<'_>,
     events: &[(i64, SceneEvent)],
     dead: Vec<DeadLetter>,
+    global_webhook: &str,
 ) -> Result<Option<StoredEvents>, DbError> {
-    match store(pool, advance, events, dead.clone(), false).await {
+    match store(pool, advance, events, dead.clone(), global_webhook, false).await {
         Err(e) if e.is_data_error() => {
             tracing::warn!(error = e.server_message(), "PostgreSQL refused an event; storing one at a time");
-            store(pool, advance, events, dead, true).await
+            store(pool, advance, events, dead, global_webhook, true).await
         }
         other => other,
     }
@@ -40,6 +45,7 @@ async fn store(
     advance: &Advance<'_>,
     events: &[(i64, SceneEvent)],
     mut dead: Vec<DeadLetter>,
+    global_webhook: &str,
     isolate: bool,
 ) -> Result<Option<StoredEvents>, DbError> {
     let mut client = pool.get().await?;
@@ -51,11 +57,11 @@ async fn store(
     let mut stored = StoredEvents::default();
     if !isolate {
         let all: Vec<&SceneEvent> = events.iter().map(|(_, e)| e).collect();
-        stored = insert(&tx, &all).await?;
+        stored = insert(&tx, &all, global_webhook).await?;
     } else {
         for (offset, event) in events {
             tx.batch_execute("SAVEPOINT one_record").await?;
-            match insert(&tx, &[event]).await {
+            match insert(&tx, &[event], global_webhook).await {
                 Ok(s) => {
                     stored.inserted += s.inserted;
                     stored.duplicates += s.duplicates;
@@ -79,7 +85,7 @@ async fn store(
     Ok(Some(stored))
 }
 
-async fn insert(tx: &Transaction<'_>, events: &[&SceneEvent]) -> Result<StoredEvents, DbError> {
+async fn insert(tx: &Transaction<'_>, events: &[&SceneEvent], global_webhook: &str) -> Result<StoredEvents, DbError> {
     if events.is_empty() {
         return Ok(StoredEvents::default());
     }
@@ -110,11 +116,20 @@ async fn insert(tx: &Transaction<'_>, events: &[&SceneEvent]) -> Result<StoredEv
                  INSERT INTO scenario_events (event_id, scenario_uuid, kind, frame_number, occurred_at, zone, line,
                                               direction, track_id, class, dwell_seconds, detail)
                  SELECT * FROM known ON CONFLICT (event_id) DO NOTHING
+                 RETURNING event_id, scenario_uuid, frame_number),
+             queued AS (
+                 INSERT INTO webhook_deliveries (event_id, scenario_uuid, url)
+                 SELECT i.event_id, i.scenario_uuid, u.url
+                   FROM inserted i JOIN scenarios s USING (scenario_uuid)
+                        CROSS JOIN LATERAL (VALUES (s.options->>'webhook_url'), (NULLIF($13, ''))) AS u(url)
+                  WHERE u.url IS NOT NULL
+                  ORDER BY i.frame_number, i.event_id
+                 ON CONFLICT DO NOTHING
                  RETURNING 1)
-             SELECT (SELECT count(*) FROM known), (SELECT count(*) FROM inserted)",
+             SELECT (SELECT count(*) FROM known), (SELECT count(*) FROM inserted), (SELECT count(*) FROM queued)",
             &[
                 &ids, &scenarios, &kinds, &frames, &times, &zones, &lines, &directions, &tracks, &classes, &dwell,
-                &details,
+                &details, &global_webhook,
             ],
         )
         .await?;
@@ -124,6 +139,7 @@ async fn insert(tx: &Transaction<'_>, events: &[&SceneEvent]) -> Result<StoredEv
         duplicates: known - inserted,
         unknown_scenario: events.len() as i64 - known,
         dead_lettered: 0,
+        webhooks_queued: row.get(2),
     })
 }
 

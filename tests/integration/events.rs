@@ -198,3 +198,158 @@ async fn a_walk_across_a_line_into_a_zone_and_back_gives_the_true_events_once_ea
     let _ = orchestrator.kill();
     let _ = orchestrator.wait();
 }
+
+/// What a webhook receiver got: each request's headers of interest and body.
+#[derive(Debug, Clone)]
+struct Received {
+    event_id: String,
+    signature: String,
+    body: bytes::Bytes,
+}
+
+/// A receiver on loopback that answers 500 to its first `fail_first` requests, then 204.
+async fn webhook_receiver(fail_first: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Received>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/vap?token=abc", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Received>::new()));
+    let seen = std::sync::Arc::clone(&got);
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (seen, tries) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&tries));
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (seen, tries) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&tries));
+                    async move {
+                        let header = |name: &str| {
+                            req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+                        };
+                        let (event_id, signature) = (header("vap-event-id"), header("vap-signature"));
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let status = if n < fail_first {
+                            500
+                        } else {
+                            vap::sys::lock(&seen).push(Received { event_id, signature, body });
+                            204
+                        };
+                        let answer = hyper::Response::builder()
+                            .status(status)
+                            .body(http_body_util::Full::new(bytes::Bytes::new()))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(answer)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, got)
+}
+
+/// Every event reaches the scenario's webhook, at least once and in event order, signed with
+/// the configured secret, although the receiver fails its first two tries; the API shows each
+/// delivered. A receiver the destination policy refuses is never contacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_get_every_event_signed_in_order_through_failures() {
+    const SECRET: &str = "whsec-test-0123456789";
+    let (url, got) = webhook_receiver(2).await;
+    let mut app = TestApp::spawn_with(|s| {
+        s.api.allow_file_urls = true;
+        s.webhooks.secret = vap::config::Secret::new(SECRET);
+        s.webhooks.poll_interval_ms = 100;
+        s.webhooks.retry_max_ms = 1_000;
+    })
+    .await;
+    app.start_relay();
+    let mut orchestrator = spawn_orchestrator(&app, 2);
+    let mut options = regions();
+    options["webhook_url"] = url.clone().into();
+    let id = app.create_scenario_with(media().walker.to_str().unwrap(), options).await;
+    let _reaper = RunnerReaper(HashSet::from([id]));
+    app.wait_for_status(id, "inactive", Duration::from_secs(120)).await;
+    let stored: Vec<String> =
+        all_events(&app, id, 100).await.iter().map(|e| e["event_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(stored.len(), 4);
+    let received = common::eventually(Duration::from_secs(60), "every event delivered", || async {
+        let got = vap::sys::lock(&got).clone();
+        let ids: BTreeSet<String> = got.iter().map(|r| r.event_id.clone()).collect();
+        (ids.len() == stored.len()).then_some(got)
+    })
+    .await;
+    let key = vap::signing::ResultsKey::new(SECRET.as_bytes().to_vec());
+    let mut first_seen: Vec<String> = Vec::new();
+    for r in &received {
+        let hex = r.signature.strip_prefix("sha256=").expect("sha256=<hex>");
+        assert!(key.verify(&r.body, hex.as_bytes()), "a body its signature does not sign: {r:?}");
+        let event: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(event["event_id"].as_str(), Some(r.event_id.as_str()));
+        assert_eq!(event["scenario_uuid"], id.to_string());
+        if !first_seen.contains(&r.event_id) {
+            first_seen.push(r.event_id.clone());
+        }
+    }
+    assert_eq!(first_seen, stored, "in event order, and exactly the stored set");
+    let shown = common::eventually(Duration::from_secs(10), "deliveries recorded", || async {
+        let events = all_events(&app, id, 100).await;
+        events.iter().all(|e| !e["webhooks"][0]["delivered_at"].is_null()).then_some(events)
+    })
+    .await;
+    assert!(shown[0]["webhooks"][0]["attempts"].as_i64().unwrap() >= 2, "the first one was retried: {shown:#?}");
+    assert!(shown[0]["webhooks"][0]["url"].as_str().unwrap().contains("token=***"), "{shown:#?}");
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+}
+
+/// The destination policy holds for webhooks: the API refuses an address it refuses (400
+/// naming webhook_url), and the sender never connects to one (the global webhook, which no
+/// request checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_receivers_the_policy_refuses_are_never_contacted() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let hook = format!("http://localhost:{port}/hook");
+    let global = hook.clone();
+    let mut app = TestApp::spawn_with(move |s| {
+        // The default policy: loopback refused. The clip is a file: the runner needs no network.
+        s.destinations.allow = Vec::new();
+        s.api.allow_file_urls = true;
+        s.webhooks.secret = vap::config::Secret::new("whsec");
+        s.webhooks.url = global;
+        s.webhooks.poll_interval_ms = 100;
+    })
+    .await;
+    let mut body = regions();
+    body["camera_url"] = media().walker.to_str().unwrap().into();
+    body["webhook_url"] = format!("http://127.0.0.1:{port}/hook").into();
+    let r = app.post_json("/api/v1/scenario/init", &body).await;
+    assert_eq!(r.status, hyper::StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.json()["error"]["field"], "webhook_url", "{}", r.text);
+
+    app.start_relay();
+    let mut orchestrator = spawn_orchestrator(&app, 2);
+    let id = app.create_scenario_with(media().walker.to_str().unwrap(), regions()).await;
+    let _reaper = RunnerReaper(HashSet::from([id]));
+    app.wait_for_status(id, "inactive", Duration::from_secs(120)).await;
+    let events = common::eventually(Duration::from_secs(30), "a refused delivery recorded", || async {
+        let events = all_events(&app, id, 100).await;
+        (events.len() == 4 && events[0]["webhooks"][0]["attempts"].as_i64() >= Some(1)).then_some(events)
+    })
+    .await;
+    let error = events[0]["webhooks"][0]["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("loopback") || error.contains("refused"), "{error}");
+    assert!(events.iter().all(|e| e["webhooks"][0]["delivered_at"].is_null()));
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0, "the refused receiver was contacted");
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+}
