@@ -1,7 +1,7 @@
 //! Platform benchmarks, each beside its baseline in the same run. Run:
 //!
 //!     cargo bench --bench platform            # all
-//!     cargo bench --bench platform -- api     # one of: api, relay, inbox
+//!     cargo bench --bench platform -- api     # one of: api, relay, inbox, events
 //!
 //! Needs `wrk` (Debian package) for the HTTP load. Figures go to docs/BENCHMARKS.md.
 
@@ -43,6 +43,9 @@ fn main() {
         }
         if want("inbox") {
             inbox().await;
+        }
+        if want("events") {
+            events().await;
         }
     });
 }
@@ -303,4 +306,76 @@ async fn inbox() {
     println!("  inbox (fetch + parse + store + position, one tx per batch): {inbox_rps:>8.0} results/s");
     println!("  baseline: broker fetch only                               : {fetch_rps:>8.0} records/s");
     println!("  baseline: PostgreSQL unnest INSERT only                   : {raw_rps:>8.0} rows/s");
+}
+
+/// Scene events, Kafka `events` -> `scenario_events` (checked, stored once, the position in the
+/// same transaction), beside the same rows inserted straight into PostgreSQL.
+async fn events() {
+    const PER_SCENARIO: i64 = 5_000;
+    const SCENARIOS: usize = 4;
+    let total = PER_SCENARIO * SCENARIOS as i64;
+    println!("\n== inbox: {total} scene events (pre-produced), Kafka -> PostgreSQL");
+    let mut app = TestApp::spawn_with(|s| s.log.level = "warn".into()).await;
+    let mut scenarios = Vec::new();
+    for i in 0..SCENARIOS {
+        scenarios.push(app.create_scenario(&format!("rtsp://cam/{i}")).await);
+    }
+    let event = |scenario: uuid::Uuid, n: i64| {
+        let kind = vap::events::SceneEventKind::LineCrossed;
+        vap::events::SceneEvent {
+            event_id: vap::events::SceneEvent::id_for(scenario, kind, "gate", Some(n / 2), n),
+            scenario_uuid: scenario,
+            kind,
+            frame_number: n,
+            timestamp: chrono::Utc::now(),
+            zone: None,
+            line: Some("gate".into()),
+            direction: Some(if n % 2 == 0 { vap::events::Direction::In } else { vap::events::Direction::Out }),
+            track_id: Some(n / 2),
+            class: Some("person".into()),
+            dwell_seconds: None,
+            detail: None,
+        }
+    };
+    let all: Vec<vap::events::SceneEvent> =
+        (0..PER_SCENARIO).flat_map(|n| scenarios.iter().map(move |s| event(*s, n))).collect();
+    let records = all.iter().map(|e| (e.scenario_uuid, serde_json::to_vec(e).unwrap())).collect();
+    app.produce_signed(&app.settings.kafka.topic_events.clone(), records).await;
+
+    let started = Instant::now();
+    app.start_relay();
+    eventually(Duration::from_secs(300), "all events stored", || async {
+        (app.scalar("SELECT count(*) FROM scenario_events").await == total).then_some(())
+    })
+    .await;
+    let inbox_eps = total as f64 / started.elapsed().as_secs_f64();
+
+    // Baseline: the same rows, one unnest INSERT per 2000, no Kafka, no checks, no positions.
+    let client = app.pool.get().await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE raw_events (LIKE scenario_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for chunk in all.chunks(2000) {
+        let ids: Vec<uuid::Uuid> = chunk.iter().map(|e| e.event_id).collect();
+        let scenarios: Vec<uuid::Uuid> = chunk.iter().map(|e| e.scenario_uuid).collect();
+        let frames: Vec<i64> = chunk.iter().map(|e| e.frame_number).collect();
+        let times: Vec<chrono::DateTime<chrono::Utc>> = chunk.iter().map(|e| e.timestamp).collect();
+        let tracks: Vec<Option<i64>> = chunk.iter().map(|e| e.track_id).collect();
+        client
+            .execute(
+                "INSERT INTO raw_events (event_id, scenario_uuid, kind, frame_number, occurred_at, line, direction, track_id, class)
+                 SELECT id, s, 'line_crossed', f, t, 'gate', 'in', k, 'person'
+                   FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::timestamptz[], $5::bigint[]) AS u(id, s, f, t, k)",
+                &[&ids, &scenarios, &frames, &times, &tracks],
+            )
+            .await
+            .unwrap();
+    }
+    let raw_eps = total as f64 / started.elapsed().as_secs_f64();
+    println!("  inbox (fetch + parse + verify + store + position): {inbox_eps:>8.0} events/s");
+    println!("  baseline: PostgreSQL unnest INSERT only           : {raw_eps:>8.0} rows/s");
 }

@@ -53,6 +53,12 @@ pub fn add_secret_query_params(names: &[String]) {
 pub struct CameraUrl(String);
 
 impl CameraUrl {
+    /// A local file (an absolute path or `file:`): media with an end, read the same way every
+    /// time, so its frames are numbered by media time (a run again repeats their numbers).
+    pub fn is_local_file(&self) -> bool {
+        self.0.starts_with('/') || self.0.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("file:"))
+    }
+
     /// Checks a camera URL. Local files (`file://` or an absolute path) pass only when
     /// `allow_files` is set; an absolute path is kept as it was given. A host that is an
     /// address (or `localhost`) must pass `policy`; names are checked by the runner.

@@ -123,9 +123,10 @@ fn parse(r: &RecordAndOffset) -> Result<ResultsRecord, Refusal> {
     }
 }
 
-/// What a record claims, for [`check`]: a frame (or an event seen in one), or an end.
+/// What a record claims, for [`check`]: a frame (or an event seen in one) with its capture
+/// time, or an end.
 enum Claim {
-    Frame(i64),
+    Frame(i64, chrono::DateTime<chrono::Utc>),
     End,
 }
 
@@ -151,8 +152,13 @@ fn check(
             Err(("not_running", "end of stream for a scenario already at rest".into()))
         }
         Claim::End => Ok(()),
-        Claim::Frame(frame) => {
-            let at = chrono::Duration::try_milliseconds(frame).and_then(|d| facts.epoch.checked_add_signed(d));
+        Claim::Frame(frame, captured_at) => {
+            // Frames of a file count media time (ahead of the clock when analysed fast): its
+            // records are placed in time by their capture time instead.
+            let at = match facts.by_media_time {
+                true => Some(captured_at),
+                false => chrono::Duration::try_milliseconds(frame).and_then(|d| facts.epoch.checked_add_signed(d)),
+            };
             match at {
                 Some(at) if at <= latest => Ok(()),
                 _ if facts.rested_at.is_some() => {
@@ -166,7 +172,7 @@ fn check(
 
 fn claim(record: &ResultsRecord) -> Claim {
     match record {
-        ResultsRecord::Frame(f) => Claim::Frame(f.frame_number),
+        ResultsRecord::Frame(f) => Claim::Frame(f.frame_number, f.timestamp),
         ResultsRecord::End(_) => Claim::End,
     }
 }
@@ -216,7 +222,7 @@ impl RecordHandler for StoreEvents {
         for (r, parsed) in records.iter().zip(parsed) {
             let checked = parsed.and_then(|e| match facts.get(&e.scenario_uuid) {
                 None => Ok(e),
-                Some(f) => check(Claim::Frame(e.frame_number), &r.record, f, now).map(|()| e),
+                Some(f) => check(Claim::Frame(e.frame_number, e.timestamp), &r.record, f, now).map(|()| e),
             });
             match checked {
                 Ok(e) => events.push((r.offset, e)),

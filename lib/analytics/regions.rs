@@ -38,6 +38,8 @@ struct Visit {
 struct Seen {
     class: String,
     at: [f64; 2],
+    /// The frame it was last seen in.
+    last: FrameAt,
     /// Per zone (same order as the zones), the visit going on.
     visits: Vec<Option<Visit>>,
 }
@@ -148,15 +150,16 @@ impl Regions {
                     }
                 }
             }
-            self.tracks.insert(o.track_id, Seen { class: o.class.clone(), at: o.at, visits });
+            self.tracks.insert(o.track_id, Seen { class: o.class.clone(), at: o.at, last: *frame, visits });
         }
         out
     }
 
-    /// A track ended (lost for good): it leaves every zone it was in, as of `last_seen`, the
-    /// frame it was last seen in.
-    pub fn ended(&mut self, track_id: i64, last_seen: &FrameAt) -> Vec<SceneEvent> {
+    /// A track ended (lost for good): it leaves every zone it was in, as of the frame it was
+    /// last seen in.
+    pub fn ended(&mut self, track_id: i64) -> Vec<SceneEvent> {
         let Some(seen) = self.tracks.remove(&track_id) else { return Vec::new() };
+        let last_seen = &seen.last;
         let mut out = Vec::new();
         for (zone, visit) in self.zones.iter().zip(&seen.visits) {
             if let Some(visit) = visit {
@@ -240,9 +243,9 @@ mod tests {
             kinds.extend(r.observe(&frame(n), &[walker(1, 0.7)]).into_iter().map(|e| (e.kind, e.frame_number / 500)));
         }
         assert_eq!(kinds, vec![(SceneEventKind::ObjectEntered, 0), (SceneEventKind::Dwell, 4)]);
-        let left = r.ended(1, &frame(9));
+        let left = r.ended(1);
         assert_eq!((left.len(), left[0].kind, left[0].dwell_seconds), (1, SceneEventKind::ObjectLeft, Some(4.5)));
-        assert!(r.ended(1, &frame(9)).is_empty(), "ends once");
+        assert!(r.ended(1).is_empty(), "ends once");
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct SigningFacts {
     pub epoch: DateTime<Utc>,
     /// When the scenario came to rest (`inactive` or `failed`); `None` while it runs.
     pub rested_at: Option<DateTime<Utc>>,
+    /// A local file: frames are numbered by media time, so a record's time is its timestamp.
+    pub by_media_time: bool,
 }
 
 /// The facts of `ids` that exist.
@@ -98,7 +100,7 @@ pub async fn signing_facts(
     let stmt = client
         .prepare_cached(
             "SELECT scenario_uuid, results_key, created_at,
-                    CASE WHEN status IN ('inactive', 'failed') THEN updated_at END
+                    CASE WHEN status IN ('inactive', 'failed') THEN updated_at END, camera_url
                FROM scenarios WHERE scenario_uuid = ANY($1)",
         )
         .await?;
@@ -106,8 +108,12 @@ pub async fn signing_facts(
     Ok(rows
         .iter()
         .map(|r| {
-            let facts =
-                SigningFacts { key: crate::signing::ResultsKey::new(r.get(1)), epoch: r.get(2), rested_at: r.get(3) };
+            let facts = SigningFacts {
+                key: crate::signing::ResultsKey::new(r.get(1)),
+                epoch: r.get(2),
+                rested_at: r.get(3),
+                by_media_time: crate::camera_url::CameraUrl::trusted(r.get(4)).is_local_file(),
+            };
             (r.get(0), facts)
         })
         .collect())

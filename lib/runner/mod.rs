@@ -93,19 +93,25 @@ pub struct RunReport {
 }
 
 /// Frame numbers: milliseconds since the scenario epoch at capture, and always above the
-/// previous one (two frames in one millisecond, or a clock step back within a run).
+/// previous one (two frames in one millisecond, or a clock step back within a run). For a local
+/// file, milliseconds of media time instead: a file analysed again after a crash numbers its
+/// frames as before, so its results, tracks and events are stored once.
 pub struct FrameNumbers {
     epoch: DateTime<Utc>,
+    by_media_time: bool,
     last: i64,
 }
 
 impl FrameNumbers {
-    pub fn new(epoch: DateTime<Utc>) -> Self {
-        Self { epoch, last: -1 }
+    pub fn new(epoch: DateTime<Utc>, by_media_time: bool) -> Self {
+        Self { epoch, by_media_time, last: -1 }
     }
 
-    pub fn next(&mut self, captured_at: DateTime<Utc>) -> i64 {
-        let ms = (captured_at - self.epoch).num_milliseconds().max(0);
+    pub fn next(&mut self, captured_at: DateTime<Utc>, media_ms: Option<f64>) -> i64 {
+        let ms = match media_ms.filter(|_| self.by_media_time) {
+            Some(media) => media.round().max(0.0) as i64,
+            None => (captured_at - self.epoch).num_milliseconds().max(0),
+        };
         self.last = ms.max(self.last + 1);
         self.last
     }
@@ -229,8 +235,10 @@ async fn load_detector(
         let path = catalogue.manifest_path(name).ok_or_else(unknown)?;
         let manifest = catalogue.get(name).ok_or_else(unknown)?;
         let threshold = options.effective_min_confidence(manifest, rs.score_threshold);
-        // Boxes down to the tracker's low score keep tracks alive; only sure ones are stored.
-        let low = threshold.min(TrackerSettings::default().low_score);
+        // With zones or lines, boxes down to the tracker's low score keep tracks alive (only
+        // sure ones are stored); without, the detector's postprocessing is spared them.
+        let regions = !options.zones.is_empty() || !options.lines.is_empty();
+        let low = if regions { threshold.min(TrackerSettings::default().low_score) } else { threshold };
         TractDetector::load(path, Some(low)).map(|d| (d, threshold))
     })
     .await
@@ -541,7 +549,7 @@ struct Detect<'a> {
 impl Detect<'_> {
     fn run<D: Detector>(&self, mut current: Current<D>, reloads: &std::sync::mpsc::Receiver<Current<D>>) -> CaptureEnd {
         let (slot, stats, buffer, job) = (self.slot, self.stats, self.buffer, self.job);
-        let mut numbers = FrameNumbers::new(job.epoch);
+        let mut numbers = FrameNumbers::new(job.epoch, job.camera_url.is_local_file());
         let tracking = |min_confidence: f32| TrackerSettings {
             high_score: min_confidence,
             low_score: TrackerSettings::default().low_score.min(min_confidence),
@@ -579,7 +587,7 @@ impl Detect<'_> {
             };
             let (width, height) = (frame.image.cols(), frame.image.rows());
             detections.retain(|d| current.options.keeps(d, width as f32, height as f32));
-            let frame_number = numbers.next(frame.captured_at);
+            let frame_number = numbers.next(frame.captured_at, frame.media_ms);
             // The stream's clock: media time for files (analysed faster than real time).
             let t = frame.media_ms.unwrap_or_else(|| ms_since(job.epoch, frame.captured_at)) / 1000.0;
             let observations: Vec<Observation> = detections
@@ -594,12 +602,7 @@ impl Detect<'_> {
             if !regions.is_empty() {
                 let mut scene = Vec::new();
                 for ended in &update.ended {
-                    let last = FrameAt {
-                        number: ended.seen_frame,
-                        t: ended.seen_at,
-                        timestamp: job.epoch + chrono::Duration::milliseconds(ended.seen_frame),
-                    };
-                    scene.extend(regions.ended(ended.id as i64, &last));
+                    scene.extend(regions.ended(ended.id as i64));
                 }
                 let at = FrameAt { number: frame_number, t, timestamp: frame.captured_at };
                 let placed: Vec<Placed> = detections
@@ -695,14 +698,21 @@ mod tests {
     #[test]
     fn frame_numbers_are_ms_since_the_epoch_and_always_increase() {
         let epoch: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
-        let mut n = FrameNumbers::new(epoch);
-        assert_eq!(n.next("2026-01-01T00:00:01.500Z".parse().unwrap()), 1500);
+        let mut n = FrameNumbers::new(epoch, false);
+        assert_eq!(n.next("2026-01-01T00:00:01.500Z".parse().unwrap(), Some(40.0)), 1500);
         // Same millisecond, or a clock step back: still increasing.
-        assert_eq!(n.next("2026-01-01T00:00:01.500Z".parse().unwrap()), 1501);
-        assert_eq!(n.next("2026-01-01T00:00:01.000Z".parse().unwrap()), 1502);
+        assert_eq!(n.next("2026-01-01T00:00:01.500Z".parse().unwrap(), None), 1501);
+        assert_eq!(n.next("2026-01-01T00:00:01.000Z".parse().unwrap(), None), 1502);
         // A restarted runner starts later, so above every number the last one used.
-        let mut restarted = FrameNumbers::new(epoch);
-        assert_eq!(restarted.next("2026-01-01T00:00:09Z".parse().unwrap()), 9000);
-        assert_eq!(FrameNumbers::new(epoch).next("2025-12-31T23:00:00Z".parse().unwrap()), 0);
+        let mut restarted = FrameNumbers::new(epoch, false);
+        assert_eq!(restarted.next("2026-01-01T00:00:09Z".parse().unwrap(), None), 9000);
+        assert_eq!(FrameNumbers::new(epoch, false).next("2025-12-31T23:00:00Z".parse().unwrap(), None), 0);
+        // A file: media time, the same on every run.
+        let run = || {
+            let mut f = FrameNumbers::new(epoch, true);
+            [0.0, 99.6, 200.0].map(|m| f.next(Utc::now(), Some(m)))
+        };
+        assert_eq!(run(), [0, 100, 200]);
+        assert_eq!(run(), run());
     }
 }

@@ -305,6 +305,11 @@ impl TestApp {
     /// Produces values to `results` keyed by scenario and signed with its key, as its runner
     /// would (a scenario this database does not know goes unsigned).
     pub async fn produce_results(&self, records: Vec<(uuid::Uuid, Vec<u8>)>) {
+        self.produce_signed(&self.settings.kafka.topic_results.clone(), records).await;
+    }
+
+    /// The same to `topic` (`events`, say).
+    pub async fn produce_signed(&self, topic: &str, records: Vec<(uuid::Uuid, Vec<u8>)>) {
         let mut ids: Vec<uuid::Uuid> = records.iter().map(|(u, _)| *u).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -323,13 +328,16 @@ impl TestApp {
                 (uuid, value, signature)
             })
             .collect();
-        self.produce_raw(signed).await;
+        self.produce_raw_to(topic, signed).await;
     }
 
-    /// Produces values with whatever signature header the test gives (or none).
+    /// Produces values to `results` with whatever signature header the test gives (or none).
     pub async fn produce_raw(&self, records: Vec<(uuid::Uuid, Vec<u8>, Option<Vec<u8>>)>) {
+        self.produce_raw_to(&self.settings.kafka.topic_results.clone(), records).await;
+    }
+
+    pub async fn produce_raw_to(&self, topic: &str, records: Vec<(uuid::Uuid, Vec<u8>, Option<Vec<u8>>)>) {
         let client = self.kafka().await;
-        let topic = &self.settings.kafka.topic_results;
         let partitions = self.settings.kafka.partitions;
         client.controller_client().unwrap().create_topic(topic, partitions, 1, 5_000).await.ok();
         let mut by_partition: HashMap<i32, Vec<Record>> = HashMap::new();
@@ -345,7 +353,7 @@ impl TestApp {
             });
         }
         for (p, records) in by_partition {
-            let pc = client.partition_client(topic.as_str(), p, UnknownTopicHandling::Retry).await.unwrap();
+            let pc = client.partition_client(topic, p, UnknownTopicHandling::Retry).await.unwrap();
             for chunk in records.chunks(500) {
                 pc.produce(chunk.to_vec(), Compression::NoCompression).await.unwrap();
             }

@@ -353,3 +353,73 @@ async fn webhook_receivers_the_policy_refuses_are_never_contacted() {
     let _ = orchestrator.kill();
     let _ = orchestrator.wait();
 }
+
+/// The runner killed with SIGKILL mid-clip and started again by its backend: the clip is
+/// analysed again from its start, numbered by media time as before, and the tracker, given the
+/// same frames, makes the same tracks and events: none stored twice, none lost, one track id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_mid_clip_and_restarted_stores_each_event_once() {
+    let app = TestApp::spawn_for_runners().await;
+    let mut orchestrator = fleet::spawn_orchestrator(&app, 2);
+    let mut options = regions();
+    // Every frame, so the clip lasts long enough to be killed in.
+    options["fps"] = 10.into();
+    let id = app.create_scenario_with(media().walker.to_str().unwrap(), options).await;
+    let set = HashSet::from([id]);
+    let _reaper = RunnerReaper(set.clone());
+    // Killed once its first event is stored (the walker crosses the line at 2 s of 10).
+    let pid = common::eventually(Duration::from_secs(120), "the first event stored", || async {
+        let first = !all_events(&app, id, 10).await.is_empty();
+        first.then(|| fleet::runner_processes(&set).get(&id).map(|p| p[0])).flatten()
+    })
+    .await;
+    vap::sys::signal(pid, vap::sys::SIGKILL);
+    let again = common::eventually(Duration::from_secs(60), "the runner started again", || async {
+        fleet::runner_processes(&set).get(&id).map(|p| p[0]).filter(|p| *p != pid)
+    })
+    .await;
+    assert_ne!(again, pid);
+    app.wait_for_status(id, "inactive", Duration::from_secs(120)).await;
+    let events = all_events(&app, id, 100).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["line_crossed", "object_entered", "object_left", "line_crossed"], "{events:#?}");
+    let tracks: BTreeSet<i64> = events.iter().map(|e| e["track_id"].as_i64().unwrap()).collect();
+    assert_eq!(tracks.len(), 1, "{events:#?}");
+    // A file's frames are numbered by media time: the frames analysed twice are stored once.
+    let frames = app.prediction(id).await["total_frames_processed"].as_i64().unwrap();
+    assert!((95..=100).contains(&frames), "10 s at 10 fps, each once: {frames}");
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+}
+
+/// Real pedestrians (opencv-doc's vtest.avi, 20 s) with a line across the pavement: two runs of
+/// the same clip count the same crossings, and something is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pedestrians_crossing_a_line_are_counted_the_same_on_two_runs() {
+    let app = TestApp::spawn_for_runners().await;
+    let mut orchestrator = spawn_orchestrator(&app, 2);
+    let options = json!({
+        "fps": 5,
+        "lines": [{"name": "pavement", "points": [[0.5, 1], [0.5, 0]]}],
+        "zones": [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}],
+    });
+    let path = media().people.to_str().unwrap().to_string();
+    let runs = [app.create_scenario_with(&path, options.clone()).await, app.create_scenario_with(&path, options).await];
+    let _reaper = RunnerReaper(HashSet::from(runs));
+    for id in runs {
+        app.wait_for_status(id, "inactive", Duration::from_secs(240)).await;
+    }
+    let mut counted = Vec::new();
+    for id in runs {
+        let counts = app.get(&format!("/api/v1/scenario/{id}/counts?bucket=1h")).await.json();
+        let sum = |field: &str| -> i64 {
+            counts["counts"].as_array().unwrap().iter().filter_map(|r| r[field].as_i64()).sum()
+        };
+        counted.push([sum("crossed_in"), sum("crossed_out"), sum("entered"), sum("left")]);
+    }
+    eprintln!("vtest.avi, 20 s at 5 fps: crossed in, out, entered, left = {:?}", counted[0]);
+    assert_eq!(counted[0], counted[1], "two runs of one clip");
+    assert!(counted[0][0] + counted[0][1] > 0, "nobody crossed: {counted:?}");
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+}
