@@ -61,7 +61,7 @@ fn main() {
         for v in [&mut to_result, &mut to_event] {
             v.sort_by(f64::total_cmp);
         }
-        println!("POST -> first served, {RUNS} scenarios one after another (walker clip, 5 fps, line at 0.2 s... 0.5 s of media)");
+        println!("POST -> first served, {RUNS} scenarios one after another (walker clip, 5 fps, a line at x 0.2 the walker crosses 0.5 s into the clip)");
         println!("| first | p50 | p99 |");
         println!("|---|---:|---:|");
         println!("| result (baseline) | {:.0} ms | {:.0} ms |", percentile(&to_result, 0.5), percentile(&to_result, 0.99));
