@@ -681,6 +681,9 @@ impl Settings {
         if self.kafka.sasl_mechanism != SaslMechanism::None && self.kafka.sasl_username.is_empty() {
             return bad("kafka.sasl_username", "must be set when kafka.sasl_mechanism is");
         }
+        if self.kafka.sasl_mechanism == SaslMechanism::Plain && self.kafka.tls_ca_file.is_none() {
+            return bad("kafka.sasl_mechanism", "plain sends the password as is: set kafka.tls_ca_file (TLS) too");
+        }
         if !self.webhooks.url.is_empty()
             && !url::Url::parse(&self.webhooks.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
         {

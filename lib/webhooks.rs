@@ -1,7 +1,8 @@
 //! Scene events -> webhook receivers, run by vap-relay. The inbox queues a delivery with each new
 //! event in the same transaction (`webhook_deliveries`); this sends each queue's oldest one until
 //! a 2xx, retrying with jittered back-off, so every receiver gets every event at least once and,
-//! per scenario, in event order. Each POST carries the event as JSON, `vap-event-id` (to drop
+//! per scenario, in event order (a relay claims a queue's head for a while, so several relays do
+//! not send it together). Each POST carries the event as JSON, `vap-event-id` (to drop
 //! repeats) and `vap-signature: sha256=<hex HMAC-SHA256 of the body>` with `webhooks.secret`.
 //!
 //! Receivers obey the destination policy: a literal address is checked before the request, a
@@ -92,7 +93,9 @@ impl Sender {
         let key = ResultsKey::new(self.settings.secret.expose().as_bytes().to_vec());
         let poll = Duration::from_millis(self.settings.poll_interval_ms.max(10));
         while !stop.is_cancelled() {
-            match queue::due(&self.pool, self.settings.concurrency.max(1) as i64).await {
+            // Claimed for longer than a try can take: another relay leaves them alone meanwhile.
+            let lease = (self.settings.timeout_ms as i64).saturating_mul(3).max(1_000);
+            match queue::due(&self.pool, self.settings.concurrency.max(1) as i64, lease).await {
                 Ok(due) if !due.is_empty() => {
                     let sends = due.iter().map(|d| self.deliver(&client, &key, d));
                     tokio::select! {

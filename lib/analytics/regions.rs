@@ -37,7 +37,9 @@ struct Visit {
 #[derive(Debug, Clone)]
 struct Seen {
     class: String,
-    at: [f64; 2],
+    /// Per line (same order as the lines), where it last was off the line: a point on it
+    /// does not end a crossing, the next one off it does.
+    off_line: Vec<Option<[f64; 2]>>,
     /// The frame it was last seen in.
     last: FrameAt,
     /// Per zone (same order as the zones), the visit going on.
@@ -138,19 +140,23 @@ impl Regions {
                     (None, false) => {}
                 }
             }
-            if let Some(prev) = &previous {
-                for line in &self.lines {
-                    if !counts(&line.classes, &o.class) {
-                        continue;
-                    }
-                    if let Some(direction) = crossing(line.points[0], line.points[1], prev.at, o.at) {
-                        let mut e = self.event(SceneEventKind::LineCrossed, &line.name, o.track_id, &o.class, frame);
-                        (e.line, e.direction) = (Some(line.name.clone()), Some(direction));
-                        out.push(e);
-                    }
+            let mut off_line = previous.as_ref().map_or_else(|| vec![None; self.lines.len()], |s| s.off_line.clone());
+            for (li, line) in self.lines.iter().enumerate() {
+                if !counts(&line.classes, &o.class) {
+                    continue;
                 }
+                let [a, b] = line.points;
+                if side(a, b, o.at) == 0.0 {
+                    continue;
+                }
+                if let Some(direction) = off_line[li].and_then(|p| crossing(a, b, p, o.at)) {
+                    let mut e = self.event(SceneEventKind::LineCrossed, &line.name, o.track_id, &o.class, frame);
+                    (e.line, e.direction) = (Some(line.name.clone()), Some(direction));
+                    out.push(e);
+                }
+                off_line[li] = Some(o.at);
             }
-            self.tracks.insert(o.track_id, Seen { class: o.class.clone(), at: o.at, last: *frame, visits });
+            self.tracks.insert(o.track_id, Seen { class: o.class.clone(), off_line, last: *frame, visits });
         }
         out
     }
@@ -246,6 +252,18 @@ mod tests {
         let left = r.ended(1);
         assert_eq!((left.len(), left[0].kind, left[0].dwell_seconds), (1, SceneEventKind::ObjectLeft, Some(4.5)));
         assert!(r.ended(1).is_empty(), "ends once");
+    }
+
+    #[test]
+    fn a_stop_on_the_line_does_not_hide_the_crossing() {
+        let mut r = Regions::new(Uuid::nil(), vec![], vec![middle_line()]);
+        let crossed: Vec<Option<Direction>> = [0.4, 0.5, 0.5, 0.6]
+            .iter()
+            .enumerate()
+            .flat_map(|(n, x)| r.observe(&frame(n as i64), &[walker(1, *x)]))
+            .map(|e| e.direction)
+            .collect();
+        assert_eq!(crossed, vec![Some(Direction::Out)]);
     }
 
     #[test]

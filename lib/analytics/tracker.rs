@@ -77,8 +77,9 @@ struct Axis {
 
 impl Axis {
     fn new(x: f64, scale: f64) -> Self {
-        // ByteTrack's initial uncertainty: 2 * (1/20) h for position, 10 * (1/160) h for velocity.
-        let (sp, sv) = (2.0 * POS_NOISE * scale, 10.0 * VEL_NOISE * scale);
+        // ByteTrack's initial uncertainty: 2 * (1/20) h for position, 10 * (1/160) h per frame
+        // (at 30 fps) for velocity.
+        let (sp, sv) = (2.0 * MEASURE * scale, VEL_INIT * scale);
         Self { x, v: 0.0, p: [[sp * sp, 0.0], [0.0, sv * sv]] }
     }
 
@@ -91,7 +92,7 @@ impl Axis {
     }
 
     fn correct(&mut self, z: f64, scale: f64) {
-        let r = (POS_NOISE * scale).powi(2);
+        let r = (MEASURE * scale).powi(2);
         let [[a, b], [c, d]] = self.p;
         let s = a + r;
         let (k0, k1) = (a / s, c / s);
@@ -102,10 +103,15 @@ impl Axis {
     }
 }
 
-/// Noise per second as a share of the box height (ByteTrack's 1/20 and 1/160 per frame at
-/// 30 fps, per second here).
-const POS_NOISE: f64 = 1.0 / 20.0;
-const VEL_NOISE: f64 = 1.0 / 160.0 * 30.0;
+/// A box's position is measured to about 1/20 of its height (ByteTrack's measurement noise).
+const MEASURE: f64 = 1.0 / 20.0;
+/// Process noise per second, as a share of the box height: ByteTrack's 1/20 (position) and
+/// 1/160 (velocity, per frame) at 30 fps, accumulated over a second's 30 frames (variance
+/// grows with time: std by sqrt(30)), velocity in height per second.
+const POS_NOISE: f64 = 0.273_861_278_752_583; // sqrt(30) / 20
+const VEL_NOISE: f64 = 1.026_979_795_322_186; // sqrt(30) * 30 / 160
+/// Initial velocity uncertainty: ByteTrack's 10/160 of the height per frame, per second.
+const VEL_INIT: f64 = 10.0 * 30.0 / 160.0;
 
 #[derive(Debug, Clone)]
 struct Track {

@@ -329,8 +329,8 @@ pub async fn shutdown_scenario(state: &Arc<AppState>, id: &str) -> Result<Respon
     }
 }
 
-/// A scenario's scene events in frame order: `kind`, `since`/`until` (RFC 3339, on the event's
-/// time), `limit`, and `cursor` (the last page's `next_cursor`).
+/// A scenario's scene events in the order they were stored: `kind`, `since`/`until` (RFC 3339,
+/// on the event's time), `limit`, and `cursor` (the last page's `next_cursor`).
 pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
     let pairs = query_pairs(query);
@@ -347,8 +347,9 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
     let after = match query_param(&pairs, "cursor") {
         None | Some("") => None,
         Some(c) => Some(
-            c.split_once('.')
-                .and_then(|(f, e)| Some((f.parse::<i64>().ok()?, uuid::Uuid::parse_str(e).ok()?)))
+            c.parse::<i64>()
+                .ok()
+                .filter(|v| *v > 0)
                 .ok_or_else(|| ApiError::bad("invalid_cursor", "cursor is not one this API returned"))?,
         ),
     };
@@ -359,12 +360,12 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
     let mut rows = scene_events::page(&state.pool, uuid, &q).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next = if more { rows.last().map(|e| format!("{}.{}", e.frame_number, e.event_id)) } else { None };
-    let ids: Vec<uuid::Uuid> = rows.iter().map(|e| e.event_id).collect();
+    let next = if more { rows.last().map(|(seq, _)| seq.to_string()) } else { None };
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|(_, e)| e.event_id).collect();
     let deliveries = db::webhooks::states(&state.pool, &ids).await?;
     let events: Vec<Value> = rows
         .iter()
-        .map(|e| {
+        .map(|(_, e)| {
             let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
             if let Some(o) = v.as_object_mut() {
                 o.remove("scenario_uuid");

@@ -62,8 +62,8 @@ pub async fn forward_notifications(
     }
 }
 
-/// What a stream sends, after a cursor: results after a frame, or events after
-/// `(frame, event id)`. Its `Last-Event-ID` is the cursor of the last item sent.
+/// What a stream sends, after a cursor: results after a frame, or events after a storage
+/// sequence number. Its `Last-Event-ID` is the cursor of the last item sent.
 trait Feed: Send + Sync + 'static {
     type Cursor: Clone + Send + Sync + 'static;
 
@@ -108,32 +108,32 @@ impl Feed for Results {
 struct SceneEvents;
 
 impl Feed for SceneEvents {
-    /// `None`: from the start.
-    type Cursor = Option<(i64, Uuid)>;
+    /// The storage sequence number of the last event sent (0: none yet).
+    type Cursor = i64;
 
     async fn page(
         &self,
         state: &AppState,
         uuid: Uuid,
-        cursor: &Self::Cursor,
+        cursor: &i64,
         limit: i64,
-    ) -> Result<Vec<(Self::Cursor, String)>, db::DbError> {
-        let q = scene_events::EventQuery { after: *cursor, limit, ..Default::default() };
+    ) -> Result<Vec<(i64, String)>, db::DbError> {
+        let q = scene_events::EventQuery { after: Some(*cursor), limit, ..Default::default() };
         let rows = scene_events::page(&state.pool, uuid, &q).await?;
         Ok(rows
             .iter()
-            .map(|e| {
+            .map(|(seq, e)| {
                 let mut v = serde_json::to_value(e).unwrap_or_default();
                 if let Some(o) = v.as_object_mut() {
                     o.remove("scenario_uuid");
                 }
-                (Some((e.frame_number, e.event_id)), v.to_string())
+                (*seq, v.to_string())
             })
             .collect())
     }
 
-    fn id(cursor: &Self::Cursor) -> String {
-        cursor.map(|(f, e)| format!("{f}.{e}")).unwrap_or_default()
+    fn id(cursor: &i64) -> String {
+        cursor.to_string()
     }
 
     fn event_name(&self) -> &'static str {
@@ -186,16 +186,13 @@ pub async fn stream_events(
     let uuid = parse_uuid(id)?;
     let pairs: Vec<(String, String)> =
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
-    let cursor = match resume_from(req, &pairs, "cursor").filter(|c| !c.is_empty()) {
-        None => None,
-        Some(raw) => Some(
-            raw.split_once('.')
-                .and_then(|(f, e)| Some((f.parse::<i64>().ok()?, Uuid::parse_str(e).ok()?)))
-                .ok_or_else(|| {
-                    ApiError::bad("invalid_cursor", "cursor (or Last-Event-ID) is not one this API returned")
-                })?,
-        ),
-    };
+    let cursor =
+        match resume_from(req, &pairs, "cursor").filter(|c| !c.is_empty()) {
+            None => 0,
+            Some(raw) => raw.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+                ApiError::bad("invalid_cursor", "cursor (or Last-Event-ID) is not one this API returned")
+            })?,
+        };
     scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
     let slot = StreamSlot::take(&state.sse_streams, state.settings.max_sse_streams)
         .ok_or(ApiError::TooManyStreams(state.settings.max_sse_streams))?;

@@ -156,35 +156,36 @@ pub struct EventQuery {
     pub kind: Option<SceneEventKind>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
-    /// After this `(frame_number, event_id)` (the previous page's last).
-    pub after: Option<(i64, Uuid)>,
+    /// After this storage sequence number (the previous page's last).
+    pub after: Option<i64>,
     pub limit: i64,
 }
 
-/// Events of `scenario` in frame order (then id), as the query says.
-pub async fn page(pool: &Pool, scenario: Uuid, q: &EventQuery) -> Result<Vec<SceneEvent>, DbError> {
+/// Events of `scenario` in the order they were stored (a runner's order), each with its
+/// sequence number (the cursor).
+pub async fn page(pool: &Pool, scenario: Uuid, q: &EventQuery) -> Result<Vec<(i64, SceneEvent)>, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
             "SELECT event_id, kind, frame_number, occurred_at, zone, line, direction, track_id, class,
-                    dwell_seconds, detail
+                    dwell_seconds, detail, seq
                FROM scenario_events
               WHERE scenario_uuid = $1
                 AND ($2::text IS NULL OR kind = $2)
                 AND ($3::timestamptz IS NULL OR occurred_at >= $3)
                 AND ($4::timestamptz IS NULL OR occurred_at < $4)
-                AND ($5::bigint IS NULL OR (frame_number, event_id) > ($5, $6::uuid))
-              ORDER BY frame_number, event_id
-              LIMIT $7",
+                AND seq > $5
+              ORDER BY seq
+              LIMIT $6",
         )
         .await?;
     let kind = q.kind.map(|k| k.as_str().to_string());
-    let (after_frame, after_id) = (q.after.map(|a| a.0), q.after.map(|a| a.1));
-    let rows = client.query(&stmt, &[&scenario, &kind, &q.since, &q.until, &after_frame, &after_id, &q.limit]).await?;
+    let after = q.after.unwrap_or(0);
+    let rows = client.query(&stmt, &[&scenario, &kind, &q.since, &q.until, &after, &q.limit]).await?;
     Ok(rows
         .iter()
         .filter_map(|r| {
-            Some(SceneEvent {
+            let event = SceneEvent {
                 event_id: r.get(0),
                 scenario_uuid: scenario,
                 kind: SceneEventKind::parse(r.get::<_, &str>(1))?,
@@ -197,7 +198,8 @@ pub async fn page(pool: &Pool, scenario: Uuid, q: &EventQuery) -> Result<Vec<Sce
                 class: r.get(8),
                 dwell_seconds: r.get(9),
                 detail: r.get(10),
-            })
+            };
+            Some((r.get(11), event))
         })
         .collect())
 }

@@ -17,24 +17,32 @@ pub struct Due {
     pub event: SceneEvent,
 }
 
-/// Up to `limit` queue heads (one per scenario and receiver) whose time has come: a later
-/// event of a scenario waits for the earlier one, so each receiver gets them in order.
-pub async fn due(pool: &Pool, limit: i64) -> Result<Vec<Due>, DbError> {
+/// Claims up to `limit` queue heads (one per scenario and receiver) whose time has come, for
+/// `lease_ms`: a later event of a scenario waits for the earlier one, so each receiver gets them
+/// in order, and a head claimed by one relay is not sent by another meanwhile.
+pub async fn due(pool: &Pool, limit: i64, lease_ms: i64) -> Result<Vec<Due>, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT h.id, h.url, h.attempts, e.event_id, e.scenario_uuid, e.kind, e.frame_number, e.occurred_at,
-                    e.zone, e.line, e.direction, e.track_id, e.class, e.dwell_seconds, e.detail
-               FROM (SELECT DISTINCT ON (scenario_uuid, url) id, event_id, url, attempts, next_attempt_at
+            "WITH heads AS (
+                 SELECT id, next_attempt_at FROM (
+                     SELECT DISTINCT ON (scenario_uuid, url) id, next_attempt_at
                        FROM webhook_deliveries WHERE delivered_at IS NULL
                       ORDER BY scenario_uuid, url, id) h
-               JOIN scenario_events e USING (event_id)
-              WHERE h.next_attempt_at <= now()
-              ORDER BY h.next_attempt_at
-              LIMIT $1",
+                  WHERE next_attempt_at <= now()
+                  ORDER BY next_attempt_at
+                  LIMIT $1),
+             claimed AS (
+                 -- A row another relay claimed first fails the re-checked condition: skipped.
+                 UPDATE webhook_deliveries d SET next_attempt_at = now() + $2 * interval '1 millisecond'
+                   FROM heads WHERE d.id = heads.id AND d.next_attempt_at <= now() AND d.delivered_at IS NULL
+                 RETURNING d.id, d.event_id, d.url, d.attempts)
+             SELECT c.id, c.url, c.attempts, e.event_id, e.scenario_uuid, e.kind, e.frame_number, e.occurred_at,
+                    e.zone, e.line, e.direction, e.track_id, e.class, e.dwell_seconds, e.detail
+               FROM claimed c JOIN scenario_events e USING (event_id)",
         )
         .await?;
-    let rows = client.query(&stmt, &[&limit]).await?;
+    let rows = client.query(&stmt, &[&limit, &(lease_ms as f64)]).await?;
     Ok(rows
         .iter()
         .filter_map(|r| {

@@ -563,8 +563,9 @@ impl Detect<'_> {
             while let Ok(next) = reloads.try_recv() {
                 self.rate.set(next.options.fps.unwrap_or(self.default_fps));
                 tracker.set_settings(tracking(next.min_confidence));
-                // New zones or lines start afresh (visits of the old ones end without events).
+                // New zones or lines start afresh: the visits of the old ones end here.
                 if (&next.options.zones, &next.options.lines) != (&current.options.zones, &current.options.lines) {
+                    self.close_visits(&mut regions);
                     regions = Regions::new(job.scenario, next.options.zones.clone(), next.options.lines.clone());
                 }
                 current = next;
@@ -572,7 +573,11 @@ impl Detect<'_> {
             let frame = match slot.take(Duration::from_millis(250)) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => continue,
-                Err(end) => return end,
+                Err(end) => {
+                    // The stream ends: so does every visit (zone occupancy comes back to zero).
+                    self.close_visits(&mut regions);
+                    return end;
+                }
             };
             if !stats.ready.swap(true, Ordering::Relaxed) {
                 stats.became_ready.notify_one();
@@ -612,7 +617,8 @@ impl Detect<'_> {
                         d.track_id.map(|track_id| Placed {
                             track_id,
                             class: d.class.clone(),
-                            at: foot.map(|v| f64::from(v.clamp(0.0, 1.0))),
+                            // A box on the picture's edge stands inside a zone drawn to it.
+                            at: foot.map(|v| f64::from(v).clamp(0.0, 1.0 - 1e-9)),
                         })
                     })
                     .collect();
@@ -659,6 +665,16 @@ impl Detect<'_> {
 }
 
 impl Detect<'_> {
+    /// Every followed object leaves the zones it is in, as of the frame it was last seen in.
+    fn close_visits(&self, regions: &mut Regions) {
+        let tracked: Vec<i64> = regions.tracked().collect();
+        for id in tracked {
+            for event in regions.ended(id) {
+                self.push_event(&event);
+            }
+        }
+    }
+
     fn push_event(&self, event: &SceneEvent) {
         let value = serde_json::to_vec(event).unwrap_or_default();
         self.events.push(result_record(self.job.scenario, value, event.timestamp));

@@ -60,12 +60,17 @@ fn broker_logins_are_named_as_kafka_clients_name_them() {
         ("scram-sha-256", SaslMechanism::ScramSha256),
         ("scram-sha-512", SaslMechanism::ScramSha512),
     ] {
-        let file = write_toml(&format!("[kafka]\nsasl_mechanism = \"{name}\"\nsasl_username = \"vap\"\n"));
+        let file = write_toml(&format!(
+            "[kafka]\nsasl_mechanism = \"{name}\"\nsasl_username = \"vap\"\ntls_ca_file = \"/etc/vap/kafka-ca.pem\"\n"
+        ));
         let s = Settings::load_from(Some(file.path()), env(&[("VAP_KAFKA__SASL_PASSWORD", "pw")])).unwrap();
         assert_eq!((s.kafka.sasl_mechanism, s.kafka.sasl_password.expose()), (want, "pw"), "{name}");
     }
     let e = Settings::load_from(None, env(&[("VAP_KAFKA__SASL_MECHANISM", "scram-sha-512")])).unwrap_err().to_string();
     assert!(e.contains("kafka.sasl_username"), "a login without a user: {e}");
+    let plain = env(&[("VAP_KAFKA__SASL_MECHANISM", "plain"), ("VAP_KAFKA__SASL_USERNAME", "vap")]);
+    let e = Settings::load_from(None, plain).unwrap_err().to_string();
+    assert!(e.contains("tls_ca_file"), "a password in clear: {e}");
 }
 
 #[test]
