@@ -216,6 +216,19 @@ pub enum Direction {
     Out,
 }
 
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Direction::In, Direction::Out].into_iter().find(|d| d.as_str() == s)
+    }
+}
+
 /// One event on `events`, keyed by scenario. Its id is derived from what it is (scenario, kind,
 /// zone or line, track, frame), so a record replayed or produced again by a restarted runner
 /// is the same event, stored once.

@@ -244,22 +244,7 @@ impl RecordHandler for StoreEvents {
             &[],
             s.duplicates as u64,
         );
-        if s.unknown_scenario > 0 {
-            m.inc(
-                "vap_inbox_rejected_total",
-                "Records not stored, by reason.",
-                &[("reason", "unknown_scenario")],
-                s.unknown_scenario as u64,
-            );
-        }
-        if s.dead_lettered > 0 {
-            m.inc(
-                "vap_inbox_dead_letters_total",
-                "Records set aside in dead_letters (malformed, or refused by PostgreSQL).",
-                &[],
-                s.dead_lettered as u64,
-            );
-        }
+        count_set_aside(m, &advance, s.unknown_scenario, s.dead_lettered);
         Ok(true)
     }
 
@@ -275,6 +260,28 @@ fn lag_metric(metrics: &Metrics, topic: &str, partition: i32, lag: i64) {
         &[("topic", topic), ("partition", &partition.to_string())],
         lag as f64,
     );
+}
+
+/// Records of scenarios this database does not know (dropped) and records set aside.
+fn count_set_aside(metrics: &Metrics, advance: &Advance<'_>, unknown_scenario: i64, dead_lettered: i64) {
+    if unknown_scenario > 0 {
+        metrics.inc(
+            "vap_inbox_rejected_total",
+            "Records not stored, by reason.",
+            &[("reason", "unknown_scenario")],
+            unknown_scenario as u64,
+        );
+        let (topic, partition) = (advance.at.topic, advance.at.partition);
+        tracing::warn!(topic, partition, count = unknown_scenario, "records for unknown scenarios dropped");
+    }
+    if dead_lettered > 0 {
+        metrics.inc(
+            "vap_inbox_dead_letters_total",
+            "Records set aside in dead_letters (malformed, or refused by PostgreSQL).",
+            &[],
+            dead_lettered as u64,
+        );
+    }
 }
 
 fn reject(metrics: &Metrics, advance: &Advance<'_>, offset: i64, (reason, error): &Refusal) {
@@ -293,24 +300,7 @@ impl StoreResults {
             &[],
             s.duplicates as u64,
         );
-        if s.unknown_scenario > 0 {
-            m.inc(
-                "vap_inbox_rejected_total",
-                "Records not stored, by reason.",
-                &[("reason", "unknown_scenario")],
-                s.unknown_scenario as u64,
-            );
-            let (topic, partition) = (advance.at.topic, advance.at.partition);
-            tracing::warn!(topic, partition, count = s.unknown_scenario, "results for unknown scenarios dropped");
-        }
-        if s.dead_lettered > 0 {
-            m.inc(
-                "vap_inbox_dead_letters_total",
-                "Records set aside in dead_letters (malformed, or refused by PostgreSQL).",
-                &[],
-                s.dead_lettered as u64,
-            );
-        }
+        count_set_aside(m, advance, s.unknown_scenario, s.dead_lettered);
         if s.ended > 0 {
             m.inc(
                 "vap_inbox_streams_ended_total",

@@ -297,15 +297,7 @@ pub async fn list_scenarios(state: &Arc<AppState>, query: Option<&str>) -> Resul
     };
     let limit = int_param(&pairs, "limit", 1, state.settings.scenario_page_max)?
         .unwrap_or(state.settings.scenario_page_default);
-    let cursor = match query_param(&pairs, "cursor") {
-        None | Some("") => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| ApiError::bad("invalid_cursor", "cursor is not one this API returned"))?,
-        ),
-    };
+    let cursor = cursor_param(&pairs)?;
     let (rows, more) = scenarios::list(&state.pool, status, cursor, limit).await?;
     let next = if more { rows.last().map(|s| s.seq.to_string()) } else { None };
     let list: Vec<Value> = rows.iter().map(|s| scenario_json(s, &state.options)).collect();
@@ -344,15 +336,7 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
     let (since, until) = (time_param(&pairs, "since")?, time_param(&pairs, "until")?);
     let limit = int_param(&pairs, "limit", 1, state.settings.prediction_page_max)?
         .unwrap_or(state.settings.prediction_page_default);
-    let after = match query_param(&pairs, "cursor") {
-        None | Some("") => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| ApiError::bad("invalid_cursor", "cursor is not one this API returned"))?,
-        ),
-    };
+    let after = cursor_param(&pairs)?;
     if scenarios::get(&state.pool, uuid).await?.is_none() {
         return Err(ApiError::ScenarioNotFound(uuid));
     }
@@ -366,9 +350,8 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
     let events: Vec<Value> = rows
         .iter()
         .map(|(_, e)| {
-            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+            let mut v = scene_event_json(e);
             if let Some(o) = v.as_object_mut() {
-                o.remove("scenario_uuid");
                 let webhooks: Vec<Value> = deliveries
                     .iter()
                     .filter(|(id, _)| *id == e.event_id)
@@ -385,6 +368,19 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
         })
         .collect();
     Ok(json_response(StatusCode::OK, &json!({ "scenario_uuid": uuid, "events": events, "next_cursor": next })))
+}
+
+/// `cursor`: a page's `next_cursor`, a positive sequence number.
+fn cursor_param(pairs: &[(String, String)]) -> Result<Option<i64>, ApiError> {
+    match query_param(pairs, "cursor") {
+        None | Some("") => Ok(None),
+        Some(c) => c
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v > 0)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad("invalid_cursor", "cursor is not one this API returned")),
+    }
 }
 
 fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
@@ -422,6 +418,15 @@ pub async fn scene_counts(state: &Arc<AppState>, id: &str, query: Option<&str>) 
         .collect();
     let bucket = if bucket == scene_events::Bucket::Minute { "1m" } else { "1h" };
     Ok(json_response(StatusCode::OK, &json!({ "scenario_uuid": uuid, "bucket": bucket, "counts": counts })))
+}
+
+/// A stored event as the API shows it (the scenario is the one asked about).
+pub fn scene_event_json(e: &crate::events::SceneEvent) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("scenario_uuid");
+    }
+    v
 }
 
 /// A stored frame, with what produced it: model, the model file's digest, the runner

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::handlers::{parse_uuid, result_json};
+use super::handlers::{parse_uuid, result_json, scene_event_json};
 use super::{ApiError, AppState, Body};
 use crate::backoff::Backoff;
 use crate::config::DatabaseSettings;
@@ -62,42 +62,33 @@ pub async fn forward_notifications(
     }
 }
 
-/// What a stream sends, after a cursor: results after a frame, or events after a storage
-/// sequence number. Its `Last-Event-ID` is the cursor of the last item sent.
+/// What a stream sends, after a cursor: results after a frame number, or events after a
+/// storage sequence number. Its `Last-Event-ID` is the cursor of the last item sent.
 trait Feed: Send + Sync + 'static {
-    type Cursor: Clone + Send + Sync + 'static;
-
-    /// Up to `limit` items after `cursor`: each with its cursor, event name and data.
+    /// Up to `limit` items after `cursor`: each with its cursor and data.
     fn page(
         &self,
         state: &AppState,
         uuid: Uuid,
-        cursor: &Self::Cursor,
+        cursor: i64,
         limit: i64,
-    ) -> impl std::future::Future<Output = Result<Vec<(Self::Cursor, String)>, db::DbError>> + Send;
+    ) -> impl std::future::Future<Output = Result<Vec<(i64, String)>, db::DbError>> + Send;
 
-    fn id(cursor: &Self::Cursor) -> String;
     fn event_name(&self) -> &'static str;
 }
 
 struct Results;
 
 impl Feed for Results {
-    type Cursor = i64;
-
     async fn page(
         &self,
         state: &AppState,
         uuid: Uuid,
-        cursor: &i64,
+        cursor: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String)>, db::DbError> {
-        let rows = results::page(&state.pool, uuid, *cursor, limit).await?;
+        let rows = results::page(&state.pool, uuid, cursor, limit).await?;
         Ok(rows.iter().map(|r| (r.frame_number, serde_json::to_string(&result_json(r)).unwrap_or_default())).collect())
-    }
-
-    fn id(cursor: &i64) -> String {
-        cursor.to_string()
     }
 
     fn event_name(&self) -> &'static str {
@@ -108,32 +99,16 @@ impl Feed for Results {
 struct SceneEvents;
 
 impl Feed for SceneEvents {
-    /// The storage sequence number of the last event sent (0: none yet).
-    type Cursor = i64;
-
     async fn page(
         &self,
         state: &AppState,
         uuid: Uuid,
-        cursor: &i64,
+        cursor: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String)>, db::DbError> {
-        let q = scene_events::EventQuery { after: Some(*cursor), limit, ..Default::default() };
+        let q = scene_events::EventQuery { after: Some(cursor), limit, ..Default::default() };
         let rows = scene_events::page(&state.pool, uuid, &q).await?;
-        Ok(rows
-            .iter()
-            .map(|(seq, e)| {
-                let mut v = serde_json::to_value(e).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("scenario_uuid");
-                }
-                (*seq, v.to_string())
-            })
-            .collect())
-    }
-
-    fn id(cursor: &i64) -> String {
-        cursor.to_string()
+        Ok(rows.iter().map(|(seq, e)| (*seq, scene_event_json(e).to_string())).collect())
     }
 
     fn event_name(&self) -> &'static str {
@@ -204,7 +179,7 @@ fn respond<F: Feed>(
     state: &Arc<AppState>,
     feed: F,
     uuid: Uuid,
-    cursor: F::Cursor,
+    cursor: i64,
     wake: broadcast::Receiver<Uuid>,
     slot: StreamSlot,
 ) -> Response<Body> {
@@ -258,7 +233,7 @@ async fn pump<F: Feed>(
     state: Arc<AppState>,
     feed: F,
     uuid: Uuid,
-    mut cursor: F::Cursor,
+    mut cursor: i64,
     mut wake: broadcast::Receiver<Uuid>,
     tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
     _slot: StreamSlot,
@@ -267,9 +242,8 @@ async fn pump<F: Feed>(
         let tx = tx.clone();
         async move { tx.send(Ok(Frame::data(Bytes::from(text)))).await.is_ok() }
     };
-    let after = F::id(&cursor);
     let what = feed.event_name();
-    if !send(format!("retry: 2000\n: streaming {what}s of {uuid} after '{after}'\n\n")).await {
+    if !send(format!("retry: 2000\n: streaming {what}s of {uuid} after {cursor}\n\n")).await {
         return;
     }
     // Streams that lost the database together do not come back in step.
@@ -277,7 +251,7 @@ async fn pump<F: Feed>(
     loop {
         // Drain everything after the cursor.
         loop {
-            let rows = match feed.page(&state, uuid, &cursor, PAGE).await {
+            let rows = match feed.page(&state, uuid, cursor, PAGE).await {
                 Ok(rows) => {
                     backoff.reset();
                     rows
@@ -299,7 +273,7 @@ async fn pump<F: Feed>(
             };
             let n = rows.len() as i64;
             for (at, data) in rows {
-                if !send(format!("id: {}\nevent: {what}\ndata: {data}\n\n", F::id(&at))).await {
+                if !send(format!("id: {at}\nevent: {what}\ndata: {data}\n\n")).await {
                     return;
                 }
                 cursor = at;

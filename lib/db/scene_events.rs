@@ -97,7 +97,7 @@ async fn insert(tx: &Transaction<'_>, events: &[&SceneEvent], global_webhook: &s
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.timestamp).collect();
     let zones = column(&|e| e.zone.clone());
     let lines = column(&|e| e.line.clone());
-    let directions = column(&|e| e.direction.map(|d| direction_str(d).to_string()));
+    let directions = column(&|e| e.direction.map(|d| d.as_str().to_string()));
     let tracks: Vec<Option<i64>> = events.iter().map(|e| e.track_id).collect();
     let classes = column(&|e| e.class.clone());
     let dwell: Vec<Option<f64>> = events.iter().map(|e| e.dwell_seconds).collect();
@@ -143,11 +143,27 @@ async fn insert(tx: &Transaction<'_>, events: &[&SceneEvent], global_webhook: &s
     })
 }
 
-fn direction_str(d: Direction) -> &'static str {
-    match d {
-        Direction::In => "in",
-        Direction::Out => "out",
-    }
+/// The columns [`from_row`] reads, in its order.
+pub(super) const COLUMNS: &str = "e.event_id, e.scenario_uuid, e.kind, e.frame_number, e.occurred_at, e.zone, e.line, \
+                                  e.direction, e.track_id, e.class, e.dwell_seconds, e.detail";
+
+/// An event from a row that holds [`COLUMNS`] from `at` on (`None`: a kind this build does not
+/// know).
+pub(super) fn from_row(r: &tokio_postgres::Row, at: usize) -> Option<SceneEvent> {
+    Some(SceneEvent {
+        event_id: r.get(at),
+        scenario_uuid: r.get(at + 1),
+        kind: SceneEventKind::parse(r.get::<_, &str>(at + 2))?,
+        frame_number: r.get(at + 3),
+        timestamp: r.get(at + 4),
+        zone: r.get(at + 5),
+        line: r.get(at + 6),
+        direction: r.get::<_, Option<&str>>(at + 7).and_then(Direction::parse),
+        track_id: r.get(at + 8),
+        class: r.get(at + 9),
+        dwell_seconds: r.get(at + 10),
+        detail: r.get(at + 11),
+    })
 }
 
 /// Which of a scenario's events a page holds.
@@ -166,42 +182,22 @@ pub struct EventQuery {
 pub async fn page(pool: &Pool, scenario: Uuid, q: &EventQuery) -> Result<Vec<(i64, SceneEvent)>, DbError> {
     let client = pool.get().await?;
     let stmt = client
-        .prepare_cached(
-            "SELECT event_id, kind, frame_number, occurred_at, zone, line, direction, track_id, class,
-                    dwell_seconds, detail, seq
-               FROM scenario_events
-              WHERE scenario_uuid = $1
-                AND ($2::text IS NULL OR kind = $2)
-                AND ($3::timestamptz IS NULL OR occurred_at >= $3)
-                AND ($4::timestamptz IS NULL OR occurred_at < $4)
-                AND seq > $5
-              ORDER BY seq
-              LIMIT $6",
-        )
+        .prepare_cached(&format!(
+            "SELECT e.seq, {COLUMNS}
+               FROM scenario_events e
+              WHERE e.scenario_uuid = $1
+                AND ($2::text IS NULL OR e.kind = $2)
+                AND ($3::timestamptz IS NULL OR e.occurred_at >= $3)
+                AND ($4::timestamptz IS NULL OR e.occurred_at < $4)
+                AND e.seq > $5
+              ORDER BY e.seq
+              LIMIT $6"
+        ))
         .await?;
     let kind = q.kind.map(|k| k.as_str().to_string());
     let after = q.after.unwrap_or(0);
     let rows = client.query(&stmt, &[&scenario, &kind, &q.since, &q.until, &after, &q.limit]).await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let event = SceneEvent {
-                event_id: r.get(0),
-                scenario_uuid: scenario,
-                kind: SceneEventKind::parse(r.get::<_, &str>(1))?,
-                frame_number: r.get(2),
-                timestamp: r.get(3),
-                zone: r.get(4),
-                line: r.get(5),
-                direction: r.get::<_, Option<&str>>(6).map(|d| if d == "in" { Direction::In } else { Direction::Out }),
-                track_id: r.get(7),
-                class: r.get(8),
-                dwell_seconds: r.get(9),
-                detail: r.get(10),
-            };
-            Some((r.get(11), event))
-        })
-        .collect())
+    Ok(rows.iter().filter_map(|r| Some((r.get(0), from_row(r, 1)?))).collect())
 }
 
 /// Buckets of [`counts`].

@@ -5,8 +5,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
+use super::scene_events::{from_row, COLUMNS};
 use super::DbError;
-use crate::events::{Direction, SceneEvent, SceneEventKind};
+use crate::events::SceneEvent;
 
 /// The oldest undelivered event of one scenario for one receiver, due now.
 #[derive(Debug, Clone)]
@@ -23,7 +24,7 @@ pub struct Due {
 pub async fn due(pool: &Pool, limit: i64, lease_ms: i64) -> Result<Vec<Due>, DbError> {
     let client = pool.get().await?;
     let stmt = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "WITH heads AS (
                  SELECT id, next_attempt_at FROM (
                      SELECT DISTINCT ON (scenario_uuid, url) id, next_attempt_at
@@ -37,31 +38,14 @@ pub async fn due(pool: &Pool, limit: i64, lease_ms: i64) -> Result<Vec<Due>, DbE
                  UPDATE webhook_deliveries d SET next_attempt_at = now() + $2 * interval '1 millisecond'
                    FROM heads WHERE d.id = heads.id AND d.next_attempt_at <= now() AND d.delivered_at IS NULL
                  RETURNING d.id, d.event_id, d.url, d.attempts)
-             SELECT c.id, c.url, c.attempts, e.event_id, e.scenario_uuid, e.kind, e.frame_number, e.occurred_at,
-                    e.zone, e.line, e.direction, e.track_id, e.class, e.dwell_seconds, e.detail
-               FROM claimed c JOIN scenario_events e USING (event_id)",
-        )
+             SELECT c.id, c.url, c.attempts, {COLUMNS}
+               FROM claimed c JOIN scenario_events e USING (event_id)"
+        ))
         .await?;
     let rows = client.query(&stmt, &[&limit, &(lease_ms as f64)]).await?;
     Ok(rows
         .iter()
-        .filter_map(|r| {
-            let event = SceneEvent {
-                event_id: r.get(3),
-                scenario_uuid: r.get(4),
-                kind: SceneEventKind::parse(r.get::<_, &str>(5))?,
-                frame_number: r.get(6),
-                timestamp: r.get(7),
-                zone: r.get(8),
-                line: r.get(9),
-                direction: r.get::<_, Option<&str>>(10).map(|d| if d == "in" { Direction::In } else { Direction::Out }),
-                track_id: r.get(11),
-                class: r.get(12),
-                dwell_seconds: r.get(13),
-                detail: r.get(14),
-            };
-            Some(Due { id: r.get(0), url: r.get(1), attempts: r.get(2), event })
-        })
+        .filter_map(|r| Some(Due { id: r.get(0), url: r.get(1), attempts: r.get(2), event: from_row(r, 3)? }))
         .collect())
 }
 
