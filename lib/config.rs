@@ -138,6 +138,8 @@ pub struct KafkaSettings {
     pub topic_results: String,
     /// Runners -> inbox: what they saw happen (zones, lines, camera health).
     pub topic_events: String,
+    /// Runners -> inbox: JPEG snapshots of analysed frames with their detections.
+    pub topic_snapshots: String,
     /// Orchestrator -> runners: options to switch to (events::RunnerControl).
     pub topic_runner_control: String,
     /// How long one produce may retry before it fails and the batch is retried later.
@@ -224,6 +226,9 @@ pub struct InboxSettings {
     pub fetch_max_wait_ms: i32,
     /// Largest number of results written in one transaction.
     pub batch_max_records: usize,
+    /// Snapshots of events kept per scenario (the oldest go first); besides them only the
+    /// latest periodic one is kept.
+    pub snapshots_per_scenario: i64,
 }
 
 /// vap-orchestrator: placement of one runner per scenario.
@@ -396,6 +401,9 @@ pub struct RunnerSettings {
     pub flush_timeout_ms: u64,
     /// How often STATUS= and the progress log line are refreshed.
     pub status_interval_ms: u64,
+    /// Largest snapshot record sent; a bigger one is sent at a lower JPEG quality, or dropped
+    /// (counted). Below the broker's largest message (Kafka's default is 1 MiB).
+    pub snapshot_max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -450,6 +458,7 @@ impl Default for KafkaSettings {
             topic_update_scenario: "update_scenario".into(),
             topic_results: "results".into(),
             topic_events: "events".into(),
+            topic_snapshots: "snapshots".into(),
             topic_runner_control: "runner_control".into(),
             request_deadline_ms: 5_000,
             request_timeout_ms: 10_000,
@@ -498,7 +507,13 @@ impl Default for RelaySettings {
 
 impl Default for InboxSettings {
     fn default() -> Self {
-        Self { enabled: true, fetch_max_bytes: 4 * 1024 * 1024, fetch_max_wait_ms: 200, batch_max_records: 2_000 }
+        Self {
+            enabled: true,
+            fetch_max_bytes: 4 * 1024 * 1024,
+            fetch_max_wait_ms: 200,
+            batch_max_records: 2_000,
+            snapshots_per_scenario: 200,
+        }
     }
 }
 
@@ -603,6 +618,7 @@ impl Default for RunnerSettings {
             produce_batch: 200,
             flush_timeout_ms: 5_000,
             status_interval_ms: 5_000,
+            snapshot_max_bytes: 512 * 1024,
         }
     }
 }

@@ -142,29 +142,9 @@ impl FrameResult {
             return Err(ResultError::FrameTooLarge(r.frame_number));
         }
         sane_time(r.timestamp)?;
-        if r.detections.len() > limits::MAX_DETECTIONS {
-            return Err(ResultError::TooManyDetections(r.detections.len()));
-        }
+        check_detections(&r.detections)?;
         if r.extra.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)) {
             return Err(ResultError::Nul("a field"));
-        }
-        for (index, d) in r.detections.iter().enumerate() {
-            let bad = |reason| Err(ResultError::Detection { index, reason });
-            if !(0.0..=1.0).contains(&d.confidence) {
-                return bad("confidence outside 0..1");
-            }
-            if d.bbox.iter().any(|v| !v.is_finite()) {
-                return bad("bbox has a non-finite value");
-            }
-            if d.bbox[0] > d.bbox[2] || d.bbox[1] > d.bbox[3] {
-                return bad("bbox min is greater than max");
-            }
-            if d.class.is_empty() || d.class.len() > limits::MAX_CLASS_BYTES {
-                return bad("class is empty or longer than 200 bytes");
-            }
-            if d.class.contains('\0') {
-                return bad("class holds a NUL character");
-            }
         }
         Ok(r)
     }
@@ -352,6 +332,86 @@ impl ResultsRecord {
     }
 }
 
+/// The checks every stored detection passes (results and snapshots).
+fn check_detections(detections: &[Detection]) -> Result<(), ResultError> {
+    if detections.len() > limits::MAX_DETECTIONS {
+        return Err(ResultError::TooManyDetections(detections.len()));
+    }
+    for (index, d) in detections.iter().enumerate() {
+        let bad = |reason| Err(ResultError::Detection { index, reason });
+        if !(0.0..=1.0).contains(&d.confidence) {
+            return bad("confidence outside 0..1");
+        }
+        if d.bbox.iter().any(|v| !v.is_finite()) {
+            return bad("bbox has a non-finite value");
+        }
+        if d.bbox[0] > d.bbox[2] || d.bbox[1] > d.bbox[3] {
+            return bad("bbox min is greater than max");
+        }
+        if d.class.is_empty() || d.class.len() > limits::MAX_CLASS_BYTES {
+            return bad("class is empty or longer than 200 bytes");
+        }
+        if d.class.contains('\0') {
+            return bad("class holds a NUL character");
+        }
+    }
+    Ok(())
+}
+
+/// A picture of an analysed frame, runner -> `snapshots` -> inbox: taken every
+/// `snapshot_interval_s` and for each frame with scene events. The record's value is this
+/// header as one line of JSON, a newline, then the JPEG, so the signature covers both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub scenario_uuid: Uuid,
+    pub frame_number: i64,
+    pub timestamp: DateTime<Utc>,
+    /// The JPEG's size (scaled down to at most 640 px wide).
+    pub width: u32,
+    pub height: u32,
+    /// The analysed frame's size: `detections` are in its pixels.
+    pub frame_width: u32,
+    pub frame_height: u32,
+    pub detections: Vec<Detection>,
+    /// The scene events seen in this frame.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_ids: Vec<Uuid>,
+    #[serde(skip)]
+    pub jpeg: Vec<u8>,
+}
+
+/// Largest picture side a snapshot may claim (guards the API's drawing).
+pub const MAX_SNAPSHOT_SIDE: u32 = 4096;
+
+impl Snapshot {
+    pub fn to_record_value(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).unwrap_or_default();
+        out.push(b'\n');
+        out.extend_from_slice(&self.jpeg);
+        out
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
+        let split = bytes.iter().position(|b| *b == b'\n').ok_or_else(|| ResultError::Json("no header line".into()))?;
+        let mut s: Snapshot = serde_json::from_slice(&bytes[..split]).map_err(|e| ResultError::Json(e.to_string()))?;
+        if !(0..=limits::MAX_FRAME_NUMBER).contains(&s.frame_number) {
+            return Err(ResultError::FrameTooLarge(s.frame_number));
+        }
+        sane_time(s.timestamp)?;
+        check_detections(&s.detections)?;
+        let sides = [s.width, s.height, s.frame_width, s.frame_height];
+        if sides.iter().any(|v| !(1..=MAX_SNAPSHOT_SIDE).contains(v)) {
+            return Err(ResultError::Json(format!("picture sizes must be 1 to {MAX_SNAPSHOT_SIDE} px")));
+        }
+        s.jpeg = bytes[split + 1..].to_vec();
+        // SOI marker: what follows the header is a JPEG, not anything else to serve as one.
+        if !s.jpeg.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            return Err(ResultError::Json("the picture is not a JPEG".into()));
+        }
+        Ok(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,5 +465,34 @@ mod tests {
         let err = ResultsRecord::parse(br#"{"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10"}"#).unwrap_err();
         assert!(err.to_string().contains("frame_number"), "{err}");
         assert!(ResultsRecord::parse(br#"{"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","timestamp":"2026-01-01T00:00:00Z","end_of_stream":"bored"}"#).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_travels_as_a_json_line_and_a_jpeg() {
+        let snap = Snapshot {
+            scenario_uuid: Uuid::nil(),
+            frame_number: 40,
+            timestamp: "2026-01-01T00:00:00Z".parse().unwrap(),
+            width: 320,
+            height: 240,
+            frame_width: 640,
+            frame_height: 480,
+            detections: vec![Detection {
+                class: "person".into(),
+                confidence: 0.9,
+                bbox: [1.0, 2.0, 3.0, 4.0],
+                track_id: Some(7),
+            }],
+            event_ids: vec![Uuid::nil()],
+            jpeg: vec![0xFF, 0xD8, 0xFF, 0xE0, b'\n', 1, 2],
+        };
+        assert_eq!(Snapshot::parse(&snap.to_record_value()).unwrap(), snap);
+        let mut not_jpeg = snap.clone();
+        not_jpeg.jpeg = b"<html>".to_vec();
+        assert!(Snapshot::parse(&not_jpeg.to_record_value()).is_err());
+        let mut huge = snap;
+        huge.width = 100_000;
+        assert!(Snapshot::parse(&huge.to_record_value()).is_err());
+        assert!(Snapshot::parse(b"no newline").is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! Kafka `results` and `events` -> PostgreSQL, through the [positioned consumer](crate::consumer):
+//! Kafka `results`, `events` and `snapshots` -> PostgreSQL, through the [positioned consumer](crate::consumer):
 //! results, stream ends, scene events and the new position in one transaction, so a redelivered
 //! or duplicated record is stored once and a crash never loses or doubles one.
 
@@ -12,9 +12,9 @@ use crate::config::InboxSettings;
 use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler};
 use crate::db::positions::Advance;
 use crate::db::results::{self, Batch, DeadLetter, Stored};
-use crate::db::scene_events;
 use crate::db::DbError;
-use crate::events::{ResultsRecord, SceneEvent};
+use crate::db::{scene_events, snapshots};
+use crate::events::{ResultsRecord, SceneEvent, Snapshot};
 use crate::kafka::KafkaLink;
 use crate::metrics::Metrics;
 use crate::tasks::TaskFailed;
@@ -32,7 +32,7 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// Consumes every partition of `results` and of `events` until `shutdown`.
+    /// Consumes every partition of `results`, `events` and `snapshots` until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), TaskFailed> {
         let (results_topic, events_topic) =
             (self.kafka.settings().topic_results.clone(), self.kafka.settings().topic_events.clone());
@@ -52,15 +52,29 @@ impl Inbox {
         let events = PositionedConsumer {
             name: CONSUMER,
             pool: self.pool.clone(),
-            kafka: self.kafka,
+            kafka: Arc::clone(&self.kafka),
             limits,
-            handler: StoreEvents { pool: self.pool, metrics: self.metrics, global_webhook: self.global_webhook },
+            handler: StoreEvents {
+                pool: self.pool.clone(),
+                metrics: Arc::clone(&self.metrics),
+                global_webhook: self.global_webhook,
+            },
         };
-        let (a, b) = tokio::join!(
+        let snapshots_topic = self.kafka.settings().topic_snapshots.clone();
+        let snapshots = PositionedConsumer {
+            name: CONSUMER,
+            pool: self.pool.clone(),
+            kafka: self.kafka,
+            // Snapshots are large: fewer to a transaction.
+            limits: FetchLimits { batch_max_records: s.batch_max_records.min(50), ..limits },
+            handler: StoreSnapshots { pool: self.pool, metrics: self.metrics, keep: s.snapshots_per_scenario },
+        };
+        let (a, b, c) = tokio::join!(
             Arc::new(results).run(results_topic, shutdown.clone()),
-            Arc::new(events).run(events_topic, shutdown)
+            Arc::new(events).run(events_topic, shutdown.clone()),
+            Arc::new(snapshots).run(snapshots_topic, shutdown)
         );
-        a.and(b)
+        a.and(b).and(c)
     }
 }
 
@@ -243,6 +257,63 @@ impl RecordHandler for StoreEvents {
             "Scene events already stored (redelivered or produced again).",
             &[],
             s.duplicates as u64,
+        );
+        count_set_aside(m, &advance, s.unknown_scenario, s.dead_lettered);
+        Ok(true)
+    }
+
+    fn fetched(&self, topic: &str, partition: i32, lag: i64) {
+        lag_metric(&self.metrics, topic, partition, lag);
+    }
+}
+
+/// `snapshots` -> `scenario_snapshots`, checked like results.
+struct StoreSnapshots {
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    keep: i64,
+}
+
+impl RecordHandler for StoreSnapshots {
+    async fn apply(&self, advance: Advance<'_>, records: &[RecordAndOffset]) -> Result<bool, DbError> {
+        let parsed: Vec<Result<Snapshot, Refusal>> = records
+            .iter()
+            .map(|r| match r.record.value.as_deref().map(Snapshot::parse) {
+                None => Err(("empty", "record has no value".to_string())),
+                Some(Err(e)) => Err(("malformed", e.to_string())),
+                Some(Ok(s)) => key_matches(r, s.scenario_uuid).map(|()| s),
+            })
+            .collect();
+        let mut ids: Vec<uuid::Uuid> = parsed.iter().filter_map(|p| p.as_ref().ok().map(|s| s.scenario_uuid)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let facts = results::signing_facts(&self.pool, &ids).await?;
+        let now = chrono::Utc::now();
+        let (mut snapshots, mut dead) = (Vec::with_capacity(records.len()), Vec::new());
+        for (r, parsed) in records.iter().zip(parsed) {
+            let checked = parsed.and_then(|s| match facts.get(&s.scenario_uuid) {
+                None => Ok(s),
+                Some(f) => check(Claim::Frame(s.frame_number, s.timestamp), &r.record, f, now).map(|()| s),
+            });
+            match checked {
+                Ok(s) => snapshots.push((r.offset, s)),
+                Err(refusal) => {
+                    reject(&self.metrics, &advance, r.offset, &refusal);
+                    // The picture is not kept: only why it was refused.
+                    dead.push(DeadLetter { value: None, ..dead_letter(r, &refusal) });
+                }
+            }
+        }
+        let Some(s) = snapshots::store_batch(&self.pool, &advance, &snapshots, dead, self.keep).await? else {
+            return Ok(false);
+        };
+        let m = &self.metrics;
+        m.inc("vap_inbox_snapshots_stored_total", "Snapshots written to PostgreSQL.", &[], s.inserted as u64);
+        m.inc(
+            "vap_inbox_snapshots_pruned_total",
+            "Older snapshots deleted to stay within bounds.",
+            &[],
+            s.pruned as u64,
         );
         count_set_aside(m, &advance, s.unknown_scenario, s.dead_lettered);
         Ok(true)

@@ -22,8 +22,21 @@ pub const MAX_REGION_NAME_CHARS: usize = 100;
 /// The longest dwell a zone may wait for: a day.
 pub const DWELL_SECONDS: RangeInclusive<f64> = 1.0..=86_400.0;
 /// The fields a request may set, in the order they are checked.
-pub const FIELDS: [&str; 9] =
-    ["name", "model", "fps", "classes", "min_confidence", "mask", "zones", "lines", "webhook_url"];
+pub const FIELDS: [&str; 10] = [
+    "name",
+    "model",
+    "fps",
+    "classes",
+    "min_confidence",
+    "mask",
+    "zones",
+    "lines",
+    "webhook_url",
+    "snapshot_interval_s",
+];
+/// Seconds between two snapshots of a scenario (besides those of its events).
+pub const SNAPSHOT_INTERVAL_S: RangeInclusive<f64> = 0.5..=3600.0;
+pub const DEFAULT_SNAPSHOT_INTERVAL_S: f64 = 2.0;
 pub const MAX_WEBHOOK_URL_CHARS: usize = 2048;
 
 /// A polygon in normalised image coordinates (0..1, origin top left), as `[[x, y], ...]`.
@@ -77,6 +90,9 @@ pub struct ScenarioOptions {
     /// Where each of the scenario's events is POSTed (lib/webhooks.rs), besides the global one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Unset: [`DEFAULT_SNAPSHOT_INTERVAL_S`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_interval_s: Option<f64>,
 }
 
 /// A named area. An object is in it when the bottom centre of its box is (where it stands).
@@ -173,7 +189,11 @@ impl ScenarioOptions {
                 "mask" => next.mask = if null { Vec::new() } else { mask(value)? },
                 "zones" => next.zones = if null { Vec::new() } else { zones(value)? },
                 "lines" => next.lines = if null { Vec::new() } else { lines(value)? },
-                _ => next.webhook_url = if null { None } else { Some(webhook_url(value)?) },
+                "webhook_url" => next.webhook_url = if null { None } else { Some(webhook_url(value)?) },
+                _ => {
+                    next.snapshot_interval_s =
+                        if null { None } else { Some(number(field, value, SNAPSHOT_INTERVAL_S)?) }
+                }
             }
         }
         // Checked after the model is known: a patch may change both.
@@ -199,6 +219,10 @@ impl ScenarioOptions {
 
     pub fn manifest<'c>(&'c self, catalogue: &'c Catalogue) -> Option<&'c Manifest> {
         catalogue.get(self.model_name(catalogue))
+    }
+
+    pub fn snapshot_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.snapshot_interval_s.unwrap_or(DEFAULT_SNAPSHOT_INTERVAL_S))
     }
 
     /// The confidence a detection needs: the scenario's, else the operator's, else the model's.

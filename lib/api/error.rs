@@ -25,6 +25,9 @@ pub enum ApiError {
     MethodNotAllowed { method: String, allowed: &'static str },
     #[error("{0}")]
     Conflict(String),
+    /// A scenario or event with no snapshot (yet).
+    #[error("{0}")]
+    NoSnapshot(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("request body not received within {0} ms")]
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::ScenarioNotFound(_) => (StatusCode::NOT_FOUND, "scenario_not_found"),
             ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::NoSnapshot(_) => (StatusCode::NOT_FOUND, "no_snapshot"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),

@@ -65,6 +65,10 @@ pub fn scenario_json(s: &Scenario, defaults: &Defaults) -> Value {
         "status": s.status.as_str(),
         "error": s.error,
         "frames_processed": s.frames_processed,
+        "health": {
+            "last_frame_at": s.last_frame_at,
+            "analysed_fps": s.analysed_fps.map(|f| (f64::from(f) * 100.0).round() / 100.0),
+        },
         "created_at": s.created_at,
         "updated_at": s.updated_at,
         "worker": s.worker,
@@ -100,6 +104,7 @@ pub fn options_json(o: &ScenarioOptions, defaults: &Defaults) -> Value {
         "zones": o.zones,
         "lines": o.lines,
         "webhook_url": o.webhook_url,
+        "snapshot_interval_s": o.snapshot_interval_s.unwrap_or(crate::options::DEFAULT_SNAPSHOT_INTERVAL_S),
     })
 }
 

@@ -1,9 +1,12 @@
 //! `vap-api`: the REST API on hyper. It talks to PostgreSQL only; events reach Kafka through
 //! the outbox, so a request never waits for the broker.
 
+mod console;
 mod error;
 mod handlers;
 mod openapi;
+mod picture;
+mod snapshots;
 mod sse;
 
 use std::convert::Infallible;
@@ -185,6 +188,8 @@ fn refuse_busy(stream: &tokio::net::TcpStream) {
 fn route_of(path: &str) -> (&'static str, Option<Route>) {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let route = match segments.as_slice() {
+        [] => Route::Console,
+        ["console", asset] => Route::ConsoleAsset(asset.to_string()),
         ["health"] => Route::Health,
         ["ready"] => Route::Ready,
         ["metrics"] => Route::Metrics,
@@ -198,6 +203,11 @@ fn route_of(path: &str) -> (&'static str, Option<Route>) {
         ["api", "v1", "scenario", id, "events"] => Route::Events(id.to_string()),
         ["api", "v1", "scenario", id, "counts"] => Route::Counts(id.to_string()),
         ["api", "v1", "scenario", id, "events", "stream"] => Route::EventStream(id.to_string()),
+        ["api", "v1", "scenario", id, "snapshot"] => Route::SnapshotInfo(id.to_string()),
+        ["api", "v1", "scenario", id, "snapshot.jpg"] => Route::Snapshot(id.to_string()),
+        ["api", "v1", "scenario", id, "events", event, "snapshot.jpg"] => {
+            Route::EventSnapshot(id.to_string(), event.to_string())
+        }
         ["api", "v1", "prediction", id] => Route::Prediction(id.to_string()),
         ["api", "v1", "prediction", id, "stream"] => Route::PredictionStream(id.to_string()),
         _ => return ("unmatched", None),
@@ -207,6 +217,8 @@ fn route_of(path: &str) -> (&'static str, Option<Route>) {
 
 #[derive(Debug)]
 pub(crate) enum Route {
+    Console,
+    ConsoleAsset(String),
     Health,
     Ready,
     Metrics,
@@ -220,6 +232,9 @@ pub(crate) enum Route {
     Events(String),
     Counts(String),
     EventStream(String),
+    SnapshotInfo(String),
+    Snapshot(String),
+    EventSnapshot(String, String),
     Prediction(String),
     PredictionStream(String),
 }
@@ -227,6 +242,8 @@ pub(crate) enum Route {
 impl Route {
     fn template(&self) -> &'static str {
         match self {
+            Route::Console => "/",
+            Route::ConsoleAsset(_) => "/console/{asset}",
             Route::Health => "/health",
             Route::Ready => "/ready",
             Route::Metrics => "/metrics",
@@ -240,6 +257,9 @@ impl Route {
             Route::Events(_) => "/api/v1/scenario/{uuid}/events",
             Route::Counts(_) => "/api/v1/scenario/{uuid}/counts",
             Route::EventStream(_) => "/api/v1/scenario/{uuid}/events/stream",
+            Route::SnapshotInfo(_) => "/api/v1/scenario/{uuid}/snapshot",
+            Route::Snapshot(_) => "/api/v1/scenario/{uuid}/snapshot.jpg",
+            Route::EventSnapshot(..) => "/api/v1/scenario/{uuid}/events/{event_id}/snapshot.jpg",
             Route::Prediction(_) => "/api/v1/prediction/{uuid}",
             Route::PredictionStream(_) => "/api/v1/prediction/{uuid}/stream",
         }
@@ -258,6 +278,8 @@ impl Route {
     /// token), the API's own documentation, and /metrics unless configured otherwise.
     fn scope(&self, method: &Method, settings: &ApiSettings) -> Option<handlers::Scope> {
         match self {
+            // The console's page and scripts hold no data: it asks for the token itself.
+            Route::Console | Route::ConsoleAsset(_) => None,
             Route::Health | Route::Ready | Route::OpenApi | Route::Docs => None,
             Route::Metrics if settings.metrics_public => None,
             _ if matches!(*method, Method::POST | Method::PATCH) => Some(handlers::Scope::Operate),
@@ -324,7 +346,9 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
             Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", handlers::metrics(state).await))
         }
         Route::OpenApi => Ok(text_response(StatusCode::OK, "application/json", state.openapi.clone())),
-        Route::Docs => Ok(text_response(StatusCode::OK, "text/html; charset=utf-8", DOCS_PAGE)),
+        Route::Docs => Ok(console::page(console::DOCS)),
+        Route::Console => Ok(console::page(console::INDEX)),
+        Route::ConsoleAsset(name) => console::asset(&name),
         Route::InitScenario => handlers::init_scenario(state, req).await,
         Route::ListScenarios => handlers::list_scenarios(state, req.uri().query()).await,
         Route::Models => Ok(handlers::models(state)),
@@ -335,11 +359,12 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
         Route::Events(id) => handlers::scene_events(state, &id, req.uri().query()).await,
         Route::Counts(id) => handlers::scene_counts(state, &id, req.uri().query()).await,
         Route::EventStream(id) => sse::stream_events(state, &id, &req).await,
+        Route::SnapshotInfo(id) => snapshots::latest_info(state, &id).await,
+        Route::Snapshot(id) => snapshots::latest_jpeg(state, &id, &req).await,
+        Route::EventSnapshot(id, event) => snapshots::event_jpeg(state, &id, &event, &req).await,
         Route::PredictionStream(id) => sse::stream(state, &id, &req).await,
     }
 }
-
-const DOCS_PAGE: &str = include_str!("docs.html");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiRunError {

@@ -8,6 +8,7 @@ pub mod positions;
 pub mod results;
 pub mod scenarios;
 pub mod scene_events;
+pub mod snapshots;
 pub mod status;
 pub mod webhooks;
 pub mod workers;

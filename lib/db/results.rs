@@ -250,11 +250,18 @@ async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[&Fra
                  INSERT INTO scenario_results (scenario_uuid, frame_number, captured_at, detections, extra)
                  SELECT scenario_uuid, frame_number, captured_at, detections, extra FROM known
                  ON CONFLICT (scenario_uuid, frame_number) DO NOTHING
-                 RETURNING scenario_uuid),
-             counts AS (SELECT scenario_uuid, count(*) AS n FROM inserted GROUP BY scenario_uuid),
+                 RETURNING scenario_uuid, frame_number, captured_at, extra),
+             counts AS (
+                 SELECT scenario_uuid, count(*) AS n, max(captured_at) AS last_at,
+                        (array_agg(CASE WHEN jsonb_typeof(extra->'analysed_fps') = 'number'
+                                        THEN (extra->>'analysed_fps')::real END
+                                   ORDER BY frame_number DESC))[1] AS fps
+                   FROM inserted GROUP BY scenario_uuid),
              updated AS (
                  UPDATE scenarios s
                     SET frames_processed = s.frames_processed + c.n,
+                        last_frame_at = GREATEST(s.last_frame_at, c.last_at),
+                        analysed_fps = COALESCE(c.fps, s.analysed_fps),
                         status = CASE WHEN s.status IN ('init_startup', 'in_startup_processing')
                                       THEN 'active' ELSE s.status END,
                         updated_at = now()

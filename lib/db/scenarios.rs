@@ -37,6 +37,10 @@ pub struct Scenario {
     pub status: ScenarioStatus,
     pub error: Option<String>,
     pub frames_processed: i64,
+    /// Capture time of the latest stored result.
+    pub last_frame_at: Option<DateTime<Utc>>,
+    /// The runner's analysed frames per second, as of the latest result that said.
+    pub analysed_fps: Option<f32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub worker: Option<Worker>,
@@ -44,7 +48,7 @@ pub struct Scenario {
 
 const SELECT_SCENARIO: &str =
     "SELECT s.scenario_uuid, s.seq, s.camera_url, s.options, s.options_revision, s.status, s.error, s.frames_processed,
-        s.created_at, s.updated_at, w.backend, w.backend_ref, w.node, w.status AS worker_status, w.restarts,
+        s.last_frame_at, s.analysed_fps, s.created_at, s.updated_at, w.backend, w.backend_ref, w.node, w.status AS worker_status, w.restarts,
         w.last_error, w.started_at, w.updated_at AS worker_updated_at
    FROM scenarios s LEFT JOIN workers w USING (scenario_uuid)";
 
@@ -71,6 +75,8 @@ fn scenario_from_row(row: &Row) -> Scenario {
         status: ScenarioStatus::parse(status).unwrap_or(ScenarioStatus::Failed),
         error: row.get("error"),
         frames_processed: row.get("frames_processed"),
+        last_frame_at: row.get("last_frame_at"),
+        analysed_fps: row.get("analysed_fps"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
         worker,
@@ -128,7 +134,8 @@ async fn write_event(
 const INSERT_SCENARIO_WITH_EVENT: &str = "
     WITH s AS (
         INSERT INTO scenarios (scenario_uuid, camera_url, options, status) VALUES ($1, $2, $3, 'init_startup')
-        RETURNING scenario_uuid, seq, camera_url, options, options_revision, status, error, frames_processed, created_at, updated_at),
+        RETURNING scenario_uuid, seq, camera_url, options, options_revision, status, error, frames_processed,
+                  last_frame_at, analysed_fps, created_at, updated_at),
     e AS (
         INSERT INTO outbox (scenario_uuid, event_type, payload)
         SELECT scenario_uuid, 'init_scenario',

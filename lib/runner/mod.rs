@@ -12,6 +12,7 @@
 //! | [`control`] | options changed while running: the orchestrator's control records |
 //! | [`detector`] | the model interface, its tract backend, decoding and NMS |
 //! | [`publisher`] | the bounded buffer and the producer to `results` |
+//! | [`snapshot`] | JPEG snapshots of analysed frames, to `snapshots` |
 //! | [`cli`] | the command line and exit codes |
 
 pub mod capture;
@@ -20,6 +21,7 @@ pub mod control;
 pub mod detector;
 pub mod egress;
 pub mod publisher;
+pub mod snapshot;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,6 +79,10 @@ pub struct RunnerStats {
     /// Building and queueing the record.
     pub publish_micros: AtomicU64,
     pub heartbeat_ms: AtomicU64,
+    /// Frames analysed per second over the last status interval (f64 bits), sent with results.
+    pub analysed_fps: AtomicU64,
+    /// Snapshots too big at every quality, or not encoded.
+    pub snapshots_dropped: AtomicU64,
     pub ready: AtomicBool,
     /// Wakes the supervising loop for READY=1 the moment the first frame is in.
     pub became_ready: tokio::sync::Notify,
@@ -147,14 +153,16 @@ pub async fn run(
     let (detector, provenance, min_confidence) = load_detector(&rs, &job.options).await?;
     let buffer = Arc::new(ResultBuffer::new(rs.buffer_frames));
     let events = Arc::new(ResultBuffer::new(rs.buffer_frames));
+    // A few: a snapshot that waits longer than that for the broker is stale anyway.
+    let snapshots = Arc::new(ResultBuffer::new(SNAPSHOTS_BUFFERED));
     let abandon = CancellationToken::new();
     let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
-    let publish = |topic: &str, buffer: &Arc<ResultBuffer>| {
+    let publish = |topic: &str, buffer: &Arc<ResultBuffer>, batch: usize| {
         let publisher = Publisher {
             kafka: Arc::clone(&kafka),
             topic: topic.to_string(),
             scenario: job.scenario,
-            batch: rs.produce_batch,
+            batch,
             signer: job.results_key.clone(),
         };
         // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
@@ -163,8 +171,10 @@ pub async fn run(
             tracing::Span::current(),
         ))
     };
-    let publishing = publish(&settings.kafka.topic_results, &buffer);
-    let publishing_events = publish(&settings.kafka.topic_events, &events);
+    let publishing = publish(&settings.kafka.topic_results, &buffer, rs.produce_batch);
+    let publishing_events = publish(&settings.kafka.topic_events, &events, rs.produce_batch);
+    // One per request: each may be up to `snapshot_max_bytes`.
+    let publishing_snapshots = publish(&settings.kafka.topic_snapshots, &snapshots, 1);
     let threads = Threads {
         slot: Arc::new(FrameSlot::default()),
         capture: Arc::new(CaptureStats::default()),
@@ -188,7 +198,9 @@ pub async fn run(
     ));
     let current =
         Current { detector, provenance, options: job.options.clone(), revision: job.options_revision, min_confidence };
-    let detecting = threads.spawn_detect(current, reloads, (&buffer, &events), &job, rs.sample_fps, done_tx)?;
+    let outputs =
+        Outputs { results: Arc::clone(&buffer), events: Arc::clone(&events), snapshots: Arc::clone(&snapshots) };
+    let detecting = threads.spawn_detect(current, reloads, outputs, &job, &rs, done_tx)?;
     let end = threads.supervise(done_rx, &buffer, Duration::from_millis(rs.status_interval_ms.max(100))).await;
     following.cancel();
     let _ = control.await;
@@ -209,11 +221,16 @@ pub async fn run(
     push_stream_end(&buffer, &job, &outcome, threads.stats.frames_analysed.load(Ordering::Relaxed));
     buffer.close();
     events.close();
+    snapshots.close();
     let flush = Duration::from_millis(rs.flush_timeout_ms);
     let flush_started = Instant::now();
     // Both within the one deadline: events first is no better than results first.
-    let (unsent, unsent_events) =
-        tokio::join!(flush_results(publishing, &abandon, flush), flush_results(publishing_events, &abandon, flush));
+    // Snapshots within it too, but one left unsent is not a result lost.
+    let (unsent, unsent_events, _) = tokio::join!(
+        flush_results(publishing, &abandon, flush),
+        flush_results(publishing_events, &abandon, flush),
+        flush_results(publishing_snapshots, &abandon, flush)
+    );
     let unsent = unsent + unsent_events;
     log_summary(&outcome, &threads, &buffer, flush_started.elapsed());
     let Threads { stats, capture, .. } = threads;
@@ -383,28 +400,25 @@ impl Threads {
         &self,
         current: Current<TractDetector>,
         reloads: std::sync::mpsc::Receiver<Current<TractDetector>>,
-        (buffer, events): (&Arc<ResultBuffer>, &Arc<ResultBuffer>),
+        outputs: Outputs,
         job: &RunnerJob,
-        default_fps: f64,
+        rs: &crate::config::RunnerSettings,
         done: tokio::sync::oneshot::Sender<CaptureEnd>,
     ) -> Result<std::thread::JoinHandle<()>, RunnerError> {
-        let (slot, stats, buffer, events, job, span) = (
-            Arc::clone(&self.slot),
-            Arc::clone(&self.stats),
-            Arc::clone(buffer),
-            Arc::clone(events),
-            job.clone(),
-            tracing::Span::current(),
-        );
+        let (slot, stats, job, span) =
+            (Arc::clone(&self.slot), Arc::clone(&self.stats), job.clone(), tracing::Span::current());
         let (started, rate) = (self.started, Arc::clone(&self.sample_rate));
+        let (default_fps, snapshot_max_bytes) = (rs.sample_fps, rs.snapshot_max_bytes);
         std::thread::Builder::new()
             .name("vap-detect".into())
             .spawn(move || {
                 let detect = Detect {
                     slot: &slot,
                     stats: &stats,
-                    buffer: &buffer,
-                    events: &events,
+                    buffer: &outputs.results,
+                    events: &outputs.events,
+                    snapshots: &outputs.snapshots,
+                    snapshot_max_bytes,
                     job: &job,
                     started,
                     rate: &rate,
@@ -446,6 +460,7 @@ impl Threads {
                     let analysed = self.stats.frames_analysed.load(Ordering::Relaxed);
                     let fps = (analysed - last_status.1) as f64 / last_status.0.elapsed().as_secs_f64().max(1e-3);
                     last_status = (Instant::now(), analysed);
+                    self.stats.analysed_fps.store(fps.to_bits(), Ordering::Relaxed);
                     let line = status_line(fps, &self.stats, &self.capture, buffer);
                     crate::lifecycle::notify_status(&line);
                     tracing::debug!(status = line, "progress");
@@ -518,6 +533,7 @@ fn log_summary(outcome: &Outcome, threads: &Threads, buffer: &ResultBuffer, flus
         published = b.published.load(Ordering::Relaxed),
         frames_dropped = capture.frames_dropped.load(Ordering::Relaxed),
         unsent_dropped = b.dropped_unsent.load(Ordering::Relaxed),
+        snapshots_dropped = stats.snapshots_dropped.load(Ordering::Relaxed),
         fps = analysed as f64 / threads.started.elapsed().as_secs_f64(),
         read_ms = per_frame(&stats.read_micros),
         preprocess_ms = per_frame(&stats.preprocess_micros),
@@ -531,6 +547,16 @@ fn log_summary(outcome: &Outcome, threads: &Threads, buffer: &ResultBuffer, flus
     );
 }
 
+/// Snapshots waiting for the broker; older ones are dropped.
+const SNAPSHOTS_BUFFERED: usize = 4;
+
+/// Where the detection thread's records go.
+struct Outputs {
+    results: Arc<ResultBuffer>,
+    events: Arc<ResultBuffer>,
+    snapshots: Arc<ResultBuffer>,
+}
+
 /// The detection thread's view of the run.
 struct Detect<'a> {
     slot: &'a FrameSlot,
@@ -538,6 +564,8 @@ struct Detect<'a> {
     buffer: &'a ResultBuffer,
     /// Scene events, for `events`.
     events: &'a ResultBuffer,
+    snapshots: &'a ResultBuffer,
+    snapshot_max_bytes: usize,
     job: &'a RunnerJob,
     started: Instant,
     /// The capture thread's analysis rate, set here when the options change.
@@ -557,12 +585,14 @@ impl Detect<'_> {
         };
         let mut tracker = Tracker::new(tracking(current.min_confidence));
         let mut regions = Regions::new(job.scenario, current.options.zones.clone(), current.options.lines.clone());
+        let mut snapshots = snapshot::SnapshotTaker::new(current.options.snapshot_interval(), self.snapshot_max_bytes);
         loop {
             stats.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             // Between two frames: the next one is analysed with the new options.
             while let Ok(next) = reloads.try_recv() {
                 self.rate.set(next.options.fps.unwrap_or(self.default_fps));
                 tracker.set_settings(tracking(next.min_confidence));
+                snapshots.set_interval(next.options.snapshot_interval());
                 // New zones or lines start afresh: the visits of the old ones end here.
                 if (&next.options.zones, &next.options.lines) != (&current.options.zones, &current.options.lines) {
                     self.close_visits(&mut regions);
@@ -576,6 +606,7 @@ impl Detect<'_> {
                 Err(end) => {
                     // The stream ends: so does every visit (zone occupancy comes back to zero).
                     self.close_visits(&mut regions);
+                    self.stats.snapshots_dropped.store(snapshots.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
                     return end;
                 }
             };
@@ -604,6 +635,7 @@ impl Detect<'_> {
                 d.track_id = id.and_then(|id| i64::try_from(id).ok());
             }
             detections.retain(|d| d.confidence >= current.min_confidence);
+            let mut event_ids = Vec::new();
             if !regions.is_empty() {
                 let mut scene = Vec::new();
                 for ended in &update.ended {
@@ -624,6 +656,7 @@ impl Detect<'_> {
                     .collect();
                 scene.extend(regions.observe(&at, &placed));
                 for event in scene {
+                    event_ids.push(event.event_id);
                     self.push_event(&event);
                 }
             }
@@ -637,10 +670,27 @@ impl Detect<'_> {
             if let Some(ms) = frame.media_ms {
                 extra.insert("media_ms".into(), ms.round().into());
             }
+            let fps = f64::from_bits(stats.analysed_fps.load(Ordering::Relaxed));
+            if fps > 0.0 {
+                extra.insert("analysed_fps".into(), ((fps * 100.0).round() / 100.0).into());
+            }
             extra.insert("inference_ms".into(), (timing.inference.as_secs_f64() * 1000.0).into());
             extra.insert("frame_width".into(), width.into());
             extra.insert("frame_height".into(), height.into());
             extra.insert("source_frame".into(), frame.source_index.into());
+            if snapshots.due(t, !event_ids.is_empty()) {
+                let header = snapshot::header(
+                    job.scenario,
+                    frame_number,
+                    frame.captured_at,
+                    (width, height),
+                    &detections,
+                    event_ids,
+                );
+                if let Some(value) = snapshots.encode(&frame.image, header) {
+                    self.snapshots.push(result_record(job.scenario, value, frame.captured_at));
+                }
+            }
             let result = FrameResult {
                 scenario_uuid: job.scenario,
                 frame_number,

@@ -26,6 +26,8 @@ mod inbox;
 mod relay;
 
 #[cfg(feature = "runner")]
+mod console;
+#[cfg(feature = "runner")]
 mod deploy;
 #[cfg(feature = "runner")]
 mod eval;

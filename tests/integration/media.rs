@@ -18,6 +18,8 @@ pub struct Media {
     /// 640x480 H.264, 10 s at 10 fps on grey: one person (cut from basketball1.png) walks right
     /// from x 10 to 530 in 4 s, stands 1 s, walks back in 4 s, stands 1 s. [`WALKER_PATH`].
     pub walker: PathBuf,
+    /// The walker clip six times over (60 s): a camera for a person to watch live.
+    pub walker_loop: PathBuf,
 }
 
 /// Where the walker's box (100 x 293 px, top at y 60) is at time `t` (s): its left edge.
@@ -71,7 +73,7 @@ pub fn media() -> &'static Media {
             }
             out
         };
-        Media {
+        let made = Media {
             people: make("people.mp4", &["-i", VTEST]),
             bars: make("bars.mp4", &["-f", "lavfi", "-i", "testsrc=size=640x480:rate=10:duration=3"]),
             short: make("short.mp4", &["-t", "5", "-i", VTEST]),
@@ -95,7 +97,22 @@ pub fn media() -> &'static Media {
                 }
                 out
             },
+            walker_loop: Path::new("unset").into(),
+        };
+        let out = dir.join("walker_loop.mp4");
+        if !out.exists() {
+            let tmp = dir.join(format!("walker_loop.{}.tmp.mp4", std::process::id()));
+            let status = Command::new("ffmpeg")
+                .args(["-loglevel", "error", "-y", "-stream_loop", "5", "-i"])
+                .arg(&made.walker)
+                .args(["-c", "copy", "-movflags", "+faststart"])
+                .arg(&tmp)
+                .status()
+                .expect("ffmpeg (scripts/setup installs it)");
+            assert!(status.success(), "ffmpeg failed making walker_loop.mp4");
+            std::fs::rename(&tmp, &out).unwrap();
         }
+        Media { walker_loop: out, ..made }
     })
 }
 
