@@ -1,7 +1,7 @@
 //! Platform benchmarks, each beside its baseline in the same run. Run:
 //!
 //!     cargo bench --bench platform            # all
-//!     cargo bench --bench platform -- api     # one of: api, relay, inbox, events
+//!     cargo bench --bench platform -- api     # one of: api, relay, inbox, events, snapshots
 //!
 //! Needs `wrk` (Debian package) for the HTTP load. Figures go to docs/BENCHMARKS.md.
 
@@ -46,6 +46,9 @@ fn main() {
         }
         if want("events") {
             events().await;
+        }
+        if want("snapshots") {
+            snapshots().await;
         }
     });
 }
@@ -378,4 +381,100 @@ async fn events() {
     let raw_eps = total as f64 / started.elapsed().as_secs_f64();
     println!("  inbox (fetch + parse + verify + store + position): {inbox_eps:>8.0} events/s");
     println!("  baseline: PostgreSQL unnest INSERT only           : {raw_eps:>8.0} rows/s");
+}
+
+/// A 640x480 JPEG of a real scene (the first frame of opencv-doc's vtest.avi), made by ffmpeg.
+fn scene_jpeg() -> Vec<u8> {
+    let out = tempfile::Builder::new().suffix(".jpg").tempfile().unwrap();
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-i", "/usr/share/doc/opencv-doc/examples/data/vtest.avi"])
+        .args(["-frames:v", "1", "-vf", "scale=640:480", "-q:v", "5"])
+        .arg(out.path())
+        .status()
+        .expect("ffmpeg");
+    assert!(status.success());
+    std::fs::read(out.path()).unwrap()
+}
+
+/// Snapshots: the inbox storing them from Kafka (with pruning), and the API serving the
+/// latest plain, with boxes drawn, revalidated (304), and as JSON.
+async fn snapshots() {
+    const PER_SCENARIO: i64 = 250;
+    const SCENARIOS: usize = 4;
+    let jpeg = scene_jpeg();
+    let mut app = TestApp::spawn_with(|s| {
+        s.database.pool_size = 32;
+        s.log.level = "warn".into();
+    })
+    .await;
+    let mut scenarios = Vec::new();
+    for i in 0..SCENARIOS {
+        scenarios.push(app.create_scenario(&format!("rtsp://cam/{i}")).await);
+    }
+    let detections: Vec<vap::events::Detection> = (0..3)
+        .map(|i| vap::events::Detection {
+            class: "person".into(),
+            confidence: 0.9,
+            bbox: [40.0 + 200.0 * i as f32, 100.0, 120.0 + 200.0 * i as f32, 400.0],
+            track_id: Some(1000 + i),
+        })
+        .collect();
+    let snapshot = |scenario: uuid::Uuid, n: i64| vap::events::Snapshot {
+        scenario_uuid: scenario,
+        frame_number: n * 500,
+        timestamp: chrono::Utc::now(),
+        width: 640,
+        height: 480,
+        frame_width: 640,
+        frame_height: 480,
+        detections: detections.clone(),
+        // Every fifth for an event: kept (up to the bound); the others replace each other.
+        event_ids: if n % 5 == 0 { vec![uuid::Uuid::new_v4()] } else { Vec::new() },
+        jpeg: jpeg.clone(),
+    };
+    let total = PER_SCENARIO * SCENARIOS as i64;
+    println!("\n== snapshots: {total} of {} KB each (pre-produced), Kafka -> PostgreSQL", jpeg.len() / 1024);
+    let records: Vec<(uuid::Uuid, Vec<u8>)> = (0..PER_SCENARIO)
+        .flat_map(|n| scenarios.iter().map(move |s| (*s, n)))
+        .map(|(s, n)| (s, snapshot(s, n).to_record_value()))
+        .collect();
+    app.produce_signed(&app.settings.kafka.topic_snapshots.clone(), records).await;
+    let started = Instant::now();
+    app.start_relay();
+    let kept = SCENARIOS as i64 * (1 + PER_SCENARIO / 5);
+    eventually(Duration::from_secs(300), "snapshots stored", || async {
+        let stored = app.scalar("SELECT coalesce(sum(pos.next_offset), 0)::bigint FROM consumer_positions pos WHERE topic = 'snapshots'").await;
+        (stored >= total).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    let rows = app.scalar("SELECT count(*) FROM scenario_snapshots").await;
+    println!(
+        "stored {total} in {:.2} s: {:.0} snapshots/s ({:.1} MB/s); {rows} rows kept (bound: {kept})",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64(),
+        (total as f64 * jpeg.len() as f64) / took.as_secs_f64() / 1e6
+    );
+
+    let s = scenarios[0];
+    println!("\n== api, the latest snapshot: {CONNECTIONS} connections, {WRK_SECONDS} s each");
+    println!("{:<52} {:>10} {:>10} {:>10}", "route", "req/s", "p50", "p99");
+    let health = wrk(&format!("{}/health", app.base), None);
+    println!("{:<52} {:>10.0} {:>10} {:>10}", "GET /health (baseline: no database)", health.0, health.1, health.2);
+    let base = format!("{}/api/v1/scenario/{s}/snapshot", app.base);
+    let json = wrk(&base, None);
+    println!("{:<52} {:>10.0} {:>10} {:>10}", "GET .../snapshot (JSON: what it shows)", json.0, json.1, json.2);
+    let plain = wrk(&format!("{base}.jpg"), None);
+    println!("{:<52} {:>10.0} {:>10} {:>10}", "GET .../snapshot.jpg (stored JPEG)", plain.0, plain.1, plain.2);
+    let etag = format!("\"{}-plain\"", (PER_SCENARIO - 1) * 500);
+    let revalidated = wrk(&format!("{base}.jpg"), Some(&format!("wrk.headers[\"If-None-Match\"] = '{etag}'\n")));
+    println!(
+        "{:<52} {:>10.0} {:>10} {:>10}",
+        "GET .../snapshot.jpg with If-None-Match (304)", revalidated.0, revalidated.1, revalidated.2
+    );
+    let boxes = wrk(&format!("{base}.jpg?boxes=1"), None);
+    println!(
+        "{:<52} {:>10.0} {:>10} {:>10}",
+        "GET .../snapshot.jpg?boxes=1 (decode, draw 3, encode)", boxes.0, boxes.1, boxes.2
+    );
 }

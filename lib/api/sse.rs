@@ -152,7 +152,8 @@ pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) ->
 }
 
 /// Scene events as they are stored, after `cursor` (an events page's `next_cursor`, or
-/// `Last-Event-ID`); without either, every event from the first.
+/// `Last-Event-ID`); without either, the last `tail` and then new ones, or every event from
+/// the first.
 pub async fn stream_events(
     state: &Arc<AppState>,
     id: &str,
@@ -161,14 +162,25 @@ pub async fn stream_events(
     let uuid = parse_uuid(id)?;
     let pairs: Vec<(String, String)> =
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
-    let cursor =
-        match resume_from(req, &pairs, "cursor").filter(|c| !c.is_empty()) {
-            None => 0,
-            Some(raw) => raw.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
-                ApiError::bad("invalid_cursor", "cursor (or Last-Event-ID) is not one this API returned")
-            })?,
-        };
+    let cursor = match resume_from(req, &pairs, "cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(raw) => Some(raw.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+            ApiError::bad("invalid_cursor", "cursor (or Last-Event-ID) is not one this API returned")
+        })?),
+    };
+    let tail = match pairs.iter().find(|(k, _)| k == "tail").map(|(_, v)| v.as_str()) {
+        None | Some("") => None,
+        Some(raw) => Some(raw.parse::<i64>().ok().filter(|v| (1..=PAGE).contains(v)).ok_or_else(|| {
+            ApiError::bad("invalid_parameter", format!("tail must be an integer from 1 to {PAGE}, got '{raw}'"))
+        })?),
+    };
     scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
+    // A cursor (a reconnect) wins over `tail`, which only says where a new client starts.
+    let cursor = match (cursor, tail) {
+        (Some(c), _) => c,
+        (None, Some(n)) => scene_events::cursor_before_last(&state.pool, uuid, n).await?,
+        (None, None) => 0,
+    };
     let slot = StreamSlot::take(&state.sse_streams, state.settings.max_sse_streams)
         .ok_or(ApiError::TooManyStreams(state.settings.max_sse_streams))?;
     let wake = state.results_bus.subscribe();

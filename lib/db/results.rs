@@ -254,7 +254,8 @@ async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[&Fra
              counts AS (
                  SELECT scenario_uuid, count(*) AS n, max(captured_at) AS last_at,
                         (array_agg(CASE WHEN jsonb_typeof(extra->'analysed_fps') = 'number'
-                                        THEN (extra->>'analysed_fps')::real END
+                                             AND (extra->'analysed_fps')::numeric BETWEEN 0 AND 10000
+                                        THEN (extra->'analysed_fps')::numeric::real END
                                    ORDER BY frame_number DESC))[1] AS fps
                    FROM inserted GROUP BY scenario_uuid),
              updated AS (

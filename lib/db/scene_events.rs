@@ -242,6 +242,18 @@ pub struct Count {
 
 /// Per bucket, zone or line, and class: entries, exits, crossings each way, and zones' peak
 /// occupancy, between `since` and `until`.
+/// The cursor that leaves the scenario's last `n` events after it (0 when it has no more).
+pub async fn cursor_before_last(pool: &Pool, scenario: Uuid, n: i64) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT seq - 1 FROM scenario_events WHERE scenario_uuid = $1 ORDER BY seq DESC OFFSET $2 LIMIT 1",
+            &[&scenario, &(n - 1).max(0)],
+        )
+        .await?;
+    Ok(row.map_or(0, |r| r.get(0)))
+}
+
 pub async fn counts(
     pool: &Pool,
     scenario: Uuid,

@@ -227,11 +227,15 @@ pub async fn run(
     // Both within the one deadline: events first is no better than results first.
     // Snapshots within it too, but one left unsent is not a result lost.
     let (unsent, unsent_events, _) = tokio::join!(
-        flush_results(publishing, &abandon, flush),
-        flush_results(publishing_events, &abandon, flush),
-        flush_results(publishing_snapshots, &abandon, flush)
+        flush_results(publishing, &abandon, flush, "results"),
+        flush_results(publishing_events, &abandon, flush, "events"),
+        flush_results(publishing_snapshots, &abandon, flush, "snapshots")
     );
     let unsent = unsent + unsent_events;
+    threads
+        .stats
+        .snapshots_dropped
+        .fetch_add(snapshots.stats.dropped_unsent.load(Ordering::Relaxed), Ordering::Relaxed);
     log_summary(&outcome, &threads, &buffer, flush_started.elapsed());
     let Threads { stats, capture, .. } = threads;
     Ok(RunReport { outcome, stats, capture, buffer, unsent, elapsed: started.elapsed() })
@@ -500,6 +504,7 @@ async fn flush_results(
     publishing: tokio::task::JoinHandle<usize>,
     abandon: &CancellationToken,
     flush: Duration,
+    what: &'static str,
 ) -> usize {
     let deadline = tokio::time::sleep(flush);
     tokio::pin!(deadline);
@@ -515,7 +520,8 @@ async fn flush_results(
         tracing::warn!(
             unsent,
             flush_ms = flush.as_millis() as u64,
-            "broker unreachable at shutdown: results not delivered"
+            what,
+            "broker unreachable at shutdown: records not delivered"
         );
     }
     unsent
@@ -606,7 +612,9 @@ impl Detect<'_> {
                 Err(end) => {
                     // The stream ends: so does every visit (zone occupancy comes back to zero).
                     self.close_visits(&mut regions);
-                    self.stats.snapshots_dropped.store(snapshots.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
+                    self.stats
+                        .snapshots_dropped
+                        .fetch_add(snapshots.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
                     return end;
                 }
             };

@@ -109,6 +109,12 @@ async fn a_walk_across_a_line_into_a_zone_and_back_gives_the_true_events_once_ea
     let path = media().walker.to_str().unwrap().to_string();
     let first = app.create_scenario_with(&path, regions()).await;
     let again = app.create_scenario_with(&path, regions()).await;
+    // No picture before its runner sends one: a 404 that says so.
+    let none = app.get(&format!("/api/v1/scenario/{again}/snapshot.jpg")).await;
+    assert_eq!(
+        (none.status, none.json()["error"]["code"].as_str()),
+        (hyper::StatusCode::NOT_FOUND, Some("no_snapshot"))
+    );
     let _reaper = RunnerReaper(HashSet::from([first, again]));
     // A client follows the first scenario's events live, from before there are any.
     let both_done = async {
@@ -205,6 +211,38 @@ async fn a_walk_across_a_line_into_a_zone_and_back_gives_the_true_events_once_ea
     }
     let ghost = uuid::Uuid::new_v4();
     assert_eq!(app.get(&format!("/api/v1/scenario/{ghost}/events")).await.status, hyper::StatusCode::NOT_FOUND);
+
+    // Snapshots: the latest, revalidated by its ETag, and one of each crossing with its boxes.
+    let info = app.get(&format!("/api/v1/scenario/{first}/snapshot")).await.json();
+    assert_eq!((info["width"].as_i64(), info["frame_width"].as_i64()), (Some(640), Some(640)), "{info}");
+    let latest = format!("/api/v1/scenario/{first}/snapshot.jpg");
+    let picture = app.get(&latest).await;
+    let header = |r: &common::Response, name: &str| r.headers[name].to_str().unwrap().to_string();
+    assert_eq!(picture.status, hyper::StatusCode::OK);
+    assert_eq!(
+        (header(&picture, "content-type"), header(&picture, "cache-control")),
+        ("image/jpeg".to_string(), "private, no-cache".to_string())
+    );
+    let etag = header(&picture, "etag");
+    assert_eq!(info["etag"], etag.as_str());
+    let unchanged = app.request(hyper::Method::GET, &latest, &[("if-none-match", &etag)], bytes::Bytes::new()).await;
+    assert_eq!(unchanged.status, hyper::StatusCode::NOT_MODIFIED);
+    for e in events.iter().filter(|e| e["kind"] == "line_crossed") {
+        let id = e["event_id"].as_str().unwrap();
+        let r = app.get(&format!("/api/v1/scenario/{first}/events/{id}/snapshot.jpg?boxes=1")).await;
+        assert_eq!(r.status, hyper::StatusCode::OK, "{}", r.text.len());
+        assert_eq!(header(&r, "content-type"), "image/jpeg");
+        assert!(header(&r, "etag").ends_with("-boxes\""), "{:?}", r.headers);
+    }
+    for (path, status, code) in [
+        (format!("{latest}?boxes=2"), 400, "invalid_parameter"),
+        (format!("/api/v1/scenario/{first}/events/{ghost}/snapshot.jpg"), 404, "no_snapshot"),
+        (format!("/api/v1/scenario/{ghost}/snapshot.jpg"), 404, "scenario_not_found"),
+        (format!("/api/v1/scenario/{first}/events/nope/snapshot.jpg"), 400, "invalid_uuid"),
+    ] {
+        let r = app.get(&path).await;
+        assert_eq!((r.status.as_u16(), r.json()["error"]["code"].as_str()), (status, Some(code)), "{path}");
+    }
     let _ = orchestrator.kill();
     let _ = orchestrator.wait();
 }

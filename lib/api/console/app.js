@@ -214,7 +214,7 @@ function scenarioPage(uuid) {
   const streamState = el('span', { class: 'muted', id: 'stream-state' }, 'connecting');
   const eventsList = el('ol', { class: 'events', id: 'events', 'aria-label': 'Recent events' });
   const countsBox = el('div', { id: 'counts' });
-  const editor = regionEditor();
+  const editor = regionEditor(ctl.signal);
   main.replaceChildren(
     el('p', {}, el('a', { href: '#/' }, '← Scenarios')),
     title, facts, error, el('div', { class: 'row' }, stopButton),
@@ -264,15 +264,17 @@ function scenarioPage(uuid) {
     fetching = true;
     lastFetch = Date.now();
     try {
-      const info = await api(`/api/v1/scenario/${uuid}/snapshot`);
+      let info = await api(`/api/v1/scenario/${uuid}/snapshot`);
       if (!snap || info.etag !== snap.etag) {
-        const got = await picture(info.image, null);
-        if (got) {
-          if (imageUrl) URL.revokeObjectURL(imageUrl);
-          imageUrl = got.url;
-          img.src = imageUrl;
-          img.alt = `Frame ${info.frame_number} of ${title.textContent}`;
-        }
+        const got = await picture(info.image, snap && snap.etag);
+        if (!got) return;
+        // A newer one may have been stored between the two reads: its boxes, not the older's.
+        if (got.etag !== info.etag) info = await api(`/api/v1/scenario/${uuid}/snapshot`);
+        if (got.etag !== info.etag) { URL.revokeObjectURL(got.url); return; }
+        if (imageUrl) URL.revokeObjectURL(imageUrl);
+        imageUrl = got.url;
+        img.src = imageUrl;
+        img.alt = `Frame ${info.frame_number} of ${title.textContent}`;
         snap = info;
         empty.hidden = true;
         caption.textContent = `Frame ${info.frame_number}, captured ${new Date(info.captured_at).toLocaleTimeString()}, ${info.detections.length} detection(s)`;
@@ -309,11 +311,9 @@ function scenarioPage(uuid) {
   editor.overlay = overlay;
   editor.stage = stage;
 
-  // Events: every one the stream sends, the newest 30 shown, each with its snapshot.
-  const events = [];
+  // Events: the last 30 and each new one, newest first, each with its snapshot.
+  const thumbs = new Map(); // row -> blob: URL
   function addEvent(e) {
-    events.unshift(e);
-    events.length = Math.min(events.length, 30);
     const where = e.zone ? `zone ${e.zone}` : e.line ? `line ${e.line}${e.direction ? ' (' + e.direction + ')' : ''}` : '';
     const thumb = el('img', { alt: `Snapshot of ${e.kind}`, width: 120, height: 90 });
     const li = el('li', { 'data-kind': e.kind },
@@ -322,9 +322,19 @@ function scenarioPage(uuid) {
         el('div', { class: 'muted' }, `${e.class || ''}${e.track_id != null ? ' #' + e.track_id : ''} · ${new Date(e.timestamp).toLocaleTimeString()}`,
           e.dwell_seconds != null ? ` · ${e.dwell_seconds.toFixed(1)} s` : '')));
     eventsList.prepend(li);
-    while (eventsList.children.length > 30) eventsList.lastChild.remove();
+    while (eventsList.children.length > 30) {
+      const gone = eventsList.lastChild;
+      if (thumbs.has(gone)) URL.revokeObjectURL(thumbs.get(gone));
+      thumbs.delete(gone);
+      gone.remove();
+    }
     picture(`/api/v1/scenario/${uuid}/events/${e.event_id}/snapshot.jpg?boxes=1`, null)
-      .then((p) => { if (p) thumb.src = p.url; })
+      .then((p) => {
+        if (!p) return;
+        if (!li.isConnected || ctl.signal.aborted) { URL.revokeObjectURL(p.url); return; }
+        thumbs.set(li, p.url);
+        thumb.src = p.url;
+      })
       .catch(() => { thumb.replaceWith(el('span', { class: 'muted' }, 'no picture')); });
     countsSoon();
   }
@@ -349,7 +359,7 @@ function scenarioPage(uuid) {
     onEvent: maybeRefreshPicture,
     onState: (s) => { streamState.textContent = `(${s})`; },
   });
-  follow(`/api/v1/scenario/${uuid}/events/stream`, {
+  follow(`/api/v1/scenario/${uuid}/events/stream?tail=30`, {
     signal: ctl.signal,
     onEvent: (ev) => { if (ev.event === 'scene_event') addEvent(JSON.parse(ev.data)); },
   });
@@ -358,6 +368,7 @@ function scenarioPage(uuid) {
       ctl.abort();
       timers.forEach(clearInterval);
       if (imageUrl) URL.revokeObjectURL(imageUrl);
+      thumbs.forEach((url) => URL.revokeObjectURL(url));
     },
   };
 }
@@ -378,7 +389,7 @@ function regionShape(r, w, h) {
     ? el('polyline', { class: cls, points: pts })
     : el('polygon', { class: cls, points: pts });
   return el('g', { 'data-region': `${r.kind}:${r.name || ''}` }, shape,
-    r.name ? el('text', { class: 'label', x: lx + 4, y: ly + 16 }, r.name) : null);
+    r.name ? el('text', { class: 'label', x: Math.min(lx + 4, w - 60), y: Math.min(ly + 16, h - 6) }, r.name) : null);
 }
 
 /** Totals per zone/line and class, and a line chart of each over the last minutes. */
@@ -403,10 +414,10 @@ function countsView(rows) {
     el('line', { class: 'axis', x1: P, y1: H - P, x2: W - P, y2: H - P }),
     el('text', { x: 2, y: P }, String(max)), el('text', { x: 2, y: H - P }, '0'),
     starts.length ? el('text', { x: P, y: H - 6 }, new Date(starts[0]).toLocaleTimeString()) : null,
-    ...[...series.values()].map((s) => el('polyline', {
+    ...[...series.values()].flatMap((s) => [el('polyline', {
       fill: 'none', stroke: colourOf(s.key), 'stroke-width': 2,
       points: starts.map((t, i) => `${x(i)},${y(s.buckets.get(t) || 0)}`).join(' '),
-    })));
+    }), ...starts.map((t, i) => el('circle', { cx: x(i), cy: y(s.buckets.get(t) || 0), r: 3, fill: colourOf(s.key) }))])));
   const legend = el('div', { class: 'legend' }, [...series.values()].map((s) =>
     el('span', {}, el('span', { class: 'swatch', style: { background: colourOf(s.key) } }), s.key.replace(/:/g, ' · '))));
   const table = el('table', { 'aria-label': 'Count totals' },
@@ -427,7 +438,7 @@ function countsView(rows) {
  * click each corner, then "Finish shape" (or Enter); lines: drag, or click both ends. The JSON
  * box does the same by keyboard.
  */
-function regionEditor() {
+function regionEditor(signal) {
   const ed = { onChange: () => {}, overlay: null, stage: null };
   let saved = { zones: [], lines: [], mask: [] };
   let work = null; // the edited copy
@@ -529,10 +540,13 @@ function regionEditor() {
     const d = drawing;
     if (d.kind === 'line') {
       if (d.points.length < 2 || (d.points[0][0] === d.points[1][0] && d.points[0][1] === d.points[1][1])) return;
-      work.lines = work.lines.filter((l) => l.name !== d.name).concat([{ name: d.name, points: d.points.slice(0, 2) }]);
+      // Redrawn under the same name: its other settings (classes) stay.
+      const old = work.lines.find((l) => l.name === d.name) || {};
+      work.lines = work.lines.filter((l) => l.name !== d.name).concat([{ ...old, name: d.name, points: d.points.slice(0, 2) }]);
     } else {
       if (d.points.length < 3) { status.textContent = 'A zone or mask needs at least three corners.'; return; }
-      if (d.kind === 'zone') work.zones = work.zones.filter((z) => z.name !== d.name).concat([{ name: d.name, polygon: d.points }]);
+      const old = work.zones.find((z) => z.name === d.name) || {};
+      if (d.kind === 'zone') work.zones = work.zones.filter((z) => z.name !== d.name).concat([{ ...old, name: d.name, polygon: d.points }]);
       else work.mask.push(d.points);
     }
     stopDrawing();
@@ -541,16 +555,16 @@ function regionEditor() {
   drawButton.addEventListener('click', () => (drawing ? stopDrawing() : startDrawing()));
   finish.addEventListener('click', () => drawing && complete());
   document.addEventListener('keydown', (e) => {
-    if (!drawing) return;
+    if (!drawing || ['INPUT', 'TEXTAREA', 'SELECT'].includes(e.target.tagName)) return;
     if (e.key === 'Escape') stopDrawing();
     if (e.key === 'Enter' && drawing.kind !== 'line') { e.preventDefault(); complete(); }
-  });
+  }, { signal });
   // Pointer events on the overlay (added once it is known).
   let dragStart = null;
   queueMicrotask(() => {
     const svg = ed.overlay;
     svg.addEventListener('pointerdown', (e) => {
-      if (!drawing) return;
+      if (!drawing || e.button !== 0) return;
       e.preventDefault();
       const p = point(e);
       if (drawing.kind === 'line') {

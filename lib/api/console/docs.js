@@ -10,7 +10,19 @@ document.getElementById('docs-token-save').addEventListener('click', () => token
 let spec = null;
 const resolve = (s) => {
   let seen = 0;
-  while (s && s.$ref && seen++ < 20) s = s.$ref.split('/').slice(1).reduce((o, k) => o[k], spec);
+  while (s && s.$ref && seen++ < 20) s = s.$ref.split('/').slice(1).reduce((o, k) => (o ? o[k] : undefined), spec);
+  if (s && s.allOf) {
+    // One schema of all the parts' fields, as a reader needs it.
+    const parts = s.allOf.map(resolve);
+    const merged = { ...s, type: 'object', properties: {}, required: [...(s.required || [])] };
+    delete merged.allOf;
+    for (const p of parts) {
+      Object.assign(merged.properties, p.properties || {});
+      merged.required.push(...(p.required || []));
+      if (!merged.description && p.description) merged.description = p.description;
+    }
+    return merged;
+  }
   return s || {};
 };
 
