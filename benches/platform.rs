@@ -438,7 +438,10 @@ async fn snapshots() {
         .flat_map(|n| scenarios.iter().map(move |s| (*s, n)))
         .map(|(s, n)| (s, snapshot(s, n).to_record_value()))
         .collect();
-    app.produce_signed(&app.settings.kafka.topic_snapshots.clone(), records).await;
+    // A few to a produce request: each is tens of KB and a request has the broker's size limit.
+    for chunk in records.chunks(10) {
+        app.produce_signed(&app.settings.kafka.topic_snapshots.clone(), chunk.to_vec()).await;
+    }
     let started = Instant::now();
     app.start_relay();
     let kept = SCENARIOS as i64 * (1 + PER_SCENARIO / 5);

@@ -369,3 +369,53 @@ async fn a_postgresql_restart_loses_nothing_and_streams_resume_without_gap_or_du
     );
     eprintln!("ready {ready_after:?} after the restart; POSTs: {statuses:?}");
 }
+
+/// Snapshots are stored once each and kept within their bounds (the latest periodic one, and
+/// the newest `inbox.snapshots_per_scenario` taken for events); an unsigned one is set aside
+/// without its picture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_stored_once_within_their_bounds_and_unsigned_ones_set_aside() {
+    let mut app = TestApp::spawn_with(|s| s.inbox.snapshots_per_scenario = 3).await;
+    let id = app.create_scenario("rtsp://cam/snapshots").await;
+    let snapshot = |frame: i64, for_event: bool| vap::events::Snapshot {
+        scenario_uuid: id,
+        frame_number: frame,
+        timestamp: chrono::Utc::now(),
+        width: 320,
+        height: 240,
+        frame_width: 640,
+        frame_height: 480,
+        detections: Vec::new(),
+        event_ids: if for_event { vec![uuid::Uuid::new_v4()] } else { Vec::new() },
+        jpeg: vec![0xFF, 0xD8, 0xFF, 0xE0, b'\n', 0],
+    };
+    // Frames 0..900: events on the even hundreds, periodic ones on the odd; each sent twice.
+    let sent: Vec<vap::events::Snapshot> = (0..10).map(|i| snapshot(i * 100, i % 2 == 0)).collect();
+    let records: Vec<(uuid::Uuid, Vec<u8>)> =
+        sent.iter().chain(sent.iter()).map(|s| (id, s.to_record_value())).collect();
+    let topic = app.settings.kafka.topic_snapshots.clone();
+    app.produce_signed(&topic, records).await;
+    app.produce_raw_to(&topic, vec![(id, snapshot(5_000, false).to_record_value(), None)]).await;
+    app.start_relay();
+    caught_up(&app).await;
+    let client = app.pool.get().await.unwrap();
+    let kept: Vec<(i64, bool)> = client
+        .query(
+            "SELECT frame_number, cardinality(event_ids) > 0 FROM scenario_snapshots ORDER BY frame_number",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(kept, vec![(400, true), (600, true), (800, true), (900, false)]);
+    let latest = app.get(&format!("/api/v1/scenario/{id}/snapshot")).await.json();
+    assert_eq!(latest["frame_number"], 900, "{latest}");
+    let set_aside = client
+        .query_one("SELECT reason, record_value IS NULL FROM dead_letters WHERE topic = $1", &[&topic])
+        .await
+        .unwrap();
+    let (reason, without_picture): (String, bool) = (set_aside.get(0), set_aside.get(1));
+    assert!(reason.starts_with("unsigned") && without_picture, "{reason}");
+}

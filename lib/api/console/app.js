@@ -87,8 +87,15 @@ function listPage() {
     }
   }
 
+  let drawn = '';
   function render(list) {
     last = list;
+    // Redrawn only when something changed, and focus kept: a keyboard user's place survives.
+    const key = JSON.stringify([list, showHidden, [...hidden]]);
+    if (key === drawn) return;
+    drawn = key;
+    const focused = document.activeElement && tbody.contains(document.activeElement)
+      ? document.activeElement.getAttribute('aria-label') : null;
     const shown = list.filter((s) => showHidden || !hidden.has(s.scenario_uuid));
     toggle.textContent = showHidden ? 'Hide hidden scenarios' : `Show hidden scenarios (${list.length - shown.length})`;
     toggle.setAttribute('aria-pressed', String(showHidden));
@@ -110,6 +117,7 @@ function listPage() {
         el('td', {}, el('div', { class: 'row' }, RUNNING.includes(s.status) ? stopButton : null, hideButton)));
     }));
     if (!shown.length) tbody.append(el('tr', {}, el('td', { colspan: heads.length, class: 'muted' }, 'No scenarios yet: add one below.')));
+    if (focused) [...tbody.querySelectorAll('button')].find((b) => b.getAttribute('aria-label') === focused)?.focus();
   }
 
   async function refresh() {
@@ -417,7 +425,7 @@ function countsView(rows) {
     ...[...series.values()].flatMap((s) => [el('polyline', {
       fill: 'none', stroke: colourOf(s.key), 'stroke-width': 2,
       points: starts.map((t, i) => `${x(i)},${y(s.buckets.get(t) || 0)}`).join(' '),
-    }), ...starts.map((t, i) => el('circle', { cx: x(i), cy: y(s.buckets.get(t) || 0), r: 3, fill: colourOf(s.key) }))])));
+    }), ...starts.map((t, i) => el('circle', { cx: x(i), cy: y(s.buckets.get(t) || 0), r: 3, fill: colourOf(s.key) }))]));
   const legend = el('div', { class: 'legend' }, [...series.values()].map((s) =>
     el('span', {}, el('span', { class: 'swatch', style: { background: colourOf(s.key) } }), s.key.replace(/:/g, ' · '))));
   const table = el('table', { 'aria-label': 'Count totals' },
@@ -492,14 +500,15 @@ function regionEditor(signal) {
 
   ed.load = (s) => {
     uuid = s.scenario_uuid;
-    const next = { zones: s.options.zones || [], lines: s.options.lines || [], mask: s.options.mask || [] };
-    const untouched = !work || !changed();
-    saved = clone(next);
-    if (untouched) { work = clone(next); renderList(); }
     const running = RUNNING.includes(s.status);
     drawButton.disabled = !running;
     save.hidden = !running;
     if (!running) status.textContent = 'Zones, lines and masks can change only while the scenario runs.';
+    const next = { zones: s.options.zones || [], lines: s.options.lines || [], mask: s.options.mask || [] };
+    if (work && JSON.stringify(next) === JSON.stringify(saved)) return;
+    const untouched = !work || !changed();
+    saved = clone(next);
+    if (untouched) { work = clone(next); renderList(); }
   };
 
   ed.shapes = () => {
