@@ -68,13 +68,13 @@ fn when_at(x: f64, first: bool) -> f64 {
 async fn read_event_stream(
     app: &TestApp,
     id: uuid::Uuid,
-    last_event_id: Option<&str>,
+    (last_event_id, query): (Option<&str>, &str),
     want: usize,
 ) -> Vec<(String, String)> {
     use http_body_util::{BodyExt, Full};
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<bytes::Bytes>>();
-    let mut req = hyper::Request::get(format!("{}/api/v1/scenario/{id}/events/stream", app.base));
+    let mut req = hyper::Request::get(format!("{}/api/v1/scenario/{id}/events/stream{query}", app.base));
     if let Some(last) = last_event_id {
         req = req.header("last-event-id", last);
     }
@@ -122,7 +122,7 @@ async fn a_walk_across_a_line_into_a_zone_and_back_gives_the_true_events_once_ea
             app.wait_for_status(id, "inactive", Duration::from_secs(120)).await;
         }
     };
-    let (live, ()) = tokio::join!(read_event_stream(&app, first, None, 4), both_done);
+    let (live, ()) = tokio::join!(read_event_stream(&app, first, (None, ""), 4), both_done);
     let scenario = app.scenario(first).await;
     assert_eq!(scenario["options"]["lines"][0]["name"], "middle", "{scenario}");
 
@@ -180,8 +180,11 @@ async fn a_walk_across_a_line_into_a_zone_and_back_gives_the_true_events_once_ea
     // The stream sent the same events, in the same order; resumed after the second, the rest.
     let kinds: Vec<&str> = live.iter().map(|(_, k)| k.as_str()).collect();
     assert_eq!(kinds, seen.iter().map(|(k, _)| *k).collect::<Vec<_>>());
-    let resumed = read_event_stream(&app, first, Some(&live[1].0), 2).await;
-    assert_eq!(resumed, live[2..].to_vec());
+    let resumed = read_event_stream(&app, first, (Some(&live[1].0), "?tail=4"), 2).await;
+    assert_eq!(resumed, live[2..].to_vec(), "a resume wins over tail");
+    // A new client asking for the last one gets it first (the console starts so).
+    let last = read_event_stream(&app, first, (None, "?tail=1"), 1).await;
+    assert_eq!(last, live[3..].to_vec());
 
     // Counts, computed by PostgreSQL: summed over buckets (the clip may straddle one).
     let counts = app.get(&format!("/api/v1/scenario/{first}/counts?bucket=1m")).await.json();

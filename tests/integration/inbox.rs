@@ -400,10 +400,7 @@ async fn snapshots_are_stored_once_within_their_bounds_and_unsigned_ones_set_asi
     caught_up(&app).await;
     let client = app.pool.get().await.unwrap();
     let kept: Vec<(i64, bool)> = client
-        .query(
-            "SELECT frame_number, cardinality(event_ids) > 0 FROM scenario_snapshots ORDER BY frame_number",
-            &[],
-        )
+        .query("SELECT frame_number, cardinality(event_ids) > 0 FROM scenario_snapshots ORDER BY frame_number", &[])
         .await
         .unwrap()
         .iter()
