@@ -326,6 +326,25 @@ pub async fn shutdown_scenario(state: &Arc<AppState>, id: &str) -> Result<Respon
     }
 }
 
+/// `DELETE /api/v1/scenario/{uuid}`: a finished scenario and everything stored of it.
+pub async fn delete_scenario(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
+    let uuid = parse_uuid(id)?;
+    match scenarios::delete(&state.pool, uuid).await? {
+        scenarios::Deletion::Deleted => {
+            tracing::info!(scenario_uuid = %uuid, "scenario deleted with its results, events and snapshots");
+            Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(http_body_util::Full::new(bytes::Bytes::new()).boxed())
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        }
+        scenarios::Deletion::Running(status) => Err(ApiError::Conflict(format!(
+            "scenario {uuid} is {}; shut it down first (POST /api/v1/scenario/{uuid}/shutdown)",
+            status.as_str()
+        ))),
+        scenarios::Deletion::NotFound => Err(ApiError::ScenarioNotFound(uuid)),
+    }
+}
+
 /// A scenario's scene events in the order they were stored: `kind`, `since`/`until` (RFC 3339,
 /// on the event's time), `limit`, and `cursor` (the last page's `next_cursor`).
 pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
@@ -456,8 +475,14 @@ pub async fn prediction(state: &Arc<AppState>, id: &str, query: Option<&str>) ->
     let after = int_param(&pairs, "after_frame", -1, i64::MAX)?.unwrap_or(-1);
     let limit = int_param(&pairs, "limit", 1, state.settings.prediction_page_max)?
         .unwrap_or(state.settings.prediction_page_default);
+    let range = results::TimeRange { since: time_param(&pairs, "since")?, until: time_param(&pairs, "until")? };
+    if let (Some(since), Some(until)) = (range.since, range.until) {
+        if since >= until {
+            return Err(ApiError::bad("invalid_parameter", "since must be before until"));
+        }
+    }
     let scenario = scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
-    let rows = results::page(&state.pool, uuid, after, limit).await?;
+    let rows = results::page_in(&state.pool, uuid, after, limit, range).await?;
     let next = if rows.len() as i64 == limit { rows.last().map(|r| r.frame_number) } else { None };
     let list: Vec<Value> = rows.iter().map(result_json).collect();
     Ok(json_response(

@@ -269,7 +269,7 @@ impl Route {
     fn allowed(&self) -> (&'static [Method], &'static str) {
         match self {
             Route::InitScenario | Route::Shutdown(_) => (&[Method::POST], "POST"),
-            Route::GetScenario(_) => (&[Method::GET, Method::PATCH], "GET, HEAD, PATCH"),
+            Route::GetScenario(_) => (&[Method::GET, Method::PATCH, Method::DELETE], "GET, HEAD, PATCH, DELETE"),
             _ => (&[Method::GET], "GET, HEAD"),
         }
     }
@@ -282,7 +282,7 @@ impl Route {
             Route::Console | Route::ConsoleAsset(_) => None,
             Route::Health | Route::Ready | Route::OpenApi | Route::Docs => None,
             Route::Metrics if settings.metrics_public => None,
-            _ if matches!(*method, Method::POST | Method::PATCH) => Some(handlers::Scope::Operate),
+            _ if matches!(*method, Method::POST | Method::PATCH | Method::DELETE) => Some(handlers::Scope::Operate),
             _ => Some(handlers::Scope::Read),
         }
     }
@@ -353,6 +353,7 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -
         Route::ListScenarios => handlers::list_scenarios(state, req.uri().query()).await,
         Route::Models => Ok(handlers::models(state)),
         Route::GetScenario(id) if req.method() == Method::PATCH => handlers::patch_scenario(state, &id, req).await,
+        Route::GetScenario(id) if req.method() == Method::DELETE => handlers::delete_scenario(state, &id).await,
         Route::GetScenario(id) => handlers::get_scenario(state, &id).await,
         Route::Shutdown(id) => handlers::shutdown_scenario(state, &id).await,
         Route::Prediction(id) => handlers::prediction(state, &id, req.uri().query()).await,

@@ -20,14 +20,43 @@ pub struct StoredResult {
 
 /// Frames of a scenario after `after_frame`, in frame order.
 pub async fn page(pool: &Pool, scenario: Uuid, after_frame: i64, limit: i64) -> Result<Vec<StoredResult>, DbError> {
+    page_in(pool, scenario, after_frame, limit, TimeRange::default()).await
+}
+
+/// Capture times `[since, until)`; either end may be open.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimeRange {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// A page of results after `after_frame`, in frame order, captured within `range`. A
+/// scenario's frames number its capture times in order, so the range is first turned into
+/// frame bounds (index `scenario_results_by_time`), and the page is a plain primary-key range.
+pub async fn page_in(
+    pool: &Pool,
+    scenario: Uuid,
+    after_frame: i64,
+    limit: i64,
+    range: TimeRange,
+) -> Result<Vec<StoredResult>, DbError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT frame_number, captured_at, detections, extra FROM scenario_results
-              WHERE scenario_uuid = $1 AND frame_number > $2 ORDER BY frame_number LIMIT $3",
+            "WITH lo AS (SELECT frame_number FROM scenario_results
+                          WHERE scenario_uuid = $1 AND $4::timestamptz IS NOT NULL AND captured_at >= $4
+                          ORDER BY captured_at, frame_number LIMIT 1),
+                  hi AS (SELECT frame_number FROM scenario_results
+                          WHERE scenario_uuid = $1 AND $5::timestamptz IS NOT NULL AND captured_at < $5
+                          ORDER BY captured_at DESC, frame_number DESC LIMIT 1)
+             SELECT frame_number, captured_at, detections, extra FROM scenario_results
+              WHERE scenario_uuid = $1 AND frame_number > $2
+                AND ($4::timestamptz IS NULL OR (frame_number >= (SELECT frame_number FROM lo) AND captured_at >= $4))
+                AND ($5::timestamptz IS NULL OR (frame_number <= (SELECT frame_number FROM hi) AND captured_at < $5))
+              ORDER BY frame_number LIMIT $3",
         )
         .await?;
-    let rows = client.query(&stmt, &[&scenario, &after_frame, &limit]).await?;
+    let rows = client.query(&stmt, &[&scenario, &after_frame, &limit, &range.since, &range.until]).await?;
     Ok(rows
         .iter()
         .map(|r| StoredResult { frame_number: r.get(0), timestamp: r.get(1), detections: r.get(2), extra: r.get(3) })

@@ -268,6 +268,36 @@ pub async fn request_shutdown(pool: &Pool, uuid: Uuid) -> Result<Shutdown, DbErr
 }
 
 #[derive(Debug)]
+pub enum Deletion {
+    Deleted,
+    /// Not finished: it must be shut down first.
+    Running(ScenarioStatus),
+    NotFound,
+}
+
+/// Deletes a finished scenario and everything stored of it: results, events (and their webhook
+/// deliveries), snapshots, its worker row and idempotency keys (by cascade), its outbox rows,
+/// and records set aside for it. Late records of its runner are then refused as unknown.
+pub async fn delete(pool: &Pool, uuid: Uuid) -> Result<Deletion, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(row) = tx.query_opt("SELECT status FROM scenarios WHERE scenario_uuid = $1 FOR UPDATE", &[&uuid]).await?
+    else {
+        return Ok(Deletion::NotFound);
+    };
+    let status = ScenarioStatus::parse(row.get(0)).unwrap_or(ScenarioStatus::Failed);
+    if !status.is_finished() {
+        return Ok(Deletion::Running(status));
+    }
+    tx.execute("DELETE FROM outbox WHERE scenario_uuid = $1", &[&uuid]).await?;
+    tx.execute("DELETE FROM dead_letters WHERE record_key = convert_to($1::text, 'UTF8')", &[&uuid.to_string()])
+        .await?;
+    tx.execute("DELETE FROM scenarios WHERE scenario_uuid = $1", &[&uuid]).await?;
+    tx.commit().await?;
+    Ok(Deletion::Deleted)
+}
+
+#[derive(Debug)]
 pub enum OptionsChange<E> {
     /// Stored with an `update_scenario` event, revision incremented.
     Changed(Scenario),

@@ -137,8 +137,11 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
     let r = app.get(init).await;
     assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "POST");
     assert_eq!(r.headers["allow"], "POST");
+    let r = app.request(Method::PUT, "/api/v1/scenario/6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10", &[], "").await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "PUT");
+    assert_eq!(r.headers["allow"], "GET, HEAD, PATCH, DELETE");
     let r = app.request(Method::DELETE, "/api/v1/scenario/6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10", &[], "").await;
-    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "DELETE");
+    assert_error(&r, StatusCode::NOT_FOUND, "scenario_not_found", "not found");
 
     for path in [
         "/api/v1/scenario/not-a-uuid",

@@ -416,3 +416,151 @@ async fn snapshots_are_stored_once_within_their_bounds_and_unsigned_ones_set_asi
     let (reason, without_picture): (String, bool) = (set_aside.get(0), set_aside.get(1));
     assert!(reason.starts_with("unsigned") && without_picture, "{reason}");
 }
+
+/// A finished scenario is deleted with everything stored of it (results, events, snapshots,
+/// records set aside), only by an operate token and only once it is at rest; its runner's late
+/// records are then refused as of an unknown scenario, and the other scenario is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_scenario_is_deleted_with_everything_stored_of_it() {
+    let mut app = TestApp::spawn_with(|s| {
+        s.api.auth_token = vap::config::Secret::new("operate");
+        s.api.read_token = vap::config::Secret::new("read");
+    })
+    .await;
+    let (operator, reader) =
+        (common::ApiClient::with_token(&app.base, "operate"), common::ApiClient::with_token(&app.base, "read"));
+    let create = |name: &'static str| {
+        let operator = &operator;
+        async move {
+            let r = operator.post_json("/api/v1/scenario/init", &serde_json::json!({"camera_url": name})).await;
+            r.json()["scenario_uuid"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
+        }
+    };
+    let (gone, kept) = (create("rtsp://cam/gone").await, create("rtsp://cam/kept").await);
+    async fn delete(client: &common::ApiClient, id: uuid::Uuid) -> common::Response {
+        client.request(hyper::Method::DELETE, &format!("/api/v1/scenario/{id}"), &[], Bytes::new()).await
+    }
+    let running = delete(&operator, gone).await;
+    assert_eq!(running.status, StatusCode::CONFLICT, "{}", running.text);
+    assert!(running.text.contains("shut it down first"), "{}", running.text);
+
+    let event = |id: uuid::Uuid, frame: i64| {
+        let kind = vap::events::SceneEventKind::CameraOffline;
+        serde_json::to_vec(&vap::events::SceneEvent {
+            event_id: vap::events::SceneEvent::id_for(id, kind, "", None, frame),
+            scenario_uuid: id,
+            kind,
+            frame_number: frame,
+            timestamp: chrono::Utc::now(),
+            zone: None,
+            line: None,
+            direction: None,
+            track_id: None,
+            class: None,
+            dwell_seconds: None,
+            detail: Some("lost".into()),
+        })
+        .unwrap()
+    };
+    let snapshot = |id: uuid::Uuid| vap::events::Snapshot {
+        scenario_uuid: id,
+        frame_number: 3,
+        timestamp: chrono::Utc::now(),
+        width: 32,
+        height: 24,
+        frame_width: 32,
+        frame_height: 24,
+        detections: Vec::new(),
+        event_ids: Vec::new(),
+        jpeg: vec![0xFF, 0xD8, 0xFF, 0xE0],
+    };
+    let end = |id: uuid::Uuid| {
+        serde_json::to_vec(&serde_json::json!({
+            "scenario_uuid": id, "timestamp": chrono::Utc::now(), "end_of_stream": "finished", "frames_analysed": 3,
+        }))
+        .unwrap()
+    };
+    for id in [gone, kept] {
+        app.produce_results((0..3).map(|f| (id, result_json(id, f))).chain([(id, end(id))]).collect()).await;
+        app.produce_signed(&app.settings.kafka.topic_events.clone(), vec![(id, event(id, 1))]).await;
+        app.produce_signed(&app.settings.kafka.topic_snapshots.clone(), vec![(id, snapshot(id).to_record_value())])
+            .await;
+    }
+    // One record of each set aside (unsigned).
+    app.produce_raw(vec![(gone, result_json(gone, 9), None), (kept, result_json(kept, 9), None)]).await;
+    app.start_relay();
+    for id in [gone, kept] {
+        operator.wait_for_status(id, "inactive", Duration::from_secs(30)).await;
+    }
+    caught_up(&app).await;
+    let held = |id: uuid::Uuid| {
+        let app = &app;
+        async move {
+            let count = |table: &str| format!("SELECT count(*) FROM {table} WHERE scenario_uuid = '{id}'");
+            [
+                app.scalar(&count("scenario_results")).await,
+                app.scalar(&count("scenario_events")).await,
+                app.scalar(&count("scenario_snapshots")).await,
+                app.scalar(&format!("SELECT count(*) FROM dead_letters WHERE record_key = convert_to('{id}', 'UTF8')"))
+                    .await,
+            ]
+        }
+    };
+    assert_eq!(held(gone).await, [3, 1, 1, 1]);
+
+    assert_eq!(delete(&reader, gone).await.status, StatusCode::FORBIDDEN);
+    let deleted = delete(&operator, gone).await;
+    assert_eq!((deleted.status, deleted.text.as_str()), (StatusCode::NO_CONTENT, ""));
+    assert_eq!(held(gone).await, [0, 0, 0, 0]);
+    assert_eq!(held(kept).await, [3, 1, 1, 1], "the other scenario keeps everything");
+    for path in [format!("/api/v1/scenario/{gone}"), format!("/api/v1/prediction/{gone}")] {
+        assert_eq!(operator.get(&path).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    assert_eq!(delete(&operator, gone).await.status, StatusCode::NOT_FOUND);
+    // Its runner's late record: refused as of a scenario this database does not know.
+    app.produce_raw(vec![(gone, result_json(gone, 10), None)]).await;
+    caught_up(&app).await;
+    assert_eq!(held(gone).await[0], 0);
+    assert_eq!(app.scalar(&format!("SELECT count(*) FROM scenarios WHERE scenario_uuid = '{gone}'")).await, 0);
+}
+
+/// Predictions by capture time: `since` (inclusive) and `until` (exclusive), paged on with
+/// `after_frame` like the rest; bad or empty ranges are a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictions_are_served_by_capture_time_range_page_by_page() {
+    let mut app = TestApp::spawn().await;
+    let id = app.create_scenario("rtsp://cam/by-time").await;
+    let at = |i: i64| format!("2026-06-01T00:00:{i:02}Z");
+    let records = (0..10)
+        .map(|i| {
+            let v = serde_json::json!({"scenario_uuid": id, "frame_number": i * 1000, "timestamp": at(i), "detections": []});
+            (id, serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    app.produce_results(records).await;
+    app.start_relay();
+    caught_up(&app).await;
+    let mut frames = Vec::new();
+    let mut after = -1;
+    loop {
+        let page = app
+            .get(&format!("/api/v1/prediction/{id}?since={}&until={}&limit=2&after_frame={after}", at(3), at(7)))
+            .await
+            .json();
+        frames.extend(page["results"].as_array().unwrap().iter().map(|r| r["frame_number"].as_i64().unwrap()));
+        match page["next_after_frame"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(frames, vec![3000, 4000, 5000, 6000]);
+    let open_ended = app.get(&format!("/api/v1/prediction/{id}?since={}", at(8))).await.json();
+    assert_eq!(open_ended["results"].as_array().unwrap().len(), 2);
+    let before = app.get(&format!("/api/v1/prediction/{id}?until={}", at(1))).await.json();
+    assert_eq!(before["results"][0]["frame_number"], 0);
+    assert_eq!(before["results"].as_array().unwrap().len(), 1);
+    for query in [format!("since={}&until={}", at(5), at(5)), "since=yesterday".to_string()] {
+        let r = app.get(&format!("/api/v1/prediction/{id}?{query}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}: {}", r.text);
+    }
+}

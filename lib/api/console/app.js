@@ -88,6 +88,21 @@ function listPage() {
   }
 
   let drawn = '';
+  async function remove(s, button) {
+    if (!window.confirm(`Delete ${nameOf(s)} with all its results, events and snapshots? This cannot be undone.`)) return;
+    button.disabled = true;
+    try {
+      await api(`/api/v1/scenario/${s.scenario_uuid}`, { method: 'DELETE' });
+      hidden.delete(s.scenario_uuid);
+      saveHidden();
+      error.textContent = '';
+      refresh();
+    } catch (e) {
+      error.textContent = `Deleting ${nameOf(s)}: ${wording(e)}`;
+      button.disabled = false;
+    }
+  }
+
   function render(list) {
     last = list;
     // Redrawn only when something changed, and focus kept: a keyboard user's place survives.
@@ -103,6 +118,9 @@ function listPage() {
       const isHidden = hidden.has(s.scenario_uuid);
       const stopButton = el('button', { type: 'button', class: 'danger', 'aria-label': `Stop ${nameOf(s)}` }, 'Stop');
       stopButton.addEventListener('click', () => stop(s, stopButton));
+      const finished = ['inactive', 'failed'].includes(s.status);
+      const deleteButton = el('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${nameOf(s)}` }, 'Delete');
+      deleteButton.addEventListener('click', () => remove(s, deleteButton));
       const hideButton = el('button', { type: 'button', 'aria-label': `${isHidden ? 'Unhide' : 'Hide'} ${nameOf(s)}`,
         onclick: () => { isHidden ? hidden.delete(s.scenario_uuid) : hidden.add(s.scenario_uuid); saveHidden(); render(last); } },
       isHidden ? 'Unhide' : 'Hide');
@@ -114,7 +132,7 @@ function listPage() {
         el('td', {}, age(s.health.last_frame_at)),
         el('td', {}, workerText(s.worker)),
         el('td', { class: 'num' }, s.worker ? s.worker.restarts : '—'),
-        el('td', {}, el('div', { class: 'row' }, RUNNING.includes(s.status) ? stopButton : null, hideButton)));
+        el('td', {}, el('div', { class: 'row' }, RUNNING.includes(s.status) ? stopButton : null, finished ? deleteButton : null, hideButton)));
     }));
     if (!shown.length) tbody.append(el('tr', {}, el('td', { colspan: heads.length, class: 'muted' }, 'No scenarios yet: add one below.')));
     if (focused) [...tbody.querySelectorAll('button')].find((b) => b.getAttribute('aria-label') === focused)?.focus();
