@@ -1,7 +1,7 @@
 //! Platform benchmarks, each beside its baseline in the same run. Run:
 //!
 //!     cargo bench --bench platform            # all
-//!     cargo bench --bench platform -- api     # one of: api, relay, inbox, events, snapshots
+//!     cargo bench --bench platform -- api     # one of: api, relay, inbox, relays, events, snapshots
 //!
 //! Needs `wrk` (Debian package) for the HTTP load. Figures go to docs/BENCHMARKS.md.
 
@@ -43,6 +43,9 @@ fn main() {
         }
         if want("inbox") {
             inbox().await;
+        }
+        if want("relays") {
+            relays().await;
         }
         if want("events") {
             events().await;
@@ -309,6 +312,58 @@ async fn inbox() {
     println!("  inbox (fetch + parse + store + position, one tx per batch): {inbox_rps:>8.0} results/s");
     println!("  baseline: broker fetch only                               : {fetch_rps:>8.0} records/s");
     println!("  baseline: PostgreSQL unnest INSERT only                   : {raw_rps:>8.0} rows/s");
+}
+
+/// The inbox with its partitions shared: the same pre-produced results stored by one relay,
+/// then (a fresh database) by two that divide the partitions, each timed from its start.
+async fn relays() {
+    const FRAMES: i64 = 8_000;
+    println!("\n== inbox shared by relays: results pre-produced on every partition, Kafka -> PostgreSQL");
+    let mut rates = Vec::new();
+    for relays in [1, 2] {
+        let mut app = TestApp::spawn_with(|s| s.log.level = "warn".into()).await;
+        // Two scenarios per partition, so every partition carries the same load.
+        let partitions = app.settings.kafka.partitions;
+        let mut per_partition = std::collections::HashMap::<i32, usize>::new();
+        let mut scenarios = Vec::new();
+        while scenarios.len() < 2 * partitions as usize {
+            let s = app.create_scenario(&format!("rtsp://cam/{}", scenarios.len())).await;
+            let n =
+                per_partition.entry(vap::kafka::partition_for_key(s.to_string().as_bytes(), partitions)).or_default();
+            if *n < 2 {
+                *n += 1;
+                scenarios.push(s);
+            }
+        }
+        let total = FRAMES * scenarios.len() as i64;
+        let records: Vec<_> =
+            (0..FRAMES).flat_map(|f| scenarios.iter().map(move |s| (*s, result_json(*s, f)))).collect();
+        app.produce_results(records).await;
+        let started = Instant::now();
+        for _ in 0..relays {
+            app.start_relay();
+        }
+        eventually(Duration::from_secs(600), "all results stored", || async {
+            (app.scalar("SELECT count(*) FROM scenario_results").await == total).then_some(())
+        })
+        .await;
+        let rate = total as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "  {relays} relay(s): {total} results in {:.1} s: {rate:>8.0} results/s",
+            started.elapsed().as_secs_f64()
+        );
+        rates.push(rate);
+        if relays == 1 {
+            // What a stored result costs on disk (table, TOAST and indexes), at one detection each.
+            let bytes = app.scalar("SELECT pg_total_relation_size('scenario_results')").await;
+            let per = bytes as f64 / total as f64;
+            println!(
+                "  storage: {per:.0} bytes per result (one detection); {:.1} MB per camera-hour at 2 fps",
+                per * 7_200.0 / 1e6
+            );
+        }
+    }
+    println!("  two relays / one: {:.2}x", rates[1] / rates[0]);
 }
 
 /// Scene events, Kafka `events` -> `scenario_events` (checked, stored once, the position in the

@@ -1,5 +1,6 @@
-# vap-relay on Nomad: outbox -> Kafka and Kafka results -> PostgreSQL. Two for availability: they
-# share the outbox with SKIP LOCKED and store each result once (docs/ARCHITECTURE.md).
+# vap-relay on Nomad: outbox -> Kafka and Kafka results -> PostgreSQL. Two for availability and
+# inbox capacity: they share the outbox with SKIP LOCKED, divide the inbox's partitions with
+# advisory locks, and store each result once (docs/ARCHITECTURE.md).
 
 variable "artifact_url" { type = string }
 variable "artifact_checksum" { type = string }

@@ -229,6 +229,11 @@ pub struct InboxSettings {
     /// Snapshots of events kept per scenario (the oldest go first); besides them only the
     /// latest periodic one is kept.
     pub snapshots_per_scenario: i64,
+    /// Divide the partitions among the relays running (advisory locks); false: every relay
+    /// reads every partition (positions still store each record once).
+    pub share_partitions: bool,
+    /// How often a relay re-divides: a relay that died loses its partitions within about this.
+    pub rebalance_interval_ms: u64,
 }
 
 /// vap-orchestrator: placement of one runner per scenario.
@@ -513,6 +518,8 @@ impl Default for InboxSettings {
             fetch_max_wait_ms: 200,
             batch_max_records: 2_000,
             snapshots_per_scenario: 200,
+            share_partitions: true,
+            rebalance_interval_ms: 1_000,
         }
     }
 }
@@ -710,6 +717,9 @@ impl Settings {
         }
         if self.inbox.batch_max_records == 0 {
             return bad("inbox.batch_max_records", "must be at least 1");
+        }
+        if self.inbox.rebalance_interval_ms < 100 {
+            return bad("inbox.rebalance_interval_ms", "must be at least 100");
         }
         if self.api.prediction_page_default < 1 || self.api.prediction_page_default > self.api.prediction_page_max {
             return bad("api.prediction_page_default", "must be between 1 and api.prediction_page_max");

@@ -1,7 +1,10 @@
 //! A Kafka consumer that keeps its positions in PostgreSQL: one task per partition reads from
 //! its stored position, and the handler stores what it read and the new position in one
 //! transaction (`db::positions::advance`). Redelivered or duplicated records have one effect,
-//! and a crash never loses or doubles one. Used by the inbox and the orchestrator.
+//! and a crash never loses or doubles one. Used by the inbox (its partitions [shared](share)
+//! among relays) and the orchestrator's leader.
+
+mod share;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +33,19 @@ pub trait RecordHandler: Send + Sync + 'static {
 
     /// Called after each fetch with how far the partition's end is ahead of the position.
     fn fetched(&self, _topic: &str, _partition: i32, _lag: i64) {}
+
+    /// Called when this process's share of `topic` changes, with how many partitions it holds.
+    fn held(&self, _topic: &str, _partitions: usize) {}
+}
+
+/// Which partitions of a topic this process consumes.
+#[derive(Debug, Clone)]
+pub enum Share {
+    /// All of them: the only process running the consumer (the orchestrator's leader).
+    All,
+    /// Those that fall to it among the processes running the same consumer, agreed through
+    /// advisory locks on a connection of its own and re-divided every `every`.
+    Divided { database: crate::config::DatabaseSettings, every: Duration },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -47,13 +63,17 @@ pub struct PositionedConsumer<H> {
     pub kafka: Arc<KafkaLink>,
     pub limits: FetchLimits,
     pub handler: H,
+    pub share: Share,
 }
 
 impl<H: RecordHandler> PositionedConsumer<H> {
-    /// Consumes every partition of `topic` until `stop`. Waits for the broker first.
+    /// Consumes its share of the partitions of `topic` until `stop`. Waits for the broker first.
     pub async fn run(self: Arc<Self>, topic: String, stop: CancellationToken) -> Result<(), TaskFailed> {
         let Some(partitions) = self.kafka.wait_for_topic(&topic, &stop).await else { return Ok(()) };
         tracing::info!(consumer = self.name, topic, partitions = partitions.len(), "consuming");
+        if let Share::Divided { database, every } = self.share.clone() {
+            return self.run_divided(topic, partitions, &database, every, stop).await;
+        }
         let mut tasks = OwnedTasks::new(&stop);
         for partition in partitions {
             let (this, topic, token) = (Arc::clone(&self), topic.clone(), tasks.token());

@@ -3,13 +3,14 @@
 //! or duplicated record is stored once and a crash never loses or doubles one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use rskafka::record::RecordAndOffset;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::InboxSettings;
-use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler};
+use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler, Share};
 use crate::db::positions::Advance;
 use crate::db::results::{self, Batch, DeadLetter, Stored};
 use crate::db::DbError;
@@ -29,6 +30,8 @@ pub struct Inbox {
     pub metrics: Arc<Metrics>,
     /// `webhooks.url`: every new event is queued for it (empty: none).
     pub global_webhook: String,
+    /// Where the share's session connects (with `settings.share_partitions`).
+    pub database: crate::config::DatabaseSettings,
 }
 
 impl Inbox {
@@ -42,12 +45,18 @@ impl Inbox {
             max_wait_ms: s.fetch_max_wait_ms,
             batch_max_records: s.batch_max_records,
         };
+        let share = if s.share_partitions {
+            Share::Divided { database: self.database, every: Duration::from_millis(s.rebalance_interval_ms) }
+        } else {
+            Share::All
+        };
         let results = PositionedConsumer {
             name: CONSUMER,
             pool: self.pool.clone(),
             kafka: Arc::clone(&self.kafka),
             limits,
             handler: StoreResults { pool: self.pool.clone(), metrics: Arc::clone(&self.metrics) },
+            share: share.clone(),
         };
         let events = PositionedConsumer {
             name: CONSUMER,
@@ -59,6 +68,7 @@ impl Inbox {
                 metrics: Arc::clone(&self.metrics),
                 global_webhook: self.global_webhook,
             },
+            share: share.clone(),
         };
         let snapshots_topic = self.kafka.settings().topic_snapshots.clone();
         let snapshots = PositionedConsumer {
@@ -68,6 +78,7 @@ impl Inbox {
             // Snapshots are large: fewer to a transaction.
             limits: FetchLimits { batch_max_records: s.batch_max_records.min(50), ..limits },
             handler: StoreSnapshots { pool: self.pool, metrics: self.metrics, keep: s.snapshots_per_scenario },
+            share,
         };
         let (a, b, c) = tokio::join!(
             Arc::new(results).run(results_topic, shutdown.clone()),
@@ -118,6 +129,10 @@ impl RecordHandler for StoreResults {
 
     fn fetched(&self, topic: &str, partition: i32, lag: i64) {
         lag_metric(&self.metrics, topic, partition, lag);
+    }
+
+    fn held(&self, topic: &str, partitions: usize) {
+        held_metric(&self.metrics, topic, partitions);
     }
 }
 
@@ -265,6 +280,10 @@ impl RecordHandler for StoreEvents {
     fn fetched(&self, topic: &str, partition: i32, lag: i64) {
         lag_metric(&self.metrics, topic, partition, lag);
     }
+
+    fn held(&self, topic: &str, partitions: usize) {
+        held_metric(&self.metrics, topic, partitions);
+    }
 }
 
 /// `snapshots` -> `scenario_snapshots`, checked like results.
@@ -322,6 +341,19 @@ impl RecordHandler for StoreSnapshots {
     fn fetched(&self, topic: &str, partition: i32, lag: i64) {
         lag_metric(&self.metrics, topic, partition, lag);
     }
+
+    fn held(&self, topic: &str, partitions: usize) {
+        held_metric(&self.metrics, topic, partitions);
+    }
+}
+
+fn held_metric(metrics: &Metrics, topic: &str, partitions: usize) {
+    metrics.set(
+        "vap_inbox_partitions_held",
+        "Partitions of the topic this relay stores, its share among the relays running.",
+        &[("topic", topic)],
+        partitions as f64,
+    );
 }
 
 fn lag_metric(metrics: &Metrics, topic: &str, partition: i32, lag: i64) {

@@ -56,6 +56,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             settings: settings.inbox.clone(),
             metrics: Arc::clone(&metrics),
             global_webhook: settings.webhooks.url.clone(),
+            database: settings.database.clone(),
         };
         tasks.spawn_fallible("inbox", inbox.run(tasks.token()));
         let policy = crate::destination::DestinationPolicy::from_settings(&settings.destinations)

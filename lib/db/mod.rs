@@ -4,6 +4,7 @@
 
 pub mod migrate;
 pub mod outbox;
+pub mod partition_locks;
 pub mod positions;
 pub mod results;
 pub mod scenarios;
@@ -30,6 +31,8 @@ pub enum DbError {
     Build(#[from] deadpool_postgres::BuildError),
     #[error("migration {name}: {source}")]
     Migration { name: &'static str, source: tokio_postgres::Error },
+    #[error("database: no answer in time")]
+    Timeout,
 }
 
 impl DbError {

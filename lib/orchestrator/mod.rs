@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{OrchestratorSettings, SaslMechanism, Secret, Settings};
-use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler};
+use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler, Share};
 use crate::db;
 use crate::db::positions::Advance;
 use crate::db::workers::{self, WorkerStatus};
@@ -202,6 +202,8 @@ impl Orchestrator {
             pool: self.pool.clone(),
             kafka: Arc::clone(&self.kafka),
             limits: FetchLimits { max_bytes: 1_000_000, max_wait_ms: 500, batch_max_records: usize::MAX },
+            // Only the leader consumes, so it takes every partition.
+            share: Share::All,
             handler: ApplyEvents {
                 pool: self.pool.clone(),
                 metrics: Arc::clone(&self.metrics),

@@ -58,6 +58,16 @@ pub struct TestApp {
     pub shutdown: CancellationToken,
     api_done: Option<tokio::task::JoinHandle<Result<(), vap::tasks::TaskFailed>>>,
     relays: Vec<CancellationToken>,
+    _analysis_turn: Option<tokio::sync::SemaphorePermit<'static>>,
+}
+
+/// Tests that analyse video take turns: on 2 cores two of them (or one beside a browser) slow
+/// each other's runners until live frames are skipped and waits run out. The other test
+/// thread still runs the rest of the suite.
+static ANALYSIS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+pub async fn analysis_turn() -> tokio::sync::SemaphorePermit<'static> {
+    ANALYSIS.acquire().await.expect("never closed")
 }
 
 pub struct Response {
@@ -225,13 +235,16 @@ impl TestApp {
             shutdown,
             api_done: Some(running.done),
             relays: Vec::new(),
+            _analysis_turn: None,
         }
     }
 
     /// An app whose API accepts file paths, with the relay (outbox + inbox) running in-process:
     /// what runner and orchestrator tests need.
     pub async fn spawn_for_runners() -> Self {
+        let turn = analysis_turn().await;
         let mut app = Self::spawn_with(|s| s.api.allow_file_urls = true).await;
+        app._analysis_turn = Some(turn);
         app.start_relay();
         app
     }

@@ -33,6 +33,7 @@ async fn a_person_adds_a_camera_sees_boxes_draws_a_line_sees_it_count_and_stops_
         "playwright-core under {} and /usr/bin/chromium (VAP_SETUP_TESTS=1 scripts/setup installs both)",
         playwright.display()
     );
+    let _turn = common::analysis_turn().await;
     let mut app = TestApp::spawn_with(|s| s.api.auth_token = vap::config::Secret::new(TOKEN)).await;
     app.start_relay();
     let mut orchestrator = spawn_orchestrator(&app, 2);

@@ -564,3 +564,82 @@ async fn predictions_are_served_by_capture_time_range_page_by_page() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}: {}", r.text);
     }
 }
+
+/// The inbox's share of `topic` a relay reports on its /metrics.
+async fn partitions_held(metrics_listen: &str, topic: &str) -> Option<u64> {
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client.get(format!("http://{metrics_listen}/metrics").parse().unwrap()).await.ok()?;
+    let text = String::from_utf8(resp.into_body().collect().await.ok()?.to_bytes().to_vec()).ok()?;
+    let prefix = format!("vap_inbox_partitions_held{{topic=\"{topic}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+/// Two relays divide the 4 partitions of `results` 2 and 2 (each says so on /metrics, and
+/// PostgreSQL shows two sessions holding two each); one killed with SIGKILL loses its share to
+/// the other within seconds, and every result is stored exactly once throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_divide_the_partitions_and_a_killed_ones_share_is_taken_over() {
+    let app = TestApp::spawn().await;
+    let topic = app.settings.kafka.topic_results.clone();
+    let partitions = app.settings.kafka.partitions;
+    // Scenarios until their keys fall on every partition.
+    let (mut scenarios, mut spread) = (Vec::new(), std::collections::HashSet::new());
+    while spread.len() < 4 || scenarios.len() < 8 {
+        let s = app.create_scenario(&format!("rtsp://cam/share{}", scenarios.len())).await;
+        spread.insert(vap::kafka::partition_for_key(s.to_string().as_bytes(), partitions));
+        scenarios.push(s);
+    }
+    let relay = |listen: &str| {
+        let mut env = app.env();
+        env.push(("VAP_RELAY__METRICS_LISTEN".into(), listen.to_string()));
+        common::spawn_binary(env!("CARGO_BIN_EXE_vap-relay"), &env, &[])
+    };
+    let (listen_a, listen_b) = (
+        format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()),
+        format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()),
+    );
+    let mut a = relay(&listen_a);
+    let mut b = relay(&listen_b);
+    eventually(Duration::from_secs(30), "the partitions split 2 and 2", || async {
+        let held = (partitions_held(&listen_a, &topic).await, partitions_held(&listen_b, &topic).await);
+        (held == (Some(2), Some(2))).then_some(())
+    })
+    .await;
+    let group = format!("{}/{topic}", vap::inbox::CONSUMER);
+    let session = app.pool.get().await.unwrap();
+    let holders = vap::db::partition_locks::holders(&session, &group).await.unwrap();
+    let mut all: Vec<i32> = holders.iter().flat_map(|(_, p)| p.clone()).collect();
+    all.sort_unstable();
+    assert_eq!((holders.len(), all), (2, vec![0, 1, 2, 3]), "two sessions, each partition once: {holders:?}");
+
+    let frames = 1_000;
+    let produce = |range: std::ops::Range<i64>| {
+        let records: Vec<_> =
+            range.flat_map(|f| scenarios.iter().map(move |s| (*s, result_json(*s, f))).collect::<Vec<_>>()).collect();
+        app.produce_results(records)
+    };
+    produce(0..frames / 2).await;
+    eventually(Duration::from_secs(60), "some results stored", || async { (stored(&app).await > 0).then_some(()) })
+        .await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let killed = std::time::Instant::now();
+    produce(frames / 2..frames).await;
+    eventually(Duration::from_secs(15), "the survivor holding all 4 partitions", || async {
+        (partitions_held(&listen_b, &topic).await == Some(4)).then_some(())
+    })
+    .await;
+    eprintln!("the killed relay's partitions taken over in {:?}", killed.elapsed());
+    let total = frames * scenarios.len() as i64;
+    eventually(Duration::from_secs(60), "every result stored", || async {
+        (stored(&app).await == total).then_some(())
+    })
+    .await;
+    caught_up(&app).await;
+    assert_eq!(stored(&app).await, total, "none twice");
+    assert_eq!(app.scalar("SELECT sum(frames_processed)::bigint FROM scenarios").await, total, "counted once each");
+    assert_eq!(app.scalar("SELECT count(*) FROM dead_letters").await, 0);
+    b.kill().unwrap();
+    b.wait().unwrap();
+}

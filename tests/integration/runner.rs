@@ -423,11 +423,25 @@ async fn http_source_is_read_like_a_file() {
     let scenario = app.create_scenario(&url).await;
     let mut runner = Runner::start(&app, scenario, &url, &[("VAP_RUNNER__SAMPLE_FPS", "1")]);
     assert_eq!(runner.wait(Duration::from_secs(120)).await, 0, "{}", runner.all_logs());
-    let p = eventually(Duration::from_secs(30), "20 frames stored", || async {
-        let p = app.prediction(scenario).await;
-        (p["status"] == "inactive").then_some(p)
+    let mut last = Value::Null;
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            last = app.prediction(scenario).await;
+            if last["status"] == "inactive" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
+    assert!(
+        waited.is_ok(),
+        "not at rest 60 s after the runner's exit: status {}, {} frames stored; runner logs:\n{}",
+        last["status"],
+        last["total_frames_processed"],
+        runner.all_logs()
+    );
+    let p = last;
     assert_people_found(p["results"].as_array().unwrap(), 20);
     assert_eq!(p["results"].as_array().unwrap().len(), 20, "1 fps over 20 s");
 }
