@@ -314,13 +314,14 @@ async fn inbox() {
     println!("  baseline: PostgreSQL unnest INSERT only                   : {raw_rps:>8.0} rows/s");
 }
 
-/// The inbox with its partitions shared: the same pre-produced results stored by one relay,
-/// then (a fresh database) by two that divide the partitions, each timed from its start.
+/// The inbox with its partitions shared: one relay, then (a fresh database) two that have
+/// divided the partitions between them, each storing the same results, timed from the first
+/// record produced to the last stored.
 async fn relays() {
-    const FRAMES: i64 = 8_000;
-    println!("\n== inbox shared by relays: results pre-produced on every partition, Kafka -> PostgreSQL");
-    let mut rates = Vec::new();
-    for relays in [1, 2] {
+    const FRAMES: i64 = 40_000;
+    println!("\n== inbox shared by relays: results on every partition, Kafka -> PostgreSQL");
+    let mut rates = [Vec::new(), Vec::new()];
+    for (round, relays) in [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)] {
         let mut app = TestApp::spawn_with(|s| s.log.level = "warn".into()).await;
         // Two scenarios per partition, so every partition carries the same load.
         let partitions = app.settings.kafka.partitions;
@@ -335,25 +336,40 @@ async fn relays() {
                 scenarios.push(s);
             }
         }
-        let total = FRAMES * scenarios.len() as i64;
-        let records: Vec<_> =
-            (0..FRAMES).flat_map(|f| scenarios.iter().map(move |s| (*s, result_json(*s, f)))).collect();
-        app.produce_results(records).await;
-        let started = Instant::now();
         for _ in 0..relays {
             app.start_relay();
         }
+        let group = format!("{}/{}", vap::inbox::CONSUMER, app.settings.kafka.topic_results);
+        eventually(Duration::from_secs(30), "the partitions divided", || async {
+            let session = app.pool.get().await.unwrap();
+            let holders = vap::db::partition_locks::holders(&session, &group).await.unwrap();
+            (holders.len() == relays && holders.iter().all(|(_, p)| p.len() == partitions as usize / relays))
+                .then_some(())
+        })
+        .await;
+        let total = FRAMES * scenarios.len() as i64;
+        let records: Vec<_> =
+            (0..FRAMES).flat_map(|f| scenarios.iter().map(move |s| (*s, result_json(*s, f)))).collect();
+        let (cpu_before, self_before) = (machine_cpu(), process_cpu_s());
+        let started = Instant::now();
+        app.produce_results(records).await;
+        let produced = started.elapsed().as_secs_f64();
         eventually(Duration::from_secs(600), "all results stored", || async {
             (app.scalar("SELECT count(*) FROM scenario_results").await == total).then_some(())
         })
         .await;
-        let rate = total as f64 / started.elapsed().as_secs_f64();
+        let took = started.elapsed().as_secs_f64();
+        let (cpu_after, self_after) = (machine_cpu(), process_cpu_s());
+        let busy = (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64;
+        let rate = total as f64 / took;
         println!(
-            "  {relays} relay(s): {total} results in {:.1} s: {rate:>8.0} results/s",
-            started.elapsed().as_secs_f64()
+            "  {relays} relay(s): {total} results in {took:.1} s (produced in {produced:.1} s): {rate:>8.0} results/s; \
+             machine {:.0}% busy, this process (relays, producer) {:.1} CPU-s",
+            busy * 100.0,
+            self_after - self_before
         );
-        rates.push(rate);
-        if relays == 1 {
+        rates[relays - 1].push(rate);
+        if relays == 1 && round == 0 {
             // What a stored result costs on disk (table, TOAST and indexes), at one detection each.
             let bytes = app.scalar("SELECT pg_total_relation_size('scenario_results')").await;
             let per = bytes as f64 / total as f64;
@@ -363,7 +379,30 @@ async fn relays() {
             );
         }
     }
-    println!("  two relays / one: {:.2}x", rates[1] / rates[0]);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (one, two) = (median(&mut rates[0]), median(&mut rates[1]));
+    println!("  medians of 3: one relay {one:.0}/s, two relays {two:.0}/s: {:.2}x", two / one);
+}
+
+/// (busy, total) jiffies of all CPUs, from /proc/stat.
+fn machine_cpu() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap().split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
+    (fields.iter().sum::<u64>() - idle, fields.iter().sum())
+}
+
+/// CPU seconds (user + system) this process has used.
+fn process_cpu_s() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// Scene events, Kafka `events` -> `scenario_events` (checked, stored once, the position in the
