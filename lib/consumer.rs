@@ -36,6 +36,9 @@ pub trait RecordHandler: Send + Sync + 'static {
 
     /// Called when this process's share of `topic` changes, with how many partitions it holds.
     fn held(&self, _topic: &str, _partitions: usize) {}
+
+    /// Called when this process gave `partition` of `topic` to another: its lag is theirs now.
+    fn released(&self, _topic: &str, _partition: i32) {}
 }
 
 /// Which partitions of a topic this process consumes.

@@ -134,6 +134,10 @@ impl RecordHandler for StoreResults {
     fn held(&self, topic: &str, partitions: usize) {
         held_metric(&self.metrics, topic, partitions);
     }
+
+    fn released(&self, topic: &str, partition: i32) {
+        lag_metric(&self.metrics, topic, partition, 0);
+    }
 }
 
 /// Why a record is refused: a metric label and the detail.
@@ -284,6 +288,10 @@ impl RecordHandler for StoreEvents {
     fn held(&self, topic: &str, partitions: usize) {
         held_metric(&self.metrics, topic, partitions);
     }
+
+    fn released(&self, topic: &str, partition: i32) {
+        lag_metric(&self.metrics, topic, partition, 0);
+    }
 }
 
 /// `snapshots` -> `scenario_snapshots`, checked like results.
@@ -344,6 +352,10 @@ impl RecordHandler for StoreSnapshots {
 
     fn held(&self, topic: &str, partitions: usize) {
         held_metric(&self.metrics, topic, partitions);
+    }
+
+    fn released(&self, topic: &str, partition: i32) {
+        lag_metric(&self.metrics, topic, partition, 0);
     }
 }
 
