@@ -55,7 +55,10 @@ impl Inbox {
             pool: self.pool.clone(),
             kafka: Arc::clone(&self.kafka),
             limits,
-            handler: StoreResults { pool: self.pool.clone(), metrics: Arc::clone(&self.metrics) },
+            handler: Reported {
+                store: StoreResults { pool: self.pool.clone(), metrics: Arc::clone(&self.metrics) },
+                metrics: Arc::clone(&self.metrics),
+            },
             share: share.clone(),
         };
         let events = PositionedConsumer {
@@ -63,10 +66,13 @@ impl Inbox {
             pool: self.pool.clone(),
             kafka: Arc::clone(&self.kafka),
             limits,
-            handler: StoreEvents {
-                pool: self.pool.clone(),
+            handler: Reported {
+                store: StoreEvents {
+                    pool: self.pool.clone(),
+                    metrics: Arc::clone(&self.metrics),
+                    global_webhook: self.global_webhook,
+                },
                 metrics: Arc::clone(&self.metrics),
-                global_webhook: self.global_webhook,
             },
             share: share.clone(),
         };
@@ -77,7 +83,14 @@ impl Inbox {
             kafka: self.kafka,
             // Snapshots are large: fewer to a transaction.
             limits: FetchLimits { batch_max_records: s.batch_max_records.min(50), ..limits },
-            handler: StoreSnapshots { pool: self.pool, metrics: self.metrics, keep: s.snapshots_per_scenario },
+            handler: Reported {
+                store: StoreSnapshots {
+                    pool: self.pool,
+                    metrics: Arc::clone(&self.metrics),
+                    keep: s.snapshots_per_scenario,
+                },
+                metrics: self.metrics,
+            },
             share,
         };
         let (a, b, c) = tokio::join!(
@@ -125,18 +138,6 @@ impl RecordHandler for StoreResults {
         let Some(stored) = results::store_batch(&self.pool, &advance, batch).await? else { return Ok(false) };
         self.count(&advance, stored);
         Ok(true)
-    }
-
-    fn fetched(&self, topic: &str, partition: i32, lag: i64) {
-        lag_metric(&self.metrics, topic, partition, lag);
-    }
-
-    fn held(&self, topic: &str, partitions: usize) {
-        held_metric(&self.metrics, topic, partitions);
-    }
-
-    fn released(&self, topic: &str, partition: i32) {
-        lag_metric(&self.metrics, topic, partition, 0);
     }
 }
 
@@ -280,18 +281,6 @@ impl RecordHandler for StoreEvents {
         count_set_aside(m, &advance, s.unknown_scenario, s.dead_lettered);
         Ok(true)
     }
-
-    fn fetched(&self, topic: &str, partition: i32, lag: i64) {
-        lag_metric(&self.metrics, topic, partition, lag);
-    }
-
-    fn held(&self, topic: &str, partitions: usize) {
-        held_metric(&self.metrics, topic, partitions);
-    }
-
-    fn released(&self, topic: &str, partition: i32) {
-        lag_metric(&self.metrics, topic, partition, 0);
-    }
 }
 
 /// `snapshots` -> `scenario_snapshots`, checked like results.
@@ -345,27 +334,39 @@ impl RecordHandler for StoreSnapshots {
         count_set_aside(m, &advance, s.unknown_scenario, s.dead_lettered);
         Ok(true)
     }
+}
+
+/// The inbox's stores report alike: lag per partition, and the share of each topic held.
+struct Reported<H> {
+    store: H,
+    metrics: Arc<Metrics>,
+}
+
+impl<H: RecordHandler> RecordHandler for Reported<H> {
+    fn apply(
+        &self,
+        advance: Advance<'_>,
+        records: &[RecordAndOffset],
+    ) -> impl std::future::Future<Output = Result<bool, DbError>> + Send {
+        self.store.apply(advance, records)
+    }
 
     fn fetched(&self, topic: &str, partition: i32, lag: i64) {
         lag_metric(&self.metrics, topic, partition, lag);
     }
 
     fn held(&self, topic: &str, partitions: usize) {
-        held_metric(&self.metrics, topic, partitions);
+        self.metrics.set(
+            "vap_inbox_partitions_held",
+            "Partitions of the topic this relay stores, its share among the relays running.",
+            &[("topic", topic)],
+            partitions as f64,
+        );
     }
 
     fn released(&self, topic: &str, partition: i32) {
         lag_metric(&self.metrics, topic, partition, 0);
     }
-}
-
-fn held_metric(metrics: &Metrics, topic: &str, partitions: usize) {
-    metrics.set(
-        "vap_inbox_partitions_held",
-        "Partitions of the topic this relay stores, its share among the relays running.",
-        &[("topic", topic)],
-        partitions as f64,
-    );
 }
 
 fn lag_metric(metrics: &Metrics, topic: &str, partition: i32, lag: i64) {

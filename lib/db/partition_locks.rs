@@ -7,27 +7,30 @@ use tokio_postgres::Client;
 
 use super::DbError;
 
+/// Granted two-key advisory locks of group `$1` in this database (pg_locks shows the int4
+/// keys as unsigned oids).
+macro_rules! granted_in_group {
+    () => {
+        "locktype = 'advisory' AND objsubid = 2 AND granted
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+         AND classid::bigint = (hashtext($1)::bigint & 4294967295)"
+    };
+}
+
 fn members_of(group: &str) -> String {
     format!("{group}/members")
 }
 
 /// Joins `group` as `member`; false when another session holds that id.
 pub async fn join(session: &Client, group: &str, member: i32) -> Result<bool, DbError> {
-    let row =
-        session.query_one("SELECT pg_try_advisory_lock(hashtext($1), $2)", &[&members_of(group), &member]).await?;
-    Ok(row.get(0))
+    try_take(session, &members_of(group), member).await
 }
 
 /// The member ids of `group` in this database, ascending.
 pub async fn members(session: &Client, group: &str) -> Result<Vec<i32>, DbError> {
-    // pg_locks shows the two int4 keys as unsigned oids.
     let rows = session
         .query(
-            "SELECT objid::bigint FROM pg_locks
-              WHERE locktype = 'advisory' AND objsubid = 2 AND granted
-                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                AND classid::bigint = (hashtext($1)::bigint & 4294967295)
-              ORDER BY 1",
+            concat!("SELECT objid::bigint FROM pg_locks WHERE ", granted_in_group!(), " ORDER BY 1"),
             &[&members_of(group)],
         )
         .await?;
@@ -50,11 +53,11 @@ pub async fn release(session: &Client, group: &str, partition: i32) -> Result<()
 pub async fn holders(session: &Client, group: &str) -> Result<Vec<(i32, Vec<i32>)>, DbError> {
     let rows = session
         .query(
-            "SELECT pid, array_agg(objid::bigint::int4 ORDER BY objid) FROM pg_locks
-              WHERE locktype = 'advisory' AND objsubid = 2 AND granted
-                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                AND classid::bigint = (hashtext($1)::bigint & 4294967295)
-              GROUP BY pid ORDER BY pid",
+            concat!(
+                "SELECT pid, array_agg(objid::bigint::int4 ORDER BY objid) FROM pg_locks WHERE ",
+                granted_in_group!(),
+                " GROUP BY pid ORDER BY pid"
+            ),
             &[&group],
         )
         .await?;

@@ -122,10 +122,15 @@ async fn a_poisoned_record_is_set_aside_and_its_partition_goes_on() {
 }
 
 async fn reqwest_text(url: &str) -> String {
+    try_text(url).await.unwrap_or_else(|| panic!("no answer from {url}"))
+}
+
+/// The body at `url`, or None while nothing answers there.
+async fn try_text(url: &str) -> Option<String> {
     let client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let resp = client.get(url.parse().unwrap()).await.unwrap();
-    String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    let resp = client.get(url.parse().unwrap()).await.ok()?;
+    String::from_utf8(resp.into_body().collect().await.ok()?.to_bytes().to_vec()).ok()
 }
 
 #[tokio::test]
@@ -567,10 +572,7 @@ async fn predictions_are_served_by_capture_time_range_page_by_page() {
 
 /// The inbox's share of `topic` a relay reports on its /metrics.
 async fn partitions_held(metrics_listen: &str, topic: &str) -> Option<u64> {
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let resp = client.get(format!("http://{metrics_listen}/metrics").parse().unwrap()).await.ok()?;
-    let text = String::from_utf8(resp.into_body().collect().await.ok()?.to_bytes().to_vec()).ok()?;
+    let text = try_text(&format!("http://{metrics_listen}/metrics")).await?;
     let prefix = format!("vap_inbox_partitions_held{{topic=\"{topic}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
 }
