@@ -328,7 +328,7 @@ async fn relays() {
         let mut per_partition = std::collections::HashMap::<i32, usize>::new();
         let mut scenarios = Vec::new();
         while scenarios.len() < 2 * partitions as usize {
-            let s = app.create_scenario(&format!("rtsp://cam/{}", scenarios.len())).await;
+            let s = app.create_scenario(&format!("rtsp://127.0.0.1:9/cam{}", scenarios.len())).await;
             let n =
                 per_partition.entry(vap::kafka::partition_for_key(s.to_string().as_bytes(), partitions)).or_default();
             if *n < 2 {

@@ -58,7 +58,7 @@ async fn soak(cameras: usize, duration: Duration, relays: usize) {
     .await;
     let mut scenarios = Vec::with_capacity(cameras);
     for i in 0..cameras {
-        scenarios.push(app.create_scenario(&format!("rtsp://cam/{i}")).await);
+        scenarios.push(app.create_scenario(&format!("rtsp://127.0.0.1:9/cam{i}")).await);
     }
     let keys: HashMap<uuid::Uuid, Vec<u8>> = {
         let client = app.pool.get().await.unwrap();

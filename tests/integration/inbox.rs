@@ -588,7 +588,7 @@ async fn two_relays_divide_the_partitions_and_a_killed_ones_share_is_taken_over(
     // Scenarios until their keys fall on every partition.
     let (mut scenarios, mut spread) = (Vec::new(), std::collections::HashSet::new());
     while spread.len() < 4 || scenarios.len() < 8 {
-        let s = app.create_scenario(&format!("rtsp://cam/share{}", scenarios.len())).await;
+        let s = app.create_scenario(&format!("rtsp://127.0.0.1:9/share{}", scenarios.len())).await;
         spread.insert(vap::kafka::partition_for_key(s.to_string().as_bytes(), partitions));
         scenarios.push(s);
     }
