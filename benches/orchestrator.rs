@@ -127,27 +127,14 @@ async fn systemd_latency(app: &TestApp, video: &str) {
     row("POST -> first detection stored", &mut first);
 }
 
-fn nomad_config(
-    dir: &std::path::Path,
-    app: &TestApp,
-    double: &nomad_double::NomadDouble,
-    command: &str,
-    max_workers: usize,
-) -> std::path::PathBuf {
-    let section = format!(
-        "address = \"{}\"\ncommand = \"{command}\"\nrunner_env = {}\nrestart_delay_secs = 1\n",
-        double.address(),
-        serde_json::to_string(&fleet::runner_env(app)).unwrap()
-    );
-    fleet::orchestrator_config(dir, "nomad", max_workers, &section)
-}
-
 /// The same 50 scenarios through the Nomad backend and the double, which runs the real runner.
 async fn nomad_latency(app: &mut TestApp, video: &str) -> (Vec<Duration>, Vec<Duration>) {
     let double = nomad_double::NomadDouble::start(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut orchestrator =
-        fleet::spawn_orchestrator_with_config(app, &nomad_config(dir.path(), app, &double, RUNNER_BIN, 4));
+    let mut orchestrator = fleet::spawn_orchestrator_with_config(
+        app,
+        &fleet::nomad_config(dir.path(), app, &double.address(), RUNNER_BIN, 4),
+    );
     let timings =
         one_after_another(app, video, |id| double.running_tasks().contains_key(&format!("vap-runner-{id}"))).await;
     let _ = orchestrator.kill();
@@ -232,7 +219,7 @@ async fn nomad_placements(app: &mut TestApp) {
     let double = nomad_double::NomadDouble::start(None).await;
     let mut orchestrator = fleet::spawn_orchestrator_with_config(
         app,
-        &nomad_config(dir.path(), app, &double, stand_in.to_str().unwrap(), N),
+        &fleet::nomad_config(dir.path(), app, &double.address(), stand_in.to_str().unwrap(), N),
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     // 16 clients POST at once, so the API is not what limits the placement rate.

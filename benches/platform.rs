@@ -301,8 +301,9 @@ async fn inbox() {
         let extras: Vec<serde_json::Value> = chunk.iter().map(|r| serde_json::Value::Object(r.extra.clone())).collect();
         client
             .execute(
-                "INSERT INTO raw_results (scenario_uuid, frame_number, captured_at, detections, extra)
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[], $5::jsonb[])",
+                "INSERT INTO raw_results (scenario_uuid, frame_number, frame_time, captured_at, detections, extra)
+                 SELECT u, f, t, t, d, e FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[], $5::jsonb[])
+                                           AS x(u, f, t, d, e)",
                 &[&uuids, &frames, &times, &dets, &extras],
             )
             .await
@@ -371,7 +372,9 @@ async fn relays() {
         rates[relays - 1].push(rate);
         if relays == 1 && round == 0 {
             // What a stored result costs on disk (table, TOAST and indexes), at one detection each.
-            let bytes = app.scalar("SELECT pg_total_relation_size('scenario_results')").await;
+            let bytes = app
+                .scalar("SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('scenario_results')")
+                .await;
             let per = bytes as f64 / total as f64;
             println!(
                 "  storage: {per:.0} bytes per result (one detection); {:.1} MB per camera-hour at 2 fps",
@@ -464,8 +467,8 @@ async fn events() {
         let tracks: Vec<Option<i64>> = chunk.iter().map(|e| e.track_id).collect();
         client
             .execute(
-                "INSERT INTO raw_events (event_id, scenario_uuid, kind, frame_number, occurred_at, line, direction, track_id, class)
-                 SELECT id, s, 'line_crossed', f, t, 'gate', 'in', k, 'person'
+                "INSERT INTO raw_events (event_id, scenario_uuid, kind, frame_number, frame_time, occurred_at, line, direction, track_id, class)
+                 SELECT id, s, 'line_crossed', f, t, t, 'gate', 'in', k, 'person'
                    FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::timestamptz[], $5::bigint[]) AS u(id, s, f, t, k)",
                 &[&ids, &scenarios, &frames, &times, &tracks],
             )

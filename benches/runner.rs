@@ -1,6 +1,6 @@
 //! Runner benchmark (docs/BENCHMARKS.md): `cargo bench --features runner --bench runner [-- PART...]`,
-//! PART one of `pipeline`, `inference`, `accuracy`, `produce` (default: all), for every model
-//! of the shipped catalogue (`models/`):
+//! PART one of `pipeline`, `inference`, `accuracy`, `produce`, `gating` (default: all), for
+//! every model of the shipped catalogue (`models/`):
 //!
 //! 1. pipeline: the real vap-runner on a 640x480 H.264 file, every frame analysed, 1 and 2
 //!    inference threads: per-frame time split, frames/s, peak RSS;
@@ -8,7 +8,10 @@
 //!    (PyPI), 1 and 2 threads;
 //! 3. accuracy: precision and recall at IoU 0.5 per class on the labelled set (tests/eval);
 //! 4. produce: the produce path catching up 5,000 buffered results, stock rskafka sockets
-//!    beside TCP_NODELAY.
+//!    beside TCP_NODELAY;
+//! 5. gating: CPU-seconds per camera-hour at 2 fps (decoding included) of the real vap-runner
+//!    on 25 fps H.264 at 640x480 and 1920x1080, on a mostly still clip and on vtest.avi as it
+//!    is, with motion gating and without: cameras per core, and how often the detector ran.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -58,6 +61,9 @@ fn main() {
     if wanted("pipeline") {
         pipeline(&video, &manifests, &broker.addr());
     }
+    if wanted("gating") {
+        gating(&dir, &manifests, &broker.addr());
+    }
     if wanted("inference") {
         inference(&video, &manifests, &dir);
     }
@@ -87,7 +93,7 @@ fn pipeline(video: &Path, manifests: &[(String, PathBuf)], broker: &str) {
     );
     for (name, manifest) in manifests {
         for threads in [1, 2] {
-            let (done, max_rss_kb) = run_runner(video, manifest, broker, threads);
+            let (done, max_rss_kb, _) = run_runner(video, manifest, broker, threads, 0.0, false);
             let f = |k: &str| done[k].as_f64().unwrap_or(f64::NAN);
             let per_frame = 1000.0 / f("fps");
             let outside = f("read_ms") + f("preprocess_ms") + f("postprocess_ms") + f("queue_ms");
@@ -228,16 +234,25 @@ fn make_video(dir: &Path) -> PathBuf {
     out
 }
 
-/// Runs the real binary; returns its "runner done" fields and its peak RSS (KB).
+/// Runs the real binary at `fps` (0: every frame); returns its "runner done" fields, its peak
+/// RSS (KB) and the CPU seconds it used.
 #[allow(clippy::zombie_processes)] // wait4 reaps it, for its rusage
-fn run_runner(video: &Path, manifest: &Path, broker: &str, threads: usize) -> (Value, i64) {
+fn run_runner(
+    video: &Path,
+    manifest: &Path,
+    broker: &str,
+    threads: usize,
+    fps: f64,
+    gating: bool,
+) -> (Value, i64, f64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vap-runner"))
         .env_clear()
         .env("VAP_KAFKA__BROKERS", broker)
         .env("VAP_KAFKA__TOPIC_RESULTS", format!("bench-results-{threads}"))
         .env("VAP_RUNNER__MODELS_DIR", manifest.parent().unwrap())
         .env("VAP_RUNNER__DEFAULT_MODEL", Manifest::load(manifest).unwrap().name)
-        .env("VAP_RUNNER__SAMPLE_FPS", "0")
+        .env("VAP_RUNNER__SAMPLE_FPS", fps.to_string())
+        .env("VAP_SCENARIO_OPTIONS", serde_json::json!({"motion_gating": gating}).to_string())
         .env("VAP_RUNNER__INFERENCE_THREADS", threads.to_string())
         .env("VAP_LOG__JSON", "true")
         .env("VAP_SCENARIO_UUID", uuid::Uuid::new_v4().to_string())
@@ -260,7 +275,84 @@ fn run_runner(video: &Path, manifest: &Path, broker: &str, threads: usize) -> (V
     // SAFETY: `status` and `usage` live across the call; the pid is our own child.
     unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     assert_eq!(status, 0, "runner failed");
-    (done, usage.ru_maxrss)
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (done, usage.ru_maxrss, secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+/// 25 fps H.264 clips at `size`: the mostly still one (20 s of an empty picture, a person
+/// walking in and out, 5 s of pedestrians, their last frame held 30 s, 5 s more: 70 s) and
+/// vtest.avi as it is (79.5 s). Returns (name, path, seconds).
+fn gating_clips(dir: &Path, size: &str) -> Vec<(&'static str, PathBuf, f64)> {
+    let same = format!("fps=25,scale={size},setsar=1,format=yuv420p");
+    let make = |name: &str, args: &[&str], filter: &str| {
+        let out = dir.join(format!("{name}_{size}.mp4").replace(':', "x"));
+        if !out.exists() {
+            let tmp = dir.join("gating.tmp.mp4");
+            let ok = Command::new("ffmpeg")
+                .args(["-loglevel", "error", "-y"])
+                .args(args)
+                .args(["-filter_complex", filter, "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", "-g", "50"])
+                .arg(&tmp)
+                .status()
+                .expect("ffmpeg")
+                .success();
+            assert!(ok, "ffmpeg failed making {name}");
+            std::fs::rename(&tmp, &out).unwrap();
+        }
+        out
+    };
+    let walker = format!(
+        "[1]crop=140:410:28:70,scale=100:293,format=yuv420p[p];[0][p]overlay=x='{}':y=60:shortest=1,{same}[b]",
+        "if(lt(t,4),10+130*t,if(lt(t,5),530,if(lt(t,9),530-130*(t-5),10)))"
+    );
+    let still = make(
+        "still_heavy",
+        &[
+            "-f", "lavfi", "-i", "color=c=gray:s=640x480:r=25:d=30", "-loop", "1", "-t", "10",
+            "-i", "/usr/share/doc/opencv-doc/examples/data/basketball1.png",
+            "-t", "5", "-i", VTEST, "-ss", "5", "-t", "5", "-i", VTEST,
+        ],
+        &format!(
+            "[0]split[g0][g1];[g0]trim=0:20,{same}[a];[g1]trim=20:30,setpts=PTS-STARTPTS[g];{}             [2]{same},tpad=stop_mode=clone:stop_duration=30[c];[3]{same}[d];[a][b][c][d]concat=n=4:v=1:a=0[v]",
+            walker.replace("[0][p]", "[g][p]")
+        ),
+    );
+    let moving = make("vtest", &["-i", VTEST], &format!("[0]{same}[v]"));
+    vec![("still-heavy", still, 70.0), ("vtest.avi", moving, 79.5)]
+}
+
+fn gating(dir: &Path, manifests: &[(String, PathBuf)], broker: &str) {
+    println!(
+        "
+== motion gating: the real vap-runner at 2 fps, 1 inference thread, decoding included"
+    );
+    println!(
+        "{:<22} {:<10} {:<12} {:<8} {:>9} {:>17} {:>15}",
+        "model", "size", "clip", "gating", "detector", "CPU-s/camera-hour", "cameras/core"
+    );
+    for size in ["640:480", "1920:1080"] {
+        for (clip, path, seconds) in gating_clips(dir, size) {
+            for (name, manifest) in manifests {
+                for gated in [false, true] {
+                    let (done, _, cpu) = run_runner(&path, manifest, broker, 1, 2.0, gated);
+                    let analysed = done["frames_analysed"].as_f64().unwrap_or(f64::NAN);
+                    let still = done["frames_still"].as_f64().unwrap_or(0.0);
+                    println!(
+                        "{:<22} {:<10} {:<12} {:<8} {:>4.0}/{:<4.0} {:>17.0} {:>15.1}",
+                        name,
+                        size.replace(':', "x"),
+                        clip,
+                        if gated { "on" } else { "off" },
+                        analysed - still,
+                        analysed,
+                        cpu / seconds * 3600.0,
+                        seconds / cpu
+                    );
+                }
+            }
+        }
+    }
+    println!("  (detector = frames it ran on / frames sampled; CPU is user + system time of the process)");
 }
 
 /// The first frames of the video as the detector prepares them, kept and written for Python.

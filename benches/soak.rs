@@ -5,11 +5,24 @@
 //! sample of cameras), API p99 per route, CPU of PostgreSQL, the broker and this process, the
 //! database's size.
 //!
-//!     cargo bench --features runner --bench soak -- [cameras] [minutes] [relays]   # 1000 10 1
+//! With `nomad`, the scenarios are also placed, as they are created, by a vap-orchestrator
+//! through the Nomad API double with MAX_WORKERS = cameras: each job's task is a stand-in that
+//! sleeps (the simulated cameras publish in its place), and the orchestrator's CPU is counted.
+//!
+//!     cargo bench --features runner --bench soak -- [cameras] [minutes] [relays] [nomad]   # 1000 10 1
 
 #[path = "../tests/integration/common.rs"]
 #[allow(dead_code)]
 mod common;
+#[path = "../tests/integration/fleet.rs"]
+#[allow(dead_code)]
+mod fleet;
+#[path = "../tests/integration/media.rs"]
+#[allow(dead_code)]
+mod media;
+#[path = "../tests/integration/nomad_double.rs"]
+#[allow(dead_code)]
+mod nomad_double;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,18 +50,20 @@ fn main() {
     let cameras = numbers.first().copied().unwrap_or(1_000) as usize;
     let minutes = numbers.get(1).copied().unwrap_or(10);
     let relays = numbers.get(2).copied().unwrap_or(1) as usize;
+    let nomad = std::env::args().any(|a| a == "nomad");
     std::env::set_var("VAP_TEST_PG_DURABLE", "1");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(soak(cameras, Duration::from_secs(minutes * 60), relays));
+    rt.block_on(soak(cameras, Duration::from_secs(minutes * 60), relays, nomad));
 }
 
 type Latencies = Arc<Mutex<HashMap<&'static str, Vec<f64>>>>;
 
-async fn soak(cameras: usize, duration: Duration, relays: usize) {
+async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
     println!(
-        "soak: {cameras} cameras at {FPS} fps for {} min, {relays} relay(s), {READERS} API readers, {SSE_STREAMS} SSE streams; \
+        "soak: {cameras} cameras at {FPS} fps for {} min, {relays} relay(s), {READERS} API readers, {SSE_STREAMS} SSE streams{}; \
          {} cores; PostgreSQL with fsync on",
         duration.as_secs() / 60,
+        if nomad { ", placed through the Nomad double" } else { "" },
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     let mut app = TestApp::spawn_with(|s| {
@@ -56,6 +71,23 @@ async fn soak(cameras: usize, duration: Duration, relays: usize) {
         s.database.pool_size = 16;
     })
     .await;
+    // The relays first: the outbox carries the scenarios to the orchestrator.
+    for _ in 0..relays {
+        app.start_relay();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let placing = match nomad {
+        true => {
+            let double = nomad_double::NomadDouble::start(None).await;
+            let stand_in = dir.path().join("sleeping-runner");
+            std::fs::write(&stand_in, "#!/bin/sh\nexec sleep 100000\n").unwrap();
+            std::fs::set_permissions(&stand_in, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            let config = fleet::nomad_config(dir.path(), &app, &double.address(), stand_in.to_str().unwrap(), cameras);
+            Some((Arc::new(double), fleet::spawn_orchestrator_with_config(&app, &config)))
+        }
+        false => None,
+    };
+    let created = Instant::now();
     let mut scenarios = Vec::with_capacity(cameras);
     for i in 0..cameras {
         scenarios.push(app.create_scenario(&format!("rtsp://127.0.0.1:9/cam{i}")).await);
@@ -70,9 +102,6 @@ async fn soak(cameras: usize, duration: Duration, relays: usize) {
             .map(|r| (r.get(0), r.get(1)))
             .collect()
     };
-    for _ in 0..relays {
-        app.start_relay();
-    }
     let stop = CancellationToken::new();
     let kafka = Arc::new(vap::kafka::KafkaLink::new(app.settings.kafka.clone()));
     let sent = Arc::new(AtomicU64::new(0));
@@ -139,11 +168,21 @@ async fn soak(cameras: usize, duration: Duration, relays: usize) {
     let mut stored_before = 0;
     let mut window_start = chrono::Utc::now();
     println!(
-        "\n| t | sent/s | stored/s | lag p50 | lag p99 | buffered | SSE events | API p99 page / range / scenario | CPU cores postgres / broker / vap | database |"
+        "\n| t | sent/s | stored/s | lag p50 | lag p99 | buffered | SSE events | API p99 page / range / scenario | CPU cores postgres / broker / vap / orchestrator | database | placed |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---|---|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|");
     let mut sent_before = 0;
     let mut worst = (0.0f64, String::new());
+    let all_placed: Arc<Mutex<Option<Duration>>> = Arc::default();
+    if let Some((double, _)) = &placing {
+        let (double, all_placed, stop) = (Arc::clone(double), Arc::clone(&all_placed), stop.clone());
+        tasks.spawn(async move {
+            while !stop.is_cancelled() && (double.placements() as usize) < cameras {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            *vap::sys::lock(&all_placed) = Some(created.elapsed());
+        });
+    }
     while started.elapsed() < duration {
         tokio::time::sleep(WINDOW).await;
         let now = chrono::Utc::now();
@@ -173,14 +212,20 @@ async fn soak(cameras: usize, duration: Duration, relays: usize) {
             .collect();
         let now_cpu = cpu_by_process();
         let used = |name: &str| (now_cpu.get(name).unwrap_or(&0.0) - cpu.get(name).unwrap_or(&0.0)) / secs;
-        let busiest = [("postgres", used("postgres")), ("broker", used("nisshi")), ("vap", used("vap"))];
+        let busiest = [
+            ("postgres", used("postgres")),
+            ("broker", used("nisshi")),
+            ("vap", used("vap")),
+            ("orchestrator", used("orchestrator")),
+        ];
         if let Some((name, cores)) = busiest.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
             if *cores > worst.0 {
                 worst = (*cores, name.to_string());
             }
         }
+        let placed = placing.as_ref().map_or("-".into(), |(double, _)| double.placements().to_string());
         println!(
-            "| {:.0} s | {:.0} | {:.0} | {:.2} s | {:.2} s | {buffered} | {} | {} | {:.2} / {:.2} / {:.2} | {} MB |",
+            "| {:.0} s | {:.0} | {:.0} | {:.2} s | {:.2} s | {buffered} | {} | {} | {:.2} / {:.2} / {:.2} / {:.2} | {} MB | {placed} |",
             started.elapsed().as_secs_f64(),
             (total_sent - sent_before) as f64 / secs,
             (stored - stored_before) as f64 / secs,
@@ -191,12 +236,25 @@ async fn soak(cameras: usize, duration: Duration, relays: usize) {
             busiest[0].1,
             busiest[1].1,
             busiest[2].1,
+            busiest[3].1,
             db / 1_000_000
         );
         (stored_before, sent_before, cpu, window_start) = (stored, total_sent, now_cpu, now);
     }
     stop.cancel();
     while tasks.join_next().await.is_some() {}
+    if let Some((double, mut orchestrator)) = placing {
+        let _ = orchestrator.kill();
+        let _ = orchestrator.wait();
+        double.kill_all();
+        match *vap::sys::lock(&all_placed) {
+            Some(t) if double.placements() as usize >= cameras => println!(
+                "placement: all {cameras} scenarios placed through the Nomad double {:.1} s after the first POST (MAX_WORKERS {cameras})",
+                t.as_secs_f64()
+            ),
+            _ => println!("placement: only {} of {cameras} scenarios placed", double.placements()),
+        }
+    }
     let hours = started.elapsed().as_secs_f64() / 3600.0;
     let db_end = app.scalar("SELECT pg_database_size(current_database())").await;
     println!(
@@ -273,6 +331,8 @@ fn cpu_by_process() -> HashMap<String, f64> {
             "postgres"
         } else if comm.starts_with("nisshi") {
             "nisshi"
+        } else if comm.starts_with("vap-orchestrat") {
+            "orchestrator"
         } else {
             continue;
         };

@@ -58,6 +58,7 @@ pub struct Settings {
     pub destinations: DestinationSettings,
     pub log: LogSettings,
     pub webhooks: WebhookSettings,
+    pub retention: RetentionSettings,
 }
 
 /// Scene events POSTed to receivers (lib/webhooks.rs), by the relay.
@@ -236,6 +237,20 @@ pub struct InboxSettings {
     pub rebalance_interval_ms: u64,
 }
 
+/// How long results and events are kept (lib/retention.rs, run by vap-relay).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Results, events, their snapshots and webhook deliveries older than this (by frame time)
+    /// go; a scenario's `retention_days` may shorten it for that scenario.
+    pub results_days: u32,
+    /// Frame time each partition spans (whole hours, aligned to midnight UTC).
+    pub partition_hours: u32,
+    /// Partitions made ahead of the current one.
+    pub partitions_ahead: u32,
+    pub check_interval_secs: u64,
+}
+
 /// vap-orchestrator: placement of one runner per scenario.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -409,6 +424,13 @@ pub struct RunnerSettings {
     /// Largest snapshot record sent; a bigger one is sent at a lower JPEG quality, or dropped
     /// (counted). Below the broker's largest message (Kafka's default is 1 MiB).
     pub snapshot_max_bytes: usize,
+    /// Motion gating (scenario option `motion_gating`, on by default; lib/runner/motion.rs):
+    /// the changed share of the picture (0..1) that counts as motion,
+    pub motion_min_area: f64,
+    /// how far a pixel must change (0..255) to count,
+    pub motion_pixel_delta: f64,
+    /// and the stream seconds after which the detector runs on a still picture anyway.
+    pub detect_interval_s: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -524,6 +546,22 @@ impl Default for InboxSettings {
     }
 }
 
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self { results_days: 30, partition_hours: 24, partitions_ahead: 2, check_interval_secs: 600 }
+    }
+}
+
+impl RetentionSettings {
+    pub fn partition_span(&self) -> chrono::Duration {
+        chrono::Duration::hours(i64::from(self.partition_hours))
+    }
+
+    pub fn keep(&self) -> chrono::Duration {
+        chrono::Duration::days(i64::from(self.results_days))
+    }
+}
+
 impl Default for OrchestratorSettings {
     fn default() -> Self {
         Self {
@@ -626,6 +664,9 @@ impl Default for RunnerSettings {
             flush_timeout_ms: 5_000,
             status_interval_ms: 5_000,
             snapshot_max_bytes: 512 * 1024,
+            motion_min_area: 0.002,
+            motion_pixel_delta: 25.0,
+            detect_interval_s: 10.0,
         }
     }
 }
@@ -721,6 +762,15 @@ impl Settings {
         if self.inbox.rebalance_interval_ms < 100 {
             return bad("inbox.rebalance_interval_ms", "must be at least 100");
         }
+        if !(1..=36_500).contains(&self.retention.results_days) {
+            return bad("retention.results_days", "must be from 1 to 36500");
+        }
+        if !(1..=24 * 31).contains(&self.retention.partition_hours) {
+            return bad("retention.partition_hours", "must be from 1 to 744");
+        }
+        if self.retention.check_interval_secs == 0 {
+            return bad("retention.check_interval_secs", "must be at least 1");
+        }
         if self.api.prediction_page_default < 1 || self.api.prediction_page_default > self.api.prediction_page_max {
             return bad("api.prediction_page_default", "must be between 1 and api.prediction_page_max");
         }
@@ -758,6 +808,15 @@ impl Settings {
         }
         if r.buffer_frames == 0 || r.produce_batch == 0 {
             return bad("runner.buffer_frames", "buffer_frames and produce_batch must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&r.motion_min_area) {
+            return bad("runner.motion_min_area", "must be between 0 and 1");
+        }
+        if !(0.0..=255.0).contains(&r.motion_pixel_delta) {
+            return bad("runner.motion_pixel_delta", "must be between 0 and 255");
+        }
+        if !(r.detect_interval_s > 0.0 && r.detect_interval_s.is_finite()) {
+            return bad("runner.detect_interval_s", "must be a positive number of seconds");
         }
         Ok(())
     }

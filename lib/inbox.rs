@@ -12,12 +12,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::InboxSettings;
 use crate::consumer::{FetchLimits, PositionedConsumer, RecordHandler, Share};
 use crate::db::positions::Advance;
-use crate::db::results::{self, Batch, DeadLetter, Stored};
+use crate::db::results::{self, Batch, DeadLetter, Placed, Stored};
 use crate::db::DbError;
 use crate::db::{scene_events, snapshots};
 use crate::events::{ResultsRecord, SceneEvent, Snapshot};
 use crate::kafka::KafkaLink;
 use crate::metrics::Metrics;
+use crate::retention::Window;
 use crate::tasks::TaskFailed;
 
 /// The name positions are stored under; several relays share it (and the partitions).
@@ -32,6 +33,8 @@ pub struct Inbox {
     pub global_webhook: String,
     /// Where the share's session connects (with `settings.share_partitions`).
     pub database: crate::config::DatabaseSettings,
+    /// What is kept, and the partitions it goes to.
+    pub retention: Arc<Window>,
 }
 
 impl Inbox {
@@ -56,7 +59,11 @@ impl Inbox {
             kafka: Arc::clone(&self.kafka),
             limits,
             handler: Reported {
-                store: StoreResults { pool: self.pool.clone(), metrics: Arc::clone(&self.metrics) },
+                store: StoreResults {
+                    pool: self.pool.clone(),
+                    metrics: Arc::clone(&self.metrics),
+                    retention: Arc::clone(&self.retention),
+                },
                 metrics: Arc::clone(&self.metrics),
             },
             share: share.clone(),
@@ -71,6 +78,7 @@ impl Inbox {
                     pool: self.pool.clone(),
                     metrics: Arc::clone(&self.metrics),
                     global_webhook: self.global_webhook,
+                    retention: self.retention,
                 },
                 metrics: Arc::clone(&self.metrics),
             },
@@ -105,6 +113,24 @@ impl Inbox {
 struct StoreResults {
     pool: Pool,
     metrics: Arc<Metrics>,
+    retention: Arc<Window>,
+}
+
+enum Placing {
+    Placed(chrono::DateTime<chrono::Utc>),
+    UnknownScenario,
+    Expired,
+    Refused(Refusal),
+}
+
+/// Where a checked frame of a scenario with `facts` goes.
+fn placed(facts: Option<&results::SigningFacts>, frame: i64, expired_before: chrono::DateTime<chrono::Utc>) -> Placing {
+    let Some(facts) = facts else { return Placing::UnknownScenario };
+    match results::frame_time(facts.epoch, frame) {
+        None => Placing::Refused(("frame_out_of_window", format!("frame {frame} is past the calendar's end"))),
+        Some(t) if t < expired_before => Placing::Expired,
+        Some(t) => Placing::Placed(t),
+    }
 }
 
 impl RecordHandler for StoreResults {
@@ -117,15 +143,26 @@ impl RecordHandler for StoreResults {
         let facts = results::signing_facts(&self.pool, &ids).await?;
         let now = chrono::Utc::now();
         let mut batch = Batch { frames: Vec::with_capacity(records.len()), ..Batch::default() };
+        let expired_before = now - self.retention.keep;
         for (r, parsed) in records.iter().zip(parsed) {
             let checked = parsed.and_then(|p| match facts.get(&p.scenario()) {
-                // Unknown scenarios are counted (not set aside) where they are stored.
-                None => Ok(p),
-                Some(f) => check(claim(&p), &r.record, f, now).map(|()| p),
+                None => Ok((p, None)),
+                Some(f) => check(claim(&p), &r.record, f, now).map(|()| (p, Some(f))),
             });
             match checked {
-                Ok(ResultsRecord::Frame(result)) => batch.frames.push((r.offset, result)),
-                Ok(ResultsRecord::End(end)) => {
+                Ok((ResultsRecord::Frame(result), facts)) => match placed(facts, result.frame_number, expired_before) {
+                    Placing::Placed(frame_time) => {
+                        batch.frames.push(Placed { offset: r.offset, frame_time, item: result })
+                    }
+                    // Unknown scenarios are counted (not set aside).
+                    Placing::UnknownScenario => batch.unknown_scenario += 1,
+                    Placing::Expired => batch.expired += 1,
+                    Placing::Refused(refusal) => {
+                        reject(&self.metrics, &advance, r.offset, &refusal);
+                        batch.dead.push(dead_letter(r, &refusal));
+                    }
+                },
+                Ok((ResultsRecord::End(end), _)) => {
                     tracing::info!(scenario = %end.scenario_uuid, reason = ?end.end_of_stream, detail = end.detail, "stream ended");
                     batch.ends.push((r.offset, end));
                 }
@@ -135,6 +172,8 @@ impl RecordHandler for StoreResults {
                 }
             }
         }
+        let times: Vec<_> = batch.frames.iter().map(|f| f.frame_time).collect();
+        self.retention.coverage.cover(&self.pool, "scenario_results", &times).await?;
         let Some(stored) = results::store_batch(&self.pool, &advance, batch).await? else { return Ok(false) };
         self.count(&advance, stored);
         Ok(true)
@@ -191,7 +230,7 @@ fn check(
             // records are placed in time by their capture time instead.
             let at = match facts.by_media_time {
                 true => Some(captured_at),
-                false => chrono::Duration::try_milliseconds(frame).and_then(|d| facts.epoch.checked_add_signed(d)),
+                false => results::frame_time(facts.epoch, frame),
             };
             match at {
                 Some(at) if at <= latest => Ok(()),
@@ -235,6 +274,7 @@ struct StoreEvents {
     pool: Pool,
     metrics: Arc<Metrics>,
     global_webhook: String,
+    retention: Arc<Window>,
 }
 
 impl RecordHandler for StoreEvents {
@@ -253,23 +293,45 @@ impl RecordHandler for StoreEvents {
         let facts = results::signing_facts(&self.pool, &ids).await?;
         let now = chrono::Utc::now();
         let (mut events, mut dead) = (Vec::with_capacity(records.len()), Vec::new());
+        let (mut unknown, mut expired) = (0, 0);
+        let expired_before = now - self.retention.keep;
         for (r, parsed) in records.iter().zip(parsed) {
             let checked = parsed.and_then(|e| match facts.get(&e.scenario_uuid) {
-                None => Ok(e),
-                Some(f) => check(Claim::Frame(e.frame_number, e.timestamp), &r.record, f, now).map(|()| e),
+                None => Ok((e, None)),
+                Some(f) => check(Claim::Frame(e.frame_number, e.timestamp), &r.record, f, now).map(|()| (e, Some(f))),
             });
-            match checked {
-                Ok(e) => events.push((r.offset, e)),
-                Err(refusal) => {
-                    reject(&self.metrics, &advance, r.offset, &refusal);
-                    dead.push(dead_letter(r, &refusal));
-                }
-            }
+            let refusal = match checked {
+                Ok((e, facts)) => match placed(facts, e.frame_number, expired_before) {
+                    Placing::Placed(frame_time) => {
+                        events.push(Placed { offset: r.offset, frame_time, item: e });
+                        continue;
+                    }
+                    Placing::UnknownScenario => {
+                        unknown += 1;
+                        continue;
+                    }
+                    Placing::Expired => {
+                        expired += 1;
+                        continue;
+                    }
+                    Placing::Refused(refusal) => refusal,
+                },
+                Err(refusal) => refusal,
+            };
+            reject(&self.metrics, &advance, r.offset, &refusal);
+            dead.push(dead_letter(r, &refusal));
         }
+        let times: Vec<_> = events.iter().map(|e| e.frame_time).collect();
+        self.retention.coverage.cover(&self.pool, "scenario_events", &times).await?;
         let Some(s) = scene_events::store_batch(&self.pool, &advance, &events, dead, &self.global_webhook).await?
         else {
             return Ok(false);
         };
+        let m = &self.metrics;
+        if expired > 0 {
+            m.inc("vap_inbox_expired_total", "Results and events older than retention: not stored.", &[], expired);
+        }
+        let s = scene_events::StoredEvents { unknown_scenario: s.unknown_scenario + unknown, ..s };
         let m = &self.metrics;
         m.inc("vap_inbox_events_stored_total", "Scene events written to PostgreSQL.", &[], s.inserted as u64);
         m.inc(
@@ -417,6 +479,14 @@ impl StoreResults {
             s.duplicates as u64,
         );
         count_set_aside(m, advance, s.unknown_scenario, s.dead_lettered);
+        if s.expired > 0 {
+            m.inc(
+                "vap_inbox_expired_total",
+                "Results and events older than retention: not stored.",
+                &[],
+                s.expired as u64,
+            );
+        }
         if s.ended > 0 {
             m.inc(
                 "vap_inbox_streams_ended_total",

@@ -16,7 +16,8 @@
 //! | [`inbox`] | Kafka `results`, `events` -> `scenario_results`, `scenario_events`, exactly-once effects |
 //! | [`webhooks`] | scene events POSTed to receivers, signed, at least once, in order per scenario |
 //! | [`orchestrator`] | `vap-orchestrator`: leader, event consumer, reconcile, backends |
-//! | [`relay`] | the `vap-relay` process: outbox relay + inbox + its metrics |
+//! | [`relay`] | the `vap-relay` process: outbox relay + inbox + retention + its metrics |
+//! | [`retention`] | results and events kept `retention.results_days`: partitions made ahead, dropped whole |
 //! | [`analytics`] | tracks and zone/line events derived from detections (pure; the runner runs it) |
 //! | `runner` | `vap-runner`: capture, detection, publishing (feature `runner`: the only code linking OpenCV and tract) |
 //! | [`consumer`] | a Kafka consumer that keeps its positions in PostgreSQL (inbox, orchestrator) |
@@ -66,6 +67,7 @@ pub mod options;
 pub mod orchestrator;
 pub mod outbox_relay;
 pub mod relay;
+pub mod retention;
 #[cfg(feature = "runner")]
 pub mod runner;
 pub mod sealed;

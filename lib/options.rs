@@ -22,7 +22,7 @@ pub const MAX_REGION_NAME_CHARS: usize = 100;
 /// The longest dwell a zone may wait for: a day.
 pub const DWELL_SECONDS: RangeInclusive<f64> = 1.0..=86_400.0;
 /// The fields a request may set, in the order they are checked.
-pub const FIELDS: [&str; 10] = [
+pub const FIELDS: [&str; 12] = [
     "name",
     "model",
     "fps",
@@ -33,11 +33,16 @@ pub const FIELDS: [&str; 10] = [
     "lines",
     "webhook_url",
     "snapshot_interval_s",
+    "retention_days",
+    "motion_gating",
 ];
 /// Seconds between two snapshots of a scenario (besides those of its events).
 pub const SNAPSHOT_INTERVAL_S: RangeInclusive<f64> = 0.5..=3600.0;
 pub const DEFAULT_SNAPSHOT_INTERVAL_S: f64 = 2.0;
 pub const MAX_WEBHOOK_URL_CHARS: usize = 2048;
+/// Days a scenario's results, events and snapshots are kept, when shorter than
+/// `retention.results_days` (which wins when it is shorter).
+pub const RETENTION_DAYS: RangeInclusive<u32> = 1..=36_500;
 
 /// A polygon in normalised image coordinates (0..1, origin top left), as `[[x, y], ...]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +98,12 @@ pub struct ScenarioOptions {
     /// Unset: [`DEFAULT_SNAPSHOT_INTERVAL_S`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_interval_s: Option<f64>,
+    /// Unset: `retention.results_days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    /// Unset: on. Off analyses every sampled frame, moving or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub motion_gating: Option<bool>,
 }
 
 /// A named area. An object is in it when the bottom centre of its box is (where it stands).
@@ -190,9 +201,19 @@ impl ScenarioOptions {
                 "zones" => next.zones = if null { Vec::new() } else { zones(value)? },
                 "lines" => next.lines = if null { Vec::new() } else { lines(value)? },
                 "webhook_url" => next.webhook_url = if null { None } else { Some(webhook_url(value)?) },
-                _ => {
+                "snapshot_interval_s" => {
                     next.snapshot_interval_s =
                         if null { None } else { Some(number(field, value, SNAPSHOT_INTERVAL_S)?) }
+                }
+                "retention_days" => {
+                    next.retention_days = if null { None } else { Some(whole(field, value, RETENTION_DAYS)?) }
+                }
+                _ => {
+                    next.motion_gating = match value {
+                        Value::Null => None,
+                        Value::Bool(b) => Some(*b),
+                        other => return Err(invalid(field, format!("must be true or false, got {}", kind(other)))),
+                    }
                 }
             }
         }
@@ -219,6 +240,10 @@ impl ScenarioOptions {
 
     pub fn manifest<'c>(&'c self, catalogue: &'c Catalogue) -> Option<&'c Manifest> {
         catalogue.get(self.model_name(catalogue))
+    }
+
+    pub fn motion_gating(&self) -> bool {
+        self.motion_gating.unwrap_or(true)
     }
 
     pub fn snapshot_interval(&self) -> std::time::Duration {
@@ -290,6 +315,14 @@ fn number(field: &str, v: &Value, range: RangeInclusive<f64>) -> Result<f64, Opt
         return Err(invalid(field, format!("must be from {} to {}, got {n}", range.start(), range.end())));
     }
     Ok(n)
+}
+
+fn whole(field: &str, v: &Value, range: RangeInclusive<u32>) -> Result<u32, OptionError> {
+    let n = v.as_u64().ok_or_else(|| invalid(field, format!("must be a whole number, got {}", kind(v))))?;
+    match u32::try_from(n) {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(invalid(field, format!("must be from {} to {}, got {n}", range.start(), range.end()))),
+    }
 }
 
 fn strings(field: &str, v: &Value) -> Result<Vec<String>, OptionError> {

@@ -49,6 +49,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         metrics: Arc::clone(&metrics),
     };
     tasks.spawn("outbox relay", relay.run(tasks.token()));
+    let window = Arc::new(crate::retention::Window::new(&settings.retention));
+    let retention = crate::retention::Retention {
+        pool: pool.clone(),
+        database: settings.database.clone(),
+        settings: settings.retention.clone(),
+        window: Arc::clone(&window),
+        metrics: Arc::clone(&metrics),
+    };
+    tasks.spawn("retention", retention.run(tasks.token()));
     if settings.inbox.enabled {
         let inbox = Inbox {
             pool: pool.clone(),
@@ -57,6 +66,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             metrics: Arc::clone(&metrics),
             global_webhook: settings.webhooks.url.clone(),
             database: settings.database.clone(),
+            retention: window,
         };
         tasks.spawn_fallible("inbox", inbox.run(tasks.token()));
         let policy = crate::destination::DestinationPolicy::from_settings(&settings.destinations)

@@ -105,6 +105,8 @@ pub fn options_json(o: &ScenarioOptions, defaults: &Defaults) -> Value {
         "lines": o.lines,
         "webhook_url": o.webhook_url,
         "snapshot_interval_s": o.snapshot_interval_s.unwrap_or(crate::options::DEFAULT_SNAPSHOT_INTERVAL_S),
+        "retention_days": o.retention_days,
+        "motion_gating": o.motion_gating(),
     })
 }
 
@@ -454,12 +456,16 @@ pub fn scene_event_json(e: &crate::events::SceneEvent) -> Value {
 }
 
 /// A stored frame, with what produced it: model, the model file's digest, the runner
-/// instance, and for files the position in the media.
+/// instance, and for files the position in the media. `analysed: false` is a frame the
+/// detector did not run on (nothing moved: `motion` is the picture's changed share), which is
+/// not the same as one where it found nothing.
 pub fn result_json(r: &StoredResult) -> Value {
     let extra = |k: &str| r.extra.get(k).cloned().unwrap_or(Value::Null);
     json!({
         "frame_number": r.frame_number,
         "timestamp": r.timestamp,
+        "analysed": r.extra.get("analysed").and_then(Value::as_bool).unwrap_or(true),
+        "motion": extra("motion"),
         "detections": r.detections,
         "model": extra("model"),
         "model_sha256": extra("model_sha256"),

@@ -5,8 +5,10 @@
 pub mod migrate;
 pub mod outbox;
 pub mod partition_locks;
+pub mod partitions;
 pub mod positions;
 pub mod results;
+pub mod retention;
 pub mod scenarios;
 pub mod scene_events;
 pub mod snapshots;
@@ -58,7 +60,11 @@ impl DbError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             DbError::Pool(_) => true,
-            DbError::Postgres(e) => e.is_closed() || e.code().is_none(),
+            // A server shutting down or starting up ends sessions with 57P01..57P03 (a
+            // restart: the client may try again), a lost connection with class 08.
+            DbError::Postgres(e) => {
+                e.is_closed() || e.code().is_none_or(|c| c.code().starts_with("57P") || c.code().starts_with("08"))
+            }
             _ => false,
         }
     }

@@ -32,7 +32,8 @@ pub struct TimeRange {
 
 /// A page of results after `after_frame`, in frame order, captured within `range`. A
 /// scenario's frames number its capture times in order, so the range is first turned into
-/// frame bounds (index `scenario_results_by_time`), and the page is a plain primary-key range.
+/// frame bounds (index `scenario_results_by_time`), and the page is a plain primary-key range
+/// in the partitions from `after_frame`'s on.
 pub async fn page_in(
     pool: &Pool,
     scenario: Uuid,
@@ -51,6 +52,8 @@ pub async fn page_in(
                           ORDER BY captured_at DESC, frame_number DESC LIMIT 1)
              SELECT frame_number, captured_at, detections, extra FROM scenario_results
               WHERE scenario_uuid = $1 AND frame_number > $2
+                -- The same bound in frame time: partitions before it are skipped.
+                AND frame_time > (SELECT created_at FROM scenarios WHERE scenario_uuid = $1) + $2 * interval '1 millisecond'
                 AND ($4::timestamptz IS NULL OR (frame_number >= (SELECT frame_number FROM lo) AND captured_at >= $4))
                 AND ($5::timestamptz IS NULL OR (frame_number <= (SELECT frame_number FROM hi) AND captured_at < $5))
               ORDER BY frame_number LIMIT $3",
@@ -89,6 +92,8 @@ pub struct Stored {
     pub ended: i64,
     /// Records set aside in `dead_letters` (the handler's and PostgreSQL's refusals).
     pub dead_lettered: i64,
+    /// Frames older than retention: not stored.
+    pub expired: i64,
 }
 
 /// A record a consumer sets aside: where it came from, why, and its bytes.
@@ -100,12 +105,30 @@ pub struct DeadLetter {
     pub value: Option<Vec<u8>>,
 }
 
+/// A checked record to store: its offset and frame time (the partition key, [`frame_time`]).
+#[derive(Debug, Clone)]
+pub struct Placed<T> {
+    pub offset: i64,
+    pub frame_time: DateTime<Utc>,
+    pub item: T,
+}
+
+/// The frame time of `frame`: the scenario's epoch plus the frame number in milliseconds, the
+/// same at every delivery (`None` past the calendar's end).
+pub fn frame_time(epoch: DateTime<Utc>, frame: i64) -> Option<DateTime<Utc>> {
+    chrono::Duration::try_milliseconds(frame).and_then(|d| epoch.checked_add_signed(d))
+}
+
 /// What one fetch brought, parsed: frames and ends by offset, and the records refused.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub frames: Vec<(i64, FrameResult)>,
+    pub frames: Vec<Placed<FrameResult>>,
     pub ends: Vec<(i64, StreamEnd)>,
     pub dead: Vec<DeadLetter>,
+    /// Found unknown before storing (counted with those the insert finds).
+    pub unknown_scenario: i64,
+    /// Older than retention: not stored.
+    pub expired: i64,
 }
 
 /// What the inbox checks a scenario's records against.
@@ -176,7 +199,7 @@ async fn store(pool: &Pool, advance: &Advance<'_>, batch: &Batch, isolate: bool)
     let mut stored = Stored::default();
     let mut dead = batch.dead.clone();
     if !isolate {
-        let frames: Vec<&FrameResult> = batch.frames.iter().map(|(_, f)| f).collect();
+        let frames: Vec<&Placed<FrameResult>> = batch.frames.iter().collect();
         if !frames.is_empty() {
             stored = insert_results(&tx, &frames).await?;
         }
@@ -185,7 +208,7 @@ async fn store(pool: &Pool, advance: &Advance<'_>, batch: &Batch, isolate: bool)
         }
     } else {
         // Each record under a savepoint: a refused one is rolled back alone and set aside.
-        for (offset, frame) in &batch.frames {
+        for frame in &batch.frames {
             tx.batch_execute("SAVEPOINT one_record").await?;
             match insert_results(&tx, &[frame]).await {
                 Ok(s) => {
@@ -196,7 +219,7 @@ async fn store(pool: &Pool, advance: &Advance<'_>, batch: &Batch, isolate: bool)
                 }
                 Err(e) if e.is_data_error() => {
                     tx.batch_execute("ROLLBACK TO SAVEPOINT one_record").await?;
-                    dead.push(refused(*offset, frame.scenario_uuid, serde_json::to_vec(frame), &e));
+                    dead.push(refused(frame.offset, frame.item.scenario_uuid, serde_json::to_vec(&frame.item), &e));
                 }
                 Err(e) => return Err(e),
             }
@@ -214,6 +237,8 @@ async fn store(pool: &Pool, advance: &Advance<'_>, batch: &Batch, isolate: bool)
         }
     }
     stored.dead_lettered = insert_dead_letters(&tx, advance, &dead).await?;
+    stored.unknown_scenario += batch.unknown_scenario;
+    stored.expired = batch.expired;
     tx.commit().await?;
     Ok(Some(stored))
 }
@@ -254,14 +279,20 @@ pub async fn dead_letter_count(pool: &Pool, consumer: &str) -> Result<i64, DbErr
     Ok(client.query_one("SELECT count(*) FROM dead_letters WHERE consumer = $1", &[&consumer]).await?.get(0))
 }
 
-async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[&FrameResult]) -> Result<Stored, DbError> {
+async fn insert_results(
+    tx: &deadpool_postgres::Transaction<'_>,
+    results: &[&Placed<FrameResult>],
+) -> Result<Stored, DbError> {
     let n = results.len();
     let mut uuids = Vec::with_capacity(n);
     let mut frames = Vec::with_capacity(n);
+    let mut frame_times = Vec::with_capacity(n);
     let mut times = Vec::with_capacity(n);
     let mut detections = Vec::with_capacity(n);
     let mut extras = Vec::with_capacity(n);
-    for r in results {
+    for placed in results {
+        let r = &placed.item;
+        frame_times.push(placed.frame_time);
         uuids.push(r.scenario_uuid);
         frames.push(r.frame_number);
         times.push(r.timestamp);
@@ -271,14 +302,15 @@ async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[&Fra
     let row = tx
         .query_one(
             "WITH input AS (
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[], $5::jsonb[])
-                          AS t(scenario_uuid, frame_number, captured_at, detections, extra)),
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[], $5::jsonb[],
+                                      $6::timestamptz[])
+                          AS t(scenario_uuid, frame_number, captured_at, detections, extra, frame_time)),
              known AS (
                  SELECT i.* FROM input i WHERE EXISTS (SELECT 1 FROM scenarios s WHERE s.scenario_uuid = i.scenario_uuid)),
              inserted AS (
-                 INSERT INTO scenario_results (scenario_uuid, frame_number, captured_at, detections, extra)
-                 SELECT scenario_uuid, frame_number, captured_at, detections, extra FROM known
-                 ON CONFLICT (scenario_uuid, frame_number) DO NOTHING
+                 INSERT INTO scenario_results (scenario_uuid, frame_number, frame_time, captured_at, detections, extra)
+                 SELECT scenario_uuid, frame_number, frame_time, captured_at, detections, extra FROM known
+                 ON CONFLICT (scenario_uuid, frame_number, frame_time) DO NOTHING
                  RETURNING scenario_uuid, frame_number, captured_at, extra),
              counts AS (
                  SELECT scenario_uuid, count(*) AS n, max(captured_at) AS last_at,
@@ -299,7 +331,7 @@ async fn insert_results(tx: &deadpool_postgres::Transaction<'_>, results: &[&Fra
                  RETURNING (SELECT status FROM scenarios o WHERE o.scenario_uuid = s.scenario_uuid) AS old_status)
              SELECT (SELECT count(*) FROM known), (SELECT count(*) FROM inserted),
                     (SELECT count(*) FROM updated WHERE old_status IN ('init_startup', 'in_startup_processing'))",
-            &[&uuids, &frames, &times, &detections, &extras],
+            &[&uuids, &frames, &times, &detections, &extras, &frame_times],
         )
         .await?;
     let known: i64 = row.get(0);

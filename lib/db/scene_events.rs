@@ -5,7 +5,7 @@ use deadpool_postgres::{Pool, Transaction};
 use uuid::Uuid;
 
 use super::positions::{self, Advance};
-use super::results::{insert_dead_letters, DeadLetter};
+use super::results::{insert_dead_letters, DeadLetter, Placed};
 use super::DbError;
 use crate::events::{Direction, SceneEvent, SceneEventKind};
 
@@ -27,7 +27,7 @@ pub struct StoredEvents {
 pub async fn store_batch(
     pool: &Pool,
     advance: &Advance<'_>,
-    events: &[(i64, SceneEvent)],
+    events: &[Placed<SceneEvent>],
     dead: Vec<DeadLetter>,
     global_webhook: &str,
 ) -> Result<Option<StoredEvents>, DbError> {
@@ -43,7 +43,7 @@ pub async fn store_batch(
 async fn store(
     pool: &Pool,
     advance: &Advance<'_>,
-    events: &[(i64, SceneEvent)],
+    events: &[Placed<SceneEvent>],
     mut dead: Vec<DeadLetter>,
     global_webhook: &str,
     isolate: bool,
@@ -56,10 +56,10 @@ async fn store(
     }
     let mut stored = StoredEvents::default();
     if !isolate {
-        let all: Vec<&SceneEvent> = events.iter().map(|(_, e)| e).collect();
+        let all: Vec<&Placed<SceneEvent>> = events.iter().collect();
         stored = insert(&tx, &all, global_webhook).await?;
     } else {
-        for (offset, event) in events {
+        for event in events {
             tx.batch_execute("SAVEPOINT one_record").await?;
             match insert(&tx, &[event], global_webhook).await {
                 Ok(s) => {
@@ -70,10 +70,10 @@ async fn store(
                 Err(e) if e.is_data_error() => {
                     tx.batch_execute("ROLLBACK TO SAVEPOINT one_record").await?;
                     dead.push(DeadLetter {
-                        offset: *offset,
+                        offset: event.offset,
                         reason: format!("refused by PostgreSQL: {}", e.server_message()),
-                        key: Some(event.scenario_uuid.to_string().into_bytes()),
-                        value: serde_json::to_vec(event).ok(),
+                        key: Some(event.item.scenario_uuid.to_string().into_bytes()),
+                        value: serde_json::to_vec(&event.item).ok(),
                     });
                 }
                 Err(e) => return Err(e),
@@ -85,10 +85,16 @@ async fn store(
     Ok(Some(stored))
 }
 
-async fn insert(tx: &Transaction<'_>, events: &[&SceneEvent], global_webhook: &str) -> Result<StoredEvents, DbError> {
-    if events.is_empty() {
+async fn insert(
+    tx: &Transaction<'_>,
+    placed: &[&Placed<SceneEvent>],
+    global_webhook: &str,
+) -> Result<StoredEvents, DbError> {
+    if placed.is_empty() {
         return Ok(StoredEvents::default());
     }
+    let frame_times: Vec<DateTime<Utc>> = placed.iter().map(|p| p.frame_time).collect();
+    let events: Vec<&SceneEvent> = placed.iter().map(|p| &p.item).collect();
     let column = |f: &dyn Fn(&SceneEvent) -> Option<String>| events.iter().map(|e| f(e)).collect::<Vec<_>>();
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     let scenarios: Vec<Uuid> = events.iter().map(|e| e.scenario_uuid).collect();
@@ -107,19 +113,19 @@ async fn insert(tx: &Transaction<'_>, events: &[&SceneEvent], global_webhook: &s
             "WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::timestamptz[],
                                       $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[],
-                                      $11::float8[], $12::text[])
+                                      $11::float8[], $12::text[], $14::timestamptz[])
                           AS t(event_id, scenario_uuid, kind, frame_number, occurred_at, zone, line, direction,
-                               track_id, class, dwell_seconds, detail)),
+                               track_id, class, dwell_seconds, detail, frame_time)),
              known AS (
                  SELECT i.* FROM input i WHERE EXISTS (SELECT 1 FROM scenarios s WHERE s.scenario_uuid = i.scenario_uuid)),
              inserted AS (
                  INSERT INTO scenario_events (event_id, scenario_uuid, kind, frame_number, occurred_at, zone, line,
-                                              direction, track_id, class, dwell_seconds, detail)
-                 SELECT * FROM known ON CONFLICT (event_id) DO NOTHING
-                 RETURNING event_id, scenario_uuid, frame_number),
+                                              direction, track_id, class, dwell_seconds, detail, frame_time)
+                 SELECT * FROM known ON CONFLICT (event_id, frame_time) DO NOTHING
+                 RETURNING event_id, scenario_uuid, frame_number, frame_time),
              queued AS (
-                 INSERT INTO webhook_deliveries (event_id, scenario_uuid, url)
-                 SELECT i.event_id, i.scenario_uuid, u.url
+                 INSERT INTO webhook_deliveries (event_id, scenario_uuid, url, frame_time)
+                 SELECT i.event_id, i.scenario_uuid, u.url, i.frame_time
                    FROM inserted i JOIN scenarios s USING (scenario_uuid)
                         CROSS JOIN LATERAL (VALUES (s.options->>'webhook_url'), (NULLIF($13, ''))) AS u(url)
                   WHERE u.url IS NOT NULL
@@ -129,7 +135,7 @@ async fn insert(tx: &Transaction<'_>, events: &[&SceneEvent], global_webhook: &s
              SELECT (SELECT count(*) FROM known), (SELECT count(*) FROM inserted), (SELECT count(*) FROM queued)",
             &[
                 &ids, &scenarios, &kinds, &frames, &times, &zones, &lines, &directions, &tracks, &classes, &dwell,
-                &details, &global_webhook,
+                &details, &global_webhook, &frame_times,
             ],
         )
         .await?;

@@ -37,9 +37,9 @@ pub async fn due(pool: &Pool, limit: i64, lease_ms: i64) -> Result<Vec<Due>, DbE
                  -- A row another relay claimed first fails the re-checked condition: skipped.
                  UPDATE webhook_deliveries d SET next_attempt_at = now() + $2 * interval '1 millisecond'
                    FROM heads WHERE d.id = heads.id AND d.next_attempt_at <= now() AND d.delivered_at IS NULL
-                 RETURNING d.id, d.event_id, d.url, d.attempts)
+                 RETURNING d.id, d.event_id, d.frame_time, d.url, d.attempts)
              SELECT c.id, c.url, c.attempts, {COLUMNS}
-               FROM claimed c JOIN scenario_events e USING (event_id)"
+               FROM claimed c JOIN scenario_events e USING (event_id, frame_time)"
         ))
         .await?;
     let rows = client.query(&stmt, &[&limit, &(lease_ms as f64)]).await?;

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod control;
 pub mod detector;
 pub mod egress;
+pub mod motion;
 pub mod publisher;
 pub mod snapshot;
 
@@ -71,6 +72,8 @@ pub enum Outcome {
 #[derive(Default)]
 pub struct RunnerStats {
     pub frames_analysed: AtomicU64,
+    /// Sampled frames the detector was spared: nothing moved (motion gating).
+    pub frames_still: AtomicU64,
     pub detect_errors: AtomicU64,
     pub read_micros: AtomicU64,
     pub preprocess_micros: AtomicU64,
@@ -413,6 +416,12 @@ impl Threads {
             (Arc::clone(&self.slot), Arc::clone(&self.stats), job.clone(), tracing::Span::current());
         let (started, rate) = (self.started, Arc::clone(&self.sample_rate));
         let (default_fps, snapshot_max_bytes) = (rs.sample_fps, rs.snapshot_max_bytes);
+        let motion = motion::MotionSettings {
+            min_area: rs.motion_min_area,
+            pixel_delta: rs.motion_pixel_delta,
+            detect_interval_s: rs.detect_interval_s,
+            ..motion::MotionSettings::default()
+        };
         std::thread::Builder::new()
             .name("vap-detect".into())
             .spawn(move || {
@@ -427,6 +436,7 @@ impl Threads {
                     started,
                     rate: &rate,
                     default_fps,
+                    motion,
                 };
                 let end = span.in_scope(|| detect.run(current, &reloads));
                 let _ = done.send(end);
@@ -530,21 +540,26 @@ async fn flush_results(
 fn log_summary(outcome: &Outcome, threads: &Threads, buffer: &ResultBuffer, flushed_in: Duration) {
     let (stats, capture) = (&threads.stats, &threads.capture);
     let analysed = stats.frames_analysed.load(Ordering::Relaxed);
+    let still = stats.frames_still.load(Ordering::Relaxed);
     let per_frame = |micros: &AtomicU64| micros.load(Ordering::Relaxed) as f64 / 1000.0 / analysed.max(1) as f64;
+    let per_run = |micros: &AtomicU64| {
+        micros.load(Ordering::Relaxed) as f64 / 1000.0 / analysed.saturating_sub(still).max(1) as f64
+    };
     let b = &buffer.stats;
     let produce_requests = b.produce_requests.load(Ordering::Relaxed);
     tracing::info!(
         outcome = ?outcome,
         frames_analysed = analysed,
+        frames_still = still,
         published = b.published.load(Ordering::Relaxed),
         frames_dropped = capture.frames_dropped.load(Ordering::Relaxed),
         unsent_dropped = b.dropped_unsent.load(Ordering::Relaxed),
         snapshots_dropped = stats.snapshots_dropped.load(Ordering::Relaxed),
         fps = analysed as f64 / threads.started.elapsed().as_secs_f64(),
         read_ms = per_frame(&stats.read_micros),
-        preprocess_ms = per_frame(&stats.preprocess_micros),
-        inference_ms = per_frame(&stats.inference_micros),
-        postprocess_ms = per_frame(&stats.postprocess_micros),
+        preprocess_ms = per_run(&stats.preprocess_micros),
+        inference_ms = per_run(&stats.inference_micros),
+        postprocess_ms = per_run(&stats.postprocess_micros),
         queue_ms = per_frame(&stats.publish_micros),
         produce_ms_per_request = b.produce_micros.load(Ordering::Relaxed) as f64 / 1000.0 / produce_requests.max(1) as f64,
         produce_requests,
@@ -578,6 +593,7 @@ struct Detect<'a> {
     rate: &'a SampleRate,
     /// The rate of options that set none.
     default_fps: f64,
+    motion: motion::MotionSettings,
 }
 
 impl Detect<'_> {
@@ -592,6 +608,9 @@ impl Detect<'_> {
         let mut tracker = Tracker::new(tracking(current.min_confidence));
         let mut regions = Regions::new(job.scenario, current.options.zones.clone(), current.options.lines.clone());
         let mut snapshots = snapshot::SnapshotTaker::new(current.options.snapshot_interval(), self.snapshot_max_bytes);
+        let mut motion = motion::MotionGate::new(self.motion);
+        // The detector's last boxes, carried over still frames.
+        let mut last_seen = Vec::new();
         loop {
             stats.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             // Between two frames: the next one is analysed with the new options.
@@ -621,19 +640,35 @@ impl Detect<'_> {
             if !stats.ready.swap(true, Ordering::Relaxed) {
                 stats.became_ready.notify_one();
             }
-            let (mut detections, timing) = match current.detector.detect(&frame.image) {
-                Ok(d) => d,
-                Err(e) => {
-                    stats.detect_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "frame not analysed");
-                    continue;
-                }
-            };
-            let (width, height) = (frame.image.cols(), frame.image.rows());
-            detections.retain(|d| current.options.keeps(d, width as f32, height as f32));
             let frame_number = numbers.next(frame.captured_at, frame.media_ms);
             // The stream's clock: media time for files (analysed faster than real time).
             let t = frame.media_ms.unwrap_or_else(|| ms_since(job.epoch, frame.captured_at)) / 1000.0;
+            let gate = match current.options.motion_gating() {
+                // A gate that fails (it should not) lets the frame through.
+                true => motion.decide(&frame.image, t).unwrap_or(motion::Gate::Start),
+                false => motion::Gate::Start,
+            };
+            let (mut detections, timing) = match gate.analyse() {
+                // Nothing moved: still objects are where the last analysed frame had them.
+                false => {
+                    stats.frames_still.fetch_add(1, Ordering::Relaxed);
+                    let followed = tracker.tracks().next().is_some();
+                    (if followed { last_seen.clone() } else { Vec::new() }, detector::DetectTiming::default())
+                }
+                true => match current.detector.detect(&frame.image) {
+                    Ok((d, timing)) => {
+                        last_seen.clone_from(&d);
+                        (d, timing)
+                    }
+                    Err(e) => {
+                        stats.detect_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "frame not analysed");
+                        continue;
+                    }
+                },
+            };
+            let (width, height) = (frame.image.cols(), frame.image.rows());
+            detections.retain(|d| current.options.keeps(d, width as f32, height as f32));
             let observations: Vec<Observation> = detections
                 .iter()
                 .map(|d| Observation { class: d.class.clone(), score: d.confidence, bbox: d.bbox })
@@ -681,6 +716,12 @@ impl Detect<'_> {
             let fps = f64::from_bits(stats.analysed_fps.load(Ordering::Relaxed));
             if fps > 0.0 {
                 extra.insert("analysed_fps".into(), ((fps * 100.0).round() / 100.0).into());
+            }
+            if !gate.analyse() {
+                extra.insert("analysed".into(), false.into());
+            }
+            if let Some(m) = gate.motion() {
+                extra.insert("motion".into(), ((m * 1e4).round() / 1e4).into());
             }
             extra.insert("inference_ms".into(), (timing.inference.as_secs_f64() * 1000.0).into());
             extra.insert("frame_width".into(), width.into());

@@ -257,7 +257,7 @@ async fn options_are_stored_and_shown_in_effect_and_the_catalogue_is_listed() {
     let plain = app.scenario(app.create_scenario("rtsp://cam/1").await).await;
     assert_eq!(
         plain["options"],
-        json!({"name": null, "model": "ssdlite_person_300", "fps": 2.0, "classes": null, "min_confidence": 0.5, "mask": [], "zones": [], "lines": [], "webhook_url": null, "snapshot_interval_s": 2.0}),
+        json!({"name": null, "model": "ssdlite_person_300", "fps": 2.0, "classes": null, "min_confidence": 0.5, "mask": [], "zones": [], "lines": [], "webhook_url": null, "snapshot_interval_s": 2.0, "retention_days": null, "motion_gating": true}),
         "{plain}"
     );
     let mask = json!([[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]]);

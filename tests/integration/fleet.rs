@@ -104,6 +104,15 @@ pub fn orchestrator_config(dir: &Path, backend: &str, max_workers: usize, sectio
     path
 }
 
+/// The same for the Nomad backend at `address` (the API double's), running `command`.
+pub fn nomad_config(dir: &Path, app: &TestApp, address: &str, command: &str, max_workers: usize) -> PathBuf {
+    let section = format!(
+        "address = \"{address}\"\ncommand = \"{command}\"\nrunner_env = {}\nrestart_delay_secs = 1\n",
+        serde_json::to_string(&runner_env(app)).unwrap()
+    );
+    orchestrator_config(dir, "nomad", max_workers, &section)
+}
+
 /// vap-orchestrator started with `--config` as an operator would.
 pub fn spawn_orchestrator_with_config(app: &TestApp, config: &Path) -> Child {
     spawn_orchestrator_with_env(app, config, &[])

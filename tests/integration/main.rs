@@ -24,6 +24,7 @@ mod api;
 mod config;
 mod inbox;
 mod relay;
+mod retention;
 
 #[cfg(feature = "runner")]
 mod console;
@@ -33,6 +34,8 @@ mod deploy;
 mod eval;
 #[cfg(feature = "runner")]
 mod events;
+#[cfg(feature = "runner")]
+mod motion;
 #[cfg(feature = "runner")]
 mod nomad;
 #[cfg(feature = "runner")]

@@ -187,3 +187,34 @@ pub async fn serve_then_stall(path: PathBuf) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// 640x480 H.264 at 10 fps, 70 s, mostly still, as many cameras are: 20 s of an empty grey
+/// picture, the walker clip (one person walks in, stands, walks back), 5 s of pedestrians, their
+/// last frame held for 30 s, and 5 s more of them. Motion gating's clip.
+pub fn still_heavy() -> &'static Path {
+    static CLIP: OnceLock<PathBuf> = OnceLock::new();
+    CLIP.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-media");
+        let out = dir.join("still_heavy.mp4");
+        if !out.exists() {
+            let walker = media().walker.clone();
+            let tmp = dir.join(format!("still_heavy.{}.tmp.mp4", std::process::id()));
+            let same = "fps=10,scale=640:480,setsar=1,format=yuv420p";
+            let filter = format!(
+                "[0]{same}[a];[1]{same}[b];[2]{same},tpad=stop_mode=clone:stop_duration=30[c];[3]{same}[d];\
+                 [a][b][c][d]concat=n=4:v=1:a=0[v]"
+            );
+            let status = Command::new("ffmpeg")
+                .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=640x480:r=10:d=20", "-i"])
+                .arg(&walker)
+                .args(["-t", "5", "-i", VTEST, "-ss", "5", "-t", "5", "-i", VTEST, "-filter_complex", &filter])
+                .args(["-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", "-g", "10", "-movflags", "+faststart"])
+                .arg(&tmp)
+                .status()
+                .expect("ffmpeg (scripts/setup installs it)");
+            assert!(status.success(), "ffmpeg failed making still_heavy.mp4");
+            std::fs::rename(&tmp, &out).unwrap();
+        }
+        out
+    })
+}

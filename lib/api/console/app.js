@@ -174,6 +174,7 @@ function addForm() {
       el('div', {}, field('fps', 'Analysed frames per second', { type: 'number', min: '0.1', max: '30', step: 'any' })),
       el('div', {}, field('min_confidence', 'Minimum confidence (0 to 1)', { type: 'number', min: '0', max: '1', step: 'any' })),
       el('div', {}, field('snapshot_interval_s', 'Snapshot every (s)', { type: 'number', min: '0.5', max: '3600', step: 'any' })),
+      el('div', {}, field('retention_days', 'Keep results for (days; empty: the server\'s)', { type: 'number', min: '1', max: '36500', step: '1' })),
       el('div', {}, field('webhook_url', 'Webhook URL', { type: 'url', autocomplete: 'off' }))),
     classes,
     el('details', {}, el('summary', {}, 'Zones, lines and mask as JSON (or draw them on the picture later)'),
@@ -196,7 +197,7 @@ function addForm() {
     e.preventDefault();
     const body = { camera_url: form.camera_url.value.trim() };
     for (const k of ['name', 'webhook_url']) if (form[k].value.trim()) body[k] = form[k].value.trim();
-    for (const k of ['fps', 'min_confidence', 'snapshot_interval_s']) if (form[k].value !== '') body[k] = Number(form[k].value);
+    for (const k of ['fps', 'min_confidence', 'snapshot_interval_s', 'retention_days']) if (form[k].value !== '') body[k] = Number(form[k].value);
     if (modelSelect.value) body.model = modelSelect.value;
     const ticked = [...form.querySelectorAll('input[name=class]:checked')].map((i) => i.value);
     if (ticked.length) body.classes = ticked;
