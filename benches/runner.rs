@@ -313,7 +313,7 @@ fn gating_clips(dir: &Path, size: &str) -> Vec<(&'static str, PathBuf, f64)> {
             "-t", "5", "-i", VTEST, "-ss", "5", "-t", "5", "-i", VTEST,
         ],
         &format!(
-            "[0]split[g0][g1];[g0]trim=0:20,{same}[a];[g1]trim=20:30,setpts=PTS-STARTPTS[g];{}             [2]{same},tpad=stop_mode=clone:stop_duration=30[c];[3]{same}[d];[a][b][c][d]concat=n=4:v=1:a=0[v]",
+            "[0]split[g0][g1];[g0]trim=0:20,{same}[a];[g1]trim=20:30,setpts=PTS-STARTPTS[g];{};[2]{same},tpad=stop_mode=clone:stop_duration=30[c];[3]{same}[d];[a][b][c][d]concat=n=4:v=1:a=0[v]",
             walker.replace("[0][p]", "[g][p]")
         ),
     );

@@ -257,6 +257,21 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
     }
     let hours = started.elapsed().as_secs_f64() / 3600.0;
     let db_end = app.scalar("SELECT pg_database_size(current_database())").await;
+    // Deleting one camera's soak (its results among everyone's, in every partition).
+    let gone = scenarios[1];
+    let rows = app.scalar(&format!("SELECT count(*) FROM scenario_results WHERE scenario_uuid = '{gone}'")).await;
+    let stopped = format!(
+        "WITH u AS (UPDATE scenarios SET status = 'inactive' WHERE scenario_uuid = '{gone}' RETURNING 1) SELECT count(*) FROM u"
+    );
+    app.scalar(&stopped).await;
+    let t = Instant::now();
+    let r = app.api.request(hyper::Method::DELETE, &format!("/api/v1/scenario/{gone}"), &[], Bytes::new()).await;
+    println!(
+        "DELETE /api/v1/scenario/{{uuid}} of a camera with {rows} results among {} stored: {} in {:.0} ms",
+        app.scalar("SELECT count(*) FROM scenario_results").await,
+        r.status,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     println!(
         "\ndatabase growth: {:.1} MB per camera-hour; busiest process: {} at {:.2} cores",
         (db_end - db_start) as f64 / 1e6 / (cameras as f64 * hours),
