@@ -2,8 +2,8 @@
 //! `ResultBuffer` sending a signed result every 1/fps to the real broker, for T minutes, while
 //! the relays (in this process) store them and API clients read pages, time ranges, scenarios
 //! and hold SSE streams. Every window: inbox lag (stored_at - captured_at, p50/p99, over a
-//! sample of cameras), API p99 per route, CPU of PostgreSQL, the broker and this process, the
-//! database's size.
+//! sample of cameras), API p99 per route, CPU and memory (PSS) of PostgreSQL, the broker, the
+//! orchestrator and this process, the database's size.
 //!
 //! With `nomad`, the scenarios are also placed, as they are created, by a vap-orchestrator
 //! through the Nomad API double with MAX_WORKERS = cameras: each job's task is a stand-in that
@@ -168,9 +168,9 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
     let mut stored_before = 0;
     let mut window_start = chrono::Utc::now();
     println!(
-        "\n| t | sent/s | stored/s | lag p50 | lag p99 | buffered | SSE events | API p99 page / range / scenario | CPU cores postgres / broker / vap / orchestrator | database | placed |"
+        "\n| t | sent/s | stored/s | lag p50 | lag p99 | buffered | SSE events | API p99 page / range / scenario | CPU cores postgres / broker / vap / orchestrator | memory MB (PSS) postgres / broker / vap / orchestrator | database | placed |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|");
     let mut sent_before = 0;
     let mut worst = (0.0f64, String::new());
     let all_placed: Arc<Mutex<Option<Duration>>> = Arc::default();
@@ -211,7 +211,11 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
             })
             .collect();
         let now_cpu = cpu_by_process();
-        let used = |name: &str| (now_cpu.get(name).unwrap_or(&0.0) - cpu.get(name).unwrap_or(&0.0)) / secs;
+        let used = |name: &str| (now_cpu.get(name).map_or(0.0, |u| u.0) - cpu.get(name).map_or(0.0, |u| u.0)) / secs;
+        let memory: Vec<String> = ["postgres", "nisshi", "vap", "orchestrator"]
+            .iter()
+            .map(|name| format!("{:.0}", now_cpu.get(*name).map_or(0.0, |u| u.1) / 1e6))
+            .collect();
         let busiest = [
             ("postgres", used("postgres")),
             ("broker", used("nisshi")),
@@ -225,7 +229,7 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
         }
         let placed = placing.as_ref().map_or("-".into(), |(double, _)| double.placements().to_string());
         println!(
-            "| {:.0} s | {:.0} | {:.0} | {:.2} s | {:.2} s | {buffered} | {} | {} | {:.2} / {:.2} / {:.2} / {:.2} | {} MB | {placed} |",
+            "| {:.0} s | {:.0} | {:.0} | {:.2} s | {:.2} s | {buffered} | {} | {} | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} MB | {placed} |",
             started.elapsed().as_secs_f64(),
             (total_sent - sent_before) as f64 / secs,
             (stored - stored_before) as f64 / secs,
@@ -237,6 +241,7 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
             busiest[1].1,
             busiest[2].1,
             busiest[3].1,
+            memory.join(" / "),
             db / 1_000_000
         );
         (stored_before, sent_before, cpu, window_start) = (stored, total_sent, now_cpu, now);
@@ -326,10 +331,12 @@ async fn hold_sse(url: String, events: Arc<AtomicU64>, stop: CancellationToken) 
     }
 }
 
-/// CPU seconds used so far by the processes named postgres, nisshi, and this one ("vap").
-fn cpu_by_process() -> HashMap<String, f64> {
+/// CPU seconds used so far, and memory now (proportional set size: PostgreSQL's shared buffers
+/// counted once, not per backend), by the processes named postgres, nisshi, vap-orchestrator,
+/// and this one ("vap").
+fn cpu_by_process() -> HashMap<String, (f64, f64)> {
     let tick = 100.0; // USER_HZ on Linux
-    let mut out: HashMap<String, f64> = HashMap::new();
+    let mut out: HashMap<String, (f64, f64)> = HashMap::new();
     let me = std::process::id();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
@@ -351,7 +358,13 @@ fn cpu_by_process() -> HashMap<String, f64> {
         } else {
             continue;
         };
-        *out.entry(name.to_string()).or_default() += secs;
+        let pss_kb = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|t| t.lines().find(|l| l.starts_with("Pss:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let usage = out.entry(name.to_string()).or_default();
+        usage.0 += secs;
+        usage.1 += pss_kb * 1024.0;
     }
     out
 }
