@@ -94,7 +94,7 @@ pub async fn ensure(
 
 /// Detaches and drops the partitions of `table` that end at or before `cutoff`; returns their
 /// names. `DETACH ... CONCURRENTLY` waits for readers of the partition but blocks no reader or
-/// writer of the table. Skipped (empty) while another relay is at it.
+/// writer of the table. Relays take turns.
 pub async fn drop_before(
     settings: &crate::config::DatabaseSettings,
     table: &str,
@@ -105,9 +105,8 @@ pub async fn drop_before(
     let client = super::dedicated_connection(settings).await?;
     // Detaching waits for the readers of the partition: the database's own timeout, not ours.
     client.batch_execute("SET statement_timeout = 0").await?;
-    if !client.query_one("SELECT pg_try_advisory_lock($1)", &[&DROP_LOCK]).await?.get::<_, bool>(0) {
-        return Ok(Vec::new());
-    }
+    // After another relay's drops, not beside them (the lock goes with this connection).
+    client.execute("SELECT pg_advisory_lock($1)", &[&DROP_LOCK]).await?;
     let mut dropped = Vec::new();
     for p in list(&client, table).await?.into_iter().filter(|p| p.upper <= cutoff) {
         let (parent, name) = (quote(table), quote(&p.name));

@@ -121,8 +121,8 @@ async fn partitions_past_retention_are_dropped_while_the_inbox_goes_on_and_a_sce
     // 20 days kept: the 25-day-old partition went whole, the 15-day-old frame stays.
     assert_eq!(frames_of(&app, kept).await, vec![late, recent, later]);
     // The scenario keeping 10 days loses its 15-day-old frame too, row by row.
+    // (By this pass or by the relay's own, whichever ran after the patch.)
     assert_eq!(frames_of(&app, short).await, vec![recent]);
-    assert_eq!(pass.deleted.results, 1, "{pass:?}");
     let left = partitions(&app, "scenario_results").await;
     assert!(left.iter().all(|p| !p.name.contains(&mid_day)), "{left:?}");
     // Partitions for today and the next two days exist.
