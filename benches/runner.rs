@@ -26,10 +26,14 @@ use vap::config::KafkaSettings;
 use vap::devstack::{Broker, BrokerStorage};
 use vap::kafka::KafkaLink;
 use vap::models::{Catalogue, Check, Manifest};
-use vap::runner::detector::TractDetector;
+use vap::runner::detector::ModelDetector;
+use vap::runner::engine::EngineChoice;
 use vap::runner::publisher::{result_record, Publisher, ResultBuffer};
 
 // Its test module is compiled under clippy's --all-targets too, where nothing runs it.
+#[allow(dead_code)]
+#[path = "../tests/integration/engines.rs"]
+mod engines;
 #[allow(dead_code)]
 #[path = "../tests/integration/eval.rs"]
 mod eval;
@@ -78,8 +82,9 @@ fn main() {
 fn pipeline(video: &Path, manifests: &[(String, PathBuf)], broker: &str) {
     println!("\n== vap-runner process (release), whole pipeline");
     println!(
-        "{:<22} {:<8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>9} {:>8} {:>10} {:>9}",
+        "{:<22} {:<12} {:<8} {:>8} {:>8} {:>10} {:>9} {:>8} {:>9} {:>8} {:>10} {:>9}",
         "model",
+        "engine",
         "threads",
         "frames/s",
         "read ms",
@@ -92,14 +97,15 @@ fn pipeline(video: &Path, manifests: &[(String, PathBuf)], broker: &str) {
         "peak RSS"
     );
     for (name, manifest) in manifests {
-        for threads in [1, 2] {
-            let (done, max_rss_kb, _) = run_runner(video, manifest, broker, threads, 0.0, false);
+        for (engine, threads) in [1, 2].into_iter().flat_map(|t| engines::engines(t).map(|e| (e, t))) {
+            let (done, max_rss_kb, _) = run_runner(video, manifest, broker, &engine, threads, 0.0, false);
             let f = |k: &str| done[k].as_f64().unwrap_or(f64::NAN);
             let per_frame = 1000.0 / f("fps");
             let outside = f("read_ms") + f("preprocess_ms") + f("postprocess_ms") + f("queue_ms");
             println!(
-                "{:<22} {:<8} {:>8.1} {:>8.2} {:>10.2} {:>9.2} {:>8.3} {:>9.3} {:>7.1}% {:>10.2} {:>6} MB",
+                "{:<22} {:<12} {:<8} {:>8.1} {:>8.2} {:>10.2} {:>9.2} {:>8.3} {:>9.3} {:>7.1}% {:>10.2} {:>6} MB",
                 name,
+                engine.name(),
                 threads,
                 f("fps"),
                 f("read_ms"),
@@ -118,12 +124,12 @@ fn pipeline(video: &Path, manifests: &[(String, PathBuf)], broker: &str) {
 
 fn inference(video: &Path, manifests: &[(String, PathBuf)], dir: &Path) {
     println!("\n== inference alone, the same {INFERENCE_FRAMES} prepared inputs per model");
+    println!("   vap's engines (Rust) beside onnxruntime's own Python API on the same library and inputs");
     let python = bench_python();
     for (name, manifest) in manifests {
         let inputs_file = dir.join(format!("inputs-{name}.f32"));
         let inputs = prepare_inputs(video, manifest, &inputs_file);
-        let detector = TractDetector::load(manifest, None).unwrap();
-        let m = detector.manifest().clone();
+        let m = Manifest::load(manifest).unwrap();
         for threads in [1usize, 2] {
             let executor = if threads == 1 {
                 tract_linalg::multithread::Executor::SingleThread
@@ -131,7 +137,9 @@ fn inference(video: &Path, manifests: &[(String, PathBuf)], dir: &Path) {
                 tract_linalg::multithread::Executor::multithread(threads)
             };
             tract_linalg::multithread::set_default_executor(executor);
-            let tract_ms = time_tract(&detector, &inputs);
+            let [tract, onnxruntime] = engines::engines(threads);
+            let tract_ms = time_engine(&mut ModelDetector::load(manifest, None, &tract).unwrap(), &inputs);
+            let engine_ms = time_engine(&mut ModelDetector::load(manifest, None, &onnxruntime).unwrap(), &inputs);
             let ort = Command::new(&python)
                 .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_reference.py"))
                 .args([
@@ -147,12 +155,12 @@ fn inference(video: &Path, manifests: &[(String, PathBuf)], dir: &Path) {
             let ort: Value = serde_json::from_slice(&ort.stdout).unwrap();
             let ort_ms = ort["mean_ms"].as_f64().unwrap();
             println!(
-                "{name} ({}x{}), threads {threads}: tract {:.2} ms/frame | onnxruntime {} {:.2} ms/frame | tract/onnxruntime {:.2}",
+                "{name} ({}x{}), threads {threads}: tract {tract_ms:.2} ms | vap onnxruntime engine {engine_ms:.2} ms | \
+                 python onnxruntime {} {ort_ms:.2} ms | engine/python {:.2} | tract/python {:.2}",
                 m.input.width,
                 m.input.height,
-                tract_ms,
                 ort["version"].as_str().unwrap_or("?"),
-                ort_ms,
+                engine_ms / ort_ms,
                 tract_ms / ort_ms
             );
         }
@@ -168,7 +176,7 @@ fn accuracy(manifests: &[(String, PathBuf)]) {
         "model", "class", "labelled", "found", "detections", "precision", "recall"
     );
     for (name, manifest) in manifests {
-        let mut detector = TractDetector::load(manifest, None).unwrap();
+        let mut detector = ModelDetector::load(manifest, None, &EngineChoice::Tract).unwrap();
         let tallies = eval::evaluate(&mut detector, &images);
         let all = eval::overall(&tallies);
         // A ratio over nothing is shown as "-": a class with no label has no recall.
@@ -241,12 +249,17 @@ fn run_runner(
     video: &Path,
     manifest: &Path,
     broker: &str,
+    engine: &EngineChoice,
     threads: usize,
     fps: f64,
     gating: bool,
 ) -> (Value, i64, f64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vap-runner"))
-        .env_clear()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vap-runner"));
+    command.env_clear().env("VAP_RUNNER__ENGINE", engine.name());
+    if let EngineChoice::OnnxRuntime { library, .. } = engine {
+        command.env("VAP_RUNNER__ONNXRUNTIME_LIBRARY", library);
+    }
+    let mut child = command
         .env("VAP_KAFKA__BROKERS", broker)
         .env("VAP_KAFKA__TOPIC_RESULTS", format!("bench-results-{threads}"))
         .env("VAP_RUNNER__MODELS_DIR", manifest.parent().unwrap())
@@ -327,19 +340,20 @@ fn gating(dir: &Path, manifests: &[(String, PathBuf)], broker: &str) {
 == motion gating: the real vap-runner at 2 fps, 1 inference thread, decoding included"
     );
     println!(
-        "{:<22} {:<10} {:<12} {:<8} {:>9} {:>17} {:>15}",
-        "model", "size", "clip", "gating", "detector", "CPU-s/camera-hour", "cameras/core"
+        "{:<22} {:<12} {:<10} {:<12} {:<8} {:>9} {:>17} {:>15}",
+        "model", "engine", "size", "clip", "gating", "detector", "CPU-s/camera-hour", "cameras/core"
     );
     for size in ["640:480", "1920:1080"] {
         for (clip, path, seconds) in gating_clips(dir, size) {
             for (name, manifest) in manifests {
-                for gated in [false, true] {
-                    let (done, _, cpu) = run_runner(&path, manifest, broker, 1, 2.0, gated);
+                for (engine, gated) in engines::engines(1).into_iter().flat_map(|e| [(e.clone(), false), (e, true)]) {
+                    let (done, _, cpu) = run_runner(&path, manifest, broker, &engine, 1, 2.0, gated);
                     let analysed = done["frames_analysed"].as_f64().unwrap_or(f64::NAN);
                     let still = done["frames_still"].as_f64().unwrap_or(0.0);
                     println!(
-                        "{:<22} {:<10} {:<12} {:<8} {:>4.0}/{:<4.0} {:>17.0} {:>15.1}",
+                        "{:<22} {:<12} {:<10} {:<12} {:<8} {:>4.0}/{:<4.0} {:>17.0} {:>15.1}",
                         name,
+                        engine.name(),
                         size.replace(':', "x"),
                         clip,
                         if gated { "on" } else { "off" },
@@ -357,7 +371,7 @@ fn gating(dir: &Path, manifests: &[(String, PathBuf)], broker: &str) {
 
 /// The first frames of the video as the detector prepares them, kept and written for Python.
 fn prepare_inputs(video: &Path, manifest: &Path, out: &Path) -> Vec<Vec<f32>> {
-    let mut detector = TractDetector::load(manifest, None).unwrap();
+    let mut detector = ModelDetector::load(manifest, None, &EngineChoice::Tract).unwrap();
     let mut capture =
         opencv::videoio::VideoCapture::from_file(video.to_str().unwrap(), opencv::videoio::CAP_FFMPEG).unwrap();
     let mut frame = opencv::core::Mat::default();
@@ -374,7 +388,7 @@ fn prepare_inputs(video: &Path, manifest: &Path, out: &Path) -> Vec<Vec<f32>> {
     inputs
 }
 
-fn time_tract(detector: &TractDetector, inputs: &[Vec<f32>]) -> f64 {
+fn time_engine(detector: &mut ModelDetector, inputs: &[Vec<f32>]) -> f64 {
     for input in inputs.iter().take(5) {
         detector.infer(input).unwrap();
     }
@@ -385,24 +399,10 @@ fn time_tract(detector: &TractDetector, inputs: &[Vec<f32>]) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0 / inputs.len() as f64
 }
 
-/// A Python with onnxruntime and numpy: a venv under ~/.cache/vap, made once.
+/// The Python of the venv scripts/setup makes for the onnxruntime engine (onnxruntime, numpy).
 fn bench_python() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let venv = Path::new(&home).join(".cache/vap/bench-venv");
-    let python = venv.join("bin/python");
-    let ready = python.exists()
-        && Command::new(&python).args(["-c", "import onnxruntime, numpy"]).status().is_ok_and(|s| s.success());
-    if !ready {
-        println!("(installing onnxruntime and numpy from PyPI into {})", venv.display());
-        assert!(Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success(), "python3 -m venv");
-        let ok = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "onnxruntime", "numpy"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "pip install onnxruntime numpy");
-    }
-    python
+    let library = engines::onnxruntime_library();
+    library.parent().unwrap().join("bin/python")
 }
 
 /// Fills a buffer with results and times the runner's publisher draining it to the broker.

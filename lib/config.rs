@@ -388,6 +388,15 @@ pub struct LocalBackendSettings {
     pub stop_runners_on_exit: bool,
 }
 
+/// The engine that runs a runner's models.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InferenceEngine {
+    #[default]
+    Tract,
+    Onnxruntime,
+}
+
 /// vap-runner: capture, detection and publishing of one scenario.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -403,8 +412,12 @@ pub struct RunnerSettings {
     /// The confidence a detection needs, for a scenario that sets no `min_confidence`; unset:
     /// each model's own threshold (0..1).
     pub score_threshold: Option<f32>,
-    /// Threads for inference (matrix products); 1 leaves the other cores to other runners.
+    /// Threads for inference; 1 leaves the other cores to other runners.
     pub inference_threads: usize,
+    /// What runs the models: `tract` (built in) or `onnxruntime` (faster; its library file is
+    /// `onnxruntime_library`, from PyPI's `onnxruntime` wheel).
+    pub engine: InferenceEngine,
+    pub onnxruntime_library: Option<PathBuf>,
     pub open_timeout_ms: u64,
     /// No frame for this long counts as a lost stream: reconnect.
     pub read_timeout_ms: u64,
@@ -654,6 +667,8 @@ impl Default for RunnerSettings {
             sample_fps: 2.0,
             score_threshold: None,
             inference_threads: 1,
+            engine: InferenceEngine::Tract,
+            onnxruntime_library: None,
             open_timeout_ms: 10_000,
             read_timeout_ms: 5_000,
             open_attempts: 5,
@@ -799,6 +814,11 @@ impl Settings {
         }
         if r.inference_threads == 0 {
             return bad("runner.inference_threads", "must be at least 1");
+        }
+        if r.engine == InferenceEngine::Onnxruntime
+            && r.onnxruntime_library.as_deref().is_none_or(|p| p.as_os_str().is_empty())
+        {
+            return bad("runner.onnxruntime_library", "must name libonnxruntime.so when runner.engine is onnxruntime");
         }
         if r.open_attempts == 0 {
             return bad("runner.open_attempts", "must be at least 1");

@@ -1,13 +1,15 @@
-//! The model interface: a frame in, detections out. The real backend is tract running an ONNX
-//! detector described by a [`Manifest`]; loading, optimising and planning happen once.
+//! The model interface: a frame in, detections out. An ONNX detector described by a
+//! [`Manifest`], run by an [`engine`] (tract or onnxruntime): the preparation of the input and
+//! the decoding of the outputs are the runner's own, the same for both.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opencv::core::{Mat, Scalar, Size, BORDER_CONSTANT};
 use opencv::prelude::*;
-use tract_onnx::prelude::*;
+use tract_onnx::prelude::tract_ndarray;
+
+use super::engine::{self, Engine, EngineChoice, Output};
 
 use crate::events::Detection;
 use crate::models::manifest::{Channels, Layout, Manifest, ManifestError, OutputSpec, Resize};
@@ -56,21 +58,25 @@ struct Placement {
     pad_y: f32,
 }
 
-pub struct TractDetector {
+pub struct ModelDetector {
     manifest: Manifest,
-    plan: Arc<TypedSimplePlan>,
+    engine: Box<dyn Engine>,
+    engine_name: &'static str,
     score_threshold: f32,
     resized: Mat,
     padded: Mat,
     input: Vec<f32>,
 }
 
-impl TractDetector {
-    /// Loads the manifest and its model, optimised and planned for a fixed input size.
-    pub fn load(manifest_path: &Path, score_threshold: Option<f32>) -> Result<Self, DetectorError> {
+impl ModelDetector {
+    /// Loads the manifest and its model on `engine`, optimised and planned for a fixed input size.
+    pub fn load(
+        manifest_path: &Path,
+        score_threshold: Option<f32>,
+        engine: &EngineChoice,
+    ) -> Result<Self, DetectorError> {
         let manifest = Manifest::load(manifest_path)?;
         let path = manifest.onnx.display().to_string();
-        let load_err = |e: TractError| DetectorError::Load { path: path.clone(), reason: format!("{e:#}") };
         let bytes = std::fs::read(&manifest.onnx)
             .map_err(|e| DetectorError::Load { path: path.clone(), reason: e.to_string() })?;
         if let Some(expected) = &manifest.sha256 {
@@ -89,25 +95,22 @@ impl TractDetector {
             OutputSpec::Ssd { boxes, scores, .. } => vec![boxes, scores],
             OutputSpec::Yolov8 { tensor } => vec![tensor],
         };
-        // Exported detectors often declare symbolic shapes: trust ours instead.
-        let mut model = tract_onnx::onnx()
-            .with_ignore_output_shapes(true)
-            .with_ignore_value_info(true)
-            .model_for_read(&mut bytes.as_slice())
-            .map_err(load_err)?;
-        model.select_outputs_by_name(&outputs).map_err(load_err)?;
-        let model =
-            model.with_input_fact(0, f32::fact(shape).into()).map_err(load_err)?.into_optimized().map_err(load_err)?;
-        let plan = model.into_runnable().map_err(load_err)?;
+        let loaded = engine::load(engine, &bytes, &manifest.onnx, shape, &outputs)?;
         let score_threshold = score_threshold.unwrap_or(manifest.thresholds.score);
         Ok(Self {
             input: vec![0.0; shape.iter().product()],
             manifest,
-            plan,
+            engine: loaded,
+            engine_name: engine.name(),
             score_threshold,
             resized: Mat::default(),
             padded: Mat::default(),
         })
+    }
+
+    /// Which engine runs the model: "tract" or "onnxruntime".
+    pub fn engine_name(&self) -> &'static str {
+        self.engine_name
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -121,19 +124,8 @@ impl TractDetector {
     }
 
     /// Runs the model alone on a prepared input.
-    pub fn infer(&self, input: &[f32]) -> Result<(), DetectorError> {
-        let tensor =
-            Tensor::from_shape(&self.input_shape(), input).map_err(|e| DetectorError::Inference(e.to_string()))?;
-        self.plan.run(tvec!(tensor.into())).map_err(|e| DetectorError::Inference(format!("{e:#}")))?;
-        Ok(())
-    }
-
-    fn input_shape(&self) -> Vec<usize> {
-        let i = &self.manifest.input;
-        match i.layout {
-            Layout::Nchw => vec![1, 3, i.height, i.width],
-            Layout::Nhwc => vec![1, i.height, i.width, 3],
-        }
+    pub fn infer(&mut self, input: &[f32]) -> Result<(), DetectorError> {
+        self.engine.run(input).map(drop)
     }
 
     /// Resizes (or letterboxes) and normalises `frame` into `self.input`.
@@ -216,7 +208,7 @@ impl TractDetector {
 
     fn decode(
         &self,
-        outputs: &TVec<TValue>,
+        outputs: &[Output],
         placement: Placement,
         frame: (f32, f32),
     ) -> Result<Vec<Detection>, DetectorError> {
@@ -306,22 +298,16 @@ impl TractDetector {
     }
 }
 
-fn output(outputs: &TVec<TValue>, i: usize) -> Result<tract_ndarray::ArrayViewD<'_, f32>, DetectorError> {
-    outputs
-        .get(i)
-        .ok_or_else(|| DetectorError::Inference(format!("model gave no output {i}")))?
-        .to_plain_array_view::<f32>()
-        .map_err(|e| DetectorError::Inference(e.to_string()))
+fn output(outputs: &[Output], i: usize) -> Result<tract_ndarray::ArrayViewD<'_, f32>, DetectorError> {
+    outputs.get(i).ok_or_else(|| DetectorError::Inference(format!("model gave no output {i}")))?.view()
 }
 
-impl Detector for TractDetector {
+impl Detector for ModelDetector {
     fn detect(&mut self, frame: &Mat) -> Result<(Vec<Detection>, DetectTiming), DetectorError> {
         let started = Instant::now();
         let placement = self.preprocess(frame)?;
-        let tensor = Tensor::from_shape(&self.input_shape(), &self.input)
-            .map_err(|e| DetectorError::Inference(e.to_string()))?;
         let preprocessed = Instant::now();
-        let outputs = self.plan.run(tvec!(tensor.into())).map_err(|e| DetectorError::Inference(format!("{e:#}")))?;
+        let outputs = self.engine.run(&self.input)?;
         let inferred = Instant::now();
         let detections = self.decode(&outputs, placement, (frame.cols() as f32, frame.rows() as f32))?;
         let timing = DetectTiming {

@@ -10,7 +10,8 @@
 //! |---|---|
 //! | [`capture`] | the camera interface, its OpenCV backend, sampling and reconnects |
 //! | [`control`] | options changed while running: the orchestrator's control records |
-//! | [`detector`] | the model interface, its tract backend, decoding and NMS |
+//! | [`detector`] | the model interface: input preparation, decoding and NMS |
+//! | [`engine`] | what runs the model: tract, or onnxruntime loaded at run time |
 //! | [`publisher`] | the bounded buffer and the producer to `results` |
 //! | [`snapshot`] | JPEG snapshots of analysed frames, to `snapshots` |
 //! | [`cli`] | the command line and exit codes |
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod control;
 pub mod detector;
 pub mod egress;
+pub mod engine;
 pub mod motion;
 pub mod publisher;
 pub mod snapshot;
@@ -40,7 +42,8 @@ use crate::kafka::KafkaLink;
 use crate::models::{Catalogue, Check};
 use crate::options::ScenarioOptions;
 use capture::{CameraHealth, CaptureEnd, CaptureLoop, CaptureStats, FrameSlot, HealthHook, OpenCvSource, SampleRate};
-use detector::{Detector, DetectorError, TractDetector};
+use detector::{Detector, DetectorError, ModelDetector};
+use engine::EngineChoice;
 use publisher::{result_record, Publisher, ResultBuffer};
 
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +151,7 @@ pub async fn run(
             tracing::Span::current(),
         ));
     }
-    if rs.inference_threads > 1 {
+    if rs.inference_threads > 1 && rs.engine == crate::config::InferenceEngine::Tract {
         tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(
             rs.inference_threads,
         ));
@@ -249,7 +252,7 @@ pub async fn run(
 async fn load_detector(
     rs: &crate::config::RunnerSettings,
     options: &ScenarioOptions,
-) -> Result<(TractDetector, Provenance, f32), RunnerError> {
+) -> Result<(ModelDetector, Provenance, f32), RunnerError> {
     let (rs, options) = (rs.clone(), options.clone());
     let detector = tokio::task::spawn_blocking(move || {
         // Manifests only: the detector checks the digest of the one model it loads.
@@ -263,7 +266,7 @@ async fn load_detector(
         // sure ones are stored); without, the detector's postprocessing is spared them.
         let regions = !options.zones.is_empty() || !options.lines.is_empty();
         let low = if regions { threshold.min(TrackerSettings::default().low_score) } else { threshold };
-        TractDetector::load(path, Some(low)).map(|d| (d, threshold))
+        ModelDetector::load(path, Some(low), &EngineChoice::from_settings(&rs)).map(|d| (d, threshold))
     })
     .await
     .map_err(|e| RunnerError::Thread(e.to_string()))??;
@@ -274,7 +277,12 @@ async fn load_detector(
         model_sha256: manifest.sha256.clone().unwrap_or_default(),
         runner: instance(),
     };
-    tracing::info!(model = provenance.model, runner = provenance.runner, "model loaded");
+    tracing::info!(
+        model = provenance.model,
+        engine = detector.engine_name(),
+        runner = provenance.runner,
+        "model loaded"
+    );
     Ok((detector, provenance, min_confidence))
 }
 
@@ -295,7 +303,7 @@ async fn follow_option_changes(
     kafka: Arc<KafkaLink>,
     rs: crate::config::RunnerSettings,
     (scenario, revision): (uuid::Uuid, i64),
-    reloads: std::sync::mpsc::Sender<Current<TractDetector>>,
+    reloads: std::sync::mpsc::Sender<Current<ModelDetector>>,
     stop: CancellationToken,
 ) {
     let (tx, mut changes) = tokio::sync::mpsc::channel(4);
@@ -405,8 +413,8 @@ impl Threads {
 
     fn spawn_detect(
         &self,
-        current: Current<TractDetector>,
-        reloads: std::sync::mpsc::Receiver<Current<TractDetector>>,
+        current: Current<ModelDetector>,
+        reloads: std::sync::mpsc::Receiver<Current<ModelDetector>>,
         outputs: Outputs,
         job: &RunnerJob,
         rs: &crate::config::RunnerSettings,

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
-use vap::runner::detector::{Detector, TractDetector};
+use vap::runner::detector::{Detector, ModelDetector};
+use vap::runner::engine::EngineChoice;
 
 #[derive(Debug, Deserialize)]
 struct GroundTruth {
@@ -117,7 +118,7 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 /// Per class, over every image: only the classes the model has (labels of other classes are
 /// not its misses). Detections match greedily, most confident first, the unmatched label of
 /// an accepted class with the highest IoU, at least 0.5.
-pub fn evaluate(detector: &mut TractDetector, images: &[(LabelledImage, PathBuf)]) -> BTreeMap<String, Tally> {
+pub fn evaluate(detector: &mut ModelDetector, images: &[(LabelledImage, PathBuf)]) -> BTreeMap<String, Tally> {
     let has: Vec<String> = detector.manifest().classes().map(String::from).collect();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     for (image, path) in images {
@@ -174,9 +175,9 @@ pub fn overall(tallies: &BTreeMap<String, Tally>) -> Tally {
 mod tests {
     use super::*;
 
-    fn shipped(name: &str) -> TractDetector {
+    fn shipped(name: &str) -> ModelDetector {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/{name}.toml"));
-        TractDetector::load(&manifest, None).unwrap()
+        ModelDetector::load(&manifest, None, &EngineChoice::Tract).unwrap()
     }
 
     /// Floors a little under what the shipped models measure (docs/BENCHMARKS.md), so a change

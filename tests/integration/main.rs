@@ -31,6 +31,8 @@ mod console;
 #[cfg(feature = "runner")]
 mod deploy;
 #[cfg(feature = "runner")]
+mod engines;
+#[cfg(feature = "runner")]
 mod eval;
 #[cfg(feature = "runner")]
 mod events;

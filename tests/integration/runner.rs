@@ -161,8 +161,9 @@ fn assert_people_found(results: &[Value], min_frames: usize) {
 #[test]
 fn ssd_model_finds_the_players_and_nothing_in_colour_bars() {
     use opencv::prelude::*;
-    use vap::runner::detector::{Detector, TractDetector};
-    let mut detector = TractDetector::load(&manifest(), None).expect("load the shipped model");
+    use vap::runner::detector::{Detector, ModelDetector};
+    use vap::runner::engine::EngineChoice;
+    let mut detector = ModelDetector::load(&manifest(), None, &EngineChoice::Tract).expect("load the shipped model");
     let image = opencv::imgcodecs::imread(BASKETBALL, opencv::imgcodecs::IMREAD_COLOR).unwrap();
     let (detections, timing) = detector.detect(&image).unwrap();
     assert!(detections.len() >= 2, "basketball1.png has two players; got {detections:?}");
@@ -187,9 +188,10 @@ fn ssd_model_finds_the_players_and_nothing_in_colour_bars() {
 #[test]
 fn coco_model_finds_people_and_the_parked_vehicles_in_the_pedestrian_video() {
     use opencv::prelude::*;
-    use vap::runner::detector::{Detector, TractDetector};
+    use vap::runner::detector::{Detector, ModelDetector};
+    use vap::runner::engine::EngineChoice;
     let coco = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/yolov3_tiny_coco_416.toml");
-    let mut detector = TractDetector::load(&coco, None).expect("load the shipped COCO model");
+    let mut detector = ModelDetector::load(&coco, None, &EngineChoice::Tract).expect("load the shipped COCO model");
     let path = media().people.to_str().unwrap().to_string();
     let mut video = opencv::videoio::VideoCapture::from_file(&path, opencv::videoio::CAP_FFMPEG).unwrap();
     let mut frame = opencv::core::Mat::default();
@@ -332,9 +334,11 @@ max_detections = 10
 
 #[test]
 fn yolov8_format_decodes_letterboxed_boxes_with_nms_per_class() {
-    use vap::runner::detector::{Detector, TractDetector};
+    use vap::runner::detector::{Detector, ModelDetector};
+    use vap::runner::engine::EngineChoice;
     let dir = tempfile::tempdir().unwrap();
-    let mut detector = TractDetector::load(&yolo_fixture(dir.path()), None).expect("load the fixture");
+    let mut detector =
+        ModelDetector::load(&yolo_fixture(dir.path()), None, &EngineChoice::Tract).expect("load the fixture");
     // 128x64 into 64x64: scale 0.5, the picture sits 16 px down (letterbox), so a box at
     // input (12..28, 24..40) is (24..56, 16..48) in the frame.
     let frame =
@@ -353,13 +357,15 @@ fn yolov8_format_decodes_letterboxed_boxes_with_nms_per_class() {
         ]
     );
     // The manifest's threshold can be overridden by configuration.
-    let mut strict = TractDetector::load(&dir.path().join("yolo_fixture.toml"), Some(0.8)).unwrap();
+    let mut strict =
+        ModelDetector::load(&dir.path().join("yolo_fixture.toml"), Some(0.8), &EngineChoice::Tract).unwrap();
     assert_eq!(strict.detect(&frame).unwrap().0.len(), 1);
 }
 
 #[test]
 fn a_bad_manifest_is_a_clear_error() {
-    use vap::runner::detector::TractDetector;
+    use vap::runner::detector::ModelDetector;
+    use vap::runner::engine::EngineChoice;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.toml");
     std::fs::write(
@@ -367,7 +373,7 @@ fn a_bad_manifest_is_a_clear_error() {
         std::fs::read_to_string(manifest()).unwrap().replace("layout = \"nchw\"", "layout = \"sideways\""),
     )
     .unwrap();
-    let err = TractDetector::load(&path, None).err().expect("a bad layout must fail").to_string();
+    let err = ModelDetector::load(&path, None, &EngineChoice::Tract).err().expect("a bad layout must fail").to_string();
     assert!(err.contains("m.toml") && err.contains("sideways"), "{err}");
     // A wrong checksum names both sums.
     std::fs::write(
@@ -378,7 +384,8 @@ fn a_bad_manifest_is_a_clear_error() {
             .replace("onnx = \"", &format!("onnx = \"{}/", manifest().parent().unwrap().display())),
     )
     .unwrap();
-    let err = TractDetector::load(&path, None).err().expect("a wrong sha256 must fail").to_string();
+    let err =
+        ModelDetector::load(&path, None, &EngineChoice::Tract).err().expect("a wrong sha256 must fail").to_string();
     assert!(err.contains("sha256") && err.contains("849c858f"), "{err}");
 }
 
@@ -413,6 +420,42 @@ async fn file_source_is_analysed_stored_served_and_ends_inactive() {
         "{}",
         runner.all_logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_onnxruntime_engine_runs_a_scenario_end_to_end() {
+    let app = TestApp::spawn_for_runners().await;
+    let path = media().people.to_str().unwrap().to_string();
+    let scenario = app.create_scenario(&path).await;
+    let library = crate::engines::onnxruntime_library();
+    let env = [("VAP_RUNNER__ENGINE", "onnxruntime"), ("VAP_RUNNER__ONNXRUNTIME_LIBRARY", library.to_str().unwrap())];
+    let mut runner = Runner::start(&app, scenario, &path, &env);
+    assert_eq!(runner.wait(Duration::from_secs(120)).await, 0, "{}", runner.all_logs());
+    let loaded = runner.log("model loaded").expect("a model loaded line");
+    assert_eq!(loaded["engine"], "onnxruntime", "{loaded}");
+    assert_eq!(runner.log("runner done").expect("a final log line")["frames_analysed"], 40);
+    let p = eventually(Duration::from_secs(30), "the scenario to end inactive with 40 frames", || async {
+        let p = app.prediction(scenario).await;
+        (p["status"] == "inactive" && p["total_frames_processed"] == 40).then_some(p)
+    })
+    .await;
+    assert_people_found(p["results"].as_array().unwrap(), 40);
+
+    // Chosen without its library: the runner names the missing setting and exits as
+    // misconfigured (not restarted), before opening the camera.
+    let out = Command::new(env!("CARGO_BIN_EXE_vap-runner"))
+        .env_clear()
+        .envs(app.env())
+        .env("VAP_RUNNER__MODELS_DIR", models_dir())
+        .env("VAP_RUNNER__ENGINE", "onnxruntime")
+        .env("VAP_SCENARIO_UUID", scenario.to_string())
+        .env("VAP_CAMERA_URL", &path)
+        .env("VAP_RESULTS_KEY", "ab".repeat(32))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(i32::from(vap::job::exit::USAGE)), "{stderr}");
+    assert!(stderr.contains("runner.onnxruntime_library"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

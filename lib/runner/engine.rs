@@ -1,0 +1,206 @@
+//! What runs a model: a prepared input in, the model's outputs out. tract (pure Rust, the
+//! default) or onnxruntime, whose library (from PyPI's `onnxruntime` wheel) is opened at run
+//! time only when chosen: the runner links neither it nor anything it needs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tract_onnx::prelude::*;
+
+use super::detector::DetectorError;
+use crate::config::{InferenceEngine, RunnerSettings};
+
+/// Which engine runs the model, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineChoice {
+    /// Its threads are process-wide (`tract_linalg`'s executor, set by the runner).
+    Tract,
+    OnnxRuntime {
+        library: PathBuf,
+        threads: usize,
+    },
+}
+
+impl EngineChoice {
+    pub fn from_settings(rs: &RunnerSettings) -> Self {
+        match rs.engine {
+            InferenceEngine::Tract => Self::Tract,
+            InferenceEngine::Onnxruntime => Self::OnnxRuntime {
+                // Validated by the config: set when this engine is chosen.
+                library: rs.onnxruntime_library.clone().unwrap_or_default(),
+                threads: rs.inference_threads,
+            },
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Tract => "tract",
+            Self::OnnxRuntime { .. } => "onnxruntime",
+        }
+    }
+}
+
+/// One output tensor, copied out of the engine (a few thousand values: boxes and scores).
+pub struct Output {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Output {
+    pub fn view(&self) -> Result<tract_ndarray::ArrayViewD<'_, f32>, DetectorError> {
+        tract_ndarray::ArrayViewD::from_shape(tract_ndarray::IxDyn(&self.shape), &self.data)
+            .map_err(|e| DetectorError::Inference(e.to_string()))
+    }
+}
+
+/// A model loaded, optimised and planned for one input shape.
+pub trait Engine: Send {
+    /// The outputs named at load time, in that order.
+    fn run(&mut self, input: &[f32]) -> Result<Vec<Output>, DetectorError>;
+}
+
+/// Loads `model` (ONNX bytes) for a fixed input `shape`, keeping `outputs` by name.
+pub fn load(
+    choice: &EngineChoice,
+    model: &[u8],
+    path: &Path,
+    shape: [usize; 4],
+    outputs: &[&str],
+) -> Result<Box<dyn Engine>, DetectorError> {
+    Ok(match choice {
+        EngineChoice::Tract => Box::new(TractEngine::load(model, path, shape, outputs)?),
+        EngineChoice::OnnxRuntime { library, threads } => {
+            Box::new(OnnxRuntimeEngine::load(library, *threads, model, path, shape, outputs)?)
+        }
+    })
+}
+
+struct TractEngine {
+    plan: Arc<TypedSimplePlan>,
+    shape: [usize; 4],
+}
+
+impl TractEngine {
+    fn load(model: &[u8], path: &Path, shape: [usize; 4], outputs: &[&str]) -> Result<Self, DetectorError> {
+        let load_err =
+            |e: TractError| DetectorError::Load { path: path.display().to_string(), reason: format!("{e:#}") };
+        // Exported detectors often declare symbolic shapes: trust ours instead.
+        let mut graph = tract_onnx::onnx()
+            .with_ignore_output_shapes(true)
+            .with_ignore_value_info(true)
+            .model_for_read(&mut &model[..])
+            .map_err(load_err)?;
+        graph.select_outputs_by_name(outputs).map_err(load_err)?;
+        let plan = graph
+            .with_input_fact(0, f32::fact(shape).into())
+            .map_err(load_err)?
+            .into_optimized()
+            .map_err(load_err)?
+            .into_runnable()
+            .map_err(load_err)?;
+        Ok(Self { plan, shape })
+    }
+}
+
+impl Engine for TractEngine {
+    fn run(&mut self, input: &[f32]) -> Result<Vec<Output>, DetectorError> {
+        let err = |e: TractError| DetectorError::Inference(format!("{e:#}"));
+        let tensor = Tensor::from_shape(&self.shape, input).map_err(err)?;
+        let outputs = self.plan.run(tvec!(tensor.into())).map_err(err)?;
+        outputs
+            .iter()
+            .map(|t| {
+                let view = t.to_plain_array_view::<f32>().map_err(err)?;
+                Ok(Output { shape: view.shape().to_vec(), data: view.iter().copied().collect() })
+            })
+            .collect()
+    }
+}
+
+struct OnnxRuntimeEngine {
+    session: ort::session::Session,
+    shape: [usize; 4],
+    input: String,
+    outputs: Vec<String>,
+}
+
+/// onnxruntime allows one environment per process, and its library is opened once; a failed
+/// attempt is not kept, so a corrected path works without a restart.
+fn environment(library: &Path) -> Result<ort::environment::Environment, DetectorError> {
+    static ENVIRONMENT: Mutex<Option<ort::environment::Environment>> = Mutex::new(None);
+    let mut environment = crate::sys::lock(&ENVIRONMENT);
+    if let Some(e) = &*environment {
+        return Ok(e.clone());
+    }
+    let failed = |reason: String| DetectorError::Load { path: library.display().to_string(), reason };
+    if !library.is_file() {
+        return Err(failed(
+            "no such file: runner.onnxruntime_library must name onnxruntime's library \
+             (scripts/setup with VAP_ONNXRUNTIME=1 installs it)"
+                .into(),
+        ));
+    }
+    let built = ort::init_from(library)
+        .map_err(|e| failed(e.to_string()))?
+        .with_name("vap-runner")
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    *environment = Some(built.clone());
+    Ok(built)
+}
+
+impl OnnxRuntimeEngine {
+    fn load(
+        library: &Path,
+        threads: usize,
+        model: &[u8],
+        path: &Path,
+        shape: [usize; 4],
+        outputs: &[&str],
+    ) -> Result<Self, DetectorError> {
+        let load_err =
+            |e: &dyn std::fmt::Display| DetectorError::Load { path: path.display().to_string(), reason: e.to_string() };
+        let environment = environment(library)?;
+        let builder = ort::session::Session::builder(&environment).map_err(|e| load_err(&e))?;
+        // Spinning threads would burn the CPU a camera pays for between frames.
+        let mut builder = builder
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+            .map_err(|e| load_err(&e))?
+            .with_intra_threads(threads)
+            .map_err(|e| load_err(&e))?
+            .with_inter_threads(1)
+            .map_err(|e| load_err(&e))?
+            .with_intra_op_spinning(false)
+            .map_err(|e| load_err(&e))?;
+        let session = builder.commit_from_memory(model).map_err(|e| load_err(&e))?;
+        let input = session.inputs().first().map(|i| i.name().to_string()).ok_or_else(|| DetectorError::Load {
+            path: path.display().to_string(),
+            reason: "the model has no input".into(),
+        })?;
+        for name in outputs {
+            if !session.outputs().iter().any(|o| o.name() == *name) {
+                return Err(DetectorError::Load {
+                    path: path.display().to_string(),
+                    reason: format!("the model has no output '{name}'"),
+                });
+            }
+        }
+        Ok(Self { session, shape, input, outputs: outputs.iter().map(|s| s.to_string()).collect() })
+    }
+}
+
+impl Engine for OnnxRuntimeEngine {
+    fn run(&mut self, input: &[f32]) -> Result<Vec<Output>, DetectorError> {
+        let err = |e: ort::Error| DetectorError::Inference(e.to_string());
+        let tensor = ort::value::TensorRef::from_array_view((self.shape, input)).map_err(err)?;
+        let results = self.session.run(ort::inputs![self.input.as_str() => tensor]).map_err(err)?;
+        self.outputs
+            .iter()
+            .map(|name| {
+                let (shape, data) = results[name.as_str()].try_extract_tensor::<f32>().map_err(err)?;
+                Ok(Output { shape: shape.iter().map(|&d| d.max(0) as usize).collect(), data: data.to_vec() })
+            })
+            .collect()
+    }
+}
