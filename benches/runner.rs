@@ -11,7 +11,11 @@
 //!    beside TCP_NODELAY;
 //! 5. gating: CPU-seconds per camera-hour at 2 fps (decoding included) of the real vap-runner
 //!    on 25 fps H.264 at 640x480 and 1920x1080, on a mostly still clip and on vtest.avi as it
-//!    is, with motion gating and without: cameras per core, and how often the detector ran.
+//!    is, with motion gating and without: cameras per core, and how often the detector ran;
+//! 6. decode: decoding alone (OpenCV's FFmpeg backend, as the runner's capture thread reads),
+//!    CPU per camera-hour of 25 fps H.264 sampled at 2 fps, per `decode` mode: every frame,
+//!    reference frames only, key frames only; on an encoder's default stream (B-frames) and on
+//!    a camera's (no B-frames, a key frame every 2 s).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +30,8 @@ use vap::config::KafkaSettings;
 use vap::devstack::{Broker, BrokerStorage};
 use vap::kafka::KafkaLink;
 use vap::models::{Catalogue, Check, Manifest};
+use vap::options::DecodeMode;
+use vap::runner::capture;
 use vap::runner::detector::ModelDetector;
 use vap::runner::engine::EngineChoice;
 use vap::runner::publisher::{result_record, Publisher, ResultBuffer};
@@ -37,8 +43,11 @@ mod engines;
 #[allow(dead_code)]
 #[path = "../tests/integration/eval.rs"]
 mod eval;
+#[allow(dead_code)]
+#[path = "../tests/integration/media.rs"]
+mod media;
 
-const VTEST: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
+use media::VTEST;
 const INFERENCE_FRAMES: usize = 100;
 
 fn main() {
@@ -67,6 +76,9 @@ fn main() {
     }
     if wanted("gating") {
         gating(&dir, &manifests, &broker.addr());
+    }
+    if wanted("decode") {
+        decode(&dir);
     }
     if wanted("inference") {
         inference(&video, &manifests, &dir);
@@ -98,7 +110,8 @@ fn pipeline(video: &Path, manifests: &[(String, PathBuf)], broker: &str) {
     );
     for (name, manifest) in manifests {
         for (engine, threads) in [1, 2].into_iter().flat_map(|t| engines::engines(t).map(|e| (e, t))) {
-            let (done, max_rss_kb, _) = run_runner(video, manifest, broker, &engine, threads, 0.0, false);
+            let run = run_runner(video, manifest, broker, &Setup::every_frame(engine.clone(), threads));
+            let (done, max_rss_kb) = (run.done, run.peak_rss_kb);
             let f = |k: &str| done[k].as_f64().unwrap_or(f64::NAN);
             let per_frame = 1000.0 / f("fps");
             let outside = f("read_ms") + f("preprocess_ms") + f("postprocess_ms") + f("queue_ms");
@@ -138,8 +151,9 @@ fn inference(video: &Path, manifests: &[(String, PathBuf)], dir: &Path) {
             };
             tract_linalg::multithread::set_default_executor(executor);
             let [tract, onnxruntime] = engines::engines(threads);
-            let tract_ms = time_engine(&mut ModelDetector::load(manifest, None, &tract).unwrap(), &inputs);
-            let engine_ms = time_engine(&mut ModelDetector::load(manifest, None, &onnxruntime).unwrap(), &inputs);
+            let (tract_ms, tract_cpu) = time_engine(&mut ModelDetector::load(manifest, None, &tract).unwrap(), &inputs);
+            let (engine_ms, engine_cpu) =
+                time_engine(&mut ModelDetector::load(manifest, None, &onnxruntime).unwrap(), &inputs);
             let ort = Command::new(&python)
                 .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_reference.py"))
                 .args([
@@ -155,11 +169,13 @@ fn inference(video: &Path, manifests: &[(String, PathBuf)], dir: &Path) {
             let ort: Value = serde_json::from_slice(&ort.stdout).unwrap();
             let ort_ms = ort["mean_ms"].as_f64().unwrap();
             println!(
-                "{name} ({}x{}), threads {threads}: tract {tract_ms:.2} ms | vap onnxruntime engine {engine_ms:.2} ms | \
-                 python onnxruntime {} {ort_ms:.2} ms | engine/python {:.2} | tract/python {:.2}",
+                "{name} ({}x{}), threads {threads}: tract {tract_ms:.2} ms (CPU {tract_cpu:.2}) | vap onnxruntime engine \
+                 {engine_ms:.2} ms (CPU {engine_cpu:.2}) | python onnxruntime {} {ort_ms:.2} ms (CPU {:.2}) | \
+                 engine/python {:.2} | tract/python {:.2}",
                 m.input.width,
                 m.input.height,
                 ort["version"].as_str().unwrap_or("?"),
+                ort["cpu_ms"].as_f64().unwrap_or(f64::NAN),
                 engine_ms / ort_ms,
                 tract_ms / ort_ms
             );
@@ -242,18 +258,55 @@ fn make_video(dir: &Path) -> PathBuf {
     out
 }
 
-/// Runs the real binary at `fps` (0: every frame); returns its "runner done" fields, its peak
-/// RSS (KB) and the CPU seconds it used.
-#[allow(clippy::zombie_processes)] // wait4 reaps it, for its rusage
-fn run_runner(
-    video: &Path,
-    manifest: &Path,
-    broker: &str,
-    engine: &EngineChoice,
+/// How a bench run sets the runner up.
+struct Setup {
+    engine: EngineChoice,
     threads: usize,
+    /// 0: every frame.
     fps: f64,
     gating: bool,
-) -> (Value, i64, f64) {
+    decode: DecodeMode,
+}
+
+impl Setup {
+    fn every_frame(engine: EngineChoice, threads: usize) -> Self {
+        Self { engine, threads, fps: 0.0, gating: false, decode: DecodeMode::All }
+    }
+}
+
+/// What a bench run of the runner reports.
+struct Run {
+    /// Its "runner done" fields.
+    done: Value,
+    peak_rss_kb: i64,
+    /// CPU seconds (user + system) in all, and until its model was loaded: a camera pays that
+    /// once, not per hour.
+    cpu: f64,
+    startup_cpu: f64,
+}
+
+impl Run {
+    /// CPU seconds per hour of stream `seconds` long, start-up left out.
+    fn cpu_per_hour(&self, seconds: f64) -> f64 {
+        (self.cpu - self.startup_cpu) / seconds * 3600.0
+    }
+}
+
+/// CPU seconds a live process of ours used so far.
+fn cpu_so_far(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 12th and 13th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<f64> = after.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / ticks
+}
+
+/// Runs the real binary to its end.
+#[allow(clippy::zombie_processes)] // wait4 reaps it, for its rusage
+fn run_runner(video: &Path, manifest: &Path, broker: &str, setup: &Setup) -> Run {
+    let Setup { engine, threads, fps, gating, decode } = setup;
     let mut command = Command::new(env!("CARGO_BIN_EXE_vap-runner"));
     command.env_clear().env("VAP_RUNNER__ENGINE", engine.name());
     if let EngineChoice::OnnxRuntime { library, .. } = engine {
@@ -265,7 +318,7 @@ fn run_runner(
         .env("VAP_RUNNER__MODELS_DIR", manifest.parent().unwrap())
         .env("VAP_RUNNER__DEFAULT_MODEL", Manifest::load(manifest).unwrap().name)
         .env("VAP_RUNNER__SAMPLE_FPS", fps.to_string())
-        .env("VAP_SCENARIO_OPTIONS", serde_json::json!({"motion_gating": gating}).to_string())
+        .env("VAP_SCENARIO_OPTIONS", serde_json::json!({"motion_gating": gating, "decode": decode}).to_string())
         .env("VAP_RUNNER__INFERENCE_THREADS", threads.to_string())
         .env("VAP_LOG__JSON", "true")
         .env("VAP_SCENARIO_UUID", uuid::Uuid::new_v4().to_string())
@@ -274,9 +327,12 @@ fn run_runner(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn vap-runner");
-    let mut done = Value::Null;
+    let (mut done, mut startup_cpu) = (Value::Null, f64::NAN);
     for line in BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok) {
         if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if v["fields"]["message"] == "model loaded" {
+                startup_cpu = cpu_so_far(child.id());
+            }
             if v["fields"]["message"] == "runner done" {
                 done = v["fields"].clone();
             }
@@ -289,84 +345,156 @@ fn run_runner(
     unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     assert_eq!(status, 0, "runner failed");
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (done, usage.ru_maxrss, secs(usage.ru_utime) + secs(usage.ru_stime))
+    Run { done, peak_rss_kb: usage.ru_maxrss, cpu: secs(usage.ru_utime) + secs(usage.ru_stime), startup_cpu }
 }
 
-/// 25 fps H.264 clips at `size`: the mostly still one (20 s of an empty picture, a person
-/// walking in and out, 5 s of pedestrians, their last frame held 30 s, 5 s more: 70 s) and
-/// vtest.avi as it is (79.5 s). Returns (name, path, seconds).
+/// 25 fps H.264 clips at `size`: the mostly still one of the motion test, a key frame every 2 s,
+/// and vtest.avi as it is (79.5 s). Returns (name, path, seconds).
 fn gating_clips(dir: &Path, size: &str) -> Vec<(&'static str, PathBuf, f64)> {
-    let same = format!("fps=25,scale={size},setsar=1,format=yuv420p");
-    let make = |name: &str, args: &[&str], filter: &str| {
-        let out = dir.join(format!("{name}_{size}.mp4").replace(':', "x"));
-        if !out.exists() {
-            let tmp = dir.join("gating.tmp.mp4");
-            let ok = Command::new("ffmpeg")
-                .args(["-loglevel", "error", "-y"])
-                .args(args)
-                .args(["-filter_complex", filter, "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", "-g", "50"])
-                .arg(&tmp)
-                .status()
-                .expect("ffmpeg")
-                .success();
-            assert!(ok, "ffmpeg failed making {name}");
-            std::fs::rename(&tmp, &out).unwrap();
-        }
-        out
-    };
-    let walker = format!(
-        "[1]crop=140:410:28:70,scale=100:293,format=yuv420p[p];[0][p]overlay=x='{}':y=60:shortest=1,{same}[b]",
-        "if(lt(t,4),10+130*t,if(lt(t,5),530,if(lt(t,9),530-130*(t-5),10)))"
-    );
-    let still = make(
-        "still_heavy",
-        &[
-            "-f", "lavfi", "-i", "color=c=gray:s=640x480:r=25:d=30", "-loop", "1", "-t", "10",
-            "-i", "/usr/share/doc/opencv-doc/examples/data/basketball1.png",
-            "-t", "5", "-i", VTEST, "-ss", "5", "-t", "5", "-i", VTEST,
-        ],
-        &format!(
-            "[0]split[g0][g1];[g0]trim=0:20,{same}[a];[g1]trim=20:30,setpts=PTS-STARTPTS[g];{};[2]{same},tpad=stop_mode=clone:stop_duration=30[c];[3]{same}[d];[a][b][c][d]concat=n=4:v=1:a=0[v]",
-            walker.replace("[0][p]", "[g][p]")
-        ),
-    );
-    let moving = make("vtest", &["-i", VTEST], &format!("[0]{same}[v]"));
-    vec![("still-heavy", still, 70.0), ("vtest.avi", moving, 79.5)]
+    let moving = vtest_25fps(dir, size, "gating", &["-g", "50"]);
+    vec![("still-heavy", media::still_heavy_clip(dir, 25, size, 50), 70.0), ("vtest.avi", moving, 79.5)]
+}
+
+/// vtest.avi at 25 fps and `size`, encoded by x264 with `extra` options; made once in `dir`.
+fn vtest_25fps(dir: &Path, size: &str, name: &str, extra: &[&str]) -> PathBuf {
+    let out = dir.join(format!("vtest_{name}_25fps_{}.mp4", size.replace(':', "x")));
+    if !out.exists() {
+        let tmp = dir.join(format!("vtest_{name}.tmp.mp4"));
+        let ok = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-i", VTEST, "-vf"])
+            .arg(format!("fps=25,scale={size},setsar=1,format=yuv420p"))
+            .args(["-c:v", "libx264", "-preset", "veryfast"])
+            .args(extra)
+            .arg(&tmp)
+            .status()
+            .expect("ffmpeg")
+            .success();
+        assert!(ok, "ffmpeg failed making {}", out.display());
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
 }
 
 fn gating(dir: &Path, manifests: &[(String, PathBuf)], broker: &str) {
+    println!("\n== cost per camera: the real vap-runner at 2 fps, 1 inference thread, decoding included");
     println!(
-        "
-== motion gating: the real vap-runner at 2 fps, 1 inference thread, decoding included"
+        "{:<22} {:<12} {:<10} {:<12} {:<8} {:<10} {:>8} {:>9} {:>10} {:>17} {:>13}",
+        "model",
+        "engine",
+        "size",
+        "clip",
+        "gating",
+        "decode",
+        "decoded",
+        "detector",
+        "start CPU",
+        "CPU-s/camera-hour",
+        "cameras/core"
     );
-    println!(
-        "{:<22} {:<12} {:<10} {:<12} {:<8} {:>9} {:>17} {:>15}",
-        "model", "engine", "size", "clip", "gating", "detector", "CPU-s/camera-hour", "cameras/core"
-    );
+    let [tract, onnxruntime] = engines::engines(1);
+    // Today's runner first, then one change at a time.
+    let setups = [
+        (tract.clone(), false, DecodeMode::All),
+        (tract.clone(), true, DecodeMode::All),
+        (tract, true, DecodeMode::Reference),
+        (onnxruntime.clone(), false, DecodeMode::All),
+        (onnxruntime.clone(), true, DecodeMode::All),
+        (onnxruntime, true, DecodeMode::Reference),
+    ];
     for size in ["640:480", "1920:1080"] {
         for (clip, path, seconds) in gating_clips(dir, size) {
             for (name, manifest) in manifests {
-                for (engine, gated) in engines::engines(1).into_iter().flat_map(|e| [(e.clone(), false), (e, true)]) {
-                    let (done, _, cpu) = run_runner(&path, manifest, broker, &engine, 1, 2.0, gated);
+                for (engine, gating, decode) in setups.iter().cloned() {
+                    let setup = Setup { engine, threads: 1, fps: 2.0, gating, decode };
+                    let run = run_runner(&path, manifest, broker, &setup);
+                    let done = &run.done;
                     let analysed = done["frames_analysed"].as_f64().unwrap_or(f64::NAN);
                     let still = done["frames_still"].as_f64().unwrap_or(0.0);
+                    let per_hour = run.cpu_per_hour(seconds);
                     println!(
-                        "{:<22} {:<12} {:<10} {:<12} {:<8} {:>4.0}/{:<4.0} {:>17.0} {:>15.1}",
+                        "{:<22} {:<12} {:<10} {:<12} {:<8} {:<10} {:>8} {:>4.0}/{:<4.0} {:>8.2} s {:>17.0} {:>13.1}",
                         name,
-                        engine.name(),
+                        setup.engine.name(),
                         size.replace(':', "x"),
                         clip,
-                        if gated { "on" } else { "off" },
+                        if gating { "on" } else { "off" },
+                        decode.as_str(),
+                        done["frames_decoded"],
                         analysed - still,
                         analysed,
-                        cpu / seconds * 3600.0,
-                        seconds / cpu
+                        run.startup_cpu,
+                        per_hour,
+                        3600.0 / per_hour
                     );
                 }
             }
         }
     }
-    println!("  (detector = frames it ran on / frames sampled; CPU is user + system time of the process)");
+    println!(
+        "  (decoded = frames decoded; detector = frames it ran on / frames sampled; start CPU = CPU until the model"
+    );
+    println!(
+        "   was loaded, once per runner start; CPU-s/camera-hour = user + system time after it, per hour of stream)"
+    );
+}
+
+/// The clips `decode` reads: vtest.avi at `size`, 25 fps, as x264 makes it by default (B-frames)
+/// and as an IP camera sends it (no B-frames, a key frame every 50 frames).
+fn decode_clips(dir: &Path, size: &str) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("x264 default", vtest_25fps(dir, size, "bframes", &[])),
+        ("camera (IPPP)", vtest_25fps(dir, size, "camera", &["-bf", "0", "-g", "50"])),
+    ]
+}
+
+fn decode(dir: &Path) {
+    println!("\n== decoding alone: OpenCV's FFmpeg backend reading 25 fps H.264, sampling 2 fps as the runner does");
+    println!(
+        "{:<10} {:<14} {:<11} {:>9} {:>9} {:>17} {:>15}",
+        "size", "stream", "decode", "decoded", "sampled", "CPU-s/camera-hour", "cameras/core"
+    );
+    for size in ["640:480", "1920:1080"] {
+        for (stream, path) in decode_clips(dir, size) {
+            for mode in [DecodeMode::All, DecodeMode::Reference, DecodeMode::Keyframes] {
+                let (decoded, sampled, seconds, cpu) = decode_only(&path, mode, 2.0);
+                println!(
+                    "{:<10} {:<14} {:<11} {:>9} {:>9} {:>17.0} {:>15.1}",
+                    size.replace(':', "x"),
+                    stream,
+                    mode.as_str(),
+                    decoded,
+                    sampled,
+                    cpu / seconds * 3600.0,
+                    seconds / cpu
+                );
+            }
+        }
+    }
+    println!("  (CPU: this process's user + system time, FFmpeg's decoding threads included)");
+}
+
+/// Reads `path` through the runner's own capture options; returns frames decoded, frames
+/// sampled, media seconds and CPU seconds.
+fn decode_only(path: &Path, mode: DecodeMode, fps: f64) -> (u64, u64, f64, f64) {
+    let url = vap::camera_url::CameraUrl::trusted(path.to_str().unwrap().into());
+    std::env::set_var("OPENCV_FFMPEG_CAPTURE_OPTIONS", capture::ffmpeg_capture_options(&url, None, mode));
+    let cpu = process_cpu;
+    let started = cpu();
+    let mut cap =
+        opencv::videoio::VideoCapture::from_file(path.to_str().unwrap(), opencv::videoio::CAP_FFMPEG).unwrap();
+    let mut sampler = capture::Sampler::new(fps);
+    let (mut decoded, mut sampled, mut last_ms) = (0, 0, 0.0);
+    let mut frame = opencv::core::Mat::default();
+    while cap.grab().unwrap() {
+        decoded += 1;
+        // The frames a decoder gives back at the end (B-frames held for reordering) may say 0.
+        let t_ms = cap.get(opencv::videoio::CAP_PROP_POS_MSEC).unwrap();
+        last_ms = f64::max(last_ms, t_ms);
+        if sampler.take(t_ms) && cap.retrieve(&mut frame, 0).unwrap() {
+            sampled += 1;
+        }
+    }
+    (decoded, sampled, last_ms / 1000.0 + 0.04, cpu() - started)
 }
 
 /// The first frames of the video as the detector prepares them, kept and written for Python.
@@ -388,15 +516,27 @@ fn prepare_inputs(video: &Path, manifest: &Path, out: &Path) -> Vec<Vec<f32>> {
     inputs
 }
 
-fn time_engine(detector: &mut ModelDetector, inputs: &[Vec<f32>]) -> f64 {
+/// CPU seconds (user + system) of this process so far, all its threads.
+fn process_cpu() -> f64 {
+    // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` lives across the call.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Wall and CPU milliseconds per input, after a warm-up (the plan is built before timing).
+fn time_engine(detector: &mut ModelDetector, inputs: &[Vec<f32>]) -> (f64, f64) {
     for input in inputs.iter().take(5) {
         detector.infer(input).unwrap();
     }
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), process_cpu());
     for input in inputs {
         detector.infer(input).unwrap();
     }
-    started.elapsed().as_secs_f64() * 1000.0 / inputs.len() as f64
+    let n = inputs.len() as f64;
+    (started.elapsed().as_secs_f64() * 1000.0 / n, (process_cpu() - cpu) * 1000.0 / n)
 }
 
 /// The Python of the venv scripts/setup makes for the onnxruntime engine (onnxruntime, numpy).

@@ -22,7 +22,7 @@ pub const MAX_REGION_NAME_CHARS: usize = 100;
 /// The longest dwell a zone may wait for: a day.
 pub const DWELL_SECONDS: RangeInclusive<f64> = 1.0..=86_400.0;
 /// The fields a request may set, in the order they are checked.
-pub const FIELDS: [&str; 12] = [
+pub const FIELDS: [&str; 13] = [
     "name",
     "model",
     "fps",
@@ -34,6 +34,7 @@ pub const FIELDS: [&str; 12] = [
     "webhook_url",
     "snapshot_interval_s",
     "retention_days",
+    "decode",
     "motion_gating",
 ];
 /// Seconds between two snapshots of a scenario (besides those of its events).
@@ -104,6 +105,45 @@ pub struct ScenarioOptions {
     /// Unset: on. Off analyses every sampled frame, moving or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub motion_gating: Option<bool>,
+    /// Unset: every frame. Read when the runner opens the camera.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode: Option<DecodeMode>,
+}
+
+/// Which of a stream's frames the runner decodes; the analysed ones are sampled among them.
+/// Decoding fewer costs less CPU, but the analysis can then be no more frequent than the frames
+/// decoded (key frames: usually one every 1 to 4 s of a camera's stream).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeMode {
+    #[default]
+    All,
+    /// Frames other frames refer to: skips only what nothing else needs (B-frames mostly), so
+    /// every decoded frame is whole.
+    Reference,
+    /// Key frames only.
+    Keyframes,
+}
+
+impl DecodeMode {
+    pub const NAMES: [&'static str; 3] = ["all", "reference", "keyframes"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Reference => "reference",
+            Self::Keyframes => "keyframes",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "all" => Some(Self::All),
+            "reference" => Some(Self::Reference),
+            "keyframes" => Some(Self::Keyframes),
+            _ => None,
+        }
+    }
 }
 
 /// A named area. An object is in it when the bottom centre of its box is (where it stands).
@@ -208,6 +248,15 @@ impl ScenarioOptions {
                 "retention_days" => {
                     next.retention_days = if null { None } else { Some(whole(field, value, RETENTION_DAYS)?) }
                 }
+                "decode" => {
+                    next.decode = match value {
+                        Value::Null => None,
+                        Value::String(name) => Some(DecodeMode::parse(name).ok_or_else(|| {
+                            invalid(field, format!("must be one of {}, got '{name}'", DecodeMode::NAMES.join(", ")))
+                        })?),
+                        other => return Err(invalid(field, format!("must be a string, got {}", kind(other)))),
+                    }
+                }
                 _ => {
                     next.motion_gating = match value {
                         Value::Null => None,
@@ -244,6 +293,10 @@ impl ScenarioOptions {
 
     pub fn motion_gating(&self) -> bool {
         self.motion_gating.unwrap_or(true)
+    }
+
+    pub fn decode(&self) -> DecodeMode {
+        self.decode.unwrap_or_default()
     }
 
     pub fn snapshot_interval(&self) -> std::time::Duration {

@@ -107,6 +107,7 @@ pub fn options_json(o: &ScenarioOptions, defaults: &Defaults) -> Value {
         "snapshot_interval_s": o.snapshot_interval_s.unwrap_or(crate::options::DEFAULT_SNAPSHOT_INTERVAL_S),
         "retention_days": o.retention_days,
         "motion_gating": o.motion_gating(),
+        "decode": o.decode().as_str(),
     })
 }
 

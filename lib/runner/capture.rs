@@ -16,11 +16,13 @@ use crate::backoff::Backoff;
 use crate::camera_url::CameraUrl;
 use crate::config::RunnerSettings;
 use crate::destination::{DestinationError, DestinationPolicy};
+use crate::options::DecodeMode;
 
 /// FFmpeg's `OPENCV_FFMPEG_CAPTURE_OPTIONS` for `url`: `base` (the operator's, or RTSP over TCP)
 /// then the protocols the scheme needs and nothing else, so a playlist or a redirect can't pull
-/// `file:` or another scheme. Set once, before any thread starts.
-pub fn ffmpeg_capture_options(url: &CameraUrl, base: Option<&str>) -> String {
+/// `file:` or another scheme, then which frames to decode (OpenCV's `avdiscard`, the decoder's
+/// `skip_frame`: the one decoder setting OpenCV 4.6 passes on). Set once, before any thread starts.
+pub fn ffmpeg_capture_options(url: &CameraUrl, base: Option<&str>, decode: DecodeMode) -> String {
     let scheme = url::Url::parse(url.expose()).map(|u| u.scheme().to_string()).unwrap_or_else(|_| "file".into());
     let protocols = match scheme.as_str() {
         "rtsp" | "rtsps" => "tcp,udp,rtp,srtp,tls",
@@ -28,8 +30,13 @@ pub fn ffmpeg_capture_options(url: &CameraUrl, base: Option<&str>) -> String {
         _ => "file",
     };
     let base = base.filter(|b| !b.trim().is_empty()).unwrap_or("rtsp_transport;tcp");
+    let discard = match decode {
+        DecodeMode::All => "",
+        DecodeMode::Reference => "|avdiscard;nonref",
+        DecodeMode::Keyframes => "|avdiscard;nonkey",
+    };
     // Later keys win in FFmpeg's dictionary parse: the whitelist is always the one given here.
-    format!("{base}|protocol_whitelist;{protocols}")
+    format!("{base}|protocol_whitelist;{protocols}{discard}")
 }
 
 /// Whether FFmpeg reaches this URL over HTTP, and so through the egress proxy.
@@ -499,7 +506,7 @@ mod tests {
 
     #[test]
     fn ffmpeg_may_use_only_the_protocols_of_the_camera_scheme() {
-        let opts = |u: &str, base| ffmpeg_capture_options(&CameraUrl::trusted(u.into()), base);
+        let opts = |u: &str, base| ffmpeg_capture_options(&CameraUrl::trusted(u.into()), base, DecodeMode::All);
         assert_eq!(opts("rtsp://cam/1", None), "rtsp_transport;tcp|protocol_whitelist;tcp,udp,rtp,srtp,tls");
         assert_eq!(
             opts("https://cam/a.m3u8", None),
@@ -510,6 +517,9 @@ mod tests {
             opts("file:///srv/v.mp4", Some("protocol_whitelist;file,http")),
             "protocol_whitelist;file,http|protocol_whitelist;file"
         );
+        let decode = |mode| ffmpeg_capture_options(&CameraUrl::trusted("rtsp://cam/1".into()), None, mode);
+        assert!(decode(DecodeMode::Reference).ends_with("|protocol_whitelist;tcp,udp,rtp,srtp,tls|avdiscard;nonref"));
+        assert!(decode(DecodeMode::Keyframes).ends_with("|avdiscard;nonkey"));
         assert!(
             uses_http(&CameraUrl::trusted("HTTPS://cam/x".into()))
                 && !uses_http(&CameraUrl::trusted("rtsp://cam".into()))

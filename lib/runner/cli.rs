@@ -173,7 +173,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     let base = std::env::var("OPENCV_FFMPEG_CAPTURE_OPTIONS").ok();
     std::env::set_var(
         "OPENCV_FFMPEG_CAPTURE_OPTIONS",
-        super::capture::ffmpeg_capture_options(&args.camera_url, base.as_deref()),
+        super::capture::ffmpeg_capture_options(&args.camera_url, base.as_deref(), args.options.decode()),
     );
     for name in ["no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY"] {
         std::env::remove_var(name);

@@ -557,6 +557,7 @@ fn log_summary(outcome: &Outcome, threads: &Threads, buffer: &ResultBuffer, flus
     let produce_requests = b.produce_requests.load(Ordering::Relaxed);
     tracing::info!(
         outcome = ?outcome,
+        frames_decoded = capture.frames_read.load(Ordering::Relaxed),
         frames_analysed = analysed,
         frames_still = still,
         published = b.published.load(Ordering::Relaxed),

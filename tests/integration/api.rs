@@ -231,6 +231,8 @@ async fn every_bad_option_is_a_400_naming_the_field_and_nothing_is_stored() {
         (json!({"lines": [{"name": "gate", "points": [[0.2, 0.2], [0.2, 0.2]]}]}), "lines[0].points", "must differ"),
         (json!({"lines": [{"points": [[0, 0], [1, 1]]}]}), "lines[0].name", "is required"),
         (json!({"lines": "across"}), "lines", "must be an array"),
+        (json!({"decode": "some"}), "decode", "must be one of all, reference, keyframes, got 'some'"),
+        (json!({"decode": 1}), "decode", "must be a string"),
     ];
     for (options, field, reason) in cases {
         let mut body = options.clone();
@@ -257,7 +259,7 @@ async fn options_are_stored_and_shown_in_effect_and_the_catalogue_is_listed() {
     let plain = app.scenario(app.create_scenario("rtsp://cam/1").await).await;
     assert_eq!(
         plain["options"],
-        json!({"name": null, "model": "ssdlite_person_300", "fps": 2.0, "classes": null, "min_confidence": 0.5, "mask": [], "zones": [], "lines": [], "webhook_url": null, "snapshot_interval_s": 2.0, "retention_days": null, "motion_gating": true}),
+        json!({"name": null, "model": "ssdlite_person_300", "fps": 2.0, "classes": null, "min_confidence": 0.5, "mask": [], "zones": [], "lines": [], "webhook_url": null, "snapshot_interval_s": 2.0, "retention_days": null, "motion_gating": true, "decode": "all"}),
         "{plain}"
     );
     let mask = json!([[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]]);

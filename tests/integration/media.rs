@@ -194,27 +194,39 @@ pub async fn serve_then_stall(path: PathBuf) -> std::net::SocketAddr {
 pub fn still_heavy() -> &'static Path {
     static CLIP: OnceLock<PathBuf> = OnceLock::new();
     CLIP.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-media");
-        let out = dir.join("still_heavy.mp4");
-        if !out.exists() {
-            let walker = media().walker.clone();
-            let tmp = dir.join(format!("still_heavy.{}.tmp.mp4", std::process::id()));
-            let same = "fps=10,scale=640:480,setsar=1,format=yuv420p";
-            let filter = format!(
-                "[0]{same}[a];[1]{same}[b];[2]{same},tpad=stop_mode=clone:stop_duration=30[c];[3]{same}[d];\
-                 [a][b][c][d]concat=n=4:v=1:a=0[v]"
-            );
-            let status = Command::new("ffmpeg")
-                .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=640x480:r=10:d=20", "-i"])
-                .arg(&walker)
-                .args(["-t", "5", "-i", VTEST, "-ss", "5", "-t", "5", "-i", VTEST, "-filter_complex", &filter])
-                .args(["-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", "-g", "10", "-movflags", "+faststart"])
-                .arg(&tmp)
-                .status()
-                .expect("ffmpeg (scripts/setup installs it)");
-            assert!(status.success(), "ffmpeg failed making still_heavy.mp4");
-            std::fs::rename(&tmp, &out).unwrap();
-        }
-        out
+        still_heavy_clip(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-media"), 10, "640:480", 10)
     })
+}
+
+/// The mostly still clip of the motion-gating test and the runner benchmark, 70 s at `fps` and
+/// `size` ("W:H") with a key frame every `gop` frames: 20 s of an empty grey picture, the walker
+/// (10 s, [`WALKER_PATH`]), 5 s of vtest.avi's pedestrians, their last frame held 30 s, 5 s more.
+/// Made once per recipe in `dir`.
+pub fn still_heavy_clip(dir: &Path, fps: u32, size: &str, gop: u32) -> PathBuf {
+    use sha2::Digest;
+    let same = format!("fps={fps},scale={size},setsar=1,format=yuv420p");
+    let filter = format!(
+        "[0]split[g0][g1];[g0]trim=0:20,{same}[a];[g1]trim=20:30,setpts=PTS-STARTPTS[g];\
+         [1]crop=140:410:28:70,scale=100:293,format=yuv420p[p];[g][p]overlay=x='{WALKER_PATH}':y=60:shortest=1,{same}[b];\
+         [2]{same},tpad=stop_mode=clone:stop_duration=30[c];[3]{same}[d];[a][b][c][d]concat=n=4:v=1:a=0[v]"
+    );
+    let recipe = hex::encode(&sha2::Sha256::digest(format!("{filter} {gop}"))[..4]);
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join(format!("still_heavy_{recipe}.mp4"));
+    if !out.exists() {
+        let tmp = dir.join(format!("still_heavy_{recipe}.{}.tmp.mp4", std::process::id()));
+        let status = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", &format!("color=c=gray:s=640x480:r={fps}:d=30")])
+            .args([
+                "-loop", "1", "-t", "10", "-i", BASKETBALL, "-t", "5", "-i", VTEST, "-ss", "5", "-t", "5", "-i", VTEST,
+            ])
+            .args(["-filter_complex", &filter, "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast"])
+            .args(["-g", &gop.to_string(), "-movflags", "+faststart"])
+            .arg(&tmp)
+            .status()
+            .expect("ffmpeg (scripts/setup installs it)");
+        assert!(status.success(), "ffmpeg failed making {}", out.display());
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
 }

@@ -459,6 +459,53 @@ async fn the_onnxruntime_engine_runs_a_scenario_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoding_only_reference_or_key_frames_reads_fewer_and_still_finds_the_people() {
+    let app = TestApp::spawn_for_runners().await;
+    let path = media().people.to_str().unwrap().to_string();
+    // What the file holds, counted by ffprobe: frames, and key frames.
+    let count = |skip: &[&str]| {
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v"])
+            .args(skip)
+            .args(["-show_entries", "frame=pts_time", "-of", "csv=p=0", &path])
+            .output()
+            .expect("ffprobe");
+        String::from_utf8_lossy(&out.stdout).lines().count() as u64
+    };
+    let (frames, key_frames) = (count(&[]), count(&["-skip_frame", "nokey"]));
+    // 20 s at 10 fps, a key frame every 10 frames (and where the scene cuts).
+    assert!(
+        (195..=205).contains(&frames) && (20..40).contains(&key_frames),
+        "{frames} frames, {key_frames} key frames"
+    );
+    let mut seen = Vec::new();
+    for mode in ["all", "reference", "keyframes"] {
+        let options = serde_json::json!({"decode": mode});
+        let scenario = app.create_scenario_with(&path, options.clone()).await;
+        let mut runner = Runner::start(&app, scenario, &path, &[("VAP_SCENARIO_OPTIONS", &options.to_string())]);
+        assert_eq!(runner.wait(Duration::from_secs(120)).await, 0, "{}", runner.all_logs());
+        let done = runner.log("runner done").expect("a final log line");
+        let (decoded, analysed) = (done["frames_decoded"].as_u64().unwrap(), done["frames_analysed"].as_u64().unwrap());
+        let p = eventually(Duration::from_secs(30), "the scenario to end inactive", || async {
+            let p = app.prediction(scenario).await;
+            (p["status"] == "inactive" && p["total_frames_processed"] == analysed).then_some(p)
+        })
+        .await;
+        assert_people_found(p["results"].as_array().unwrap(), analysed as usize);
+        assert_eq!(app.scenario(scenario).await["options"]["decode"], mode);
+        seen.push((mode, decoded, analysed));
+    }
+    let [(_, all, all_analysed), (_, reference, reference_analysed), (_, keys, keys_analysed)] = seen[..] else {
+        unreachable!()
+    };
+    // Every frame (OpenCV may leave the last), sampled at 2 fps; B-frames skipped, the same
+    // 2 fps; key frames only, about 1 s apart, most analysed (two within 0.5 s share a slot).
+    assert!(all.abs_diff(frames) <= 1 && (40..=41).contains(&all_analysed), "{seen:?}");
+    assert!(reference < all * 3 / 4 && reference_analysed >= 38, "{seen:?}");
+    assert!(keys.abs_diff(key_frames) <= 1 && keys_analysed * 4 >= keys * 3, "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_source_is_read_like_a_file() {
     let app = TestApp::spawn_for_runners().await;
     let server = serve_file(media().people.clone()).await;

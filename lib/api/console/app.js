@@ -175,7 +175,14 @@ function addForm() {
       el('div', {}, field('min_confidence', 'Minimum confidence (0 to 1)', { type: 'number', min: '0', max: '1', step: 'any' })),
       el('div', {}, field('snapshot_interval_s', 'Snapshot every (s)', { type: 'number', min: '0.5', max: '3600', step: 'any' })),
       el('div', {}, field('retention_days', 'Keep results for (days; empty: the server\'s)', { type: 'number', min: '1', max: '36500', step: '1' })),
-      el('div', {}, field('webhook_url', 'Webhook URL', { type: 'url', autocomplete: 'off' }))),
+      el('div', {}, field('webhook_url', 'Webhook URL', { type: 'url', autocomplete: 'off' })),
+      el('div', {}, el('label', { for: 'decode' }, 'Decode'),
+        el('select', { id: 'decode', name: 'decode' },
+          el('option', { value: 'all' }, 'every frame'),
+          el('option', { value: 'reference' }, 'reference frames (skips B-frames)'),
+          el('option', { value: 'keyframes' }, 'key frames only (cheapest)'))),
+      el('div', {}, el('label', {}, el('input', { type: 'checkbox', id: 'motion_gating', name: 'motion_gating', checked: true }),
+        ' Run the detector only when the picture moves'))),
     classes,
     el('details', {}, el('summary', {}, 'Zones, lines and mask as JSON (or draw them on the picture later)'),
       el('label', { for: 'regions' }, 'Regions'), regions,
@@ -199,6 +206,8 @@ function addForm() {
     for (const k of ['name', 'webhook_url']) if (form[k].value.trim()) body[k] = form[k].value.trim();
     for (const k of ['fps', 'min_confidence', 'snapshot_interval_s', 'retention_days']) if (form[k].value !== '') body[k] = Number(form[k].value);
     if (modelSelect.value) body.model = modelSelect.value;
+    if (form.decode.value !== 'all') body.decode = form.decode.value;
+    if (!form.motion_gating.checked) body.motion_gating = false;
     const ticked = [...form.querySelectorAll('input[name=class]:checked')].map((i) => i.value);
     if (ticked.length) body.classes = ticked;
     if (regions.value.trim()) {
