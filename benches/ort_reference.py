@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """onnxruntime on the same model and the same prepared inputs as tract: the reference.
 
-usage: ort_reference.py MODEL.onnx INPUTS.f32 WIDTH HEIGHT THREADS
+usage: ort_reference.py MODEL.onnx INPUTS.f32 WIDTH HEIGHT THREADS [SPIN]
 
 INPUTS.f32 holds N NCHW float32 tensors [1,3,H,W] back to back, written by benches/runner.rs
 from the frames the runner analysed. Prints one JSON line: ms per frame (mean, p50) and CPU ms
-per frame (all threads).
+per frame (all threads). SPIN 0 turns the worker threads' spinning off, as vap's engine runs;
+onnxruntime's default (1) spins.
 """
 import json
 import sys
@@ -17,11 +18,13 @@ import onnxruntime as ort
 
 def main() -> None:
     model, inputs, width, height, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    spin = sys.argv[6] if len(sys.argv) > 6 else "1"
     frames = np.fromfile(inputs, dtype=np.float32).reshape(-1, 1, 3, height, width)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     for frame in frames[:5]:  # warm-up, as tract's plan is built before timing

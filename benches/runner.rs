@@ -154,29 +154,37 @@ fn inference(video: &Path, manifests: &[(String, PathBuf)], dir: &Path) {
             let (tract_ms, tract_cpu) = time_engine(&mut ModelDetector::load(manifest, None, &tract).unwrap(), &inputs);
             let (engine_ms, engine_cpu) =
                 time_engine(&mut ModelDetector::load(manifest, None, &onnxruntime).unwrap(), &inputs);
-            let ort = Command::new(&python)
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_reference.py"))
-                .args([
-                    m.onnx.to_str().unwrap(),
-                    inputs_file.to_str().unwrap(),
-                    &m.input.width.to_string(),
-                    &m.input.height.to_string(),
-                    &threads.to_string(),
-                ])
-                .output()
-                .expect("run onnxruntime");
-            assert!(ort.status.success(), "onnxruntime: {}", String::from_utf8_lossy(&ort.stderr));
-            let ort: Value = serde_json::from_slice(&ort.stdout).unwrap();
+            // onnxruntime's default (spinning threads), and as vap's engine runs it (not spinning).
+            let reference = |spin: &str| {
+                let out = Command::new(&python)
+                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_reference.py"))
+                    .args([
+                        m.onnx.to_str().unwrap(),
+                        inputs_file.to_str().unwrap(),
+                        &m.input.width.to_string(),
+                        &m.input.height.to_string(),
+                        &threads.to_string(),
+                        spin,
+                    ])
+                    .output()
+                    .expect("run onnxruntime");
+                assert!(out.status.success(), "onnxruntime: {}", String::from_utf8_lossy(&out.stderr));
+                serde_json::from_slice::<Value>(&out.stdout).unwrap()
+            };
+            let (ort, ort_still) = (reference("1"), reference("0"));
             let ort_ms = ort["mean_ms"].as_f64().unwrap();
+            let still_ms = ort_still["mean_ms"].as_f64().unwrap();
             println!(
                 "{name} ({}x{}), threads {threads}: tract {tract_ms:.2} ms (CPU {tract_cpu:.2}) | vap onnxruntime engine \
-                 {engine_ms:.2} ms (CPU {engine_cpu:.2}) | python onnxruntime {} {ort_ms:.2} ms (CPU {:.2}) | \
-                 engine/python {:.2} | tract/python {:.2}",
+                 {engine_ms:.2} ms (CPU {engine_cpu:.2}) | python onnxruntime {} {ort_ms:.2} ms (CPU {:.2}), not spinning \
+                 {still_ms:.2} ms (CPU {:.2}) | engine/python {:.2} (not spinning {:.2}) | tract/python {:.2}",
                 m.input.width,
                 m.input.height,
                 ort["version"].as_str().unwrap_or("?"),
                 ort["cpu_ms"].as_f64().unwrap_or(f64::NAN),
+                ort_still["cpu_ms"].as_f64().unwrap_or(f64::NAN),
                 engine_ms / ort_ms,
+                engine_ms / still_ms,
                 tract_ms / ort_ms
             );
         }

@@ -4,7 +4,7 @@
 //! client -> vap-api (api) -> PostgreSQL [scenarios + outbox, one transaction] (db)
 //! outbox relay (outbox_relay) -> Kafka `init_scenario` / `shutdown_scenario` (kafka, events)
 //! vap-orchestrator (orchestrator) -> one runner per scenario: local process | Nomad | systemd
-//! vap-runner (runner): OpenCV decode -> tract detect -> track, zones (analytics) -> Kafka `results`, `events`
+//! vap-runner (runner): OpenCV decode -> detect (tract or onnxruntime) -> track, zones (analytics) -> Kafka `results`, `events`
 //! inbox (inbox): Kafka `results`, `events` -> PostgreSQL, idempotent -> api serves predictions, events
 //! ```
 //!
@@ -19,7 +19,7 @@
 //! | [`relay`] | the `vap-relay` process: outbox relay + inbox + retention + its metrics |
 //! | [`retention`] | results and events kept `retention.results_days`: partitions made ahead, dropped whole |
 //! | [`analytics`] | tracks and zone/line events derived from detections (pure; the runner runs it) |
-//! | `runner` | `vap-runner`: capture, detection, publishing (feature `runner`: the only code linking OpenCV and tract) |
+//! | `runner` | `vap-runner`: capture, detection, publishing (feature `runner`: the only code linking OpenCV and tract, and opening onnxruntime) |
 //! | [`consumer`] | a Kafka consumer that keeps its positions in PostgreSQL (inbox, orchestrator) |
 //! | [`models`] | the model catalogue: manifests beside ONNX files, checked at start, read by API and runner |
 //! | [`options`] | a scenario's options (model, fps, classes, confidence, mask): checks, merge patch, digest |

@@ -41,7 +41,8 @@ impl EngineChoice {
     }
 }
 
-/// One output tensor, copied out of the engine (a few thousand values: boxes and scores).
+/// One output tensor, copied out of the engine: at most a few hundred thousand values (boxes
+/// and scores), a fraction of a millisecond against tens of milliseconds of inference.
 pub struct Output {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
@@ -125,8 +126,8 @@ struct OnnxRuntimeEngine {
     outputs: Vec<String>,
 }
 
-/// onnxruntime allows one environment per process, and its library is opened once; a failed
-/// attempt is not kept, so a corrected path works without a restart.
+/// onnxruntime allows one environment per process, and its library is opened once (the first
+/// library opened serves the process); a failed attempt is not kept.
 fn environment(library: &Path) -> Result<ort::environment::Environment, DetectorError> {
     static ENVIRONMENT: Mutex<Option<ort::environment::Environment>> = Mutex::new(None);
     let mut environment = crate::sys::lock(&ENVIRONMENT);
