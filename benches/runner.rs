@@ -1,5 +1,5 @@
 //! Runner benchmark (docs/BENCHMARKS.md): `cargo bench --features runner --bench runner [-- PART...]`,
-//! PART one of `pipeline`, `inference`, `accuracy`, `produce`, `gating` (default: all), for
+//! PART one of `pipeline`, `inference`, `accuracy`, `produce`, `gating`, `decode` (default: all), for
 //! every model of the shipped catalogue (`models/`):
 //!
 //! 1. pipeline: the real vap-runner on a 640x480 H.264 file, every frame analysed, 1 and 2
@@ -65,6 +65,10 @@ fn main() {
     let catalogue = Catalogue::load(&models_dir, "ssdlite_person_300", Check::Files).unwrap();
     let manifests: Vec<(String, PathBuf)> =
         catalogue.names().iter().map(|n| (n.to_string(), catalogue.manifest_path(n).unwrap().to_path_buf())).collect();
+    // First, while this process has no other thread: it sets FFmpeg's options in the environment.
+    if wanted("decode") {
+        decode(&dir);
+    }
     let broker = Broker::start(BrokerStorage::Memory).expect("start broker");
     println!(
         "machine: {} cores; video: 640x480 H.264, 795 frames (vtest.avi), every frame analysed; models: {}",
@@ -76,9 +80,6 @@ fn main() {
     }
     if wanted("gating") {
         gating(&dir, &manifests, &broker.addr());
-    }
-    if wanted("decode") {
-        decode(&dir);
     }
     if wanted("inference") {
         inference(&video, &manifests, &dir);
@@ -367,7 +368,7 @@ fn gating_clips(dir: &Path, size: &str) -> Vec<(&'static str, PathBuf, f64)> {
 fn vtest_25fps(dir: &Path, size: &str, name: &str, extra: &[&str]) -> PathBuf {
     let out = dir.join(format!("vtest_{name}_25fps_{}.mp4", size.replace(':', "x")));
     if !out.exists() {
-        let tmp = dir.join(format!("vtest_{name}.tmp.mp4"));
+        let tmp = dir.join(format!("vtest_{name}_{}.{}.tmp.mp4", size.replace(':', "x"), std::process::id()));
         let ok = Command::new("ffmpeg")
             .args(["-loglevel", "error", "-y", "-i", VTEST, "-vf"])
             .arg(format!("fps=25,scale={size},setsar=1,format=yuv420p"))

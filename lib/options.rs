@@ -105,7 +105,8 @@ pub struct ScenarioOptions {
     /// Unset: on. Off analyses every sampled frame, moving or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub motion_gating: Option<bool>,
-    /// Unset: every frame. Read when the runner opens the camera.
+    /// Unset: every frame. Set when the scenario is created; a PATCH can't change it (the
+    /// runner sets its decoder up once, before its threads start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode: Option<DecodeMode>,
 }
@@ -133,15 +134,6 @@ impl DecodeMode {
             Self::All => "all",
             Self::Reference => "reference",
             Self::Keyframes => "keyframes",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Self> {
-        match name {
-            "all" => Some(Self::All),
-            "reference" => Some(Self::Reference),
-            "keyframes" => Some(Self::Keyframes),
-            _ => None,
         }
     }
 }
@@ -251,7 +243,7 @@ impl ScenarioOptions {
                 "decode" => {
                     next.decode = match value {
                         Value::Null => None,
-                        Value::String(name) => Some(DecodeMode::parse(name).ok_or_else(|| {
+                        Value::String(name) => Some(serde_json::from_value(value.clone()).map_err(|_| {
                             invalid(field, format!("must be one of {}, got '{name}'", DecodeMode::NAMES.join(", ")))
                         })?),
                         other => return Err(invalid(field, format!("must be a string, got {}", kind(other)))),
@@ -549,6 +541,21 @@ mod tests {
 
     fn parse(body: Value) -> Result<ScenarioOptions, OptionError> {
         ScenarioOptions::from_request(body.as_object().unwrap(), &defaults())
+    }
+
+    #[test]
+    fn decode_defaults_to_every_frame_and_round_trips_through_the_runner_s_json() {
+        assert_eq!(parse(json!({})).unwrap().decode(), DecodeMode::All);
+        for mode in [DecodeMode::All, DecodeMode::Reference, DecodeMode::Keyframes] {
+            let o = parse(json!({"decode": mode.as_str()})).unwrap();
+            assert_eq!(o.decode, Some(mode));
+            // What the orchestrator hands the runner (VAP_SCENARIO_OPTIONS) reads back the same.
+            let back: ScenarioOptions = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+            assert_eq!(back.decode(), mode);
+        }
+        assert_eq!(parse(json!({"decode": null})).unwrap().decode, None);
+        let err = parse(json!({"decode": "Reference"})).unwrap_err();
+        assert_eq!(err.field, "decode");
     }
 
     #[test]

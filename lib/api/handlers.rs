@@ -274,6 +274,14 @@ pub async fn patch_scenario(
             reason: "a scenario's camera can't change; create a new scenario".into(),
         }));
     }
+    // The runner sets up its decoder once, before its threads start (OpenCV reads it from the
+    // environment): a change could never reach a running runner.
+    if patch.contains_key("decode") {
+        return Err(ApiError::InvalidOption(crate::options::OptionError {
+            field: "decode".into(),
+            reason: "is set when a scenario is created and can't change; create a new scenario".into(),
+        }));
+    }
     let change = scenarios::change_options(&state.pool, uuid, |o| {
         o.patched(&patch, &state.options).and_then(|o| webhook_reachable(state, o))
     })

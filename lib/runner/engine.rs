@@ -126,29 +126,45 @@ struct OnnxRuntimeEngine {
     outputs: Vec<String>,
 }
 
-/// onnxruntime allows one environment per process, and its library is opened once (the first
-/// library opened serves the process); a failed attempt is not kept.
+/// onnxruntime allows one environment per process, and its library is opened once: the first
+/// library that loads serves the process, and asking for another is an error. A failed attempt
+/// is not kept.
 fn environment(library: &Path) -> Result<ort::environment::Environment, DetectorError> {
-    static ENVIRONMENT: Mutex<Option<ort::environment::Environment>> = Mutex::new(None);
-    let mut environment = crate::sys::lock(&ENVIRONMENT);
-    if let Some(e) = &*environment {
-        return Ok(e.clone());
-    }
+    static ENVIRONMENT: Mutex<Option<(PathBuf, ort::environment::Environment)>> = Mutex::new(None);
     let failed = |reason: String| DetectorError::Load { path: library.display().to_string(), reason };
     if !library.is_file() {
         return Err(failed(
-            "no such file: runner.onnxruntime_library must name onnxruntime's library \
-             (scripts/setup with VAP_ONNXRUNTIME=1 installs it)"
+            "no such file: runner.onnxruntime_library must name onnxruntime's library (from PyPI's \
+             onnxruntime wheel; VAP_ONNXRUNTIME=1 scripts/setup installs it, as Ansible does on workers)"
                 .into(),
         ));
+    }
+    let mut environment = crate::sys::lock(&ENVIRONMENT);
+    match &*environment {
+        Some((loaded, e)) if loaded == library => return Ok(e.clone()),
+        Some((loaded, _)) => {
+            return Err(failed(format!("this process already runs onnxruntime from {}", loaded.display())))
+        }
+        None => {}
     }
     let built = ort::init_from(library)
         .map_err(|e| failed(e.to_string()))?
         .with_name("vap-runner")
+        .with_logger(std::sync::Arc::new(log_onnxruntime))
         .build()
         .map_err(|e| failed(e.to_string()))?;
-    *environment = Some(built.clone());
+    *environment = Some((library.to_path_buf(), built.clone()));
     Ok(built)
+}
+
+/// onnxruntime's own messages, into the runner's log (JSON when configured).
+fn log_onnxruntime(level: ort::logging::LogLevel, category: &str, _id: &str, location: &str, message: &str) {
+    use ort::logging::LogLevel;
+    match level {
+        LogLevel::Error | LogLevel::Fatal => tracing::error!(target: "onnxruntime", category, location, "{message}"),
+        LogLevel::Warning => tracing::warn!(target: "onnxruntime", category, location, "{message}"),
+        LogLevel::Info | LogLevel::Verbose => tracing::debug!(target: "onnxruntime", category, location, "{message}"),
+    }
 }
 
 impl OnnxRuntimeEngine {
@@ -175,19 +191,18 @@ impl OnnxRuntimeEngine {
             .with_intra_op_spinning(false)
             .map_err(|e| load_err(&e))?;
         let session = builder.commit_from_memory(model).map_err(|e| load_err(&e))?;
-        let input = session.inputs().first().map(|i| i.name().to_string()).ok_or_else(|| DetectorError::Load {
-            path: path.display().to_string(),
-            reason: "the model has no input".into(),
-        })?;
-        for name in outputs {
-            if !session.outputs().iter().any(|o| o.name() == *name) {
-                return Err(DetectorError::Load {
-                    path: path.display().to_string(),
-                    reason: format!("the model has no output '{name}'"),
-                });
-            }
+        let input = session
+            .inputs()
+            .first()
+            .map(|i| i.name().to_string())
+            .ok_or_else(|| load_err(&"the model has no input"))?;
+        if let Some(name) = outputs.iter().find(|name| !session.outputs().iter().any(|o| o.name() == **name)) {
+            return Err(load_err(&format!("the model has no output '{name}'")));
         }
-        Ok(Self { session, shape, input, outputs: outputs.iter().map(|s| s.to_string()).collect() })
+        let mut engine = Self { session, shape, input, outputs: outputs.iter().map(|s| s.to_string()).collect() };
+        // A manifest whose input size the model does not take fails here, not on every frame.
+        engine.run(&vec![0.0; shape.iter().product()]).map_err(|e| load_err(&e))?;
+        Ok(engine)
     }
 }
 

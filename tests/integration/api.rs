@@ -326,6 +326,7 @@ async fn patch_changes_options_with_one_event_and_refuses_what_it_cannot_do() {
         (json!({"fps": 0}), "fps"),
         (json!({"mask": [[[0, 0], [1, 1]]]}), "mask[0]"),
         (json!({"camera_url": "rtsp://cam/2"}), "camera_url"),
+        (json!({"decode": "keyframes"}), "decode"),
         (json!({"speed": 1}), "speed"),
     ] {
         let r = app.patch_json(&path, &patch).await;

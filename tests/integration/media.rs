@@ -35,6 +35,15 @@ pub fn walker_x(t: f64) -> f64 {
 /// The same path as ffmpeg's overlay expression.
 const WALKER_PATH: &str = "if(lt(t,4),10+130*t,if(lt(t,5),530,if(lt(t,9),530-130*(t-5),10)))";
 
+/// ffmpeg filter: the person of basketball1.png (input `person`) walking [`WALKER_PATH`] over
+/// the 640x480 stream `background`.
+fn walker_over(background: &str, person: &str) -> String {
+    format!(
+        "[{person}]crop=140:410:28:70,scale=100:293,format=yuv420p[p];\
+         [{background}][p]overlay=x='{WALKER_PATH}':y=60:shortest=1"
+    )
+}
+
 pub fn media() -> &'static Media {
     static MEDIA: OnceLock<Media> = OnceLock::new();
     MEDIA.get_or_init(|| {
@@ -81,9 +90,7 @@ pub fn media() -> &'static Media {
                 let out = dir.join("walker.mp4");
                 if !out.exists() {
                     let tmp = dir.join(format!("walker.{}.tmp.mp4", std::process::id()));
-                    let filter = format!(
-                        "[1]crop=140:410:28:70,scale=100:293,format=yuv420p[p];[0][p]overlay=x='{WALKER_PATH}':y=60:shortest=1"
-                    );
+                    let filter = walker_over("0", "1");
                     let status = Command::new("ffmpeg")
                         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=640x480:r=10:d=10"])
                         .args(["-loop", "1", "-i", BASKETBALL, "-filter_complex", &filter])
@@ -207,8 +214,9 @@ pub fn still_heavy_clip(dir: &Path, fps: u32, size: &str, gop: u32) -> PathBuf {
     let same = format!("fps={fps},scale={size},setsar=1,format=yuv420p");
     let filter = format!(
         "[0]split[g0][g1];[g0]trim=0:20,{same}[a];[g1]trim=20:30,setpts=PTS-STARTPTS[g];\
-         [1]crop=140:410:28:70,scale=100:293,format=yuv420p[p];[g][p]overlay=x='{WALKER_PATH}':y=60:shortest=1,{same}[b];\
-         [2]{same},tpad=stop_mode=clone:stop_duration=30[c];[3]{same}[d];[a][b][c][d]concat=n=4:v=1:a=0[v]"
+         {},{same}[b];\
+         [2]{same},tpad=stop_mode=clone:stop_duration=30[c];[3]{same}[d];[a][b][c][d]concat=n=4:v=1:a=0[v]",
+        walker_over("g", "1")
     );
     let recipe = hex::encode(&sha2::Sha256::digest(format!("{filter} {gop}"))[..4]);
     std::fs::create_dir_all(dir).unwrap();
