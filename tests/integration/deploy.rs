@@ -49,6 +49,33 @@ fn ansible_bin(name: &str) -> PathBuf {
 }
 
 /// Apt's downloads are kept between runs here, so a run downloads each package once.
+/// Where the worker finds onnxruntime's wheel.
+const WHEELS: &str = "/var/cache/vap-wheels";
+
+/// PyPI's onnxruntime wheel for this machine, downloaded once by the pip of scripts/setup's venv.
+fn onnxruntime_wheel() -> PathBuf {
+    let dir = cache_dir().join("wheels");
+    let find = || {
+        std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("onnxruntime-1.32.0-")))
+    };
+    if let Some(wheel) = find() {
+        return wheel;
+    }
+    let pip = crate::engines::onnxruntime_library().parent().unwrap().join("bin/pip");
+    let ok = Command::new(pip)
+        .args(["download", "--quiet", "--no-deps", "onnxruntime==1.32.0", "-d"])
+        .arg(&dir)
+        .status()
+        .expect("pip download")
+        .success();
+    assert!(ok, "pip download onnxruntime==1.32.0");
+    find().expect("the wheel pip downloaded")
+}
+
 fn apt_cache() -> PathBuf {
     let dir = cache_dir().join("apt-archives");
     std::fs::create_dir_all(&dir).unwrap();
@@ -88,6 +115,10 @@ fn inventory(dir: &Path, host_root: &Path, worker_root: &Path, ports: &Ports) ->
     };
     let mut worker = chroot(worker_root);
     worker["vap_ssh_port"] = json!(ports.worker_ssh);
+    // The worker runs its models on onnxruntime, which the playbook installs from PyPI's wheel
+    // (put on the worker, as for a host without PyPI); the infra host keeps tract.
+    worker["vap_runner_engine"] = json!("onnxruntime");
+    worker["vap_onnxruntime_wheels"] = json!(WHEELS);
     // The broker as the roles deploy it with TLS: a login (the default) and the operator's
     // certificate for the address clients use.
     let certs = common::test_certificates(dir);
@@ -274,6 +305,10 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
         worker_ssh: free_port(),
     };
     let inventory = inventory(work.path(), &root, &worker_root, &ports);
+    let wheels = worker_root.join(&WHEELS[1..]);
+    std::fs::create_dir_all(&wheels).unwrap();
+    let wheel = onnxruntime_wheel();
+    std::fs::copy(&wheel, wheels.join(wheel.file_name().unwrap())).unwrap();
 
     let first = run_playbook(&inventory, &[&root, &worker_root]);
     for recap in &first {
@@ -283,6 +318,13 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     for recap in &second {
         assert_eq!((recap["changed"], recap["failed"]), (0, 0), "a second run must change nothing: {second:?}");
     }
+    // The worker's runners are set up for onnxruntime, and its library is where they look.
+    let worker_config = std::fs::read_to_string(worker_root.join("etc/vap/vap.toml")).unwrap();
+    let library = "/usr/local/lib/vap/onnxruntime/libonnxruntime.so";
+    assert!(worker_config.contains("engine = \"onnxruntime\"") && worker_config.contains(library), "{worker_config}");
+    let target = std::fs::read_link(worker_root.join(&library[1..])).expect("the library's link");
+    assert!(worker_root.join(target.strip_prefix("/").unwrap()).is_file(), "{}", target.display());
+    assert!(!std::fs::read_to_string(root.join("etc/vap/vap.toml")).unwrap().contains("onnxruntime"));
 
     // The units as installed, checked where they are: verify and the security rating.
     for unit in ["vap-api.service", "vap-relay.service", "vap-orchestrator.service", "nisshi.service"] {
@@ -397,6 +439,13 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
         let rating = String::from_utf8_lossy(&security.stdout).lines().last().unwrap_or_default().to_string();
         assert!(security.status.success(), "the runner's unit on {node} rates above 2.0: {rating}");
         eprintln!("{node}: {rating}");
+        // Each host's runner on its engine, under the unit's hardening.
+        let engine = if node == WORKER { "onnxruntime" } else { "tract" };
+        let journal = on.journal(&unit);
+        assert!(
+            journal.lines().any(|l| l.contains("model loaded") && l.contains(&format!("\"engine\":\"{engine}\""))),
+            "{node}'s runner on {engine}:\n{journal}"
+        );
     }
 
     // kill -9 the relay while results flow: systemd restarts it, and nothing is lost.
