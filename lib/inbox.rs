@@ -327,10 +327,7 @@ impl RecordHandler for StoreEvents {
         else {
             return Ok(false);
         };
-        let m = &self.metrics;
-        if expired > 0 {
-            m.inc("vap_inbox_expired_total", "Results and events older than retention: not stored.", &[], expired);
-        }
+        count_expired(&self.metrics, expired);
         let s = scene_events::StoredEvents { unknown_scenario: s.unknown_scenario + unknown, ..s };
         let m = &self.metrics;
         m.inc("vap_inbox_events_stored_total", "Scene events written to PostgreSQL.", &[], s.inserted as u64);
@@ -462,6 +459,13 @@ fn count_set_aside(metrics: &Metrics, advance: &Advance<'_>, unknown_scenario: i
     }
 }
 
+/// Results and events not stored because retention has already passed them.
+fn count_expired(metrics: &Metrics, expired: u64) {
+    if expired > 0 {
+        metrics.inc("vap_inbox_expired_total", "Results and events older than retention: not stored.", &[], expired);
+    }
+}
+
 fn reject(metrics: &Metrics, advance: &Advance<'_>, offset: i64, (reason, error): &Refusal) {
     metrics.inc("vap_inbox_rejected_total", "Records not stored, by reason.", &[("reason", reason)], 1);
     let (topic, partition) = (advance.at.topic, advance.at.partition);
@@ -479,14 +483,7 @@ impl StoreResults {
             s.duplicates as u64,
         );
         count_set_aside(m, advance, s.unknown_scenario, s.dead_lettered);
-        if s.expired > 0 {
-            m.inc(
-                "vap_inbox_expired_total",
-                "Results and events older than retention: not stored.",
-                &[],
-                s.expired as u64,
-            );
-        }
+        count_expired(m, s.expired as u64);
         if s.ended > 0 {
             m.inc(
                 "vap_inbox_streams_ended_total",
