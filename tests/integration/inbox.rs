@@ -121,7 +121,7 @@ async fn a_poisoned_record_is_set_aside_and_its_partition_goes_on() {
     assert!(metrics.contains("vap_inbox_dead_letters_total 3"), "{metrics}");
 }
 
-async fn reqwest_text(url: &str) -> String {
+pub async fn reqwest_text(url: &str) -> String {
     try_text(url).await.unwrap_or_else(|| panic!("no answer from {url}"))
 }
 

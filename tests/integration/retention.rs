@@ -56,7 +56,9 @@ async fn partitions(app: &TestApp, table: &str) -> Vec<vap::db::partitions::Part
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_past_retention_are_dropped_while_the_inbox_goes_on_and_a_scenario_may_keep_less() {
-    let mut app = TestApp::spawn().await;
+    let mut app =
+        TestApp::spawn_with(|s| s.relay.metrics_listen = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()))
+            .await;
     // retention_days is checked like every option.
     for (bad, why) in [(json!(0), "from 1 to 36500"), (json!(2.5), "whole number"), (json!("7"), "whole number")] {
         let r = app
@@ -82,6 +84,9 @@ async fn partitions_past_retention_are_dropped_while_the_inbox_goes_on_and_a_sce
     })
     .await;
     assert_eq!(frames_of(&app, kept).await, vec![mid, late, recent]);
+    // The two frames past retention are counted, not stored.
+    let metrics = crate::inbox::reqwest_text(&format!("http://{}/metrics", app.settings.relay.metrics_listen)).await;
+    assert!(metrics.contains("vap_inbox_expired_total 2"), "{metrics}");
     // Set now, so that the relay's own passes can't have applied it before the frames came.
     let r = app.patch_json(&format!("/api/v1/scenario/{short}"), &json!({"retention_days": 10})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
