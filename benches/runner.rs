@@ -353,8 +353,7 @@ fn run_runner(video: &Path, manifest: &Path, broker: &str, setup: &Setup) -> Run
     // SAFETY: `status` and `usage` live across the call; the pid is our own child.
     unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     assert_eq!(status, 0, "runner failed");
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Run { done, peak_rss_kb: usage.ru_maxrss, cpu: secs(usage.ru_utime) + secs(usage.ru_stime), startup_cpu }
+    Run { done, peak_rss_kb: usage.ru_maxrss, cpu: cpu_seconds(&usage), startup_cpu }
 }
 
 /// 25 fps H.264 clips at `size`: the mostly still one of the motion test, a key frame every 2 s,
@@ -464,7 +463,7 @@ fn decode(dir: &Path) {
     );
     for size in ["640:480", "1920:1080"] {
         for (stream, path) in decode_clips(dir, size) {
-            for mode in [DecodeMode::All, DecodeMode::Reference, DecodeMode::Keyframes] {
+            for mode in DecodeMode::ALL {
                 let (decoded, sampled, seconds, cpu) = decode_only(&path, mode, 2.0);
                 println!(
                     "{:<10} {:<14} {:<11} {:>9} {:>9} {:>17.0} {:>15.1}",
@@ -487,8 +486,7 @@ fn decode(dir: &Path) {
 fn decode_only(path: &Path, mode: DecodeMode, fps: f64) -> (u64, u64, f64, f64) {
     let url = vap::camera_url::CameraUrl::trusted(path.to_str().unwrap().into());
     std::env::set_var("OPENCV_FFMPEG_CAPTURE_OPTIONS", capture::ffmpeg_capture_options(&url, None, mode));
-    let cpu = process_cpu;
-    let started = cpu();
+    let started = process_cpu();
     let mut cap =
         opencv::videoio::VideoCapture::from_file(path.to_str().unwrap(), opencv::videoio::CAP_FFMPEG).unwrap();
     let mut sampler = capture::Sampler::new(fps);
@@ -503,7 +501,7 @@ fn decode_only(path: &Path, mode: DecodeMode, fps: f64) -> (u64, u64, f64, f64) 
             sampled += 1;
         }
     }
-    (decoded, sampled, last_ms / 1000.0 + 0.04, cpu() - started)
+    (decoded, sampled, last_ms / 1000.0 + 0.04, process_cpu() - started)
 }
 
 /// The first frames of the video as the detector prepares them, kept and written for Python.
@@ -531,6 +529,11 @@ fn process_cpu() -> f64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` lives across the call.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    cpu_seconds(&usage)
+}
+
+/// User + system seconds of a rusage.
+fn cpu_seconds(usage: &libc::rusage) -> f64 {
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }

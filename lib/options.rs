@@ -127,7 +127,7 @@ pub enum DecodeMode {
 }
 
 impl DecodeMode {
-    pub const NAMES: [&'static str; 3] = ["all", "reference", "keyframes"];
+    pub const ALL: [Self; 3] = [Self::All, Self::Reference, Self::Keyframes];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -243,9 +243,12 @@ impl ScenarioOptions {
                 "decode" => {
                     next.decode = match value {
                         Value::Null => None,
-                        Value::String(name) => Some(serde_json::from_value(value.clone()).map_err(|_| {
-                            invalid(field, format!("must be one of {}, got '{name}'", DecodeMode::NAMES.join(", ")))
-                        })?),
+                        Value::String(name) => {
+                            Some(DecodeMode::ALL.into_iter().find(|m| m.as_str() == name).ok_or_else(|| {
+                                let names = DecodeMode::ALL.map(DecodeMode::as_str).join(", ");
+                                invalid(field, format!("must be one of {names}, got '{name}'"))
+                            })?)
+                        }
                         other => return Err(invalid(field, format!("must be a string, got {}", kind(other)))),
                     }
                 }
@@ -546,7 +549,7 @@ mod tests {
     #[test]
     fn decode_defaults_to_every_frame_and_round_trips_through_the_runner_s_json() {
         assert_eq!(parse(json!({})).unwrap().decode(), DecodeMode::All);
-        for mode in [DecodeMode::All, DecodeMode::Reference, DecodeMode::Keyframes] {
+        for mode in DecodeMode::ALL {
             let o = parse(json!({"decode": mode.as_str()})).unwrap();
             assert_eq!(o.decode, Some(mode));
             // What the orchestrator hands the runner (VAP_SCENARIO_OPTIONS) reads back the same.

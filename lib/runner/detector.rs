@@ -61,7 +61,6 @@ struct Placement {
 pub struct ModelDetector {
     manifest: Manifest,
     engine: Box<dyn Engine>,
-    engine_name: &'static str,
     score_threshold: f32,
     resized: Mat,
     padded: Mat,
@@ -101,7 +100,6 @@ impl ModelDetector {
             input: vec![0.0; shape.iter().product()],
             manifest,
             engine: loaded,
-            engine_name: engine.name(),
             score_threshold,
             resized: Mat::default(),
             padded: Mat::default(),
@@ -110,7 +108,7 @@ impl ModelDetector {
 
     /// Which engine runs the model: "tract" or "onnxruntime".
     pub fn engine_name(&self) -> &'static str {
-        self.engine_name
+        self.engine.name()
     }
 
     pub fn manifest(&self) -> &Manifest {

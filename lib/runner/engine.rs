@@ -59,6 +59,8 @@ impl Output {
 pub trait Engine: Send {
     /// The outputs named at load time, in that order.
     fn run(&mut self, input: &[f32]) -> Result<Vec<Output>, DetectorError>;
+    /// "tract" or "onnxruntime", as `runner.engine` names it.
+    fn name(&self) -> &'static str;
 }
 
 /// Loads `model` (ONNX bytes) for a fixed input `shape`, keeping `outputs` by name.
@@ -105,6 +107,10 @@ impl TractEngine {
 }
 
 impl Engine for TractEngine {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
     fn run(&mut self, input: &[f32]) -> Result<Vec<Output>, DetectorError> {
         let err = |e: TractError| DetectorError::Inference(format!("{e:#}"));
         let tensor = Tensor::from_shape(&self.shape, input).map_err(err)?;
@@ -207,6 +213,10 @@ impl OnnxRuntimeEngine {
 }
 
 impl Engine for OnnxRuntimeEngine {
+    fn name(&self) -> &'static str {
+        "onnxruntime"
+    }
+
     fn run(&mut self, input: &[f32]) -> Result<Vec<Output>, DetectorError> {
         let err = |e: ort::Error| DetectorError::Inference(e.to_string());
         let tensor = ort::value::TensorRef::from_array_view((self.shape, input)).map_err(err)?;
