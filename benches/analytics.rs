@@ -6,9 +6,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use vap::analytics::regions::{FrameAt, Placed, Regions};
-use vap::analytics::tracker::{iou, Observation, Tracker, TrackerSettings};
-use vap::options::{Line, Polygon, Zone};
+use vap_analytics::regions::{FrameAt, Placed, Regions};
+use vap_analytics::tracker::{iou, Observation, Tracker, TrackerSettings};
+use vap_core::options::{Line, Polygon, Zone};
 
 const FRAMES: usize = 1_000;
 

@@ -1,4 +1,4 @@
-//! Events latency (docs/BENCHMARKS.md): `cargo bench --features runner --bench events`. POST a
+//! Events latency (docs/BENCHMARKS.md): `cargo bench --bench events`. POST a
 //! scenario on the synthetic walker clip (tests/integration/media.rs) with a line its walker
 //! crosses half a second in, and time until its first event is served by the API, 20 times,
 //! beside the time until its first result in the same runs (the baseline: what every scenario
@@ -26,7 +26,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("events benchmark: run with `cargo bench --features runner --bench events`");
+        println!("events benchmark: run with `cargo bench --bench events`");
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();

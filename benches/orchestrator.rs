@@ -1,5 +1,5 @@
 //! Orchestrator benchmark (docs/BENCHMARKS.md):
-//! `cargo bench --features runner --bench orchestrator`.
+//! `cargo bench --bench orchestrator`.
 //!
 //! Per backend: time from POST /scenario/init to the runner process existing, and to the first
 //! stored detection, p50/p99 over 50 scenarios run one after another (a 5 s file each). The
@@ -37,7 +37,7 @@ const SCENARIOS: usize = 50;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("orchestrator benchmark: run with `cargo bench --features runner --bench orchestrator`");
+        println!("orchestrator benchmark: run with `cargo bench --bench orchestrator`");
         return;
     }
     std::env::set_var("VAP_TEST_PG_DURABLE", "1");
@@ -183,28 +183,28 @@ async fn nomad_placements(app: &mut TestApp) {
 
     // Baseline: the double's register rate from a bare client, 8 at a time.
     let baseline_double = nomad_double::NomadDouble::start(None).await;
-    let settings = vap::config::NomadBackendSettings {
+    let settings = vap_core::config::NomadBackendSettings {
         address: baseline_double.address(),
         command: stand_in.display().to_string(),
         ..Default::default()
     };
-    let client = std::sync::Arc::new(vap::orchestrator::nomad::NomadClient::new(&settings).unwrap());
+    let client = std::sync::Arc::new(vap_orchestrator::nomad::NomadClient::new(&settings).unwrap());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for chunk in 0..8 {
         let (client, settings) = (std::sync::Arc::clone(&client), settings.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..N / 8 {
-                let spec = vap::job::RunnerJob {
+                let spec = vap_core::job::RunnerJob {
                     scenario: uuid::Uuid::new_v4(),
-                    camera_url: vap::camera_url::CameraUrl::trusted("rtsp://cam/1".into()),
+                    camera_url: vap_core::camera_url::CameraUrl::trusted("rtsp://cam/1".into()),
                     epoch: chrono::Utc::now(),
                     options: Default::default(),
                     options_revision: 0,
-                    results_key: vap::signing::ResultsKey::new(vec![1; 32]),
+                    results_key: vap_core::signing::ResultsKey::new(vec![1; 32]),
                     kafka_password: None,
                 };
-                client.register_job(&vap::orchestrator::nomad::job_spec(&settings, &spec)).await.unwrap();
+                client.register_job(&vap_orchestrator::nomad::job_spec(&settings, &spec)).await.unwrap();
             }
             chunk
         }));

@@ -235,7 +235,7 @@ async fn raw_produce(app: &TestApp, per_request: usize, total: i64, nodelay: boo
     .map(Result::unwrap)
     .collect();
     if nodelay {
-        vap::kafka::set_nodelay_on_tcp_sockets();
+        vap_core::kafka::set_nodelay_on_tcp_sockets();
     }
     let value = br#"{"event_id":1,"event_type":"init_scenario","scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","occurred_at":"2026-11-24T10:00:00Z"}"#;
     let per_request = per_request.max(1);
@@ -290,8 +290,8 @@ async fn inbox() {
     // Baseline 2: the same rows inserted with one unnest INSERT per 2000, no Kafka, no positions.
     let client = app.pool.get().await.unwrap();
     client.batch_execute("CREATE TABLE raw_results (LIKE scenario_results INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)").await.unwrap();
-    let parsed: Vec<vap::events::FrameResult> =
-        records.iter().map(|(_, v)| vap::events::FrameResult::parse(v).unwrap()).collect();
+    let parsed: Vec<vap_core::events::FrameResult> =
+        records.iter().map(|(_, v)| vap_core::events::FrameResult::parse(v).unwrap()).collect();
     let started = Instant::now();
     for chunk in parsed.chunks(2000) {
         let uuids: Vec<uuid::Uuid> = chunk.iter().map(|r| r.scenario_uuid).collect();
@@ -330,8 +330,9 @@ async fn relays() {
         let mut scenarios = Vec::new();
         while scenarios.len() < 2 * partitions as usize {
             let s = app.create_scenario(&format!("rtsp://127.0.0.1:9/cam{}", scenarios.len())).await;
-            let n =
-                per_partition.entry(vap::kafka::partition_for_key(s.to_string().as_bytes(), partitions)).or_default();
+            let n = per_partition
+                .entry(vap_core::kafka::partition_for_key(s.to_string().as_bytes(), partitions))
+                .or_default();
             if *n < 2 {
                 *n += 1;
                 scenarios.push(s);
@@ -340,10 +341,10 @@ async fn relays() {
         for _ in 0..relays {
             app.start_relay();
         }
-        let group = format!("{}/{}", vap::inbox::CONSUMER, app.settings.kafka.topic_results);
+        let group = format!("{}/{}", vap_relay::inbox::CONSUMER, app.settings.kafka.topic_results);
         eventually(Duration::from_secs(30), "the partitions divided", || async {
             let session = app.pool.get().await.unwrap();
-            let holders = vap::db::partition_locks::holders(&session, &group).await.unwrap();
+            let holders = vap_core::db::partition_locks::holders(&session, &group).await.unwrap();
             (holders.len() == relays && holders.iter().all(|(_, p)| p.len() == partitions as usize / relays))
                 .then_some(())
         })
@@ -421,23 +422,27 @@ async fn events() {
         scenarios.push(app.create_scenario(&format!("rtsp://cam/{i}")).await);
     }
     let event = |scenario: uuid::Uuid, n: i64| {
-        let kind = vap::events::SceneEventKind::LineCrossed;
-        vap::events::SceneEvent {
-            event_id: vap::events::SceneEvent::id_for(scenario, kind, "gate", Some(n / 2), n),
+        let kind = vap_core::events::SceneEventKind::LineCrossed;
+        vap_core::events::SceneEvent {
+            event_id: vap_core::events::SceneEvent::id_for(scenario, kind, "gate", Some(n / 2), n),
             scenario_uuid: scenario,
             kind,
             frame_number: n,
             timestamp: chrono::Utc::now(),
             zone: None,
             line: Some("gate".into()),
-            direction: Some(if n % 2 == 0 { vap::events::Direction::In } else { vap::events::Direction::Out }),
+            direction: Some(if n % 2 == 0 {
+                vap_core::events::Direction::In
+            } else {
+                vap_core::events::Direction::Out
+            }),
             track_id: Some(n / 2),
             class: Some("person".into()),
             dwell_seconds: None,
             detail: None,
         }
     };
-    let all: Vec<vap::events::SceneEvent> =
+    let all: Vec<vap_core::events::SceneEvent> =
         (0..PER_SCENARIO).flat_map(|n| scenarios.iter().map(move |s| event(*s, n))).collect();
     let records = all.iter().map(|e| (e.scenario_uuid, serde_json::to_vec(e).unwrap())).collect();
     app.produce_signed(&app.settings.kafka.topic_events.clone(), records).await;
@@ -508,15 +513,15 @@ async fn snapshots() {
     for i in 0..SCENARIOS {
         scenarios.push(app.create_scenario(&format!("rtsp://cam/{i}")).await);
     }
-    let detections: Vec<vap::events::Detection> = (0..3)
-        .map(|i| vap::events::Detection {
+    let detections: Vec<vap_core::events::Detection> = (0..3)
+        .map(|i| vap_core::events::Detection {
             class: "person".into(),
             confidence: 0.9,
             bbox: [40.0 + 200.0 * i as f32, 100.0, 120.0 + 200.0 * i as f32, 400.0],
             track_id: Some(1000 + i),
         })
         .collect();
-    let snapshot = |scenario: uuid::Uuid, n: i64| vap::events::Snapshot {
+    let snapshot = |scenario: uuid::Uuid, n: i64| vap_core::events::Snapshot {
         scenario_uuid: scenario,
         frame_number: n * 500,
         timestamp: chrono::Utc::now(),

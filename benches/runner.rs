@@ -1,4 +1,4 @@
-//! Runner benchmark (docs/BENCHMARKS.md): `cargo bench --features runner --bench runner [-- PART...]`,
+//! Runner benchmark (docs/BENCHMARKS.md): `cargo bench --bench runner [-- PART...]`,
 //! PART one of `pipeline`, `inference`, `accuracy`, `produce`, `gating`, `decode` (default: all), for
 //! every model of the shipped catalogue (`models/`):
 //!
@@ -26,15 +26,15 @@ use std::time::Instant;
 use opencv::prelude::*;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use vap::config::KafkaSettings;
-use vap::devstack::{Broker, BrokerStorage};
-use vap::kafka::KafkaLink;
-use vap::models::{Catalogue, Check, Manifest};
-use vap::options::DecodeMode;
-use vap::runner::capture;
-use vap::runner::detector::ModelDetector;
-use vap::runner::engine::EngineChoice;
-use vap::runner::publisher::{result_record, Publisher, ResultBuffer};
+use vap_core::config::KafkaSettings;
+use vap_core::kafka::KafkaLink;
+use vap_core::models::{Catalogue, Check, Manifest};
+use vap_core::options::DecodeMode;
+use vap_dev::devstack::{Broker, BrokerStorage};
+use vap_runner::capture;
+use vap_runner::detector::ModelDetector;
+use vap_runner::engine::EngineChoice;
+use vap_runner::publisher::{result_record, Publisher, ResultBuffer};
 
 // Its test module is compiled under clippy's --all-targets too, where nothing runs it.
 #[allow(dead_code)]
@@ -53,7 +53,7 @@ const INFERENCE_FRAMES: usize = 100;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == "--bench") {
-        println!("runner benchmark: run with `cargo bench --features runner --bench runner`");
+        println!("runner benchmark: run with `cargo bench --bench runner`");
         return;
     }
     let parts: Vec<&str> = args.iter().map(String::as_str).filter(|a| !a.starts_with("--")).collect();
@@ -484,7 +484,7 @@ fn decode(dir: &Path) {
 /// Reads `path` through the runner's own capture options; returns frames decoded, frames
 /// sampled, media seconds and CPU seconds.
 fn decode_only(path: &Path, mode: DecodeMode, fps: f64) -> (u64, u64, f64, f64) {
-    let url = vap::camera_url::CameraUrl::trusted(path.to_str().unwrap().into());
+    let url = vap_core::camera_url::CameraUrl::trusted(path.to_str().unwrap().into());
     std::env::set_var("OPENCV_FFMPEG_CAPTURE_OPTIONS", capture::ffmpeg_capture_options(&url, None, mode));
     let started = process_cpu();
     let mut cap =
@@ -581,7 +581,7 @@ async fn drain(broker: &str, nodelay: bool, count: usize, batch: usize) -> f64 {
     let warm = Arc::new(ResultBuffer::new(2));
     warm.push(result_record(scenario, value.clone(), chrono::Utc::now()));
     warm.close();
-    let signer = vap::signing::ResultsKey::new(vec![1; 32]);
+    let signer = vap_core::signing::ResultsKey::new(vec![1; 32]);
     let topic = kafka.settings().topic_results.clone();
     Publisher { kafka: Arc::clone(&kafka), topic: topic.clone(), scenario, batch, signer: signer.clone() }
         .run(warm, CancellationToken::new())

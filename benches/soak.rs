@@ -9,7 +9,7 @@
 //! through the Nomad API double with MAX_WORKERS = cameras: each job's task is a stand-in that
 //! sleeps (the simulated cameras publish in its place), and the orchestrator's CPU is counted.
 //!
-//!     cargo bench --features runner --bench soak -- [cameras] [minutes] [relays] [nomad]   # 1000 10 1
+//!     cargo bench --bench soak -- [cameras] [minutes] [relays] [nomad]   # 1000 10 1
 
 #[path = "../tests/integration/common.rs"]
 #[allow(dead_code)]
@@ -33,7 +33,7 @@ use bytes::Bytes;
 use common::TestApp;
 use http_body_util::{BodyExt, Full};
 use tokio_util::sync::CancellationToken;
-use vap::runner::publisher::{result_record, Publisher, ResultBuffer};
+use vap_runner::publisher::{result_record, Publisher, ResultBuffer};
 
 const FPS: f64 = 2.0;
 const WINDOW: Duration = Duration::from_secs(30);
@@ -43,7 +43,7 @@ const SSE_STREAMS: usize = 20;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("soak: run with `cargo bench --features runner --bench soak`");
+        println!("soak: run with `cargo bench --bench soak`");
         return;
     }
     let numbers: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
@@ -103,7 +103,7 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
             .collect()
     };
     let stop = CancellationToken::new();
-    let kafka = Arc::new(vap::kafka::KafkaLink::new(app.settings.kafka.clone()));
+    let kafka = Arc::new(vap_core::kafka::KafkaLink::new(app.settings.kafka.clone()));
     let sent = Arc::new(AtomicU64::new(0));
     let mut buffers = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -115,7 +115,7 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
             topic: app.settings.kafka.topic_results.clone(),
             scenario: *id,
             batch: 200,
-            signer: vap::signing::ResultsKey::new(keys[id].clone()),
+            signer: vap_core::signing::ResultsKey::new(keys[id].clone()),
         };
         let (abandon, camera_stop) = (stop.clone(), stop.clone());
         tasks.spawn(async move {
@@ -180,7 +180,7 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
             while !stop.is_cancelled() && (double.placements() as usize) < cameras {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            *vap::sys::lock(&all_placed) = Some(created.elapsed());
+            *vap_core::sys::lock(&all_placed) = Some(created.elapsed());
         });
     }
     while started.elapsed() < duration {
@@ -205,7 +205,7 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
         let api: Vec<String> = ["page", "range", "scenario"]
             .iter()
             .map(|route| {
-                let mut v = vap::sys::lock(&latencies).remove(route).unwrap_or_default();
+                let mut v = vap_core::sys::lock(&latencies).remove(route).unwrap_or_default();
                 v.sort_by(f64::total_cmp);
                 v.get(v.len() * 99 / 100).map_or("-".into(), |ms| format!("{ms:.0} ms"))
             })
@@ -252,7 +252,7 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
         let _ = orchestrator.kill();
         let _ = orchestrator.wait();
         double.kill_all();
-        match *vap::sys::lock(&all_placed) {
+        match *vap_core::sys::lock(&all_placed) {
             Some(t) if double.placements() as usize >= cameras => println!(
                 "placement: all {cameras} scenarios placed through the Nomad double {:.1} s after the first POST (MAX_WORKERS {cameras})",
                 t.as_secs_f64()
@@ -302,7 +302,7 @@ async fn read_api(base: String, ids: Vec<uuid::Uuid>, latencies: Latencies, stop
             let t = Instant::now();
             let r = api.get(&path).await;
             assert!(r.status.is_success(), "{path}: {} {}", r.status, r.text);
-            vap::sys::lock(&latencies).entry(route).or_default().push(t.elapsed().as_secs_f64() * 1000.0);
+            vap_core::sys::lock(&latencies).entry(route).or_default().push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
 }

@@ -3,9 +3,9 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let result = async {
-        let Some(settings) = vap::cli::prepare(std::env::args().skip(1)).await? else { return Ok(()) };
-        vap::api::run(settings, vap::lifecycle::shutdown_on_signal()).await?;
+        let Some(settings) = vap_core::cli::prepare(std::env::args().skip(1)).await? else { return Ok(()) };
+        vap_api::run(settings, vap_core::lifecycle::shutdown_on_signal()).await?;
         Ok(())
     };
-    vap::cli::exit_with("vap-api", result.await)
+    vap_core::cli::exit_with("vap-api", result.await)
 }

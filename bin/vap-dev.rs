@@ -7,7 +7,7 @@ async fn main() -> std::process::ExitCode {
         let mut args = std::env::args().skip(1);
         let mut api_port = None;
         let mut max_workers = 4;
-        let mut sample_video = Some(std::path::PathBuf::from(vap::embedded::SAMPLE_VIDEO)).filter(|p| p.exists());
+        let mut sample_video = Some(std::path::PathBuf::from(vap_dev::embedded::SAMPLE_VIDEO)).filter(|p| p.exists());
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or_else(|| anyhow::anyhow!("{arg} needs a value"));
             match arg.as_str() {
@@ -18,14 +18,14 @@ async fn main() -> std::process::ExitCode {
                 other => anyhow::bail!("unknown argument '{other}'; usage: vap-dev [--port N] [--max-workers N] [--sample VIDEO | --no-sample]"),
             }
         }
-        vap::lifecycle::init_logging(&vap::config::LogSettings::default());
+        vap_core::lifecycle::init_logging(&vap_core::config::LogSettings::default());
         let exe = std::env::current_exe()?;
         let bin_dir = exe.parent().map(|p| p.to_path_buf()).unwrap_or_default();
         // scripts/run starts it from the repository, where the shipped models are.
         let models_dir = std::env::current_dir()?.join("models");
-        let opts = vap::embedded::EmbeddedOptions { api_port, bin_dir, models_dir, sample_video, max_workers };
-        vap::embedded::run(opts, vap::lifecycle::shutdown_on_signal()).await?;
+        let opts = vap_dev::embedded::EmbeddedOptions { api_port, bin_dir, models_dir, sample_video, max_workers };
+        vap_dev::embedded::run(opts, vap_core::lifecycle::shutdown_on_signal()).await?;
         Ok(())
     };
-    vap::cli::exit_with("vap-dev", result.await)
+    vap_core::cli::exit_with("vap-dev", result.await)
 }

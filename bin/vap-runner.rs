@@ -1,5 +1,5 @@
 //! vap-runner: one scenario's camera -> detector -> Kafka `results`.
 
 fn main() -> std::process::ExitCode {
-    vap::runner::cli::main(std::env::args().skip(1))
+    vap_runner::cli::main(std::env::args().skip(1))
 }

@@ -3,13 +3,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vap::camera_url::CameraUrl;
-use vap::destination::DestinationPolicy;
+use vap_core::camera_url::CameraUrl;
+use vap_core::destination::DestinationPolicy;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let policy = DestinationPolicy::default();
-    let _ = vap::destination::literal_address(text);
+    let _ = vap_core::destination::literal_address(text);
     for allow_files in [false, true] {
         if let Ok(url) = CameraUrl::parse(text, allow_files, &policy) {
             assert!(!url.expose().chars().any(char::is_control), "{:?}", url.expose());

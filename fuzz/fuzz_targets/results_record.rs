@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vap::events::ResultsRecord;
+use vap_core::events::ResultsRecord;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(record) = ResultsRecord::parse(data) {

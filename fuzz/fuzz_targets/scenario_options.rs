@@ -6,14 +6,14 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vap::options::{Defaults, ScenarioOptions};
+use vap_core::options::{Defaults, ScenarioOptions};
 
 fn defaults() -> &'static Defaults {
     static DEFAULTS: OnceLock<Defaults> = OnceLock::new();
     DEFAULTS.get_or_init(|| {
         let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
         let catalogue =
-            vap::models::Catalogue::load(&models, "ssdlite_person_300", vap::models::Check::Manifests).unwrap();
+            vap_core::models::Catalogue::load(&models, "ssdlite_person_300", vap_core::models::Check::Manifests).unwrap();
         Defaults { catalogue, fps: 2.0, min_confidence: None }
     })
 }

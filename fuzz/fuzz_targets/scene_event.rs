@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vap::events::SceneEvent;
+use vap_core::events::SceneEvent;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(event) = SceneEvent::parse(data) {

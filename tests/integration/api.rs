@@ -503,8 +503,8 @@ async fn scenario_list_pages_with_a_keyset_cursor_and_filters_by_status() {
 #[tokio::test]
 async fn tokens_have_scopes_and_probes_and_docs_stay_open() {
     let app = TestApp::spawn_with(|s| {
-        s.api.auth_token = vap::config::Secret::new("op-t0ken");
-        s.api.read_token = vap::config::Secret::new("read-t0ken");
+        s.api.auth_token = vap_core::config::Secret::new("op-t0ken");
+        s.api.read_token = vap_core::config::Secret::new("read-t0ken");
     })
     .await;
     for open in ["/health", "/ready", "/metrics", "/openapi.json", "/docs"] {
@@ -542,7 +542,7 @@ async fn tokens_have_scopes_and_probes_and_docs_stay_open() {
     assert_eq!(app.scalar("SELECT count(*) FROM scenarios").await, 1);
 
     let private = TestApp::spawn_with(|s| {
-        s.api.read_token = vap::config::Secret::new("read-t0ken");
+        s.api.read_token = vap_core::config::Secret::new("read-t0ken");
         s.api.metrics_public = false;
     })
     .await;
@@ -558,7 +558,7 @@ async fn tokens_have_scopes_and_probes_and_docs_stay_open() {
 async fn ready_is_503_while_postgres_is_unreachable() {
     let app = TestApp::spawn().await;
     assert_eq!(app.get("/ready").await.status, StatusCode::OK);
-    let dead_port = vap::devstack::free_port().unwrap();
+    let dead_port = vap_dev::devstack::free_port().unwrap();
     let down = TestApp::spawn_with(|s| {
         // Migrations run against the real database first; then point the API at nothing.
         s.database.connect_timeout_ms = 500;
@@ -566,16 +566,16 @@ async fn ready_is_503_while_postgres_is_unreachable() {
     .await;
     let mut settings = down.settings.clone();
     settings.database.port = dead_port;
-    let pool = vap::db::pool(&settings.database).unwrap();
+    let pool = vap_core::db::pool(&settings.database).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let token = tokio_util::sync::CancellationToken::new();
-    let running = vap::api::serve(
+    let running = vap_api::serve(
         listener,
         pool,
         settings.api.clone(),
         settings.database.clone(),
         common::option_defaults(&settings),
-        vap::destination::DestinationPolicy::default(),
+        vap_core::destination::DestinationPolicy::default(),
         token.clone(),
     )
     .await
@@ -666,7 +666,7 @@ async fn openapi_describes_every_route_and_docs_render_it() {
     // This server has no token: the document guards nothing and promises no 401.
     assert_eq!(spec["security"], json!([]));
     assert!(init.get("401").is_none() && init.get("403").is_none(), "{init}");
-    let guarded = TestApp::spawn_with(|s| s.api.auth_token = vap::config::Secret::new("t")).await;
+    let guarded = TestApp::spawn_with(|s| s.api.auth_token = vap_core::config::Secret::new("t")).await;
     let spec = guarded.get("/openapi.json").await.json();
     assert_eq!(spec["security"], json!([{"bearer": []}]));
     let init = &spec["paths"]["/api/v1/scenario/init"]["post"]["responses"];
@@ -763,7 +763,7 @@ async fn schemathesis_finds_no_failure_against_the_live_api() {
     let bin = common::cache_dir().join("schemathesis-venv/bin/schemathesis");
     assert!(bin.exists(), "{} missing: scripts/test installs it (VAP_SETUP_TESTS=1 scripts/setup)", bin.display());
     let open = TestApp::spawn().await;
-    let guarded = TestApp::spawn_with(|s| s.api.auth_token = vap::config::Secret::new("op-t0ken")).await;
+    let guarded = TestApp::spawn_with(|s| s.api.auth_token = vap_core::config::Secret::new("op-t0ken")).await;
     for (app, auth) in [(&open, None), (&guarded, Some("Authorization: Bearer op-t0ken"))] {
         let (bin, base) = (bin.clone(), app.api.base.clone());
         let out = tokio::task::spawn_blocking(move || {
@@ -821,11 +821,11 @@ async fn a_flood_of_metrics_scrapes_reads_the_database_once_per_interval() {
 async fn streams_whose_clients_leave_during_a_database_outage_end_with_them() {
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
-    let mut pg = vap::devstack::PostgresCluster::start(vap::devstack::PostgresOptions::default()).unwrap();
+    let mut pg = vap_dev::devstack::PostgresCluster::start(vap_dev::devstack::PostgresOptions::default()).unwrap();
     pg.create_database("outage").await.unwrap();
     let database = pg.settings("outage");
     let mut app = TestApp::spawn_with(move |s| {
-        s.database = vap::config::DatabaseSettings { pool_size: 8, connect_timeout_ms: 1_000, ..database };
+        s.database = vap_core::config::DatabaseSettings { pool_size: 8, connect_timeout_ms: 1_000, ..database };
         s.api.max_sse_streams = 4;
     })
     .await;

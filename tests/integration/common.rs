@@ -16,8 +16,8 @@ use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::record::Record;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use vap::config::Settings;
-use vap::devstack::{Broker, BrokerStorage, PostgresCluster, PostgresOptions};
+use vap_core::config::Settings;
+use vap_dev::devstack::{Broker, BrokerStorage, PostgresCluster, PostgresOptions};
 
 pub fn cluster() -> &'static PostgresCluster {
     static CLUSTER: OnceLock<PostgresCluster> = OnceLock::new();
@@ -29,10 +29,10 @@ pub fn cluster() -> &'static PostgresCluster {
 }
 
 /// The API's model catalogue and option defaults; the shipped models are checked once per run.
-pub fn option_defaults(settings: &Settings) -> vap::options::Defaults {
-    static CHECKED: OnceLock<vap::options::Defaults> = OnceLock::new();
-    let shipped = CHECKED.get_or_init(|| vap::options::Defaults::from_settings(&Settings::default().runner).unwrap());
-    vap::options::Defaults {
+pub fn option_defaults(settings: &Settings) -> vap_core::options::Defaults {
+    static CHECKED: OnceLock<vap_core::options::Defaults> = OnceLock::new();
+    let shipped = CHECKED.get_or_init(|| Settings::default().runner.option_defaults().unwrap());
+    vap_core::options::Defaults {
         fps: settings.runner.sample_fps,
         min_confidence: settings.runner.score_threshold,
         ..shipped.clone()
@@ -56,7 +56,7 @@ pub struct TestApp {
     pub pool: Pool,
     pub broker: Broker,
     pub shutdown: CancellationToken,
-    api_done: Option<tokio::task::JoinHandle<Result<(), vap::tasks::TaskFailed>>>,
+    api_done: Option<tokio::task::JoinHandle<Result<(), vap_core::tasks::TaskFailed>>>,
     relays: Vec<CancellationToken>,
     _analysis_turn: Option<tokio::sync::SemaphorePermit<'static>>,
 }
@@ -212,17 +212,17 @@ impl TestApp {
         // Test cameras are loopback servers, which the default policy refuses.
         settings.destinations.allow = vec!["127.0.0.0/8".into(), "::1".into()];
         adjust(&mut settings);
-        vap::db::migrate::run_with(&settings.database).await.expect("migrate");
-        let pool = vap::db::pool(&settings.database).expect("pool");
+        vap_core::db::migrate::run_with(&settings.database).await.expect("migrate");
+        let pool = vap_core::db::pool(&settings.database).expect("pool");
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind(settings.api.listen).await.unwrap();
-        let running = vap::api::serve(
+        let running = vap_api::serve(
             listener,
             pool.clone(),
             settings.api.clone(),
             settings.database.clone(),
             option_defaults(&settings),
-            vap::destination::DestinationPolicy::from_settings(&settings.destinations).unwrap(),
+            vap_core::destination::DestinationPolicy::from_settings(&settings.destinations).unwrap(),
             shutdown.clone(),
         )
         .await
@@ -254,7 +254,7 @@ impl TestApp {
         let token = CancellationToken::new();
         let settings = self.settings.clone();
         let t = token.clone();
-        tokio::spawn(async move { vap::relay::run(settings, t).await.expect("relay") });
+        tokio::spawn(async move { vap_relay::run(settings, t).await.expect("relay") });
         self.relays.push(token.clone());
         token
     }
@@ -294,7 +294,7 @@ impl TestApp {
     fn kafka_login_env(&self) -> Vec<(String, String)> {
         let k = &self.settings.kafka;
         let mut env = Vec::new();
-        if k.sasl_mechanism != vap::config::SaslMechanism::None {
+        if k.sasl_mechanism != vap_core::config::SaslMechanism::None {
             let mechanism = serde_json::to_value(k.sasl_mechanism).unwrap().as_str().unwrap().to_string();
             env.push(("VAP_KAFKA__SASL_MECHANISM".into(), mechanism));
             env.push(("VAP_KAFKA__SASL_USERNAME".into(), k.sasl_username.clone()));
@@ -307,7 +307,7 @@ impl TestApp {
     }
 
     pub async fn kafka(&self) -> rskafka::client::Client {
-        vap::kafka::builder(&self.settings.kafka).unwrap().build().await.expect("kafka client")
+        vap_core::kafka::builder(&self.settings.kafka).unwrap().build().await.expect("kafka client")
     }
 
     /// Every record currently on every partition of `topic`, with partition and offset.
@@ -327,12 +327,12 @@ impl TestApp {
         ids.sort_unstable();
         ids.dedup();
         let client = self.pool.get().await.unwrap();
-        let keys: HashMap<uuid::Uuid, vap::signing::ResultsKey> = client
+        let keys: HashMap<uuid::Uuid, vap_core::signing::ResultsKey> = client
             .query("SELECT scenario_uuid, results_key FROM scenarios WHERE scenario_uuid = ANY($1)", &[&ids])
             .await
             .unwrap()
             .iter()
-            .map(|r| (r.get(0), vap::signing::ResultsKey::new(r.get(1))))
+            .map(|r| (r.get(0), vap_core::signing::ResultsKey::new(r.get(1))))
             .collect();
         let signed = records
             .into_iter()
@@ -356,8 +356,8 @@ impl TestApp {
         let mut by_partition: HashMap<i32, Vec<Record>> = HashMap::new();
         for (uuid, value, signature) in records {
             let key = uuid.to_string().into_bytes();
-            let p = vap::kafka::partition_for_key(&key, partitions);
-            let headers = signature.map(|s| (vap::signing::SIGNATURE_HEADER.to_string(), s)).into_iter().collect();
+            let p = vap_core::kafka::partition_for_key(&key, partitions);
+            let headers = signature.map(|s| (vap_core::signing::SIGNATURE_HEADER.to_string(), s)).into_iter().collect();
             by_partition.entry(p).or_default().push(Record {
                 key: Some(key),
                 value: Some(value),
@@ -436,7 +436,7 @@ pub async fn read_topic(client: &rskafka::client::Client, topic: &str, partition
 /// thread ends, even if the test panicked before killing it).
 pub fn spawn_binary(path: &str, env: &[(String, String)], args: &[&str]) -> Child {
     let mut cmd = Command::new(path);
-    vap::sys::die_with_parent(&mut cmd, vap::sys::SIGKILL);
+    vap_core::sys::die_with_parent(&mut cmd, vap_core::sys::SIGKILL);
     cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{eventually, TestApp};
-use vap::config::Settings;
+use vap_core::config::Settings;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -53,7 +53,7 @@ fn defaults_then_file_then_environment() {
 
 #[test]
 fn broker_logins_are_named_as_kafka_clients_name_them() {
-    use vap::config::SaslMechanism;
+    use vap_core::config::SaslMechanism;
     for (name, want) in [
         ("none", SaslMechanism::None),
         ("plain", SaslMechanism::Plain),
@@ -153,7 +153,7 @@ async fn postgresql_cancels_long_statements_and_ends_sessions_idle_in_a_transact
     assert!(started.elapsed() < Duration::from_secs(3));
     drop(client);
     // A transaction left open (its process stuck elsewhere) loses its session, and its locks.
-    let mut client = vap::db::dedicated_connection(&app.settings.database).await.unwrap();
+    let mut client = vap_core::db::dedicated_connection(&app.settings.database).await.unwrap();
     let tx = client.transaction().await.unwrap();
     tx.query_one("SELECT 1", &[]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -205,7 +205,7 @@ fn the_api_refuses_to_listen_beyond_loopback_without_a_token() {
 }
 
 fn sigterm(child: &std::process::Child) {
-    vap::sys::signal(child.id(), vap::sys::SIGTERM);
+    vap_core::sys::signal(child.id(), vap_core::sys::SIGTERM);
 }
 
 fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
@@ -225,7 +225,7 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process:
 #[tokio::test]
 async fn the_api_binary_drains_on_sigterm_exits_0_and_never_logs_secrets() {
     let app = TestApp::spawn().await;
-    let port = vap::devstack::free_port().unwrap();
+    let port = vap_dev::devstack::free_port().unwrap();
     let mut env = app.env();
     env.push(("VAP_API__LISTEN".into(), format!("127.0.0.1:{port}")));
     env.push(("VAP_DATABASE__PASSWORD".into(), "pg-secret-77".into()));
@@ -339,7 +339,7 @@ async fn the_services_speak_the_sd_notify_protocol() {
         let path = dir.path().join("notify.sock");
         let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         let mut env = env.clone();
-        env.push(("VAP_API__LISTEN".into(), format!("127.0.0.1:{}", vap::devstack::free_port().unwrap())));
+        env.push(("VAP_API__LISTEN".into(), format!("127.0.0.1:{}", vap_dev::devstack::free_port().unwrap())));
         env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
         env.push(("WATCHDOG_USEC".into(), "1000000".into()));
         env.push(("SERVICE_BIN".into(), bin.into()));
@@ -376,8 +376,12 @@ async fn concurrent_migrators_apply_each_migration_once() {
     let db = common::unique("mig");
     pg.create_database(&db).await.unwrap();
     let settings = pg.settings(&db);
-    let runs = futures::future::join_all((0..6).map(|_| vap::db::migrate::run_with(&settings))).await;
+    let runs = futures::future::join_all((0..6).map(|_| vap_core::db::migrate::run_with(&settings))).await;
     let applied: Vec<Vec<i32>> = runs.into_iter().map(Result::unwrap).collect();
     let total: usize = applied.iter().map(Vec::len).sum();
-    assert_eq!(total, vap::db::migrate::MIGRATIONS.len(), "each migration applied by exactly one starter: {applied:?}");
+    assert_eq!(
+        total,
+        vap_core::db::migrate::MIGRATIONS.len(),
+        "each migration applied by exactly one starter: {applied:?}"
+    );
 }

@@ -34,7 +34,7 @@ async fn a_person_adds_a_camera_sees_boxes_draws_a_line_sees_it_count_and_stops_
         playwright.display()
     );
     let _turn = common::analysis_turn().await;
-    let mut app = TestApp::spawn_with(|s| s.api.auth_token = vap::config::Secret::new(TOKEN)).await;
+    let mut app = TestApp::spawn_with(|s| s.api.auth_token = vap_core::config::Secret::new(TOKEN)).await;
     app.start_relay();
     let mut orchestrator = spawn_orchestrator(&app, 2);
     let port = free_port();

@@ -287,13 +287,13 @@ fn spawn_nspawn(args: &[String]) -> Child {
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SIGTERM makes systemd-nspawn halt the container cleanly. It fires when the
     // spawning *thread* ends: boot from the test's own thread, not a pool thread.
-    vap::sys::die_with_parent(&mut cmd, vap::sys::SIGTERM);
+    vap_core::sys::die_with_parent(&mut cmd, vap_core::sys::SIGTERM);
     cmd.spawn().expect("systemd-nspawn (scripts/setup installs systemd-container)")
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
-        vap::sys::signal(self.child.id(), vap::sys::SIGTERM);
+        vap_core::sys::signal(self.child.id(), vap_core::sys::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {

@@ -222,12 +222,12 @@ async fn wait_for_platform(host: &Container, api: &ApiClient) {
 
 /// The broker's settings as the playbook made them: its login (password beside the inventory)
 /// and the CA; `None` for the password connects without a login.
-fn broker_client_settings(dir: &Path, broker: u16, password: Option<String>) -> vap::config::KafkaSettings {
-    let mut k = vap::config::KafkaSettings { brokers: vec![format!("127.0.0.1:{broker}")], ..Default::default() };
+fn broker_client_settings(dir: &Path, broker: u16, password: Option<String>) -> vap_core::config::KafkaSettings {
+    let mut k = vap_core::config::KafkaSettings { brokers: vec![format!("127.0.0.1:{broker}")], ..Default::default() };
     if let Some(password) = password {
-        k.sasl_mechanism = vap::config::SaslMechanism::ScramSha512;
+        k.sasl_mechanism = vap_core::config::SaslMechanism::ScramSha512;
         k.sasl_username = "vap".into();
-        k.sasl_password = vap::config::Secret::new(password);
+        k.sasl_password = vap_core::config::Secret::new(password);
     }
     k.tls_ca_file = Some(dir.join("ca.pem"));
     k.request_deadline_ms = 2_000;
@@ -242,12 +242,12 @@ fn generated_broker_password(dir: &Path) -> String {
 /// Frame numbers of `scenario` on the results topic: what the runners published.
 async fn published_frames(dir: &Path, broker: u16, scenario: uuid::Uuid) -> BTreeSet<i64> {
     let settings = broker_client_settings(dir, broker, Some(generated_broker_password(dir)));
-    let client = vap::kafka::builder(&settings).unwrap().build().await.unwrap();
+    let client = vap_core::kafka::builder(&settings).unwrap().build().await.unwrap();
     let records = common::read_topic(&client, "results", 4).await;
     records
         .into_iter()
-        .filter_map(|(_, _, r)| match vap::events::ResultsRecord::parse(&r.value?) {
-            Ok(vap::events::ResultsRecord::Frame(f)) if f.scenario_uuid == scenario => Some(f.frame_number),
+        .filter_map(|(_, _, r)| match vap_core::events::ResultsRecord::parse(&r.value?) {
+            Ok(vap_core::events::ResultsRecord::Frame(f)) if f.scenario_uuid == scenario => Some(f.frame_number),
             _ => None,
         })
         .collect()
@@ -366,7 +366,7 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
     // The broker wants the login: without it a client (over TLS) gets no topic list.
     let stranger = broker_client_settings(work.path(), ports.broker, None);
-    let attempt = async { vap::kafka::builder(&stranger).unwrap().build().await?.list_topics().await };
+    let attempt = async { vap_core::kafka::builder(&stranger).unwrap().build().await?.list_topics().await };
     assert!(
         !matches!(tokio::time::timeout(Duration::from_secs(20), attempt).await, Ok(Ok(_))),
         "the deployed broker let a client in without a login"

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vap::events::Detection;
-use vap::runner::detector::{Detector, ModelDetector};
-use vap::runner::engine::EngineChoice;
+use vap_core::events::Detection;
+use vap_runner::detector::{Detector, ModelDetector};
+use vap_runner::engine::EngineChoice;
 
 /// libonnxruntime.so of PyPI's wheel, where scripts/setup installs it.
 pub fn onnxruntime_library() -> PathBuf {
@@ -48,7 +48,8 @@ const SCORE_TOLERANCE: f32 = 0.01;
 
 fn shipped_models() -> Vec<(String, PathBuf)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let catalogue = vap::models::Catalogue::load(&dir, "ssdlite_person_300", vap::models::Check::Files).unwrap();
+    let catalogue =
+        vap_core::models::Catalogue::load(&dir, "ssdlite_person_300", vap_core::models::Check::Files).unwrap();
     catalogue.names().iter().map(|n| (n.to_string(), catalogue.manifest_path(n).unwrap().to_path_buf())).collect()
 }
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
-use vap::runner::detector::{Detector, ModelDetector};
-use vap::runner::engine::EngineChoice;
+use vap_runner::detector::{Detector, ModelDetector};
+use vap_runner::engine::EngineChoice;
 
 #[derive(Debug, Deserialize)]
 struct GroundTruth {

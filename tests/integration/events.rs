@@ -282,7 +282,7 @@ async fn webhook_receiver(fail_first: usize) -> (String, std::sync::Arc<std::syn
                         let status = if n < fail_first {
                             500
                         } else {
-                            vap::sys::lock(&seen).push(Received { event_id, signature, body });
+                            vap_core::sys::lock(&seen).push(Received { event_id, signature, body });
                             204
                         };
                         let answer = hyper::Response::builder()
@@ -310,7 +310,7 @@ async fn webhooks_get_every_event_signed_in_order_through_failures() {
     let (url, got) = webhook_receiver(2).await;
     let mut app = TestApp::spawn_with(|s| {
         s.api.allow_file_urls = true;
-        s.webhooks.secret = vap::config::Secret::new(SECRET);
+        s.webhooks.secret = vap_core::config::Secret::new(SECRET);
         s.webhooks.poll_interval_ms = 100;
         s.webhooks.retry_max_ms = 1_000;
     })
@@ -326,12 +326,12 @@ async fn webhooks_get_every_event_signed_in_order_through_failures() {
         at_least(&app, id, 4, 100).await.iter().map(|e| e["event_id"].as_str().unwrap().to_string()).collect();
     assert_eq!(stored.len(), 4);
     let received = common::eventually(Duration::from_secs(60), "every event delivered", || async {
-        let got = vap::sys::lock(&got).clone();
+        let got = vap_core::sys::lock(&got).clone();
         let ids: BTreeSet<String> = got.iter().map(|r| r.event_id.clone()).collect();
         (ids.len() == stored.len()).then_some(got)
     })
     .await;
-    let key = vap::signing::ResultsKey::new(SECRET.as_bytes().to_vec());
+    let key = vap_core::signing::ResultsKey::new(SECRET.as_bytes().to_vec());
     let mut first_seen: Vec<String> = Vec::new();
     for r in &received {
         let hex = r.signature.strip_prefix("sha256=").expect("sha256=<hex>");
@@ -375,7 +375,7 @@ async fn webhook_receivers_the_policy_refuses_are_never_contacted() {
         // The default policy: loopback refused. The clip is a file: the runner needs no network.
         s.destinations.allow = Vec::new();
         s.api.allow_file_urls = true;
-        s.webhooks.secret = vap::config::Secret::new("whsec");
+        s.webhooks.secret = vap_core::config::Secret::new("whsec");
         s.webhooks.url = global;
         s.webhooks.poll_interval_ms = 100;
     })
@@ -424,7 +424,7 @@ async fn a_runner_killed_mid_clip_and_restarted_stores_each_event_once() {
         first.then(|| fleet::runner_processes(&set).get(&id).map(|p| p[0])).flatten()
     })
     .await;
-    vap::sys::signal(pid, vap::sys::SIGKILL);
+    vap_core::sys::signal(pid, vap_core::sys::SIGKILL);
     let again = common::eventually(Duration::from_secs(60), "the runner started again", || async {
         fleet::runner_processes(&set).get(&id).map(|p| p[0]).filter(|p| *p != pid)
     })

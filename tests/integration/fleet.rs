@@ -47,7 +47,7 @@ impl Drop for RunnerReaper {
     fn drop(&mut self) {
         for pids in runner_processes(&self.0).values() {
             for pid in pids {
-                vap::sys::signal(*pid, vap::sys::SIGKILL);
+                vap_core::sys::signal(*pid, vap_core::sys::SIGKILL);
             }
         }
     }
@@ -121,7 +121,7 @@ pub fn spawn_orchestrator_with_config(app: &TestApp, config: &Path) -> Child {
 /// SIGTERM, then waits for the exit: its status and how long it took. Fails after 30 s.
 pub async fn terminate(child: &mut Child) -> (std::process::ExitStatus, std::time::Duration) {
     let asked = std::time::Instant::now();
-    vap::sys::signal(child.id(), vap::sys::SIGTERM);
+    vap_core::sys::signal(child.id(), vap_core::sys::SIGTERM);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return (status, asked.elapsed());

@@ -25,9 +25,10 @@ async fn caught_up(app: &TestApp) {
 
 #[tokio::test]
 async fn every_result_produced_twice_is_stored_once_and_bad_records_are_skipped() {
-    let mut app =
-        TestApp::spawn_with(|s| s.relay.metrics_listen = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()))
-            .await;
+    let mut app = TestApp::spawn_with(|s| {
+        s.relay.metrics_listen = format!("127.0.0.1:{}", vap_dev::devstack::free_port().unwrap())
+    })
+    .await;
     let scenarios = [
         app.create_scenario("rtsp://cam/a").await,
         app.create_scenario("rtsp://cam/b").await,
@@ -80,9 +81,10 @@ async fn every_result_produced_twice_is_stored_once_and_bad_records_are_skipped(
 
 #[tokio::test]
 async fn a_poisoned_record_is_set_aside_and_its_partition_goes_on() {
-    let mut app =
-        TestApp::spawn_with(|s| s.relay.metrics_listen = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()))
-            .await;
+    let mut app = TestApp::spawn_with(|s| {
+        s.relay.metrics_listen = format!("127.0.0.1:{}", vap_dev::devstack::free_port().unwrap())
+    })
+    .await;
     let (s0, s1) = (app.create_scenario("rtsp://cam/a").await, app.create_scenario("rtsp://cam/b").await);
     // A value PostgreSQL refuses that no check here foresees: this database refuses frame 777.
     let client = app.pool.get().await.unwrap();
@@ -263,13 +265,14 @@ async fn sse_delivers_every_new_result_exactly_once_and_resumes_from_last_event_
 /// scenario at rest. Each refusal is counted by reason and kept in dead_letters.
 #[tokio::test]
 async fn only_records_signed_with_the_scenarios_key_are_stored() {
-    let mut app =
-        TestApp::spawn_with(|s| s.relay.metrics_listen = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()))
-            .await;
+    let mut app = TestApp::spawn_with(|s| {
+        s.relay.metrics_listen = format!("127.0.0.1:{}", vap_dev::devstack::free_port().unwrap())
+    })
+    .await;
     let mine = app.create_scenario("rtsp://cam/mine").await;
     let theirs = app.create_scenario("rtsp://cam/theirs").await;
-    let their_key = vap::signing::ResultsKey::from_hex(&app.results_key(theirs).await).unwrap();
-    let my_key = vap::signing::ResultsKey::from_hex(&app.results_key(mine).await).unwrap();
+    let their_key = vap_core::signing::ResultsKey::from_hex(&app.results_key(theirs).await).unwrap();
+    let my_key = vap_core::signing::ResultsKey::from_hex(&app.results_key(mine).await).unwrap();
     app.produce_results((0..5).map(|f| (mine, result_json(mine, f))).collect()).await;
     let forged = result_json(mine, 6);
     let future = result_json(mine, 1_000_000_000_000);
@@ -317,11 +320,11 @@ async fn only_records_signed_with_the_scenarios_key_are_stored() {
 /// stored; /ready is back within 10 s; the stream goes on with no frame missing or repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgresql_restart_loses_nothing_and_streams_resume_without_gap_or_duplicate() {
-    let pg = vap::devstack::PostgresCluster::start(vap::devstack::PostgresOptions::default()).unwrap();
+    let pg = vap_dev::devstack::PostgresCluster::start(vap_dev::devstack::PostgresOptions::default()).unwrap();
     pg.create_database("restarted").await.unwrap();
     let database = pg.settings("restarted");
     let mut app = TestApp::spawn_with(move |s| {
-        s.database = vap::config::DatabaseSettings { pool_size: 8, connect_timeout_ms: 1_000, ..database };
+        s.database = vap_core::config::DatabaseSettings { pool_size: 8, connect_timeout_ms: 1_000, ..database };
     })
     .await;
     app.start_relay();
@@ -382,7 +385,7 @@ async fn a_postgresql_restart_loses_nothing_and_streams_resume_without_gap_or_du
 async fn snapshots_are_stored_once_within_their_bounds_and_unsigned_ones_set_aside() {
     let mut app = TestApp::spawn_with(|s| s.inbox.snapshots_per_scenario = 3).await;
     let id = app.create_scenario("rtsp://cam/snapshots").await;
-    let snapshot = |frame: i64, for_event: bool| vap::events::Snapshot {
+    let snapshot = |frame: i64, for_event: bool| vap_core::events::Snapshot {
         scenario_uuid: id,
         frame_number: frame,
         timestamp: chrono::Utc::now(),
@@ -395,7 +398,7 @@ async fn snapshots_are_stored_once_within_their_bounds_and_unsigned_ones_set_asi
         jpeg: vec![0xFF, 0xD8, 0xFF, 0xE0, b'\n', 0],
     };
     // Frames 0..900: events on the even hundreds, periodic ones on the odd; each sent twice.
-    let sent: Vec<vap::events::Snapshot> = (0..10).map(|i| snapshot(i * 100, i % 2 == 0)).collect();
+    let sent: Vec<vap_core::events::Snapshot> = (0..10).map(|i| snapshot(i * 100, i % 2 == 0)).collect();
     let records: Vec<(uuid::Uuid, Vec<u8>)> =
         sent.iter().chain(sent.iter()).map(|s| (id, s.to_record_value())).collect();
     let topic = app.settings.kafka.topic_snapshots.clone();
@@ -428,8 +431,8 @@ async fn snapshots_are_stored_once_within_their_bounds_and_unsigned_ones_set_asi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_scenario_is_deleted_with_everything_stored_of_it() {
     let mut app = TestApp::spawn_with(|s| {
-        s.api.auth_token = vap::config::Secret::new("operate");
-        s.api.read_token = vap::config::Secret::new("read");
+        s.api.auth_token = vap_core::config::Secret::new("operate");
+        s.api.read_token = vap_core::config::Secret::new("read");
     })
     .await;
     let (operator, reader) =
@@ -450,9 +453,9 @@ async fn a_finished_scenario_is_deleted_with_everything_stored_of_it() {
     assert!(running.text.contains("shut it down first"), "{}", running.text);
 
     let event = |id: uuid::Uuid, frame: i64| {
-        let kind = vap::events::SceneEventKind::CameraOffline;
-        serde_json::to_vec(&vap::events::SceneEvent {
-            event_id: vap::events::SceneEvent::id_for(id, kind, "", None, frame),
+        let kind = vap_core::events::SceneEventKind::CameraOffline;
+        serde_json::to_vec(&vap_core::events::SceneEvent {
+            event_id: vap_core::events::SceneEvent::id_for(id, kind, "", None, frame),
             scenario_uuid: id,
             kind,
             frame_number: frame,
@@ -467,7 +470,7 @@ async fn a_finished_scenario_is_deleted_with_everything_stored_of_it() {
         })
         .unwrap()
     };
-    let snapshot = |id: uuid::Uuid| vap::events::Snapshot {
+    let snapshot = |id: uuid::Uuid| vap_core::events::Snapshot {
         scenario_uuid: id,
         frame_number: 3,
         timestamp: chrono::Utc::now(),
@@ -596,7 +599,7 @@ async fn two_relays_divide_the_partitions_and_a_killed_ones_share_is_taken_over(
     let (mut scenarios, mut spread) = (Vec::new(), std::collections::HashSet::new());
     while spread.len() < 4 || scenarios.len() < 8 {
         let s = app.create_scenario(&format!("rtsp://127.0.0.1:9/share{}", scenarios.len())).await;
-        spread.insert(vap::kafka::partition_for_key(s.to_string().as_bytes(), partitions));
+        spread.insert(vap_core::kafka::partition_for_key(s.to_string().as_bytes(), partitions));
         scenarios.push(s);
     }
     let relay = |listen: &str| {
@@ -605,8 +608,8 @@ async fn two_relays_divide_the_partitions_and_a_killed_ones_share_is_taken_over(
         common::spawn_binary(env!("CARGO_BIN_EXE_vap-relay"), &env, &[])
     };
     let (listen_a, listen_b) = (
-        format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()),
-        format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()),
+        format!("127.0.0.1:{}", vap_dev::devstack::free_port().unwrap()),
+        format!("127.0.0.1:{}", vap_dev::devstack::free_port().unwrap()),
     );
     let mut a = relay(&listen_a);
     let mut b = relay(&listen_b);
@@ -615,9 +618,9 @@ async fn two_relays_divide_the_partitions_and_a_killed_ones_share_is_taken_over(
         (held == (Some(2), Some(2))).then_some(())
     })
     .await;
-    let group = format!("{}/{topic}", vap::inbox::CONSUMER);
+    let group = format!("{}/{topic}", vap_relay::inbox::CONSUMER);
     let session = app.pool.get().await.unwrap();
-    let holders = vap::db::partition_locks::holders(&session, &group).await.unwrap();
+    let holders = vap_core::db::partition_locks::holders(&session, &group).await.unwrap();
     let mut all: Vec<i32> = holders.iter().flat_map(|(_, p)| p.clone()).collect();
     all.sort_unstable();
     assert_eq!((holders.len(), all), (2, vec![0, 1, 2, 3]), "two sessions, each partition once: {holders:?}");

@@ -133,7 +133,7 @@ pub fn models_dir() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    vap::devstack::free_port().expect("a free port")
+    vap_dev::devstack::free_port().expect("a free port")
 }
 
 /// GStreamer's RTSP server serving a file at rtsp://127.0.0.1:PORT/cam, killed on drop.
@@ -147,7 +147,7 @@ impl RtspServer {
         // Debian's python: python3-gi and GStreamer's bindings are installed for it, not for
         // any other python3 on PATH.
         let mut cmd = Command::new("/usr/bin/python3");
-        vap::sys::die_with_parent(&mut cmd, vap::sys::SIGKILL);
+        vap_core::sys::die_with_parent(&mut cmd, vap_core::sys::SIGKILL);
         let mut child = cmd
             .arg(script)
             .args([&port.to_string(), "cam", file.to_str().unwrap()])

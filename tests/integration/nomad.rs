@@ -17,10 +17,10 @@ use media::{free_port, media, RtspServer};
 use nomad_double::NomadDouble;
 use serde_json::{json, Value};
 use uuid::Uuid;
-use vap::camera_url::CameraUrl;
-use vap::config::{NomadBackendSettings, Secret};
-use vap::job::RunnerJob;
-use vap::orchestrator::nomad::{job_spec, NomadClient, NomadError};
+use vap_core::camera_url::CameraUrl;
+use vap_core::config::{NomadBackendSettings, Secret};
+use vap_core::job::RunnerJob;
+use vap_orchestrator::nomad::{job_spec, NomadClient, NomadError};
 
 fn client_settings(double: &NomadDouble, token: &str) -> NomadBackendSettings {
     NomadBackendSettings {
@@ -212,8 +212,8 @@ fn submitted_job_carries_the_scenario_the_runner_and_no_secret_in_its_arguments(
         epoch: chrono::Utc::now(),
         options: Default::default(),
         options_revision: 0,
-        results_key: vap::signing::ResultsKey::new(vec![3; 32]),
-        kafka_password: Some(vap::config::Secret::new("broker-login-secret")),
+        results_key: vap_core::signing::ResultsKey::new(vec![3; 32]),
+        kafka_password: Some(vap_core::config::Secret::new("broker-login-secret")),
     };
     let job = job_spec(&NomadBackendSettings::default(), &spec);
     let task = &job["TaskGroups"][0]["Tasks"][0];

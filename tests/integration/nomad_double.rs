@@ -102,7 +102,7 @@ impl Inner {
 
 impl State {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        vap::sys::lock(&self.inner)
+        vap_core::sys::lock(&self.inner)
     }
 
     /// Every mutation raises the one global index and wakes blocked readers.
@@ -180,7 +180,7 @@ impl NomadDouble {
         for a in self.state.lock().allocs.values_mut() {
             a.desired = "stop";
             if let Some(pid) = a.pid {
-                vap::sys::signal(pid, vap::sys::SIGKILL);
+                vap_core::sys::signal(pid, vap_core::sys::SIGKILL);
             }
         }
     }
@@ -577,11 +577,11 @@ fn stop_alloc(state: &Arc<State>, inner: &mut Inner, alloc_id: &str) {
     a.events.push(json!({ "Type": "Killing", "Time": now_ns(), "DisplayMessage": "Sent interrupt", "Details": {}, "ExitCode": 0, "Signal": 0 }));
     match a.pid {
         Some(pid) => {
-            vap::sys::signal(pid, vap::sys::SIGTERM);
+            vap_core::sys::signal(pid, vap_core::sys::SIGTERM);
             // SIGKILL after the kill timeout if it is still there.
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_nanos(kill_timeout)).await;
-                vap::sys::signal(pid, vap::sys::SIGKILL);
+                vap_core::sys::signal(pid, vap_core::sys::SIGKILL);
             });
         }
         None => {
@@ -631,7 +631,7 @@ async fn supervise(state: Arc<State>, alloc_id: String) {
         }
         cmd.envs(runtime.iter().map(|(k, v)| (*k, v.as_str())));
         cmd.stdin(std::process::Stdio::null());
-        vap::sys::die_with_parent(cmd.as_std_mut(), vap::sys::SIGKILL);
+        vap_core::sys::die_with_parent(cmd.as_std_mut(), vap_core::sys::SIGKILL);
         let rendered = render_templates(&state, &namespace, &task, &task_dir);
         let spawned = match rendered {
             Ok(()) => cmd.spawn(),

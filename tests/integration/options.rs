@@ -72,7 +72,7 @@ async fn classes_and_mask_decide_what_is_stored_and_each_result_says_what_produc
     assert!(!right.is_empty(), "people on the right are still found");
 
     // Provenance: the model, its file's digest, one runner instance, and where in the file.
-    let manifest = vap::models::Manifest::load(&models_dir().join(format!("{COCO}.toml"))).unwrap();
+    let manifest = vap_core::models::Manifest::load(&models_dir().join(format!("{COCO}.toml"))).unwrap();
     for stored in [&vehicles, &people, &masked] {
         let runners: HashSet<&str> = stored.iter().map(|r| r["runner"].as_str().unwrap()).collect();
         assert_eq!(runners.len(), 1, "{runners:?}");

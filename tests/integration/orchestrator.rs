@@ -165,7 +165,7 @@ async fn standby_takes_over_from_a_killed_leader_without_duplicates_or_orphans()
     let _reaper = RunnerReaper(set.clone());
     // Kill the leader while those start.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    vap::sys::signal(leader.id(), vap::sys::SIGKILL);
+    vap_core::sys::signal(leader.id(), vap_core::sys::SIGKILL);
     let _ = leader.wait();
     let killed_at = Instant::now();
 
@@ -367,9 +367,9 @@ async fn a_broker_with_a_login_and_tls_carries_the_whole_flow_and_refuses_strang
     common::cluster().create_database(&storage).await.unwrap();
     let pg = common::cluster().settings(&storage);
     let password = common::unique("pw");
-    let broker = vap::devstack::Broker::start_secured(
+    let broker = vap_dev::devstack::Broker::start_secured(
         &format!("postgres://{}@{}:{}/{}", pg.user, pg.host, pg.port, pg.dbname),
-        vap::devstack::BrokerSecurity {
+        vap_dev::devstack::BrokerSecurity {
             username: "vap".into(),
             password: password.clone(),
             tls: Some((certs.cert.clone(), certs.key.clone())),
@@ -379,9 +379,9 @@ async fn a_broker_with_a_login_and_tls_carries_the_whole_flow_and_refuses_strang
     let (login, ca) = (password.clone(), certs.ca.clone());
     let mut app = TestApp::spawn_with_broker(broker, move |s| {
         s.api.allow_file_urls = true;
-        s.kafka.sasl_mechanism = vap::config::SaslMechanism::ScramSha512;
+        s.kafka.sasl_mechanism = vap_core::config::SaslMechanism::ScramSha512;
         s.kafka.sasl_username = "vap".into();
-        s.kafka.sasl_password = vap::config::Secret::new(login);
+        s.kafka.sasl_password = vap_core::config::Secret::new(login);
         s.kafka.tls_ca_file = Some(ca);
     })
     .await;
@@ -406,17 +406,17 @@ async fn a_broker_with_a_login_and_tls_carries_the_whole_flow_and_refuses_strang
     .await;
 
     // Strangers: each gets no topic list within the time a client gets.
-    let refused = |adjust: fn(&mut vap::config::KafkaSettings)| {
+    let refused = |adjust: fn(&mut vap_core::config::KafkaSettings)| {
         let mut settings = app.settings.kafka.clone();
         adjust(&mut settings);
         async move {
-            let attempt = async { vap::kafka::builder(&settings).unwrap().build().await?.list_topics().await };
+            let attempt = async { vap_core::kafka::builder(&settings).unwrap().build().await?.list_topics().await };
             !matches!(tokio::time::timeout(Duration::from_secs(20), attempt).await, Ok(Ok(_)))
         }
     };
     assert!(!refused(|_| {}).await, "the configured login lists topics (else the rest proves nothing)");
-    assert!(refused(|k| k.sasl_mechanism = vap::config::SaslMechanism::None).await, "no login was let in");
-    assert!(refused(|k| k.sasl_password = vap::config::Secret::new("wrong")).await, "a wrong password was let in");
+    assert!(refused(|k| k.sasl_mechanism = vap_core::config::SaslMechanism::None).await, "no login was let in");
+    assert!(refused(|k| k.sasl_password = vap_core::config::Secret::new("wrong")).await, "a wrong password was let in");
     assert!(refused(|k| k.tls_ca_file = None).await, "a plain connection was let in");
 
     app.shutdown_scenario(live).await;
@@ -440,7 +440,7 @@ async fn an_adopted_runner_that_finishes_before_its_end_is_stored_is_not_started
     let pid =
         eventually(Duration::from_secs(60), "the runner", || async { runner_processes(&set).get(&file).map(|p| p[0]) })
             .await;
-    vap::sys::signal(first.id(), vap::sys::SIGKILL);
+    vap_core::sys::signal(first.id(), vap_core::sys::SIGKILL);
     let _ = first.wait();
     inbox.cancel();
     let mut second = spawn_orchestrator(&app, 2);

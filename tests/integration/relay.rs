@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{eventually, TestApp};
 use hyper::{Method, StatusCode};
-use vap::events::ScenarioEvent;
+use vap_core::events::ScenarioEvent;
 
 async fn published(app: &TestApp) -> i64 {
     app.scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL").await
@@ -147,7 +147,7 @@ async fn kill_9_mid_burst_loses_no_event_and_keeps_each_scenarios_order() {
             let key = record.key.unwrap();
             assert_eq!(
                 partition,
-                vap::kafka::partition_for_key(&key, partitions),
+                vap_core::kafka::partition_for_key(&key, partitions),
                 "{topic}: key on the wrong partition"
             );
         }
@@ -263,7 +263,7 @@ async fn events_go_to_the_partition_of_the_topics_real_partition_count() {
     let mut seen = HashSet::new();
     for (partition, _, record) in &records {
         let key = record.key.as_deref().unwrap();
-        assert_eq!(*partition, vap::kafka::partition_for_key(key, 3), "{}", String::from_utf8_lossy(key));
+        assert_eq!(*partition, vap_core::kafka::partition_for_key(key, 3), "{}", String::from_utf8_lossy(key));
         seen.insert(uuid::Uuid::parse_str(std::str::from_utf8(key).unwrap()).unwrap());
     }
     assert_eq!((records.len(), seen), (12, created));
@@ -279,9 +279,10 @@ async fn a_broker_that_stops_answering_for_two_minutes_holds_no_transaction_and_
     let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let front_port = front.local_addr().unwrap().port();
     let broker =
-        vap::devstack::Broker::start_advertising(vap::devstack::BrokerStorage::Memory, Some(front_port)).unwrap();
+        vap_dev::devstack::Broker::start_advertising(vap_dev::devstack::BrokerStorage::Memory, Some(front_port))
+            .unwrap();
     let proxy = common::BlackHoleProxy::start(front, broker.addr());
-    let relay_metrics = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap());
+    let relay_metrics = format!("127.0.0.1:{}", vap_dev::devstack::free_port().unwrap());
     let metrics = relay_metrics.clone();
     let mut app = TestApp::spawn_with_broker(broker, move |s| {
         s.kafka.brokers = vec![format!("127.0.0.1:{front_port}")];

@@ -49,16 +49,17 @@ async fn frames_of(app: &TestApp, id: uuid::Uuid) -> Vec<i64> {
     rows.iter().map(|r| r.get(0)).collect()
 }
 
-async fn partitions(app: &TestApp, table: &str) -> Vec<vap::db::partitions::Partition> {
+async fn partitions(app: &TestApp, table: &str) -> Vec<vap_core::db::partitions::Partition> {
     let client = app.pool.get().await.unwrap();
-    vap::db::partitions::list(&**client, table).await.unwrap()
+    vap_core::db::partitions::list(&**client, table).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_past_retention_are_dropped_while_the_inbox_goes_on_and_a_scenario_may_keep_less() {
-    let mut app =
-        TestApp::spawn_with(|s| s.relay.metrics_listen = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap()))
-            .await;
+    let mut app = TestApp::spawn_with(|s| {
+        s.relay.metrics_listen = format!("127.0.0.1:{}", vap_dev::devstack::free_port().unwrap())
+    })
+    .await;
     // retention_days is checked like every option.
     for (bad, why) in [(json!(0), "from 1 to 36500"), (json!(2.5), "whole number"), (json!("7"), "whole number")] {
         let r = app
@@ -103,12 +104,12 @@ async fn partitions_past_retention_are_dropped_while_the_inbox_goes_on_and_a_sce
     reading.query("SELECT count(*) FROM scenario_results", &[]).await.unwrap();
     let mut settings = app.settings.retention.clone();
     settings.results_days = 20;
-    let retention = vap::retention::Retention {
+    let retention = vap_relay::retention::Retention {
         pool: app.pool.clone(),
         database: app.settings.database.clone(),
-        window: Arc::new(vap::retention::Window::new(&settings)),
+        window: Arc::new(vap_relay::retention::Window::new(&settings)),
         settings,
-        metrics: Arc::new(vap::metrics::Metrics::default()),
+        metrics: Arc::new(vap_core::metrics::Metrics::default()),
     };
     let pass = tokio::spawn(async move { retention.pass().await });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -156,11 +157,11 @@ async fn the_migration_moves_stored_results_and_events_into_partitions() {
     let db = common::unique("m");
     pg.create_database(&db).await.unwrap();
     let settings = pg.settings(&db);
-    let (mut client, connection) = vap::db::pg_config(&settings).connect(tokio_postgres::NoTls).await.unwrap();
+    let (mut client, connection) = vap_core::db::pg_config(&settings).connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     // The schema as it was before partitioning, with rows in it.
     client.batch_execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())").await.unwrap();
-    for &(version, name, sql) in vap::db::migrate::MIGRATIONS.iter().filter(|m| m.0 < 13) {
+    for &(version, name, sql) in vap_core::db::migrate::MIGRATIONS.iter().filter(|m| m.0 < 13) {
         client.batch_execute(sql).await.unwrap();
         client
             .execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&version, &name])
@@ -182,7 +183,7 @@ async fn the_migration_moves_stored_results_and_events_into_partitions() {
         .await
         .unwrap();
     let seq_before: i64 = client.query_one("SELECT max(seq) FROM scenario_events", &[]).await.unwrap().get(0);
-    assert_eq!(vap::db::migrate::run(&mut client).await.unwrap(), vec![13]);
+    assert_eq!(vap_core::db::migrate::run(&mut client).await.unwrap(), vec![13]);
     let count = |table: &str| format!("SELECT count(*) FROM {table}");
     for (table, rows) in [("scenario_results", 72), ("scenario_events", 8), ("webhook_deliveries", 8)] {
         assert_eq!(client.query_one(&count(table), &[]).await.unwrap().get::<_, i64>(0), rows, "{table}");

@@ -45,7 +45,7 @@ impl Runner {
         } else {
             Command::new(bin)
         };
-        vap::sys::die_with_parent(&mut cmd, vap::sys::SIGKILL);
+        vap_core::sys::die_with_parent(&mut cmd, vap_core::sys::SIGKILL);
         cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
         for (k, v) in app.env() {
             cmd.env(k, v);
@@ -70,7 +70,7 @@ impl Runner {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 match serde_json::from_str::<Value>(&line) {
-                    Ok(v) => vap::sys::lock(&sink).push(v),
+                    Ok(v) => vap_core::sys::lock(&sink).push(v),
                     Err(_) => eprintln!("runner: {line}"),
                 }
             }
@@ -87,23 +87,27 @@ impl Runner {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("runner still running after {timeout:?}; logs: {:#?}", vap::sys::lock(&self.logs));
+                panic!("runner still running after {timeout:?}; logs: {:#?}", vap_core::sys::lock(&self.logs));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     fn signal(&self, sig: libc::c_int) {
-        vap::sys::signal(self.child.id(), sig);
+        vap_core::sys::signal(self.child.id(), sig);
     }
 
     /// The fields of the last log line with this message.
     fn log(&self, message: &str) -> Option<Value> {
-        vap::sys::lock(&self.logs).iter().rev().find(|l| l["fields"]["message"] == message).map(|l| l["fields"].clone())
+        vap_core::sys::lock(&self.logs)
+            .iter()
+            .rev()
+            .find(|l| l["fields"]["message"] == message)
+            .map(|l| l["fields"].clone())
     }
 
     fn all_logs(&self) -> String {
-        vap::sys::lock(&self.logs).iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
+        vap_core::sys::lock(&self.logs).iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -161,8 +165,8 @@ fn assert_people_found(results: &[Value], min_frames: usize) {
 #[test]
 fn ssd_model_finds_the_players_and_nothing_in_colour_bars() {
     use opencv::prelude::*;
-    use vap::runner::detector::{Detector, ModelDetector};
-    use vap::runner::engine::EngineChoice;
+    use vap_runner::detector::{Detector, ModelDetector};
+    use vap_runner::engine::EngineChoice;
     let mut detector = ModelDetector::load(&manifest(), None, &EngineChoice::Tract).expect("load the shipped model");
     let image = opencv::imgcodecs::imread(BASKETBALL, opencv::imgcodecs::IMREAD_COLOR).unwrap();
     let (detections, timing) = detector.detect(&image).unwrap();
@@ -188,8 +192,8 @@ fn ssd_model_finds_the_players_and_nothing_in_colour_bars() {
 #[test]
 fn coco_model_finds_people_and_the_parked_vehicles_in_the_pedestrian_video() {
     use opencv::prelude::*;
-    use vap::runner::detector::{Detector, ModelDetector};
-    use vap::runner::engine::EngineChoice;
+    use vap_runner::detector::{Detector, ModelDetector};
+    use vap_runner::engine::EngineChoice;
     let coco = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/yolov3_tiny_coco_416.toml");
     let mut detector = ModelDetector::load(&coco, None, &EngineChoice::Tract).expect("load the shipped COCO model");
     let path = media().people.to_str().unwrap().to_string();
@@ -334,8 +338,8 @@ max_detections = 10
 
 #[test]
 fn yolov8_format_decodes_letterboxed_boxes_with_nms_per_class() {
-    use vap::runner::detector::{Detector, ModelDetector};
-    use vap::runner::engine::EngineChoice;
+    use vap_runner::detector::{Detector, ModelDetector};
+    use vap_runner::engine::EngineChoice;
     let dir = tempfile::tempdir().unwrap();
     let mut detector =
         ModelDetector::load(&yolo_fixture(dir.path()), None, &EngineChoice::Tract).expect("load the fixture");
@@ -364,8 +368,8 @@ fn yolov8_format_decodes_letterboxed_boxes_with_nms_per_class() {
 
 #[test]
 fn a_bad_manifest_is_a_clear_error() {
-    use vap::runner::detector::ModelDetector;
-    use vap::runner::engine::EngineChoice;
+    use vap_runner::detector::ModelDetector;
+    use vap_runner::engine::EngineChoice;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.toml");
     std::fs::write(
@@ -413,7 +417,7 @@ async fn file_source_is_analysed_stored_served_and_ends_inactive() {
     assert_people_found(results, 40);
     // The log line carries the scenario, never credentials.
     assert!(
-        vap::sys::lock(&runner.logs)
+        vap_core::sys::lock(&runner.logs)
             .iter()
             .all(|l| l["span"]["scenario"] == scenario.to_string()
                 || l["spans"].to_string().contains(&scenario.to_string())),
@@ -454,7 +458,7 @@ async fn the_onnxruntime_engine_runs_a_scenario_end_to_end() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(i32::from(vap::job::exit::USAGE)), "{stderr}");
+    assert_eq!(out.status.code(), Some(i32::from(vap_core::job::exit::USAGE)), "{stderr}");
     assert!(stderr.contains("runner.onnxruntime_library"), "{stderr}");
 }
 
@@ -595,7 +599,7 @@ async fn playlists_and_redirects_cannot_lead_the_runner_past_the_destination_pol
         assert_eq!(runner.wait(Duration::from_secs(60)).await, 3, "{url}: {}", runner.all_logs());
         assert_eq!(reached.load(Ordering::SeqCst), 0, "{url}: the refused address was reached");
         if let Some(path) = path {
-            assert!(vap::sys::lock(&served).iter().any(|p| p == path), "{path} was never asked for");
+            assert!(vap_core::sys::lock(&served).iter().any(|p| p == path), "{path} was never asked for");
         }
         let p = eventually(Duration::from_secs(20), "the scenario to fail", || async {
             let p = app.prediction(scenario).await;
@@ -917,7 +921,7 @@ async fn serve_routes(
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let path = req.uri().path().to_string();
-                    vap::sys::lock(&log).push(path.clone());
+                    vap_core::sys::lock(&log).push(path.clone());
                     let route = routes.iter().find(|r| r.0 == path);
                     let mut resp = hyper::Response::builder().status(route.map_or(404, |r| r.1));
                     if let Some(r) = route.filter(|r| !r.2.is_empty()) {

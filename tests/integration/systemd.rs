@@ -203,7 +203,7 @@ async fn a_restarted_orchestrator_adopts_running_units_and_keeps_the_cap() {
     let pid = ct.unit_property(&unit, SERVICE, "ExecMainPID").expect("the unit");
 
     // kill -9, and a new orchestrator in its place.
-    vap::sys::signal(orchestrator.id(), vap::sys::SIGKILL);
+    vap_core::sys::signal(orchestrator.id(), vap_core::sys::SIGKILL);
     let _ = orchestrator.wait();
     let mut orchestrator = spawn_systemd_orchestrator(&app, &ct, dir.path(), CAP, "watchdog_sec = 30\n", &[]);
 
@@ -446,7 +446,7 @@ async fn sigterm_is_not_held_by_a_host_whose_bus_never_answers() {
     let keep = std::sync::Arc::clone(&held);
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            vap::sys::lock(&keep).push(conn);
+            vap_core::sys::lock(&keep).push(conn);
         }
     });
     let section = format!(
@@ -455,7 +455,7 @@ async fn sigterm_is_not_held_by_a_host_whose_bus_never_answers() {
         container::runner_key_file().display()
     );
     let config = fleet::orchestrator_config(dir.path(), "systemd", 4, &section);
-    let metrics = format!("127.0.0.1:{}", vap::devstack::free_port().unwrap());
+    let metrics = format!("127.0.0.1:{}", vap_dev::devstack::free_port().unwrap());
     let mut orchestrator = fleet::spawn_orchestrator_with_env(
         &app,
         &config,
@@ -464,7 +464,7 @@ async fn sigterm_is_not_held_by_a_host_whose_bus_never_answers() {
     // Never opened (no runner starts here); loopback all the same.
     app.create_scenario("rtsp://127.0.0.1:9/stream").await;
     eventually(Duration::from_secs(20), "the orchestrator to be waiting on the host", || async {
-        (!vap::sys::lock(&held).is_empty()).then_some(())
+        (!vap_core::sys::lock(&held).is_empty()).then_some(())
     })
     .await;
     // The list times out (10 s; each call 20 s): the host is reported down, nothing hangs on it.

@@ -1,0 +1,103 @@
+//! Results and events are kept `retention.results_days` by frame time. vap-relay owns their
+//! partitions (lib/db/partitions.rs): it makes them ahead, drops whole ones past retention, and
+//! deletes row by row only what a scenario keeps for a shorter time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
+use vap_core::config::{DatabaseSettings, RetentionSettings};
+use vap_core::db::partitions::{self, Coverage, TABLES};
+use vap_core::db::{self, DbError};
+use vap_core::metrics::Metrics;
+
+/// A partition is dropped this long after retention would allow it: the inbox, which stops
+/// storing frames at retention, never writes into one being dropped, whatever the clocks.
+const DROP_MARGIN: chrono::Duration = chrono::Duration::hours(1);
+
+/// What the inbox keeps, and the partitions it goes into; shared by the inbox and [`Retention`].
+#[derive(Debug)]
+pub struct Window {
+    pub keep: chrono::Duration,
+    pub coverage: Coverage,
+}
+
+impl Window {
+    pub fn new(settings: &RetentionSettings) -> Self {
+        Self { keep: settings.keep(), coverage: Coverage::new(settings.partition_span()) }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub dropped: Vec<String>,
+    pub deleted: db::retention::Deleted,
+}
+
+pub struct Retention {
+    pub pool: Pool,
+    pub database: DatabaseSettings,
+    pub settings: RetentionSettings,
+    pub window: Arc<Window>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Retention {
+    /// A pass at once (so the current partitions exist), then every `check_interval_secs`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_secs(self.settings.check_interval_secs));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            match self.pass().await {
+                Ok(pass) => {
+                    let d = &pass.deleted;
+                    let m = &self.metrics;
+                    m.inc(
+                        "vap_retention_partitions_dropped_total",
+                        "Partitions dropped past retention.",
+                        &[],
+                        pass.dropped.len() as u64,
+                    );
+                    m.inc(
+                        "vap_retention_rows_deleted_total",
+                        "Rows deleted past a scenario's or the snapshots' retention.",
+                        &[],
+                        d.total() as u64,
+                    );
+                    if !pass.dropped.is_empty() || d.total() > 0 {
+                        tracing::info!(dropped = ?pass.dropped, deleted = ?d, "retention pass");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "retention pass failed; trying again at the next"),
+            }
+        }
+    }
+
+    /// Makes the partitions from now to `partitions_ahead` spans ahead, drops those past
+    /// retention, deletes what scenarios keep shorter.
+    pub async fn pass(&self) -> Result<Pass, DbError> {
+        let now = Utc::now();
+        let span = self.settings.partition_span();
+        let ahead: Vec<_> =
+            (0..=i32::try_from(self.settings.partitions_ahead).unwrap_or(i32::MAX)).map(|i| now + span * i).collect();
+        let mut pass = Pass::default();
+        for table in TABLES {
+            self.window.coverage.cover(&self.pool, table, &ahead).await?;
+            let cutoff = now - self.window.keep - DROP_MARGIN;
+            pass.dropped.extend(partitions::drop_before(&self.database, table, cutoff).await?);
+        }
+        if !pass.dropped.is_empty() {
+            self.window.coverage.forget();
+        }
+        pass.deleted = db::retention::delete_expired(&self.pool, self.window.keep).await?;
+        Ok(pass)
+    }
+}
