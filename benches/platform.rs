@@ -298,7 +298,7 @@ async fn inbox() {
         let frames: Vec<i64> = chunk.iter().map(|r| r.frame_number).collect();
         let times: Vec<chrono::DateTime<chrono::Utc>> = chunk.iter().map(|r| r.timestamp).collect();
         let dets: Vec<serde_json::Value> = chunk.iter().map(|r| serde_json::to_value(&r.detections).unwrap()).collect();
-        let extras: Vec<serde_json::Value> = chunk.iter().map(|r| serde_json::Value::Object(r.extra.clone())).collect();
+        let extras: Vec<serde_json::Value> = chunk.iter().map(|r| serde_json::to_value(&r.details).unwrap()).collect();
         client
             .execute(
                 "INSERT INTO raw_results (scenario_uuid, frame_number, frame_time, captured_at, detections, extra)
@@ -424,6 +424,7 @@ async fn events() {
     let event = |scenario: uuid::Uuid, n: i64| {
         let kind = vap_core::events::SceneEventKind::LineCrossed;
         vap_core::events::SceneEvent {
+            version: vap_core::events::RECORD_VERSION,
             event_id: vap_core::events::SceneEvent::id_for(scenario, kind, "gate", Some(n / 2), n),
             scenario_uuid: scenario,
             kind,
@@ -522,6 +523,7 @@ async fn snapshots() {
         })
         .collect();
     let snapshot = |scenario: uuid::Uuid, n: i64| vap_core::events::Snapshot {
+        version: vap_core::events::RECORD_VERSION,
         scenario_uuid: scenario,
         frame_number: n * 500,
         timestamp: chrono::Utc::now(),

@@ -57,7 +57,7 @@ async fn init_answers_the_legacy_contract_and_writes_one_outbox_event() {
 }
 
 /// The default policy refuses loopback however it is spelt (only loopback is posted here: the
-/// link-local and metadata addresses are the same code path, covered by lib/destination.rs).
+/// link-local and metadata addresses are the same code path, covered by crates/core/src/destination.rs).
 #[tokio::test]
 async fn camera_hosts_the_destination_policy_refuses_get_a_400_and_nothing_is_stored() {
     let app = TestApp::spawn_with(|s| {
@@ -624,7 +624,7 @@ async fn metrics_count_requests_by_route_and_status_and_report_the_outbox_backlo
         "{text}"
     );
     assert!(text.contains("vap_outbox_backlog 1"), "{text}");
-    assert!(text.contains("vap_inbox_lag_records 0"), "{text}");
+    assert!(text.contains("vap_inbox_backlog_records 0"), "{text}");
     // Made-up methods share one label: requests can't mint metric series.
     for made_up in ["FROB", "XYZZY", "BREW"] {
         let r = app.request(Method::from_bytes(made_up.as_bytes()).unwrap(), "/api/v1/scenarios", &[], "").await;

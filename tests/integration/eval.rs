@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
+use vap_core::detection::iou;
 use vap_runner::detector::{Detector, ModelDetector};
 use vap_runner::engine::EngineChoice;
 
@@ -100,18 +101,6 @@ impl Tally {
     }
     pub fn recall(&self) -> f64 {
         self.found as f64 / self.labelled.max(1) as f64
-    }
-}
-
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
     }
 }
 

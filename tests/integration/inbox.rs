@@ -386,6 +386,7 @@ async fn snapshots_are_stored_once_within_their_bounds_and_unsigned_ones_set_asi
     let mut app = TestApp::spawn_with(|s| s.inbox.snapshots_per_scenario = 3).await;
     let id = app.create_scenario("rtsp://cam/snapshots").await;
     let snapshot = |frame: i64, for_event: bool| vap_core::events::Snapshot {
+        version: vap_core::events::RECORD_VERSION,
         scenario_uuid: id,
         frame_number: frame,
         timestamp: chrono::Utc::now(),
@@ -455,6 +456,7 @@ async fn a_finished_scenario_is_deleted_with_everything_stored_of_it() {
     let event = |id: uuid::Uuid, frame: i64| {
         let kind = vap_core::events::SceneEventKind::CameraOffline;
         serde_json::to_vec(&vap_core::events::SceneEvent {
+            version: vap_core::events::RECORD_VERSION,
             event_id: vap_core::events::SceneEvent::id_for(id, kind, "", None, frame),
             scenario_uuid: id,
             kind,
@@ -471,6 +473,7 @@ async fn a_finished_scenario_is_deleted_with_everything_stored_of_it() {
         .unwrap()
     };
     let snapshot = |id: uuid::Uuid| vap_core::events::Snapshot {
+        version: vap_core::events::RECORD_VERSION,
         scenario_uuid: id,
         frame_number: 3,
         timestamp: chrono::Utc::now(),

@@ -13,6 +13,7 @@ use fleet::{spawn_orchestrator, RunnerReaper};
 use media::{media, still_heavy};
 use serde_json::{json, Value};
 use uuid::Uuid;
+use vap_core::detection::{iou, Bbox};
 
 /// Every stored frame of a scenario, page by page, by frame number.
 async fn all_results(app: &TestApp, id: Uuid) -> BTreeMap<i64, Value> {
@@ -30,24 +31,16 @@ async fn all_results(app: &TestApp, id: Uuid) -> BTreeMap<i64, Value> {
     }
 }
 
-fn boxes(r: &Value) -> Vec<[f64; 4]> {
+fn boxes(r: &Value) -> Vec<Bbox> {
     r["detections"]
         .as_array()
         .unwrap()
         .iter()
         .map(|d| {
             let b = &d["bbox"];
-            [0, 1, 2, 3].map(|i| b[i].as_f64().unwrap())
+            [0, 1, 2, 3].map(|i| b[i].as_f64().unwrap() as f32)
         })
         .collect()
-}
-
-fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let area = |r: &[f64; 4]| (r[2] - r[0]) * (r[3] - r[1]);
-    let inter = w * h;
-    inter / (area(a) + area(b) - inter)
 }
 
 /// Of the ungated run's boxes, the share the gated run has in the same frame (IoU >= 0.5).

@@ -89,6 +89,7 @@ impl Regions {
 
     fn event(&self, kind: SceneEventKind, region: &str, track: i64, class: &str, frame: &FrameAt) -> SceneEvent {
         SceneEvent {
+            version: vap_core::events::RECORD_VERSION,
             event_id: SceneEvent::id_for(self.scenario, kind, region, Some(track), frame.number),
             scenario_uuid: self.scenario,
             kind,

@@ -12,7 +12,7 @@
 //! reused, and a file analysed again yields the same ids.
 
 /// Box `[x_min, y_min, x_max, y_max]` in pixels.
-pub type Bbox = [f32; 4];
+pub use vap_core::detection::Bbox;
 
 /// At most this many tracks are born in one frame (keeps ids unique per frame number).
 pub const MAX_BIRTHS_PER_FRAME: u64 = 1000;
@@ -153,18 +153,7 @@ fn measure(b: &Bbox) -> [f64; 4] {
     [(x0 + x1) / 2.0, (y0 + y1) / 2.0, (x1 - x0).max(1.0), (y1 - y0).max(1.0)]
 }
 
-pub fn iou(a: &Bbox, b: &Bbox) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let area = |r: &Bbox| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union <= 0.0 {
-        0.0
-    } else {
-        inter / union
-    }
-}
+pub use vap_core::detection::iou;
 
 pub struct Tracker {
     settings: TrackerSettings,

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{json_response, ApiError, AppState, Body, MAX_BODY_BYTES};
+use super::query::Query;
+use super::{json_response, metrics, ApiError, AppState, Body, MAX_BODY_BYTES};
 use vap_core::camera_url::CameraUrl;
 use vap_core::config::ApiSettings;
 use vap_core::db::results::{self, StoredResult};
@@ -138,28 +139,6 @@ pub fn models(state: &Arc<AppState>) -> Response<Body> {
 
 pub fn parse_uuid(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::bad("invalid_uuid", format!("'{raw}' is not a valid UUID")))
-}
-
-/// Query parameters as pairs; each handler checks the values it reads (400 naming the one).
-fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
-}
-
-fn query_param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-fn int_param(pairs: &[(String, String)], name: &'static str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
-    match query_param(pairs, name) {
-        None => Ok(None),
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(v) if (min..=max).contains(&v) => Ok(Some(v)),
-            _ => Err(ApiError::bad(
-                "invalid_parameter",
-                format!("{name} must be an integer from {min} to {max}, got '{raw}'"),
-            )),
-        },
-    }
 }
 
 /// The body as JSON, with the Idempotency-Key. A body that trickles in slower than
@@ -303,17 +282,16 @@ pub async fn patch_scenario(
 }
 
 pub async fn list_scenarios(state: &Arc<AppState>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
-    let pairs = query_pairs(query);
-    let status = match query_param(&pairs, "status") {
+    let q = Query::parse(query);
+    let status = match q.get("status") {
         None | Some("") => None,
         Some(s) => Some(ScenarioStatus::parse(s).ok_or_else(|| {
             let known: Vec<&str> = ScenarioStatus::ALL.iter().map(|s| s.as_str()).collect();
             ApiError::bad("invalid_parameter", format!("status must be one of {}, got '{s}'", known.join(", ")))
         })?),
     };
-    let limit = int_param(&pairs, "limit", 1, state.settings.scenario_page_max)?
-        .unwrap_or(state.settings.scenario_page_default);
-    let cursor = cursor_param(&pairs)?;
+    let limit = q.int("limit", 1, state.settings.scenario_page_max)?.unwrap_or(state.settings.scenario_page_default);
+    let cursor = cursor_param(&q)?;
     let (rows, more) = scenarios::list(&state.pool, status, cursor, limit).await?;
     let next = if more { rows.last().map(|s| s.seq.to_string()) } else { None };
     let list: Vec<Value> = rows.iter().map(|s| scenario_json(s, &state.options)).collect();
@@ -360,18 +338,18 @@ pub async fn delete_scenario(state: &Arc<AppState>, id: &str) -> Result<Response
 /// on the event's time), `limit`, and `cursor` (the last page's `next_cursor`).
 pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
-    let pairs = query_pairs(query);
-    let kind = match query_param(&pairs, "kind") {
+    let q = Query::parse(query);
+    let kind = match q.get("kind") {
         None | Some("") => None,
         Some(k) => Some(SceneEventKind::parse(k).ok_or_else(|| {
             let known: Vec<&str> = SceneEventKind::ALL.iter().map(|k| k.as_str()).collect();
             ApiError::bad("invalid_parameter", format!("kind must be one of {}, got '{k}'", known.join(", ")))
         })?),
     };
-    let (since, until) = (time_param(&pairs, "since")?, time_param(&pairs, "until")?);
-    let limit = int_param(&pairs, "limit", 1, state.settings.prediction_page_max)?
-        .unwrap_or(state.settings.prediction_page_default);
-    let after = cursor_param(&pairs)?;
+    let (since, until) = (q.time("since")?, q.time("until")?);
+    let limit =
+        q.int("limit", 1, state.settings.prediction_page_max)?.unwrap_or(state.settings.prediction_page_default);
+    let after = cursor_param(&q)?;
     if scenarios::get(&state.pool, uuid).await?.is_none() {
         return Err(ApiError::ScenarioNotFound(uuid));
     }
@@ -406,8 +384,8 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
 }
 
 /// `cursor`: a page's `next_cursor`, a positive sequence number.
-fn cursor_param(pairs: &[(String, String)]) -> Result<Option<i64>, ApiError> {
-    match query_param(pairs, "cursor") {
+fn cursor_param(q: &Query) -> Result<Option<i64>, ApiError> {
+    match q.get("cursor") {
         None | Some("") => Ok(None),
         Some(c) => c
             .parse::<i64>()
@@ -418,26 +396,17 @@ fn cursor_param(pairs: &[(String, String)]) -> Result<Option<i64>, ApiError> {
     }
 }
 
-fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-    match query_param(pairs, name) {
-        None | Some("") => Ok(None),
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-            .map(|t| Some(t.with_timezone(&chrono::Utc)))
-            .map_err(|_| ApiError::bad("invalid_parameter", format!("{name} must be an RFC 3339 time, got '{t}'"))),
-    }
-}
-
 /// Per `bucket` (`1m` or `1h`), zone or line, and class: entered, left, crossed in and out,
 /// and zones' peak occupancy, computed by PostgreSQL from the stored events.
 pub async fn scene_counts(state: &Arc<AppState>, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
-    let pairs = query_pairs(query);
-    let bucket = match query_param(&pairs, "bucket") {
+    let q = Query::parse(query);
+    let bucket = match q.get("bucket") {
         None | Some("") => scene_events::Bucket::Hour,
         Some(b) => scene_events::Bucket::parse(b)
             .ok_or_else(|| ApiError::bad("invalid_parameter", format!("bucket must be 1m or 1h, got '{b}'")))?,
     };
-    let (since, until) = (time_param(&pairs, "since")?, time_param(&pairs, "until")?);
+    let (since, until) = (q.time("since")?, q.time("until")?);
     if scenarios::get(&state.pool, uuid).await?.is_none() {
         return Err(ApiError::ScenarioNotFound(uuid));
     }
@@ -468,29 +437,55 @@ pub fn scene_event_json(e: &vap_core::events::SceneEvent) -> Value {
 /// instance, and for files the position in the media. `analysed: false` is a frame the
 /// detector did not run on (nothing moved: `motion` is the picture's changed share), which is
 /// not the same as one where it found nothing.
-pub fn result_json(r: &StoredResult) -> Value {
-    let extra = |k: &str| r.extra.get(k).cloned().unwrap_or(Value::Null);
-    json!({
-        "frame_number": r.frame_number,
-        "timestamp": r.timestamp,
-        "analysed": r.extra.get("analysed").and_then(Value::as_bool).unwrap_or(true),
-        "motion": extra("motion"),
-        "detections": r.detections,
-        "model": extra("model"),
-        "model_sha256": extra("model_sha256"),
-        "runner": extra("runner"),
-        "options_revision": extra("options_revision"),
-        "media_ms": extra("media_ms"),
-    })
+#[derive(serde::Serialize)]
+pub struct FrameView<'a> {
+    frame_number: i64,
+    timestamp: chrono::DateTime<chrono::Utc>,
+    analysed: bool,
+    motion: Option<f64>,
+    detections: &'a Value,
+    model: Option<&'a str>,
+    model_sha256: Option<&'a str>,
+    runner: Option<&'a str>,
+    options_revision: Option<i64>,
+    media_ms: Option<f64>,
+}
+
+impl<'a> From<&'a StoredResult> for FrameView<'a> {
+    fn from(r: &'a StoredResult) -> Self {
+        let d = &r.details;
+        FrameView {
+            frame_number: r.frame_number,
+            timestamp: r.timestamp,
+            analysed: d.analysed,
+            motion: d.motion,
+            detections: &r.detections,
+            model: d.model.as_deref(),
+            model_sha256: d.model_sha256.as_deref(),
+            runner: d.runner.as_deref(),
+            options_revision: d.options_revision,
+            media_ms: d.media_ms,
+        }
+    }
+}
+
+/// A page of a scenario's stored frames.
+#[derive(serde::Serialize)]
+struct PredictionPage<'a> {
+    scenario_uuid: Uuid,
+    status: &'a str,
+    total_frames_processed: i64,
+    results: Vec<FrameView<'a>>,
+    next_after_frame: Option<i64>,
 }
 
 pub async fn prediction(state: &Arc<AppState>, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
-    let pairs = query_pairs(query);
-    let after = int_param(&pairs, "after_frame", -1, i64::MAX)?.unwrap_or(-1);
-    let limit = int_param(&pairs, "limit", 1, state.settings.prediction_page_max)?
-        .unwrap_or(state.settings.prediction_page_default);
-    let range = results::TimeRange { since: time_param(&pairs, "since")?, until: time_param(&pairs, "until")? };
+    let q = Query::parse(query);
+    let after = q.int("after_frame", -1, i64::MAX)?.unwrap_or(-1);
+    let limit =
+        q.int("limit", 1, state.settings.prediction_page_max)?.unwrap_or(state.settings.prediction_page_default);
+    let range = results::TimeRange { since: q.time("since")?, until: q.time("until")? };
     if let (Some(since), Some(until)) = (range.since, range.until) {
         if since >= until {
             return Err(ApiError::bad("invalid_parameter", "since must be before until"));
@@ -499,17 +494,14 @@ pub async fn prediction(state: &Arc<AppState>, id: &str, query: Option<&str>) ->
     let scenario = scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
     let rows = results::page_in(&state.pool, uuid, after, limit, range).await?;
     let next = if rows.len() as i64 == limit { rows.last().map(|r| r.frame_number) } else { None };
-    let list: Vec<Value> = rows.iter().map(result_json).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "scenario_uuid": uuid,
-            "status": scenario.status.as_str(),
-            "total_frames_processed": scenario.frames_processed,
-            "results": list,
-            "next_after_frame": next,
-        }),
-    ))
+    let page = PredictionPage {
+        scenario_uuid: uuid,
+        status: scenario.status.as_str(),
+        total_frames_processed: scenario.frames_processed,
+        results: rows.iter().map(FrameView::from).collect(),
+        next_after_frame: next,
+    };
+    Ok(json_response(StatusCode::OK, &page))
 }
 
 pub async fn ready(state: &Arc<AppState>) -> Response<Body> {
@@ -534,12 +526,7 @@ pub async fn ready(state: &Arc<AppState>) -> Response<Body> {
 const GAUGE_TTL: Duration = Duration::from_secs(5);
 
 pub async fn metrics(state: &Arc<AppState>) -> String {
-    state.metrics.set(
-        "vap_api_sse_streams",
-        "Prediction streams (SSE) open.",
-        &[],
-        state.sse_streams.load(std::sync::atomic::Ordering::Relaxed) as f64,
-    );
+    state.metrics.set(&metrics::SSE_STREAMS, &[], state.sse_streams.load(std::sync::atomic::Ordering::Relaxed) as f64);
     // One scrape refreshes at a time; the others (and any within the TTL) render what is known.
     let Ok(mut refreshed) = state.gauges_refreshed.try_lock() else { return state.metrics.render() };
     if refreshed.is_some_and(|at| at.elapsed() < GAUGE_TTL) {
@@ -555,18 +542,13 @@ pub async fn metrics(state: &Arc<AppState>) -> String {
     let up = match tokio::time::timeout(Duration::from_secs(2), gauges).await {
         Ok(Ok((backlog, oldest, lag))) => {
             let m = &state.metrics;
-            m.set("vap_outbox_backlog", "Outbox events not yet acknowledged by Kafka.", &[], backlog as f64);
-            m.set("vap_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox event.", &[], oldest);
-            m.set(
-                "vap_inbox_lag_records",
-                "Records on `results` not yet stored, as of the inbox's last fetch.",
-                &[],
-                lag as f64,
-            );
+            m.set(&metrics::OUTBOX_BACKLOG, &[], backlog as f64);
+            m.set(&metrics::OUTBOX_OLDEST_UNPUBLISHED, &[], oldest);
+            m.set(&metrics::INBOX_BACKLOG, &[], lag as f64);
             1.0
         }
         _ => 0.0,
     };
-    state.metrics.set("vap_database_up", "1 when the last scrape could read the database.", &[], up);
+    state.metrics.set(&metrics::DATABASE_UP, &[], up);
     state.metrics.render()
 }

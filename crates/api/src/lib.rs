@@ -6,8 +6,11 @@
 mod console;
 mod error;
 mod handlers;
+pub mod metrics;
 mod openapi;
 mod picture;
+mod query;
+mod routes;
 mod snapshots;
 mod sse;
 
@@ -22,6 +25,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use routes::{Access, Endpoint, Matched, Route};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +66,7 @@ pub struct AppState {
     pub gauges_refreshed: tokio::sync::Mutex<Option<Instant>>,
 }
 
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     Response::builder()
         .status(status)
@@ -139,12 +143,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, shutdown: Canc
                 };
                 if connections.len() >= state.settings.max_connections {
                     refuse_busy(&stream);
-                    state.metrics.inc(
-                        "vap_http_connections_refused_total",
-                        "Connections answered 503 at api.max_connections.",
-                        &[],
-                        1,
-                    );
+                    state.metrics.inc(&metrics::HTTP_CONNECTIONS_REFUSED, &[], 1);
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
@@ -186,107 +185,13 @@ fn refuse_busy(stream: &tokio::net::TcpStream) {
     let _ = stream.try_write(head.as_bytes());
 }
 
-/// The route template, for metrics labels (never the raw path: uuids would explode cardinality).
-fn route_of(path: &str) -> (&'static str, Option<Route>) {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let route = match segments.as_slice() {
-        [] => Route::Console,
-        ["console", asset] => Route::ConsoleAsset(asset.to_string()),
-        ["health"] => Route::Health,
-        ["ready"] => Route::Ready,
-        ["metrics"] => Route::Metrics,
-        ["openapi.json"] => Route::OpenApi,
-        ["docs"] => Route::Docs,
-        ["api", "v1", "scenario", "init"] => Route::InitScenario,
-        ["api", "v1", "scenarios"] => Route::ListScenarios,
-        ["api", "v1", "models"] => Route::Models,
-        ["api", "v1", "scenario", id] => Route::GetScenario(id.to_string()),
-        ["api", "v1", "scenario", id, "shutdown"] => Route::Shutdown(id.to_string()),
-        ["api", "v1", "scenario", id, "events"] => Route::Events(id.to_string()),
-        ["api", "v1", "scenario", id, "counts"] => Route::Counts(id.to_string()),
-        ["api", "v1", "scenario", id, "events", "stream"] => Route::EventStream(id.to_string()),
-        ["api", "v1", "scenario", id, "snapshot"] => Route::SnapshotInfo(id.to_string()),
-        ["api", "v1", "scenario", id, "snapshot.jpg"] => Route::Snapshot(id.to_string()),
-        ["api", "v1", "scenario", id, "events", event, "snapshot.jpg"] => {
-            Route::EventSnapshot(id.to_string(), event.to_string())
-        }
-        ["api", "v1", "prediction", id] => Route::Prediction(id.to_string()),
-        ["api", "v1", "prediction", id, "stream"] => Route::PredictionStream(id.to_string()),
-        _ => return ("unmatched", None),
-    };
-    (route.template(), Some(route))
-}
-
-#[derive(Debug)]
-pub(crate) enum Route {
-    Console,
-    ConsoleAsset(String),
-    Health,
-    Ready,
-    Metrics,
-    OpenApi,
-    Docs,
-    InitScenario,
-    ListScenarios,
-    Models,
-    GetScenario(String),
-    Shutdown(String),
-    Events(String),
-    Counts(String),
-    EventStream(String),
-    SnapshotInfo(String),
-    Snapshot(String),
-    EventSnapshot(String, String),
-    Prediction(String),
-    PredictionStream(String),
-}
-
-impl Route {
-    fn template(&self) -> &'static str {
-        match self {
-            Route::Console => "/",
-            Route::ConsoleAsset(_) => "/console/{asset}",
-            Route::Health => "/health",
-            Route::Ready => "/ready",
-            Route::Metrics => "/metrics",
-            Route::OpenApi => "/openapi.json",
-            Route::Docs => "/docs",
-            Route::InitScenario => "/api/v1/scenario/init",
-            Route::ListScenarios => "/api/v1/scenarios",
-            Route::Models => "/api/v1/models",
-            Route::GetScenario(_) => "/api/v1/scenario/{uuid}",
-            Route::Shutdown(_) => "/api/v1/scenario/{uuid}/shutdown",
-            Route::Events(_) => "/api/v1/scenario/{uuid}/events",
-            Route::Counts(_) => "/api/v1/scenario/{uuid}/counts",
-            Route::EventStream(_) => "/api/v1/scenario/{uuid}/events/stream",
-            Route::SnapshotInfo(_) => "/api/v1/scenario/{uuid}/snapshot",
-            Route::Snapshot(_) => "/api/v1/scenario/{uuid}/snapshot.jpg",
-            Route::EventSnapshot(..) => "/api/v1/scenario/{uuid}/events/{event_id}/snapshot.jpg",
-            Route::Prediction(_) => "/api/v1/prediction/{uuid}",
-            Route::PredictionStream(_) => "/api/v1/prediction/{uuid}/stream",
-        }
-    }
-
-    /// The methods it answers (HEAD wherever GET), and the `Allow` header listing them.
-    fn allowed(&self) -> (&'static [Method], &'static str) {
-        match self {
-            Route::InitScenario | Route::Shutdown(_) => (&[Method::POST], "POST"),
-            Route::GetScenario(_) => (&[Method::GET, Method::PATCH, Method::DELETE], "GET, HEAD, PATCH, DELETE"),
-            _ => (&[Method::GET], "GET, HEAD"),
-        }
-    }
-
-    /// The scope a request needs, `None` for open routes: health and readiness (probes carry no
-    /// token), the API's own documentation, and /metrics unless configured otherwise.
-    fn scope(&self, method: &Method, settings: &ApiSettings) -> Option<handlers::Scope> {
-        match self {
-            // The console's page and scripts hold no data: it asks for the token itself.
-            Route::Console | Route::ConsoleAsset(_) => None,
-            Route::Health | Route::Ready | Route::OpenApi | Route::Docs => None,
-            Route::Metrics if settings.metrics_public => None,
-            _ if matches!(*method, Method::POST | Method::PATCH | Method::DELETE) => Some(handlers::Scope::Operate),
-            _ => Some(handlers::Scope::Read),
-        }
+/// The scope a request needs, `None` for open routes.
+fn scope(route: &Route, method: &Method, settings: &ApiSettings) -> Option<handlers::Scope> {
+    match route.access {
+        Access::Open => None,
+        Access::Metrics if settings.metrics_public => None,
+        _ if matches!(*method, Method::POST | Method::PATCH | Method::DELETE) => Some(handlers::Scope::Operate),
+        _ => Some(handlers::Scope::Read),
     }
 }
 
@@ -300,72 +205,65 @@ fn method_label(method: &Method) -> &'static str {
 async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = method_label(req.method());
-    let (template, route) = route_of(req.uri().path());
-    let response = match route {
+    let matched = routes::find(req.uri().path());
+    // The template, never the raw path: uuids would explode the label's cardinality.
+    let template = matched.as_ref().map_or("unmatched", |m| m.route.template);
+    let response = match matched {
         None => ApiError::NotFound(req.uri().path().to_string()).into_response(),
-        Some(route) => match dispatch(&state, route, req).await {
+        Some(m) => match dispatch(&state, m, req).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         },
     };
     let status = response.status();
-    state.metrics.inc(
-        "vap_http_requests_total",
-        "HTTP requests by route, method and status.",
-        &[("route", template), ("method", method), ("status", status.as_str())],
-        1,
-    );
-    state.metrics.observe(
-        "vap_http_request_duration_seconds",
-        "Time to the response head, by route.",
-        &[("route", template), ("method", method)],
-        started.elapsed(),
-    );
+    state.metrics.inc(&metrics::HTTP_REQUESTS, &[template, method, status.as_str()], 1);
+    state.metrics.observe(&metrics::HTTP_REQUEST_DURATION, &[template, method], started.elapsed());
     if status.is_server_error() {
         tracing::warn!(route = template, status = status.as_u16(), "request failed");
     }
     response
 }
 
-async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let (expected, allowed) = route.allowed();
-    let method_ok =
-        expected.contains(req.method()) || (expected.contains(&Method::GET) && req.method() == Method::HEAD);
-    if !method_ok {
-        return Err(ApiError::MethodNotAllowed { method: req.method().to_string(), allowed });
+async fn dispatch(state: &Arc<AppState>, m: Matched, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let route = m.route;
+    if !route.answers(req.method()) {
+        return Err(ApiError::MethodNotAllowed { method: req.method().to_string(), allowed: route.allow });
     }
-    if let Some(needed) = route.scope(req.method(), &state.settings) {
+    if let Some(needed) = scope(route, req.method(), &state.settings) {
         match handlers::granted_scope(&state.settings, &req) {
             None => return Err(ApiError::Unauthorized),
             Some(granted) if granted < needed => return Err(ApiError::Forbidden(req.method().to_string())),
             Some(_) => {}
         }
     }
-    match route {
-        Route::Health => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "healthy"}))),
-        Route::Ready => Ok(handlers::ready(state).await),
-        Route::Metrics => {
+    let id = m.param("uuid");
+    let query = req.uri().query().map(str::to_string);
+    let query = query.as_deref();
+    match route.endpoint {
+        Endpoint::Health => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "healthy"}))),
+        Endpoint::Ready => Ok(handlers::ready(state).await),
+        Endpoint::Metrics => {
             Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", handlers::metrics(state).await))
         }
-        Route::OpenApi => Ok(text_response(StatusCode::OK, "application/json", state.openapi.clone())),
-        Route::Docs => Ok(console::page(console::DOCS)),
-        Route::Console => Ok(console::page(console::INDEX)),
-        Route::ConsoleAsset(name) => console::asset(&name),
-        Route::InitScenario => handlers::init_scenario(state, req).await,
-        Route::ListScenarios => handlers::list_scenarios(state, req.uri().query()).await,
-        Route::Models => Ok(handlers::models(state)),
-        Route::GetScenario(id) if req.method() == Method::PATCH => handlers::patch_scenario(state, &id, req).await,
-        Route::GetScenario(id) if req.method() == Method::DELETE => handlers::delete_scenario(state, &id).await,
-        Route::GetScenario(id) => handlers::get_scenario(state, &id).await,
-        Route::Shutdown(id) => handlers::shutdown_scenario(state, &id).await,
-        Route::Prediction(id) => handlers::prediction(state, &id, req.uri().query()).await,
-        Route::Events(id) => handlers::scene_events(state, &id, req.uri().query()).await,
-        Route::Counts(id) => handlers::scene_counts(state, &id, req.uri().query()).await,
-        Route::EventStream(id) => sse::stream_events(state, &id, &req).await,
-        Route::SnapshotInfo(id) => snapshots::latest_info(state, &id).await,
-        Route::Snapshot(id) => snapshots::latest_jpeg(state, &id, &req).await,
-        Route::EventSnapshot(id, event) => snapshots::event_jpeg(state, &id, &event, &req).await,
-        Route::PredictionStream(id) => sse::stream(state, &id, &req).await,
+        Endpoint::OpenApi => Ok(text_response(StatusCode::OK, "application/json", state.openapi.clone())),
+        Endpoint::Docs => Ok(console::page(console::DOCS)),
+        Endpoint::Console => Ok(console::page(console::INDEX)),
+        Endpoint::ConsoleAsset => console::asset(m.param("asset")),
+        Endpoint::InitScenario => handlers::init_scenario(state, req).await,
+        Endpoint::ListScenarios => handlers::list_scenarios(state, query).await,
+        Endpoint::Models => Ok(handlers::models(state)),
+        Endpoint::Scenario if req.method() == Method::PATCH => handlers::patch_scenario(state, id, req).await,
+        Endpoint::Scenario if req.method() == Method::DELETE => handlers::delete_scenario(state, id).await,
+        Endpoint::Scenario => handlers::get_scenario(state, id).await,
+        Endpoint::Shutdown => handlers::shutdown_scenario(state, id).await,
+        Endpoint::Prediction => handlers::prediction(state, id, query).await,
+        Endpoint::Events => handlers::scene_events(state, id, query).await,
+        Endpoint::Counts => handlers::scene_counts(state, id, query).await,
+        Endpoint::EventStream => sse::stream_events(state, id, &req).await,
+        Endpoint::SnapshotInfo => snapshots::latest_info(state, id).await,
+        Endpoint::Snapshot => snapshots::latest_jpeg(state, id, &req).await,
+        Endpoint::EventSnapshot => snapshots::event_jpeg(state, id, m.param("event_id"), &req).await,
+        Endpoint::PredictionStream => sse::stream(state, id, &req).await,
     }
 }
 

@@ -9,7 +9,8 @@ const SHIPPED: &str = include_str!("openapi.json");
 
 /// The document to serve for `settings` (made once at start).
 pub fn document(settings: &ApiSettings) -> String {
-    let mut doc: Value = serde_json::from_str(SHIPPED).expect("lib/api/openapi.json is JSON (a unit test checks)");
+    let mut doc: Value =
+        serde_json::from_str(SHIPPED).expect("crates/api/src/openapi.json is JSON (a unit test checks)");
     let tokens = !settings.auth_token.is_empty() || !settings.read_token.is_empty();
     if !tokens {
         doc["security"] = json!([]);

@@ -11,6 +11,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::handlers::parse_uuid;
+use super::query::Query;
 use super::{json_response, ApiError, AppState, Body};
 use vap_core::db::scenarios;
 use vap_core::db::snapshots::{self, StoredSnapshot};
@@ -41,7 +42,7 @@ pub async fn latest_info(state: &Arc<AppState>, id: &str) -> Result<Response<Bod
 /// with its `ETag` gets 304 until a newer one is stored.
 pub async fn latest_jpeg(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
-    let boxes = boxes_param(req.uri().query())?;
+    let boxes = Query::parse(req.uri().query()).flag("boxes")?;
     let s = found(state, uuid, snapshots::latest(&state.pool, uuid).await?).await?;
     picture(req, s, boxes, "private, no-cache").await
 }
@@ -56,7 +57,7 @@ pub async fn event_jpeg(
     let uuid = parse_uuid(id)?;
     let event = Uuid::parse_str(event)
         .map_err(|_| ApiError::bad("invalid_uuid", format!("'{event}' is not a valid event id")))?;
-    let boxes = boxes_param(req.uri().query())?;
+    let boxes = Query::parse(req.uri().query()).flag("boxes")?;
     let Some(s) = snapshots::of_event(&state.pool, uuid, event).await? else {
         scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
         return Err(ApiError::NoSnapshot(format!(
@@ -77,23 +78,6 @@ async fn found(state: &AppState, uuid: Uuid, s: Option<StoredSnapshot>) -> Resul
             )))
         }
     }
-}
-
-fn boxes_param(query: Option<&str>) -> Result<bool, ApiError> {
-    let pairs = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes());
-    let mut boxes = false;
-    for (k, v) in pairs {
-        if k == "boxes" {
-            boxes = match v.as_ref() {
-                "1" | "true" => true,
-                "0" | "false" | "" => false,
-                other => {
-                    return Err(ApiError::bad("invalid_parameter", format!("boxes must be 1 or 0, got '{other}'")))
-                }
-            };
-        }
-    }
-    Ok(boxes)
 }
 
 fn etag(s: &StoredSnapshot, boxes: bool) -> String {

@@ -19,7 +19,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::handlers::{parse_uuid, result_json, scene_event_json};
+use super::handlers::{parse_uuid, scene_event_json, FrameView};
+use super::query::Query;
 use super::{ApiError, AppState, Body};
 use vap_core::backoff::Backoff;
 use vap_core::config::DatabaseSettings;
@@ -88,7 +89,10 @@ impl Feed for Results {
         limit: i64,
     ) -> Result<Vec<(i64, String)>, db::DbError> {
         let rows = results::page(&state.pool, uuid, cursor, limit).await?;
-        Ok(rows.iter().map(|r| (r.frame_number, serde_json::to_string(&result_json(r)).unwrap_or_default())).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.frame_number, serde_json::to_string(&FrameView::from(r)).unwrap_or_default()))
+            .collect())
     }
 
     fn event_name(&self) -> &'static str {
@@ -116,21 +120,20 @@ impl Feed for SceneEvents {
     }
 }
 
-fn resume_from(req: &Request<Incoming>, pairs: &[(String, String)], param: &str) -> Option<String> {
+fn resume_from(req: &Request<Incoming>, q: &Query, param: &str) -> Option<String> {
     req.headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .or_else(|| pairs.iter().find(|(k, _)| k == param).map(|(_, v)| v.clone()))
+        .or_else(|| q.get(param).map(str::to_string))
 }
 
 /// Results as they are stored, after `after_frame` (or `Last-Event-ID`); without either, from
 /// now on.
 pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
-    let after = match resume_from(req, &pairs, "after_frame") {
+    let q = Query::parse(req.uri().query());
+    let after = match resume_from(req, &q, "after_frame") {
         None => None,
         Some(raw) => Some(raw.parse::<i64>().ok().filter(|v| *v >= -1).ok_or_else(|| {
             ApiError::bad(
@@ -160,15 +163,14 @@ pub async fn stream_events(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
-    let cursor = match resume_from(req, &pairs, "cursor").filter(|c| !c.is_empty()) {
+    let q = Query::parse(req.uri().query());
+    let cursor = match resume_from(req, &q, "cursor").filter(|c| !c.is_empty()) {
         None => None,
         Some(raw) => Some(raw.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
             ApiError::bad("invalid_cursor", "cursor (or Last-Event-ID) is not one this API returned")
         })?),
     };
-    let tail = match pairs.iter().find(|(k, _)| k == "tail").map(|(_, v)| v.as_str()) {
+    let tail = match q.get("tail") {
         None | Some("") => None,
         Some(raw) => Some(raw.parse::<i64>().ok().filter(|v| (1..=PAGE).contains(v)).ok_or_else(|| {
             ApiError::bad("invalid_parameter", format!("tail must be an integer from 1 to {PAGE}, got '{raw}'"))

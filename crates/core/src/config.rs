@@ -46,7 +46,7 @@ pub struct Settings {
     pub retention: RetentionSettings,
 }
 
-/// Scene events POSTed to receivers (lib/webhooks.rs), by the relay.
+/// Scene events POSTed to receivers (crates/relay/src/webhooks.rs), by the relay.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
@@ -212,7 +212,7 @@ pub struct InboxSettings {
     pub rebalance_interval_ms: u64,
 }
 
-/// How long results and events are kept (lib/retention.rs, run by vap-relay).
+/// How long results and events are kept (crates/relay/src/retention.rs, run by vap-relay).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionSettings {
@@ -275,7 +275,7 @@ pub struct SystemdBackendSettings {
     /// Run runners as this user; empty: a user made for each runner (DynamicUser=, which
     /// also gives it a private /tmp). Never root by default.
     pub user: String,
-    /// The runner key (at least 32 characters; lib/sealed.rs): read here to seal each runner's
+    /// The runner key (at least 32 characters; crates/core/src/sealed.rs): read here to seal each runner's
     /// secrets, and loaded by systemd on the runner's host from the same path (LoadCredential=).
     /// Readable by root (and this orchestrator) only.
     pub runner_key_file: PathBuf,
@@ -412,7 +412,7 @@ pub struct RunnerSettings {
     /// Largest snapshot record sent; a bigger one is sent at a lower JPEG quality, or dropped
     /// (counted). Below the broker's largest message (Kafka's default is 1 MiB).
     pub snapshot_max_bytes: usize,
-    /// Motion gating (scenario option `motion_gating`, on by default; lib/runner/motion.rs):
+    /// Motion gating (scenario option `motion_gating`, on by default; crates/runner/src/motion.rs):
     /// the changed share of the picture (0..1) that counts as motion,
     pub motion_min_area: f64,
     /// how far a pixel must change (0..255) to count,
@@ -726,7 +726,8 @@ impl Settings {
                 .with_list_parse_key("log.secret_query_params")
                 .source(Some(env)),
         );
-        let settings: Settings = builder.build().and_then(|c| c.try_deserialize()).map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        let settings: Settings =
+            builder.build().and_then(|c| c.try_deserialize()).map_err(|e| ConfigError::Invalid(Box::new(e)))?;
         settings.validate()?;
         Ok(settings)
     }

@@ -1,9 +1,39 @@
-//! The messages on Kafka: scenario events (API -> orchestrator, through the outbox) and
-//! detection results (runner -> inbox). These types are the contract between processes.
+//! The records on Kafka: scenario events (API -> orchestrator, through the outbox), runner
+//! control (orchestrator -> runner), and a runner's results, scene events and snapshots
+//! (runner -> inbox). Each is one type here, shared by its producer and its consumers; golden
+//! files (`tests/golden/records/`) hold one of each as it travels.
+//!
+//! **Versions.** Every record has a `version` ([`RECORD_VERSION`] when written; absent means 1,
+//! and version 1 is not written, so records stay as they were before versions existed). A
+//! version adds optional fields only; a change a reader of the previous version would misread
+//! needs a new topic. A reader takes every version up to its own and ignores fields it does not
+//! know (except in records that refuse unknown fields, listed at their type); a record of a
+//! newer version is refused with [`ResultError::NewerVersion`] and set aside with that reason
+//! (`dead_letters`), never half-read: replay it once the reader is upgraded.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// The version of the records this build writes and the newest it reads.
+pub const RECORD_VERSION: u16 = 1;
+
+fn first_version() -> u16 {
+    1
+}
+
+fn is_first_version(v: &u16) -> bool {
+    *v == 1
+}
+
+/// A record's version is one this build reads.
+fn readable(version: u16) -> Result<(), ResultError> {
+    match version {
+        1..=RECORD_VERSION => Ok(()),
+        0 => Err(ResultError::Json("version 0 does not exist".into())),
+        v => Err(ResultError::NewerVersion(v)),
+    }
+}
 
 /// What happened to a scenario. The Kafka topic is chosen by the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +68,9 @@ impl EventKind {
 /// included) stays in PostgreSQL, where the orchestrator reads it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScenarioEvent {
+    /// The record's version (see [`RECORD_VERSION`]); absent means 1.
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub version: u16,
     /// The outbox row id: unique and increasing, lets consumers drop duplicates.
     pub event_id: i64,
     pub event_type: EventKind,
@@ -50,9 +83,28 @@ pub struct ScenarioEvent {
 /// and a restarted runner may read them all again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunnerControl {
+    /// The record's version (see [`RECORD_VERSION`]); absent means 1.
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub version: u16,
     pub scenario_uuid: Uuid,
     pub revision: i64,
     pub options: crate::options::ScenarioOptions,
+}
+
+impl ScenarioEvent {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
+        let e: Self = serde_json::from_slice(bytes).map_err(|e| ResultError::Json(e.to_string()))?;
+        readable(e.version)?;
+        Ok(e)
+    }
+}
+
+impl RunnerControl {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
+        let c: Self = serde_json::from_slice(bytes).map_err(|e| ResultError::Json(e.to_string()))?;
+        readable(c.version)?;
+        Ok(c)
+    }
 }
 
 pub use crate::detection::Detection;
@@ -60,14 +112,89 @@ pub use crate::detection::Detection;
 /// One analysed frame, as the runner produces it to `results`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FrameResult {
+    /// The record's version (see [`RECORD_VERSION`]); absent means 1.
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub version: u16,
     pub scenario_uuid: Uuid,
     pub frame_number: i64,
     /// Capture time of the frame.
     pub timestamp: DateTime<Utc>,
     pub detections: Vec<Detection>,
-    /// Anything else the runner adds (model, inference_ms, frame size); stored as is.
     #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub details: FrameDetails,
+}
+
+/// What a result says of its frame besides the detections: what produced it, how, and the
+/// frame's size. Stored with the frame (`scenario_results.extra`); the API serves part of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameDetails {
+    /// The model's catalogue name and its file's sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
+    /// The runner instance: host, pid and a random tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
+    /// Which change of the scenario's options the frame was analysed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options_revision: Option<i64>,
+    /// For files: the frame's position in the media.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_ms: Option<f64>,
+    /// Frames analysed a second, as the runner measures it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysed_fps: Option<f64>,
+    /// False for a frame the detector did not run on (nothing moved): its boxes are the last
+    /// analysed frame's.
+    #[serde(default = "analysed", skip_serializing_if = "is_analysed")]
+    pub analysed: bool,
+    /// The picture's changed share, when motion gating ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub motion: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_width: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_height: Option<i32>,
+    /// The frame's index in the source since the runner opened it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_frame: Option<u64>,
+}
+
+fn analysed() -> bool {
+    true
+}
+
+fn is_analysed(v: &bool) -> bool {
+    *v
+}
+
+impl Default for FrameDetails {
+    fn default() -> Self {
+        Self {
+            model: None,
+            model_sha256: None,
+            runner: None,
+            options_revision: None,
+            media_ms: None,
+            analysed_fps: None,
+            analysed: true,
+            motion: None,
+            inference_ms: None,
+            frame_width: None,
+            frame_height: None,
+            source_frame: None,
+        }
+    }
+}
+
+impl FrameDetails {
+    /// The analysed rate, when it is one a camera can have (anything else is not kept).
+    pub fn plausible_fps(&self) -> Option<f32> {
+        self.analysed_fps.filter(|f| (0.0..=10_000.0).contains(f)).map(|f| f as f32)
+    }
 }
 
 /// Bounds a result must keep to be stored: what PostgreSQL can hold, and no runner exceeds.
@@ -99,6 +226,10 @@ pub enum ResultError {
     Nul(&'static str),
     #[error("detail is {0} bytes; at most {max}", max = limits::MAX_DETAIL_BYTES)]
     DetailTooLong(usize),
+    #[error(
+        "record version {0} is newer than this reader's ({RECORD_VERSION}); set aside for replay after an upgrade"
+    )]
+    NewerVersion(u16),
 }
 
 fn sane_time(t: DateTime<Utc>) -> Result<(), ResultError> {
@@ -110,20 +241,11 @@ fn sane_time(t: DateTime<Utc>) -> Result<(), ResultError> {
     }
 }
 
-/// Whether any string in a JSON value holds a NUL (jsonb refuses `\u0000`).
-fn holds_nul(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(a) => a.iter().any(holds_nul),
-        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
-    }
-}
-
 impl FrameResult {
     /// Parses and checks a `results` record value.
     pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
         let r: FrameResult = serde_json::from_slice(bytes).map_err(|e| ResultError::Json(e.to_string()))?;
+        readable(r.version)?;
         if r.frame_number < 0 {
             return Err(ResultError::NegativeFrame(r.frame_number));
         }
@@ -132,8 +254,14 @@ impl FrameResult {
         }
         sane_time(r.timestamp)?;
         check_detections(&r.detections)?;
-        if r.extra.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)) {
-            return Err(ResultError::Nul("a field"));
+        let d = &r.details;
+        for text in [&d.model, &d.model_sha256, &d.runner].into_iter().flatten() {
+            if text.contains('\0') {
+                return Err(ResultError::Nul("a field"));
+            }
+            if text.len() > limits::MAX_DETAIL_BYTES {
+                return Err(ResultError::DetailTooLong(text.len()));
+            }
         }
         Ok(r)
     }
@@ -204,6 +332,9 @@ impl Direction {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SceneEvent {
+    /// The record's version (see [`RECORD_VERSION`]); absent means 1.
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub version: u16,
     pub event_id: Uuid,
     pub scenario_uuid: Uuid,
     pub kind: SceneEventKind,
@@ -240,6 +371,7 @@ impl SceneEvent {
     /// Parses and checks an `events` record value.
     pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
         let e: SceneEvent = serde_json::from_slice(bytes).map_err(|err| ResultError::Json(err.to_string()))?;
+        readable(e.version)?;
         if e.frame_number < 0 {
             return Err(ResultError::NegativeFrame(e.frame_number));
         }
@@ -277,6 +409,9 @@ pub enum EndReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamEnd {
+    /// The record's version (see [`RECORD_VERSION`]); absent means 1.
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub version: u16,
     pub scenario_uuid: Uuid,
     pub timestamp: DateTime<Utc>,
     pub end_of_stream: EndReason,
@@ -300,6 +435,7 @@ impl ResultsRecord {
             // Frames are the hot path; only a record that isn't one is tried as an end.
             Err(e @ ResultError::Json(_)) => {
                 let end: StreamEnd = serde_json::from_slice(bytes).map_err(|_| e)?;
+                readable(end.version)?;
                 sane_time(end.timestamp)?;
                 if end.detail.contains('\0') {
                     return Err(ResultError::Nul("detail"));
@@ -352,6 +488,9 @@ fn check_detections(detections: &[Detection]) -> Result<(), ResultError> {
 /// header as one line of JSON, a newline, then the JPEG, so the signature covers both.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// The record's version (see [`RECORD_VERSION`]); absent means 1.
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub version: u16,
     pub scenario_uuid: Uuid,
     pub frame_number: i64,
     pub timestamp: DateTime<Utc>,
@@ -383,6 +522,7 @@ impl Snapshot {
     pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
         let split = bytes.iter().position(|b| *b == b'\n').ok_or_else(|| ResultError::Json("no header line".into()))?;
         let mut s: Snapshot = serde_json::from_slice(&bytes[..split]).map_err(|e| ResultError::Json(e.to_string()))?;
+        readable(s.version)?;
         if !(0..=limits::MAX_FRAME_NUMBER).contains(&s.frame_number) {
             return Err(ResultError::FrameTooLarge(s.frame_number));
         }
@@ -406,14 +546,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_a_result_and_keeps_extra_fields() {
+    fn parses_a_result_with_its_details() {
         let raw = br#"{"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","frame_number":7,
             "timestamp":"2026-01-01T00:00:00Z","model":"ssdlite",
             "detections":[{"class":"person","confidence":0.9,"bbox":[1,2,30,40]}]}"#;
         let r = FrameResult::parse(raw).unwrap();
         assert_eq!(r.frame_number, 7);
         assert_eq!(r.detections[0].bbox, [1.0, 2.0, 30.0, 40.0]);
-        assert_eq!(r.extra["model"], "ssdlite");
+        assert_eq!(r.details.model.as_deref(), Some("ssdlite"));
+        assert_eq!((r.version, r.details.analysed), (1, true), "absent: version 1, analysed");
     }
 
     #[test]
@@ -474,6 +615,7 @@ mod tests {
             }],
             event_ids: vec![Uuid::nil()],
             jpeg: vec![0xFF, 0xD8, 0xFF, 0xE0, b'\n', 1, 2],
+            version: RECORD_VERSION,
         };
         assert_eq!(Snapshot::parse(&snap.to_record_value()).unwrap(), snap);
         let mut not_jpeg = snap.clone();
@@ -483,5 +625,170 @@ mod tests {
         huge.width = 100_000;
         assert!(Snapshot::parse(&huge.to_record_value()).is_err());
         assert!(Snapshot::parse(b"no newline").is_err());
+    }
+
+    const SCENARIO: Uuid = Uuid::from_u128(0x6f1c1c52_3c8e_4d4f_9a57_0d5c2e1f6a10);
+
+    fn at() -> DateTime<Utc> {
+        "2026-11-24T10:00:01.250Z".parse().unwrap()
+    }
+
+    fn person(track_id: Option<i64>) -> Detection {
+        Detection { class: "person".into(), confidence: 0.875, bbox: [12.0, 40.5, 96.0, 310.0], track_id }
+    }
+
+    /// The record as the golden file `tests/golden/records/{name}.json` holds it (written anew
+    /// with `VAP_WRITE_GOLDEN=1` after a deliberate change), and the file read back.
+    fn golden<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+        name: &str,
+        record: &T,
+        parse: impl Fn(&[u8]) -> Result<T, ResultError>,
+    ) {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/golden/records/{name}.json"));
+        let written = serde_json::to_string_pretty(record).unwrap() + "\n";
+        if std::env::var("VAP_WRITE_GOLDEN").is_ok_and(|v| v == "1") {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &written).unwrap();
+        }
+        let file = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(written, file, "{name}: the record differs from {}", path.display());
+        assert_eq!(&parse(file.as_bytes()).unwrap(), record, "{name}: the golden file reads back as the record");
+    }
+
+    #[test]
+    fn every_record_matches_its_golden_file() {
+        golden(
+            "scenario_event",
+            &ScenarioEvent {
+                version: RECORD_VERSION,
+                event_id: 42,
+                event_type: EventKind::InitScenario,
+                scenario_uuid: SCENARIO,
+                occurred_at: at(),
+            },
+            ScenarioEvent::parse,
+        );
+        golden(
+            "runner_control",
+            &RunnerControl {
+                version: RECORD_VERSION,
+                scenario_uuid: SCENARIO,
+                revision: 3,
+                options: crate::options::ScenarioOptions {
+                    model: Some("yolov3_tiny_coco_416".into()),
+                    fps: Some(2.0),
+                    classes: Some(vec!["person".into(), "car".into()]),
+                    ..Default::default()
+                },
+            },
+            RunnerControl::parse,
+        );
+        golden(
+            "frame_result",
+            &FrameResult {
+                version: RECORD_VERSION,
+                scenario_uuid: SCENARIO,
+                frame_number: 1250,
+                timestamp: at(),
+                detections: vec![person(Some(7))],
+                details: FrameDetails {
+                    model: Some("ssdlite_person_300".into()),
+                    model_sha256: Some("9f2c".into()),
+                    runner: Some("worker-1/4242/k3x9".into()),
+                    options_revision: Some(1),
+                    media_ms: Some(1250.0),
+                    analysed_fps: Some(2.0),
+                    analysed: false,
+                    motion: Some(0.0012),
+                    inference_ms: Some(23.5),
+                    frame_width: Some(768),
+                    frame_height: Some(576),
+                    source_frame: Some(12),
+                },
+            },
+            |b| match ResultsRecord::parse(b)? {
+                ResultsRecord::Frame(f) => Ok(f),
+                other => panic!("read as {other:?}"),
+            },
+        );
+        golden(
+            "stream_end",
+            &StreamEnd {
+                version: RECORD_VERSION,
+                scenario_uuid: SCENARIO,
+                timestamp: at(),
+                end_of_stream: EndReason::Finished,
+                detail: String::new(),
+                frames_analysed: 160,
+            },
+            |b| match ResultsRecord::parse(b)? {
+                ResultsRecord::End(e) => Ok(e),
+                other => panic!("read as {other:?}"),
+            },
+        );
+        let line_crossed = SceneEvent {
+            version: RECORD_VERSION,
+            event_id: SceneEvent::id_for(SCENARIO, SceneEventKind::LineCrossed, "door", Some(7), 1250),
+            scenario_uuid: SCENARIO,
+            kind: SceneEventKind::LineCrossed,
+            frame_number: 1250,
+            timestamp: at(),
+            zone: None,
+            line: Some("door".into()),
+            direction: Some(Direction::In),
+            track_id: Some(7),
+            class: Some("person".into()),
+            dwell_seconds: None,
+            detail: None,
+        };
+        golden("scene_event", &line_crossed, SceneEvent::parse);
+        golden(
+            "snapshot_header",
+            &Snapshot {
+                version: RECORD_VERSION,
+                scenario_uuid: SCENARIO,
+                frame_number: 1250,
+                timestamp: at(),
+                width: 640,
+                height: 480,
+                frame_width: 768,
+                frame_height: 576,
+                detections: vec![person(Some(7))],
+                event_ids: vec![line_crossed.event_id],
+                jpeg: Vec::new(),
+            },
+            |header| serde_json::from_slice(header).map_err(|e| ResultError::Json(e.to_string())),
+        );
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_by_rule_and_an_older_read() {
+        let frame = |version: &str| {
+            format!(
+                r#"{{{version}"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","frame_number":1,"timestamp":"2026-01-01T00:00:00Z","detections":[],"added_later":{{"x":1}}}}"#
+            )
+        };
+        // Unknown fields of a version it reads are ignored; absent is version 1.
+        assert!(FrameResult::parse(frame("").as_bytes()).is_ok());
+        assert!(FrameResult::parse(frame(r#""version":1,"#).as_bytes()).is_ok());
+        let newer = RECORD_VERSION + 1;
+        let refused = FrameResult::parse(frame(&format!(r#""version":{newer},"#)).as_bytes());
+        assert_eq!(refused, Err(ResultError::NewerVersion(newer)));
+        assert!(refused.unwrap_err().to_string().contains("newer than this reader's"));
+        let control = format!(
+            r#"{{"version":{newer},"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","revision":2,"options":{{}}}}"#
+        );
+        assert_eq!(RunnerControl::parse(control.as_bytes()), Err(ResultError::NewerVersion(newer)));
+        let event = format!(
+            r#"{{"version":{newer},"event_id":1,"event_type":"init_scenario","scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","occurred_at":"2026-01-01T00:00:00Z"}}"#
+        );
+        assert_eq!(ScenarioEvent::parse(event.as_bytes()), Err(ResultError::NewerVersion(newer)));
+        let end = format!(
+            r#"{{"version":{newer},"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","timestamp":"2026-01-01T00:00:00Z","end_of_stream":"finished"}}"#
+        );
+        assert_eq!(ResultsRecord::parse(end.as_bytes()), Err(ResultError::NewerVersion(newer)));
+        let zero = event.replacen(&format!(r#""version":{newer}"#), r#""version":0"#, 1);
+        assert!(matches!(ScenarioEvent::parse(zero.as_bytes()), Err(ResultError::Json(_))));
     }
 }

@@ -15,11 +15,11 @@ use crate::signing::ResultsKey;
 pub const ENV_SCENARIO_UUID: &str = "VAP_SCENARIO_UUID";
 pub const ENV_SCENARIO_EPOCH: &str = "VAP_SCENARIO_EPOCH";
 pub const ENV_CAMERA_URL: &str = "VAP_CAMERA_URL";
-/// The scenario's options (lib/options.rs) as JSON.
+/// The scenario's options (crates/core/src/options.rs) as JSON.
 pub const ENV_SCENARIO_OPTIONS: &str = "VAP_SCENARIO_OPTIONS";
 /// Which change of the options those are: the runner applies only newer ones.
 pub const ENV_OPTIONS_REVISION: &str = "VAP_OPTIONS_REVISION";
-/// The scenario's results key (lib/signing.rs), hex: only for runs by hand, like the URL.
+/// The scenario's results key (crates/core/src/signing.rs), hex: only for runs by hand, like the URL.
 pub const ENV_RESULTS_KEY: &str = "VAP_RESULTS_KEY";
 /// Where a runner started by a backend finds its secrets (camera URL, results key), which
 /// stay out of its environment and arguments: `stdin` (one JSON object, [`JobSecrets`]),

@@ -1,5 +1,9 @@
 //! A small Prometheus text-format registry: labelled counters, gauges and latency histograms.
 //! Enough for vap's handful of series without a metrics framework.
+//!
+//! Each metric is declared once, as a [`Counter`], [`Gauge`] or [`Histogram`] constant with its
+//! name, help and label names, in its process's `metrics` module; call sites give the label
+//! values in the declared order.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,23 +23,61 @@ const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 
 type Labels = Vec<(&'static str, String)>;
 
+/// What a metric is: its name, help text and label names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+}
+
+/// A metric that only goes up.
+#[derive(Debug, Clone, Copy)]
+pub struct Counter(pub Family);
+
+/// A metric set to the value last seen.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauge(pub Family);
+
+/// Durations, in the latency buckets.
+#[derive(Debug, Clone, Copy)]
+pub struct Histogram(pub Family);
+
+impl Counter {
+    pub const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Self(Family { name, help, labels })
+    }
+}
+
+impl Gauge {
+    pub const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Self(Family { name, help, labels })
+    }
+}
+
+impl Histogram {
+    pub const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Self(Family { name, help, labels })
+    }
+}
+
 #[derive(Default)]
-struct Histogram {
+struct Buckets {
     counts: [u64; BUCKETS.len()],
     count: u64,
     sum: f64,
 }
 
-struct Family<T> {
+struct Series<T> {
     help: &'static str,
     series: BTreeMap<Labels, T>,
 }
 
 #[derive(Default)]
 struct Inner {
-    counters: BTreeMap<&'static str, Family<u64>>,
-    gauges: BTreeMap<&'static str, Family<f64>>,
-    histograms: BTreeMap<&'static str, Family<Histogram>>,
+    counters: BTreeMap<&'static str, Series<u64>>,
+    gauges: BTreeMap<&'static str, Series<f64>>,
+    histograms: BTreeMap<&'static str, Series<Buckets>>,
 }
 
 #[derive(Default)]
@@ -44,32 +86,34 @@ pub struct Metrics {
 }
 
 fn family<'a, T>(
-    map: &'a mut BTreeMap<&'static str, Family<T>>,
+    map: &'a mut BTreeMap<&'static str, Series<T>>,
     name: &'static str,
     help: &'static str,
-) -> &'a mut Family<T> {
-    map.entry(name).or_insert_with(|| Family { help, series: BTreeMap::new() })
+) -> &'a mut Series<T> {
+    map.entry(name).or_insert_with(|| Series { help, series: BTreeMap::new() })
 }
 
-fn labels(pairs: &[(&'static str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
+/// The declared label names with the values a call site gives, in order.
+fn labels(f: &Family, values: &[&str]) -> Labels {
+    debug_assert_eq!(f.labels.len(), values.len(), "{}: label values for {:?}", f.name, f.labels);
+    f.labels.iter().zip(values).map(|(k, v)| (*k, (*v).to_string())).collect()
 }
 
 impl Metrics {
-    pub fn inc(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], by: u64) {
+    pub fn inc(&self, c: &Counter, values: &[&str], by: u64) {
         let mut inner = crate::sys::lock(&self.inner);
-        *family(&mut inner.counters, name, help).series.entry(labels(l)).or_default() += by;
+        *family(&mut inner.counters, c.0.name, c.0.help).series.entry(labels(&c.0, values)).or_default() += by;
     }
 
-    pub fn set(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], value: f64) {
+    pub fn set(&self, g: &Gauge, values: &[&str], value: f64) {
         let mut inner = crate::sys::lock(&self.inner);
-        family(&mut inner.gauges, name, help).series.insert(labels(l), value);
+        family(&mut inner.gauges, g.0.name, g.0.help).series.insert(labels(&g.0, values), value);
     }
 
-    pub fn observe(&self, name: &'static str, help: &'static str, l: &[(&'static str, &str)], d: Duration) {
+    pub fn observe(&self, h: &Histogram, values: &[&str], d: Duration) {
         let secs = d.as_secs_f64();
         let mut inner = crate::sys::lock(&self.inner);
-        let h = family(&mut inner.histograms, name, help).series.entry(labels(l)).or_default();
+        let h = family(&mut inner.histograms, h.0.name, h.0.help).series.entry(labels(&h.0, values)).or_default();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
                 h.counts[i] += 1;
@@ -80,9 +124,9 @@ impl Metrics {
     }
 
     /// A counter's current value (tests and status lines use it).
-    pub fn counter(&self, name: &'static str, l: &[(&'static str, &str)]) -> u64 {
+    pub fn counter(&self, c: &Counter, values: &[&str]) -> u64 {
         let inner = crate::sys::lock(&self.inner);
-        inner.counters.get(name).and_then(|f| f.series.get(&labels(l))).copied().unwrap_or(0)
+        inner.counters.get(c.0.name).and_then(|f| f.series.get(&labels(&c.0, values))).copied().unwrap_or(0)
     }
 
     /// The Prometheus text exposition of everything recorded.
@@ -181,9 +225,12 @@ mod tests {
 
     #[test]
     fn renders_counters_and_cumulative_histograms() {
+        const X: Counter = Counter::new("vap_x_total", "x", &["route"]);
+        const LAT: Histogram = Histogram::new("vap_lat_seconds", "lat", &["route"]);
         let m = Metrics::default();
-        m.inc("vap_x_total", "x", &[("route", "/a")], 2);
-        m.observe("vap_lat_seconds", "lat", &[("route", "/a")], Duration::from_millis(3));
+        m.inc(&X, &["/a"], 2);
+        m.observe(&LAT, &["/a"], Duration::from_millis(3));
+        assert_eq!(m.counter(&X, &["/a"]), 2);
         let text = m.render();
         assert!(text.contains("vap_x_total{route=\"/a\"} 2"));
         assert!(text.contains("vap_lat_seconds_bucket{route=\"/a\",le=\"0.0025\"} 0"));

@@ -92,7 +92,7 @@ pub struct ScenarioOptions {
     /// Lines whose crossings are reported, with a direction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<Line>,
-    /// Where each of the scenario's events is POSTed (lib/webhooks.rs), besides the global one.
+    /// Where each of the scenario's events is POSTed (crates/relay/src/webhooks.rs), besides the global one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     /// Unset: [`DEFAULT_SNAPSHOT_INTERVAL_S`].

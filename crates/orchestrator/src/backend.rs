@@ -87,3 +87,21 @@ impl WorkerInfo {
         Observed { scenario: self.scenario, state: self.state.clone() }
     }
 }
+
+/// The job the backends' golden files are made from.
+#[cfg(test)]
+pub(crate) fn example_job() -> vap_core::job::RunnerJob {
+    vap_core::job::RunnerJob {
+        scenario: Uuid::parse_str("6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10").unwrap(),
+        camera_url: vap_core::camera_url::CameraUrl::trusted("rtsp://user:pass@camera-7.local/stream".into()),
+        epoch: "2026-11-24T10:00:00Z".parse().unwrap(),
+        options: vap_core::options::ScenarioOptions {
+            model: Some("yolov3_tiny_coco_416".into()),
+            fps: Some(2.0),
+            ..Default::default()
+        },
+        options_revision: 3,
+        results_key: vap_core::signing::ResultsKey::new(vec![0x5a; 32]),
+        kafka_password: Some(vap_core::config::Secret::new("broker-login-secret")),
+    }
+}

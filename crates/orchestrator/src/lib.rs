@@ -24,6 +24,7 @@
 
 pub mod backend;
 pub mod local;
+pub mod metrics;
 pub mod nomad;
 pub mod placement;
 pub mod reconcile;
@@ -49,7 +50,7 @@ use vap_core::consumer::{FetchLimits, PositionedConsumer, RecordHandler, Share};
 use vap_core::db;
 use vap_core::db::positions::Advance;
 use vap_core::db::workers::{self, WorkerStatus};
-use vap_core::events::{EventKind, RunnerControl, ScenarioEvent};
+use vap_core::events::{EventKind, RunnerControl, ScenarioEvent, RECORD_VERSION};
 use vap_core::job::RunnerJob;
 use vap_core::kafka::KafkaLink;
 use vap_core::metrics::Metrics;
@@ -165,9 +166,9 @@ impl Orchestrator {
                 Ok(lock) => match lock.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK]).await {
                     Ok(row) if row.get::<_, bool>(0) => {
                         tracing::info!("leading");
-                        self.metrics.set("vap_orchestrator_leader", "1 while this orchestrator leads.", &[], 1.0);
+                        self.metrics.set(&metrics::LEADER, &[], 1.0);
                         let led = Arc::clone(self).lead(&lock, shutdown.clone()).await;
-                        self.metrics.set("vap_orchestrator_leader", "1 while this orchestrator leads.", &[], 0.0);
+                        self.metrics.set(&metrics::LEADER, &[], 0.0);
                         led?;
                         if !shutdown.is_cancelled() {
                             tracing::warn!("lost the lead; standing by");
@@ -252,12 +253,7 @@ impl Orchestrator {
         let started = Instant::now();
         match self.reconcile(stop).await {
             Ok(n) => {
-                self.metrics.observe(
-                    "vap_orchestrator_reconcile_seconds",
-                    "One reconcile round.",
-                    &[],
-                    started.elapsed(),
-                );
+                self.metrics.observe(&metrics::RECONCILE_SECONDS, &[], started.elapsed());
                 if n > 0 {
                     tracing::debug!(actions = n, "reconciled");
                 }
@@ -299,12 +295,7 @@ impl Orchestrator {
             // One action that fails (a host, a row) must not hold back every action after it.
             if let Err(e) = self.apply(&action, &stored, &listed).await {
                 tracing::warn!(?action, error = %e, "action failed; will retry next round");
-                self.metrics.inc(
-                    "vap_orchestrator_action_failures_total",
-                    "Reconcile actions that failed (retried the next round).",
-                    &[("action", action.name())],
-                    1,
-                );
+                self.metrics.inc(&metrics::ACTION_FAILURES, &[action.name()], 1);
                 continue;
             }
             if !matches!(action, Action::Running { .. } | Action::Wait(_) | Action::Unreachable { .. }) {
@@ -342,12 +333,7 @@ impl Orchestrator {
     async fn list_ours(&self) -> Result<Vec<WorkerInfo>, ReconcileError> {
         let listed = self.backend.list().await;
         for (node, up) in self.backend.nodes_answering() {
-            self.metrics.set(
-                "vap_orchestrator_node_up",
-                "1 when the host answered the last list of runners.",
-                &[("node", &node)],
-                if up { 1.0 } else { 0.0 },
-            );
+            self.metrics.set(&metrics::NODE_UP, &[&node], if up { 1.0 } else { 0.0 });
         }
         let mut listed = listed?;
         let ids: Vec<_> = listed.iter().map(|w| w.scenario).collect();
@@ -363,19 +349,9 @@ impl Orchestrator {
         let actions = reconcile::plan(&wanted, &observed, self.settings.max_workers);
         let count = |f: fn(&Action) -> bool| actions.iter().filter(|a| f(a)).count() as f64;
         let m = &self.metrics;
-        m.set("vap_orchestrator_runners", "Runners holding a slot, as the backend reports.", &[], running as f64);
-        m.set(
-            "vap_orchestrator_waiting",
-            "Scenarios waiting for a slot under MAX_WORKERS.",
-            &[],
-            count(|a| matches!(a, Action::Wait(_))),
-        );
-        m.set(
-            "vap_orchestrator_unreachable",
-            "Scenarios whose runner's host does not answer.",
-            &[],
-            count(|a| matches!(a, Action::Unreachable { .. })),
-        );
+        m.set(&metrics::RUNNERS, &[], running as f64);
+        m.set(&metrics::WAITING, &[], count(|a| matches!(a, Action::Wait(_))));
+        m.set(&metrics::UNREACHABLE, &[], count(|a| matches!(a, Action::Unreachable { .. })));
         actions
     }
 
@@ -391,7 +367,7 @@ impl Orchestrator {
                 match self.backend.start(&job).await {
                     Ok(info) => {
                         tracing::info!(scenario = %job.scenario, backend = kind, reference = info.backend_ref, "runner placed");
-                        self.metrics.inc("vap_orchestrator_placements_total", "Runners placed.", &[("backend", kind)], 1);
+                        self.metrics.inc(&metrics::PLACEMENTS, &[kind], 1);
                         // Placed but not recorded: the next round finds it listed and records it.
                         let recorded = async {
                             self.record(&info, true).await?;
@@ -509,13 +485,17 @@ impl Orchestrator {
             if w.spec_digest.as_deref() == Some(digest.as_str()) {
                 continue;
             }
-            let control =
-                RunnerControl { scenario_uuid: s.scenario, revision: s.options_revision, options: s.options.clone() };
+            let control = RunnerControl {
+                version: RECORD_VERSION,
+                scenario_uuid: s.scenario,
+                revision: s.options_revision,
+                options: s.options.clone(),
+            };
             let value = serde_json::to_vec(&control).unwrap_or_default();
             let offset = self.kafka.produce_keyed(topic, s.scenario.to_string().as_bytes(), value).await?;
             workers::record_spec(&self.pool, s.scenario, &digest).await?;
             tracing::info!(scenario = %s.scenario, revision = s.options_revision, offset, "runner told its new options");
-            self.metrics.inc("vap_orchestrator_option_changes_total", "Control records sent to runners.", &[], 1);
+            self.metrics.inc(&metrics::OPTION_CHANGES, &[], 1);
             told += 1;
         }
         Ok(told)
@@ -549,22 +529,21 @@ impl RecordHandler for ApplyEvents {
     async fn apply(&self, advance: Advance<'_>, records: &[RecordAndOffset]) -> Result<bool, db::DbError> {
         let (mut started, mut stopping) = (Vec::new(), Vec::new());
         for r in records {
-            match r.record.value.as_deref().map(serde_json::from_slice::<ScenarioEvent>) {
+            match r.record.value.as_deref().map(ScenarioEvent::parse) {
                 Some(Ok(e)) => match e.event_type {
                     EventKind::InitScenario => started.push(e.scenario_uuid),
                     EventKind::ShutdownScenario => stopping.push(e.scenario_uuid),
                     // The options are in the database: reconcile compares them with the runner's.
                     EventKind::UpdateScenario => {}
                 },
-                _ => {
-                    self.metrics.inc(
-                        "vap_orchestrator_rejected_events_total",
-                        "Event records that are not scenario events.",
-                        &[],
-                        1,
-                    );
+                refused => {
+                    self.metrics.inc(&metrics::REJECTED_EVENTS, &[], 1);
                     let (topic, partition) = (advance.at.topic, advance.at.partition);
-                    tracing::warn!(topic, partition, offset = r.offset, "not a scenario event; skipped");
+                    let reason = match refused {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "no value".to_string(),
+                    };
+                    tracing::warn!(topic, partition, offset = r.offset, reason, "not a scenario event; skipped");
                 }
             }
         }
@@ -572,7 +551,7 @@ impl RecordHandler for ApplyEvents {
             return Ok(false);
         }
         if !records.is_empty() {
-            self.metrics.inc("vap_orchestrator_events_total", "Scenario events consumed.", &[], records.len() as u64);
+            self.metrics.inc(&metrics::EVENTS, &[], records.len() as u64);
             self.wake.notify_one();
         }
         Ok(true)

@@ -583,19 +583,7 @@ mod tests {
 
     #[test]
     fn job_matches_the_golden_file() {
-        let spec = RunnerJob {
-            scenario: Uuid::parse_str("6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10").unwrap(),
-            camera_url: vap_core::camera_url::CameraUrl::trusted("rtsp://user:pass@camera-7.local/stream".into()),
-            epoch: "2026-11-24T10:00:00Z".parse().unwrap(),
-            options: vap_core::options::ScenarioOptions {
-                model: Some("yolov3_tiny_coco_416".into()),
-                fps: Some(2.0),
-                ..Default::default()
-            },
-            options_revision: 3,
-            results_key: vap_core::signing::ResultsKey::new(vec![0x5a; 32]),
-            kafka_password: Some(vap_core::config::Secret::new("broker-login-secret")),
-        };
+        let spec = crate::backend::example_job();
         let golden: Value = serde_json::from_str(include_str!("../../../tests/golden/nomad_job.json")).unwrap();
         assert_eq!(
             job_spec(&settings(), &spec),

@@ -25,6 +25,93 @@ fn unit_name(scenario: Uuid) -> String {
     format!("{}.service", runner_name(scenario))
 }
 
+/// Every property of a runner's transient unit, as StartTransientUnit gets them (a golden file
+/// holds them). `sealed` is the runner's secrets sealed for it; `ip_deny` the networks the unit
+/// refuses (address family, address, prefix).
+fn unit_properties(
+    s: &SystemdBackendSettings,
+    spec: &RunnerJob,
+    sealed: &str,
+    ip_deny: &[(i32, Vec<u8>, u32)],
+) -> Vec<(&'static str, Value<'static>)> {
+    let bin = s.runner_bin.display().to_string();
+    let argv: Vec<String> = std::iter::once(bin.clone()).chain(spec.args(s.runner_config.as_deref())).collect();
+    let env: Vec<String> = spec
+        .env_with(&s.runner_env, &format!("sealed:{sealed}"))
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let credential = (vap_core::sealed::CREDENTIAL.to_string(), s.runner_key_file.display().to_string());
+    let sec = |n: u64| n * 1_000_000;
+    let mut props: Vec<(&'static str, Value<'static>)> = vec![
+        ("Description", Value::from(format!("vap runner for scenario {}", spec.scenario))),
+        ("ExecStart", Value::from(vec![(bin, argv, false)])),
+        ("Environment", Value::from(env)),
+        ("LoadCredential", Value::from(vec![credential])),
+        // No way to the system bus (other units' properties, systemd itself).
+        ("InaccessiblePaths", Value::from(vec!["-/run/dbus/system_bus_socket", "-/var/run/dbus/system_bus_socket"])),
+        ("Type", Value::from("notify")),
+        ("NotifyAccess", Value::from("main")),
+        ("WatchdogUSec", Value::from(sec(s.watchdog_sec))),
+        ("Restart", Value::from("on-failure")),
+        ("RestartUSec", Value::from(sec(s.restart_sec))),
+        // The runner's permanent ends: configuration, camera unavailable, model.
+        ("RestartPreventExitStatus", Value::from((exit::NOT_RESTARTED.map(i32::from).to_vec(), Vec::<i32>::new()))),
+        ("StartLimitBurst", Value::from(s.start_limit_burst)),
+        ("StartLimitIntervalUSec", Value::from(sec(s.start_limit_interval_secs))),
+        ("RemainAfterExit", Value::from(true)),
+        ("KillSignal", Value::from(libc::SIGTERM)),
+        ("TimeoutStopUSec", Value::from(sec(s.stop_timeout_secs))),
+        ("Slice", Value::from(s.slice.clone())),
+        ("TasksMax", Value::from(s.tasks_max)),
+        // The same hardening as the platform's own units (units/*.service).
+        ("UMask", Value::from(0o077u32)),
+        ("NoNewPrivileges", Value::from(true)),
+        ("CapabilityBoundingSet", Value::from(0u64)),
+        ("AmbientCapabilities", Value::from(0u64)),
+        ("ProtectSystem", Value::from("strict")),
+        ("ProtectHome", Value::from("yes")),
+        ("PrivateTmp", Value::from(s.private_tmp)),
+        ("PrivateDevices", Value::from(true)),
+        ("DevicePolicy", Value::from("closed")),
+        ("PrivateMounts", Value::from(true)),
+        ("ProtectHostname", Value::from(true)),
+        ("ProtectClock", Value::from(true)),
+        ("ProtectKernelTunables", Value::from(true)),
+        ("ProtectKernelModules", Value::from(true)),
+        ("ProtectKernelLogs", Value::from(true)),
+        ("ProtectControlGroups", Value::from(true)),
+        ("ProtectProc", Value::from("invisible")),
+        ("ProcSubset", Value::from("pid")),
+        ("RestrictAddressFamilies", Value::from((true, vec!["AF_INET", "AF_INET6", "AF_UNIX"]))),
+        ("RestrictNamespaces", Value::from(0u64)),
+        ("RestrictRealtime", Value::from(true)),
+        ("RestrictSUIDSGID", Value::from(true)),
+        ("RemoveIPC", Value::from(true)),
+        ("LockPersonality", Value::from(true)),
+        ("MemoryDenyWriteExecute", Value::from(true)),
+        ("SystemCallArchitectures", Value::from(vec!["native"])),
+        ("SystemCallFilter", Value::from((true, vec!["@system-service"]))),
+        ("SystemCallFilter", Value::from((false, vec!["@privileged", "@resources"]))),
+        ("SystemCallErrorNumber", Value::from(libc::EPERM)),
+    ];
+    if s.memory_max_mb > 0 {
+        props.push(("MemoryMax", Value::from(s.memory_max_mb * 1024 * 1024)));
+    }
+    if s.cpu_quota_percent > 0 {
+        props.push(("CPUQuotaPerSecUSec", Value::from(s.cpu_quota_percent * 10_000)));
+    }
+    if !ip_deny.is_empty() {
+        props.push(("IPAddressDeny", Value::from(ip_deny.to_vec())));
+    }
+    if s.user.is_empty() {
+        props.push(("DynamicUser", Value::from(true)));
+    } else {
+        props.push(("User", Value::from(s.user.clone())));
+    }
+    props
+}
+
 type UnitRow = (String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath);
 
 /// How long one node may take to list its units before it counts as not answering: a silent
@@ -195,7 +282,7 @@ impl Node {
 
 pub struct SystemdBackend {
     settings: SystemdBackendSettings,
-    /// Seals each runner's secrets (lib/sealed.rs).
+    /// Seals each runner's secrets (crates/core/src/sealed.rs).
     runner_key: Box<vap_core::sealed::RunnerKey>,
     /// Link-local networks (cloud metadata) the policy refuses: the unit refuses them too, for
     /// what FFmpeg reaches without the runner's check (an RTSP redirect).
@@ -353,89 +440,11 @@ impl SystemdBackend {
         let manager = node.manager().await?;
         // A unit left from an earlier run (failed, or exited and kept) must go first.
         let _: Result<(), _> = manager.call("ResetFailedUnit", &(name.as_str(),)).await;
-        let s = &self.settings;
-        let bin = s.runner_bin.display().to_string();
-        let argv: Vec<String> = std::iter::once(bin.clone()).chain(spec.args(s.runner_config.as_deref())).collect();
         // Every property is readable by any local user (`systemctl show`): the secrets go sealed,
         // and the key that opens them as a credential only this unit's user reads.
         let sealed =
             self.runner_key.seal(spec.scenario, &spec.secrets()).map_err(|e| node.unavailable(e.to_string()))?;
-        let env: Vec<String> = spec
-            .env_with(&s.runner_env, &format!("sealed:{sealed}"))
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let credential = (vap_core::sealed::CREDENTIAL.to_string(), s.runner_key_file.display().to_string());
-        let sec = |n: u64| n * 1_000_000;
-        let mut props: Vec<(&str, Value)> = vec![
-            ("Description", Value::from(format!("vap runner for scenario {}", spec.scenario))),
-            ("ExecStart", Value::from(vec![(bin, argv, false)])),
-            ("Environment", Value::from(env)),
-            ("LoadCredential", Value::from(vec![credential])),
-            // No way to the system bus (other units' properties, systemd itself).
-            (
-                "InaccessiblePaths",
-                Value::from(vec!["-/run/dbus/system_bus_socket", "-/var/run/dbus/system_bus_socket"]),
-            ),
-            ("Type", Value::from("notify")),
-            ("NotifyAccess", Value::from("main")),
-            ("WatchdogUSec", Value::from(sec(s.watchdog_sec))),
-            ("Restart", Value::from("on-failure")),
-            ("RestartUSec", Value::from(sec(s.restart_sec))),
-            // The runner's permanent ends: configuration, camera unavailable, model.
-            ("RestartPreventExitStatus", Value::from((exit::NOT_RESTARTED.map(i32::from).to_vec(), Vec::<i32>::new()))),
-            ("StartLimitBurst", Value::from(s.start_limit_burst)),
-            ("StartLimitIntervalUSec", Value::from(sec(s.start_limit_interval_secs))),
-            ("RemainAfterExit", Value::from(true)),
-            ("KillSignal", Value::from(libc::SIGTERM)),
-            ("TimeoutStopUSec", Value::from(sec(s.stop_timeout_secs))),
-            ("Slice", Value::from(s.slice.clone())),
-            ("TasksMax", Value::from(s.tasks_max)),
-            // The same hardening as the platform's own units (units/*.service).
-            ("UMask", Value::from(0o077u32)),
-            ("NoNewPrivileges", Value::from(true)),
-            ("CapabilityBoundingSet", Value::from(0u64)),
-            ("AmbientCapabilities", Value::from(0u64)),
-            ("ProtectSystem", Value::from("strict")),
-            ("ProtectHome", Value::from("yes")),
-            ("PrivateTmp", Value::from(s.private_tmp)),
-            ("PrivateDevices", Value::from(true)),
-            ("DevicePolicy", Value::from("closed")),
-            ("PrivateMounts", Value::from(true)),
-            ("ProtectHostname", Value::from(true)),
-            ("ProtectClock", Value::from(true)),
-            ("ProtectKernelTunables", Value::from(true)),
-            ("ProtectKernelModules", Value::from(true)),
-            ("ProtectKernelLogs", Value::from(true)),
-            ("ProtectControlGroups", Value::from(true)),
-            ("ProtectProc", Value::from("invisible")),
-            ("ProcSubset", Value::from("pid")),
-            ("RestrictAddressFamilies", Value::from((true, vec!["AF_INET", "AF_INET6", "AF_UNIX"]))),
-            ("RestrictNamespaces", Value::from(0u64)),
-            ("RestrictRealtime", Value::from(true)),
-            ("RestrictSUIDSGID", Value::from(true)),
-            ("RemoveIPC", Value::from(true)),
-            ("LockPersonality", Value::from(true)),
-            ("MemoryDenyWriteExecute", Value::from(true)),
-            ("SystemCallArchitectures", Value::from(vec!["native"])),
-            ("SystemCallFilter", Value::from((true, vec!["@system-service"]))),
-            ("SystemCallFilter", Value::from((false, vec!["@privileged", "@resources"]))),
-            ("SystemCallErrorNumber", Value::from(libc::EPERM)),
-        ];
-        if s.memory_max_mb > 0 {
-            props.push(("MemoryMax", Value::from(s.memory_max_mb * 1024 * 1024)));
-        }
-        if s.cpu_quota_percent > 0 {
-            props.push(("CPUQuotaPerSecUSec", Value::from(s.cpu_quota_percent * 10_000)));
-        }
-        if !self.ip_deny.is_empty() {
-            props.push(("IPAddressDeny", Value::from(self.ip_deny.clone())));
-        }
-        if s.user.is_empty() {
-            props.push(("DynamicUser", Value::from(true)));
-        } else {
-            props.push(("User", Value::from(s.user.clone())));
-        }
+        let props = unit_properties(&self.settings, spec, &sealed, &self.ip_deny);
         let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
         let _job: OwnedObjectPath =
             manager.call("StartTransientUnit", &(name.as_str(), "fail", props, aux)).await.map_err(|e| match e {
@@ -481,5 +490,32 @@ impl SystemdBackend {
             p.load[i] = p.load[i].saturating_sub(1);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `VAP_WRITE_GOLDEN=1` writes the file anew after a deliberate change.
+    #[test]
+    fn unit_matches_the_golden_file() {
+        let settings = SystemdBackendSettings {
+            runner_env: vec!["VAP_KAFKA__BROKERS=kafka-1:9092".into(), "VAP_LOG__JSON=true".into()],
+            memory_max_mb: 512,
+            cpu_quota_percent: 50,
+            ..SystemdBackendSettings::default()
+        };
+        let ip_deny = [(libc::AF_INET, vec![169, 254, 0, 0], 16)];
+        let unit: String = unit_properties(&settings, &crate::backend::example_job(), "SEALED", &ip_deny)
+            .iter()
+            .map(|(name, value)| format!("{name}={value}\n"))
+            .collect();
+        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/systemd_unit.txt");
+        if std::env::var("VAP_WRITE_GOLDEN").is_ok_and(|v| v == "1") {
+            std::fs::write(&golden, &unit).unwrap();
+        }
+        let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+        assert_eq!(unit, expected, "the unit differs from {}", golden.display());
     }
 }

@@ -2,6 +2,7 @@
 //! results, stream ends, scene events and the new position in one transaction, so a redelivered
 //! or duplicated record is stored once and a crash never loses or doubles one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use deadpool_postgres::Pool;
 use rskafka::record::RecordAndOffset;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics;
 use crate::retention::Window;
 use vap_core::config::InboxSettings;
 use vap_core::consumer::{FetchLimits, PositionedConsumer, RecordHandler, Share};
@@ -16,7 +18,7 @@ use vap_core::db::positions::Advance;
 use vap_core::db::results::{self, Batch, DeadLetter, Placed, Stored};
 use vap_core::db::DbError;
 use vap_core::db::{scene_events, snapshots};
-use vap_core::events::{ResultsRecord, SceneEvent, Snapshot};
+use vap_core::events::{ResultError, ResultsRecord, SceneEvent, Snapshot};
 use vap_core::kafka::KafkaLink;
 use vap_core::metrics::Metrics;
 use vap_core::tasks::TaskFailed;
@@ -134,42 +136,38 @@ fn placed(facts: Option<&results::SigningFacts>, frame: i64, expired_before: chr
 
 impl RecordHandler for StoreResults {
     async fn apply(&self, advance: Advance<'_>, records: &[RecordAndOffset]) -> Result<bool, DbError> {
-        let parsed: Vec<Result<ResultsRecord, Refusal>> = records.iter().map(parse).collect();
-        let mut ids: Vec<uuid::Uuid> =
-            parsed.iter().filter_map(|p| p.as_ref().ok().map(ResultsRecord::scenario)).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let facts = results::signing_facts(&self.pool, &ids).await?;
-        let now = chrono::Utc::now();
+        let Checked { outcomes, facts } = read_and_check::<ResultsRecord>(&self.pool, records).await?;
         let mut batch = Batch { frames: Vec::with_capacity(records.len()), ..Batch::default() };
-        let expired_before = now - self.retention.keep;
-        for (r, parsed) in records.iter().zip(parsed) {
-            let checked = parsed.and_then(|p| match facts.get(&p.scenario()) {
-                None => Ok((p, None)),
-                Some(f) => check(claim(&p), &r.record, f, now).map(|()| (p, Some(f))),
-            });
-            match checked {
-                Ok((ResultsRecord::Frame(result), facts)) => match placed(facts, result.frame_number, expired_before) {
-                    Placing::Placed(frame_time) => {
-                        batch.frames.push(Placed { offset: r.offset, frame_time, item: result })
+        let expired_before = chrono::Utc::now() - self.retention.keep;
+        for (r, outcome) in records.iter().zip(outcomes) {
+            let refusal = match outcome {
+                Ok(ResultsRecord::Frame(result)) => {
+                    match placed(facts.get(&result.scenario_uuid), result.frame_number, expired_before) {
+                        Placing::Placed(frame_time) => {
+                            batch.frames.push(Placed { offset: r.offset, frame_time, item: result });
+                            continue;
+                        }
+                        // Unknown scenarios are counted (not set aside).
+                        Placing::UnknownScenario => {
+                            batch.unknown_scenario += 1;
+                            continue;
+                        }
+                        Placing::Expired => {
+                            batch.expired += 1;
+                            continue;
+                        }
+                        Placing::Refused(refusal) => refusal,
                     }
-                    // Unknown scenarios are counted (not set aside).
-                    Placing::UnknownScenario => batch.unknown_scenario += 1,
-                    Placing::Expired => batch.expired += 1,
-                    Placing::Refused(refusal) => {
-                        reject(&self.metrics, &advance, r.offset, &refusal);
-                        batch.dead.push(dead_letter(r, &refusal));
-                    }
-                },
-                Ok((ResultsRecord::End(end), _)) => {
+                }
+                Ok(ResultsRecord::End(end)) => {
                     tracing::info!(scenario = %end.scenario_uuid, reason = ?end.end_of_stream, detail = end.detail, "stream ended");
                     batch.ends.push((r.offset, end));
+                    continue;
                 }
-                Err(refusal) => {
-                    reject(&self.metrics, &advance, r.offset, &refusal);
-                    batch.dead.push(dead_letter(r, &refusal));
-                }
-            }
+                Err(refusal) => refusal,
+            };
+            reject(&self.metrics, &advance, r.offset, &refusal);
+            batch.dead.push(dead_letter(r, &refusal));
         }
         let times: Vec<_> = batch.frames.iter().map(|f| f.frame_time).collect();
         self.retention.coverage.cover(&self.pool, "scenario_results", &times).await?;
@@ -179,19 +177,94 @@ impl RecordHandler for StoreResults {
     }
 }
 
+/// A record of one of the inbox's topics: how it reads, the scenario it names and what it
+/// claims, so all three go through one pipeline ([`read_and_check`]).
+trait Inbound: Sized {
+    fn parse(bytes: &[u8]) -> Result<Self, ResultError>;
+    fn scenario(&self) -> uuid::Uuid;
+    fn claim(&self) -> Claim;
+}
+
+impl Inbound for ResultsRecord {
+    fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
+        ResultsRecord::parse(bytes)
+    }
+    fn scenario(&self) -> uuid::Uuid {
+        ResultsRecord::scenario(self)
+    }
+    fn claim(&self) -> Claim {
+        match self {
+            ResultsRecord::Frame(f) => Claim::Frame(f.frame_number, f.timestamp),
+            ResultsRecord::End(_) => Claim::End,
+        }
+    }
+}
+
+impl Inbound for SceneEvent {
+    fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
+        SceneEvent::parse(bytes)
+    }
+    fn scenario(&self) -> uuid::Uuid {
+        self.scenario_uuid
+    }
+    fn claim(&self) -> Claim {
+        Claim::Frame(self.frame_number, self.timestamp)
+    }
+}
+
+impl Inbound for Snapshot {
+    fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
+        Snapshot::parse(bytes)
+    }
+    fn scenario(&self) -> uuid::Uuid {
+        self.scenario_uuid
+    }
+    fn claim(&self) -> Claim {
+        Claim::Frame(self.frame_number, self.timestamp)
+    }
+}
+
+/// A fetched batch, read and checked: each record or why it is refused, in order, and the
+/// signing facts of the scenarios they name (none for a scenario this database does not know).
+struct Checked<T> {
+    outcomes: Vec<Result<T, Refusal>>,
+    facts: HashMap<uuid::Uuid, results::SigningFacts>,
+}
+
+async fn read_and_check<T: Inbound>(pool: &Pool, records: &[RecordAndOffset]) -> Result<Checked<T>, DbError> {
+    let parsed: Vec<Result<T, Refusal>> = records.iter().map(parse).collect();
+    let mut ids: Vec<uuid::Uuid> = parsed.iter().filter_map(|p| p.as_ref().ok().map(T::scenario)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let facts = results::signing_facts(pool, &ids).await?;
+    let now = chrono::Utc::now();
+    let outcomes = records
+        .iter()
+        .zip(parsed)
+        .map(|(r, parsed)| {
+            parsed.and_then(|t| match facts.get(&t.scenario()) {
+                None => Ok(t),
+                Some(f) => check(t.claim(), &r.record, f, now).map(|()| t),
+            })
+        })
+        .collect();
+    Ok(Checked { outcomes, facts })
+}
+
 /// Why a record is refused: a metric label and the detail.
 type Refusal = (&'static str, String);
 
 /// Runners' clocks and the database's differ a little; more than this ahead is forged.
 const CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
-fn parse(r: &RecordAndOffset) -> Result<ResultsRecord, Refusal> {
-    match r.record.value.as_deref().map(ResultsRecord::parse) {
+fn parse<T: Inbound>(r: &RecordAndOffset) -> Result<T, Refusal> {
+    match r.record.value.as_deref().map(T::parse) {
         None => Err(("empty", "record has no value".to_string())),
+        Some(Err(e @ ResultError::NewerVersion(_))) => Err(("newer_version", e.to_string())),
         Some(Err(e)) => Err(("malformed", e.to_string())),
         // The key places the record on its scenario's partition, in order: it must be the
         // scenario the record says.
-        Some(Ok(p)) => key_matches(r, p.scenario()).map(|()| p),
+        Some(Ok(t)) => key_matches(r, t.scenario()).map(|()| t),
     }
 }
 
@@ -242,13 +315,6 @@ fn check(
     }
 }
 
-fn claim(record: &ResultsRecord) -> Claim {
-    match record {
-        ResultsRecord::Frame(f) => Claim::Frame(f.frame_number, f.timestamp),
-        ResultsRecord::End(_) => Claim::End,
-    }
-}
-
 /// The key places a record on its scenario's partition, in order: it must be the scenario the
 /// record says.
 fn key_matches(r: &RecordAndOffset, scenario: uuid::Uuid) -> Result<(), Refusal> {
@@ -278,29 +344,13 @@ struct StoreEvents {
 
 impl RecordHandler for StoreEvents {
     async fn apply(&self, advance: Advance<'_>, records: &[RecordAndOffset]) -> Result<bool, DbError> {
-        let parsed: Vec<Result<SceneEvent, Refusal>> = records
-            .iter()
-            .map(|r| match r.record.value.as_deref().map(SceneEvent::parse) {
-                None => Err(("empty", "record has no value".to_string())),
-                Some(Err(e)) => Err(("malformed", e.to_string())),
-                Some(Ok(e)) => key_matches(r, e.scenario_uuid).map(|()| e),
-            })
-            .collect();
-        let mut ids: Vec<uuid::Uuid> = parsed.iter().filter_map(|p| p.as_ref().ok().map(|e| e.scenario_uuid)).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let facts = results::signing_facts(&self.pool, &ids).await?;
-        let now = chrono::Utc::now();
+        let Checked { outcomes, facts } = read_and_check::<SceneEvent>(&self.pool, records).await?;
         let (mut events, mut dead) = (Vec::with_capacity(records.len()), Vec::new());
         let (mut unknown, mut expired) = (0, 0);
-        let expired_before = now - self.retention.keep;
-        for (r, parsed) in records.iter().zip(parsed) {
-            let checked = parsed.and_then(|e| match facts.get(&e.scenario_uuid) {
-                None => Ok((e, None)),
-                Some(f) => check(Claim::Frame(e.frame_number, e.timestamp), &r.record, f, now).map(|()| (e, Some(f))),
-            });
-            let refusal = match checked {
-                Ok((e, facts)) => match placed(facts, e.frame_number, expired_before) {
+        let expired_before = chrono::Utc::now() - self.retention.keep;
+        for (r, outcome) in records.iter().zip(outcomes) {
+            let refusal = match outcome {
+                Ok(e) => match placed(facts.get(&e.scenario_uuid), e.frame_number, expired_before) {
                     Placing::Placed(frame_time) => {
                         events.push(Placed { offset: r.offset, frame_time, item: e });
                         continue;
@@ -329,13 +379,8 @@ impl RecordHandler for StoreEvents {
         count_expired(&self.metrics, expired);
         let s = scene_events::StoredEvents { unknown_scenario: s.unknown_scenario + unknown, ..s };
         let m = &self.metrics;
-        m.inc("vap_inbox_events_stored_total", "Scene events written to PostgreSQL.", &[], s.inserted as u64);
-        m.inc(
-            "vap_inbox_event_duplicates_total",
-            "Scene events already stored (redelivered or produced again).",
-            &[],
-            s.duplicates as u64,
-        );
+        m.inc(&metrics::EVENTS_STORED, &[], s.inserted as u64);
+        m.inc(&metrics::EVENT_DUPLICATES, &[], s.duplicates as u64);
         count_set_aside(m, &advance, s.unknown_scenario, s.dead_lettered);
         Ok(true)
     }
@@ -350,26 +395,10 @@ struct StoreSnapshots {
 
 impl RecordHandler for StoreSnapshots {
     async fn apply(&self, advance: Advance<'_>, records: &[RecordAndOffset]) -> Result<bool, DbError> {
-        let parsed: Vec<Result<Snapshot, Refusal>> = records
-            .iter()
-            .map(|r| match r.record.value.as_deref().map(Snapshot::parse) {
-                None => Err(("empty", "record has no value".to_string())),
-                Some(Err(e)) => Err(("malformed", e.to_string())),
-                Some(Ok(s)) => key_matches(r, s.scenario_uuid).map(|()| s),
-            })
-            .collect();
-        let mut ids: Vec<uuid::Uuid> = parsed.iter().filter_map(|p| p.as_ref().ok().map(|s| s.scenario_uuid)).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let facts = results::signing_facts(&self.pool, &ids).await?;
-        let now = chrono::Utc::now();
+        let Checked { outcomes, .. } = read_and_check::<Snapshot>(&self.pool, records).await?;
         let (mut snapshots, mut dead) = (Vec::with_capacity(records.len()), Vec::new());
-        for (r, parsed) in records.iter().zip(parsed) {
-            let checked = parsed.and_then(|s| match facts.get(&s.scenario_uuid) {
-                None => Ok(s),
-                Some(f) => check(Claim::Frame(s.frame_number, s.timestamp), &r.record, f, now).map(|()| s),
-            });
-            match checked {
+        for (r, outcome) in records.iter().zip(outcomes) {
+            match outcome {
                 Ok(s) => snapshots.push((r.offset, s)),
                 Err(refusal) => {
                     reject(&self.metrics, &advance, r.offset, &refusal);
@@ -382,13 +411,8 @@ impl RecordHandler for StoreSnapshots {
             return Ok(false);
         };
         let m = &self.metrics;
-        m.inc("vap_inbox_snapshots_stored_total", "Snapshots written to PostgreSQL.", &[], s.inserted as u64);
-        m.inc(
-            "vap_inbox_snapshots_pruned_total",
-            "Older snapshots deleted to stay within bounds.",
-            &[],
-            s.pruned as u64,
-        );
+        m.inc(&metrics::SNAPSHOTS_STORED, &[], s.inserted as u64);
+        m.inc(&metrics::SNAPSHOTS_PRUNED, &[], s.pruned as u64);
         count_set_aside(m, &advance, s.unknown_scenario, s.dead_lettered);
         Ok(true)
     }
@@ -414,12 +438,7 @@ impl<H: RecordHandler> RecordHandler for Reported<H> {
     }
 
     fn held(&self, topic: &str, partitions: usize) {
-        self.metrics.set(
-            "vap_inbox_partitions_held",
-            "Partitions of the topic this relay stores, its share among the relays running.",
-            &[("topic", topic)],
-            partitions as f64,
-        );
+        self.metrics.set(&metrics::PARTITIONS_HELD, &[topic], partitions as f64);
     }
 
     fn released(&self, topic: &str, partition: i32) {
@@ -428,45 +447,30 @@ impl<H: RecordHandler> RecordHandler for Reported<H> {
 }
 
 fn lag_metric(metrics: &Metrics, topic: &str, partition: i32, lag: i64) {
-    metrics.set(
-        "vap_inbox_lag_records",
-        "Records on `results` and `events` not yet stored, per topic and partition.",
-        &[("topic", topic), ("partition", &partition.to_string())],
-        lag as f64,
-    );
+    metrics.set(&metrics::LAG, &[topic, &partition.to_string()], lag as f64);
 }
 
 /// Records of scenarios this database does not know (dropped) and records set aside.
 fn count_set_aside(metrics: &Metrics, advance: &Advance<'_>, unknown_scenario: i64, dead_lettered: i64) {
     if unknown_scenario > 0 {
-        metrics.inc(
-            "vap_inbox_rejected_total",
-            "Records not stored, by reason.",
-            &[("reason", "unknown_scenario")],
-            unknown_scenario as u64,
-        );
+        metrics.inc(&metrics::REJECTED, &["unknown_scenario"], unknown_scenario as u64);
         let (topic, partition) = (advance.at.topic, advance.at.partition);
         tracing::warn!(topic, partition, count = unknown_scenario, "records for unknown scenarios dropped");
     }
     if dead_lettered > 0 {
-        metrics.inc(
-            "vap_inbox_dead_letters_total",
-            "Records set aside in dead_letters (malformed, or refused by PostgreSQL).",
-            &[],
-            dead_lettered as u64,
-        );
+        metrics.inc(&metrics::DEAD_LETTERS, &[], dead_lettered as u64);
     }
 }
 
 /// Results and events not stored because retention has already passed them.
 fn count_expired(metrics: &Metrics, expired: u64) {
     if expired > 0 {
-        metrics.inc("vap_inbox_expired_total", "Results and events older than retention: not stored.", &[], expired);
+        metrics.inc(&metrics::EXPIRED, &[], expired);
     }
 }
 
 fn reject(metrics: &Metrics, advance: &Advance<'_>, offset: i64, (reason, error): &Refusal) {
-    metrics.inc("vap_inbox_rejected_total", "Records not stored, by reason.", &[("reason", reason)], 1);
+    metrics.inc(&metrics::REJECTED, &[reason], 1);
     let (topic, partition) = (advance.at.topic, advance.at.partition);
     tracing::warn!(topic, partition, offset, error, "rejected a record");
 }
@@ -474,22 +478,91 @@ fn reject(metrics: &Metrics, advance: &Advance<'_>, offset: i64, (reason, error)
 impl StoreResults {
     fn count(&self, advance: &Advance<'_>, s: Stored) {
         let m = &self.metrics;
-        m.inc("vap_inbox_results_stored_total", "Results written to PostgreSQL.", &[], s.inserted as u64);
-        m.inc(
-            "vap_inbox_duplicates_total",
-            "Results already stored (redelivered or produced twice).",
-            &[],
-            s.duplicates as u64,
-        );
+        m.inc(&metrics::RESULTS_STORED, &[], s.inserted as u64);
+        m.inc(&metrics::RESULT_DUPLICATES, &[], s.duplicates as u64);
         count_set_aside(m, advance, s.unknown_scenario, s.dead_lettered);
         count_expired(m, s.expired as u64);
         if s.ended > 0 {
-            m.inc(
-                "vap_inbox_streams_ended_total",
-                "Scenarios moved to rest by their runner's end-of-stream record.",
-                &[],
-                s.ended as u64,
-            );
+            m.inc(&metrics::STREAMS_ENDED, &[], s.ended as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::{DateTime, Utc};
+    use rskafka::record::Record;
+    use vap_core::signing::{ResultsKey, SIGNATURE_HEADER};
+
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    const NOW: &str = "2026-12-07T12:00:00Z";
+
+    fn facts(rested_at: Option<&str>, by_media_time: bool) -> results::SigningFacts {
+        results::SigningFacts {
+            key: ResultsKey::new(vec![7; 32]),
+            epoch: at("2026-12-07T11:00:00Z"),
+            rested_at: rested_at.map(at),
+            by_media_time,
+        }
+    }
+
+    fn signed_by(key: &ResultsKey) -> Record {
+        let value = b"a record".to_vec();
+        let headers = BTreeMap::from([(SIGNATURE_HEADER.to_string(), key.sign(&value))]);
+        Record { key: None, value: Some(value), headers, timestamp: at(NOW) }
+    }
+
+    fn reason(r: Result<(), Refusal>) -> &'static str {
+        r.map_or_else(|(reason, _)| reason, |()| "ok")
+    }
+
+    /// Frame numbers count milliseconds from the epoch: 11:00 + this many ms.
+    const AN_HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn check_refuses_each_reason_and_passes_the_rest() {
+        let running = facts(None, false);
+        let good = signed_by(&running.key);
+        let now = at(NOW);
+        let frame = |n| Claim::Frame(n, now);
+        assert_eq!(reason(check(frame(AN_HOUR), &good, &running, now)), "ok");
+        assert_eq!(reason(check(Claim::End, &good, &running, now)), "ok");
+        let unsigned = Record { headers: BTreeMap::new(), ..good.clone() };
+        assert_eq!(reason(check(frame(AN_HOUR), &unsigned, &running, now)), "unsigned");
+        let forged = signed_by(&ResultsKey::new(vec![8; 32]));
+        assert_eq!(reason(check(frame(AN_HOUR), &forged, &running, now)), "bad_signature");
+        // Within the clock skew is fine; beyond it is the future.
+        assert_eq!(reason(check(frame(AN_HOUR + 4 * 60_000), &good, &running, now)), "ok");
+        assert_eq!(reason(check(frame(AN_HOUR + 6 * 60_000), &good, &running, now)), "frame_out_of_window");
+        assert_eq!(reason(check(frame(i64::MAX), &good, &running, now)), "frame_out_of_window");
+        let rested = facts(Some("2026-12-07T11:30:00Z"), false);
+        assert_eq!(reason(check(Claim::End, &good, &rested, now)), "not_running");
+        assert_eq!(reason(check(frame(AN_HOUR), &good, &rested, now)), "not_running");
+        assert_eq!(reason(check(frame(AN_HOUR / 4), &good, &rested, now)), "ok", "a frame from before the rest");
+        // A file's frames count media time: its capture time places it.
+        let file = facts(None, true);
+        assert_eq!(reason(check(Claim::Frame(50 * AN_HOUR, now), &good, &file, now)), "ok");
+        let late = Claim::Frame(1, now + chrono::Duration::minutes(6));
+        assert_eq!(reason(check(late, &good, &file, now)), "frame_out_of_window");
+    }
+
+    #[test]
+    fn placed_by_frame_time_within_retention() {
+        let f = facts(None, false);
+        let expired_before = at("2026-12-07T11:10:00Z");
+        assert!(matches!(placed(None, 0, expired_before), Placing::UnknownScenario));
+        assert!(matches!(placed(Some(&f), 60_000, expired_before), Placing::Expired));
+        match placed(Some(&f), 20 * 60_000, expired_before) {
+            Placing::Placed(t) => assert_eq!(t, at("2026-12-07T11:20:00Z")),
+            _ => panic!("a frame within retention is placed"),
+        }
+        assert!(matches!(placed(Some(&f), i64::MAX, expired_before), Placing::Refused(("frame_out_of_window", _))));
     }
 }

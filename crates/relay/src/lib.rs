@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod inbox;
+pub mod metrics;
 pub mod outbox;
 pub mod retention;
 pub mod webhooks;

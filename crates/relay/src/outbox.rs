@@ -82,12 +82,7 @@ impl OutboxRelay {
         for outcome in futures::future::join_all(sends).await {
             match outcome {
                 Ok((topic, n, ids)) => {
-                    self.metrics.inc(
-                        "vap_relay_events_published_total",
-                        "Outbox events acknowledged by Kafka.",
-                        &[("topic", topic)],
-                        n as u64,
-                    );
+                    self.metrics.inc(&crate::metrics::EVENTS_PUBLISHED, &[topic], n as u64);
                     acked.extend(ids);
                 }
                 Err(e) => first_error = first_error.or(Some(e)),
@@ -113,24 +108,14 @@ impl OutboxRelay {
                 Ok(Ok(n)) => {
                     total += n;
                     if n > 0 {
-                        self.metrics.observe(
-                            "vap_relay_batch_seconds",
-                            "Claim, produce and commit of one outbox batch.",
-                            &[],
-                            started.elapsed(),
-                        );
+                        self.metrics.observe(&crate::metrics::BATCH_SECONDS, &[], started.elapsed());
                     }
                     if (n as i64) < self.settings.batch_size {
                         break;
                     }
                 }
                 Ok(Err(e)) => {
-                    self.metrics.inc(
-                        "vap_relay_publish_failures_total",
-                        "Outbox batches that Kafka did not acknowledge.",
-                        &[],
-                        1,
-                    );
+                    self.metrics.inc(&crate::metrics::PUBLISH_FAILURES, &[], 1);
                     tracing::warn!(error = %e, "kafka unavailable; events stay in the outbox");
                     return (total, true);
                 }

@@ -1,5 +1,5 @@
 //! Results and events are kept `retention.results_days` by frame time. vap-relay owns their
-//! partitions (lib/db/partitions.rs): it makes them ahead, drops whole ones past retention, and
+//! partitions (crates/core/src/db/partitions.rs): it makes them ahead, drops whole ones past retention, and
 //! deletes row by row only what a scenario keeps for a shorter time.
 
 use std::sync::Arc;
@@ -60,18 +60,8 @@ impl Retention {
                 Ok(pass) => {
                     let d = &pass.deleted;
                     let m = &self.metrics;
-                    m.inc(
-                        "vap_retention_partitions_dropped_total",
-                        "Partitions dropped past retention.",
-                        &[],
-                        pass.dropped.len() as u64,
-                    );
-                    m.inc(
-                        "vap_retention_rows_deleted_total",
-                        "Rows deleted past a scenario's or the snapshots' retention.",
-                        &[],
-                        d.total() as u64,
-                    );
+                    m.inc(&crate::metrics::PARTITIONS_DROPPED, &[], pass.dropped.len() as u64);
+                    m.inc(&crate::metrics::ROWS_DELETED, &[], d.total() as u64);
                     if !pass.dropped.is_empty() || d.total() > 0 {
                         tracing::info!(dropped = ?pass.dropped, deleted = ?d, "retention pass");
                     }

@@ -148,7 +148,7 @@ impl Sender {
             }
         };
         let result = if outcome.is_ok() { "delivered" } else { "failed" };
-        self.metrics.inc("vap_webhook_attempts_total", "Webhook POSTs, by outcome.", &[("outcome", result)], 1);
+        self.metrics.inc(&crate::metrics::WEBHOOK_ATTEMPTS, &[result], 1);
         if let Err(e) = recorded {
             // Sent but not recorded: it goes again (at least once).
             tracing::warn!(error = %e, "webhooks: cannot record a delivery");

@@ -3,7 +3,7 @@
 //! The orchestrator passes the job in the environment (`VAP_SCENARIO_UUID`,
 //! `VAP_SCENARIO_EPOCH`, `VAP_SCENARIO_OPTIONS`) and its secrets (the camera URL, which may
 //! hold credentials, and the results key) where only the runner reads them: `VAP_JOB_SECRETS`
-//! names the place (lib/job.rs). By hand: `VAP_CAMERA_URL` and `VAP_RESULTS_KEY`, or flags.
+//! names the place (crates/core/src/job.rs). By hand: `VAP_CAMERA_URL` and `VAP_RESULTS_KEY`, or flags.
 //!
 //! Exit codes: 0 the source ended or SIGTERM flushed; 1 any other error; 2 bad usage or
 //! configuration; 3 the camera never opened (a unit should not restart on it:

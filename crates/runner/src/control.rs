@@ -69,11 +69,16 @@ impl ControlFollower {
                 if r.record.key.as_deref() != Some(key.as_bytes()) {
                     continue;
                 }
-                let Some(control) =
-                    r.record.value.as_deref().and_then(|v| serde_json::from_slice::<RunnerControl>(v).ok())
-                else {
-                    tracing::warn!(offset = r.offset, "not a control record; skipped");
-                    continue;
+                let control = match r.record.value.as_deref().map(RunnerControl::parse) {
+                    Some(Ok(control)) => control,
+                    Some(Err(e)) => {
+                        tracing::warn!(offset = r.offset, error = %e, "not a control record; skipped");
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!(offset = r.offset, "a control record without a value; skipped");
+                        continue;
+                    }
                 };
                 if control.revision > revision {
                     revision = control.revision;

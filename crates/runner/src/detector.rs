@@ -11,6 +11,7 @@ use tract_onnx::prelude::tract_ndarray;
 
 use super::engine::{self, Engine, EngineChoice, Output};
 
+use vap_core::detection::iou;
 use vap_core::events::Detection;
 use vap_core::models::manifest::{Channels, Layout, Manifest, ManifestError, OutputSpec, Resize};
 
@@ -336,19 +337,6 @@ fn clamp_box(b: [f32; 4], w: f32, h: f32) -> [f32; 4] {
     [x0.min(x1), y0.min(y1), x0.max(x1), y0.max(y1)]
 }
 
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area = |r: &[f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
-    let union = area(a) + area(b) - inter;
-    if union <= 0.0 {
-        0.0
-    } else {
-        inter / union
-    }
-}
-
 /// Greedy NMS per class: best score first, drop boxes of the same class overlapping a kept one
 /// by more than `iou_threshold`. Returns at most `max` boxes, best first.
 pub fn non_max_suppression(mut candidates: Vec<Candidate>, iou_threshold: f32, max: usize) -> Vec<Candidate> {
@@ -394,13 +382,5 @@ mod tests {
             ]
         );
         assert_eq!(non_max_suppression(kept, 0.5, 1).len(), 1);
-    }
-
-    #[test]
-    fn iou_of_known_boxes() {
-        assert_eq!(iou(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 10.0, 10.0]), 1.0);
-        assert_eq!(iou(&[0.0, 0.0, 10.0, 10.0], &[10.0, 10.0, 20.0, 20.0]), 0.0);
-        assert!((iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]) - 1.0 / 3.0).abs() < 1e-6);
-        assert_eq!(clamp_box([-5.0, 3.0, 700.0, 2.0], 640.0, 480.0), [0.0, 2.0, 640.0, 3.0]);
     }
 }

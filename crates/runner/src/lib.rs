@@ -43,7 +43,9 @@ use publisher::{result_record, Publisher, ResultBuffer};
 use vap_analytics::regions::{FrameAt, Placed, Regions};
 use vap_analytics::tracker::{Observation, Tracker, TrackerSettings};
 use vap_core::config::Settings;
-use vap_core::events::{EndReason, FrameResult, SceneEvent, SceneEventKind, StreamEnd};
+use vap_core::events::{
+    Detection, EndReason, FrameDetails, FrameResult, SceneEvent, SceneEventKind, StreamEnd, RECORD_VERSION,
+};
 use vap_core::kafka::KafkaLink;
 use vap_core::models::{Catalogue, Check};
 use vap_core::options::ScenarioOptions;
@@ -383,6 +385,7 @@ impl Threads {
             // Numbered on the frames' clock (ms since the scenario's epoch): unique per change.
             let frame_number = (at - epoch).num_milliseconds().max(0);
             let event = SceneEvent {
+                version: RECORD_VERSION,
                 event_id: SceneEvent::id_for(scenario, kind, "", None, frame_number),
                 scenario_uuid: scenario,
                 kind,
@@ -509,6 +512,7 @@ fn push_stream_end(buffer: &ResultBuffer, job: &RunnerJob, outcome: &Outcome, fr
         Outcome::Stopped => return,
     };
     let end = StreamEnd {
+        version: RECORD_VERSION,
         scenario_uuid: job.scenario,
         timestamp: Utc::now(),
         end_of_stream: reason,
@@ -607,170 +611,240 @@ struct Detect<'a> {
     motion: motion::MotionSettings,
 }
 
+/// A detection this sure starts a track; weaker ones may extend one.
+fn tracker_settings(min_confidence: f32) -> TrackerSettings {
+    TrackerSettings {
+        high_score: min_confidence,
+        low_score: TrackerSettings::default().low_score.min(min_confidence),
+        ..TrackerSettings::default()
+    }
+}
+
+/// What the detection thread carries from frame to frame.
+struct Analysis<D> {
+    current: Current<D>,
+    numbers: FrameNumbers,
+    tracker: Tracker,
+    regions: Regions,
+    snapshots: snapshot::SnapshotTaker,
+    motion: motion::MotionGate,
+    /// The detector's last boxes, carried over still frames.
+    last_seen: Vec<Detection>,
+}
+
+/// One analysed frame on its way out.
+struct Analysed {
+    frame_number: i64,
+    /// The stream's clock in seconds: media time for files (analysed faster than real time).
+    t: f64,
+    gate: motion::Gate,
+    detections: Vec<Detection>,
+    timing: detector::DetectTiming,
+    /// The scene events this frame caused.
+    event_ids: Vec<uuid::Uuid>,
+}
+
 impl Detect<'_> {
-    fn run<D: Detector>(&self, mut current: Current<D>, reloads: &std::sync::mpsc::Receiver<Current<D>>) -> CaptureEnd {
-        let (slot, stats, buffer, job) = (self.slot, self.stats, self.buffer, self.job);
-        let mut numbers = FrameNumbers::new(job.epoch, job.camera_url.is_local_file());
-        let tracking = |min_confidence: f32| TrackerSettings {
-            high_score: min_confidence,
-            low_score: TrackerSettings::default().low_score.min(min_confidence),
-            ..TrackerSettings::default()
+    fn run<D: Detector>(&self, current: Current<D>, reloads: &std::sync::mpsc::Receiver<Current<D>>) -> CaptureEnd {
+        let job = self.job;
+        let mut run = Analysis {
+            numbers: FrameNumbers::new(job.epoch, job.camera_url.is_local_file()),
+            tracker: Tracker::new(tracker_settings(current.min_confidence)),
+            regions: Regions::new(job.scenario, current.options.zones.clone(), current.options.lines.clone()),
+            snapshots: snapshot::SnapshotTaker::new(current.options.snapshot_interval(), self.snapshot_max_bytes),
+            motion: motion::MotionGate::new(self.motion),
+            last_seen: Vec::new(),
+            current,
         };
-        let mut tracker = Tracker::new(tracking(current.min_confidence));
-        let mut regions = Regions::new(job.scenario, current.options.zones.clone(), current.options.lines.clone());
-        let mut snapshots = snapshot::SnapshotTaker::new(current.options.snapshot_interval(), self.snapshot_max_bytes);
-        let mut motion = motion::MotionGate::new(self.motion);
-        // The detector's last boxes, carried over still frames.
-        let mut last_seen = Vec::new();
         loop {
-            stats.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            self.stats.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             // Between two frames: the next one is analysed with the new options.
             while let Ok(next) = reloads.try_recv() {
-                self.rate.set(next.options.fps.unwrap_or(self.default_fps));
-                tracker.set_settings(tracking(next.min_confidence));
-                snapshots.set_interval(next.options.snapshot_interval());
-                // New zones or lines start afresh: the visits of the old ones end here.
-                if (&next.options.zones, &next.options.lines) != (&current.options.zones, &current.options.lines) {
-                    self.close_visits(&mut regions);
-                    regions = Regions::new(job.scenario, next.options.zones.clone(), next.options.lines.clone());
-                }
-                current = next;
+                self.switch_options(&mut run, next);
             }
-            let frame = match slot.take(Duration::from_millis(250)) {
+            let frame = match self.slot.take(Duration::from_millis(250)) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => continue,
-                Err(end) => {
-                    // The stream ends: so does every visit (zone occupancy comes back to zero).
-                    self.close_visits(&mut regions);
-                    self.stats
-                        .snapshots_dropped
-                        .fetch_add(snapshots.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
-                    return end;
-                }
+                Err(end) => return self.end(&mut run, end),
             };
-            if !stats.ready.swap(true, Ordering::Relaxed) {
-                stats.became_ready.notify_one();
+            if !self.stats.ready.swap(true, Ordering::Relaxed) {
+                self.stats.became_ready.notify_one();
             }
-            let frame_number = numbers.next(frame.captured_at, frame.media_ms);
-            // The stream's clock: media time for files (analysed faster than real time).
-            let t = frame.media_ms.unwrap_or_else(|| ms_since(job.epoch, frame.captured_at)) / 1000.0;
-            let gate = match current.options.motion_gating() {
-                // A gate that fails (it should not) lets the frame through.
-                true => motion.decide(&frame.image, t).unwrap_or(motion::Gate::Start),
-                false => motion::Gate::Start,
-            };
-            let (mut detections, timing) = match gate.analyse() {
-                // Nothing moved: still objects are where the last analysed frame had them.
-                false => {
-                    stats.frames_still.fetch_add(1, Ordering::Relaxed);
-                    let followed = tracker.tracks().next().is_some();
-                    (if followed { last_seen.clone() } else { Vec::new() }, detector::DetectTiming::default())
-                }
-                true => match current.detector.detect(&frame.image) {
-                    Ok((d, timing)) => {
-                        last_seen.clone_from(&d);
-                        (d, timing)
-                    }
-                    Err(e) => {
-                        stats.detect_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "frame not analysed");
-                        continue;
-                    }
-                },
-            };
-            let (width, height) = (frame.image.cols(), frame.image.rows());
-            detections.retain(|d| current.options.keeps(d, width as f32, height as f32));
-            let observations: Vec<Observation> = detections
-                .iter()
-                .map(|d| Observation { class: d.class.clone(), score: d.confidence, bbox: d.bbox })
-                .collect();
-            let update = tracker.update(frame_number, t, &observations);
-            for (d, id) in detections.iter_mut().zip(&update.assigned) {
-                d.track_id = id.and_then(|id| i64::try_from(id).ok());
-            }
-            detections.retain(|d| d.confidence >= current.min_confidence);
-            let mut event_ids = Vec::new();
-            if !regions.is_empty() {
-                let mut scene = Vec::new();
-                for ended in &update.ended {
-                    scene.extend(regions.ended(ended.id as i64));
-                }
-                let at = FrameAt { number: frame_number, t, timestamp: frame.captured_at };
-                let placed: Vec<Placed> = detections
-                    .iter()
-                    .filter_map(|d| {
-                        let foot = [(d.bbox[0] + d.bbox[2]) / 2.0 / width as f32, d.bbox[3] / height as f32];
-                        d.track_id.map(|track_id| Placed {
-                            track_id,
-                            class: d.class.clone(),
-                            // A box on the picture's edge stands inside a zone drawn to it.
-                            at: foot.map(|v| f64::from(v).clamp(0.0, 1.0 - 1e-9)),
-                        })
-                    })
-                    .collect();
-                scene.extend(regions.observe(&at, &placed));
-                for event in scene {
-                    event_ids.push(event.event_id);
-                    self.push_event(&event);
-                }
-            }
-            let provenance = &current.provenance;
-            let publish_started = Instant::now();
-            let mut extra = serde_json::Map::new();
-            extra.insert("model".into(), provenance.model.clone().into());
-            extra.insert("model_sha256".into(), provenance.model_sha256.clone().into());
-            extra.insert("runner".into(), provenance.runner.clone().into());
-            extra.insert("options_revision".into(), current.revision.into());
-            if let Some(ms) = frame.media_ms {
-                extra.insert("media_ms".into(), ms.round().into());
-            }
-            let fps = f64::from_bits(stats.analysed_fps.load(Ordering::Relaxed));
-            if fps > 0.0 {
-                extra.insert("analysed_fps".into(), ((fps * 100.0).round() / 100.0).into());
-            }
-            if !gate.analyse() {
-                extra.insert("analysed".into(), false.into());
-            }
-            if let Some(m) = gate.motion() {
-                extra.insert("motion".into(), ((m * 1e4).round() / 1e4).into());
-            }
-            extra.insert("inference_ms".into(), (timing.inference.as_secs_f64() * 1000.0).into());
-            extra.insert("frame_width".into(), width.into());
-            extra.insert("frame_height".into(), height.into());
-            extra.insert("source_frame".into(), frame.source_index.into());
-            if snapshots.due(t, !event_ids.is_empty()) {
-                let header = snapshot::header(
-                    job.scenario,
-                    frame_number,
-                    frame.captured_at,
-                    (width, height),
-                    &detections,
-                    event_ids,
-                );
-                if let Some(value) = snapshots.encode(&frame.image, header) {
-                    self.snapshots.push(result_record(job.scenario, value, frame.captured_at));
-                }
-            }
-            let result = FrameResult {
-                scenario_uuid: job.scenario,
-                frame_number,
-                timestamp: frame.captured_at,
-                detections,
-                extra,
-            };
-            buffer.push(result_record(
-                job.scenario,
-                serde_json::to_vec(&result).unwrap_or_default(),
-                frame.captured_at,
-            ));
-            let micros = |d: Duration| d.as_micros() as u64;
-            stats.read_micros.fetch_add(micros(frame.read_time), Ordering::Relaxed);
-            stats.preprocess_micros.fetch_add(micros(timing.preprocess), Ordering::Relaxed);
-            stats.inference_micros.fetch_add(micros(timing.inference), Ordering::Relaxed);
-            stats.postprocess_micros.fetch_add(micros(timing.postprocess), Ordering::Relaxed);
-            stats.publish_micros.fetch_add(micros(publish_started.elapsed()), Ordering::Relaxed);
-            stats.frames_analysed.fetch_add(1, Ordering::Relaxed);
+            let Some(analysed) = self.analyse(&mut run, &frame) else { continue };
+            self.publish(&mut run, &frame, analysed);
         }
+    }
+
+    fn switch_options<D>(&self, run: &mut Analysis<D>, next: Current<D>) {
+        self.rate.set(next.options.fps.unwrap_or(self.default_fps));
+        run.tracker.set_settings(tracker_settings(next.min_confidence));
+        run.snapshots.set_interval(next.options.snapshot_interval());
+        // New zones or lines start afresh: the visits of the old ones end here.
+        let (old, new) = (&run.current.options, &next.options);
+        if (&new.zones, &new.lines) != (&old.zones, &old.lines) {
+            self.close_visits(&mut run.regions);
+            run.regions = Regions::new(self.job.scenario, new.zones.clone(), new.lines.clone());
+        }
+        run.current = next;
+    }
+
+    /// The stream ends: so does every visit (zone occupancy comes back to zero).
+    fn end<D>(&self, run: &mut Analysis<D>, end: CaptureEnd) -> CaptureEnd {
+        self.close_visits(&mut run.regions);
+        self.stats.snapshots_dropped.fetch_add(run.snapshots.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
+        end
+    }
+
+    /// Gate, detect, filter, track and place one frame; `None` when the detector failed on it.
+    fn analyse<D: Detector>(&self, run: &mut Analysis<D>, frame: &capture::SampledFrame) -> Option<Analysed> {
+        let frame_number = run.numbers.next(frame.captured_at, frame.media_ms);
+        let t = frame.media_ms.unwrap_or_else(|| ms_since(self.job.epoch, frame.captured_at)) / 1000.0;
+        let gate = match run.current.options.motion_gating() {
+            // A gate that fails (it should not) lets the frame through.
+            true => run.motion.decide(&frame.image, t).unwrap_or(motion::Gate::Start),
+            false => motion::Gate::Start,
+        };
+        let (mut detections, timing) = self.detect(run, frame, gate)?;
+        let (width, height) = (frame.image.cols() as f32, frame.image.rows() as f32);
+        let options = &run.current.options;
+        detections.retain(|d| options.keeps(d, width, height));
+        let observations: Vec<Observation> = detections
+            .iter()
+            .map(|d| Observation { class: d.class.clone(), score: d.confidence, bbox: d.bbox })
+            .collect();
+        let update = run.tracker.update(frame_number, t, &observations);
+        for (d, id) in detections.iter_mut().zip(&update.assigned) {
+            d.track_id = id.and_then(|id| i64::try_from(id).ok());
+        }
+        detections.retain(|d| d.confidence >= run.current.min_confidence);
+        let at = FrameAt { number: frame_number, t, timestamp: frame.captured_at };
+        let event_ids = self.place(&mut run.regions, &at, &update.ended, &detections, (width, height));
+        Some(Analysed { frame_number, t, gate, detections, timing, event_ids })
+    }
+
+    /// The detector's boxes, or on a still frame those it last gave while objects are followed.
+    fn detect<D: Detector>(
+        &self,
+        run: &mut Analysis<D>,
+        frame: &capture::SampledFrame,
+        gate: motion::Gate,
+    ) -> Option<(Vec<Detection>, detector::DetectTiming)> {
+        if !gate.analyse() {
+            // Nothing moved: still objects are where the last analysed frame had them.
+            self.stats.frames_still.fetch_add(1, Ordering::Relaxed);
+            let followed = run.tracker.tracks().next().is_some();
+            return Some((if followed { run.last_seen.clone() } else { Vec::new() }, Default::default()));
+        }
+        match run.current.detector.detect(&frame.image) {
+            Ok((d, timing)) => {
+                run.last_seen.clone_from(&d);
+                Some((d, timing))
+            }
+            Err(e) => {
+                self.stats.detect_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "frame not analysed");
+                None
+            }
+        }
+    }
+
+    /// Tracks in the scenario's zones and lines: the scene events they cause, pushed to
+    /// `events`; their ids.
+    fn place(
+        &self,
+        regions: &mut Regions,
+        at: &FrameAt,
+        ended: &[vap_analytics::tracker::TrackView],
+        detections: &[Detection],
+        (width, height): (f32, f32),
+    ) -> Vec<uuid::Uuid> {
+        if regions.is_empty() {
+            return Vec::new();
+        }
+        let mut scene: Vec<SceneEvent> = ended.iter().flat_map(|e| regions.ended(e.id as i64)).collect();
+        let placed: Vec<Placed> = detections
+            .iter()
+            .filter_map(|d| {
+                let foot = [(d.bbox[0] + d.bbox[2]) / 2.0 / width, d.bbox[3] / height];
+                d.track_id.map(|track_id| Placed {
+                    track_id,
+                    class: d.class.clone(),
+                    // A box on the picture's edge stands inside a zone drawn to it.
+                    at: foot.map(|v| f64::from(v).clamp(0.0, 1.0 - 1e-9)),
+                })
+            })
+            .collect();
+        scene.extend(regions.observe(at, &placed));
+        scene
+            .iter()
+            .map(|event| {
+                self.push_event(event);
+                event.event_id
+            })
+            .collect()
+    }
+
+    /// The frame's result to `results`, a snapshot when one is due, and the frame's timings.
+    fn publish<D>(&self, run: &mut Analysis<D>, frame: &capture::SampledFrame, analysed: Analysed) {
+        let Analysed { frame_number, t, gate, detections, timing, event_ids } = analysed;
+        let job = self.job;
+        let publish_started = Instant::now();
+        let size = (frame.image.cols(), frame.image.rows());
+        let fps = f64::from_bits(self.stats.analysed_fps.load(Ordering::Relaxed));
+        let details = frame_details(&run.current, frame, size, gate, timing, fps);
+        if run.snapshots.due(t, !event_ids.is_empty()) {
+            let header = snapshot::header(job.scenario, frame_number, frame.captured_at, size, &detections, event_ids);
+            if let Some(value) = run.snapshots.encode(&frame.image, header) {
+                self.snapshots.push(result_record(job.scenario, value, frame.captured_at));
+            }
+        }
+        let result = FrameResult {
+            version: RECORD_VERSION,
+            scenario_uuid: job.scenario,
+            frame_number,
+            timestamp: frame.captured_at,
+            detections,
+            details,
+        };
+        self.buffer.push(result_record(
+            job.scenario,
+            serde_json::to_vec(&result).unwrap_or_default(),
+            frame.captured_at,
+        ));
+        let stats = self.stats;
+        let micros = |d: Duration| d.as_micros() as u64;
+        stats.read_micros.fetch_add(micros(frame.read_time), Ordering::Relaxed);
+        stats.preprocess_micros.fetch_add(micros(timing.preprocess), Ordering::Relaxed);
+        stats.inference_micros.fetch_add(micros(timing.inference), Ordering::Relaxed);
+        stats.postprocess_micros.fetch_add(micros(timing.postprocess), Ordering::Relaxed);
+        stats.publish_micros.fetch_add(micros(publish_started.elapsed()), Ordering::Relaxed);
+        stats.frames_analysed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a result says of its frame besides the detections: provenance, timing, frame size.
+fn frame_details<D>(
+    current: &Current<D>,
+    frame: &capture::SampledFrame,
+    (width, height): (i32, i32),
+    gate: motion::Gate,
+    timing: detector::DetectTiming,
+    analysed_fps: f64,
+) -> FrameDetails {
+    let provenance = &current.provenance;
+    FrameDetails {
+        model: Some(provenance.model.clone()),
+        model_sha256: Some(provenance.model_sha256.clone()),
+        runner: Some(provenance.runner.clone()),
+        options_revision: Some(current.revision),
+        media_ms: frame.media_ms.map(f64::round),
+        analysed_fps: (analysed_fps > 0.0).then(|| (analysed_fps * 100.0).round() / 100.0),
+        analysed: gate.analyse(),
+        motion: gate.motion().map(|m| (m * 1e4).round() / 1e4),
+        inference_ms: Some(timing.inference.as_secs_f64() * 1000.0),
+        frame_width: Some(width),
+        frame_height: Some(height),
+        source_frame: Some(frame.source_index),
     }
 }
 

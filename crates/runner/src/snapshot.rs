@@ -9,7 +9,7 @@ use std::time::Duration;
 use opencv::core::{Mat, Size, Vector};
 use opencv::prelude::*;
 
-use vap_core::events::{Detection, Snapshot};
+use vap_core::events::{Detection, Snapshot, RECORD_VERSION};
 
 /// Widest snapshot: enough to see what was found, small enough for a broker message.
 pub const MAX_WIDTH: i32 = 640;
@@ -103,6 +103,7 @@ pub fn header(
     event_ids: Vec<uuid::Uuid>,
 ) -> Snapshot {
     Snapshot {
+        version: RECORD_VERSION,
         scenario_uuid: scenario,
         frame_number,
         timestamp,

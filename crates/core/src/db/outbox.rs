@@ -45,6 +45,7 @@ where
         let (id, kind): (i64, &str) = (row.get(0), row.get(2));
         match EventKind::parse(kind) {
             Some(event_type) => events.push(ScenarioEvent {
+                version: crate::events::RECORD_VERSION,
                 event_id: id,
                 event_type,
                 scenario_uuid: row.get(1),

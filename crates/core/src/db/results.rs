@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::positions::{self, Advance};
 use super::DbError;
-use crate::events::{EndReason, FrameResult, StreamEnd};
+use crate::events::{EndReason, FrameDetails, FrameResult, StreamEnd};
 
 /// One stored frame as the API serves it.
 #[derive(Debug, Clone)]
@@ -14,8 +14,8 @@ pub struct StoredResult {
     pub frame_number: i64,
     pub timestamp: DateTime<Utc>,
     pub detections: serde_json::Value,
-    /// What the runner added: model and its digest, runner instance, media position.
-    pub extra: serde_json::Value,
+    /// What the runner said of the frame: model and its digest, runner instance, media position.
+    pub details: FrameDetails,
 }
 
 /// Frames of a scenario after `after_frame`, in frame order.
@@ -62,7 +62,13 @@ pub async fn page_in(
     let rows = client.query(&stmt, &[&scenario, &after_frame, &limit, &range.since, &range.until]).await?;
     Ok(rows
         .iter()
-        .map(|r| StoredResult { frame_number: r.get(0), timestamp: r.get(1), detections: r.get(2), extra: r.get(3) })
+        .map(|r| StoredResult {
+            frame_number: r.get(0),
+            timestamp: r.get(1),
+            detections: r.get(2),
+            // Rows are written from the same type; one that does not read keeps its frame.
+            details: serde_json::from_value(r.get(3)).unwrap_or_default(),
+        })
         .collect())
 }
 
@@ -289,7 +295,8 @@ async fn insert_results(
     let mut frame_times = Vec::with_capacity(n);
     let mut times = Vec::with_capacity(n);
     let mut detections = Vec::with_capacity(n);
-    let mut extras = Vec::with_capacity(n);
+    let mut details = Vec::with_capacity(n);
+    let mut fps = Vec::with_capacity(n);
     for placed in results {
         let r = &placed.item;
         frame_times.push(placed.frame_time);
@@ -297,28 +304,28 @@ async fn insert_results(
         frames.push(r.frame_number);
         times.push(r.timestamp);
         detections.push(serde_json::to_value(&r.detections).unwrap_or(serde_json::Value::Null));
-        extras.push(serde_json::Value::Object(r.extra.clone()));
+        details.push(serde_json::to_value(&r.details).unwrap_or(serde_json::Value::Null));
+        fps.push(r.details.plausible_fps());
     }
     let row = tx
         .query_one(
             "WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[], $5::jsonb[],
-                                      $6::timestamptz[])
-                          AS t(scenario_uuid, frame_number, captured_at, detections, extra, frame_time)),
+                                      $6::timestamptz[], $7::real[])
+                          AS t(scenario_uuid, frame_number, captured_at, detections, extra, frame_time, fps)),
              known AS (
                  SELECT i.* FROM input i WHERE EXISTS (SELECT 1 FROM scenarios s WHERE s.scenario_uuid = i.scenario_uuid)),
              inserted AS (
                  INSERT INTO scenario_results (scenario_uuid, frame_number, frame_time, captured_at, detections, extra)
                  SELECT scenario_uuid, frame_number, frame_time, captured_at, detections, extra FROM known
                  ON CONFLICT (scenario_uuid, frame_number, frame_time) DO NOTHING
-                 RETURNING scenario_uuid, frame_number, captured_at, extra),
+                 RETURNING scenario_uuid, frame_number, captured_at),
              counts AS (
                  SELECT scenario_uuid, count(*) AS n, max(captured_at) AS last_at,
-                        (array_agg(CASE WHEN jsonb_typeof(extra->'analysed_fps') = 'number'
-                                             AND (extra->'analysed_fps')::numeric BETWEEN 0 AND 10000
-                                        THEN (extra->'analysed_fps')::numeric::real END
-                                   ORDER BY frame_number DESC))[1] AS fps
-                   FROM inserted GROUP BY scenario_uuid),
+                        -- The rate the newest frame that has one reports.
+                        (SELECT k.fps FROM known k WHERE k.scenario_uuid = i.scenario_uuid AND k.fps IS NOT NULL
+                          ORDER BY k.frame_number DESC LIMIT 1) AS fps
+                   FROM inserted i GROUP BY scenario_uuid),
              updated AS (
                  UPDATE scenarios s
                     SET frames_processed = s.frames_processed + c.n,
@@ -331,7 +338,7 @@ async fn insert_results(
                  RETURNING (SELECT status FROM scenarios o WHERE o.scenario_uuid = s.scenario_uuid) AS old_status)
              SELECT (SELECT count(*) FROM known), (SELECT count(*) FROM inserted),
                     (SELECT count(*) FROM updated WHERE old_status IN ('init_startup', 'in_startup_processing'))",
-            &[&uuids, &frames, &times, &detections, &extras, &frame_times],
+            &[&uuids, &frames, &times, &detections, &details, &frame_times, &fps],
         )
         .await?;
     let known: i64 = row.get(0);

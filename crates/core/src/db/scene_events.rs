@@ -157,6 +157,7 @@ pub(super) const COLUMNS: &str = "e.event_id, e.scenario_uuid, e.kind, e.frame_n
 /// know).
 pub(super) fn from_row(r: &tokio_postgres::Row, at: usize) -> Option<SceneEvent> {
     Some(SceneEvent {
+        version: crate::events::RECORD_VERSION,
         event_id: r.get(at),
         scenario_uuid: r.get(at + 1),
         kind: SceneEventKind::parse(r.get::<_, &str>(at + 2))?,
