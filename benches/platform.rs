@@ -102,10 +102,17 @@ async fn api() {
     let before = app.scalar("SELECT count(*) FROM scenarios").await;
     let post = wrk(
         &format!("{}/api/v1/scenario/init", app.base),
-        Some("wrk.method = \"POST\"\nwrk.body = '{\"camera_url\": \"rtsp://cam.example/stream\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
+        Some("wrk.method = \"POST\"\nwrk.body = '{\"camera_url\": \"rtsp://127.0.0.1:9/stream\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
     );
     let created = app.scalar("SELECT count(*) FROM scenarios").await - before;
     println!("{:<44} {:>10.0} {:>10} {:>10}", "POST /api/v1/scenario/init (row + outbox)", post.0, post.1, post.2);
+    let tps = pgbench_insert(&app);
+    println!(
+        "{:<44} {:>10.0}   (the API: {:.0}% of it)",
+        "  baseline: pgbench, the API's statement",
+        tps,
+        100.0 * post.0 / tps
+    );
     // The design this replaced: NOTIFY inside each insert's transaction (a trigger). A
     // notifying commit holds a database-wide lock through its WAL flush.
     app.pool
@@ -121,7 +128,7 @@ async fn api() {
         .unwrap();
     let in_tx = wrk(
         &format!("{}/api/v1/scenario/init", app.base),
-        Some("wrk.method = \"POST\"\nwrk.body = '{\"camera_url\": \"rtsp://cam.example/stream\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
+        Some("wrk.method = \"POST\"\nwrk.body = '{\"camera_url\": \"rtsp://127.0.0.1:9/stream\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
     );
     app.pool
         .get()
@@ -134,6 +141,31 @@ async fn api() {
     let get = wrk(&format!("{}/api/v1/prediction/{s}", app.base), None);
     println!("{:<44} {:>10.0} {:>10} {:>10}", "GET /api/v1/prediction/{uuid} (100 frames)", get.0, get.1, get.2);
     println!("    scenarios created by the POST run: {created} (each with one outbox event)");
+}
+
+/// pgbench running the API's own insert (a scenario and its outbox event) with as many
+/// connections as wrk, for as long: what PostgreSQL alone does on these cores. Transactions/s.
+fn pgbench_insert(app: &TestApp) -> f64 {
+    let statement = vap_core::db::scenarios::INSERT_SCENARIO_WITH_EVENT
+        .replace("$1", "gen_random_uuid()")
+        .replace("$2", "'rtsp://127.0.0.1:9/stream'")
+        .replace("$3", "'{}'::jsonb");
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), format!("{};\n", statement.trim().replace('\n', " "))).unwrap();
+    let db = &app.settings.database;
+    let out = Command::new("/usr/lib/postgresql/15/bin/pgbench")
+        .args(["-n", "-M", "prepared", "-j", "2", &format!("-c{CONNECTIONS}"), &format!("-T{WRK_SECONDS}")])
+        .arg("-f")
+        .arg(script.path())
+        .args(["-h", &db.host, "-p", &db.port.to_string(), "-U", &db.user, &db.dbname])
+        .env("PGPASSWORD", db.password.expose())
+        .output()
+        .expect("pgbench (PostgreSQL 15's)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pgbench: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = ").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("no tps in pgbench's report: {text}"))
 }
 
 /// Inserts `n` scenarios with their outbox events directly (the API's rows, without HTTP).

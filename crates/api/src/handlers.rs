@@ -57,23 +57,48 @@ pub fn granted_scope(settings: &ApiSettings, req: &Request<Incoming>) -> Option<
     }
 }
 
-pub fn scenario_json(s: &Scenario, defaults: &Defaults) -> Value {
-    json!({
-        "scenario_uuid": s.uuid,
-        "camera_url": s.camera_url.redacted(),
-        "options": options_json(&s.options, defaults),
-        "options_revision": s.options_revision,
-        "status": s.status.as_str(),
-        "error": s.error,
-        "frames_processed": s.frames_processed,
-        "health": {
-            "last_frame_at": s.last_frame_at,
-            "analysed_fps": s.analysed_fps.map(|f| (f64::from(f) * 100.0).round() / 100.0),
-        },
-        "created_at": s.created_at,
-        "updated_at": s.updated_at,
-        "worker": s.worker,
-    })
+/// A scenario as the API shows it: its camera URL redacted, its options resolved.
+#[derive(serde::Serialize)]
+pub struct ScenarioView<'a> {
+    scenario_uuid: Uuid,
+    camera_url: String,
+    options: OptionsView<'a>,
+    options_revision: i64,
+    status: &'static str,
+    error: Option<&'a str>,
+    frames_processed: i64,
+    health: Health,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    worker: Option<&'a vap_core::db::scenarios::Worker>,
+}
+
+/// How its camera is doing, as the stored results say.
+#[derive(serde::Serialize)]
+struct Health {
+    last_frame_at: Option<chrono::DateTime<chrono::Utc>>,
+    analysed_fps: Option<f64>,
+}
+
+impl<'a> ScenarioView<'a> {
+    pub fn new(s: &'a Scenario, defaults: &'a Defaults) -> Self {
+        ScenarioView {
+            scenario_uuid: s.uuid,
+            camera_url: s.camera_url.redacted(),
+            options: OptionsView::new(&s.options, defaults),
+            options_revision: s.options_revision,
+            status: s.status.as_str(),
+            error: s.error.as_deref(),
+            frames_processed: s.frames_processed,
+            health: Health {
+                last_frame_at: s.last_frame_at,
+                analysed_fps: s.analysed_fps.map(|f| (f64::from(f) * 100.0).round() / 100.0),
+            },
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            worker: s.worker.as_ref(),
+        }
+    }
 }
 
 /// A webhook's host, when an address, must be one the destination policy allows (names are
@@ -92,24 +117,45 @@ fn webhook_reachable(state: &AppState, o: ScenarioOptions) -> Result<ScenarioOpt
 
 /// The options in effect: defaults that depend on the model are shown resolved against it.
 /// `classes: null` means every class of the model.
-pub fn options_json(o: &ScenarioOptions, defaults: &Defaults) -> Value {
-    let model = o.model_name(&defaults.catalogue);
-    let min_confidence = defaults.catalogue.get(model).map(|m| o.effective_min_confidence(m, defaults.min_confidence));
-    json!({
-        "name": o.name,
-        "model": model,
-        "fps": o.fps.unwrap_or(defaults.fps),
-        "classes": o.classes,
-        "min_confidence": min_confidence,
-        "mask": o.mask,
-        "zones": o.zones,
-        "lines": o.lines,
-        "webhook_url": o.webhook_url,
-        "snapshot_interval_s": o.snapshot_interval_s.unwrap_or(vap_core::options::DEFAULT_SNAPSHOT_INTERVAL_S),
-        "retention_days": o.retention_days,
-        "motion_gating": o.motion_gating(),
-        "decode": o.decode().as_str(),
-    })
+#[derive(serde::Serialize)]
+pub struct OptionsView<'a> {
+    name: Option<&'a str>,
+    model: &'a str,
+    fps: f64,
+    classes: Option<&'a [String]>,
+    min_confidence: Option<f32>,
+    mask: &'a [vap_core::options::Polygon],
+    zones: &'a [vap_core::options::Zone],
+    lines: &'a [vap_core::options::Line],
+    webhook_url: Option<&'a str>,
+    snapshot_interval_s: f64,
+    retention_days: Option<u32>,
+    motion_gating: bool,
+    decode: &'static str,
+}
+
+impl<'a> OptionsView<'a> {
+    pub fn new(o: &'a ScenarioOptions, defaults: &'a Defaults) -> Self {
+        let model = o.model_name(&defaults.catalogue);
+        OptionsView {
+            name: o.name.as_deref(),
+            model,
+            fps: o.fps.unwrap_or(defaults.fps),
+            classes: o.classes.as_deref(),
+            min_confidence: defaults
+                .catalogue
+                .get(model)
+                .map(|m| o.effective_min_confidence(m, defaults.min_confidence)),
+            mask: &o.mask,
+            zones: &o.zones,
+            lines: &o.lines,
+            webhook_url: o.webhook_url.as_deref(),
+            snapshot_interval_s: o.snapshot_interval_s.unwrap_or(vap_core::options::DEFAULT_SNAPSHOT_INTERVAL_S),
+            retention_days: o.retention_days,
+            motion_gating: o.motion_gating(),
+            decode: o.decode().as_str(),
+        }
+    }
 }
 
 /// The catalogue: what `model` may name, and what each model can find.
@@ -217,7 +263,7 @@ pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Res
     }
     let hash = hex::encode(digest.finalize());
     let idempotency = key.as_deref().map(|key| Idempotency { key, request_hash: &hash });
-    let render = |s: &Scenario| scenario_json(s, &state.options);
+    let render = |s: &Scenario| serde_json::to_value(ScenarioView::new(s, &state.options)).unwrap_or(Value::Null);
     match scenarios::create(&state.pool, &url, &options, idempotency, render).await? {
         Created::New { scenario, response } => {
             state.outbox_waker.wake();
@@ -232,7 +278,7 @@ pub async fn init_scenario(state: &Arc<AppState>, req: Request<Incoming>) -> Res
 pub async fn get_scenario(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
     let scenario = scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
-    Ok(json_response(StatusCode::OK, &scenario_json(&scenario, &state.options)))
+    Ok(json_response(StatusCode::OK, &ScenarioView::new(&scenario, &state.options)))
 }
 
 /// `PATCH /api/v1/scenario/{uuid}`: a JSON merge patch of the options. The change is stored
@@ -269,9 +315,9 @@ pub async fn patch_scenario(
         OptionsChange::Changed(s) => {
             state.outbox_waker.wake();
             tracing::info!(scenario_uuid = %uuid, revision = s.options_revision, "options changed");
-            Ok(json_response(StatusCode::OK, &scenario_json(&s, &state.options)))
+            Ok(json_response(StatusCode::OK, &ScenarioView::new(&s, &state.options)))
         }
-        OptionsChange::Unchanged(s) => Ok(json_response(StatusCode::OK, &scenario_json(&s, &state.options))),
+        OptionsChange::Unchanged(s) => Ok(json_response(StatusCode::OK, &ScenarioView::new(&s, &state.options))),
         OptionsChange::NotRunning(s) => Err(ApiError::Conflict(format!(
             "scenario {uuid} is {}; only a scenario that runs can change its options",
             s.status.as_str()
@@ -294,7 +340,7 @@ pub async fn list_scenarios(state: &Arc<AppState>, query: Option<&str>) -> Resul
     let cursor = cursor_param(&q)?;
     let (rows, more) = scenarios::list(&state.pool, status, cursor, limit).await?;
     let next = if more { rows.last().map(|s| s.seq.to_string()) } else { None };
-    let list: Vec<Value> = rows.iter().map(|s| scenario_json(s, &state.options)).collect();
+    let list: Vec<ScenarioView> = rows.iter().map(|s| ScenarioView::new(s, &state.options)).collect();
     Ok(json_response(StatusCode::OK, &json!({ "scenarios": list, "next_cursor": next })))
 }
 
@@ -304,9 +350,9 @@ pub async fn shutdown_scenario(state: &Arc<AppState>, id: &str) -> Result<Respon
         Shutdown::Requested(s) => {
             state.outbox_waker.wake();
             tracing::info!(scenario_uuid = %uuid, "shutdown requested");
-            Ok(json_response(StatusCode::OK, &scenario_json(&s, &state.options)))
+            Ok(json_response(StatusCode::OK, &ScenarioView::new(&s, &state.options)))
         }
-        Shutdown::AlreadyShuttingDown(s) => Ok(json_response(StatusCode::OK, &scenario_json(&s, &state.options))),
+        Shutdown::AlreadyShuttingDown(s) => Ok(json_response(StatusCode::OK, &ScenarioView::new(&s, &state.options))),
         Shutdown::Finished(s) => Err(ApiError::Conflict(format!(
             "scenario {uuid} is already {}; there is nothing to shut down",
             s.status.as_str()
@@ -443,7 +489,7 @@ pub struct FrameView<'a> {
     timestamp: chrono::DateTime<chrono::Utc>,
     analysed: bool,
     motion: Option<f64>,
-    detections: &'a Value,
+    detections: &'a serde_json::value::RawValue,
     model: Option<&'a str>,
     model_sha256: Option<&'a str>,
     runner: Option<&'a str>,

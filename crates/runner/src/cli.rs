@@ -157,30 +157,13 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    // FFmpeg reads these when a capture opens; set before any thread starts (setenv is not
-    // thread-safe). RTSP over TCP survives lossy networks and NAT; an operator's options win,
-    // but not over the protocol whitelist. HTTP goes through the egress proxy, every time.
-    let egress = match super::capture::uses_http(&args.camera_url) {
-        true => match super::egress::EgressProxy::bind() {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("vap-runner: error: egress proxy: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        false => None,
+    let egress = match prepare_ffmpeg(&args) {
+        Ok(egress) => egress,
+        Err(e) => {
+            eprintln!("vap-runner: error: egress proxy: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let base = std::env::var("OPENCV_FFMPEG_CAPTURE_OPTIONS").ok();
-    std::env::set_var(
-        "OPENCV_FFMPEG_CAPTURE_OPTIONS",
-        super::capture::ffmpeg_capture_options(&args.camera_url, base.as_deref(), args.options.decode()),
-    );
-    for name in ["no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY"] {
-        std::env::remove_var(name);
-    }
-    if let Some(proxy) = &egress {
-        std::env::set_var("http_proxy", proxy.url());
-    }
     let mut settings = match Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -215,6 +198,34 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         let shutdown = vap_core::lifecycle::shutdown_on_signal();
         super::run(settings, job, egress, shutdown).await
     });
+    exit_code(result)
+}
+
+/// FFmpeg reads its options from the environment when a capture opens: set before any thread
+/// starts (setenv is not thread-safe). RTSP over TCP survives lossy networks and NAT; an
+/// operator's options win, but not over the protocol whitelist. HTTP goes through the egress
+/// proxy, every time: the proxy is returned, bound.
+fn prepare_ffmpeg(args: &RunnerArgs) -> std::io::Result<Option<super::egress::EgressProxy>> {
+    let egress = match super::capture::uses_http(&args.camera_url) {
+        true => Some(super::egress::EgressProxy::bind()?),
+        false => None,
+    };
+    let base = std::env::var("OPENCV_FFMPEG_CAPTURE_OPTIONS").ok();
+    std::env::set_var(
+        "OPENCV_FFMPEG_CAPTURE_OPTIONS",
+        super::capture::ffmpeg_capture_options(&args.camera_url, base.as_deref(), args.options.decode()),
+    );
+    for name in ["no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY"] {
+        std::env::remove_var(name);
+    }
+    if let Some(proxy) = &egress {
+        std::env::set_var("http_proxy", proxy.url());
+    }
+    Ok(egress)
+}
+
+/// How the run ended, as the orchestrator reads it (`job::exit`).
+fn exit_code(result: Result<super::RunReport, RunnerError>) -> ExitCode {
     match result {
         Ok(report) => match report.outcome {
             // A source that ended with results undelivered is not finished: exit 0 would mark

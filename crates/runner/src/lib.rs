@@ -161,30 +161,8 @@ pub async fn run(
         ));
     }
     let (detector, provenance, min_confidence) = load_detector(&rs, &job.options).await?;
-    let buffer = Arc::new(ResultBuffer::new(rs.buffer_frames));
-    let events = Arc::new(ResultBuffer::new(rs.buffer_frames));
-    // A few: a snapshot that waits longer than that for the broker is stale anyway.
-    let snapshots = Arc::new(ResultBuffer::new(SNAPSHOTS_BUFFERED));
-    let abandon = CancellationToken::new();
     let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
-    let publish = |topic: &str, buffer: &Arc<ResultBuffer>, batch: usize| {
-        let publisher = Publisher {
-            kafka: Arc::clone(&kafka),
-            topic: topic.to_string(),
-            scenario: job.scenario,
-            batch,
-            signer: job.results_key.clone(),
-        };
-        // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
-        tokio::spawn(tracing::Instrument::instrument(
-            publisher.run(Arc::clone(buffer), abandon.clone()),
-            tracing::Span::current(),
-        ))
-    };
-    let publishing = publish(&settings.kafka.topic_results, &buffer, rs.produce_batch);
-    let publishing_events = publish(&settings.kafka.topic_events, &events, rs.produce_batch);
-    // One per request: each may be up to `snapshot_max_bytes`.
-    let publishing_snapshots = publish(&settings.kafka.topic_snapshots, &snapshots, 1);
+    let publishing = Publishing::start(&settings, &job, &kafka);
     let threads = Threads {
         slot: Arc::new(FrameSlot::default()),
         capture: Arc::new(CaptureStats::default()),
@@ -192,31 +170,23 @@ pub async fn run(
         sample_rate: Arc::new(SampleRate::new(job.options.fps.unwrap_or(rs.sample_fps))),
         started,
     };
-    let capture = threads.spawn_capture(&job, &rs, policy, &events, &shutdown)?;
+    let capture = threads.spawn_capture(&job, &rs, policy, &publishing.outputs.events, &shutdown)?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (reload_tx, reloads) = std::sync::mpsc::channel();
     let following = CancellationToken::new();
     let control = tokio::spawn(tracing::Instrument::instrument(
-        follow_option_changes(
-            Arc::clone(&kafka),
-            rs.clone(),
-            (job.scenario, job.options_revision),
-            reload_tx,
-            following.clone(),
-        ),
+        follow_option_changes(kafka, rs.clone(), (job.scenario, job.options_revision), reload_tx, following.clone()),
         tracing::Span::current(),
     ));
     let current =
         Current { detector, provenance, options: job.options.clone(), revision: job.options_revision, min_confidence };
-    let outputs =
-        Outputs { results: Arc::clone(&buffer), events: Arc::clone(&events), snapshots: Arc::clone(&snapshots) };
-    let detecting = threads.spawn_detect(current, reloads, outputs, &job, &rs, done_tx)?;
+    let detecting = threads.spawn_detect(current, reloads, publishing.outputs.clone(), &job, &rs, done_tx)?;
+    let buffer = Arc::clone(&publishing.outputs.results);
     let end = threads.supervise(done_rx, &buffer, Duration::from_millis(rs.status_interval_ms.max(100))).await;
     following.cancel();
     let _ = control.await;
     let _ = capture.join();
     let _ = detecting.join();
-
     let outcome = match end {
         CaptureEnd::Finished => Outcome::Finished,
         CaptureEnd::Stopped => Outcome::Stopped,
@@ -229,26 +199,76 @@ pub async fn run(
         vap_core::lifecycle::notify_stopping();
     }
     push_stream_end(&buffer, &job, &outcome, threads.stats.frames_analysed.load(Ordering::Relaxed));
-    buffer.close();
-    events.close();
-    snapshots.close();
-    let flush = Duration::from_millis(rs.flush_timeout_ms);
     let flush_started = Instant::now();
-    // Both within the one deadline: events first is no better than results first.
-    // Snapshots within it too, but one left unsent is not a result lost.
-    let (unsent, unsent_events, _) = tokio::join!(
-        flush_results(publishing, &abandon, flush, "results"),
-        flush_results(publishing_events, &abandon, flush, "events"),
-        flush_results(publishing_snapshots, &abandon, flush, "snapshots")
-    );
-    let unsent = unsent + unsent_events;
-    threads
-        .stats
-        .snapshots_dropped
-        .fetch_add(snapshots.stats.dropped_unsent.load(Ordering::Relaxed), Ordering::Relaxed);
+    let unsent = publishing.finish(Duration::from_millis(rs.flush_timeout_ms), &threads.stats).await;
     log_summary(&outcome, &threads, &buffer, flush_started.elapsed());
     let Threads { stats, capture, .. } = threads;
     Ok(RunReport { outcome, stats, capture, buffer, unsent, elapsed: started.elapsed() })
+}
+
+/// The run's three publishers (results, events, snapshots), each draining its buffer to Kafka.
+struct Publishing {
+    outputs: Outputs,
+    results: tokio::task::JoinHandle<usize>,
+    events: tokio::task::JoinHandle<usize>,
+    snapshots: tokio::task::JoinHandle<usize>,
+    /// Cancelled when the flush at the end runs out of time.
+    abandon: CancellationToken,
+}
+
+impl Publishing {
+    fn start(settings: &Settings, job: &RunnerJob, kafka: &Arc<KafkaLink>) -> Self {
+        let rs = &settings.runner;
+        let outputs = Outputs {
+            results: Arc::new(ResultBuffer::new(rs.buffer_frames)),
+            events: Arc::new(ResultBuffer::new(rs.buffer_frames)),
+            // A few: a snapshot that waits longer than that for the broker is stale anyway.
+            snapshots: Arc::new(ResultBuffer::new(SNAPSHOTS_BUFFERED)),
+        };
+        let abandon = CancellationToken::new();
+        let publish = |topic: &str, buffer: &Arc<ResultBuffer>, batch: usize| {
+            let publisher = Publisher {
+                kafka: Arc::clone(kafka),
+                topic: topic.to_string(),
+                scenario: job.scenario,
+                batch,
+                signer: job.results_key.clone(),
+            };
+            // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
+            tokio::spawn(tracing::Instrument::instrument(
+                publisher.run(Arc::clone(buffer), abandon.clone()),
+                tracing::Span::current(),
+            ))
+        };
+        let kafka = &settings.kafka;
+        Self {
+            results: publish(&kafka.topic_results, &outputs.results, rs.produce_batch),
+            events: publish(&kafka.topic_events, &outputs.events, rs.produce_batch),
+            // One per request: each may be up to `snapshot_max_bytes`.
+            snapshots: publish(&kafka.topic_snapshots, &outputs.snapshots, 1),
+            outputs,
+            abandon,
+        }
+    }
+
+    /// Closes the buffers and sends what they hold within `flush`: results and events (what
+    /// is returned left unsent), and snapshots (one left unsent is not a result lost).
+    async fn finish(self, flush: Duration, stats: &RunnerStats) -> usize {
+        let Self { outputs, results, events, snapshots, abandon } = self;
+        outputs.results.close();
+        outputs.events.close();
+        outputs.snapshots.close();
+        // All within the one deadline: events first is no better than results first.
+        let (unsent, unsent_events, _) = tokio::join!(
+            flush_results(results, &abandon, flush, "results"),
+            flush_results(events, &abandon, flush, "events"),
+            flush_results(snapshots, &abandon, flush, "snapshots")
+        );
+        stats
+            .snapshots_dropped
+            .fetch_add(outputs.snapshots.stats.dropped_unsent.load(Ordering::Relaxed), Ordering::Relaxed);
+        unsent + unsent_events
+    }
 }
 
 /// The scenario's detector, what produced its results, and the confidence a box needs to be
@@ -587,6 +607,7 @@ fn log_summary(outcome: &Outcome, threads: &Threads, buffer: &ResultBuffer, flus
 const SNAPSHOTS_BUFFERED: usize = 4;
 
 /// Where the detection thread's records go.
+#[derive(Clone)]
 struct Outputs {
     results: Arc<ResultBuffer>,
     events: Arc<ResultBuffer>,

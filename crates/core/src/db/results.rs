@@ -13,7 +13,8 @@ use crate::events::{EndReason, FrameDetails, FrameResult, StreamEnd};
 pub struct StoredResult {
     pub frame_number: i64,
     pub timestamp: DateTime<Utc>,
-    pub detections: serde_json::Value,
+    /// As stored: served as it is.
+    pub detections: Box<serde_json::value::RawValue>,
     /// What the runner said of the frame: model and its digest, runner instance, media position.
     pub details: FrameDetails,
 }
@@ -50,7 +51,7 @@ pub async fn page_in(
                   hi AS (SELECT frame_number FROM scenario_results
                           WHERE scenario_uuid = $1 AND $5::timestamptz IS NOT NULL AND captured_at < $5
                           ORDER BY captured_at DESC, frame_number DESC LIMIT 1)
-             SELECT frame_number, captured_at, detections, extra FROM scenario_results
+             SELECT frame_number, captured_at, detections::text, extra::text FROM scenario_results
               WHERE scenario_uuid = $1 AND frame_number > $2
                 -- The same bound in frame time: partitions before it are skipped.
                 AND frame_time > (SELECT created_at FROM scenarios WHERE scenario_uuid = $1) + $2 * interval '1 millisecond'
@@ -65,9 +66,10 @@ pub async fn page_in(
         .map(|r| StoredResult {
             frame_number: r.get(0),
             timestamp: r.get(1),
-            detections: r.get(2),
+            // PostgreSQL's text of a jsonb value is JSON.
+            detections: serde_json::value::RawValue::from_string(r.get(2)).unwrap_or_default(),
             // Rows are written from the same type; one that does not read keeps its frame.
-            details: serde_json::from_value(r.get(3)).unwrap_or_default(),
+            details: serde_json::from_str(r.get(3)).unwrap_or_default(),
         })
         .collect())
 }

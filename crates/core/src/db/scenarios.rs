@@ -131,7 +131,9 @@ async fn write_event(
 
 /// The scenario row and its `init_scenario` event in one statement: atomic on its own, and one
 /// round trip instead of a BEGIN/INSERT/INSERT/COMMIT exchange.
-const INSERT_SCENARIO_WITH_EVENT: &str = "
+/// A scenario and its `init_scenario` event in one statement (`$1` uuid, `$2` camera URL, `$3`
+/// options); public for the benchmark that runs it under pgbench beside the API.
+pub const INSERT_SCENARIO_WITH_EVENT: &str = "
     WITH s AS (
         INSERT INTO scenarios (scenario_uuid, camera_url, options, status) VALUES ($1, $2, $3, 'init_startup')
         RETURNING scenario_uuid, seq, camera_url, options, options_revision, status, error, frames_processed,
