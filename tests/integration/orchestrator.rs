@@ -209,6 +209,7 @@ async fn a_crash_looping_runner_fails_its_scenario_after_the_restart_limit() {
     // A stand-in that crashes at once with a code the runner uses for transient errors.
     let dir = tempfile::tempdir().unwrap();
     let crasher = dir.path().join("vap-runner");
+    let metrics_listen = format!("127.0.0.1:{}", free_port());
     std::fs::write(&crasher, "#!/bin/sh\nexit 1\n").unwrap();
     std::fs::set_permissions(&crasher, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut orchestrator = spawn_orchestrator_with(
@@ -219,6 +220,7 @@ async fn a_crash_looping_runner_fails_its_scenario_after_the_restart_limit() {
             ("VAP_ORCHESTRATOR__LOCAL__RESTART_LIMIT", "2"),
             ("VAP_ORCHESTRATOR__LOCAL__RESTART_WINDOW_SECS", "60"),
             ("VAP_ORCHESTRATOR__LOCAL__RESTART_DELAY_MIN_MS", "100"),
+            ("VAP_ORCHESTRATOR__METRICS_LISTEN", metrics_listen.as_str()),
         ],
     );
     let id = app.create_scenario("rtsp://camera.invalid/stream").await;
@@ -231,9 +233,18 @@ async fn a_crash_looping_runner_fails_its_scenario_after_the_restart_limit() {
         (Some("local"), Some("failed"), Some(2)),
         "{failed}"
     );
-    // Failed stays failed: no further starts.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Failed stays failed: no further starts, after rounds that would have started one.
+    let rounds = || async {
+        let text = common::try_text(&format!("http://{metrics_listen}/metrics")).await?;
+        text.lines().find_map(|l| l.strip_prefix("vap_orchestrator_reconcile_seconds_count ")?.parse::<u64>().ok())
+    };
+    let failed_at = rounds().await.expect("the orchestrator's reconcile count");
+    eventually(Duration::from_secs(30), "three more reconcile rounds", || async {
+        rounds().await.filter(|n| *n >= failed_at + 3)
+    })
+    .await;
     assert_eq!(app.scenario(id).await["status"], "failed");
+    assert_eq!(app.scenario(id).await["worker"]["restarts"], 2, "no start after the scenario failed");
     let _ = orchestrator.kill();
     let _ = orchestrator.wait();
 }

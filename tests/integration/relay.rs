@@ -53,14 +53,25 @@ async fn burst(app: &TestApp, n: usize) -> (Vec<uuid::Uuid>, Vec<uuid::Uuid>) {
 
 #[tokio::test]
 async fn post_while_the_broker_is_down_succeeds_and_is_published_when_it_returns() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::spawn_with(|s| {
+        s.relay.metrics_listen = format!("127.0.0.1:{}", vap_dev::devstack::free_port().unwrap())
+    })
+    .await;
     app.broker.stop();
     app.start_relay();
     let mut created = Vec::new();
     for i in 0..3 {
         created.push(app.create_scenario(&format!("rtsp://cam/{i}")).await);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The relay has tried and failed: what it tried is still unpublished.
+    let metrics = format!("http://{}/metrics", app.settings.relay.metrics_listen);
+    eventually(Duration::from_secs(60), "a publish attempt to fail", || async {
+        let text = common::try_text(&metrics).await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("vap_relay_publish_failures_total ")?.parse::<u64>().ok())
+            .filter(|n| *n >= 1)
+    })
+    .await;
     assert_eq!(published(&app).await, 0, "nothing can be published without a broker");
 
     app.broker.resume().unwrap();

@@ -86,7 +86,7 @@ async fn partitions_past_retention_are_dropped_while_the_inbox_goes_on_and_a_sce
     .await;
     assert_eq!(frames_of(&app, kept).await, vec![mid, late, recent]);
     // The two frames past retention are counted, not stored.
-    let metrics = crate::inbox::reqwest_text(&format!("http://{}/metrics", app.settings.relay.metrics_listen)).await;
+    let metrics = common::reqwest_text(&format!("http://{}/metrics", app.settings.relay.metrics_listen)).await;
     assert!(metrics.contains("vap_inbox_expired_total 2"), "{metrics}");
     // Set now, so that the relay's own passes can't have applied it before the frames came.
     let r = app.patch_json(&format!("/api/v1/scenario/{short}"), &json!({"retention_days": 10})).await;
@@ -112,7 +112,11 @@ async fn partitions_past_retention_are_dropped_while_the_inbox_goes_on_and_a_sce
         metrics: Arc::new(vap_core::metrics::Metrics::default()),
     };
     let pass = tokio::spawn(async move { retention.pass().await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The drop queues behind the reader's lock, as PostgreSQL shows it.
+    eventually(Duration::from_secs(15), "the drop waiting for the reader's lock", || async {
+        (app.scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").await > 0).then_some(())
+    })
+    .await;
     assert!(!pass.is_finished(), "the drop should wait for the open reader");
     let later = recent + 30_000;
     app.produce_results(vec![result_at(kept, later, kept_epoch)]).await;
