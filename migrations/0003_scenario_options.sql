@@ -1,4 +1,4 @@
--- What each camera looks for (lib/options.rs): model, fps, classes, min_confidence, mask, name.
+-- What each camera looks for (crates/core/src/options.rs): model, fps, classes, min_confidence, mask, name.
 -- Scenarios created before this have '{}': the configured defaults.
 ALTER TABLE scenarios ADD COLUMN options jsonb NOT NULL DEFAULT '{}';
 -- Counts PATCHes: a runner applies a change only when it is newer than what it runs.

@@ -1,4 +1,4 @@
--- What runners saw happen (lib/events.rs SceneEvent): zone entries and exits, line crossings,
+-- What runners saw happen (crates/core/src/events.rs SceneEvent): zone entries and exits, line crossings,
 -- dwell, camera health. The id is derived from what the event is, so a replayed or re-produced
 -- record is stored once.
 CREATE TABLE scenario_events (

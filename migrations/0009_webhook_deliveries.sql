@@ -1,5 +1,5 @@
 -- Each scene event due to a webhook receiver, written in the inbox's transaction with the event
--- (nothing is lost when vap restarts), sent by the relay (lib/webhooks.rs) until acknowledged.
+-- (nothing is lost when vap restarts), sent by the relay (crates/relay/src/webhooks.rs) until acknowledged.
 CREATE TABLE webhook_deliveries (
     id              bigserial PRIMARY KEY,
     event_id        uuid NOT NULL REFERENCES scenario_events ON DELETE CASCADE,

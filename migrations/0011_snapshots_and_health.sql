@@ -1,5 +1,5 @@
 -- What the console shows: each scenario's latest analysed frame time and rate (kept by the
--- inbox with the results), and JPEG snapshots of analysed frames (lib/db/snapshots.rs).
+-- inbox with the results), and JPEG snapshots of analysed frames (crates/core/src/db/snapshots.rs).
 ALTER TABLE scenarios ADD COLUMN last_frame_at timestamptz, ADD COLUMN analysed_fps real;
 
 -- The latest periodic snapshot of a scenario and those taken for its events (`event_ids`);

@@ -123,7 +123,8 @@ pub struct OptionsView<'a> {
     model: &'a str,
     fps: f64,
     classes: Option<&'a [String]>,
-    min_confidence: Option<f32>,
+    /// As the wider float the body always carried.
+    min_confidence: Option<f64>,
     mask: &'a [vap_core::options::Polygon],
     zones: &'a [vap_core::options::Zone],
     lines: &'a [vap_core::options::Line],
@@ -145,7 +146,7 @@ impl<'a> OptionsView<'a> {
             min_confidence: defaults
                 .catalogue
                 .get(model)
-                .map(|m| o.effective_min_confidence(m, defaults.min_confidence)),
+                .map(|m| f64::from(o.effective_min_confidence(m, defaults.min_confidence))),
             mask: &o.mask,
             zones: &o.zones,
             lines: &o.lines,

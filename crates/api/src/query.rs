@@ -39,12 +39,31 @@ impl Query {
         }
     }
 
-    /// `1`/`true` or `0`/`false`/empty; absent is false.
+    /// `1`/`true` or `0`/`false`/empty; absent is false. Given more than once, each must be
+    /// one of these and the last wins.
     pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
-        match self.get(name) {
-            None | Some("0" | "false" | "") => Ok(false),
-            Some("1" | "true") => Ok(true),
-            Some(other) => Err(ApiError::bad("invalid_parameter", format!("{name} must be 1 or 0, got '{other}'"))),
-        }
+        self.0.iter().filter(|(k, _)| k == name).try_fold(false, |_, (_, v)| match v.as_str() {
+            "0" | "false" | "" => Ok(false),
+            "1" | "true" => Ok(true),
+            other => Err(ApiError::bad("invalid_parameter", format!("{name} must be 1 or 0, got '{other}'"))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Query;
+
+    #[test]
+    fn parameters_read_and_refused_by_name() {
+        let q = Query::parse(Some("limit=5&since=2026-01-01T00:00:00Z&boxes=0&boxes=1&bad=x"));
+        assert_eq!(q.int("limit", 1, 10).unwrap(), Some(5));
+        assert!(q.int("limit", 6, 10).unwrap_err().to_string().contains("limit must be an integer from 6 to 10"));
+        assert_eq!(q.int("absent", 1, 10).unwrap(), None);
+        assert!(q.time("since").unwrap().is_some());
+        assert!(q.time("bad").unwrap_err().to_string().contains("bad must be an RFC 3339 time"));
+        assert!(q.flag("boxes").unwrap(), "the last value wins");
+        assert!(!q.flag("absent").unwrap());
+        assert!(Query::parse(Some("boxes=1&boxes=maybe")).flag("boxes").is_err(), "every value is checked");
     }
 }

@@ -136,6 +136,8 @@ mod tests {
         assert_eq!(find("/").unwrap().route.endpoint, Endpoint::Console);
         assert!(find("/api/v1/scenario/x/nothing").is_none());
         assert!(find("/api/v2/scenarios").is_none());
+        // An empty segment names no scenario: not found (no route has an empty parameter).
+        assert!(find("/api/v1/scenario//shutdown").is_none());
         let scenario = find("/api/v1/scenario/x").unwrap().route;
         assert!(
             scenario.answers(&Method::DELETE) && scenario.answers(&Method::HEAD) && !scenario.answers(&Method::PUT)

@@ -4,12 +4,13 @@
 //! files (`tests/golden/records/`) hold one of each as it travels.
 //!
 //! **Versions.** Every record has a `version` ([`RECORD_VERSION`] when written; absent means 1,
-//! and version 1 is not written, so records stay as they were before versions existed). A
-//! version adds optional fields only; a change a reader of the previous version would misread
-//! needs a new topic. A reader takes every version up to its own and ignores fields it does not
-//! know (except in records that refuse unknown fields, listed at their type); a record of a
-//! newer version is refused with [`ResultError::NewerVersion`] and set aside with that reason
-//! (`dead_letters`), never half-read: replay it once the reader is upgraded.
+//! and version 1 is not written, so version-1 records carry the fields they had before versions
+//! existed). A version adds optional fields only; a change a reader of the previous version
+//! would misread needs a new topic. A reader takes every version up to its own and ignores
+//! fields it does not know (except `SceneEvent` and `StreamEnd`, which refuse them); a record
+//! of a newer version is refused with [`ResultError::NewerVersion`], whichever of its fields
+//! failed, never half-read: the inbox sets it aside (`dead_letters`) for replay after an
+//! upgrade, the orchestrator and runners log it and skip it.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,20 @@ fn first_version() -> u16 {
 
 fn is_first_version(v: &u16) -> bool {
     *v == 1
+}
+
+/// Why `bytes` did not parse: a newer version's, when that is what it says it is (its new
+/// fields may be what failed: records that refuse unknown fields), else the parser's error.
+fn unreadable(bytes: &[u8], e: serde_json::Error) -> ResultError {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default = "first_version")]
+        version: u16,
+    }
+    match serde_json::from_slice::<Head>(bytes) {
+        Ok(Head { version }) if version > RECORD_VERSION => ResultError::NewerVersion(version),
+        _ => ResultError::Json(e.to_string()),
+    }
 }
 
 /// A record's version is one this build reads.
@@ -93,7 +108,7 @@ pub struct RunnerControl {
 
 impl ScenarioEvent {
     pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
-        let e: Self = serde_json::from_slice(bytes).map_err(|e| ResultError::Json(e.to_string()))?;
+        let e: Self = serde_json::from_slice(bytes).map_err(|e| unreadable(bytes, e))?;
         readable(e.version)?;
         Ok(e)
     }
@@ -101,7 +116,7 @@ impl ScenarioEvent {
 
 impl RunnerControl {
     pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
-        let c: Self = serde_json::from_slice(bytes).map_err(|e| ResultError::Json(e.to_string()))?;
+        let c: Self = serde_json::from_slice(bytes).map_err(|e| unreadable(bytes, e))?;
         readable(c.version)?;
         Ok(c)
     }
@@ -244,7 +259,7 @@ fn sane_time(t: DateTime<Utc>) -> Result<(), ResultError> {
 impl FrameResult {
     /// Parses and checks a `results` record value.
     pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
-        let r: FrameResult = serde_json::from_slice(bytes).map_err(|e| ResultError::Json(e.to_string()))?;
+        let r: FrameResult = serde_json::from_slice(bytes).map_err(|e| unreadable(bytes, e))?;
         readable(r.version)?;
         if r.frame_number < 0 {
             return Err(ResultError::NegativeFrame(r.frame_number));
@@ -370,7 +385,7 @@ impl SceneEvent {
 
     /// Parses and checks an `events` record value.
     pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
-        let e: SceneEvent = serde_json::from_slice(bytes).map_err(|err| ResultError::Json(err.to_string()))?;
+        let e: SceneEvent = serde_json::from_slice(bytes).map_err(|err| unreadable(bytes, err))?;
         readable(e.version)?;
         if e.frame_number < 0 {
             return Err(ResultError::NegativeFrame(e.frame_number));
@@ -521,7 +536,8 @@ impl Snapshot {
 
     pub fn parse(bytes: &[u8]) -> Result<Self, ResultError> {
         let split = bytes.iter().position(|b| *b == b'\n').ok_or_else(|| ResultError::Json("no header line".into()))?;
-        let mut s: Snapshot = serde_json::from_slice(&bytes[..split]).map_err(|e| ResultError::Json(e.to_string()))?;
+        let header = &bytes[..split];
+        let mut s: Snapshot = serde_json::from_slice(header).map_err(|e| unreadable(header, e))?;
         readable(s.version)?;
         if !(0..=limits::MAX_FRAME_NUMBER).contains(&s.frame_number) {
             return Err(ResultError::FrameTooLarge(s.frame_number));
@@ -788,6 +804,16 @@ mod tests {
             r#"{{"version":{newer},"scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","timestamp":"2026-01-01T00:00:00Z","end_of_stream":"finished"}}"#
         );
         assert_eq!(ResultsRecord::parse(end.as_bytes()), Err(ResultError::NewerVersion(newer)));
+        // Records that refuse unknown fields: a newer one's new field is not what they report.
+        let end_with_more = end.replacen('{', r#"{"added_later":1,"#, 1);
+        assert_eq!(ResultsRecord::parse(end_with_more.as_bytes()), Err(ResultError::NewerVersion(newer)));
+        let scene = format!(
+            r#"{{"version":{newer},"added_later":1,"event_id":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","scenario_uuid":"6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10","kind":"dwell","frame_number":1,"timestamp":"2026-01-01T00:00:00Z"}}"#
+        );
+        assert_eq!(SceneEvent::parse(scene.as_bytes()), Err(ResultError::NewerVersion(newer)));
+        // The same unknown field in a version this build reads is malformed, as before.
+        let current = scene.replacen(&format!(r#""version":{newer}"#), r#""version":1"#, 1);
+        assert!(matches!(SceneEvent::parse(current.as_bytes()), Err(ResultError::Json(_))));
         let zero = event.replacen(&format!(r#""version":{newer}"#), r#""version":0"#, 1);
         assert!(matches!(ScenarioEvent::parse(zero.as_bytes()), Err(ResultError::Json(_))));
     }

@@ -324,8 +324,10 @@ async fn insert_results(
                  RETURNING scenario_uuid, frame_number, captured_at),
              counts AS (
                  SELECT scenario_uuid, count(*) AS n, max(captured_at) AS last_at,
-                        -- The rate the newest frame that has one reports.
-                        (SELECT k.fps FROM known k WHERE k.scenario_uuid = i.scenario_uuid AND k.fps IS NOT NULL
+                        -- The rate the newest frame stored now reports (none: the last one stays).
+                        (SELECT k.fps FROM known k
+                           JOIN inserted x ON x.scenario_uuid = k.scenario_uuid AND x.frame_number = k.frame_number
+                          WHERE k.scenario_uuid = i.scenario_uuid
                           ORDER BY k.frame_number DESC LIMIT 1) AS fps
                    FROM inserted i GROUP BY scenario_uuid),
              updated AS (
