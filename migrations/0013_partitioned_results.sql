@@ -1,4 +1,4 @@
--- Results and events partitioned by frame time (crates/core/src/db/partitions.rs): partitions are created
+-- Results and events partitioned by frame time (crates/relay/src/retention/partitions.rs): partitions are created
 -- ahead by the relay and dropped whole after `retention.results_days`, which never blocks
 -- writes (DETACH ... CONCURRENTLY). The partition key `frame_time` is the scenario's epoch
 -- plus the frame number in milliseconds: the same for every delivery of a frame, as it must be

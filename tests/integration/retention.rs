@@ -49,9 +49,9 @@ async fn frames_of(app: &TestApp, id: uuid::Uuid) -> Vec<i64> {
     rows.iter().map(|r| r.get(0)).collect()
 }
 
-async fn partitions(app: &TestApp, table: &str) -> Vec<vap_core::db::partitions::Partition> {
+async fn partitions(app: &TestApp, table: &str) -> Vec<vap_relay::retention::partitions::Partition> {
     let client = app.pool.get().await.unwrap();
-    vap_core::db::partitions::list(&**client, table).await.unwrap()
+    vap_relay::retention::partitions::list(&**client, table).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,7 +212,7 @@ pub struct InboxSettings {
     pub rebalance_interval_ms: u64,
 }
 
-/// How long results and events are kept (crates/relay/src/retention.rs, run by vap-relay).
+/// How long results and events are kept (crates/relay/src/retention/, run by vap-relay).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionSettings {

@@ -5,10 +5,8 @@
 pub mod migrate;
 pub mod outbox;
 pub mod partition_locks;
-pub mod partitions;
 pub mod positions;
 pub mod results;
-pub mod retention;
 pub mod scenarios;
 pub mod scene_events;
 pub mod snapshots;

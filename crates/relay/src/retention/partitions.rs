@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use deadpool_postgres::Pool;
 use tokio_postgres::GenericClient;
 
-use super::DbError;
+use vap_core::db::DbError;
 
 /// The partitioned tables.
 pub const TABLES: [&str; 2] = ["scenario_results", "scenario_events"];
@@ -96,13 +96,13 @@ pub async fn ensure(
 /// names. `DETACH ... CONCURRENTLY` waits for readers of the partition but blocks no reader or
 /// writer of the table. Relays take turns.
 pub async fn drop_before(
-    settings: &crate::config::DatabaseSettings,
+    settings: &vap_core::config::DatabaseSettings,
     table: &str,
     cutoff: DateTime<Utc>,
 ) -> Result<Vec<String>, DbError> {
     // A connection of its own: the session lock must be released on the one that took it, and
     // a concurrent detach runs outside any transaction.
-    let client = super::dedicated_connection(settings).await?;
+    let client = vap_core::db::dedicated_connection(settings).await?;
     // Detaching waits for the readers of the partition: the database's own timeout, not ours.
     client.batch_execute("SET statement_timeout = 0").await?;
     // After another relay's drops, not beside them (the lock goes with this connection).
@@ -140,13 +140,13 @@ impl Coverage {
 
     /// Forgets what it knew (after partitions were dropped).
     pub fn forget(&self) {
-        crate::sys::lock(&self.known).clear();
+        vap_core::sys::lock(&self.known).clear();
     }
 
     /// Makes sure every time in `times` has a partition of `table`.
     pub async fn cover(&self, pool: &Pool, table: &str, times: &[DateTime<Utc>]) -> Result<(), DbError> {
         let missing: Vec<DateTime<Utc>> = {
-            let known = crate::sys::lock(&self.known);
+            let known = vap_core::sys::lock(&self.known);
             let partitions = known.get(table).map(Vec::as_slice).unwrap_or_default();
             times.iter().copied().filter(|&t| !covers(partitions, t)).collect()
         };
@@ -154,7 +154,7 @@ impl Coverage {
             return Ok(());
         }
         let partitions = ensure(pool, table, &missing, self.span).await?;
-        crate::sys::lock(&self.known).insert(table.to_string(), partitions);
+        vap_core::sys::lock(&self.known).insert(table.to_string(), partitions);
         Ok(())
     }
 }

@@ -1,6 +1,10 @@
 //! Results and events are kept `retention.results_days` by frame time. vap-relay owns their
-//! partitions (crates/core/src/db/partitions.rs): it makes them ahead, drops whole ones past retention, and
-//! deletes row by row only what a scenario keeps for a shorter time.
+//! partitions ([`partitions`]): it makes them ahead, drops whole ones past retention, and
+//! deletes row by row ([`rows`]) only what a scenario keeps for a shorter time. All of
+//! retention is here.
+
+pub mod partitions;
+pub mod rows;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +13,9 @@ use chrono::Utc;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
+use partitions::{Coverage, TABLES};
 use vap_core::config::{DatabaseSettings, RetentionSettings};
-use vap_core::db::partitions::{self, Coverage, TABLES};
-use vap_core::db::{self, DbError};
+use vap_core::db::DbError;
 use vap_core::metrics::Metrics;
 
 /// A partition is dropped this long after retention would allow it: the inbox, which stops
@@ -35,7 +39,7 @@ impl Window {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pass {
     pub dropped: Vec<String>,
-    pub deleted: db::retention::Deleted,
+    pub deleted: rows::Deleted,
 }
 
 pub struct Retention {
@@ -87,7 +91,7 @@ impl Retention {
         if !pass.dropped.is_empty() {
             self.window.coverage.forget();
         }
-        pass.deleted = db::retention::delete_expired(&self.pool, self.window.keep).await?;
+        pass.deleted = rows::delete_expired(&self.pool, self.window.keep).await?;
         Ok(pass)
     }
 }

@@ -3,7 +3,7 @@
 
 use deadpool_postgres::Pool;
 
-use super::DbError;
+use vap_core::db::DbError;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Deleted {
