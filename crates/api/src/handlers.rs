@@ -160,28 +160,58 @@ impl<'a> OptionsView<'a> {
 }
 
 /// The catalogue: what `model` may name, and what each model can find.
+#[derive(serde::Serialize)]
+struct Catalogue<'a> {
+    default_model: &'a str,
+    models: Vec<ModelView<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct ModelView<'a> {
+    name: &'a str,
+    default: bool,
+    classes: Vec<&'a str>,
+    labels: &'a [String],
+    input: InputSize,
+    output_format: &'static str,
+    thresholds: ThresholdsView,
+    sha256: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct InputSize {
+    width: usize,
+    height: usize,
+}
+
+/// As the wider floats the body always carried.
+#[derive(serde::Serialize)]
+struct ThresholdsView {
+    min_confidence: f64,
+    iou: f64,
+    max_detections: usize,
+}
+
 pub fn models(state: &Arc<AppState>) -> Response<Body> {
     let catalogue = &state.options.catalogue;
-    let list: Vec<Value> = catalogue
+    let models = catalogue
         .iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "default": m.name == catalogue.default_name(),
-                "classes": m.classes().collect::<Vec<_>>(),
-                "labels": m.labels,
-                "input": { "width": m.input.width, "height": m.input.height },
-                "output_format": m.output_format(),
-                "thresholds": {
-                    "min_confidence": m.thresholds.score,
-                    "iou": m.thresholds.iou,
-                    "max_detections": m.thresholds.max_detections,
-                },
-                "sha256": m.sha256,
-            })
+        .map(|m| ModelView {
+            name: &m.name,
+            default: m.name == catalogue.default_name(),
+            classes: m.classes().collect(),
+            labels: &m.labels,
+            input: InputSize { width: m.input.width, height: m.input.height },
+            output_format: m.output_format(),
+            thresholds: ThresholdsView {
+                min_confidence: f64::from(m.thresholds.score),
+                iou: f64::from(m.thresholds.iou),
+                max_detections: m.thresholds.max_detections,
+            },
+            sha256: m.sha256.as_deref(),
         })
         .collect();
-    json_response(StatusCode::OK, &json!({ "default_model": catalogue.default_name(), "models": list }))
+    json_response(StatusCode::OK, &Catalogue { default_model: catalogue.default_name(), models })
 }
 
 pub fn parse_uuid(raw: &str) -> Result<Uuid, ApiError> {
@@ -458,17 +488,57 @@ pub async fn scene_counts(state: &Arc<AppState>, id: &str, query: Option<&str>) 
         return Err(ApiError::ScenarioNotFound(uuid));
     }
     let rows = scene_events::counts(&state.pool, uuid, bucket, since, until).await?;
-    let counts: Vec<Value> = rows
+    let counts = rows
         .iter()
         .map(|c| match &c.zone {
-            Some(zone) => json!({"start": c.start, "zone": zone, "class": c.class, "entered": c.entered,
-                                 "left": c.left, "peak_occupancy": c.peak_occupancy}),
-            None => json!({"start": c.start, "line": c.line, "class": c.class, "crossed_in": c.crossed_in,
-                           "crossed_out": c.crossed_out}),
+            Some(zone) => CountView::Zone {
+                start: c.start,
+                zone,
+                class: c.class.as_deref(),
+                entered: c.entered,
+                left: c.left,
+                peak_occupancy: c.peak_occupancy,
+            },
+            None => CountView::Line {
+                start: c.start,
+                line: c.line.as_deref(),
+                class: c.class.as_deref(),
+                crossed_in: c.crossed_in,
+                crossed_out: c.crossed_out,
+            },
         })
         .collect();
     let bucket = if bucket == scene_events::Bucket::Minute { "1m" } else { "1h" };
-    Ok(json_response(StatusCode::OK, &json!({ "scenario_uuid": uuid, "bucket": bucket, "counts": counts })))
+    Ok(json_response(StatusCode::OK, &CountsPage { scenario_uuid: uuid, bucket, counts }))
+}
+
+/// Counts per bucket, zone or line, and class.
+#[derive(serde::Serialize)]
+struct CountsPage<'a> {
+    scenario_uuid: Uuid,
+    bucket: &'static str,
+    counts: Vec<CountView<'a>>,
+}
+
+/// A zone's entries, exits and peak occupancy, or a line's crossings each way.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum CountView<'a> {
+    Zone {
+        start: chrono::DateTime<chrono::Utc>,
+        zone: &'a str,
+        class: Option<&'a str>,
+        entered: i64,
+        left: i64,
+        peak_occupancy: Option<i64>,
+    },
+    Line {
+        start: chrono::DateTime<chrono::Utc>,
+        line: Option<&'a str>,
+        class: Option<&'a str>,
+        crossed_in: i64,
+        crossed_out: i64,
+    },
 }
 
 /// A stored event as the API shows it (the scenario is the one asked about).
