@@ -587,3 +587,11 @@ pub async fn try_text(url: &str) -> Option<String> {
     let resp = client.get(url.parse().unwrap()).await.ok()?;
     String::from_utf8(resp.into_body().collect().await.ok()?.to_bytes().to_vec()).ok()
 }
+
+/// One series (`name` or `name{labels}`) as a process serves it on its /metrics at `listen`;
+/// None while nothing answers there or the series is not served yet.
+pub async fn metric(listen: &str, series: &str) -> Option<f64> {
+    let text = try_text(&format!("http://{listen}/metrics")).await?;
+    let prefix = format!("{series} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}

@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{eventually, reqwest_text, result_json, try_text, TestApp};
+use common::{eventually, reqwest_text, result_json, TestApp};
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 
@@ -573,9 +573,8 @@ async fn predictions_are_served_by_capture_time_range_page_by_page() {
 
 /// The inbox's share of `topic` a relay reports on its /metrics.
 async fn partitions_held(metrics_listen: &str, topic: &str) -> Option<u64> {
-    let text = try_text(&format!("http://{metrics_listen}/metrics")).await?;
-    let prefix = format!("vap_inbox_partitions_held{{topic=\"{topic}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+    let held = common::metric(metrics_listen, &format!("vap_inbox_partitions_held{{topic=\"{topic}\"}}")).await?;
+    Some(held as u64)
 }
 
 /// Two relays divide the 4 partitions of `results` 2 and 2 (each says so on /metrics, and

@@ -234,13 +234,10 @@ async fn a_crash_looping_runner_fails_its_scenario_after_the_restart_limit() {
         "{failed}"
     );
     // Failed stays failed: no further starts, after rounds that would have started one.
-    let rounds = || async {
-        let text = common::try_text(&format!("http://{metrics_listen}/metrics")).await?;
-        text.lines().find_map(|l| l.strip_prefix("vap_orchestrator_reconcile_seconds_count ")?.parse::<u64>().ok())
-    };
+    let rounds = || common::metric(&metrics_listen, "vap_orchestrator_reconcile_seconds_count");
     let failed_at = rounds().await.expect("the orchestrator's reconcile count");
     eventually(Duration::from_secs(30), "three more reconcile rounds", || async {
-        rounds().await.filter(|n| *n >= failed_at + 3)
+        rounds().await.filter(|n| *n >= failed_at + 3.0)
     })
     .await;
     assert_eq!(app.scenario(id).await["status"], "failed");

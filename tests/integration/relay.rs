@@ -64,12 +64,10 @@ async fn post_while_the_broker_is_down_succeeds_and_is_published_when_it_returns
         created.push(app.create_scenario(&format!("rtsp://cam/{i}")).await);
     }
     // The relay has tried and failed: what it tried is still unpublished.
-    let metrics = format!("http://{}/metrics", app.settings.relay.metrics_listen);
     eventually(Duration::from_secs(60), "a publish attempt to fail", || async {
-        let text = common::try_text(&metrics).await?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("vap_relay_publish_failures_total ")?.parse::<u64>().ok())
-            .filter(|n| *n >= 1)
+        common::metric(&app.settings.relay.metrics_listen, "vap_relay_publish_failures_total")
+            .await
+            .filter(|n| *n >= 1.0)
     })
     .await;
     assert_eq!(published(&app).await, 0, "nothing can be published without a broker");
