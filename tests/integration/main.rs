@@ -19,6 +19,7 @@ mod nomad_double;
 mod api;
 mod config;
 mod inbox;
+mod kafka_compat;
 mod layout;
 mod relay;
 mod retention;

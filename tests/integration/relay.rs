@@ -322,7 +322,8 @@ async fn a_broker_that_stops_answering_for_two_minutes_holds_no_transaction_and_
             .unwrap()
             .query_one(
                 "SELECT COALESCE(max(extract(epoch FROM now() - xact_start)), 0)::float8 FROM pg_stat_activity
-                  WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+                  WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
+                    AND backend_type = 'client backend'",
                 &[],
             )
             .await

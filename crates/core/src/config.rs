@@ -210,6 +210,9 @@ pub struct InboxSettings {
     pub share_partitions: bool,
     /// How often a relay re-divides: a relay that died loses its partitions within about this.
     pub rebalance_interval_ms: u64,
+    /// A partition whose position has not moved this long while records wait is stalled:
+    /// vap-relay's /ready says degraded and names it.
+    pub stall_after_secs: u64,
 }
 
 /// How long results and events are kept (crates/relay/src/retention/, run by vap-relay).
@@ -545,6 +548,7 @@ impl Default for InboxSettings {
             snapshots_per_scenario: 200,
             share_partitions: true,
             rebalance_interval_ms: 1_000,
+            stall_after_secs: 60,
         }
     }
 }

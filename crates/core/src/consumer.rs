@@ -4,7 +4,10 @@
 //! and a crash never loses or doubles one. Used by the inbox (its partitions [shared](share)
 //! among relays) and the orchestrator's leader.
 
+mod progress;
 mod share;
+
+pub use progress::{PartitionState, Progress};
 
 /// The inbox's positions are stored under this name; several relays share it (and the
 /// partitions). The API reads its lag.
@@ -35,15 +38,16 @@ pub trait RecordHandler: Send + Sync + 'static {
         records: &[RecordAndOffset],
     ) -> impl Future<Output = Result<bool, DbError>> + Send;
 
-    /// Called after each fetch with how far the partition's end is ahead of the position.
-    fn fetched(&self, _topic: &str, _partition: i32, _lag: i64) {}
-
     /// Called when this process's share of `topic` changes, with how many partitions it holds.
     fn held(&self, _topic: &str, _partitions: usize) {}
 
-    /// Called when this process gave `partition` of `topic` to another: its lag is theirs now.
-    fn released(&self, _topic: &str, _partition: i32) {}
+    /// Called when `records` offsets of a batch no fetch could decode were stepped over.
+    fn skipped(&self, _topic: &str, _partition: i32, _records: i64) {}
 }
+
+/// Fetches of one offset that must fail to decode before its batch is stepped over: a batch
+/// this client cannot read fails the same way every time, but one failure may be a fluke.
+pub const UNDECODABLE_TRIES: u32 = 3;
 
 /// Which partitions of a topic this process consumes.
 #[derive(Debug, Clone)]
@@ -71,6 +75,8 @@ pub struct PositionedConsumer<H> {
     pub limits: FetchLimits,
     pub handler: H,
     pub share: Share,
+    /// Where each partition stands, for /metrics and /ready.
+    pub progress: Arc<Progress>,
 }
 
 impl<H: RecordHandler> PositionedConsumer<H> {
@@ -93,6 +99,8 @@ impl<H: RecordHandler> PositionedConsumer<H> {
         let at = PartitionRef { consumer: self.name, topic, partition };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut next: Option<i64> = None;
+        // The offset fetches failed to decode at, and how many times in a row.
+        let mut undecodable: Option<(i64, u32)> = None;
         while !stop.is_cancelled() {
             if backoff.failures() > 0 && !backoff.wait(&stop).await {
                 return;
@@ -100,16 +108,20 @@ impl<H: RecordHandler> PositionedConsumer<H> {
             let from = match next {
                 Some(n) => n,
                 None => match positions::read(&self.pool, at, 0).await {
-                    Ok(n) => *next.insert(n),
+                    Ok(n) => {
+                        self.progress.started(topic, partition, n);
+                        *next.insert(n)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, consumer = self.name, topic, partition, "cannot read position");
+                        self.progress.failed(topic, partition, e.to_string());
                         backoff.next_delay();
                         continue;
                     }
                 },
             };
             let fetched = tokio::select! {
-                r = self.fetch(topic, partition, from) => r,
+                r = self.fetch(topic, partition, from, self.limits.max_bytes) => r,
                 _ = stop.cancelled() => return,
             };
             let (records, high_watermark) = match fetched {
@@ -119,8 +131,21 @@ impl<H: RecordHandler> PositionedConsumer<H> {
                     backoff.next_delay();
                     continue;
                 }
+                Err(e) if e.is_undecodable() => match self.undecodable(at, from, &e, &mut undecodable).await {
+                    Some(Decoded::Records(records, high_watermark)) => (records, high_watermark),
+                    Some(Decoded::SteppedTo(n)) => {
+                        next = Some(n);
+                        continue;
+                    }
+                    None => {
+                        backoff.next_delay();
+                        continue;
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, consumer = self.name, topic, partition, "fetch failed");
+                    self.progress.failed(topic, partition, e.to_string());
+                    self.look_at_end(at).await;
                     backoff.next_delay();
                     continue;
                 }
@@ -133,12 +158,22 @@ impl<H: RecordHandler> PositionedConsumer<H> {
                 continue;
             }
             backoff.reset();
-            self.handler.fetched(topic, partition, (high_watermark - from).max(0));
+            undecodable = None;
+            self.progress.saw_end(topic, partition, high_watermark);
             match self.apply(at, from, high_watermark, &records).await {
-                Ok(n) => next = Some(n),
+                Ok(n) => {
+                    self.progress.advanced(topic, partition, n);
+                    next = Some(n);
+                    // Nothing readable below the end (a trailing transaction marker, or records
+                    // not yet committed): ask again later, not in a loop.
+                    if records.is_empty() && n < high_watermark {
+                        backoff.next_delay();
+                    }
+                }
                 Err(ApplyFailed::PositionMoved) => next = None,
                 Err(ApplyFailed::Db(e)) => {
                     tracing::warn!(error = %e, consumer = self.name, topic, partition, "storing failed; will re-read");
+                    self.progress.failed(topic, partition, e.to_string());
                     backoff.next_delay();
                     next = None;
                 }
@@ -146,12 +181,109 @@ impl<H: RecordHandler> PositionedConsumer<H> {
         }
     }
 
+    /// A fetch from `from` could not be decoded. The failing batch may lie further in the
+    /// answer, so first one batch alone is asked for; when that fails [`UNDECODABLE_TRIES`]
+    /// times, the unreadable batches are stepped over to the first offset that reads, and the
+    /// range is set aside in `dead_letters`. None: try again after a pause.
+    async fn undecodable(
+        &self,
+        at: PartitionRef<'_>,
+        from: i64,
+        error: &KafkaError,
+        seen: &mut Option<(i64, u32)>,
+    ) -> Option<Decoded> {
+        let (topic, partition) = (at.topic, at.partition);
+        match self.fetch(topic, partition, from, ONE_BATCH).await {
+            Ok((records, high_watermark)) if !records.is_empty() => {
+                return Some(Decoded::Records(records, high_watermark))
+            }
+            Ok(_) => return None,
+            Err(e) if !e.is_undecodable() => return None,
+            Err(_) => {}
+        }
+        let tries = match seen {
+            Some((offset, n)) if *offset == from => {
+                *n += 1;
+                *n
+            }
+            _ => seen.insert((from, 1)).1,
+        };
+        tracing::warn!(error = %error, consumer = self.name, topic, partition, offset = from, tries, "cannot decode the batch");
+        self.progress.failed(topic, partition, format!("cannot decode the batch at offset {from}: {error}"));
+        self.look_at_end(at).await;
+        if tries < UNDECODABLE_TRIES {
+            return None;
+        }
+        let (to, end) = self.first_readable_after(topic, partition, from).await?;
+        let reason = format!("undecodable batch, offsets {from}..{}: {error}", to - 1);
+        match positions::step_over(
+            &self.pool,
+            Advance { at, from_offset: from, next_offset: to, high_watermark: end },
+            &reason,
+        )
+        .await
+        {
+            Ok(true) => {
+                tracing::error!(consumer = self.name, topic, partition, from, to, %error, "stepped over an undecodable batch; set aside in dead_letters");
+                self.handler.skipped(topic, partition, to - from);
+                self.progress.advanced(topic, partition, to);
+                *seen = None;
+                Some(Decoded::SteppedTo(to))
+            }
+            // Another consumer moved the position: start again from the stored one.
+            Ok(false) => Some(Decoded::SteppedTo(positions::read(&self.pool, at, 0).await.ok()?)),
+            Err(e) => {
+                tracing::warn!(error = %e, consumer = self.name, topic, partition, "cannot record the skipped batch");
+                None
+            }
+        }
+    }
+
+    /// The first offset after `from` whose batch decodes (or the log's end), and the end. One
+    /// offset at a time: a batch's length is in the header the client could not give us, and
+    /// stepping further could pass readable records.
+    async fn first_readable_after(&self, topic: &str, partition: i32, from: i64) -> Option<(i64, i64)> {
+        let end = self.log_end(topic, partition).await?.max(from + 1);
+        let mut offset = from + 1;
+        while offset < end {
+            match self.fetch(topic, partition, offset, ONE_BATCH).await {
+                Ok(_) => return Some((offset, end)),
+                Err(e) if e.is_undecodable() => offset += 1,
+                Err(_) => return None,
+            }
+        }
+        Some((end, end))
+    }
+
+    /// The partition's end as the broker reports it now, also when fetches fail.
+    async fn log_end(&self, topic: &str, partition: i32) -> Option<i64> {
+        let kafka = self.kafka.get().await.ok()?;
+        let client = kafka.partition(topic, partition).await.ok()?;
+        crate::kafka::bounded(kafka.request_timeout(), client.get_offset(OffsetAt::Latest)).await.ok()
+    }
+
+    /// Keeps the lag true while nothing can be read: the end is asked for and stored.
+    async fn look_at_end(&self, at: PartitionRef<'_>) {
+        if let Some(end) = self.log_end(at.topic, at.partition).await {
+            self.progress.saw_end(at.topic, at.partition, end);
+            if let Err(e) = positions::saw_end(&self.pool, at, end).await {
+                tracing::debug!(error = %e, "cannot store the partition's end");
+            }
+        }
+    }
+
     /// Records from `from` on, in offset order (a fetch can start at the head of the batch
     /// that holds `from`), and the partition's high watermark.
-    async fn fetch(&self, topic: &str, partition: i32, from: i64) -> Result<(Vec<RecordAndOffset>, i64), KafkaError> {
+    async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        max_bytes: i32,
+    ) -> Result<(Vec<RecordAndOffset>, i64), KafkaError> {
         let kafka = self.kafka.get().await?;
         let client = kafka.partition(topic, partition).await?;
-        let fetch = client.fetch_records(from, 1..self.limits.max_bytes, self.limits.max_wait_ms);
+        let fetch = client.fetch_records(from, 1..max_bytes, self.limits.max_wait_ms);
         let (mut records, high_watermark) = crate::kafka::bounded(kafka.request_timeout(), fetch).await?;
         records.retain(|r| r.offset >= from);
         records.sort_by_key(|r| r.offset);
@@ -197,6 +329,16 @@ impl<H: RecordHandler> PositionedConsumer<H> {
         positions::reset(&self.pool, at, earliest).await.ok()?;
         Some(earliest)
     }
+}
+
+/// A byte limit of one: the broker still sends the first whole batch, and only that one.
+const ONE_BATCH: i32 = 2;
+
+enum Decoded {
+    /// The first batch alone decoded: the undecodable one lies further on.
+    Records(Vec<RecordAndOffset>, i64),
+    /// The position after the batches stepped over.
+    SteppedTo(i64),
 }
 
 enum ApplyFailed {

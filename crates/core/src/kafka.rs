@@ -42,6 +42,20 @@ pub async fn bounded<T, E: Into<KafkaError>>(
 }
 
 impl KafkaError {
+    /// The broker answered but the answer could not be read: a record batch in a format, codec
+    /// or range this client cannot decode. Asking again gets the same bytes.
+    pub fn is_undecodable(&self) -> bool {
+        use rskafka::client::error::{Error, RequestError};
+        match self {
+            KafkaError::Client(Error::InvalidResponse(_)) => true,
+            KafkaError::Client(Error::Request(r)) => matches!(
+                r,
+                RequestError::ReadError(_) | RequestError::ReadVersionedError(_) | RequestError::TooMuchData { .. }
+            ),
+            _ => false,
+        }
+    }
+
     pub fn is_offset_out_of_range(&self) -> bool {
         matches!(
             self,

@@ -123,6 +123,19 @@ impl Metrics {
         h.sum += secs;
     }
 
+    /// Replaces every series of `g`: a gauge computed when scraped, whose label sets come and go.
+    pub fn set_all(&self, g: &Gauge, series: impl IntoIterator<Item = (Vec<String>, f64)>) {
+        let mut inner = crate::sys::lock(&self.inner);
+        let family = family(&mut inner.gauges, g.0.name, g.0.help);
+        family.series = series
+            .into_iter()
+            .map(|(values, v)| {
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                (labels(&g.0, &values), v)
+            })
+            .collect();
+    }
+
     /// A counter's current value (tests and status lines use it).
     pub fn counter(&self, c: &Counter, values: &[&str]) -> u64 {
         let inner = crate::sys::lock(&self.inner);
@@ -175,8 +188,23 @@ fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
     }
 }
 
-/// /health and /metrics of the relay and the orchestrator (plain HTTP/1, no routing beyond that).
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// What a process adds to its /metrics and /ready at the moment they are asked.
+pub trait Probe: Send + Sync + 'static {
+    /// Sets the gauges that are computed when scraped.
+    fn refresh(&self, _metrics: &Metrics) {}
+
+    /// Why the process is degraded (the body of a 503 from /ready), or None when it is ready.
+    fn degraded(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// A process with nothing to add.
+pub struct NoProbe;
+impl Probe for NoProbe {}
+
+/// /health, /ready and /metrics of the relay and the orchestrator (plain HTTP/1).
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, probe: Arc<dyn Probe>, shutdown: CancellationToken) {
     // Scrapes in flight are owned: they end with the server.
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -193,17 +221,24 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
             },
             _ = shutdown.cancelled() => return,
         };
-        let metrics = Arc::clone(&metrics);
+        let (metrics, probe) = (Arc::clone(&metrics), Arc::clone(&probe));
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let metrics = Arc::clone(&metrics);
+            let (metrics, probe) = (Arc::clone(&metrics), Arc::clone(&probe));
             async move {
                 let (status, ctype, body) = match req.uri().path() {
-                    "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+                    "/metrics" => {
+                        probe.refresh(&metrics);
+                        (StatusCode::OK, "text/plain; version=0.0.4", metrics.render())
+                    }
                     "/health" => (StatusCode::OK, "application/json", r#"{"status": "healthy"}"#.to_string()),
+                    "/ready" => match probe.degraded() {
+                        None => (StatusCode::OK, "application/json", r#"{"status": "ready"}"#.to_string()),
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, "application/json", why.to_string()),
+                    },
                     _ => (
                         StatusCode::NOT_FOUND,
                         "application/json",
-                        r#"{"error": {"code": "not_found", "message": "try /metrics"}}"#.to_string(),
+                        r#"{"error": {"code": "not_found", "message": "try /metrics, /health or /ready"}}"#.to_string(),
                     ),
                 };
                 Ok::<_, Infallible>(

@@ -115,7 +115,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         let addr = settings.orchestrator.metrics_listen.clone();
         let listener =
             tokio::net::TcpListener::bind(&addr).await.map_err(|source| OrchestratorError::Bind { addr, source })?;
-        tasks.spawn("metrics server", vap_core::metrics::serve(listener, Arc::clone(&metrics), tasks.token()));
+        tasks.spawn(
+            "metrics server",
+            vap_core::metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+                Arc::new(vap_core::metrics::NoProbe),
+                tasks.token(),
+            ),
+        );
     }
     let this = Arc::new(Orchestrator {
         pool,
@@ -207,6 +215,7 @@ impl Orchestrator {
             limits: FetchLimits { max_bytes: 1_000_000, max_wait_ms: 500, batch_max_records: usize::MAX },
             // Only the leader consumes, so it takes every partition.
             share: Share::All,
+            progress: Arc::default(),
             handler: ApplyEvents {
                 pool: self.pool.clone(),
                 metrics: Arc::clone(&self.metrics),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics;
 use crate::retention::Window;
 use vap_core::config::InboxSettings;
-use vap_core::consumer::{FetchLimits, PositionedConsumer, RecordHandler, Share};
+use vap_core::consumer::{FetchLimits, PartitionState, PositionedConsumer, Progress, RecordHandler, Share};
 use vap_core::db::positions::Advance;
 use vap_core::db::results::{self, Batch, DeadLetter, Placed, Stored};
 use vap_core::db::DbError;
@@ -36,6 +36,37 @@ pub struct Inbox {
     pub database: vap_core::config::DatabaseSettings,
     /// What is kept, and the partitions it goes to.
     pub retention: Arc<Window>,
+    /// Where each partition held stands, for /metrics and /ready.
+    pub progress: Arc<Progress>,
+}
+
+/// The inbox's partitions on /metrics (lag, stall) and /ready (degraded, naming the stalled).
+pub struct Watch {
+    pub progress: Arc<Progress>,
+    pub stall_after: Duration,
+}
+
+#[derive(serde::Serialize)]
+struct Degraded {
+    status: &'static str,
+    stalled_partitions: Vec<PartitionState>,
+}
+
+impl vap_core::metrics::Probe for Watch {
+    fn refresh(&self, m: &Metrics) {
+        let states = self.progress.states();
+        let at = |s: &PartitionState| vec![s.topic.clone(), s.partition.to_string()];
+        m.set_all(&metrics::LAG, states.iter().map(|s| (at(s), s.lag as f64)));
+        m.set_all(&metrics::STALLED, states.iter().map(|s| (at(s), s.stalled_seconds)));
+    }
+
+    fn degraded(&self) -> Option<serde_json::Value> {
+        let stalled_partitions = self.progress.stalled(self.stall_after);
+        if stalled_partitions.is_empty() {
+            return None;
+        }
+        serde_json::to_value(Degraded { status: "degraded", stalled_partitions }).ok()
+    }
 }
 
 impl Inbox {
@@ -68,6 +99,7 @@ impl Inbox {
                 metrics: Arc::clone(&self.metrics),
             },
             share: share.clone(),
+            progress: Arc::clone(&self.progress),
         };
         let events = PositionedConsumer {
             name: CONSUMER,
@@ -84,6 +116,7 @@ impl Inbox {
                 metrics: Arc::clone(&self.metrics),
             },
             share: share.clone(),
+            progress: Arc::clone(&self.progress),
         };
         let snapshots_topic = self.kafka.settings().topic_snapshots.clone();
         let snapshots = PositionedConsumer {
@@ -101,6 +134,7 @@ impl Inbox {
                 metrics: self.metrics,
             },
             share,
+            progress: self.progress,
         };
         let (a, b, c) = tokio::join!(
             Arc::new(results).run(results_topic, shutdown.clone()),
@@ -418,7 +452,7 @@ impl RecordHandler for StoreSnapshots {
     }
 }
 
-/// The inbox's stores report alike: lag per partition, and the share of each topic held.
+/// The inbox's stores report alike: the share of each topic held, and batches stepped over.
 struct Reported<H> {
     store: H,
     metrics: Arc<Metrics>,
@@ -433,21 +467,13 @@ impl<H: RecordHandler> RecordHandler for Reported<H> {
         self.store.apply(advance, records)
     }
 
-    fn fetched(&self, topic: &str, partition: i32, lag: i64) {
-        lag_metric(&self.metrics, topic, partition, lag);
-    }
-
     fn held(&self, topic: &str, partitions: usize) {
         self.metrics.set(&metrics::PARTITIONS_HELD, &[topic], partitions as f64);
     }
 
-    fn released(&self, topic: &str, partition: i32) {
-        lag_metric(&self.metrics, topic, partition, 0);
+    fn skipped(&self, topic: &str, _partition: i32, records: i64) {
+        self.metrics.inc(&metrics::SKIPPED, &[topic], records as u64);
     }
-}
-
-fn lag_metric(metrics: &Metrics, topic: &str, partition: i32, lag: i64) {
-    metrics.set(&metrics::LAG, &[topic, &partition.to_string()], lag as f64);
 }
 
 /// Records of scenarios this database does not know (dropped) and records set aside.

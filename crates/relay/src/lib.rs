@@ -1,5 +1,5 @@
 //! `vap-relay`: the only process between PostgreSQL and Kafka. It runs the outbox relay and
-//! the inbox side by side, and serves its own /health and /metrics.
+//! the inbox side by side, and serves its own /health, /ready and /metrics.
 //!
 //! | module | what |
 //! |---|---|
@@ -17,13 +17,15 @@ pub mod retention;
 pub mod webhooks;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::inbox::Inbox;
+use crate::inbox::{Inbox, Watch};
 use crate::outbox::OutboxRelay;
 use vap_core::config::Settings;
+use vap_core::consumer::Progress;
 use vap_core::db;
 use vap_core::kafka::KafkaLink;
 use vap_core::lifecycle;
@@ -51,10 +53,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let metrics = Arc::new(Metrics::default());
     let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
     let mut tasks = OwnedTasks::new(&shutdown);
+    let progress = Arc::new(Progress::default());
     if !settings.relay.metrics_listen.is_empty() {
         let addr = settings.relay.metrics_listen.clone();
         let listener = TcpListener::bind(&addr).await.map_err(|source| RelayError::Bind { addr, source })?;
-        tasks.spawn("metrics server", vap_core::metrics::serve(listener, Arc::clone(&metrics), tasks.token()));
+        let watch = Watch {
+            progress: Arc::clone(&progress),
+            stall_after: Duration::from_secs(settings.inbox.stall_after_secs),
+        };
+        tasks.spawn(
+            "metrics server",
+            vap_core::metrics::serve(listener, Arc::clone(&metrics), Arc::new(watch), tasks.token()),
+        );
     }
     let relay = OutboxRelay {
         pool: pool.clone(),
@@ -82,6 +92,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             global_webhook: settings.webhooks.url.clone(),
             database: settings.database.clone(),
             retention: window,
+            progress,
         };
         tasks.spawn_fallible("inbox", inbox.run(tasks.token()));
         let policy = vap_core::destination::DestinationPolicy::from_settings(&settings.destinations)

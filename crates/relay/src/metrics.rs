@@ -44,8 +44,18 @@ pub const PARTITIONS_HELD: Gauge = Gauge::new(
 );
 pub const LAG: Gauge = Gauge::new(
     "vap_inbox_lag_records",
-    "Records on `results` and `events` not yet stored, per topic and partition.",
+    "Records between a held partition's position and its end, also while it cannot be read.",
     &["topic", "partition"],
+);
+pub const STALLED: Gauge = Gauge::new(
+    "vap_inbox_partition_stalled_seconds",
+    "Seconds a held partition's position has not moved while records wait (0: moving or caught up).",
+    &["topic", "partition"],
+);
+pub const SKIPPED: Counter = Counter::new(
+    "vap_inbox_skipped_records_total",
+    "Offsets of batches no fetch could decode, stepped over and set aside in dead_letters.",
+    &["topic"],
 );
 pub const REJECTED: Counter = Counter::new("vap_inbox_rejected_total", "Records not stored, by reason.", &["reason"]);
 pub const DEAD_LETTERS: Counter = Counter::new(
@@ -57,7 +67,7 @@ pub const EXPIRED: Counter =
     Counter::new("vap_inbox_expired_total", "Results and events older than retention: not stored.", &[]);
 
 /// Every metric of vap-relay.
-pub const FAMILIES: [Family; 18] = [
+pub const FAMILIES: [Family; 20] = [
     EVENTS_PUBLISHED.0,
     BATCH_SECONDS.0,
     PUBLISH_FAILURES.0,
@@ -73,6 +83,8 @@ pub const FAMILIES: [Family; 18] = [
     SNAPSHOTS_PRUNED.0,
     PARTITIONS_HELD.0,
     LAG.0,
+    STALLED.0,
+    SKIPPED.0,
     REJECTED.0,
     DEAD_LETTERS.0,
     EXPIRED.0,

@@ -14,7 +14,7 @@ use vap_core::backoff::Backoff;
 use vap_core::config::{DatabaseSettings, RelaySettings};
 use vap_core::db::{self, outbox};
 use vap_core::events::{EventKind, ScenarioEvent};
-use vap_core::kafka::{partition_for_key, KafkaError, KafkaLink};
+use vap_core::kafka::{partition_for_key, Kafka, KafkaError, KafkaLink};
 use vap_core::metrics::Metrics;
 
 /// The outbox ids of one (topic, partition) group and the records that carry them.
@@ -38,21 +38,30 @@ impl OutboxRelay {
         }
     }
 
-    /// Produces `events`; returns the outbox ids the broker acknowledged. Each scenario maps to
-    /// one partition, and a partition's events go in one ordered request, so per-scenario order
-    /// holds. A partition that fails leaves its rows unpublished for the next round.
-    async fn publish(&self, events: Vec<ScenarioEvent>) -> Result<Vec<i64>, KafkaError> {
+    /// The connection and each event topic's real partition count (a topic made elsewhere need
+    /// not match the config). Done before rows are claimed, so no transaction waits on a connect.
+    async fn connect(&self) -> Result<(Arc<Kafka>, BTreeMap<&str, i32>), KafkaError> {
         let kafka = self.kafka.get().await?;
         let s = self.kafka.settings();
-        let mut partitions: BTreeMap<&str, i32> = BTreeMap::new();
-        for event in &events {
-            let topic = self.topic(event.event_type);
-            if !partitions.contains_key(topic) {
-                // The topic's real partition count: one made elsewhere need not match the config.
-                let ids = kafka.ensure_topic(topic, s.partitions, s.replication_factor).await?;
-                partitions.insert(topic, ids.len() as i32);
-            }
+        let mut partitions = BTreeMap::new();
+        for kind in [EventKind::InitScenario, EventKind::ShutdownScenario, EventKind::UpdateScenario] {
+            let topic = self.topic(kind);
+            let ids = kafka.ensure_topic(topic, s.partitions, s.replication_factor).await?;
+            partitions.insert(topic, ids.len() as i32);
         }
+        Ok((kafka, partitions))
+    }
+
+    /// Produces `events`; returns the outbox ids the broker acknowledged. Each scenario maps to
+    /// one partition, and a partition's events go in one ordered request, so per-scenario order
+    /// holds. A partition that fails leaves its rows unpublished for the next round. The claimed
+    /// rows stay locked until this returns, so each partition's send has one deadline in all.
+    async fn publish(
+        &self,
+        kafka: &Arc<Kafka>,
+        partitions: &BTreeMap<&str, i32>,
+        events: Vec<ScenarioEvent>,
+    ) -> Result<Vec<i64>, KafkaError> {
         let mut groups: BTreeMap<(&str, i32), EventsAndRecords> = BTreeMap::new();
         for event in &events {
             let key = event.scenario_uuid.to_string().into_bytes();
@@ -68,12 +77,14 @@ impl OutboxRelay {
             });
         }
         let sends = groups.into_iter().map(|((topic, partition), (ids, records))| {
-            let kafka = Arc::clone(&kafka);
+            let kafka = Arc::clone(kafka);
             async move {
-                let client = kafka.partition(topic, partition).await?;
                 let n = records.len();
-                vap_core::kafka::bounded(kafka.request_timeout(), client.produce(records, Compression::NoCompression))
-                    .await?;
+                let send = async {
+                    let client = kafka.partition(topic, partition).await?;
+                    client.produce(records, Compression::NoCompression).await.map_err(KafkaError::from)
+                };
+                vap_core::kafka::bounded(kafka.request_timeout(), send).await?;
                 Ok::<_, KafkaError>((topic, n, ids))
             }
         });
@@ -104,7 +115,16 @@ impl OutboxRelay {
         let mut total = 0;
         while !shutdown.is_cancelled() {
             let started = Instant::now();
-            match outbox::publish_batch(&self.pool, self.settings.batch_size, |events| self.publish(events)).await {
+            let (kafka, partitions) = match self.connect().await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    self.metrics.inc(&crate::metrics::PUBLISH_FAILURES, &[], 1);
+                    tracing::warn!(error = %e, "kafka unavailable; events stay in the outbox");
+                    return (total, true);
+                }
+            };
+            let publish = |events| self.publish(&kafka, &partitions, events);
+            match outbox::publish_batch(&self.pool, self.settings.batch_size, publish).await {
                 Ok(Ok(n)) => {
                     total += n;
                     if n > 0 {

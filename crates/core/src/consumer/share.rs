@@ -69,7 +69,7 @@ impl<H: RecordHandler> PositionedConsumer<H> {
             let outcome = self.hold_share(&session, &group, me, &topic, &partitions, every, &stop, &mut held).await;
             self.handler.held(&topic, 0);
             for p in held.partitions() {
-                self.handler.released(&topic, p);
+                self.progress.released(&topic, p);
             }
             let released = held.release_all().await;
             outcome.and(released)?;
@@ -111,7 +111,7 @@ impl<H: RecordHandler> PositionedConsumer<H> {
             let before = held.partitions();
             for p in before.difference(&mine) {
                 held.stop(*p).await?;
-                self.handler.released(topic, *p);
+                self.progress.released(topic, *p);
                 if let Err(e) = bounded(partition_locks::release(session, group, *p)).await {
                     return session_lost(self.name, topic, e);
                 }

@@ -90,3 +90,38 @@ pub async fn lag(pool: &Pool, consumer: &str) -> Result<i64, DbError> {
         .await?;
     Ok(row.get(0))
 }
+
+/// Raises the stored end of the log, so the lag read from here stays true while a partition
+/// cannot be read.
+pub async fn saw_end(pool: &Pool, at: PartitionRef<'_>, high_watermark: i64) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE consumer_positions SET high_watermark = GREATEST(high_watermark, $4)
+              WHERE consumer = $1 AND topic = $2 AND partition = $3",
+            &[&at.consumer, &at.topic, &at.partition, &high_watermark],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Moves the position over records no fetch could decode, and keeps the range and why in
+/// `dead_letters`, in one transaction. False when the position had moved.
+pub async fn step_over(pool: &Pool, over: Advance<'_>, reason: &str) -> Result<bool, DbError> {
+    let (at, from) = (over.at, over.from_offset);
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let moved = advance(&tx, &over).await?;
+    if !moved {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO dead_letters (consumer, topic, partition, record_offset, reason)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        &[&at.consumer, &at.topic, &at.partition, &from, &reason],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
