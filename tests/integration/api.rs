@@ -714,7 +714,7 @@ async fn connections_streams_and_slow_bodies_are_bounded() {
     .await;
     let addr = app.api.base.trim_start_matches("http://").to_string();
     let id = app.create_scenario("rtsp://cam/bounded").await;
-    let stream = format!("GET /api/v1/prediction/{id}/stream HTTP/1.1\r\nhost: x\r\n\r\n");
+    let stream = format!("GET /api/v1/prediction/{id}/stream HTTP/1.1\r\nhost: localhost\r\n\r\n");
 
     // Two streams are open; a third is 429 with Retry-After; one closing frees its slot.
     let (head, first) = raw(&addr, stream.as_bytes(), Duration::from_secs(5)).await;
@@ -734,7 +734,7 @@ async fn connections_streams_and_slow_bodies_are_bounded() {
     .await;
 
     // A body that stops arriving: 408 after the timeout, and the connection closes.
-    let slow = b"POST /api/v1/scenario/init HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"camera";
+    let slow = b"POST /api/v1/scenario/init HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"camera";
     // The server's 408, not the client's own 5 s limit, ends it.
     let (head, _) = raw(&addr, slow, Duration::from_secs(5)).await;
     assert!(head.starts_with("HTTP/1.1 408") && head.contains("request_timeout"), "{head}");
@@ -744,11 +744,11 @@ async fn connections_streams_and_slow_bodies_are_bounded() {
     let _idle =
         [tokio::net::TcpStream::connect(&addr).await.unwrap(), tokio::net::TcpStream::connect(&addr).await.unwrap()];
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (head, _) = raw(&addr, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n", Duration::from_secs(5)).await;
+    let (head, _) = raw(&addr, b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n", Duration::from_secs(5)).await;
     assert!(head.starts_with("HTTP/1.1 503") && head.contains("too_many_connections"), "{head}");
     drop(_idle);
     common::eventually(Duration::from_secs(10), "a connection slot back", || async {
-        let (head, _) = raw(&addr, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n", Duration::from_secs(5)).await;
+        let (head, _) = raw(&addr, b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n", Duration::from_secs(5)).await;
         head.starts_with("HTTP/1.1 200").then_some(())
     })
     .await;
@@ -831,7 +831,7 @@ async fn streams_whose_clients_leave_during_a_database_outage_end_with_them() {
     app.start_relay();
     let addr = app.api.base.trim_start_matches("http://").to_string();
     let id = app.create_scenario("rtsp://cam/outage").await;
-    let stream = format!("GET /api/v1/prediction/{id}/stream HTTP/1.1\r\nhost: x\r\n\r\n");
+    let stream = format!("GET /api/v1/prediction/{id}/stream HTTP/1.1\r\nhost: localhost\r\n\r\n");
     let mut streams = Vec::new();
     for _ in 0..4 {
         let (head, conn) = raw(&addr, stream.as_bytes(), Duration::from_secs(5)).await;
@@ -889,4 +889,72 @@ async fn streams_whose_clients_leave_during_a_database_outage_end_with_them() {
         }
     }
     drop(pg);
+}
+
+/// Cursors past any frame or event the inbox keeps are the client's mistake: a 400 naming the
+/// parameter, never a 500, and a stream never blames the database for them.
+#[tokio::test]
+async fn cursors_beyond_what_is_stored_are_a_400_not_a_500() {
+    let app = TestApp::spawn().await;
+    let id = app.create_scenario("rtsp://127.0.0.1:9/cursor").await;
+    let max = i64::MAX.to_string();
+    let r = app.get(&format!("/api/v1/prediction/{id}?after_frame={max}")).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_parameter", "after_frame");
+    let r = app.get(&format!("/api/v1/prediction/{id}?after_frame=10000000000000")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["results"], json!([]));
+    let stream = format!("/api/v1/prediction/{id}/stream");
+    let r = app.api.request(Method::GET, &stream, &[("last-event-id", &max)], bytes::Bytes::new()).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_parameter", "Last-Event-ID");
+    let r = app.get(&format!("/api/v1/scenario/{id}/events?cursor={max}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+/// A webhook receiver's secret (its query; user-info is refused outright) is never shown to
+/// readers, in a scenario or in the list; the relay still has it.
+#[tokio::test]
+async fn webhook_urls_are_redacted_for_every_reader() {
+    let app = TestApp::spawn().await;
+    let webhook = "http://127.0.0.1:9/h?token=SECRET&tenant=acme";
+    let id = app.create_scenario_with("rtsp://127.0.0.1:9/hooked", json!({"webhook_url": webhook})).await;
+    let one = app.get(&format!("/api/v1/scenario/{id}")).await;
+    let list = app.get("/api/v1/scenarios").await;
+    for r in [&one, &list] {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert!(!r.text.contains("SECRET") && !r.text.contains("acme"), "{}", r.text);
+    }
+    assert_eq!(one.json()["options"]["webhook_url"], "http://127.0.0.1:9/h?token=***&tenant=***");
+    let stored: String = app
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT options->>'webhook_url' FROM scenarios WHERE scenario_uuid = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, webhook);
+}
+
+/// With no token set, a page elsewhere can neither reach the API through a rebound name nor
+/// stop a camera with a cross-site form; curl and the console's own page still can.
+#[tokio::test]
+async fn foreign_host_names_and_cross_site_writes_are_refused() {
+    let app = TestApp::spawn().await;
+    let id = app.create_scenario("rtsp://127.0.0.1:9/guarded").await;
+    let r = app.api.request(Method::GET, "/health", &[("host", "evil.example")], bytes::Bytes::new()).await;
+    assert_error(&r, StatusCode::MISDIRECTED_REQUEST, "host_not_allowed", "evil.example");
+    let r = app.api.request(Method::GET, "/health", &[("host", "localhost:8080")], bytes::Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let shutdown = format!("/api/v1/scenario/{id}/shutdown");
+    let form = [("origin", "http://attacker.example"), ("content-type", "application/x-www-form-urlencoded")];
+    let r = app.api.request(Method::POST, &shutdown, &form, bytes::Bytes::new()).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "cross_origin", "another site");
+    assert_eq!(app.scenario(id).await["status"], "init_startup");
+    let own = app.api.base.trim_start_matches("http://").to_string();
+    let same = [("origin", format!("http://{own}"))];
+    let same: Vec<(&str, &str)> = same.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = app.api.request(Method::POST, &shutdown, &same, bytes::Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }

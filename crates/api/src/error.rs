@@ -38,6 +38,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    #[error("host '{0}' is not one this API serves (api.allowed_hosts)")]
+    HostNotAllowed(String),
+    #[error("a page of another site may not change state here: send no Origin, or set an API token")]
+    CrossOrigin,
     #[error("database unavailable, retry later")]
     Unavailable,
     #[error("internal error")]
@@ -65,6 +69,8 @@ impl ApiError {
             ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            ApiError::HostNotAllowed(_) => (StatusCode::MISDIRECTED_REQUEST, "host_not_allowed"),
+            ApiError::CrossOrigin => (StatusCode::FORBIDDEN, "cross_origin"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -128,7 +128,8 @@ pub struct OptionsView<'a> {
     mask: &'a [vap_core::options::Polygon],
     zones: &'a [vap_core::options::Zone],
     lines: &'a [vap_core::options::Line],
-    webhook_url: Option<&'a str>,
+    /// Redacted: readers need not hold the receiver's secret.
+    webhook_url: Option<String>,
     snapshot_interval_s: f64,
     retention_days: Option<u32>,
     motion_gating: bool,
@@ -150,7 +151,7 @@ impl<'a> OptionsView<'a> {
             mask: &o.mask,
             zones: &o.zones,
             lines: &o.lines,
-            webhook_url: o.webhook_url.as_deref(),
+            webhook_url: o.webhook_url.as_deref().map(vap_core::camera_url::redact_webhook_url),
             snapshot_interval_s: o.snapshot_interval_s.unwrap_or(vap_core::options::DEFAULT_SNAPSHOT_INTERVAL_S),
             retention_days: o.retention_days,
             motion_gating: o.motion_gating(),
@@ -446,7 +447,7 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
                     .iter()
                     .filter(|(id, _)| *id == e.event_id)
                     .map(|(_, d)| {
-                        json!({"url": CameraUrl::trusted(d.url.clone()).redacted(), "delivered_at": d.delivered_at,
+                        json!({"url": vap_core::camera_url::redact_webhook_url(&d.url), "delivered_at": d.delivered_at,
                                "attempts": d.attempts, "last_status": d.last_status, "last_error": d.last_error})
                     })
                     .collect();
@@ -599,7 +600,8 @@ struct PredictionPage<'a> {
 pub async fn prediction(state: &Arc<AppState>, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
     let q = Query::parse(query);
-    let after = q.int("after_frame", -1, i64::MAX)?.unwrap_or(-1);
+    // No stored frame lies past the limit the inbox holds records to.
+    let after = q.int("after_frame", -1, vap_core::events::limits::MAX_FRAME_NUMBER)?.unwrap_or(-1);
     let limit =
         q.int("limit", 1, state.settings.prediction_page_max)?.unwrap_or(state.settings.prediction_page_default);
     let range = results::TimeRange { since: q.time("since")?, until: q.time("until")? };

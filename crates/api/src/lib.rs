@@ -8,6 +8,7 @@ mod error;
 mod handlers;
 pub mod metrics;
 mod openapi;
+mod origin;
 mod picture;
 mod query;
 mod routes;
@@ -226,6 +227,7 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
 
 async fn dispatch(state: &Arc<AppState>, m: Matched, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let route = m.route;
+    origin::check(&state.settings, &req)?;
     if !route.answers(req.method()) {
         return Err(ApiError::MethodNotAllowed { method: req.method().to_string(), allowed: route.allow });
     }

@@ -25,6 +25,7 @@ use super::{ApiError, AppState, Body};
 use vap_core::backoff::Backoff;
 use vap_core::config::DatabaseSettings;
 use vap_core::db::{self, results, scenarios, scene_events};
+use vap_core::events::limits::MAX_FRAME_NUMBER;
 
 const PAGE: i64 = 500;
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -133,15 +134,18 @@ fn resume_from(req: &Request<Incoming>, q: &Query, param: &str) -> Option<String
 pub async fn stream(state: &Arc<AppState>, id: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let uuid = parse_uuid(id)?;
     let q = Query::parse(req.uri().query());
-    let after = match resume_from(req, &q, "after_frame") {
-        None => None,
-        Some(raw) => Some(raw.parse::<i64>().ok().filter(|v| *v >= -1).ok_or_else(|| {
-            ApiError::bad(
+    let after =
+        match resume_from(req, &q, "after_frame") {
+            None => None,
+            Some(raw) => {
+                Some(raw.parse::<i64>().ok().filter(|v| (-1..=MAX_FRAME_NUMBER).contains(v)).ok_or_else(|| {
+                    ApiError::bad(
                 "invalid_parameter",
-                format!("after_frame (or Last-Event-ID) must be an integer >= -1, got '{raw}'"),
+                format!("after_frame (or Last-Event-ID) must be an integer from -1 to {MAX_FRAME_NUMBER}, got '{raw}'"),
             )
-        })?),
-    };
+                })?)
+            }
+        };
     scenarios::get(&state.pool, uuid).await?.ok_or(ApiError::ScenarioNotFound(uuid))?;
     let slot = StreamSlot::take(&state.sse_streams, state.settings.max_sse_streams)
         .ok_or(ApiError::TooManyStreams(state.settings.max_sse_streams))?;
@@ -269,6 +273,12 @@ async fn pump<F: Feed>(
                 Ok(rows) => {
                     backoff.reset();
                     rows
+                }
+                Err(e) if e.is_data_error() => {
+                    // The database refused the question, not failed: asking again gets the same.
+                    tracing::warn!(scenario_uuid = %uuid, error = %e, "SSE read refused; ending the stream");
+                    send("event: error\ndata: {\"code\": \"invalid_cursor\"}\n\n".into()).await;
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(scenario_uuid = %uuid, error = %e, "SSE read failed; retrying");

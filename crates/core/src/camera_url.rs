@@ -134,6 +134,16 @@ impl fmt::Display for CameraUrl {
 
 /// The URL with user and password replaced by `***`, for answers and logs.
 /// Input that does not parse is returned unchanged only if it cannot hold credentials.
+/// A webhook receiver's URL as readers see it: user-info and every query value hidden, since a
+/// receiver's query is where its secret usually rides (the scheme, host and path stay, to tell
+/// receivers apart).
+pub fn redact_webhook_url(raw: &str) -> String {
+    let mut names: Vec<String> =
+        Url::parse(raw).map(|u| u.query_pairs().map(|(k, _)| k.into_owned()).collect()).unwrap_or_default();
+    names.extend(EXTRA_SECRET_QUERY_PARAMS.get().into_iter().flatten().cloned());
+    redact(raw, &names)
+}
+
 fn redact(raw: &str, extra: &[String]) -> String {
     match Url::parse(raw) {
         Ok(mut url) => {
@@ -221,6 +231,13 @@ mod tests {
         let extra = vec!["SessionId".to_string()];
         assert_eq!(redact("rtsp://cam/live?sessionid=s1&channel=2", &extra), "rtsp://cam/live?sessionid=***&channel=2");
         assert_eq!(redact("rtsp://cam/live?sessionid=s1", &[]), "rtsp://cam/live?sessionid=s1");
+    }
+
+    #[test]
+    fn webhook_urls_hide_user_info_and_every_query_value() {
+        assert_eq!(redact_webhook_url("http://host/h?token=SECRET&x=1"), "http://host/h?token=***&x=***");
+        assert_eq!(redact_webhook_url("https://u:p@host:8443/hook"), "https://***:***@host:8443/hook");
+        assert_eq!(redact_webhook_url("https://host/hook"), "https://host/hook");
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub struct ApiSettings {
     pub max_sse_streams: usize,
     /// A request body not received within this is answered 408.
     pub body_read_timeout_ms: u64,
+    /// Host names the API answers to (`*`: any), besides addresses and localhost names: a name
+    /// not listed is refused, so a page cannot reach the API by DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -521,6 +524,7 @@ impl Default for ApiSettings {
             max_connections: 4_096,
             max_sse_streams: 1_024,
             body_read_timeout_ms: 10_000,
+            allowed_hosts: Vec::new(),
         }
     }
 }
