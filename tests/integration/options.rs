@@ -97,6 +97,17 @@ async fn a_patch_switches_a_live_camera_to_another_model_without_losing_or_repea
     let _rtsp = RtspServer::start(port, &media().people);
     let id = app.create_scenario_with(&format!("rtsp://127.0.0.1:{port}/cam"), json!({"fps": 2})).await;
     let _reaper = RunnerReaper(HashSet::from([id]));
+    // Anyone with the broker's login may write control records: unsigned, or signed with
+    // another key, with options no request could set and the highest revision. The runner
+    // refuses both (no switch, no crash), and the real change below still applies.
+    let forged = serde_json::to_vec(&json!({
+        "scenario_uuid": id, "revision": i64::MAX,
+        "options": {"model": COCO, "fps": 2, "snapshot_interval_s": -1}
+    }))
+    .unwrap();
+    let wrong_key = vap_core::signing::ResultsKey::new(vec![7; 32]).sign(&forged);
+    let control = app.settings.kafka.topic_runner_control.clone();
+    app.produce_raw_to(&control, vec![(id, forged.clone(), None), (id, forged, Some(wrong_key))]).await;
     let count = |model: &'static str| {
         let app = &app;
         async move { results(app, id).await.iter().filter(|r| r["model"] == model).count() }

@@ -265,16 +265,22 @@ impl KafkaLink {
         }
     }
 
-    /// One record to the partition its key maps to (rare messages: control records).
-    /// Returns its offset.
-    pub async fn produce_keyed(&self, topic: &str, key: &[u8], value: Vec<u8>) -> Result<i64, KafkaError> {
+    /// One record, with `headers`, to the partition its key maps to (rare messages: control
+    /// records). Returns its offset.
+    pub async fn produce_keyed(
+        &self,
+        topic: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        headers: std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<i64, KafkaError> {
         let kafka = self.get().await?;
         let ids = kafka.ensure_topic(topic, self.settings.partitions, self.settings.replication_factor).await?;
         let partition = partition_for_key(key, ids.len() as i32);
         let record = rskafka::record::Record {
             key: Some(key.to_vec()),
             value: Some(value),
-            headers: Default::default(),
+            headers,
             timestamp: chrono::Utc::now(),
         };
         let client = kafka.partition(topic, partition).await?;

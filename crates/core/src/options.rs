@@ -283,7 +283,19 @@ impl ScenarioOptions {
     }
 
     pub fn snapshot_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_secs_f64(self.snapshot_interval_s.unwrap_or(DEFAULT_SNAPSHOT_INTERVAL_S))
+        let secs = self.snapshot_interval_s.unwrap_or(DEFAULT_SNAPSHOT_INTERVAL_S);
+        // Checked options hold a valid interval; any other value means the default, never a panic.
+        std::time::Duration::try_from_secs_f64(secs)
+            .unwrap_or_else(|_| std::time::Duration::from_secs_f64(DEFAULT_SNAPSHOT_INTERVAL_S))
+    }
+
+    /// Options that arrive from elsewhere (a control record), checked by the rules a request's
+    /// options meet.
+    pub fn checked(&self, defaults: &Defaults) -> Result<Self, OptionError> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(fields)) => Self::default().patched(&fields, defaults),
+            _ => Err(invalid("options", "must be an object")),
+        }
     }
 
     /// The confidence a detection needs: the scenario's, else the operator's, else the model's.
@@ -533,6 +545,18 @@ mod tests {
 
     fn parse(body: Value) -> Result<ScenarioOptions, OptionError> {
         ScenarioOptions::from_request(body.as_object().unwrap(), &defaults())
+    }
+
+    #[test]
+    fn options_from_elsewhere_meet_the_request_rules_and_never_panic_on_a_value() {
+        let good = parse(json!({"fps": 3, "classes": ["person"], "snapshot_interval_s": 5})).unwrap();
+        assert_eq!(good.checked(&defaults()).unwrap(), good);
+        let forged: ScenarioOptions =
+            serde_json::from_value(json!({"model": "ssdlite_person_300", "snapshot_interval_s": -1})).unwrap();
+        assert_eq!(forged.checked(&defaults()).unwrap_err().field, "snapshot_interval_s");
+        assert_eq!(forged.snapshot_interval(), std::time::Duration::from_secs_f64(DEFAULT_SNAPSHOT_INTERVAL_S));
+        let unknown: ScenarioOptions = serde_json::from_value(json!({"model": "no_such_model"})).unwrap();
+        assert_eq!(unknown.checked(&defaults()).unwrap_err().field, "model");
     }
 
     #[test]

@@ -480,7 +480,7 @@ impl Orchestrator {
     }
 
     /// A running runner whose scenario's options changed since it was given them gets a
-    /// control record; its worker row then holds the new digest. Sending one twice is
+    /// control record, signed; its worker row then holds the new digest. Sending one twice is
     /// harmless: a runner applies only a newer revision.
     async fn tell_changed_options(&self, scenarios: &[workers::ActiveScenario]) -> Result<usize, ReconcileError> {
         let topic = &self.kafka.settings().topic_runner_control;
@@ -501,7 +501,13 @@ impl Orchestrator {
                 options: s.options.clone(),
             };
             let value = serde_json::to_vec(&control).unwrap_or_default();
-            let offset = self.kafka.produce_keyed(topic, s.scenario.to_string().as_bytes(), value).await?;
+            // Signed with the scenario's key, which only its runner holds besides us: a record
+            // anyone else with the broker's login writes is refused.
+            let signature = std::collections::BTreeMap::from([(
+                vap_core::signing::SIGNATURE_HEADER.to_string(),
+                s.results_key.sign(&value),
+            )]);
+            let offset = self.kafka.produce_keyed(topic, s.scenario.to_string().as_bytes(), value, signature).await?;
             workers::record_spec(&self.pool, s.scenario, &digest).await?;
             tracing::info!(scenario = %s.scenario, revision = s.options_revision, offset, "runner told its new options");
             self.metrics.inc(&metrics::OPTION_CHANGES, &[], 1);

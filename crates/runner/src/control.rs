@@ -1,7 +1,8 @@
 //! Options that change while a runner runs: the orchestrator's control records for this
 //! scenario (`kafka.topic_runner_control`, keyed by scenario). The partition is read from its
 //! start, so a runner restarted by its backend with the options it was placed with catches up;
-//! only a revision newer than the one running is handed on.
+//! only a revision newer than the one running is handed on, and only from a record signed
+//! with the scenario's key (the orchestrator's): anyone else with the broker's login is refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +14,15 @@ use uuid::Uuid;
 use vap_core::backoff::Backoff;
 use vap_core::events::RunnerControl;
 use vap_core::kafka::{partition_for_key, KafkaError, KafkaLink};
+use vap_core::signing::{ResultsKey, SIGNATURE_HEADER};
 
 pub struct ControlFollower {
     pub kafka: Arc<KafkaLink>,
     pub scenario: Uuid,
     /// The revision the runner started with.
     pub revision: i64,
+    /// The scenario's key: control records must be signed with it.
+    pub key: ResultsKey,
 }
 
 impl ControlFollower {
@@ -69,14 +73,23 @@ impl ControlFollower {
                 if r.record.key.as_deref() != Some(key.as_bytes()) {
                     continue;
                 }
-                let control = match r.record.value.as_deref().map(RunnerControl::parse) {
-                    Some(Ok(control)) => control,
-                    Some(Err(e)) => {
-                        tracing::warn!(offset = r.offset, error = %e, "not a control record; skipped");
+                let Some(value) = r.record.value.as_deref() else {
+                    tracing::warn!(offset = r.offset, "a control record without a value; skipped");
+                    continue;
+                };
+                let signed = r.record.headers.get(SIGNATURE_HEADER).is_some_and(|sig| self.key.verify(value, sig));
+                if !signed {
+                    tracing::warn!(offset = r.offset, "a control record not signed with the scenario's key; refused");
+                    continue;
+                }
+                let control = match RunnerControl::parse(value) {
+                    Ok(control) if control.scenario_uuid == self.scenario => control,
+                    Ok(_) => {
+                        tracing::warn!(offset = r.offset, "a control record of another scenario; refused");
                         continue;
                     }
-                    None => {
-                        tracing::warn!(offset = r.offset, "a control record without a value; skipped");
+                    Err(e) => {
+                        tracing::warn!(offset = r.offset, error = %e, "not a control record; skipped");
                         continue;
                     }
                 };

@@ -175,7 +175,13 @@ pub async fn run(
     let (reload_tx, reloads) = std::sync::mpsc::channel();
     let following = CancellationToken::new();
     let control = tokio::spawn(tracing::Instrument::instrument(
-        follow_option_changes(kafka, rs.clone(), (job.scenario, job.options_revision), reload_tx, following.clone()),
+        follow_option_changes(
+            kafka,
+            rs.clone(),
+            (job.scenario, job.options_revision, job.results_key.clone()),
+            reload_tx,
+            following.clone(),
+        ),
         tracing::Span::current(),
     ));
     let current =
@@ -326,15 +332,28 @@ pub struct Current<D> {
 async fn follow_option_changes(
     kafka: Arc<KafkaLink>,
     rs: vap_core::config::RunnerSettings,
-    (scenario, revision): (uuid::Uuid, i64),
+    (scenario, revision, key): (uuid::Uuid, i64, vap_core::signing::ResultsKey),
     reloads: std::sync::mpsc::Sender<Current<ModelDetector>>,
     stop: CancellationToken,
 ) {
     let (tx, mut changes) = tokio::sync::mpsc::channel(4);
-    let follower = control::ControlFollower { kafka, scenario, revision };
+    let follower = control::ControlFollower { kafka, scenario, revision, key };
     let following =
         tokio::spawn(tracing::Instrument::instrument(follower.run(tx, stop.clone()), tracing::Span::current()));
-    while let Some(Some(change)) = stop.run_until_cancelled(changes.recv()).await {
+    while let Some(Some(mut change)) = stop.run_until_cancelled(changes.recv()).await {
+        // Checked as the API checks a request's: a signed record may still come from a newer
+        // vap with rules this runner does not share.
+        let checked = rs
+            .option_defaults()
+            .map_err(|e| e.to_string())
+            .and_then(|d| change.options.checked(&d).map_err(|e| e.to_string()));
+        match checked {
+            Ok(options) => change.options = options,
+            Err(e) => {
+                tracing::error!(revision = change.revision, error = %e, "new options refused; keeping the running ones");
+                continue;
+            }
+        }
         match load_detector(&rs, &change.options).await {
             Ok((detector, provenance, min_confidence)) => {
                 tracing::info!(revision = change.revision, model = provenance.model, "switching to new options");
