@@ -23,6 +23,7 @@ mod kafka_compat;
 mod layout;
 mod relay;
 mod retention;
+mod webhooks;
 
 mod console;
 mod deploy;

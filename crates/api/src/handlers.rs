@@ -448,7 +448,8 @@ pub async fn scene_events(state: &Arc<AppState>, id: &str, query: Option<&str>) 
                     .filter(|(id, _)| *id == e.event_id)
                     .map(|(_, d)| {
                         json!({"url": vap_core::camera_url::redact_webhook_url(&d.url), "delivered_at": d.delivered_at,
-                               "attempts": d.attempts, "last_status": d.last_status, "last_error": d.last_error})
+                               "attempts": d.attempts, "last_status": d.last_status, "last_error": d.last_error,
+                               "gave_up_at": d.gave_up_at})
                     })
                     .collect();
                 if !webhooks.is_empty() {

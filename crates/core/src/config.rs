@@ -52,7 +52,8 @@ pub struct Settings {
 pub struct WebhookSettings {
     /// Receives every scenario's events, besides a scenario's own `webhook_url`; empty: none.
     pub url: String,
-    /// Key of the `vap-signature` HMAC-SHA256 over each body, shared with receivers. Empty:
+    /// The key receivers verify with, shared with them: `whsec_<base64>` as Standard Webhooks
+    /// libraries take it (the key is the decoded bytes), or any other text (its bytes). Empty:
     /// nothing is sent (deliveries wait, saying so).
     pub secret: Secret,
     /// One POST, connect to last byte.
@@ -62,6 +63,11 @@ pub struct WebhookSettings {
     pub poll_interval_ms: u64,
     /// Deliveries in flight at once (one per scenario at a time: in event order).
     pub concurrency: usize,
+    /// Deliveries in flight to one receiver (scheme, host and port) at once: a slow or silent
+    /// receiver holds no more than this of `concurrency`.
+    pub per_receiver_concurrency: usize,
+    /// A delivery not made within this after its event is given up (shown on the event).
+    pub max_age_secs: u64,
     /// CAs trusted for https receivers (PEM); default Debian's bundle.
     pub ca_file: PathBuf,
 }
@@ -75,6 +81,8 @@ impl Default for WebhookSettings {
             retry_max_ms: 300_000,
             poll_interval_ms: 500,
             concurrency: 8,
+            per_receiver_concurrency: 2,
+            max_age_secs: 86_400,
             ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
         }
     }

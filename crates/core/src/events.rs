@@ -245,6 +245,8 @@ pub enum ResultError {
         "record version {0} is newer than this reader's ({RECORD_VERSION}); set aside for replay after an upgrade"
     )]
     NewerVersion(u16),
+    #[error("event_id {0} is not the id of this event (ids are derived from scenario, kind, region, track and frame)")]
+    EventId(Uuid),
 }
 
 fn sane_time(t: DateTime<Utc>) -> Result<(), ResultError> {
@@ -404,6 +406,12 @@ impl SceneEvent {
         }
         if e.dwell_seconds.is_some_and(|d| !d.is_finite() || d < 0.0) {
             return Err(ResultError::Detection { index: 0, reason: "dwell_seconds is not a finite, positive number" });
+        }
+        // Derived, not trusted: a runner could otherwise store another event's id first, and
+        // the real event would then be dropped as a repeat.
+        let region = e.zone.as_deref().or(e.line.as_deref()).unwrap_or("");
+        if e.event_id != Self::id_for(e.scenario_uuid, e.kind, region, e.track_id, e.frame_number) {
+            return Err(ResultError::EventId(e.event_id));
         }
         Ok(e)
     }
@@ -759,6 +767,10 @@ mod tests {
             detail: None,
         };
         golden("scene_event", &line_crossed, SceneEvent::parse);
+        // Another event's id (the same crossing one frame later) is refused.
+        let borrowed = SceneEvent { frame_number: 1251, ..line_crossed.clone() };
+        let refused = SceneEvent::parse(&serde_json::to_vec(&borrowed).unwrap());
+        assert_eq!(refused, Err(ResultError::EventId(line_crossed.event_id)));
         golden(
             "snapshot_header",
             &Snapshot {

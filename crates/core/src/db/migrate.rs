@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (11, "0011_snapshots_and_health", include_str!("../../../../migrations/0011_snapshots_and_health.sql")),
     (12, "0012_results_by_time", include_str!("../../../../migrations/0012_results_by_time.sql")),
     (13, "0013_partitioned_results", include_str!("../../../../migrations/0013_partitioned_results.sql")),
+    (14, "0014_webhook_fairness", include_str!("../../../../migrations/0014_webhook_fairness.sql")),
 ];
 
 const MIGRATION_LOCK: i64 = 0x0076_6170_5f6d_6967; // "vap_mig"
