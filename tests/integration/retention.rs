@@ -213,3 +213,69 @@ async fn the_migration_moves_stored_results_and_events_into_partitions() {
         assert_eq!(client.query_one(&count(table), &[]).await.unwrap().get::<_, i64>(0), 0, "{table}");
     }
 }
+
+/// Records set aside keep only their first 4 KiB (and how long they were), and are pruned by
+/// age, by count per scenario (the newest stay) and by count in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_set_aside_keep_their_head_and_are_bounded_by_age_and_count() {
+    let mut app = TestApp::spawn().await;
+    let (a, b) = (app.create_scenario("rtsp://127.0.0.1:9/a").await, app.create_scenario("rtsp://127.0.0.1:9/b").await);
+    let unsigned = |id: uuid::Uuid, frame: i64, padding: usize| {
+        let mut v: serde_json::Value = serde_json::from_slice(&common::result_json(id, frame)).unwrap();
+        v["padding"] = "x".repeat(padding).into();
+        (id, serde_json::to_vec(&v).unwrap(), None)
+    };
+    app.start_relay();
+    // a's first, then b's: the ids say which is older.
+    app.produce_raw((0..5).map(|f| unsigned(a, f, if f == 0 { 100_000 } else { 0 })).collect()).await;
+    eventually(Duration::from_secs(30), "a's five set aside", || async {
+        (app.scalar("SELECT count(*) FROM dead_letters").await == 5).then_some(())
+    })
+    .await;
+    app.produce_raw((0..3).map(|f| unsigned(b, f, 0)).collect()).await;
+    eventually(Duration::from_secs(30), "eight records set aside", || async {
+        (app.scalar("SELECT count(*) FROM dead_letters").await == 8).then_some(())
+    })
+    .await;
+    let client = app.pool.get().await.unwrap();
+    let big = client
+        .query_one("SELECT length(record_value), value_bytes FROM dead_letters ORDER BY value_bytes DESC LIMIT 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(big.get::<_, i32>(0), 4096);
+    assert!(big.get::<_, i32>(1) > 100_000);
+
+    let ids = |key: uuid::Uuid| {
+        let client = &client;
+        async move {
+            let rows = client
+                .query(
+                    "SELECT id FROM dead_letters WHERE record_key = convert_to($1::text, 'UTF8') ORDER BY id",
+                    &[&key.to_string()],
+                )
+                .await
+                .unwrap();
+            rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>()
+        }
+    };
+    let (before_a, before_b) = (ids(a).await, ids(b).await);
+    // One of b's is old: gone by age whatever the counts.
+    client
+        .execute("UPDATE dead_letters SET received_at = now() - interval '15 days' WHERE id = $1", &[&before_b[2]])
+        .await
+        .unwrap();
+    let mut settings = app.settings.retention.clone();
+    (settings.dead_letters_days, settings.dead_letters_per_scenario, settings.dead_letters_max) = (14, 3, 4);
+    let retention = vap_relay::retention::Retention {
+        pool: app.pool.clone(),
+        database: app.settings.database.clone(),
+        window: Arc::new(vap_relay::retention::Window::new(&settings)),
+        settings,
+        metrics: Arc::new(vap_core::metrics::Metrics::default()),
+    };
+    let pass = retention.pass().await.unwrap();
+    // b: the old one goes (2 left); a: the newest 3 of 5 stay; in all 5 > 4: a's oldest left goes.
+    assert_eq!(pass.deleted.dead_letters, 4, "{pass:?}");
+    assert_eq!(ids(b).await, before_b[..2].to_vec());
+    assert_eq!(ids(a).await, before_a[3..].to_vec());
+}

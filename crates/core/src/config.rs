@@ -238,6 +238,11 @@ pub struct RetentionSettings {
     /// Partitions made ahead of the current one.
     pub partitions_ahead: u32,
     pub check_interval_secs: u64,
+    /// Records set aside (`dead_letters`) are kept this long, at most this many per scenario
+    /// and in all (the newest stay).
+    pub dead_letters_days: u32,
+    pub dead_letters_per_scenario: i64,
+    pub dead_letters_max: i64,
 }
 
 /// vap-orchestrator: placement of one runner per scenario.
@@ -567,7 +572,15 @@ impl Default for InboxSettings {
 
 impl Default for RetentionSettings {
     fn default() -> Self {
-        Self { results_days: 30, partition_hours: 24, partitions_ahead: 2, check_interval_secs: 600 }
+        Self {
+            results_days: 30,
+            partition_hours: 24,
+            partitions_ahead: 2,
+            check_interval_secs: 600,
+            dead_letters_days: 14,
+            dead_letters_per_scenario: 1_000,
+            dead_letters_max: 100_000,
+        }
     }
 }
 
@@ -789,6 +802,12 @@ impl Settings {
         }
         if !(1..=24 * 31).contains(&self.retention.partition_hours) {
             return bad("retention.partition_hours", "must be from 1 to 744");
+        }
+        if self.retention.dead_letters_days == 0 {
+            return bad("retention.dead_letters_days", "must be at least 1");
+        }
+        if self.retention.dead_letters_per_scenario < 1 || self.retention.dead_letters_max < 1 {
+            return bad("retention.dead_letters_per_scenario", "and dead_letters_max must be at least 1");
         }
         if self.retention.check_interval_secs == 0 {
             return bad("retention.check_interval_secs", "must be at least 1");

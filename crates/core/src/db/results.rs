@@ -260,6 +260,9 @@ fn refused(offset: i64, scenario: Uuid, value: serde_json::Result<Vec<u8>>, e: &
     }
 }
 
+/// The most of a record set aside that is kept: enough to see what it was.
+pub const DEAD_LETTER_HEAD_BYTES: usize = 4096;
+
 pub(crate) async fn insert_dead_letters(
     tx: &deadpool_postgres::Transaction<'_>,
     advance: &Advance<'_>,
@@ -270,11 +273,15 @@ pub(crate) async fn insert_dead_letters(
     for d in dead {
         // A reason is ours, but may quote a record's text: no NUL reaches PostgreSQL.
         let reason = d.reason.replace('\0', "\\0");
+        let bytes = d.value.as_ref().map(|v| i32::try_from(v.len()).unwrap_or(i32::MAX));
+        let head = d.value.as_deref().map(|v| &v[..v.len().min(DEAD_LETTER_HEAD_BYTES)]);
+        let key = d.key.as_deref().map(|k| &k[..k.len().min(DEAD_LETTER_HEAD_BYTES)]);
         n += tx
             .execute(
-                "INSERT INTO dead_letters (consumer, topic, partition, record_offset, reason, record_key, record_value)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                &[&at.consumer, &at.topic, &at.partition, &d.offset, &reason, &d.key, &d.value],
+                "INSERT INTO dead_letters (consumer, topic, partition, record_offset, reason, record_key, record_value,
+                                           value_bytes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                &[&at.consumer, &at.topic, &at.partition, &d.offset, &reason, &key, &head, &bytes],
             )
             .await? as i64;
     }

@@ -92,6 +92,12 @@ impl Retention {
             self.window.coverage.forget();
         }
         pass.deleted = rows::delete_expired(&self.pool, self.window.keep).await?;
+        let bounds = rows::DeadLetterBounds {
+            keep: chrono::Duration::days(i64::from(self.settings.dead_letters_days)),
+            per_scenario: self.settings.dead_letters_per_scenario,
+            total: self.settings.dead_letters_max,
+        };
+        pass.deleted.dead_letters = rows::prune_dead_letters(&self.pool, bounds).await?;
         Ok(pass)
     }
 }

@@ -11,12 +11,49 @@ pub struct Deleted {
     pub events: i64,
     pub snapshots: i64,
     pub webhook_deliveries: i64,
+    pub dead_letters: i64,
 }
 
 impl Deleted {
     pub fn total(&self) -> i64 {
-        self.results + self.events + self.snapshots + self.webhook_deliveries
+        self.results + self.events + self.snapshots + self.webhook_deliveries + self.dead_letters
     }
+}
+
+/// How many records set aside are kept, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterBounds {
+    pub keep: chrono::Duration,
+    pub per_scenario: i64,
+    pub total: i64,
+}
+
+/// Deletes records set aside past their age, past a scenario's count (the oldest of it first),
+/// and past the count of all (the oldest first). Returns how many.
+pub async fn prune_dead_letters(pool: &Pool, bounds: DeadLetterBounds) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let keep_secs = bounds.keep.num_seconds() as f64;
+    let old = client
+        .execute("DELETE FROM dead_letters WHERE received_at < now() - make_interval(secs => $1)", &[&keep_secs])
+        .await?;
+    let per_scenario = client
+        .execute(
+            "DELETE FROM dead_letters d USING (
+                 SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY record_key ORDER BY id DESC) AS nth
+                                   FROM dead_letters WHERE record_key IS NOT NULL) n
+                  WHERE nth > $1) past
+              WHERE d.id = past.id",
+            &[&bounds.per_scenario],
+        )
+        .await?;
+    let over = client
+        .execute(
+            "DELETE FROM dead_letters
+              WHERE id <= (SELECT id FROM dead_letters ORDER BY id DESC OFFSET $1 LIMIT 1)",
+            &[&bounds.total],
+        )
+        .await?;
+    Ok((old + per_scenario + over) as i64)
 }
 
 /// Deletes, by frame time (snapshots by capture time), what is older than `keep` or than its
@@ -50,5 +87,11 @@ pub async fn delete_expired(pool: &Pool, keep: chrono::Duration) -> Result<Delet
             &[&keep_secs],
         )
         .await?;
-    Ok(Deleted { results: row.get(0), events: row.get(1), snapshots: row.get(2), webhook_deliveries: row.get(3) })
+    Ok(Deleted {
+        results: row.get(0),
+        events: row.get(1),
+        snapshots: row.get(2),
+        webhook_deliveries: row.get(3),
+        dead_letters: 0,
+    })
 }
