@@ -958,3 +958,20 @@ async fn foreign_host_names_and_cross_site_writes_are_refused() {
     let r = app.api.request(Method::POST, &shutdown, &same, bytes::Bytes::new()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
+
+/// Counts aggregate at most 10,000 buckets: a wider range is a 400 saying so, not years of
+/// events on a pool connection.
+#[tokio::test]
+async fn counts_refuse_a_range_of_too_many_buckets() {
+    let app = TestApp::spawn().await;
+    let id = app.create_scenario("rtsp://127.0.0.1:9/counted").await;
+    let counts = |q: &str| format!("/api/v1/scenario/{id}/counts?{q}");
+    let r = app.get(&counts("bucket=1m&since=2020-01-01T00:00:00Z&until=2026-01-01T00:00:00Z")).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "range_too_large", "10000 buckets");
+    for ok in ["bucket=1h&since=2025-01-01T00:00:00Z&until=2026-01-01T00:00:00Z", "bucket=1m", ""] {
+        let r = app.get(&counts(ok)).await;
+        assert_eq!(r.status, StatusCode::OK, "{ok}: {}", r.text);
+    }
+    let r = app.get(&counts("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z")).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "invalid_parameter", "since must be before until");
+}

@@ -42,6 +42,10 @@ pub enum ApiError {
     HostNotAllowed(String),
     #[error("a page of another site may not change state here: send no Origin, or set an API token")]
     CrossOrigin,
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("busy drawing {0}; retry shortly")]
+    Busy(&'static str),
     #[error("database unavailable, retry later")]
     Unavailable,
     #[error("internal error")]
@@ -71,6 +75,8 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             ApiError::HostNotAllowed(_) => (StatusCode::MISDIRECTED_REQUEST, "host_not_allowed"),
             ApiError::CrossOrigin => (StatusCode::FORBIDDEN, "cross_origin"),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "snapshot_too_large"),
+            ApiError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "busy"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -100,6 +106,9 @@ impl ApiError {
             }
             ApiError::TooManyStreams(_) => {
                 resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            }
+            ApiError::Busy(_) => {
+                resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             }
             ApiError::BodyTimeout(_) => {
                 resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));

@@ -485,7 +485,29 @@ pub async fn scene_counts(state: &Arc<AppState>, id: &str, query: Option<&str>) 
         Some(b) => scene_events::Bucket::parse(b)
             .ok_or_else(|| ApiError::bad("invalid_parameter", format!("bucket must be 1m or 1h, got '{b}'")))?,
     };
-    let (since, until) = (q.time("since")?, q.time("until")?);
+    let widest = bucket.length() * scene_events::MAX_COUNT_BUCKETS;
+    let until = q.time("until")?;
+    let since = match (q.time("since")?, until) {
+        (Some(since), Some(until)) if since >= until => {
+            return Err(ApiError::bad("invalid_parameter", "since must be before until"));
+        }
+        (Some(since), Some(until)) if until - since > widest => {
+            let most = scene_events::MAX_COUNT_BUCKETS;
+            return Err(ApiError::bad(
+                "range_too_large",
+                format!("since..until spans more than {most} buckets; narrow it"),
+            ));
+        }
+        (Some(since), _) => Some(since),
+        // An open start: the last MAX_COUNT_BUCKETS buckets before `until` (or now).
+        (None, until) => Some(until.unwrap_or_else(chrono::Utc::now) - widest),
+    };
+    // An open end after a given start: as many buckets on. After an open start it stays open
+    // (a file's frames may be stamped ahead of now).
+    let until = match (q.time("since")?, until) {
+        (Some(since), None) => Some(since + widest),
+        (_, until) => until,
+    };
     if scenarios::get(&state.pool, uuid).await?.is_none() {
         return Err(ApiError::ScenarioNotFound(uuid));
     }

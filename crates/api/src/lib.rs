@@ -65,6 +65,8 @@ pub struct AppState {
     pub sse_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// When the database gauges of /metrics were last read.
     pub gauges_refreshed: tokio::sync::Mutex<Option<Instant>>,
+    /// Snapshots being drawn with boxes (one per core at most).
+    pub drawing: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
@@ -118,6 +120,7 @@ pub async fn serve(
         openapi,
         sse_streams: Arc::default(),
         gauges_refreshed: tokio::sync::Mutex::new(None),
+        drawing: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
     });
     tasks.spawn("results listener", sse::forward_notifications(database, results_bus, tasks.token()));
     tasks.spawn("accept loop", accept_loop(listener, state, tasks.token()));

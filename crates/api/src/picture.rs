@@ -12,7 +12,16 @@ use vap_core::events::MAX_SNAPSHOT_SIDE;
 pub enum PictureError {
     #[error("stored snapshot is not a readable JPEG: {0}")]
     Decode(#[from] image::ImageError),
+    #[error("the snapshot is {0}x{1} pixels; boxes are drawn on at most {MAX_DRAWN_PIXELS} pixels: ask without boxes")]
+    TooLarge(u32, u32),
 }
+
+/// The most pixels boxes are drawn on (a 4K frame): decoding and re-encoding costs memory and
+/// CPU per request, whatever size a stored snapshot claims.
+pub const MAX_DRAWN_PIXELS: u64 = 3840 * 2160;
+
+/// The most boxes drawn on one picture.
+pub const MAX_DRAWN_BOXES: usize = 256;
 
 /// Box colours, one per class (by its name), readable on dark and light pictures.
 const PALETTE: [[u8; 3]; 6] =
@@ -25,6 +34,10 @@ fn colour_of(class: &str) -> Rgb<u8> {
 
 /// The snapshot's JPEG with its detections drawn on it, re-encoded.
 pub fn with_boxes(snapshot: &StoredSnapshot) -> Result<Vec<u8>, PictureError> {
+    let (width, height) = ImageReader::with_format(Cursor::new(&snapshot.jpeg), ImageFormat::Jpeg).into_dimensions()?;
+    if u64::from(width) * u64::from(height) > MAX_DRAWN_PIXELS {
+        return Err(PictureError::TooLarge(width, height));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(&snapshot.jpeg), ImageFormat::Jpeg);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SNAPSHOT_SIDE);
@@ -33,7 +46,7 @@ pub fn with_boxes(snapshot: &StoredSnapshot) -> Result<Vec<u8>, PictureError> {
     let mut img = reader.decode()?.to_rgb8();
     let sx = img.width() as f32 / snapshot.frame_width.max(1) as f32;
     let sy = img.height() as f32 / snapshot.frame_height.max(1) as f32;
-    for d in &snapshot.detections {
+    for d in snapshot.detections.iter().take(MAX_DRAWN_BOXES) {
         let colour = colour_of(&d.class);
         let [x0, y0, x1, y1] =
             [d.bbox[0] * sx, d.bbox[1] * sy, d.bbox[2] * sx, d.bbox[3] * sy].map(|v| v.round() as i64);
@@ -134,6 +147,8 @@ mod tests {
         // The box's left edge at x 50 (100 / 2), from y 50 to 200; the grey stays grey elsewhere.
         assert!((60..190).all(|y| near(drawn.get_pixel(50, y))), "left edge drawn");
         assert!(!near(drawn.get_pixel(10, 120)) && !near(drawn.get_pixel(100, 120)));
+        let huge = StoredSnapshot { jpeg: grey_jpeg(4096, 2048), ..snapshot.clone() };
+        assert!(matches!(with_boxes(&huge), Err(PictureError::TooLarge(4096, 2048))));
         let garbage = StoredSnapshot { jpeg: vec![0xFF, 0xD8, 0xFF, 0, 1], ..snapshot };
         assert!(with_boxes(&garbage).is_err());
     }

@@ -44,7 +44,7 @@ pub async fn latest_jpeg(state: &Arc<AppState>, id: &str, req: &Request<Incoming
     let uuid = parse_uuid(id)?;
     let boxes = Query::parse(req.uri().query()).flag("boxes")?;
     let s = found(state, uuid, snapshots::latest(&state.pool, uuid).await?).await?;
-    picture(req, s, boxes, "private, no-cache").await
+    picture(state, req, s, boxes, "private, no-cache").await
 }
 
 /// The snapshot taken when an event happened: it never changes.
@@ -64,7 +64,7 @@ pub async fn event_jpeg(
             "event {event} of scenario {uuid} has no snapshot (camera events have none; older ones are pruned)"
         )));
     };
-    picture(req, s, boxes, "private, max-age=86400").await
+    picture(state, req, s, boxes, "private, max-age=86400").await
 }
 
 /// The snapshot, or why there is none: no such scenario, or none stored yet.
@@ -85,6 +85,7 @@ fn etag(s: &StoredSnapshot, boxes: bool) -> String {
 }
 
 async fn picture(
+    state: &AppState,
     req: &Request<Incoming>,
     s: StoredSnapshot,
     boxes: bool,
@@ -109,10 +110,20 @@ async fn picture(
             .map_err(|e| ApiError::Internal(e.to_string()));
     }
     let jpeg = if boxes {
-        tokio::task::spawn_blocking(move || super::picture::with_boxes(&s))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(format!("snapshot of frame {frame}: {e}")))?
+        // As many drawings at once as the machine has cores; more wait for none of them.
+        let permit =
+            Arc::clone(&state.drawing).try_acquire_owned().map_err(|_| ApiError::Busy("snapshots with boxes"))?;
+        let drawn = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            super::picture::with_boxes(&s)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match drawn {
+            Ok(jpeg) => jpeg,
+            Err(e @ super::picture::PictureError::TooLarge(..)) => return Err(ApiError::Unprocessable(e.to_string())),
+            Err(e) => return Err(ApiError::Internal(format!("snapshot of frame {frame}: {e}"))),
+        }
     } else {
         s.jpeg.clone()
     };

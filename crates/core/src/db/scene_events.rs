@@ -229,7 +229,18 @@ impl Bucket {
             Bucket::Hour => "hour",
         }
     }
+
+    pub fn length(self) -> chrono::Duration {
+        match self {
+            Bucket::Minute => chrono::Duration::minutes(1),
+            Bucket::Hour => chrono::Duration::hours(1),
+        }
+    }
 }
+
+/// The most buckets one counts request spans: 10,000 minutes (about a week) or hours (about
+/// fourteen months), so no request aggregates years of events on a pool connection.
+pub const MAX_COUNT_BUCKETS: i32 = 10_000;
 
 /// What one zone or line saw of one class in one bucket.
 #[derive(Debug, Clone, PartialEq)]
