@@ -6,7 +6,7 @@
 //! multicast and broadcast. Private ranges stay allowed: that is where cameras live.
 //! An explicit `deny` wins over `allow`, which wins over the built-in refusals.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 
 use ipnet::IpNet;
 
@@ -58,16 +58,22 @@ impl DestinationPolicy {
         Ok(Self { allow: parse("destinations.allow", &s.allow)?, deny: parse("destinations.deny", &s.deny)? })
     }
 
-    /// Checks one address.
+    /// Checks one address. An IPv6 address that carries an IPv4 one (mapped, compatible,
+    /// NAT64, 6to4, Teredo) is refused when either is: translators deliver to the IPv4 one.
     pub fn check_ip(&self, address: IpAddr) -> Result<(), DestinationError> {
         let address = canonical(address);
-        if self.deny.iter().any(|n| n.contains(&address)) {
+        let carried = match address {
+            IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        let both = || std::iter::once(address).chain(carried);
+        if both().any(|a| self.deny.iter().any(|n| n.contains(&a))) {
             return Err(DestinationError::Refused { address, class: "in destinations.deny" });
         }
         if self.allow.iter().any(|n| n.contains(&address)) {
             return Ok(());
         }
-        match refused_class(address) {
+        match both().find_map(refused_class) {
             Some(class) => Err(DestinationError::Refused { address, class }),
             None => Ok(()),
         }
@@ -115,7 +121,34 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
+/// The IPv4 address an IPv6 one carries for a translator or tunnel: IPv4-compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`), 6to4 (`2002::/16`) and Teredo
+/// (`2001::/32`, the client's address inverted).
+fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let low = Ipv4Addr::from(u32::from(s[6]) << 16 | u32::from(s[7]));
+    match s {
+        [0, 0, 0, 0, 0, 0, _, _] if !v6.is_unspecified() && !v6.is_loopback() => Some(low),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x64, 0xff9b, 1, ..] => Some(low),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::from(u32::from(hi) << 16 | u32::from(lo))),
+        [0x2001, 0, ..] => Some(Ipv4Addr::from(!(u32::from(s[6]) << 16 | u32::from(s[7])))),
+        _ => None,
+    }
+}
+
+/// Cloud instance metadata services besides 169.254.169.254 (link-local already): AWS's and
+/// Google Cloud's IPv6 ones, Alibaba Cloud's.
+const METADATA: [IpAddr; 3] = [
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+];
+
 fn refused_class(address: IpAddr) -> Option<&'static str> {
+    if METADATA.contains(&address) {
+        return Some("cloud metadata");
+    }
     match address {
         IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
         IpAddr::V4(a) if a.is_link_local() => Some("link-local"),
@@ -208,8 +241,22 @@ mod tests {
             ("224.0.0.1", "multicast"),
             ("[ff02::1]", "multicast"),
             ("255.255.255.255", "broadcast"),
+            // IPv6 forms that carry a refused IPv4 address.
+            ("[::127.0.0.1]", "loopback"),
+            ("[64:ff9b::7f00:1]", "loopback"),
+            ("[64:ff9b:1::a9fe:a9fe]", "link-local"),
+            ("[2002:7f00:1::]", "loopback"),
+            ("[2002:a9fe:a9fe::1]", "link-local"),
+            ("[2001:0:4136:e378:8000:63bf:80ff:fffe]", "loopback"),
+            // Metadata services with addresses of their own.
+            ("[fd00:ec2::254]", "cloud metadata"),
+            ("[fd20:ce::254]", "cloud metadata"),
+            ("100.100.100.200", "cloud metadata"),
         ] {
             assert_eq!(refused(&p, host), Some(class), "{host}");
+        }
+        for host in ["[64:ff9b::a01:203]", "[2002:a01:203::1]", "[::a01:203]"] {
+            assert_eq!(refused(&p, host), None, "{host} carries 10.1.2.3");
         }
         for host in ["10.1.2.3", "192.168.1.64", "172.16.0.9", "[fd00::5]", "8.8.8.8", "cam.example", "camera-7.local"]
         {

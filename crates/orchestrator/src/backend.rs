@@ -96,6 +96,8 @@ pub(crate) fn example_job() -> vap_core::job::RunnerJob {
         camera_url: vap_core::camera_url::CameraUrl::trusted("rtsp://user:pass@camera-7.local/stream".into()),
         epoch: "2026-11-24T10:00:00Z".parse().unwrap(),
         options: vap_core::options::ScenarioOptions {
+            // User text with Nomad's interpolation syntax: the job must carry it as text.
+            name: Some("lobby ${NOMAD_TOKEN}".into()),
             model: Some("yolov3_tiny_coco_416".into()),
             fps: Some(2.0),
             ..Default::default()

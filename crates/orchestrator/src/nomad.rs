@@ -286,8 +286,14 @@ pub fn job_spec(s: &NomadBackendSettings, spec: &RunnerJob) -> Value {
     // No secret in the job: Nomad shows jobs to anyone with read-job, and interpolates `${..}`
     // in Env. The camera URL and the results key are a Variable, rendered to a file only the
     // task reads.
-    let env: BTreeMap<String, String> =
+    let mut env: BTreeMap<String, String> =
         spec.env_with(&s.runner_env, "file:${NOMAD_SECRETS_DIR}/vap-job.json").into_iter().collect();
+    // The options hold user text (names of the scenario, zones, lines), and Nomad's client
+    // interpolates `${..}` in Env with no escape: a `$` goes as the JSON escape `\u0024`,
+    // which the runner's JSON parser reads back as `$`.
+    if let Some(options) = env.get_mut(vap_core::job::ENV_SCENARIO_OPTIONS) {
+        *options = options.replace('$', "\\u0024");
+    }
     let template =
         format!("{{{{ with nomadVar \"{}\" }}}}{{{{ .job }}}}{{{{ end }}}}", secrets_variable(spec.scenario));
     let args = spec.args(s.runner_config.as_deref());
@@ -591,6 +597,12 @@ mod tests {
             "{}",
             serde_json::to_string_pretty(&job_spec(&settings(), &spec)).unwrap()
         );
+        // No `${` left for Nomad to interpolate, and the runner reads the options as they were.
+        let job = job_spec(&settings(), &spec);
+        let options = job["TaskGroups"][0]["Tasks"][0]["Env"][vap_core::job::ENV_SCENARIO_OPTIONS].as_str().unwrap();
+        assert!(!options.contains("${"), "{options}");
+        let read: vap_core::options::ScenarioOptions = serde_json::from_str(options).unwrap();
+        assert_eq!(read, spec.options);
     }
 
     #[test]
