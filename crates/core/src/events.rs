@@ -219,6 +219,9 @@ pub mod limits {
     pub const MAX_DETAIL_BYTES: usize = 4_096;
     /// About 317 years of milliseconds since a scenario's epoch.
     pub const MAX_FRAME_NUMBER: i64 = 10_000_000_000_000;
+    /// A file's frames count its media time: at most this much of one file is analysed, so
+    /// its frame times (and the partitions they fall in) stay within two days of its start.
+    pub const MAX_MEDIA_MS: i64 = 48 * 3_600_000;
     pub const MIN_YEAR: i32 = 2000;
     pub const MAX_YEAR: i32 = 2200;
 }

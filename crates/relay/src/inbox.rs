@@ -335,6 +335,10 @@ fn check(
             // Frames of a file count media time (ahead of the clock when analysed fast): its
             // records are placed in time by their capture time instead.
             let at = match facts.by_media_time {
+                true if frame > vap_core::events::limits::MAX_MEDIA_MS => {
+                    let hours = vap_core::events::limits::MAX_MEDIA_MS / 3_600_000;
+                    return Err(("frame_out_of_window", format!("frame {frame} is past {hours} h of a file's media")));
+                }
                 true => Some(captured_at),
                 false => results::frame_time(facts.epoch, frame),
             };
@@ -574,7 +578,10 @@ mod tests {
         assert_eq!(reason(check(frame(AN_HOUR / 4), &good, &rested, now)), "ok", "a frame from before the rest");
         // A file's frames count media time: its capture time places it.
         let file = facts(None, true);
-        assert_eq!(reason(check(Claim::Frame(50 * AN_HOUR, now), &good, &file, now)), "ok");
+        assert_eq!(reason(check(Claim::Frame(47 * AN_HOUR, now), &good, &file, now)), "ok");
+        // But no further than two days of media: frame times never reach far-off partitions.
+        assert_eq!(reason(check(Claim::Frame(49 * AN_HOUR, now), &good, &file, now)), "frame_out_of_window");
+        assert_eq!(reason(check(Claim::Frame(i64::MAX / 2, now), &good, &file, now)), "frame_out_of_window");
         let late = Claim::Frame(1, now + chrono::Duration::minutes(6));
         assert_eq!(reason(check(late, &good, &file, now)), "frame_out_of_window");
     }
