@@ -387,3 +387,28 @@ async fn concurrent_migrators_apply_each_migration_once() {
         "each migration applied by exactly one starter: {applied:?}"
     );
 }
+
+/// The alert rules shipped in units/vap-alerts.yml pass `promtool check rules` (Debian's
+/// prometheus package, unpacked by scripts/setup) and name only metrics a vap process serves.
+#[test]
+fn alert_rules_pass_promtool_and_name_only_metrics_vap_serves() {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/units/vap-alerts.yml");
+    let promtool = common::cache_dir().join("prometheus/root/usr/bin/promtool");
+    assert!(promtool.exists(), "{} is missing: run VAP_SETUP_TESTS=1 scripts/setup", promtool.display());
+    let out = std::process::Command::new(&promtool).args(["check", "rules", rules]).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let served: std::collections::HashSet<&str> = vap_api::metrics::FAMILIES
+        .iter()
+        .chain(&vap_relay::metrics::FAMILIES)
+        .chain(&vap_orchestrator::metrics::FAMILIES)
+        .map(|f| f.name)
+        .collect();
+    let text = std::fs::read_to_string(rules).unwrap();
+    let named: std::collections::BTreeSet<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("vap_") && !w.starts_with("vap_alerts"))
+        .collect();
+    assert!(named.len() >= 10, "{named:?}");
+    let unknown: Vec<&&str> = named.iter().filter(|n| !served.contains(**n)).collect();
+    assert!(unknown.is_empty(), "rules name metrics no process serves: {unknown:?}");
+}

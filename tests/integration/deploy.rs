@@ -361,6 +361,9 @@ async fn ansible_provisions_a_fresh_debian_host_that_runs_vap_under_systemd() {
     assert!(token.len() >= 32, "{token}");
     let api = ApiClient::with_token(&format!("http://127.0.0.1:{}", ports.api), &token);
     wait_for_platform(&host, &api).await;
+    let rules =
+        std::fs::read_to_string(root.join("etc/vap/prometheus/vap-alerts.yml")).expect("the alert rules installed");
+    assert_eq!(rules, include_str!("../../units/vap-alerts.yml"));
     let anonymous = ApiClient::new(&api.base);
     let r = anonymous.get("/api/v1/scenarios").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);

@@ -450,6 +450,11 @@ impl Orchestrator {
                 let info = listed.iter().find(|w| w.scenario == *scenario);
                 // Most rounds change nothing: skip the write when the row already says it.
                 if let (Some(info), Some(s)) = (info, stored.get(scenario)) {
+                    let before = s.worker.as_ref().map_or(0, |w| w.restarts);
+                    let restarted = i64::from(info.restarts as i32) - i64::from(before);
+                    if restarted > 0 {
+                        self.metrics.inc(&metrics::RUNNER_RESTARTS, &[kind], restarted as u64);
+                    }
                     if !unchanged(s, info, *starting) {
                         self.record(info, *starting).await?;
                     }
@@ -468,6 +473,7 @@ impl Orchestrator {
             Action::Fail { scenario, reason } => {
                 self.backend.forget(*scenario).await?;
                 tracing::warn!(scenario = %scenario, reason, "scenario failed");
+                self.metrics.inc(&metrics::SCENARIOS_FAILED, &[kind], 1);
                 let restarts = listed.iter().find(|w| w.scenario == *scenario).map_or(0, |w| w.restarts as i32);
                 workers::record_failed(&self.pool, *scenario, kind, reason, restarts).await?;
             }

@@ -24,9 +24,16 @@ pub const OPTION_CHANGES: Counter =
 pub const REJECTED_EVENTS: Counter =
     Counter::new("vap_orchestrator_rejected_events_total", "Event records that are not scenario events.", &[]);
 pub const EVENTS: Counter = Counter::new("vap_orchestrator_events_total", "Scenario events consumed.", &[]);
+pub const RUNNER_RESTARTS: Counter = Counter::new(
+    "vap_orchestrator_runner_restarts_total",
+    "Restarts of runners by their backend (Nomad, systemd), as seen in reconcile rounds.",
+    &["backend"],
+);
+pub const SCENARIOS_FAILED: Counter =
+    Counter::new("vap_orchestrator_scenarios_failed_total", "Scenarios whose runner was given up on.", &["backend"]);
 
 /// Every metric of vap-orchestrator.
-pub const FAMILIES: [Family; 11] = [
+pub const FAMILIES: [Family; 13] = [
     LEADER.0,
     RECONCILE_SECONDS.0,
     ACTION_FAILURES.0,
@@ -38,4 +45,6 @@ pub const FAMILIES: [Family; 11] = [
     OPTION_CHANGES.0,
     REJECTED_EVENTS.0,
     EVENTS.0,
+    RUNNER_RESTARTS.0,
+    SCENARIOS_FAILED.0,
 ];
