@@ -1,7 +1,7 @@
 //! Platform benchmarks, each beside its baseline in the same run. Run:
 //!
 //!     cargo bench --bench platform            # all
-//!     cargo bench --bench platform -- api     # one of: api, relay, inbox, relays, events, snapshots
+//!     cargo bench --bench platform -- api     # one of: api, relay, inbox, relays, events, snapshots, codecs
 //!
 //! Needs `wrk` (Debian package) for the HTTP load. Figures go to docs/BENCHMARKS.md.
 
@@ -53,7 +53,145 @@ fn main() {
         if want("snapshots") {
             snapshots().await;
         }
+        if want("codecs") {
+            codecs().await;
+        }
     });
+}
+
+/// A result as a runner sends it on a busy street: six tracked people and cars, moving a
+/// little each frame, with the confidences and coordinates a detector gives (many digits).
+fn busy_result(scenario: uuid::Uuid, frame: i64) -> Vec<u8> {
+    let detections: Vec<serde_json::Value> = (0..6)
+        .map(|i| {
+            let x = 40.0 + 130.0 * f64::from(i) + 3.1 * (frame % 97) as f64 + fastrand::f64() * 4.0;
+            let y = 210.0 + f64::from(i) * 7.0 + fastrand::f64() * 4.0;
+            serde_json::json!({"class": if i % 3 == 0 { "car" } else { "person" },
+                               "confidence": 0.4 + 0.6 * fastrand::f32(),
+                               "bbox": [x as f32, y as f32, (x + 64.0 + fastrand::f64() * 3.0) as f32, (y + 180.0) as f32],
+                               "track_id": 1000 + frame / 300 * 6 + i64::from(i)})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "scenario_uuid": scenario, "frame_number": frame * 500, "timestamp": chrono::Utc::now(),
+        "detections": detections, "model": "yolov4_tiny_coco_416", "model_sha256": "9a3b0c0d7e1f",
+        "runner": "worker-3/41234/8f0e1a2b", "inference_ms": 30.0 + fastrand::f64() * 20.0,
+        "frame_width": 1280, "frame_height": 720, "options_revision": 0, "motion": "moving"
+    }))
+    .unwrap()
+}
+
+/// CPU seconds the broker (every process named nisshi) has used so far.
+fn broker_cpu_s() -> f64 {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if !stat[open + 1..close].starts_with("nisshi") {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        total += fields[11..13].iter().map(|v| v.parse::<f64>().unwrap_or(0.0)).sum::<f64>() / 100.0;
+    }
+    total
+}
+
+/// Counts the bytes a client sends to the broker, forwarding both ways.
+async fn counting_proxy(
+    front: tokio::net::TcpListener,
+    target: String,
+) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&sent);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = front.accept().await {
+            let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else { continue };
+            let (_, _) = (client.set_nodelay(true), upstream.set_nodelay(true));
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            let counter = std::sync::Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut ur, &mut cw).await;
+            });
+        }
+    });
+    sent
+}
+
+/// Results produced with each codec rskafka offers, one per request (a camera at 2 fps whose
+/// publisher keeps up) and 100 per request (a publisher catching up), and read back: produce
+/// and fetch rates, the broker's CPU, and the bytes on the wire per result. No compression is
+/// the baseline.
+async fn codecs() {
+    const RESULTS: usize = 10_000;
+    println!("\n== codecs: {RESULTS} results of six detections, one partition");
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = front.local_addr().unwrap().port();
+    let broker =
+        vap_dev::devstack::Broker::start_advertising(vap_dev::devstack::BrokerStorage::Memory, Some(port)).unwrap();
+    let sent = counting_proxy(front, broker.addr()).await;
+    let app = TestApp::spawn_with_broker(broker, move |s| {
+        s.log.level = "warn".into();
+        s.kafka.brokers = vec![format!("127.0.0.1:{port}")];
+    })
+    .await;
+    let client = app.kafka().await;
+    let scenario = uuid::Uuid::new_v4();
+    let values: Vec<Vec<u8>> = (0..RESULTS as i64).map(|f| busy_result(scenario, f)).collect();
+    let raw: usize = values.iter().map(Vec::len).sum();
+    println!("  JSON per result: {} bytes", raw / values.len());
+    for batch in [1, 100] {
+        for (name, codec) in [
+            ("none", Compression::NoCompression),
+            ("gzip", Compression::Gzip),
+            ("snappy", Compression::Snappy),
+            ("lz4", Compression::Lz4),
+            ("zstd", Compression::Zstd),
+        ] {
+            let topic = common::unique("codec");
+            client.controller_client().unwrap().create_topic(&topic, 1, 1, 5_000).await.unwrap();
+            let pc = client.partition_client(topic.clone(), 0, UnknownTopicHandling::Retry).await.unwrap();
+            vap_core::kafka::set_nodelay_on_tcp_sockets();
+            let (before, cpu_before) = (sent.load(std::sync::atomic::Ordering::Relaxed), broker_cpu_s());
+            let started = Instant::now();
+            for chunk in values.chunks(batch) {
+                let records: Vec<Record> = chunk
+                    .iter()
+                    .map(|v| Record {
+                        key: Some(scenario.to_string().into_bytes()),
+                        value: Some(v.clone()),
+                        headers: std::collections::BTreeMap::from([("vap-signature".to_string(), vec![b'a'; 64])]),
+                        timestamp: chrono::Utc::now(),
+                    })
+                    .collect();
+                pc.produce(records, codec).await.unwrap();
+            }
+            let produce_rps = RESULTS as f64 / started.elapsed().as_secs_f64();
+            let broker_ms = (broker_cpu_s() - cpu_before) * 1000.0 / (RESULTS as f64 / 1000.0);
+            let wire = (sent.load(std::sync::atomic::Ordering::Relaxed) - before) as f64 / RESULTS as f64;
+            let started = Instant::now();
+            let mut offset = 0;
+            while offset < RESULTS as i64 {
+                let (records, _) = pc.fetch_records(offset, 1..4_194_304, 200).await.unwrap();
+                offset = records.last().map_or(offset, |r| r.offset + 1);
+            }
+            let fetch_rps = RESULTS as f64 / started.elapsed().as_secs_f64();
+            println!(
+                "  {batch:>3}/request {name:<6}: produce {produce_rps:>7.0}/s, broker CPU {broker_ms:>5.0} ms per 1000, \
+                 fetch {fetch_rps:>7.0}/s, {wire:>6.1} bytes/result sent"
+            );
+        }
+    }
 }
 
 /// Runs wrk and returns (requests/s, p50, p99) from its --latency report.

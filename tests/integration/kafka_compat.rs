@@ -15,6 +15,25 @@ fn python() -> std::path::PathBuf {
     bin
 }
 
+/// Runs one of tests/kafka_client/*.py with `plan` on its stdin; returns what it printed.
+async fn kafka_client(script: &str, plan: Value) -> Value {
+    let script = format!("{}/tests/kafka_client/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = tokio::process::Command::new(python())
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(plan.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Runs tests/kafka_client/produce.py with `batches`; returns the offsets each got.
 async fn produce_with_librdkafka(app: &TestApp, batches: Value) -> Vec<Vec<i64>> {
     produce_answers(app, batches)
@@ -30,21 +49,7 @@ async fn produce_with_librdkafka(app: &TestApp, batches: Value) -> Vec<Vec<i64>>
 /// The same, with each batch's answer as the script gives it (offsets and errors).
 async fn produce_answers(app: &TestApp, batches: Value) -> Vec<Value> {
     let plan = json!({"brokers": app.settings.kafka.brokers.join(","), "batches": batches});
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client/produce.py");
-    let mut child = tokio::process::Command::new(python())
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(plan.to_string().as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.unwrap().unwrap();
-    assert!(out.status.success(), "produce.py: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_value(kafka_client("produce.py", plan).await).unwrap()
 }
 
 struct Signed {
@@ -297,4 +302,33 @@ async fn a_partition_the_broker_cannot_serve_reads_stalled_with_its_lag_and_the_
     let text = common::try_text(&format!("http://{relay_metrics}/ready")).await.unwrap();
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"status": "ready"}));
     assert_eq!(common::metric(&relay_metrics, &series("vap_inbox_lag_records")).await, Some(0.0));
+}
+
+/// What vap produces (snappy-compressed by default) another Kafka client reads: librdkafka
+/// consumes the `init_scenario` events the outbox relay published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_reads_the_events_vap_produces() {
+    let mut app = TestApp::spawn().await;
+    assert_eq!(app.settings.kafka.compression, vap_core::config::KafkaCompression::Snappy);
+    app.start_relay();
+    let created =
+        [app.create_scenario("rtsp://127.0.0.1:9/a").await, app.create_scenario("rtsp://127.0.0.1:9/b").await];
+    let plan = json!({"brokers": app.settings.kafka.brokers.join(","), "topic": app.settings.kafka.topic_init_scenario,
+                      "count": 2, "timeout_s": 60});
+    let read = kafka_client("consume.py", plan).await;
+    let mut seen: Vec<uuid::Uuid> = read
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let value = hex::decode(r["value"].as_str().unwrap()).unwrap();
+            let event = vap_core::events::ScenarioEvent::parse(&value).unwrap();
+            assert_eq!(hex::decode(r["key"].as_str().unwrap()).unwrap(), event.scenario_uuid.to_string().as_bytes());
+            event.scenario_uuid
+        })
+        .collect();
+    seen.sort();
+    let mut wanted = created.to_vec();
+    wanted.sort();
+    assert_eq!(seen, wanted);
 }

@@ -67,6 +67,19 @@ impl KafkaError {
     }
 }
 
+/// The codec vap's producers use (`kafka.compression`).
+pub fn compression(settings: &KafkaSettings) -> rskafka::client::partition::Compression {
+    use crate::config::KafkaCompression as C;
+    use rskafka::client::partition::Compression;
+    match settings.compression {
+        C::None => Compression::NoCompression,
+        C::Gzip => Compression::Gzip,
+        C::Snappy => Compression::Snappy,
+        C::Lz4 => Compression::Lz4,
+        C::Zstd => Compression::Zstd,
+    }
+}
+
 /// A connected client with cached per-partition clients.
 pub struct Kafka {
     client: Client,
@@ -284,11 +297,8 @@ impl KafkaLink {
             timestamp: chrono::Utc::now(),
         };
         let client = kafka.partition(topic, partition).await?;
-        let offsets = bounded(
-            kafka.request_timeout(),
-            client.produce(vec![record], rskafka::client::partition::Compression::NoCompression),
-        )
-        .await?;
+        let offsets =
+            bounded(kafka.request_timeout(), client.produce(vec![record], compression(&self.settings))).await?;
         offsets.first().copied().ok_or_else(|| KafkaError::NoPartitions(topic.to_string()))
     }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use rskafka::client::partition::Compression;
 use rskafka::record::Record;
 use tokio_util::sync::CancellationToken;
 
@@ -76,13 +75,14 @@ impl OutboxRelay {
                 timestamp: event.occurred_at,
             });
         }
+        let codec = vap_core::kafka::compression(self.kafka.settings());
         let sends = groups.into_iter().map(|((topic, partition), (ids, records))| {
             let kafka = Arc::clone(kafka);
             async move {
                 let n = records.len();
                 let send = async {
                     let client = kafka.partition(topic, partition).await?;
-                    client.produce(records, Compression::NoCompression).await.map_err(KafkaError::from)
+                    client.produce(records, codec).await.map_err(KafkaError::from)
                 };
                 vap_core::kafka::bounded(kafka.request_timeout(), send).await?;
                 Ok::<_, KafkaError>((topic, n, ids))

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rskafka::client::partition::Compression;
 use rskafka::record::Record;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -205,7 +204,8 @@ impl Publisher {
             }
         };
         let client = kafka.partition(topic, p).await?;
-        vap_core::kafka::bounded(kafka.request_timeout(), client.produce(records, Compression::NoCompression)).await?;
+        let codec = vap_core::kafka::compression(self.kafka.settings());
+        vap_core::kafka::bounded(kafka.request_timeout(), client.produce(records, codec)).await?;
         Ok(())
     }
 }
