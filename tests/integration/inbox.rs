@@ -441,25 +441,6 @@ async fn a_finished_scenario_is_deleted_with_everything_stored_of_it() {
     assert_eq!(running.status, StatusCode::CONFLICT, "{}", running.text);
     assert!(running.text.contains("shut it down first"), "{}", running.text);
 
-    let event = |id: uuid::Uuid, frame: i64| {
-        let kind = vap_core::events::SceneEventKind::CameraOffline;
-        serde_json::to_vec(&vap_core::events::SceneEvent {
-            version: vap_core::events::RECORD_VERSION,
-            event_id: vap_core::events::SceneEvent::id_for(id, kind, "", None, frame),
-            scenario_uuid: id,
-            kind,
-            frame_number: frame,
-            timestamp: chrono::Utc::now(),
-            zone: None,
-            line: None,
-            direction: None,
-            track_id: None,
-            class: None,
-            dwell_seconds: None,
-            detail: Some("lost".into()),
-        })
-        .unwrap()
-    };
     let snapshot = |id: uuid::Uuid| vap_core::events::Snapshot {
         version: vap_core::events::RECORD_VERSION,
         scenario_uuid: id,
@@ -481,7 +462,8 @@ async fn a_finished_scenario_is_deleted_with_everything_stored_of_it() {
     };
     for id in [gone, kept] {
         app.produce_results((0..3).map(|f| (id, result_json(id, f))).chain([(id, end(id))]).collect()).await;
-        app.produce_signed(&app.settings.kafka.topic_events.clone(), vec![(id, event(id, 1))]).await;
+        app.produce_signed(&app.settings.kafka.topic_events.clone(), vec![(id, common::camera_offline_json(id, 1))])
+            .await;
         app.produce_signed(&app.settings.kafka.topic_snapshots.clone(), vec![(id, snapshot(id).to_record_value())])
             .await;
     }

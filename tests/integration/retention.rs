@@ -21,6 +21,17 @@ fn result_at(scenario: uuid::Uuid, frame: i64, epoch: chrono::DateTime<chrono::U
     (scenario, serde_json::to_vec(&value).unwrap())
 }
 
+/// The relay's retention pass on `app`'s database, with `settings`.
+fn retention_with(app: &TestApp, settings: vap_core::config::RetentionSettings) -> vap_relay::retention::Retention {
+    vap_relay::retention::Retention {
+        pool: app.pool.clone(),
+        database: app.settings.database.clone(),
+        window: Arc::new(vap_relay::retention::Window::new(&settings)),
+        settings,
+        metrics: Arc::new(vap_core::metrics::Metrics::default()),
+    }
+}
+
 /// A scenario created `days` ago (its frame numbers count from then).
 async fn scenario_from(
     app: &TestApp,
@@ -104,13 +115,7 @@ async fn partitions_past_retention_are_dropped_while_the_inbox_goes_on_and_a_sce
     reading.query("SELECT count(*) FROM scenario_results", &[]).await.unwrap();
     let mut settings = app.settings.retention.clone();
     settings.results_days = 20;
-    let retention = vap_relay::retention::Retention {
-        pool: app.pool.clone(),
-        database: app.settings.database.clone(),
-        window: Arc::new(vap_relay::retention::Window::new(&settings)),
-        settings,
-        metrics: Arc::new(vap_core::metrics::Metrics::default()),
-    };
+    let retention = retention_with(&app, settings);
     let pass = tokio::spawn(async move { retention.pass().await });
     // The drop queues behind the reader's lock, as PostgreSQL shows it.
     eventually(Duration::from_secs(15), "the drop waiting for the reader's lock", || async {
@@ -267,13 +272,7 @@ async fn records_set_aside_keep_their_head_and_are_bounded_by_age_and_count() {
         .unwrap();
     let mut settings = app.settings.retention.clone();
     (settings.dead_letters_days, settings.dead_letters_per_scenario, settings.dead_letters_max) = (14, 3, 4);
-    let retention = vap_relay::retention::Retention {
-        pool: app.pool.clone(),
-        database: app.settings.database.clone(),
-        window: Arc::new(vap_relay::retention::Window::new(&settings)),
-        settings,
-        metrics: Arc::new(vap_core::metrics::Metrics::default()),
-    };
+    let retention = retention_with(&app, settings);
     let pass = retention.pass().await.unwrap();
     // b: the old one goes (2 left); a: the newest 3 of 5 stay; in all 5 > 4: a's oldest left goes.
     assert_eq!(pass.deleted.dead_letters, 4, "{pass:?}");

@@ -11,36 +11,14 @@ use base64::Engine;
 use hmac::Mac;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use uuid::Uuid;
 
-use crate::common::{eventually, TestApp};
+use crate::common::{camera_offline_json, eventually, TestApp};
 
 /// A Standard Webhooks secret: `whsec_` and the base64 of the key.
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 fn secret() -> String {
     format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(KEY))
-}
-
-/// A signed `camera_offline` event of `scenario` in `frame`, as its runner would send it.
-fn event(scenario: Uuid, frame: i64) -> Vec<u8> {
-    let kind = vap_core::events::SceneEventKind::CameraOffline;
-    serde_json::to_vec(&vap_core::events::SceneEvent {
-        version: vap_core::events::RECORD_VERSION,
-        event_id: vap_core::events::SceneEvent::id_for(scenario, kind, "", None, frame),
-        scenario_uuid: scenario,
-        kind,
-        frame_number: frame,
-        timestamp: chrono::Utc::now(),
-        zone: None,
-        line: None,
-        direction: None,
-        track_id: None,
-        class: None,
-        dwell_seconds: None,
-        detail: Some("lost".into()),
-    })
-    .unwrap()
 }
 
 async fn app(adjust: impl FnOnce(&mut vap_core::config::Settings) + Send + 'static) -> TestApp {
@@ -194,13 +172,13 @@ async fn a_silent_receiver_holds_only_its_share_and_a_healthy_one_is_served_with
     let served =
         app.create_scenario_with("rtsp://127.0.0.1:9/served", serde_json::json!({"webhook_url": healthy})).await;
     let events = &app.settings.kafka.topic_events.clone();
-    app.produce_signed(events, silent_ones.iter().map(|id| (*id, event(*id, 1))).collect()).await;
+    app.produce_signed(events, silent_ones.iter().map(|id| (*id, camera_offline_json(*id, 1))).collect()).await;
     // Queued behind the silent ones: the old sender sent eight at a time and waited for all.
     eventually(Duration::from_secs(30), "the silent receiver's deliveries queued", || async {
         (app.scalar("SELECT count(*) FROM webhook_deliveries").await == 60).then_some(())
     })
     .await;
-    app.produce_signed(events, vec![(served, event(served, 1))]).await;
+    app.produce_signed(events, vec![(served, camera_offline_json(served, 1))]).await;
     let queued = std::time::Instant::now();
     eventually(Duration::from_secs(30), "the healthy receiver's delivery queued", || async {
         (app.scalar("SELECT count(*) FROM webhook_deliveries").await == 61).then_some(())
@@ -231,7 +209,7 @@ async fn an_endless_answer_is_cut_off_and_the_delivery_counts() {
     let (url, got, written) = receiver(200, OFFERED).await;
     let app = app(|_| {}).await;
     let id = app.create_scenario_with("rtsp://127.0.0.1:9/endless", serde_json::json!({"webhook_url": url})).await;
-    app.produce_signed(&app.settings.kafka.topic_events.clone(), vec![(id, event(id, 1))]).await;
+    app.produce_signed(&app.settings.kafka.topic_events.clone(), vec![(id, camera_offline_json(id, 1))]).await;
     eventually(Duration::from_secs(30), "delivered", || async {
         (app.scalar("SELECT count(*) FROM webhook_deliveries WHERE delivered_at IS NOT NULL").await == 1).then_some(())
     })
@@ -253,7 +231,11 @@ async fn a_delivery_past_its_max_age_is_given_up_and_shown() {
     })
     .await;
     let id = app.create_scenario_with("rtsp://127.0.0.1:9/failing", serde_json::json!({"webhook_url": url})).await;
-    app.produce_signed(&app.settings.kafka.topic_events.clone(), vec![(id, event(id, 1)), (id, event(id, 2))]).await;
+    app.produce_signed(
+        &app.settings.kafka.topic_events.clone(),
+        vec![(id, camera_offline_json(id, 1)), (id, camera_offline_json(id, 2))],
+    )
+    .await;
     let events = eventually(Duration::from_secs(30), "both given up", || async {
         let page = app.get(&format!("/api/v1/scenario/{id}/events")).await.json();
         let events = page["events"].as_array()?.clone();

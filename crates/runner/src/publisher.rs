@@ -52,7 +52,9 @@ impl PublishStats {
 impl ResultBuffer {
     pub fn new(capacity: usize) -> Self {
         Self {
-            queue: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            // Grown on demand: a queue made at full size is written all the way round as it
+            // turns over, so each runner's resident memory crept up to the whole of it.
+            queue: Mutex::new(VecDeque::new()),
             capacity,
             next_seq: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
@@ -99,8 +101,21 @@ impl ResultBuffer {
         while q.front().is_some_and(|p| p.seq <= seq) {
             q.pop_front();
         }
+        // A backlog (the broker away) grew it; drained, the memory goes back.
+        if q.capacity() > SMALL_QUEUE && q.len() < q.capacity() / 4 {
+            let keep = q.len().max(SMALL_QUEUE);
+            q.shrink_to(keep);
+        }
+    }
+
+    #[cfg(test)]
+    fn allocated(&self) -> usize {
+        vap_core::sys::lock(&self.queue).capacity()
     }
 }
+
+/// What a buffer keeps allocated when it holds little.
+const SMALL_QUEUE: usize = 64;
 
 /// A `results` record keyed by the scenario.
 pub fn result_record(scenario: Uuid, value: Vec<u8>, timestamp: chrono::DateTime<chrono::Utc>) -> Record {
@@ -207,5 +222,37 @@ impl Publisher {
         let codec = vap_core::kafka::compression(self.kafka.settings());
         vap_core::kafka::bounded(kafka.request_timeout(), client.produce(records, codec)).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u8) -> Record {
+        result_record(Uuid::nil(), vec![n; 200], chrono::Utc::now())
+    }
+
+    #[test]
+    fn a_buffer_keeps_only_what_it_holds_allocated() {
+        let buffer = ResultBuffer::new(10_000);
+        // A camera whose records are acknowledged as they come: no more than a few slots.
+        for n in 0..20_000u64 {
+            buffer.push(record(n as u8));
+            buffer.ack(n);
+        }
+        assert!(buffer.allocated() <= SMALL_QUEUE, "{}", buffer.allocated());
+        // A backlog grows it; drained, it shrinks back.
+        for n in 0..5_000u64 {
+            buffer.push(record(n as u8));
+        }
+        assert!(buffer.allocated() >= 5_000);
+        buffer.ack(u64::MAX);
+        assert!(buffer.is_empty());
+        assert!(buffer.allocated() <= SMALL_QUEUE, "{}", buffer.allocated());
+        // Full, it drops the oldest and says so.
+        let small = ResultBuffer::new(3);
+        (0..5).for_each(|n| small.push(record(n)));
+        assert_eq!((small.len(), small.stats.dropped_unsent.load(Ordering::Relaxed)), (3, 2));
     }
 }
