@@ -110,7 +110,7 @@ async fn dead_letters(app: &TestApp) -> Vec<(i64, String)> {
 async fn every_compression_and_record_shape_librdkafka_writes_is_stored_or_set_aside() {
     let mut app = TestApp::spawn().await;
     app.start_relay();
-    let scenario = app.create_scenario("rtsp://cam/compat").await;
+    let scenario = app.create_scenario("rtsp://127.0.0.1:9/compat").await;
     let s = Signed::new(&app, scenario).await;
 
     // Valid results, one record batch per codec a Kafka producer may choose.
@@ -238,7 +238,7 @@ async fn damage(app: &TestApp, log: &tokio_postgres::Client, scenario: uuid::Uui
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_no_client_can_decode_is_stepped_over_set_aside_and_counted() {
     let (mut app, log, relay_metrics) = app_on_a_broker_with_a_log_we_can_damage().await;
-    let scenario = app.create_scenario("rtsp://cam/damaged").await;
+    let scenario = app.create_scenario("rtsp://127.0.0.1:9/damaged").await;
     for f in 0..6 {
         app.produce_results(vec![(scenario, common::result_json(scenario, f))]).await;
     }
@@ -268,7 +268,7 @@ async fn a_batch_no_client_can_decode_is_stepped_over_set_aside_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_the_broker_cannot_serve_reads_stalled_with_its_lag_and_the_relay_degraded() {
     let (mut app, log, relay_metrics) = app_on_a_broker_with_a_log_we_can_damage().await;
-    let scenario = app.create_scenario("rtsp://cam/halted").await;
+    let scenario = app.create_scenario("rtsp://127.0.0.1:9/halted").await;
     for f in 0..6 {
         app.produce_results(vec![(scenario, common::result_json(scenario, f))]).await;
     }
