@@ -463,22 +463,8 @@ where
 /// A `camera_offline` event of `scenario` in `frame`, as its runner sends it to `events`.
 pub fn camera_offline_json(scenario: uuid::Uuid, frame: i64) -> Vec<u8> {
     let kind = vap_core::events::SceneEventKind::CameraOffline;
-    serde_json::to_vec(&vap_core::events::SceneEvent {
-        version: vap_core::events::RECORD_VERSION,
-        event_id: vap_core::events::SceneEvent::id_for(scenario, kind, "", None, frame),
-        scenario_uuid: scenario,
-        kind,
-        frame_number: frame,
-        timestamp: chrono::Utc::now(),
-        zone: None,
-        line: None,
-        direction: None,
-        track_id: None,
-        class: None,
-        dwell_seconds: None,
-        detail: Some("lost".into()),
-    })
-    .unwrap()
+    serde_json::to_vec(&vap_core::events::SceneEvent::camera(scenario, kind, frame, chrono::Utc::now(), "lost".into()))
+        .unwrap()
 }
 
 pub fn result_json(scenario: uuid::Uuid, frame: i64) -> Vec<u8> {

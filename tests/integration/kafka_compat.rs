@@ -217,6 +217,15 @@ async fn app_on_a_broker_with_a_log_we_can_damage() -> (TestApp, tokio_postgres:
     (app, log, relay_metrics)
 }
 
+/// A scenario with six results on the broker, one record batch each, none read yet.
+async fn six_results(app: &TestApp, camera_url: &str) -> uuid::Uuid {
+    let scenario = app.create_scenario(camera_url).await;
+    for f in 0..6 {
+        app.produce_results(vec![(scenario, common::result_json(scenario, f))]).await;
+    }
+    scenario
+}
+
 /// Sets the stored batch attributes of one record of `scenario`'s results partition.
 async fn damage(app: &TestApp, log: &tokio_postgres::Client, scenario: uuid::Uuid, offset: i64, attributes: i16) {
     let partition = vap_core::kafka::partition_for_key(scenario.to_string().as_bytes(), app.settings.kafka.partitions);
@@ -238,10 +247,7 @@ async fn damage(app: &TestApp, log: &tokio_postgres::Client, scenario: uuid::Uui
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_no_client_can_decode_is_stepped_over_set_aside_and_counted() {
     let (mut app, log, relay_metrics) = app_on_a_broker_with_a_log_we_can_damage().await;
-    let scenario = app.create_scenario("rtsp://127.0.0.1:9/damaged").await;
-    for f in 0..6 {
-        app.produce_results(vec![(scenario, common::result_json(scenario, f))]).await;
-    }
+    let scenario = six_results(&app, "rtsp://127.0.0.1:9/damaged").await;
     damage(&app, &log, scenario, 2, 0x20).await;
     app.start_relay();
     eventually(Duration::from_secs(60), "the records around the bad batch stored", || async {
@@ -268,10 +274,7 @@ async fn a_batch_no_client_can_decode_is_stepped_over_set_aside_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_the_broker_cannot_serve_reads_stalled_with_its_lag_and_the_relay_degraded() {
     let (mut app, log, relay_metrics) = app_on_a_broker_with_a_log_we_can_damage().await;
-    let scenario = app.create_scenario("rtsp://127.0.0.1:9/halted").await;
-    for f in 0..6 {
-        app.produce_results(vec![(scenario, common::result_json(scenario, f))]).await;
-    }
+    let scenario = six_results(&app, "rtsp://127.0.0.1:9/halted").await;
     damage(&app, &log, scenario, 0, 7).await;
     app.start_relay();
     let partition = vap_core::kafka::partition_for_key(scenario.to_string().as_bytes(), app.settings.kafka.partitions);

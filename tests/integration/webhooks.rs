@@ -109,10 +109,13 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Delivery> {
         let n = stream.read(&mut buf).await.ok().filter(|n| *n > 0)?;
         data.extend_from_slice(&buf[..n]);
     };
-    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+    // Names match in any case; values keep theirs (base64 signatures).
+    let head = String::from_utf8_lossy(&data[..head_end]).to_string();
     let header = |name: &str| {
         head.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(|v| v.trim().to_string()))
+            .find_map(|l| {
+                l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
+            })
             .unwrap_or_default()
     };
     let length: usize = header("content-length").parse().unwrap_or(0);
@@ -120,19 +123,10 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Delivery> {
         let n = stream.read(&mut buf).await.ok().filter(|n| *n > 0)?;
         data.extend_from_slice(&buf[..n]);
     }
-    // Header values are case-sensitive where it matters (base64): read them from the raw head.
-    let raw = String::from_utf8_lossy(&data[..head_end]).to_string();
-    let exact = |name: &str| {
-        raw.lines()
-            .find_map(|l| {
-                l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_default()
-    };
     Some(Delivery {
-        id: exact("webhook-id"),
-        timestamp: exact("webhook-timestamp"),
-        signature: exact("webhook-signature"),
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
         body: data[head_end..head_end + length].to_vec(),
     })
 }

@@ -487,7 +487,7 @@ pub async fn scene_counts(state: &Arc<AppState>, id: &str, query: Option<&str>) 
     };
     let widest = bucket.length() * scene_events::MAX_COUNT_BUCKETS;
     let until = q.time("until")?;
-    let since = match (q.time("since")?, until) {
+    let (since, until) = match (q.time("since")?, until) {
         (Some(since), Some(until)) if since >= until => {
             return Err(ApiError::bad("invalid_parameter", "since must be before until"));
         }
@@ -498,20 +498,16 @@ pub async fn scene_counts(state: &Arc<AppState>, id: &str, query: Option<&str>) 
                 format!("since..until spans more than {most} buckets; narrow it"),
             ));
         }
-        (Some(since), _) => Some(since),
-        // An open start: the last MAX_COUNT_BUCKETS buckets before `until` (or now).
-        (None, until) => Some(until.unwrap_or_else(chrono::Utc::now) - widest),
-    };
-    // An open end after a given start: as many buckets on. After an open start it stays open
-    // (a file's frames may be stamped ahead of now).
-    let until = match (q.time("since")?, until) {
-        (Some(since), None) => Some(since + widest),
-        (_, until) => until,
+        // An open end after a given start: as many buckets on.
+        (Some(since), until) => (since, Some(until.unwrap_or(since + widest))),
+        // An open start: the last MAX_COUNT_BUCKETS buckets before `until` (or now); an open
+        // end stays open (a file's frames may be stamped ahead of now).
+        (None, until) => (until.unwrap_or_else(chrono::Utc::now) - widest, until),
     };
     if scenarios::get(&state.pool, uuid).await?.is_none() {
         return Err(ApiError::ScenarioNotFound(uuid));
     }
-    let rows = scene_events::counts(&state.pool, uuid, bucket, since, until).await?;
+    let rows = scene_events::counts(&state.pool, uuid, bucket, Some(since), until).await?;
     let counts = rows
         .iter()
         .map(|c| match &c.zone {

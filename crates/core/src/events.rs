@@ -382,6 +382,32 @@ pub struct SceneEvent {
 const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x7661_7065_7665_6e74_0000_0000_0000_0001);
 
 impl SceneEvent {
+    /// A camera's own event (`camera_offline`, `camera_online`): no region or track, its id
+    /// derived like every other.
+    pub fn camera(
+        scenario: Uuid,
+        kind: SceneEventKind,
+        frame_number: i64,
+        timestamp: DateTime<Utc>,
+        detail: String,
+    ) -> Self {
+        SceneEvent {
+            version: RECORD_VERSION,
+            event_id: Self::id_for(scenario, kind, "", None, frame_number),
+            scenario_uuid: scenario,
+            kind,
+            frame_number,
+            timestamp,
+            zone: None,
+            line: None,
+            direction: None,
+            track_id: None,
+            class: None,
+            dwell_seconds: None,
+            detail: Some(detail),
+        }
+    }
+
     /// The id of the event of `kind` at `region` (zone or line name) by `track` in `frame`.
     pub fn id_for(scenario: Uuid, kind: SceneEventKind, region: &str, track: Option<i64>, frame: i64) -> Uuid {
         let name = format!("{scenario}/{}/{region}/{}/{frame}", kind.as_str(), track.unwrap_or(-1));

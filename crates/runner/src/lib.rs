@@ -423,21 +423,7 @@ impl Threads {
             };
             // Numbered on the frames' clock (ms since the scenario's epoch): unique per change.
             let frame_number = (at - epoch).num_milliseconds().max(0);
-            let event = SceneEvent {
-                version: RECORD_VERSION,
-                event_id: SceneEvent::id_for(scenario, kind, "", None, frame_number),
-                scenario_uuid: scenario,
-                kind,
-                frame_number,
-                timestamp: at,
-                zone: None,
-                line: None,
-                direction: None,
-                track_id: None,
-                class: None,
-                dwell_seconds: None,
-                detail: Some(why.chars().take(500).collect()),
-            };
+            let event = SceneEvent::camera(scenario, kind, frame_number, at, why.chars().take(500).collect());
             tracing::info!(event = kind.as_str(), detail = why, "camera health");
             events.push(result_record(scenario, serde_json::to_vec(&event).unwrap_or_default(), at));
         });
