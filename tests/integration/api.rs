@@ -187,7 +187,11 @@ async fn every_bad_option_is_a_400_naming_the_field_and_nothing_is_stored() {
     let cases = [
         (json!({"model": "resnet_9000"}), "model", "unknown model 'resnet_9000'"),
         (json!({"model": ["ssdlite_person_300"]}), "model", "must be a string"),
-        (json!({"classes": ["car"]}), "classes", "model 'ssdlite_person_300' has no class 'car'"),
+        (
+            json!({"model": "ssdlite_person_300", "classes": ["car"]}),
+            "classes",
+            "model 'ssdlite_person_300' has no class 'car'",
+        ),
         (json!({"model": "yolov3_tiny_coco_416", "classes": ["unicorn"]}), "classes", "has no class 'unicorn'"),
         (json!({"classes": "person"}), "classes", "must be an array"),
         (json!({"classes": [1]}), "classes[0]", "must be a string"),
@@ -257,11 +261,19 @@ async fn options_are_stored_and_shown_in_effect_and_the_catalogue_is_listed() {
     let app = TestApp::spawn().await;
     // The old contract: defaults, resolved against the default model.
     let plain = app.scenario(app.create_scenario("rtsp://cam/1").await).await;
+    let mut options = plain["options"].clone();
+    // The default model's own threshold (0.4 as f32).
+    let threshold = options.as_object_mut().unwrap().remove("min_confidence").unwrap().as_f64().unwrap();
+    assert!((threshold - 0.4).abs() < 1e-6, "{plain}");
     assert_eq!(
-        plain["options"],
-        json!({"name": null, "model": "ssdlite_person_300", "fps": 2.0, "classes": null, "min_confidence": 0.5, "mask": [], "zones": [], "lines": [], "webhook_url": null, "snapshot_interval_s": 2.0, "retention_days": null, "motion_gating": true, "decode": "all"}),
+        options,
+        json!({"name": null, "model": "yolov4_tiny_coco_416", "fps": 2.0, "classes": null, "mask": [], "zones": [], "lines": [], "webhook_url": null, "snapshot_interval_s": 2.0, "retention_days": null, "motion_gating": true, "decode": "all"}),
         "{plain}"
     );
+    // COCO's own names; darknet's spelling still works, stored as COCO's.
+    let old_names = json!({"classes": ["motorbike", "person", "motorcycle", "tvmonitor"]});
+    let aliased = app.scenario(app.create_scenario_with("rtsp://cam/3", old_names).await).await;
+    assert_eq!(aliased["options"]["classes"], json!(["motorcycle", "person", "tv"]), "{aliased}");
     let mask = json!([[[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]]);
     let body =
         json!({"name": "Gate 3", "model": "yolov3_tiny_coco_416", "fps": 5, "classes": ["car", "truck"], "mask": mask});
@@ -279,7 +291,7 @@ async fn options_are_stored_and_shown_in_effect_and_the_catalogue_is_listed() {
     let models = app.get("/api/v1/models").await;
     assert_eq!(models.status, StatusCode::OK, "{}", models.text);
     let m = models.json();
-    assert_eq!(m["default_model"], "ssdlite_person_300");
+    assert_eq!(m["default_model"], "yolov4_tiny_coco_416");
     let names: Vec<&str> = m["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["ssdlite_person_300", "yolov3_tiny_coco_416", "yolov4_tiny_coco_416"]);
     let coco = &m["models"][1];

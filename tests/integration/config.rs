@@ -31,7 +31,7 @@ fn the_documented_example_file_loads_and_runner_job_variables_are_not_settings()
     let s = Settings::load_from(Some(&path), job).expect("units/vap.toml is valid");
     assert_eq!(s.runner.sample_fps, 2.0);
     assert_eq!(s.runner.models_dir, std::path::PathBuf::from("/usr/share/vap/models"));
-    assert_eq!(s.runner.default_model, "ssdlite_person_300");
+    assert_eq!(s.runner.default_model, "yolov4_tiny_coco_416");
     let e = Settings::load_from(None, env(&[("VAP_RUNNER__SAMPLE_FPS", "-1")])).unwrap_err().to_string();
     assert!(e.contains("runner.sample_fps"), "{e}");
 }

@@ -25,6 +25,7 @@ mod relay;
 mod retention;
 mod webhooks;
 
+mod accuracy;
 mod console;
 mod deploy;
 mod engines;

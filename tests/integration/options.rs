@@ -95,7 +95,8 @@ async fn a_patch_switches_a_live_camera_to_another_model_without_losing_or_repea
     let mut orchestrator = spawn_orchestrator(&app, 2);
     let port = free_port();
     let _rtsp = RtspServer::start(port, &media().people);
-    let id = app.create_scenario_with(&format!("rtsp://127.0.0.1:{port}/cam"), json!({"fps": 2})).await;
+    let body = json!({"fps": 2, "model": "ssdlite_person_300"});
+    let id = app.create_scenario_with(&format!("rtsp://127.0.0.1:{port}/cam"), body).await;
     let _reaper = RunnerReaper(HashSet::from([id]));
     // Anyone with the broker's login may write control records: unsigned, or signed with
     // another key, with options no request could set and the highest revision. The runner

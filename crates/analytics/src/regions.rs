@@ -7,8 +7,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use vap_core::detection::Detection;
 use vap_core::events::{Direction, SceneEvent, SceneEventKind};
 use vap_core::options::{Line, Zone};
+
+use crate::tracker::TrackView;
 
 /// A tracked object in one frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +54,13 @@ pub struct Regions {
     zones: Vec<Zone>,
     lines: Vec<Line>,
     tracks: HashMap<i64, Seen>,
+    line_margin: f64,
 }
+
+/// A crossing counts once the object stands this far beyond the line (in picture widths and
+/// heights): a person who stops on a line, or walks along it, is not counted at every wobble
+/// of its box (docs/ACCURACY.md).
+pub const LINE_MARGIN: f64 = 0.02;
 
 fn counts(classes: &Option<Vec<String>>, class: &str) -> bool {
     classes.as_ref().is_none_or(|c| c.iter().any(|k| k == class))
@@ -80,7 +89,13 @@ fn crossing(a: [f64; 2], b: [f64; 2], p: [f64; 2], q: [f64; 2]) -> Option<Direct
 
 impl Regions {
     pub fn new(scenario: Uuid, zones: Vec<Zone>, lines: Vec<Line>) -> Self {
-        Self { scenario, zones, lines, tracks: HashMap::new() }
+        Self { scenario, zones, lines, tracks: HashMap::new(), line_margin: LINE_MARGIN }
+    }
+
+    /// Every move over a line counts, however small (for truth made from exact paths).
+    pub fn exact(mut self) -> Self {
+        self.line_margin = 0.0;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -103,6 +118,36 @@ impl Regions {
             dwell_seconds: None,
             detail: None,
         }
+    }
+
+    /// The events of one analysed frame as the runner derives them: the tracks that ended
+    /// leave their zones, then each tracked detection is placed where it stands (the bottom
+    /// centre of its box in a `width` x `height` picture).
+    pub fn frame_events(
+        &mut self,
+        at: &FrameAt,
+        ended: &[TrackView],
+        detections: &[Detection],
+        (width, height): (f32, f32),
+    ) -> Vec<SceneEvent> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let mut events: Vec<SceneEvent> = ended.iter().flat_map(|e| self.ended(e.id as i64)).collect();
+        let placed: Vec<Placed> = detections
+            .iter()
+            .filter_map(|d| {
+                let foot = [(d.bbox[0] + d.bbox[2]) / 2.0 / width, d.bbox[3] / height];
+                d.track_id.map(|track_id| Placed {
+                    track_id,
+                    class: d.class.clone(),
+                    // A box on the picture's edge stands inside a zone drawn to it.
+                    at: foot.map(|v| f64::from(v).clamp(0.0, 1.0 - 1e-9)),
+                })
+            })
+            .collect();
+        events.extend(self.observe(at, &placed));
+        events
     }
 
     /// The events of one frame: its tracked objects where they are now.
@@ -147,7 +192,8 @@ impl Regions {
                     continue;
                 }
                 let [a, b] = line.points;
-                if side(a, b, o.at) == 0.0 {
+                let length = ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt().max(f64::MIN_POSITIVE);
+                if side(a, b, o.at) == 0.0 || (side(a, b, o.at) / length).abs() < self.line_margin {
                     continue;
                 }
                 if let Some(direction) = off_line[li].and_then(|p| crossing(a, b, p, o.at)) {
@@ -265,6 +311,17 @@ mod tests {
             .map(|e| e.direction)
             .collect();
         assert_eq!(crossed, vec![Some(Direction::Out)]);
+    }
+
+    #[test]
+    fn a_person_wobbling_on_the_line_is_counted_once_and_an_exact_truth_counts_every_wobble() {
+        // Stands on the line, its box's foot wobbling 1% of the picture either side, then walks on.
+        let xs = [0.3, 0.49, 0.51, 0.49, 0.51, 0.49, 0.51, 0.7];
+        let count = |mut r: Regions| {
+            xs.iter().enumerate().flat_map(|(n, x)| r.observe(&frame(n as i64), &[walker(1, *x)])).count()
+        };
+        assert_eq!(count(Regions::new(Uuid::nil(), vec![], vec![middle_line()])), 1);
+        assert_eq!(count(Regions::new(Uuid::nil(), vec![], vec![middle_line()]).exact()), 5);
     }
 
     #[test]

@@ -700,7 +700,7 @@ impl Default for RunnerSettings {
     fn default() -> Self {
         Self {
             models_dir: PathBuf::from("models"),
-            default_model: "ssdlite_person_300".into(),
+            default_model: "yolov4_tiny_coco_416".into(),
             sample_fps: 2.0,
             score_threshold: None,
             inference_threads: 1,

@@ -250,17 +250,28 @@ impl ScenarioOptions {
             }
         }
         // Checked after the model is known: a patch may change both.
-        let manifest = next.manifest(&defaults.catalogue).ok_or_else(|| invalid("model", "not in the catalogue"))?;
-        let class_lists = std::iter::once(("classes".to_string(), next.classes.as_ref()))
-            .chain(next.zones.iter().enumerate().map(|(i, z)| (format!("zones[{i}].classes"), z.classes.as_ref())))
-            .chain(next.lines.iter().enumerate().map(|(i, l)| (format!("lines[{i}].classes"), l.classes.as_ref())));
+        let model = next.model_name(&defaults.catalogue).to_string();
+        let manifest = defaults.catalogue.get(&model).ok_or_else(|| invalid("model", "not in the catalogue"))?;
+        let class_lists = std::iter::once(("classes".to_string(), next.classes.as_mut()))
+            .chain(next.zones.iter_mut().enumerate().map(|(i, z)| (format!("zones[{i}].classes"), z.classes.as_mut())))
+            .chain(next.lines.iter_mut().enumerate().map(|(i, l)| (format!("lines[{i}].classes"), l.classes.as_mut())));
         for (field, classes) in class_lists {
-            if let Some(missing) = classes.and_then(|c| c.iter().find(|c| !manifest.has_class(c))) {
-                let known: Vec<&str> = manifest.classes().collect();
-                let hint = if known.len() <= 12 { format!("; it has {}", known.join(", ")) } else { String::new() };
-                let reason = format!("model '{}' has no class '{missing}'{hint}", manifest.name);
-                return Err(invalid(field, reason));
+            let Some(classes) = classes else { continue };
+            for class in classes.iter_mut() {
+                // darknet's names for COCO classes (motorbike, sofa, ...) still work, as COCO's.
+                match manifest.class_named(class) {
+                    Some(known) => *class = known.to_string(),
+                    None => {
+                        let known: Vec<&str> = manifest.classes().collect();
+                        let hint =
+                            if known.len() <= 12 { format!("; it has {}", known.join(", ")) } else { String::new() };
+                        let reason = format!("model '{}' has no class '{class}'{hint}", manifest.name);
+                        return Err(invalid(field, reason));
+                    }
+                }
             }
+            let mut seen = std::collections::HashSet::new();
+            classes.retain(|c| seen.insert(c.clone()));
         }
         Ok(next)
     }

@@ -40,8 +40,8 @@ use capture::{CameraHealth, CaptureEnd, CaptureLoop, CaptureStats, FrameSlot, He
 use detector::{Detector, DetectorError, ModelDetector};
 use engine::EngineChoice;
 use publisher::{result_record, Publisher, ResultBuffer};
-use vap_analytics::regions::{FrameAt, Placed, Regions};
-use vap_analytics::tracker::{Observation, Tracker, TrackerSettings};
+use vap_analytics::regions::{FrameAt, Regions};
+use vap_analytics::tracker::{Tracker, TrackerSettings};
 use vap_core::config::Settings;
 use vap_core::events::{
     Detection, EndReason, FrameDetails, FrameResult, SceneEvent, SceneEventKind, StreamEnd, RECORD_VERSION,
@@ -292,10 +292,9 @@ async fn load_detector(
         let path = catalogue.manifest_path(name).ok_or_else(unknown)?;
         let manifest = catalogue.get(name).ok_or_else(unknown)?;
         let threshold = options.effective_min_confidence(manifest, rs.score_threshold);
-        // With zones or lines, boxes down to the tracker's low score keep tracks alive (only
-        // sure ones are stored); without, the detector's postprocessing is spared them.
-        let regions = !options.zones.is_empty() || !options.lines.is_empty();
-        let low = if regions { threshold.min(TrackerSettings::default().low_score) } else { threshold };
+        // Boxes down to the tracker's low score keep tracks alive through partial occlusion;
+        // only sure ones are stored.
+        let low = threshold.min(TrackerSettings::default().low_score);
         ModelDetector::load(path, Some(low), &EngineChoice::from_settings(&rs)).map(|d| (d, threshold))
     })
     .await
@@ -637,15 +636,6 @@ struct Detect<'a> {
     motion: motion::MotionSettings,
 }
 
-/// A detection this sure starts a track; weaker ones may extend one.
-fn tracker_settings(min_confidence: f32) -> TrackerSettings {
-    TrackerSettings {
-        high_score: min_confidence,
-        low_score: TrackerSettings::default().low_score.min(min_confidence),
-        ..TrackerSettings::default()
-    }
-}
-
 /// What the detection thread carries from frame to frame.
 struct Analysis<D> {
     current: Current<D>,
@@ -675,7 +665,7 @@ impl Detect<'_> {
         let job = self.job;
         let mut run = Analysis {
             numbers: FrameNumbers::new(job.epoch, job.camera_url.is_local_file()),
-            tracker: Tracker::new(tracker_settings(current.min_confidence)),
+            tracker: Tracker::new(TrackerSettings::for_confidence(current.min_confidence)),
             regions: Regions::new(job.scenario, current.options.zones.clone(), current.options.lines.clone()),
             snapshots: snapshot::SnapshotTaker::new(current.options.snapshot_interval(), self.snapshot_max_bytes),
             motion: motion::MotionGate::new(self.motion),
@@ -703,7 +693,7 @@ impl Detect<'_> {
 
     fn switch_options<D>(&self, run: &mut Analysis<D>, next: Current<D>) {
         self.rate.set(next.options.fps.unwrap_or(self.default_fps));
-        run.tracker.set_settings(tracker_settings(next.min_confidence));
+        run.tracker.set_settings(TrackerSettings::for_confidence(next.min_confidence));
         run.snapshots.set_interval(next.options.snapshot_interval());
         // New zones or lines start afresh: the visits of the old ones end here.
         let (old, new) = (&run.current.options, &next.options);
@@ -734,17 +724,9 @@ impl Detect<'_> {
         let (width, height) = (frame.image.cols() as f32, frame.image.rows() as f32);
         let options = &run.current.options;
         detections.retain(|d| options.keeps(d, width, height));
-        let observations: Vec<Observation> = detections
-            .iter()
-            .map(|d| Observation { class: d.class.clone(), score: d.confidence, bbox: d.bbox })
-            .collect();
-        let update = run.tracker.update(frame_number, t, &observations);
-        for (d, id) in detections.iter_mut().zip(&update.assigned) {
-            d.track_id = id.and_then(|id| i64::try_from(id).ok());
-        }
-        detections.retain(|d| d.confidence >= run.current.min_confidence);
+        let ended = run.tracker.track(frame_number, t, &mut detections, run.current.min_confidence, (width, height));
         let at = FrameAt { number: frame_number, t, timestamp: frame.captured_at };
-        let event_ids = self.place(&mut run.regions, &at, &update.ended, &detections, (width, height));
+        let event_ids = self.place(&mut run.regions, &at, &ended, &detections, (width, height));
         Some(Analysed { frame_number, t, gate, detections, timing, event_ids })
     }
 
@@ -782,26 +764,10 @@ impl Detect<'_> {
         at: &FrameAt,
         ended: &[vap_analytics::tracker::TrackView],
         detections: &[Detection],
-        (width, height): (f32, f32),
+        size: (f32, f32),
     ) -> Vec<uuid::Uuid> {
-        if regions.is_empty() {
-            return Vec::new();
-        }
-        let mut scene: Vec<SceneEvent> = ended.iter().flat_map(|e| regions.ended(e.id as i64)).collect();
-        let placed: Vec<Placed> = detections
-            .iter()
-            .filter_map(|d| {
-                let foot = [(d.bbox[0] + d.bbox[2]) / 2.0 / width, d.bbox[3] / height];
-                d.track_id.map(|track_id| Placed {
-                    track_id,
-                    class: d.class.clone(),
-                    // A box on the picture's edge stands inside a zone drawn to it.
-                    at: foot.map(|v| f64::from(v).clamp(0.0, 1.0 - 1e-9)),
-                })
-            })
-            .collect();
-        scene.extend(regions.observe(at, &placed));
-        scene
+        regions
+            .frame_events(at, ended, detections, size)
             .iter()
             .map(|event| {
                 self.push_event(event);

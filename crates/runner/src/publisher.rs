@@ -184,7 +184,7 @@ impl Publisher {
                 Err(e) => {
                     let wait = backoff.next_delay().unwrap_or(Duration::from_secs(5));
                     let failures = backoff.failures();
-                    if failures == 1 || failures % 10 == 0 {
+                    if failures == 1 || failures.is_multiple_of(10) {
                         tracing::warn!(
                             error = %e,
                             buffered = buffer.len(),

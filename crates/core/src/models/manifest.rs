@@ -90,6 +90,17 @@ pub enum ManifestError {
     Invalid { path: PathBuf, reason: String },
 }
 
+/// darknet's label file spells six COCO classes its own way; COCO's names are the models' and
+/// the API's, darknet's are accepted in options as aliases.
+pub const DARKNET_NAMES: [(&str, &str); 6] = [
+    ("motorbike", "motorcycle"),
+    ("aeroplane", "airplane"),
+    ("sofa", "couch"),
+    ("pottedplant", "potted plant"),
+    ("diningtable", "dining table"),
+    ("tvmonitor", "tv"),
+];
+
 impl Manifest {
     /// The classes it detects: its labels without the background an SSD scores.
     pub fn classes(&self) -> impl Iterator<Item = &str> {
@@ -102,6 +113,13 @@ impl Manifest {
 
     pub fn has_class(&self, class: &str) -> bool {
         self.classes().any(|c| c == class)
+    }
+
+    /// The class as this model names it: `name` itself, or for darknet's spelling of a COCO
+    /// class (deprecated: `motorbike`, `sofa`, ...) COCO's own name when the model has that.
+    pub fn class_named(&self, name: &str) -> Option<&str> {
+        let coco = DARKNET_NAMES.iter().find(|(darknet, _)| *darknet == name).map(|(_, coco)| *coco);
+        self.classes().find(|c| *c == name).or_else(|| self.classes().find(|c| Some(*c) == coco))
     }
 
     /// The output format's name, as in the manifest.
