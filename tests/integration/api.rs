@@ -216,9 +216,9 @@ async fn every_bad_option_is_a_400_naming_the_field_and_nothing_is_stored() {
         (json!({"zones": [{"name": "door"}]}), "zones[0].polygon", "is required"),
         (json!({"zones": [{"name": "door", "polygon": [[0, 0], [1, 0], [1, 7]]}]}), "zones[0].polygon[2]", "0..1"),
         (
-            json!({"zones": [{"name": "door", "polygon": square, "classes": ["car"]}]}),
+            json!({"zones": [{"name": "door", "polygon": square, "classes": ["unicorn"]}]}),
             "zones[0].classes",
-            "no class 'car'",
+            "no class 'unicorn'",
         ),
         (
             json!({"zones": [{"name": "door", "polygon": square, "dwell_seconds": -1}]}),

@@ -3,6 +3,7 @@
 //! the integration tests keep floors on them.
 
 pub mod counting;
+pub mod detection;
 pub mod mot;
 pub mod noise;
 pub mod report;

@@ -2,6 +2,8 @@
 //!
 //! vap-eval mot --gt PETS09-S2L1/gt/gt.txt [--video vtest.avi] [--model NAME]... [--models-dir DIR] [--tracks-out DIR] [--engine onnxruntime --onnxruntime-library PATH]
 //! vap-eval score --gt FILE --tracks FILE   (any tracker's output, MOTChallenge format)
+//! vap-eval detection --gt PETS09-S2L1/gt/gt.txt [--video vtest.avi] [--model NAME]...
+//! vap-eval walker [--model NAME]...   (the 16:9 street clip of vap_eval::scenes)
 //! vap-eval counting [--gt PETS09-S2L1/gt/gt.txt] [--model NAME]...   (the clips of vap_eval::scenes, and vtest.avi)
 //! vap-eval tracker --data DIR [--tracks-out DIR]     (DIR holds TUD-Campus/gt.txt and TUD-Stadtmitte/gt.txt)
 
@@ -48,6 +50,25 @@ fn main() -> Result<()> {
                 Ok(vap_eval::mot::parse(&std::fs::read_to_string(&path).with_context(|| path.clone())?)?)
             };
             println!("{:#?}", vap_eval::evaluate(&read("--gt")?, &read("--tracks")?));
+        }
+        Some("detection") => {
+            let gt = value("--gt").context("--gt FILE (MOTChallenge ground truth)")?;
+            print!(
+                "{}",
+                report::detection_table(&report::MotRun {
+                    truth: gt.into(),
+                    video: value("--video").unwrap_or_else(|| report::VTEST.into()).into(),
+                    models_dir: value("--models-dir").map(PathBuf::from).unwrap_or_else(|| root.join("models")),
+                    models: values("--model"),
+                    engine,
+                    cache,
+                    tracks_out: None,
+                })?
+            );
+        }
+        Some("walker") => {
+            let models_dir = value("--models-dir").map(PathBuf::from).unwrap_or_else(|| root.join("models"));
+            print!("{}", report::walker_table(&models_dir, &values("--model"), &engine, &cache)?);
         }
         Some("counting") => {
             print!(

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use vap_core::detection::{iou, Detection};
 use vap_core::options::Line;
 
 use crate::counting::Counts;
@@ -139,6 +140,24 @@ impl Scene {
         }
         counts
     }
+}
+
+/// In how many frames a person box of at least `threshold` overlaps the walker's true box
+/// (IoU 0.5), and the best score any box on the walker got.
+pub fn walker_found(frames: &[(i64, Vec<Detection>)], truth: &[MotBox], threshold: f32) -> (usize, f32) {
+    let (mut hits, mut best) = (0, 0.0f32);
+    for (frame, detections) in frames {
+        let Some(want) = truth.iter().find(|t| t.frame == *frame) else { continue };
+        let want = want.rect.corners();
+        let on: Vec<f32> = detections
+            .iter()
+            .filter(|d| d.class == "person" && iou(&d.bbox, &want) >= 0.5)
+            .map(|d| d.confidence)
+            .collect();
+        best = on.iter().copied().fold(best, f32::max);
+        hits += usize::from(on.iter().any(|&c| c >= threshold));
+    }
+    (hits, best)
 }
 
 /// A line from the top to the bottom of the picture at `x` (0..1): crossing it to the right is

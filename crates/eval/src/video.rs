@@ -31,6 +31,12 @@ pub enum VideoError {
 }
 
 pub fn detect(video: &Path, detector: &mut impl Detector) -> Result<VideoDetections, VideoError> {
+    detect_every(video, detector, 1)
+}
+
+/// Only every `step`-th frame is analysed (a scenario's fps below the video's); the others are
+/// decoded and left out.
+pub fn detect_every(video: &Path, detector: &mut impl Detector, step: usize) -> Result<VideoDetections, VideoError> {
     let name = video.display().to_string();
     let mut capture = VideoCapture::from_file(&name, CAP_ANY)?;
     if !capture.is_opened()? {
@@ -41,10 +47,14 @@ pub fn detect(video: &Path, detector: &mut impl Detector) -> Result<VideoDetecti
     let mut frames = Vec::new();
     let (mut width, mut height) = (0, 0);
     let started = std::time::Instant::now();
+    let mut number = 0;
     while capture.read(&mut frame)? && !frame.empty() {
         (width, height) = (frame.cols(), frame.rows());
-        let (detections, _) = detector.detect(&frame)?;
-        frames.push((frames.len() as i64 + 1, detections));
+        number += 1;
+        if (number - 1) % step.max(1) as i64 == 0 {
+            let (detections, _) = detector.detect(&frame)?;
+            frames.push((number, detections));
+        }
     }
     let ms_per_frame = started.elapsed().as_secs_f64() * 1000.0 / frames.len().max(1) as f64;
     Ok(VideoDetections { fps: if fps > 0.0 { fps } else { 25.0 }, width, height, frames, ms_per_frame })
