@@ -4,6 +4,7 @@
 
 pub mod counting;
 pub mod detection;
+pub mod labelled;
 pub mod mot;
 pub mod noise;
 pub mod report;

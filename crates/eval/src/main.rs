@@ -3,6 +3,7 @@
 //! vap-eval mot --gt PETS09-S2L1/gt/gt.txt [--video vtest.avi] [--model NAME]... [--models-dir DIR] [--tracks-out DIR] [--engine onnxruntime --onnxruntime-library PATH]
 //! vap-eval score --gt FILE --tracks FILE   (any tracker's output, MOTChallenge format)
 //! vap-eval detection --gt PETS09-S2L1/gt/gt.txt [--video vtest.avi] [--model NAME]...
+//! vap-eval labelled [--model NAME]...   (the hand-labelled pictures of tests/eval, per class)
 //! vap-eval walker [--model NAME]...   (the 16:9 street clip of vap_eval::scenes)
 //! vap-eval counting [--gt PETS09-S2L1/gt/gt.txt] [--model NAME]...   (the clips of vap_eval::scenes, and vtest.avi)
 //! vap-eval tracker --data DIR [--tracks-out DIR]     (DIR holds TUD-Campus/gt.txt and TUD-Stadtmitte/gt.txt)
@@ -65,6 +66,11 @@ fn main() -> Result<()> {
                     tracks_out: None,
                 })?
             );
+        }
+        Some("labelled") => {
+            let models_dir = value("--models-dir").map(PathBuf::from).unwrap_or_else(|| root.join("models"));
+            let set = root.join("tests/eval/ground_truth.toml");
+            print!("{}", report::labelled_table(&models_dir, &values("--model"), &set, &cache.join("labelled"))?);
         }
         Some("walker") => {
             let models_dir = value("--models-dir").map(PathBuf::from).unwrap_or_else(|| root.join("models"));

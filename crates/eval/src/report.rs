@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use vap_analytics::tracker::TrackerSettings;
+use vap_core::config::RunnerSettings;
 use vap_core::models::{Catalogue, Check};
 use vap_core::options::Line;
 use vap_runner::detector::ModelDetector;
@@ -24,6 +25,19 @@ pub const VTEST: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
 /// The detector reports boxes down to the tracker's low score, for its second pass.
 pub fn low_score() -> f32 {
     TrackerSettings::default().low_score
+}
+
+/// MOTChallenge ground truth, as `eval_motchallenge` reads it.
+fn read_truth(path: &Path) -> Result<Vec<mot::MotBox>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    Ok(mot::parse_truth(&text)?)
+}
+
+/// The catalogue of `dir`, and the models asked for (none: all of them).
+fn catalogue(dir: &Path, wanted: &[String]) -> Result<(Catalogue, Vec<String>)> {
+    let all = Catalogue::load(dir, &RunnerSettings::default().default_model, Check::Manifests)?;
+    let names = if wanted.is_empty() { all.names().iter().map(|s| s.to_string()).collect() } else { wanted.to_vec() };
+    Ok((all, names))
 }
 
 pub struct MotRun {
@@ -82,11 +96,8 @@ pub fn track(found: &VideoDetections, min_confidence: f32) -> Vec<mot::MotBox> {
 }
 
 pub fn mot_table(run: &MotRun) -> Result<String> {
-    let truth_text = std::fs::read_to_string(&run.truth).with_context(|| run.truth.display().to_string())?;
-    let truth = mot::parse_truth(&truth_text)?;
-    let all = Catalogue::load(&run.models_dir, "ssdlite_person_300", Check::Manifests)?;
-    let names: Vec<String> =
-        if run.models.is_empty() { all.names().iter().map(|s| s.to_string()).collect() } else { run.models.clone() };
+    let truth = read_truth(&run.truth)?;
+    let (all, names) = catalogue(&run.models_dir, &run.models)?;
     let mut out = String::new();
     writeln!(out, "| model | tracker | MOTA | IDF1 | id switches | false positives | misses | recall | precision | mostly tracked | mostly lost | detect ms/frame |")?;
     writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
@@ -259,9 +270,7 @@ struct CountedClip {
 
 /// Per model, clip and fps: the true and counted crossings of each line and direction.
 pub fn counting_table(run: &CountRun) -> Result<String> {
-    let all = Catalogue::load(&run.models_dir, "ssdlite_person_300", Check::Manifests)?;
-    let names: Vec<String> =
-        if run.models.is_empty() { all.names().iter().map(|s| s.to_string()).collect() } else { run.models.clone() };
+    let (all, names) = catalogue(&run.models_dir, &run.models)?;
     let mut clips: Vec<CountedClip> = Vec::new();
     for scene in scenes::counting_scenes() {
         clips.push(CountedClip {
@@ -273,7 +282,7 @@ pub fn counting_table(run: &CountRun) -> Result<String> {
         });
     }
     if let Some(path) = &run.vtest_truth {
-        let truth = mot::parse_truth(&std::fs::read_to_string(path).with_context(|| path.display().to_string())?)?;
+        let truth = read_truth(path)?;
         let size = (768.0, 576.0);
         let truth = truth_crossings(&truth, &vtest_lines(), size);
         clips.push(CountedClip { name: "vtest".into(), path: VTEST.into(), lines: vtest_lines(), truth, size });
@@ -322,11 +331,8 @@ pub fn counting_table(run: &CountRun) -> Result<String> {
 /// Person AP50 and AP50-95 of each model on a video's MOTChallenge truth (boxes the model
 /// reports from the tracker's low score up).
 pub fn detection_table(run: &MotRun) -> Result<String> {
-    let truth_text = std::fs::read_to_string(&run.truth).with_context(|| run.truth.display().to_string())?;
-    let truth = mot::parse_truth(&truth_text)?;
-    let all = Catalogue::load(&run.models_dir, "ssdlite_person_300", Check::Manifests)?;
-    let names: Vec<String> =
-        if run.models.is_empty() { all.names().iter().map(|s| s.to_string()).collect() } else { run.models.clone() };
+    let truth = read_truth(&run.truth)?;
+    let (all, names) = catalogue(&run.models_dir, &run.models)?;
     let mut out = String::new();
     writeln!(out, "| model | input | person AP50 | person AP50-95 | recall at 0.1 | truth boxes | detect ms/frame |")?;
     writeln!(out, "|---|---|---:|---:|---:|---:|---:|")?;
@@ -352,9 +358,7 @@ pub fn detection_table(run: &MotRun) -> Result<String> {
 
 /// In how many frames each model finds the walker of the 16:9 street clip (at its threshold).
 pub fn walker_table(models_dir: &Path, models: &[String], engine: &EngineChoice, cache: &Path) -> Result<String> {
-    let all = Catalogue::load(models_dir, "ssdlite_person_300", Check::Manifests)?;
-    let names: Vec<String> =
-        if models.is_empty() { all.names().iter().map(|s| s.to_string()).collect() } else { models.to_vec() };
+    let (all, names) = catalogue(models_dir, models)?;
     let scene = scenes::walker_scene();
     let clip = scene.clip(&cache.join("clips"))?;
     let truth = scene.truth();
@@ -366,6 +370,53 @@ pub fn walker_table(models_dir: &Path, models: &[String], engine: &EngineChoice,
         let found = person_detections(models_dir, name, &clip, engine, cache)?;
         let (hits, best) = scenes::walker_found(&found.frames, &truth, threshold);
         writeln!(out, "| {name} | {hits} of {} | {best:.2} |", found.frames.len())?;
+    }
+    Ok(out)
+}
+
+/// Per model and class on the hand-labelled pictures: AP50 and AP50-95 (from the tracker's low
+/// score up), and precision and recall at the model's own threshold.
+pub fn labelled_table(models_dir: &Path, models: &[String], set: &Path, dir: &Path) -> Result<String> {
+    let (all, names) = catalogue(models_dir, models)?;
+    let images = crate::labelled::labelled_images(set, dir);
+    let boxes: usize = images.iter().map(|(i, _)| i.objects.len()).sum();
+    let mut out = String::new();
+    writeln!(out, "{} pictures, {boxes} labelled boxes\n", images.len())?;
+    writeln!(out, "| model | class | labelled | AP50 | AP50-95 | precision | recall |")?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|")?;
+    for name in &names {
+        let manifest = all.manifest_path(name).with_context(|| format!("no model {name}"))?;
+        let engine = EngineChoice::Tract;
+        let mut low = ModelDetector::load(manifest, Some(low_score()), &engine)?;
+        let precision = crate::labelled::class_precision(&mut low, &images);
+        let mut own = ModelDetector::load(manifest, None, &engine)?;
+        let tallies = crate::labelled::evaluate(&mut own, &images);
+        let mut weighted = (0.0, 0.0, 0usize);
+        for (class, p) in precision.iter().filter(|(_, p)| p.truth_boxes > 0) {
+            let t = tallies.get(class).copied().unwrap_or_default();
+            writeln!(
+                out,
+                "| {name} | {class} | {} | {:.1}% | {:.1}% | {:.2} | {:.2} |",
+                p.truth_boxes,
+                100.0 * p.ap50,
+                100.0 * p.ap50_95,
+                t.precision(),
+                t.recall()
+            )?;
+            weighted = (weighted.0 + p.ap50, weighted.1 + p.ap50_95, weighted.2 + 1);
+        }
+        let all_classes = crate::labelled::overall(&tallies);
+        let n = weighted.2.max(1) as f64;
+        writeln!(
+            out,
+            "| {name} | **mean of {} classes** | {} | **{:.1}%** | **{:.1}%** | {:.2} | {:.2} |",
+            weighted.2,
+            all_classes.labelled,
+            100.0 * weighted.0 / n,
+            100.0 * weighted.1 / n,
+            all_classes.precision(),
+            all_classes.recall()
+        )?;
     }
     Ok(out)
 }

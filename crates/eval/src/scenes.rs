@@ -189,6 +189,13 @@ pub fn crossing_scene() -> Scene {
     }
 }
 
+/// Every scene, by name.
+pub fn all() -> Vec<Scene> {
+    let mut scenes = vec![walker_scene(), crossing_scene()];
+    scenes.extend(counting_scenes());
+    scenes
+}
+
 /// The counting clips: speeds, two together, a stop on the line, half hidden. The line is at
 /// the middle (x 480).
 pub fn counting_scenes() -> Vec<Scene> {
