@@ -55,6 +55,8 @@ pub struct Regions {
     lines: Vec<Line>,
     tracks: HashMap<i64, Seen>,
     line_margin: f64,
+    /// Per line, how far the picture reaches on each side of it (negative side, positive).
+    room: Vec<(f64, f64)>,
 }
 
 /// A crossing counts once the object stands this far beyond the line (in picture widths and
@@ -89,7 +91,16 @@ fn crossing(a: [f64; 2], b: [f64; 2], p: [f64; 2], q: [f64; 2]) -> Option<Direct
 
 impl Regions {
     pub fn new(scenario: Uuid, zones: Vec<Zone>, lines: Vec<Line>) -> Self {
-        Self { scenario, zones, lines, tracks: HashMap::new(), line_margin: LINE_MARGIN }
+        let room = lines
+            .iter()
+            .map(|line| {
+                let [a, b] = line.points;
+                let length = ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt().max(f64::MIN_POSITIVE);
+                let corners = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]].map(|c| side(a, b, c) / length);
+                (-corners.iter().copied().fold(0.0, f64::min), corners.iter().copied().fold(0.0, f64::max))
+            })
+            .collect();
+        Self { scenario, zones, lines, tracks: HashMap::new(), line_margin: LINE_MARGIN, room }
     }
 
     /// Every move over a line counts, however small (for truth made from exact paths).
@@ -193,7 +204,10 @@ impl Regions {
                 }
                 let [a, b] = line.points;
                 let length = ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt().max(f64::MIN_POSITIVE);
-                if side(a, b, o.at) == 0.0 || (side(a, b, o.at) / length).abs() < self.line_margin {
+                let beyond = side(a, b, o.at) / length;
+                // Near the picture's edge the margin shrinks: the far side must be reachable.
+                let room = if beyond > 0.0 { self.room[li].1 } else { self.room[li].0 };
+                if beyond == 0.0 || beyond.abs() < self.line_margin.min(room / 2.0) {
                     continue;
                 }
                 if let Some(direction) = off_line[li].and_then(|p| crossing(a, b, p, o.at)) {
@@ -322,6 +336,16 @@ mod tests {
         };
         assert_eq!(count(Regions::new(Uuid::nil(), vec![], vec![middle_line()])), 1);
         assert_eq!(count(Regions::new(Uuid::nil(), vec![], vec![middle_line()]).exact()), 5);
+    }
+
+    #[test]
+    fn a_line_close_to_the_picture_edge_still_counts() {
+        // 1% from the bottom: the far side has less room than the margin.
+        let low = Line { name: "low".into(), points: [[0.0, 0.99], [1.0, 0.99]], classes: None };
+        let mut r = Regions::new(Uuid::nil(), vec![], vec![low]);
+        let at = |y: f64| Placed { track_id: 1, class: "person".into(), at: [0.5, y] };
+        r.observe(&frame(0), &[at(0.9)]);
+        assert_eq!(r.observe(&frame(1), &[at(1.0 - 1e-9)]).len(), 1);
     }
 
     #[test]

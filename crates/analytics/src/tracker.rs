@@ -206,6 +206,17 @@ impl Tracker {
         let first_frame = self.last_t.is_none();
         let dt = self.last_t.map_or(0.0, |last| (t - last).max(0.0));
         self.last_t = Some(t);
+        let s = self.settings;
+        // Tracks lost too long end before this frame is matched: after a gap in the stream,
+        // nobody new inherits an old id (or its zone visits).
+        let mut ended = Vec::new();
+        self.tracks.retain(|track| {
+            let keep = t - track.seen_at <= s.max_lost_secs;
+            if !keep && track.confirmed {
+                ended.push(track.view());
+            }
+            keep
+        });
         for track in &mut self.tracks {
             let scale = track.scale();
             if !track.tracked {
@@ -215,7 +226,6 @@ impl Tracker {
             }
             track.axes.iter_mut().for_each(|a| a.predict(dt, scale));
         }
-        let s = self.settings;
         let mut assigned = vec![None; observations.len()];
         let mut matched = vec![false; self.tracks.len()];
         let high: Vec<usize> = (0..observations.len()).filter(|&i| observations[i].score >= s.high_score).collect();
@@ -223,24 +233,25 @@ impl Tracker {
             (0..observations.len()).filter(|&i| (s.low_score..s.high_score).contains(&observations[i].score)).collect();
         // ByteTrack's order: sure detections against the confirmed tracks (followed or lost),
         // unsure ones against the confirmed tracks followed until the last frame; then by
-        // nearness (C-BIoU), the sure ones left against the tracks born in the last frame, and
-        // against the confirmed tracks still unmatched.
+        // nearness (C-BIoU), the sure ones left against the confirmed tracks still unmatched,
+        // and last against the tracks born in the last frame (a duplicate box next to a
+        // walker who stopped must not start a new track and take the walker's box).
         let confirmed = |tr: &Track| tr.confirmed;
         let followed = |tr: &Track| tr.confirmed && tr.tracked;
         let tentative = |tr: &Track| !tr.confirmed;
         let mut pass = Pass { observations, assigned: &mut assigned, matched: &mut matched, frame, t };
         self.associate(&mut pass, &high, s.match_iou, confirmed);
         self.associate(&mut pass, &low, s.low_match_iou, followed);
-        // A track born in the last frame has no velocity yet, and a lost one's prediction
-        // drifts: both are matched by nearness, the more generously the longer the gap (at a
-        // scenario's 2 fps a walker moves about a box width between frames).
-        let near = Overlap::Buffered(NEAR_BUFFER + NEAR_BUFFER_PER_SEC * dt as f32, NEAR_MATCH_IOU);
-        self.associate(&mut pass, &high, near, tentative);
+        // A lost track's prediction drifts, and a track born in the last frame has no velocity
+        // yet: both are matched by nearness, the more generously the longer the gap (at a
+        // scenario's 2 fps a walker moves about a box width between frames), up to a second's.
+        let grow = NEAR_BUFFER_PER_SEC * dt.min(1.0) as f32;
+        let near = Overlap::Buffered(NEAR_BUFFER + grow, NEAR_MATCH_IOU);
         // Every confirmed track the overlap missed: lost ones, and followed ones that stopped
         // or turned between two frames far apart.
         let missed = |tr: &Track| tr.confirmed;
         self.associate(&mut pass, &high, near, missed);
-        let mut ended = Vec::new();
+        self.associate(&mut pass, &high, near, tentative);
         let mut kept = Vec::with_capacity(self.tracks.len());
         for (mut track, matched) in std::mem::take(&mut self.tracks).into_iter().zip(matched) {
             track.tracked = matched;
@@ -249,10 +260,6 @@ impl Tracker {
             }
             if !track.confirmed && !matched {
                 // A box seen once is a flicker until it is seen again in the next frame.
-                continue;
-            }
-            if t - track.seen_at > s.max_lost_secs {
-                ended.push(track.view());
                 continue;
             }
             kept.push(track);
@@ -508,6 +515,31 @@ mod tests {
         let ids: Vec<Option<u64>> =
             (0..12).map(|f| t.update(f * 500, f as f64 * 0.5, &[person(x(f), 100.0, 0.9)]).assigned[0]).collect();
         assert_eq!(ids[0], Some(0));
+        assert!(ids.iter().all(|id| *id == Some(0)), "{ids:?}");
+    }
+
+    #[test]
+    fn after_a_gap_longer_than_max_lost_a_new_person_gets_a_new_id() {
+        let mut t = Tracker::new(TrackerSettings::default());
+        let first = t.update(0, 0.0, &[person(100.0, 100.0, 0.9)]).assigned[0].unwrap();
+        t.update(500, 0.5, &[person(100.0, 100.0, 0.9)]);
+        // The stream comes back 5 minutes later: someone else, elsewhere.
+        let up = t.update(300_000, 300.0, &[person(550.0, 300.0, 0.9)]);
+        assert_eq!((up.assigned.clone(), up.ended.iter().map(|v| v.id).collect::<Vec<_>>()), (vec![None], vec![first]));
+    }
+
+    #[test]
+    fn a_duplicate_box_beside_a_walker_who_stops_does_not_take_the_walkers_id() {
+        let mut t = Tracker::new(TrackerSettings::default());
+        let x = |f: i64| 100.0 + 80.0 * f as f32;
+        for f in 0..3 {
+            t.update(f * 500, f as f64 * 0.5, &[person(x(f), 100.0, 0.9)]);
+        }
+        // Frame 3: the walker, and a duplicate box 25 px ahead; frame 4: the walker stopped.
+        let up = t.update(1500, 1.5, &[person(x(3), 100.0, 0.9), person(x(3) + 25.0, 100.0, 0.6)]);
+        assert_eq!(up.assigned[0], Some(0));
+        let ids: Vec<Option<u64>> =
+            (4..8).map(|f| t.update(f * 500, f as f64 * 0.5, &[person(x(3), 100.0, 0.9)]).assigned[0]).collect();
         assert!(ids.iter().all(|id| *id == Some(0)), "{ids:?}");
     }
 

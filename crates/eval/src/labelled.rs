@@ -179,30 +179,23 @@ pub fn class_precision(
     for (image, path) in images {
         let frame = opencv::imgcodecs::imread(path.to_str().unwrap(), opencv::imgcodecs::IMREAD_COLOR).unwrap();
         let (detections, _) = detector.detect(&frame).unwrap();
-        let classes = image.objects.iter().map(|o| o.class.clone()).filter(|c| has.contains(c));
-        for class in classes.collect::<std::collections::BTreeSet<_>>() {
+        // Every class the picture has a label of, or an alias label of, or a box of.
+        let mut classes: std::collections::BTreeSet<&String> =
+            has.iter().filter(|c| image.objects.iter().any(|o| o.accepts(c))).collect();
+        classes.extend(has.iter().filter(|c| detections.iter().any(|d| &&d.class == c)));
+        for class in classes {
             let areas = image.ignore.iter().map(|&[x0, y0, x1, y1]| Rect::from_corners([x0, y0, x1, y1]));
             let mut scored = Scored { ignore: areas.collect(), ..Default::default() };
             for o in &image.objects {
-                if o.class == class {
+                if &o.class == class {
                     scored.truth.push((Rect::from_corners(o.bbox), o.difficult));
-                } else if o.accepts(&class) {
+                } else if o.accepts(class) {
                     scored.ignore.push(Rect::from_corners(o.bbox));
                 }
             }
-            let found = detections.iter().filter(|d| d.class == class);
+            let found = detections.iter().filter(|d| &d.class == class);
             scored.detections = found.map(|d| (d.confidence, Rect::from_corners(d.bbox))).collect();
-            per_class.entry(class).or_default().push(scored);
-        }
-        // A class the picture has no label of: its boxes there are all false.
-        for d in detections.iter().filter(|d| !image.objects.iter().any(|o| o.accepts(&d.class))) {
-            let areas = image.ignore.iter().map(|&[x0, y0, x1, y1]| Rect::from_corners([x0, y0, x1, y1]));
-            let scored = Scored {
-                truth: Vec::new(),
-                detections: vec![(d.confidence, Rect::from_corners(d.bbox))],
-                ignore: areas.collect(),
-            };
-            per_class.entry(d.class.clone()).or_default().push(scored);
+            per_class.entry(class.clone()).or_default().push(scored);
         }
     }
     per_class.into_iter().map(|(class, pictures)| (class, precision_of(&pictures))).collect()
