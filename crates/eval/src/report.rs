@@ -409,7 +409,7 @@ pub fn labelled_table(models_dir: &Path, models: &[String], set: &Path, dir: &Pa
         let n = weighted.2.max(1) as f64;
         writeln!(
             out,
-            "| {name} | **mean of {} classes** | {} | **{:.1}%** | **{:.1}%** | {:.2} | {:.2} |",
+            "| {name} | **mean over {} classes** | {} | **{:.1}%** | **{:.1}%** | {:.2} | {:.2} |",
             weighted.2,
             all_classes.labelled,
             100.0 * weighted.0 / n,
