@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 
 use vap_core::config::RunnerSettings;
-use vap_core::detection::iou;
 use vap_eval::counting::{self, count_error};
 use vap_eval::mot::{self, MotBox, MotSummary};
 use vap_eval::noise::Noise;
@@ -124,14 +123,7 @@ fn the_default_model_sees_a_walker_filling_half_of_a_16_9_frame() {
     let scene = scenes::walker_scene();
     let truth = scene.truth();
     let (name, found, threshold) = default_model_on(&scene);
-    let hits = found
-        .frames
-        .iter()
-        .filter(|(frame, detections)| {
-            let want = truth.iter().find(|t| t.frame == *frame).unwrap().rect.corners();
-            detections.iter().any(|d| d.confidence >= threshold && iou(&d.bbox, &want) >= 0.5)
-        })
-        .count();
+    let (hits, _) = scenes::walker_found(&found.frames, &truth, threshold);
     let share = hits as f64 / found.frames.len() as f64;
     println!("{name}: the walker found in {hits} of {} frames", found.frames.len());
     assert!(share >= 0.9, "{name} found the walker in {:.0}% of the frames", 100.0 * share);

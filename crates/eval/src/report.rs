@@ -231,19 +231,11 @@ pub fn truth_crossings(truth: &[mot::MotBox], lines: &[Line], (width, height): (
         });
     }
     let mut regions = vap_analytics::regions::Regions::new(uuid::Uuid::nil(), Vec::new(), lines.to_vec()).exact();
-    let mut counts = counting::Counts::new();
-    for line in lines {
-        counts.insert((line.name.clone(), "in"), 0);
-        counts.insert((line.name.clone(), "out"), 0);
-    }
+    let mut counts = counting::none_yet(lines.iter().map(|l| l.name.as_str()));
     for (frame, detections) in frames {
         let at =
             vap_analytics::regions::FrameAt { number: frame, t: frame as f64, timestamp: chrono::DateTime::UNIX_EPOCH };
-        for e in regions.frame_events(&at, &[], &detections, (width, height)) {
-            if let (Some(line), Some(direction)) = (e.line, e.direction) {
-                *counts.entry((line, direction.as_str())).or_default() += 1;
-            }
-        }
+        counting::tally(&mut counts, regions.frame_events(&at, &[], &detections, (width, height)));
     }
     counts
 }

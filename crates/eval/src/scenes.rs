@@ -122,9 +122,7 @@ impl Scene {
     /// How often each walker's middle crosses the vertical line at `x` px, each way ("in": to
     /// the right, as [`vertical_line`] is drawn); a stop on the line and a walk on is one.
     pub fn crossings(&self, line: &str, x: f64) -> Counts {
-        let mut counts = Counts::new();
-        counts.insert((line.to_string(), "in"), 0);
-        counts.insert((line.to_string(), "out"), 0);
+        let mut counts = crate::counting::none_yet([line]);
         for w in &self.walkers {
             let mut side = 0.0f64;
             for &(_, left) in &w.keys {
