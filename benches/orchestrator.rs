@@ -201,10 +201,19 @@ async fn nomad_placements(app: &mut TestApp) {
                     epoch: chrono::Utc::now(),
                     options: Default::default(),
                     options_revision: 0,
+                    placement: vap_core::signing::PlacementEpoch(1),
+                    moved: None,
                     results_key: vap_core::signing::ResultsKey::new(vec![1; 32]),
                     kafka_password: None,
                 };
-                client.register_job(&vap_orchestrator::nomad::job_spec(&settings, &spec)).await.unwrap();
+                client
+                    .register_job(&vap_orchestrator::nomad::job_spec(
+                        &settings,
+                        &spec,
+                        std::time::Duration::from_secs(30),
+                    ))
+                    .await
+                    .unwrap();
             }
             chunk
         }));

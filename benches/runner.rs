@@ -581,7 +581,10 @@ async fn drain(broker: &str, nodelay: bool, count: usize, batch: usize) -> f64 {
     let warm = Arc::new(ResultBuffer::new(2));
     warm.push(result_record(scenario, value.clone(), chrono::Utc::now()));
     warm.close();
-    let signer = vap_core::signing::ResultsKey::new(vec![1; 32]);
+    let signer = vap_core::signing::RecordSigner {
+        key: vap_core::signing::ResultsKey::new(vec![1; 32]),
+        placement: vap_core::signing::PlacementEpoch(0),
+    };
     let topic = kafka.settings().topic_results.clone();
     Publisher { kafka: Arc::clone(&kafka), topic: topic.clone(), scenario, batch, signer: signer.clone() }
         .run(warm, CancellationToken::new())

@@ -115,7 +115,10 @@ async fn soak(cameras: usize, duration: Duration, relays: usize, nomad: bool) {
             topic: app.settings.kafka.topic_results.clone(),
             scenario: *id,
             batch: 200,
-            signer: vap_core::signing::ResultsKey::new(keys[id].clone()),
+            signer: vap_core::signing::RecordSigner {
+                key: vap_core::signing::ResultsKey::new(keys[id].clone()),
+                placement: vap_core::signing::PlacementEpoch(0),
+            },
         };
         let (abandon, camera_stop) = (stop.clone(), stop.clone());
         tasks.spawn(async move {

@@ -212,10 +212,12 @@ fn submitted_job_carries_the_scenario_the_runner_and_no_secret_in_its_arguments(
         epoch: chrono::Utc::now(),
         options: Default::default(),
         options_revision: 0,
+        placement: vap_core::signing::PlacementEpoch(1),
+        moved: None,
         results_key: vap_core::signing::ResultsKey::new(vec![3; 32]),
         kafka_password: Some(vap_core::config::Secret::new("broker-login-secret")),
     };
-    let job = job_spec(&NomadBackendSettings::default(), &spec);
+    let job = job_spec(&NomadBackendSettings::default(), &spec, std::time::Duration::from_secs(30));
     let task = &job["TaskGroups"][0]["Tasks"][0];
     assert_eq!(job["ID"], format!("vap-runner-{}", spec.scenario));
     assert_eq!(job["Type"], "service");

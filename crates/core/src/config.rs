@@ -274,6 +274,13 @@ pub struct OrchestratorSettings {
     pub reconcile_interval_ms: u64,
     /// How often a standby tries to take the lead.
     pub leader_poll_ms: u64,
+    /// A systemd host that has not answered for this long is down: its runners are placed
+    /// again on the hosts that answer, in a new placement (the old ones are fenced). Shorter
+    /// moves cameras sooner; longer rides out a slow link or a host's reboot without a move.
+    pub host_down_after_secs: u64,
+    /// A host that was down takes new runners again only after answering for this long, so a
+    /// flapping host is not declared down and up every few seconds.
+    pub host_up_after_secs: u64,
     /// Where the orchestrator serves /health and /metrics; empty disables it.
     pub metrics_listen: String,
     pub local: LocalBackendSettings,
@@ -619,6 +626,8 @@ impl Default for OrchestratorSettings {
             max_workers: 4,
             reconcile_interval_ms: 2_000,
             leader_poll_ms: 1_000,
+            host_down_after_secs: 30,
+            host_up_after_secs: 30,
             metrics_listen: "127.0.0.1:9182".into(),
             local: LocalBackendSettings::default(),
             nomad: NomadBackendSettings::default(),
@@ -899,6 +908,9 @@ impl Settings {
                 "orchestrator.reconcile_interval_ms",
                 "reconcile_interval_ms and leader_poll_ms must be at least 1",
             );
+        }
+        if o.host_down_after_secs == 0 {
+            return bad("orchestrator.host_down_after_secs", "must be at least 1");
         }
         if o.systemd.user.is_empty() && !o.systemd.private_tmp {
             return bad(

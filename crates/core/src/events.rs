@@ -297,16 +297,20 @@ pub enum SceneEventKind {
     Dwell,
     CameraOffline,
     CameraOnline,
+    /// The camera's runner was placed again on another host (the one it was on stopped
+    /// answering); the first event of the new runner.
+    CameraMoved,
 }
 
 impl SceneEventKind {
-    pub const ALL: [SceneEventKind; 6] = [
+    pub const ALL: [SceneEventKind; 7] = [
         SceneEventKind::ObjectEntered,
         SceneEventKind::ObjectLeft,
         SceneEventKind::LineCrossed,
         SceneEventKind::Dwell,
         SceneEventKind::CameraOffline,
         SceneEventKind::CameraOnline,
+        SceneEventKind::CameraMoved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -317,6 +321,7 @@ impl SceneEventKind {
             SceneEventKind::Dwell => "dwell",
             SceneEventKind::CameraOffline => "camera_offline",
             SceneEventKind::CameraOnline => "camera_online",
+            SceneEventKind::CameraMoved => "camera_moved",
         }
     }
 
@@ -382,7 +387,7 @@ pub struct SceneEvent {
 const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x7661_7065_7665_6e74_0000_0000_0000_0001);
 
 impl SceneEvent {
-    /// A camera's own event (`camera_offline`, `camera_online`): no region or track, its id
+    /// A camera's own event (`camera_offline`, `camera_online`, `camera_moved`): no region or track, its id
     /// derived like every other.
     pub fn camera(
         scenario: Uuid,

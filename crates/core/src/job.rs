@@ -10,10 +10,15 @@ use uuid::Uuid;
 use crate::camera_url::CameraUrl;
 use crate::options::ScenarioOptions;
 use crate::secret::Secret;
-use crate::signing::ResultsKey;
+use crate::signing::{PlacementEpoch, ResultsKey};
 
 pub const ENV_SCENARIO_UUID: &str = "VAP_SCENARIO_UUID";
 pub const ENV_SCENARIO_EPOCH: &str = "VAP_SCENARIO_EPOCH";
+/// Which placement of the scenario this runner is (crates/core/src/signing.rs): its records say it.
+pub const ENV_PLACEMENT_EPOCH: &str = "VAP_PLACEMENT_EPOCH";
+/// Set when this placement moved the camera off a host that stopped answering: from where and
+/// why. The runner says so in a `camera_moved` event.
+pub const ENV_PLACEMENT_MOVED: &str = "VAP_PLACEMENT_MOVED";
 pub const ENV_CAMERA_URL: &str = "VAP_CAMERA_URL";
 /// The scenario's options (crates/core/src/options.rs) as JSON.
 pub const ENV_SCENARIO_OPTIONS: &str = "VAP_SCENARIO_OPTIONS";
@@ -27,9 +32,11 @@ pub const ENV_RESULTS_KEY: &str = "VAP_RESULTS_KEY";
 /// with the runner key, which systemd hands the unit as credential `vap-runner-key`).
 pub const ENV_JOB_SECRETS: &str = "VAP_JOB_SECRETS";
 /// Given per process, not configuration: the settings loader leaves them alone.
-pub const JOB_ENV: [&str; 7] = [
+pub const JOB_ENV: [&str; 9] = [
     ENV_SCENARIO_UUID,
     ENV_SCENARIO_EPOCH,
+    ENV_PLACEMENT_EPOCH,
+    ENV_PLACEMENT_MOVED,
     ENV_CAMERA_URL,
     ENV_SCENARIO_OPTIONS,
     ENV_OPTIONS_REVISION,
@@ -107,7 +114,12 @@ pub struct RunnerJob {
     /// Model, fps, classes, confidence, mask: what the API stored for the scenario.
     pub options: ScenarioOptions,
     pub options_revision: i64,
-    /// Signs the runner's results; the inbox stores only what verifies.
+    /// Which placement this is: a later one fences every earlier one.
+    pub placement: PlacementEpoch,
+    /// Why this placement moved the camera, when it did (a host that stopped answering).
+    pub moved: Option<String>,
+    /// Signs the runner's results: the key of this placement, never the scenario's own (the
+    /// inbox stores only what verifies under the current placement's key).
     pub results_key: ResultsKey,
     /// The broker login's password, delivered with the other secrets.
     pub kafka_password: Option<Secret>,
@@ -116,12 +128,16 @@ pub struct RunnerJob {
 impl RunnerJob {
     /// The part of the job a process listing or a unit's properties may show: no secrets.
     fn public_env(&self) -> Vec<(String, String)> {
-        vec![
+        let moved = self.moved.iter().map(|m| (ENV_PLACEMENT_MOVED.to_string(), m.clone()));
+        let mut env = vec![
             (ENV_SCENARIO_UUID.into(), self.scenario.to_string()),
             (ENV_SCENARIO_EPOCH.into(), self.epoch.to_rfc3339()),
+            (ENV_PLACEMENT_EPOCH.into(), self.placement.to_string()),
             (ENV_SCENARIO_OPTIONS.into(), serde_json::to_string(&self.options).unwrap_or_default()),
             (ENV_OPTIONS_REVISION.into(), self.options_revision.to_string()),
-        ]
+        ];
+        env.extend(moved);
+        env
     }
 
     /// The secrets, as [`ENV_JOB_SECRETS`] delivers them.
@@ -189,6 +205,8 @@ mod tests {
             epoch: DateTime::UNIX_EPOCH,
             options: ScenarioOptions::default(),
             options_revision: 0,
+            placement: PlacementEpoch(3),
+            moved: None,
             results_key: ResultsKey::new(vec![7; 32]),
             kafka_password: Some(Secret::new("kpw")),
         };

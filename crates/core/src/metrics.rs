@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Latency buckets in seconds, fine at the low end where the API lives.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Buckets in seconds for what takes seconds to minutes (a camera's failover).
+const SLOW_BUCKETS: [f64; 13] = [1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0];
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -39,9 +41,9 @@ pub struct Counter(pub Family);
 #[derive(Debug, Clone, Copy)]
 pub struct Gauge(pub Family);
 
-/// Durations, in the latency buckets.
+/// Durations, in the latency buckets (or the slow ones).
 #[derive(Debug, Clone, Copy)]
-pub struct Histogram(pub Family);
+pub struct Histogram(pub Family, &'static [f64]);
 
 impl Counter {
     pub const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
@@ -57,13 +59,18 @@ impl Gauge {
 
 impl Histogram {
     pub const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
-        Self(Family { name, help, labels })
+        Self(Family { name, help, labels }, &BUCKETS)
+    }
+
+    /// For durations of seconds to minutes.
+    pub const fn slow(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Self(Family { name, help, labels }, &SLOW_BUCKETS)
     }
 }
 
-#[derive(Default)]
 struct Buckets {
-    counts: [u64; BUCKETS.len()],
+    bounds: &'static [f64],
+    counts: Vec<u64>,
     count: u64,
     sum: f64,
 }
@@ -112,9 +119,13 @@ impl Metrics {
 
     pub fn observe(&self, h: &Histogram, values: &[&str], d: Duration) {
         let secs = d.as_secs_f64();
+        let bounds = h.1;
         let mut inner = crate::sys::lock(&self.inner);
-        let h = family(&mut inner.histograms, h.0.name, h.0.help).series.entry(labels(&h.0, values)).or_default();
-        for (i, b) in BUCKETS.iter().enumerate() {
+        let h = family(&mut inner.histograms, h.0.name, h.0.help)
+            .series
+            .entry(labels(&h.0, values))
+            .or_insert_with(|| Buckets { bounds, counts: vec![0; bounds.len()], count: 0, sum: 0.0 });
+        for (i, b) in bounds.iter().enumerate() {
             if secs <= *b {
                 h.counts[i] += 1;
             }
@@ -161,7 +172,7 @@ impl Metrics {
         for (name, f) in &inner.histograms {
             let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", f.help);
             for (l, h) in &f.series {
-                for (i, b) in BUCKETS.iter().enumerate() {
+                for (i, b) in h.bounds.iter().enumerate() {
                     let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(l, Some(&b.to_string())), h.counts[i]);
                 }
                 let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(l, Some("+Inf")), h.count);

@@ -2,6 +2,11 @@
 //! with the scenario's key, which PostgreSQL makes with the scenario and vap hands only to that
 //! scenario's runner. The inbox stores only records that verify, so a process that can write to
 //! `results` but holds no key (or another scenario's) cannot put results in a scenario.
+//!
+//! Fencing: each placement of a scenario's runner has an epoch, and its runner is given only
+//! the key of that placement (derived from the scenario's key), never the scenario's own. A
+//! record names its placement in a header; it verifies only under that placement's key, so a
+//! runner cannot claim a later placement, and the inbox stores only the current placement's.
 
 use std::fmt;
 
@@ -10,6 +15,47 @@ use sha2::Sha256;
 
 /// The Kafka record header that carries the signature (lowercase hex).
 pub const SIGNATURE_HEADER: &str = "vap-signature";
+
+/// The Kafka record header that names the placement a record comes from (decimal); absent: 0.
+pub const PLACEMENT_HEADER: &str = "vap-placement";
+
+/// Which placement of its scenario a runner is: strictly increasing, from PostgreSQL. 0 is a
+/// runner started by hand (or before placements had epochs), which holds the scenario's key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PlacementEpoch(pub i64);
+
+impl PlacementEpoch {
+    /// The epoch a record's headers name: 0 without the header, None when it is not a number.
+    pub fn of_record(headers: &std::collections::BTreeMap<String, Vec<u8>>) -> Option<Self> {
+        match headers.get(PLACEMENT_HEADER) {
+            None => Some(Self(0)),
+            Some(v) => std::str::from_utf8(v).ok()?.parse().ok().filter(|e: &i64| *e >= 0).map(Self),
+        }
+    }
+}
+
+impl fmt::Display for PlacementEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Signs what one placement's runner produces: the signature and the placement's header.
+#[derive(Debug, Clone)]
+pub struct RecordSigner {
+    /// The placement's key (what the runner was given).
+    pub key: ResultsKey,
+    pub placement: PlacementEpoch,
+}
+
+impl RecordSigner {
+    pub fn sign(&self, headers: &mut std::collections::BTreeMap<String, Vec<u8>>, value: &[u8]) {
+        headers.insert(SIGNATURE_HEADER.to_string(), self.key.sign(value));
+        if self.placement.0 != 0 {
+            headers.insert(PLACEMENT_HEADER.to_string(), self.placement.0.to_string().into_bytes());
+        }
+    }
+}
 
 /// A scenario's results key. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -32,6 +78,17 @@ impl ResultsKey {
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC takes keys of any length.
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts any key length")
+    }
+
+    /// The key of one placement, which is all its runner is given. Placement 0 is the key itself.
+    pub fn for_placement(&self, placement: PlacementEpoch) -> ResultsKey {
+        if placement.0 == 0 {
+            return self.clone();
+        }
+        let mut mac = self.mac();
+        mac.update(b"vap placement ");
+        mac.update(&placement.0.to_be_bytes());
+        Self(mac.finalize().into_bytes().to_vec())
     }
 
     /// The signature of `value`, as the header carries it.
@@ -74,5 +131,27 @@ mod tests {
         assert_eq!(format!("{key:?}"), "ResultsKey(***)");
         assert_eq!(ResultsKey::from_hex(&key.to_hex()), Some(key));
         assert_eq!(ResultsKey::from_hex("abc"), None);
+    }
+
+    #[test]
+    fn a_placement_signs_only_as_itself() {
+        let key = ResultsKey::from_hex(&"ab".repeat(32)).unwrap();
+        let (first, second) = (key.for_placement(PlacementEpoch(1)), key.for_placement(PlacementEpoch(2)));
+        assert_eq!(key.for_placement(PlacementEpoch(0)), key);
+        assert_ne!(first, second);
+        assert_ne!(first, key);
+        let signer = RecordSigner { key: first.clone(), placement: PlacementEpoch(1) };
+        let mut headers = std::collections::BTreeMap::new();
+        signer.sign(&mut headers, b"v");
+        assert_eq!(PlacementEpoch::of_record(&headers), Some(PlacementEpoch(1)));
+        // Verifies under its own placement's key only.
+        assert!(key.for_placement(PlacementEpoch(1)).verify(b"v", &headers[SIGNATURE_HEADER]));
+        assert!(!second.verify(b"v", &headers[SIGNATURE_HEADER]));
+        assert!(!key.verify(b"v", &headers[SIGNATURE_HEADER]));
+        assert_eq!(PlacementEpoch::of_record(&Default::default()), Some(PlacementEpoch(0)));
+        for bad in [&b"-1"[..], b"x", b""] {
+            let headers = std::collections::BTreeMap::from([(PLACEMENT_HEADER.to_string(), bad.to_vec())]);
+            assert_eq!(PlacementEpoch::of_record(&headers), None);
+        }
     }
 }

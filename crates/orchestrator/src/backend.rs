@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+use vap_core::signing::PlacementEpoch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -30,9 +31,14 @@ pub enum RunnerState {
     Failed {
         reason: String,
     },
-    /// Last seen on a host that does not answer now: left alone, and its slot kept, until the
-    /// host answers again (starting it elsewhere could run the scenario twice).
+    /// On a host that does not answer now, not yet long enough to count as down: left alone,
+    /// its slot kept (a short silence is not worth moving a camera for).
     Unreachable {
+        node: String,
+    },
+    /// On a host that is down (a Nomad client lost): placed again elsewhere, in a new
+    /// placement that fences this one.
+    Lost {
         node: String,
     },
 }
@@ -44,6 +50,7 @@ impl RunnerState {
             self,
             RunnerState::Starting | RunnerState::Running | RunnerState::Stopping | RunnerState::Unreachable { .. }
         )
+        // Not `Lost`: its replacement takes the slot.
     }
 }
 
@@ -51,6 +58,31 @@ impl RunnerState {
 pub struct Observed {
     pub scenario: Uuid,
     pub state: RunnerState,
+    /// Which placement it is; `None`: the backend cannot tell (Nomad keeps only the job's
+    /// current one; a unit from before epochs), taken as the current one.
+    pub placement: Option<PlacementEpoch>,
+    pub node: Option<String>,
+}
+
+/// Whether a host runs runners, as failure detection sees it (systemd nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostHealth {
+    /// Answers, and takes new runners.
+    Up,
+    /// Has not answered lately, not yet for `host_down_after_secs`: its runners are left alone.
+    Silent,
+    /// Did not answer for `host_down_after_secs` (or answers again, not yet for
+    /// `host_up_after_secs`): its runners are placed elsewhere, nothing new goes there.
+    Down,
+}
+
+/// One host as failure detection sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostView {
+    pub name: String,
+    pub health: HostHealth,
+    /// When it last answered (`None`: not since this orchestrator started).
+    pub last_answer: Option<DateTime<Utc>>,
 }
 
 /// What every runner's name starts with, on every backend.
@@ -80,11 +112,18 @@ pub struct WorkerInfo {
     pub node: Option<String>,
     pub restarts: u32,
     pub started_at: Option<DateTime<Utc>>,
+    /// Which placement it is, when the backend can tell.
+    pub placement: Option<PlacementEpoch>,
 }
 
 impl WorkerInfo {
     pub fn observed(&self) -> Observed {
-        Observed { scenario: self.scenario, state: self.state.clone() }
+        Observed {
+            scenario: self.scenario,
+            state: self.state.clone(),
+            placement: self.placement,
+            node: self.node.clone(),
+        }
     }
 }
 
@@ -103,6 +142,8 @@ pub(crate) fn example_job() -> vap_core::job::RunnerJob {
             ..Default::default()
         },
         options_revision: 3,
+        placement: vap_core::signing::PlacementEpoch(2),
+        moved: None,
         results_key: vap_core::signing::ResultsKey::new(vec![0x5a; 32]),
         kafka_password: Some(vap_core::config::Secret::new("broker-login-secret")),
     }

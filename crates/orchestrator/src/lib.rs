@@ -41,7 +41,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use backend::{RunnerState, WorkerInfo, FINISH_GRACE};
+use backend::{HostHealth, HostView, RunnerState, WorkerInfo, FINISH_GRACE};
 use placement::Backend;
 use reconcile::{Action, Wanted};
 use rskafka::record::RecordAndOffset;
@@ -54,6 +54,7 @@ use vap_core::events::{EventKind, RunnerControl, ScenarioEvent, RECORD_VERSION};
 use vap_core::job::RunnerJob;
 use vap_core::kafka::KafkaLink;
 use vap_core::metrics::Metrics;
+use vap_core::signing::{PlacementEpoch, RecordSigner};
 use vap_core::tasks::{OwnedTasks, TaskFailed};
 
 /// The name its Kafka positions are stored under.
@@ -278,22 +279,18 @@ impl Orchestrator {
         let stored: HashMap<Uuid, &workers::ActiveScenario> = scenarios.iter().map(|s| (s.scenario, s)).collect();
         let mut listed = self.list_ours().await?;
         self.give_the_inbox_time(&stored, &mut listed);
-        let actions = self.plan(&scenarios, &listed);
+        let hosts = self.backend.hosts();
+        let actions = self.plan(&scenarios, &listed, &hosts);
         let (starts, others): (Vec<Action>, Vec<Action>) =
-            actions.into_iter().partition(|a| matches!(a, Action::Start(_)));
-        let jobs = starts.into_iter().filter_map(|a| match a {
-            Action::Start(id) => stored.get(&id).map(|s| RunnerJob {
-                scenario: s.scenario,
-                camera_url: s.camera_url.clone(),
-                epoch: s.created_at,
-                options: s.options.clone(),
-                options_revision: s.options_revision,
-                results_key: s.results_key.clone(),
-                kafka_password: self.kafka_password.clone(),
-            }),
+            actions.into_iter().partition(|a| matches!(a, Action::Start { .. }));
+        let starts = starts.into_iter().filter_map(|a| match a {
+            Action::Start { scenario, moved_from } => {
+                let failover = moved_from.map(|node| failover_from(&node, &hosts));
+                stored.get(&scenario).map(|s| (*s, failover))
+            }
             _ => None,
         });
-        let mut taken = self.place(jobs.collect(), stop).await;
+        let mut taken = self.place(starts.collect(), stop).await;
         let (waits, others): (Vec<Action>, Vec<Action>) =
             others.into_iter().partition(|a| matches!(a, Action::Wait(_)));
         self.record_waiting(&waits, &stored, stop).await;
@@ -311,6 +308,7 @@ impl Orchestrator {
                 taken += 1;
             }
         }
+        self.count_recoveries().await;
         // After the stops: a broker that is down delays only this, the next round retries.
         match self.tell_changed_options(&scenarios).await {
             Ok(told) => taken += told,
@@ -344,6 +342,10 @@ impl Orchestrator {
         for (node, up) in self.backend.nodes_answering() {
             self.metrics.set(&metrics::NODE_UP, &[&node], if up { 1.0 } else { 0.0 });
         }
+        for host in self.backend.hosts() {
+            let down = if host.health == HostHealth::Down { 1.0 } else { 0.0 };
+            self.metrics.set(&metrics::HOST_DOWN, &[&host.name], down);
+        }
         let mut listed = listed?;
         let ids: Vec<_> = listed.iter().map(|w| w.scenario).collect();
         let ours = workers::existing(&self.pool, &ids).await?;
@@ -351,11 +353,20 @@ impl Orchestrator {
         Ok(listed)
     }
 
-    fn plan(&self, scenarios: &[workers::ActiveScenario], listed: &[WorkerInfo]) -> Vec<Action> {
-        let wanted: Vec<Wanted> = scenarios.iter().map(|s| Wanted { scenario: s.scenario, status: s.status }).collect();
+    fn plan(&self, scenarios: &[workers::ActiveScenario], listed: &[WorkerInfo], hosts: &[HostView]) -> Vec<Action> {
+        let wanted: Vec<Wanted> = scenarios
+            .iter()
+            .map(|s| Wanted {
+                scenario: s.scenario,
+                status: s.status,
+                placement: s.placement,
+                last_node: s.worker.as_ref().and_then(|w| w.node.clone()),
+            })
+            .collect();
         let observed: Vec<_> = listed.iter().map(WorkerInfo::observed).collect();
         let running = observed.iter().filter(|o| o.state.holds_slot()).count();
-        let actions = reconcile::plan(&wanted, &observed, self.settings.max_workers);
+        let health = hosts.iter().map(|h| (h.name.clone(), h.health)).collect();
+        let actions = reconcile::plan(&wanted, &observed, &health, self.settings.max_workers);
         let count = |f: fn(&Action) -> bool| actions.iter().filter(|a| f(a)).count() as f64;
         let m = &self.metrics;
         m.set(&metrics::RUNNERS, &[], running as f64);
@@ -364,22 +375,49 @@ impl Orchestrator {
         actions
     }
 
-    /// Places runners, several at once (each backend call is a network round trip). Returns
-    /// how many were placed; a failed placement is retried next round.
-    async fn place(&self, jobs: Vec<RunnerJob>, stop: &CancellationToken) -> usize {
+    /// Places runners, several at once (each backend call is a network round trip), each in
+    /// a new placement taken before it starts. Returns how many were placed; a failed placement
+    /// is retried next round (in yet another placement: epochs may skip, never repeat).
+    async fn place(
+        &self,
+        starts: Vec<(&workers::ActiveScenario, Option<workers::Failover>)>,
+        stop: &CancellationToken,
+    ) -> usize {
         let kind = self.backend.kind();
-        let placed = futures::stream::iter(jobs)
-            .map(|job| async move {
+        let placed = futures::stream::iter(starts)
+            .map(|(s, failover)| async move {
                 if stop.is_cancelled() {
                     return 0;
                 }
+                let placement = match workers::begin_placement(&self.pool, s.scenario, failover.as_ref()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(scenario = %s.scenario, error = %e, "cannot take a placement; will retry");
+                        return 0;
+                    }
+                };
+                if let Some(f) = &failover {
+                    tracing::warn!(scenario = %s.scenario, from = f.from_node, %placement, reason = f.reason, "moving a camera off a host that is down");
+                    self.metrics.inc(&metrics::FAILOVERS, &[&f.from_node], 1);
+                }
+                let job = RunnerJob {
+                    scenario: s.scenario,
+                    camera_url: s.camera_url.clone(),
+                    epoch: s.created_at,
+                    options: s.options.clone(),
+                    options_revision: s.options_revision,
+                    placement,
+                    moved: failover.as_ref().map(|f| format!("moved from {}: {}", f.from_node, f.reason)),
+                    results_key: s.results_key.for_placement(placement),
+                    kafka_password: self.kafka_password.clone(),
+                };
                 match self.backend.start(&job).await {
                     Ok(info) => {
-                        tracing::info!(scenario = %job.scenario, backend = kind, reference = info.backend_ref, "runner placed");
+                        tracing::info!(scenario = %job.scenario, backend = kind, reference = info.backend_ref, %placement, "runner placed");
                         self.metrics.inc(&metrics::PLACEMENTS, &[kind], 1);
                         // Placed but not recorded: the next round finds it listed and records it.
                         let recorded = async {
-                            self.record(&info, true).await?;
+                            self.record(&info, true, Some(placement)).await?;
                             workers::record_spec(&self.pool, job.scenario, &job.options.digest()).await?;
                             Ok::<_, ReconcileError>(())
                         };
@@ -398,6 +436,22 @@ impl Orchestrator {
             .collect::<Vec<usize>>()
             .await;
         placed.into_iter().sum()
+    }
+
+    /// Moved cameras whose first result after the move is stored: the time from their old
+    /// host's last answer (or the move, when unknown) to that result.
+    async fn count_recoveries(&self) {
+        match workers::take_recovered(&self.pool).await {
+            Ok(recovered) => {
+                for r in recovered {
+                    let from = r.host_last_answer_at.unwrap_or(r.moved_at);
+                    let took = (r.first_result_at - from).to_std().unwrap_or_default();
+                    tracing::info!(scenario = %r.scenario, seconds = took.as_secs_f64(), "moved camera stores results again");
+                    self.metrics.observe(&metrics::FAILOVER_RECOVERY_SECONDS, &[], took);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for recovered cameras yet"),
+        }
     }
 
     /// Records the scenarios newly over the cap as waiting, in chunks (a first round can find
@@ -438,7 +492,7 @@ impl Orchestrator {
     ) -> Result<(), ReconcileError> {
         let kind = self.backend.kind();
         match action {
-            Action::Start(_) => {}
+            Action::Start { .. } => {}
             Action::Wait(_) => {}
             // Rounds repeat it: skip the write when the worker row says it already.
             Action::Unreachable { scenario, .. } if worker_shows(stored, scenario, WorkerStatus::Unreachable) => {}
@@ -456,9 +510,14 @@ impl Orchestrator {
                         self.metrics.inc(&metrics::RUNNER_RESTARTS, &[kind], restarted as u64);
                     }
                     if !unchanged(s, info, *starting) {
-                        self.record(info, *starting).await?;
+                        self.record(info, *starting, None).await?;
                     }
                 }
+            }
+            Action::Retire { scenario, node } => {
+                tracing::info!(scenario = %scenario, node, "stopping a superseded placement's runner");
+                self.backend.retire(*scenario, node.as_deref()).await?;
+                self.metrics.inc(&metrics::RETIRED, &[], 1);
             }
             Action::Stop(id) => {
                 tracing::info!(scenario = %id, "stopping runner");
@@ -507,13 +566,13 @@ impl Orchestrator {
                 options: s.options.clone(),
             };
             let value = serde_json::to_vec(&control).unwrap_or_default();
-            // Signed with the scenario's key, which only its runner holds besides us: a record
-            // anyone else with the broker's login writes is refused.
-            let signature = std::collections::BTreeMap::from([(
-                vap_core::signing::SIGNATURE_HEADER.to_string(),
-                s.results_key.sign(&value),
-            )]);
-            let offset = self.kafka.produce_keyed(topic, s.scenario.to_string().as_bytes(), value, signature).await?;
+            // Signed with the current placement's key, which only its runner holds besides us:
+            // a record anyone else with the broker's login writes is refused, and so is this
+            // by a superseded runner.
+            let signer = RecordSigner { key: s.results_key.for_placement(s.placement), placement: s.placement };
+            let mut headers = std::collections::BTreeMap::new();
+            signer.sign(&mut headers, &value);
+            let offset = self.kafka.produce_keyed(topic, s.scenario.to_string().as_bytes(), value, headers).await?;
             workers::record_spec(&self.pool, s.scenario, &digest).await?;
             tracing::info!(scenario = %s.scenario, revision = s.options_revision, offset, "runner told its new options");
             self.metrics.inc(&metrics::OPTION_CHANGES, &[], 1);
@@ -522,7 +581,12 @@ impl Orchestrator {
         Ok(told)
     }
 
-    async fn record(&self, info: &WorkerInfo, starting: bool) -> Result<(), ReconcileError> {
+    async fn record(
+        &self,
+        info: &WorkerInfo,
+        starting: bool,
+        placement: Option<PlacementEpoch>,
+    ) -> Result<(), ReconcileError> {
         let status = if starting { WorkerStatus::Starting } else { WorkerStatus::Running };
         let w = workers::WorkerRecord {
             scenario: info.scenario,
@@ -533,6 +597,7 @@ impl Orchestrator {
             restarts: info.restarts as i32,
             started_at: info.started_at,
             last_error: None,
+            epoch: placement,
         };
         workers::record_placed(&self.pool, &w).await?;
         Ok(())
@@ -577,6 +642,21 @@ impl RecordHandler for ApplyEvents {
         }
         Ok(true)
     }
+}
+
+/// Why a camera leaves `node`: how long the host has not answered (systemd), or that its
+/// backend lost it (a Nomad client).
+fn failover_from(node: &str, hosts: &[HostView]) -> workers::Failover {
+    let host = hosts.iter().find(|h| h.name == node);
+    let last_answer = host.and_then(|h| h.last_answer);
+    let reason = match (host, last_answer) {
+        (Some(_), Some(at)) => {
+            format!("{node} did not answer for {} s", (chrono::Utc::now() - at).num_seconds().max(0))
+        }
+        (Some(_), None) => format!("{node} has not answered since the orchestrator started"),
+        (None, _) => format!("{node} was lost by its scheduler"),
+    };
+    workers::Failover { from_node: node.to_string(), reason, host_last_answer_at: last_answer }
 }
 
 /// Whether the stored scenario and worker row already say what the backend reports.

@@ -51,7 +51,15 @@ struct Adopted {
 }
 
 fn orphan(scenario: Uuid, state: RunnerState, backend_ref: String) -> WorkerInfo {
-    WorkerInfo { scenario, state, backend_ref, node: Some(vap_core::sys::hostname()), restarts: 0, started_at: None }
+    WorkerInfo {
+        scenario,
+        state,
+        backend_ref,
+        node: Some(vap_core::sys::hostname()),
+        restarts: 0,
+        started_at: None,
+        placement: None,
+    }
 }
 
 impl LocalBackend {
@@ -80,6 +88,7 @@ impl LocalBackend {
                 node: Some(vap_core::sys::hostname()),
                 restarts: s.restarts,
                 started_at: Some(s.started_at),
+                placement: None,
             })
             .collect();
         // Runners left by an earlier orchestrator: alive, not ours to wait for.
@@ -130,6 +139,7 @@ impl LocalBackend {
             node: Some(vap_core::sys::hostname()),
             restarts: 0,
             started_at: Some(started_at),
+            placement: None,
         })
     }
 

@@ -32,8 +32,29 @@ pub const RUNNER_RESTARTS: Counter = Counter::new(
 pub const SCENARIOS_FAILED: Counter =
     Counter::new("vap_orchestrator_scenarios_failed_total", "Scenarios whose runner was given up on.", &["backend"]);
 
+pub const HOST_DOWN: Gauge = Gauge::new(
+    "vap_orchestrator_host_down",
+    "1 while a host counts as down (silent for orchestrator.host_down_after_secs): its cameras are placed elsewhere.",
+    &["node"],
+);
+pub const FAILOVERS: Counter = Counter::new(
+    "vap_orchestrator_failovers_total",
+    "Cameras placed again elsewhere because their host was down, by the host they left.",
+    &["from_node"],
+);
+pub const FAILOVER_RECOVERY_SECONDS: Histogram = Histogram::slow(
+    "vap_orchestrator_failover_recovery_seconds",
+    "From a moved camera's old host's last answer to the capture time of its first result stored after the move.",
+    &[],
+);
+pub const RETIRED: Counter = Counter::new(
+    "vap_orchestrator_superseded_runners_stopped_total",
+    "Runners of a superseded placement stopped and removed (their host came back).",
+    &[],
+);
+
 /// Every metric of vap-orchestrator.
-pub const FAMILIES: [Family; 13] = [
+pub const FAMILIES: [Family; 17] = [
     LEADER.0,
     RECONCILE_SECONDS.0,
     ACTION_FAILURES.0,
@@ -47,4 +68,8 @@ pub const FAMILIES: [Family; 13] = [
     EVENTS.0,
     RUNNER_RESTARTS.0,
     SCENARIOS_FAILED.0,
+    HOST_DOWN.0,
+    FAILOVERS.0,
+    FAILOVER_RECOVERY_SECONDS.0,
+    RETIRED.0,
 ];

@@ -281,7 +281,8 @@ pub fn secrets_variable(scenario: Uuid) -> String {
 /// The file the job's template renders the secrets into, in the task's private secrets dir.
 const SECRETS_FILE: &str = "secrets/vap-job.json";
 
-pub fn job_spec(s: &NomadBackendSettings, spec: &RunnerJob) -> Value {
+/// `lost_after`: how long a disconnected client's allocation counts as unknown before it is lost.
+pub fn job_spec(s: &NomadBackendSettings, spec: &RunnerJob, lost_after: Duration) -> Value {
     let id = runner_name(spec.scenario);
     // No secret in the job: Nomad shows jobs to anyone with read-job, and interpolates `${..}`
     // in Env. The camera URL and the results key are a Variable, rendered to a file only the
@@ -316,6 +317,14 @@ pub fn job_spec(s: &NomadBackendSettings, spec: &RunnerJob) -> Value {
                 "Interval": s.restart_interval_secs * NS_PER_SEC,
                 "Delay": s.restart_delay_secs * NS_PER_SEC,
                 "Mode": "fail"
+            },
+            // A client cut off keeps running its allocation: Nomad must not start a twin of the
+            // same placement beside it. vap places the replacement itself, as a new placement
+            // (a new job version) whose records fence the old allocation's.
+            "Disconnect": {
+                "LostAfter": lost_after.as_nanos() as u64,
+                "Replace": false,
+                "Reconcile": "keep_replacement"
             },
             "ReschedulePolicy": {
                 "Attempts": s.reschedule_attempts,
@@ -354,6 +363,8 @@ struct AllocView {
 
 pub struct NomadBackend {
     settings: NomadBackendSettings,
+    /// `orchestrator.host_down_after_secs`: a disconnected client's allocations are lost after it.
+    lost_after: Duration,
     client: Arc<NomadClient>,
     /// What each job's allocation watcher saw last.
     views: Arc<Mutex<HashMap<Uuid, AllocView>>>,
@@ -363,8 +374,9 @@ pub struct NomadBackend {
 }
 
 impl NomadBackend {
-    pub fn new(settings: NomadBackendSettings) -> Result<Self, NomadError> {
+    pub fn new(settings: NomadBackendSettings, lost_after: Duration) -> Result<Self, NomadError> {
         Ok(Self {
+            lost_after,
             client: Arc::new(NomadClient::new(&settings)?),
             settings,
             views: Arc::new(Mutex::new(HashMap::new())),
@@ -390,6 +402,8 @@ impl NomadBackend {
                 node: view.as_ref().and_then(|v| v.node.clone()),
                 restarts: view.as_ref().map(|v| v.restarts).unwrap_or(0),
                 started_at: view.as_ref().and_then(|v| v.started_at),
+                // Nomad itself stops the allocations of a job's earlier versions.
+                placement: None,
             });
         }
         // Jobs gone (purged): stop watching them.
@@ -408,7 +422,7 @@ impl NomadBackend {
     pub async fn start(&self, spec: &RunnerJob) -> Result<WorkerInfo, BackendError> {
         let secrets = serde_json::to_string(&spec.secrets()).unwrap_or_default();
         self.client.put_variable(&secrets_variable(spec.scenario), &json!({ "job": secrets })).await?;
-        let job = job_spec(&self.settings, spec);
+        let job = job_spec(&self.settings, spec, self.lost_after);
         self.client.register_job(&job).await?;
         let id = runner_name(spec.scenario);
         self.watch(spec.scenario, &id);
@@ -419,6 +433,7 @@ impl NomadBackend {
             node: None,
             restarts: 0,
             started_at: None,
+            placement: None,
         })
     }
 
@@ -504,7 +519,12 @@ fn alloc_view(allocs: &[AllocStub]) -> AllocView {
     };
     let task = a.task_states.get("runner");
     let terminal = a.desired_status != "run" || matches!(a.client_status.as_str(), "complete" | "failed" | "lost");
+    let node = || a.node_name.clone();
     let state = match (a.client_status.as_str(), terminal) {
+        // Its client stopped heartbeating: not yet lost, its runner may still run.
+        ("unknown", _) if a.desired_status == "run" => RunnerState::Unreachable { node: node() },
+        // Its client is lost: vap places the scenario again (Nomad does not, `Disconnect`).
+        ("lost", _) if a.desired_status == "run" => RunnerState::Lost { node: node() },
         (_, true) if a.desired_status != "run" => RunnerState::Stopping,
         ("complete", true) => RunnerState::Exited { code: 0 },
         ("failed", true) | ("lost", true) => {
@@ -557,6 +577,10 @@ fn job_state(job: &JobStub, watched: Option<&RunnerState>) -> RunnerState {
             RunnerState::Exited { code: 0 }
         };
     }
+    // Before the job's own status: a lost allocation leaves the job dead, but not given up.
+    if let Some(state @ (RunnerState::Lost { .. } | RunnerState::Unreachable { .. })) = watched {
+        return state.clone();
+    }
     if job.status == "dead" {
         // A service job only dies for good when restarts and reschedules are spent.
         return if total.failed + total.lost > 0 {
@@ -590,15 +614,20 @@ mod tests {
     #[test]
     fn job_matches_the_golden_file() {
         let spec = crate::backend::example_job();
-        let golden: Value = serde_json::from_str(include_str!("../../../tests/golden/nomad_job.json")).unwrap();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/nomad_job.json");
+        if std::env::var("VAP_WRITE_GOLDEN").is_ok_and(|v| v == "1") {
+            let text = serde_json::to_string_pretty(&job_spec(&settings(), &spec, Duration::from_secs(30))).unwrap();
+            std::fs::write(&path, text + "\n").unwrap();
+        }
+        let golden: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_default()).unwrap();
         assert_eq!(
-            job_spec(&settings(), &spec),
+            job_spec(&settings(), &spec, Duration::from_secs(30)),
             golden,
             "{}",
-            serde_json::to_string_pretty(&job_spec(&settings(), &spec)).unwrap()
+            serde_json::to_string_pretty(&job_spec(&settings(), &spec, Duration::from_secs(30))).unwrap()
         );
         // No `${` left for Nomad to interpolate, and the runner reads the options as they were.
-        let job = job_spec(&settings(), &spec);
+        let job = job_spec(&settings(), &spec, Duration::from_secs(30));
         let options = job["TaskGroups"][0]["Tasks"][0]["Env"][vap_core::job::ENV_SCENARIO_OPTIONS].as_str().unwrap();
         assert!(!options.contains("${"), "{options}");
         let read: vap_core::options::ScenarioOptions = serde_json::from_str(options).unwrap();

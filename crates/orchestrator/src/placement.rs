@@ -6,10 +6,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::backend::{BackendError, WorkerInfo};
+use super::backend::{BackendError, HostView, WorkerInfo};
 use super::local::LocalBackend;
 use super::nomad::NomadBackend;
-use super::systemd::SystemdBackend;
+use super::systemd::{Detection, SystemdBackend};
 use vap_core::config::OrchestratorSettings;
 use vap_core::job::RunnerJob;
 
@@ -27,8 +27,17 @@ impl Backend {
         destinations: &vap_core::destination::DestinationPolicy,
     ) -> Result<Self, super::OrchestratorError> {
         Ok(match settings.backend.as_str() {
-            "nomad" => Backend::Nomad(NomadBackend::new(settings.nomad.clone())?),
-            "systemd" => Backend::Systemd(SystemdBackend::new(settings.systemd.clone(), destinations)?),
+            "nomad" => Backend::Nomad(NomadBackend::new(
+                settings.nomad.clone(),
+                Duration::from_secs(settings.host_down_after_secs),
+            )?),
+            "systemd" => {
+                let detection = Detection {
+                    down_after: Duration::from_secs(settings.host_down_after_secs),
+                    up_after: Duration::from_secs(settings.host_up_after_secs),
+                };
+                Backend::Systemd(SystemdBackend::new(settings.systemd.clone(), detection, destinations)?)
+            }
             // Config validation admits only the three names.
             _ => Backend::Local(Arc::new(LocalBackend::new(settings.local.clone()))),
         })
@@ -73,6 +82,24 @@ impl Backend {
         match self {
             Backend::Local(_) | Backend::Nomad(_) => Vec::new(),
             Backend::Systemd(b) => b.nodes_answering(),
+        }
+    }
+
+    /// The hosts whose failure the orchestrator detects itself (systemd nodes; Nomad detects
+    /// its clients' and reports their allocations lost).
+    pub fn hosts(&self) -> Vec<HostView> {
+        match self {
+            Backend::Local(_) | Backend::Nomad(_) => Vec::new(),
+            Backend::Systemd(b) => b.hosts(),
+        }
+    }
+
+    /// Stops and removes a superseded placement's runner on `node`. Nomad stops the
+    /// allocations of a job's earlier versions itself; a local runner is replaced in place.
+    pub async fn retire(&self, scenario: Uuid, node: Option<&str>) -> Result<(), BackendError> {
+        match self {
+            Backend::Local(_) | Backend::Nomad(_) => Ok(()),
+            Backend::Systemd(b) => b.retire(scenario, node).await,
         }
     }
 

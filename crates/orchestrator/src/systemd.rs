@@ -8,9 +8,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
-use super::backend::{runner_name, runner_scenario, BackendError, RunnerState, WorkerInfo, RUNNER_PREFIX};
+use super::backend::{
+    runner_name, runner_scenario, BackendError, HostHealth, HostView, RunnerState, WorkerInfo, RUNNER_PREFIX,
+};
 use vap_core::config::SystemdBackendSettings;
-use vap_core::job::{exit, RunnerJob};
+use vap_core::job::{exit, RunnerJob, ENV_PLACEMENT_EPOCH};
+use vap_core::signing::PlacementEpoch;
 
 const BACKEND: &str = "systemd";
 const DEST: &str = "org.freedesktop.systemd1";
@@ -249,6 +252,10 @@ impl Node {
             let restarts = get("NRestarts").and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
             let code = get("ExecMainStatus").and_then(|v| i32::try_from(v).ok()).unwrap_or(0);
             let started_us = get("ExecMainStartTimestamp").and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+            let placement = get("Environment").and_then(|v| Vec::<String>::try_from(v).ok()).and_then(|env| {
+                let prefix = format!("{ENV_PLACEMENT_EPOCH}=");
+                env.iter().find_map(|kv| kv.strip_prefix(&prefix).and_then(|n| n.parse().ok()).map(PlacementEpoch))
+            });
             let state = match (active.as_str(), sub.as_str()) {
                 ("active", "running") => RunnerState::Running,
                 // RemainAfterExit keeps a unit whose runner exited 0 (a file that ended).
@@ -274,6 +281,7 @@ impl Node {
                 started_at: (started_us > 0)
                     .then(|| DateTime::<Utc>::from_timestamp_micros(started_us as i64))
                     .flatten(),
+                placement,
             });
         }
         Ok(out)
@@ -288,29 +296,81 @@ pub struct SystemdBackend {
     /// what FFmpeg reaches without the runner's check (an RTSP redirect).
     ip_deny: Vec<(i32, Vec<u8>, u32)>,
     nodes: Vec<Node>,
-    /// Where each scenario's unit is, and how many runners each node has, as of the last list
-    /// and the starts since.
+    /// Where each scenario's units are, and how many runners each node has, as of the last list
+    /// and the starts since; and each node's health.
     placement: std::sync::Mutex<Placement>,
+    /// When a silent host counts as down, and a host that was down as up again.
+    detection: Detection,
+}
+
+/// The bounds of failure detection (`orchestrator.host_down_after_secs`, `host_up_after_secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Detection {
+    pub down_after: Duration,
+    pub up_after: Duration,
+}
+
+/// One node's answers over time.
+#[derive(Debug, Clone)]
+struct NodeHealth {
+    /// Since when it has not answered (from this orchestrator's start until its first answer).
+    silent_since: Option<Instant>,
+    /// Since when it has answered without a gap, while it is down.
+    answering_since: Option<Instant>,
+    down: bool,
+    last_answer: Option<DateTime<Utc>>,
+}
+
+impl NodeHealth {
+    fn new(now: Instant) -> Self {
+        Self { silent_since: Some(now), answering_since: None, down: false, last_answer: None }
+    }
+
+    /// Takes in one list's outcome; says whether the host just went down or came back up.
+    /// Down only after `down_after` of silence without an answer; up again only after
+    /// `up_after` of answers without a silence (hysteresis: a flapping host stays as it was).
+    fn saw(&mut self, answered: bool, now: Instant, d: Detection) -> Option<HostHealth> {
+        if answered {
+            self.silent_since = None;
+            self.last_answer = Some(Utc::now());
+            if self.down && now.duration_since(*self.answering_since.get_or_insert(now)) >= d.up_after {
+                self.down = false;
+                self.answering_since = None;
+                return Some(HostHealth::Up);
+            }
+        } else {
+            self.answering_since = None;
+            if !self.down && now.duration_since(*self.silent_since.get_or_insert(now)) >= d.down_after {
+                self.down = true;
+                return Some(HostHealth::Down);
+            }
+        }
+        None
+    }
+
+    fn health(&self) -> HostHealth {
+        match (self.down, self.silent_since) {
+            (true, _) => HostHealth::Down,
+            (false, Some(_)) => HostHealth::Silent,
+            (false, None) => HostHealth::Up,
+        }
+    }
 }
 
 struct Placement {
-    node_of: std::collections::HashMap<Uuid, usize>,
+    /// The nodes each scenario's units were listed on (a superseded one can be beside the
+    /// current one after its host came back).
+    nodes_of: std::collections::HashMap<Uuid, Vec<usize>>,
     load: Vec<usize>,
-    /// Nodes that answered the last list; new runners go only to these.
+    /// Nodes that answered the last list.
     answered: Vec<bool>,
-    /// Every node has answered one list since start: where each runner is, is known.
-    complete: bool,
-}
-
-impl Placement {
-    fn empty(nodes: usize) -> Self {
-        Self { node_of: Default::default(), load: vec![0; nodes], answered: vec![true; nodes], complete: false }
-    }
+    health: Vec<NodeHealth>,
 }
 
 impl SystemdBackend {
     pub fn new(
         settings: SystemdBackendSettings,
+        detection: Detection,
         destinations: &vap_core::destination::DestinationPolicy,
     ) -> Result<Self, vap_core::sealed::SealError> {
         let runner_key = Box::new(vap_core::sealed::RunnerKey::load(&settings.runner_key_file)?);
@@ -325,13 +385,20 @@ impl SystemdBackend {
             .collect();
         let nodes: Vec<Node> =
             settings.effective_nodes().into_iter().map(|n| Node::new(n.name, n.bus_address)).collect();
-        let placement = std::sync::Mutex::new(Placement::empty(nodes.len()));
-        Ok(Self { settings, runner_key, ip_deny, nodes, placement })
+        let now = Instant::now();
+        let placement = std::sync::Mutex::new(Placement {
+            nodes_of: Default::default(),
+            load: vec![0; nodes.len()],
+            answered: vec![false; nodes.len()],
+            health: vec![NodeHealth::new(now); nodes.len()],
+        });
+        Ok(Self { settings, runner_key, ip_deny, nodes, placement, detection })
     }
 
-    /// Every node's runner units. The runners last seen on a node that does not answer are
-    /// reported `Unreachable`, so the others carry on without starting them twice. Until every
-    /// node has answered once, where runners are is unknown, and one silent node fails the list.
+    /// Every runner unit of the nodes that answer. A node that does not answer reports none:
+    /// the orchestrator knows from PostgreSQL which runners were last there, and leaves them
+    /// while the node is silent, or places them again once it is down. Fails only when no
+    /// node answers.
     pub async fn list(&self) -> Result<Vec<WorkerInfo>, BackendError> {
         let lists = self.list_each_node().await;
         self.merge(lists)
@@ -353,59 +420,54 @@ impl SystemdBackend {
         .await
     }
 
-    /// One view of all nodes. A node that does not answer keeps the runners it was last seen
-    /// with, as unreachable (their slots held), unless no complete view was ever had.
+    /// One view of the nodes that answered, and each node's health brought up to date.
     fn merge(&self, lists: Vec<Result<Vec<WorkerInfo>, BackendError>>) -> Result<Vec<WorkerInfo>, BackendError> {
-        let mut last = vap_core::sys::lock(&self.placement);
-        let mut placement = Placement::empty(self.nodes.len());
+        let now = Instant::now();
+        let mut p = vap_core::sys::lock(&self.placement);
+        let mut nodes_of: std::collections::HashMap<Uuid, Vec<usize>> = Default::default();
+        let mut load = vec![0; self.nodes.len()];
         let mut out = Vec::new();
         let mut silent = None;
         for (i, list) in lists.into_iter().enumerate() {
+            let name = &self.nodes[i].name;
+            let answered = list.is_ok();
             match list {
                 Ok(list) => {
                     for w in list {
-                        placement.node_of.insert(w.scenario, i);
+                        nodes_of.entry(w.scenario).or_default().push(i);
                         if !matches!(w.state, RunnerState::Exited { .. } | RunnerState::Failed { .. }) {
-                            placement.load[i] += 1;
+                            load[i] += 1;
                         }
                         out.push(w);
                     }
                 }
                 Err(e) => {
-                    placement.answered[i] = false;
-                    if last.answered[i] {
-                        tracing::warn!(node = self.nodes[i].name, error = %e, "a systemd node stopped answering; its runners are left as they are");
+                    if p.answered[i] {
+                        tracing::warn!(node = name, error = %e, "a systemd node stopped answering; its runners are left as they are for now");
                     }
                     silent.get_or_insert(e);
                 }
             }
-            if placement.answered[i] && !last.answered[i] {
-                tracing::info!(node = self.nodes[i].name, "a systemd node answers again");
+            if answered && !p.answered[i] && p.health[i].last_answer.is_some() {
+                tracing::info!(node = name, "a systemd node answers again");
+            }
+            p.answered[i] = answered;
+            match p.health[i].saw(answered, now, self.detection) {
+                Some(HostHealth::Down) => tracing::warn!(
+                    node = name,
+                    after_secs = self.detection.down_after.as_secs(),
+                    "a systemd node is down: its runners are placed again elsewhere"
+                ),
+                Some(_) => tracing::info!(node = name, "a systemd node that was down takes runners again"),
+                None => {}
             }
         }
-        if let Some(e) = silent {
-            if !last.complete || !placement.answered.contains(&true) {
-                last.answered = placement.answered;
-                return Err(e);
-            }
-            for (&scenario, &i) in last.node_of.iter().filter(|(_, &i)| !placement.answered[i]) {
-                placement.node_of.insert(scenario, i);
-                placement.load[i] += 1;
-                let node = &self.nodes[i];
-                let state = RunnerState::Unreachable { node: node.name.clone() };
-                out.push(WorkerInfo {
-                    scenario,
-                    state,
-                    backend_ref: unit_name(scenario),
-                    node: node.node(),
-                    restarts: 0,
-                    started_at: None,
-                });
-            }
+        p.nodes_of = nodes_of;
+        p.load = load;
+        match silent {
+            Some(e) if !p.answered.contains(&true) => Err(e),
+            _ => Ok(out),
         }
-        placement.complete = true;
-        *last = placement;
-        Ok(out)
     }
 
     pub fn nodes_answering(&self) -> Vec<(String, bool)> {
@@ -413,30 +475,49 @@ impl SystemdBackend {
         self.nodes.iter().zip(&p.answered).map(|(n, &up)| (n.node().unwrap_or_else(|| "local".into()), up)).collect()
     }
 
-    /// The node for a new runner: the one with the fewest, the first of equals.
-    fn choose(&self, scenario: Uuid) -> usize {
-        let mut p = vap_core::sys::lock(&self.placement);
-        if let Some(&i) = p.node_of.get(&scenario) {
-            return i;
-        }
-        let i = (0..self.nodes.len()).filter(|&i| p.answered[i]).min_by_key(|&i| p.load[i]).unwrap_or(0);
-        p.load[i] += 1;
-        p.node_of.insert(scenario, i);
-        i
+    /// Every node as failure detection sees it.
+    pub fn hosts(&self) -> Vec<HostView> {
+        let p = vap_core::sys::lock(&self.placement);
+        self.nodes
+            .iter()
+            .zip(&p.health)
+            .map(|(n, h)| HostView {
+                name: n.node().unwrap_or_else(|| "local".into()),
+                health: h.health(),
+                last_answer: h.last_answer,
+            })
+            .collect()
     }
 
-    /// The nodes a scenario's unit may be on: the one it was seen on, or all that answer.
+    /// The node for a new runner: of the nodes that are up and hold no unit of the scenario
+    /// (a unit's name is the scenario's), the one with the fewest, the first of equals.
+    fn choose(&self, scenario: Uuid) -> Option<usize> {
+        let mut p = vap_core::sys::lock(&self.placement);
+        let taken = p.nodes_of.get(&scenario).cloned().unwrap_or_default();
+        let i = (0..self.nodes.len())
+            .filter(|&i| p.health[i].health() == HostHealth::Up && !taken.contains(&i))
+            .min_by_key(|&i| p.load[i])?;
+        p.load[i] += 1;
+        p.nodes_of.entry(scenario).or_default().push(i);
+        Some(i)
+    }
+
+    /// The nodes a scenario's units may be on: those it was listed on (or placed on since), or
+    /// all that answer.
     fn nodes_of(&self, scenario: Uuid) -> Vec<&Node> {
         let p = vap_core::sys::lock(&self.placement);
-        match p.node_of.get(&scenario) {
-            Some(&i) => vec![&self.nodes[i]],
+        match p.nodes_of.get(&scenario) {
+            Some(on) => on.iter().map(|&i| &self.nodes[i]).collect(),
             None => self.nodes.iter().enumerate().filter(|(i, _)| p.answered[*i]).map(|(_, n)| n).collect(),
         }
     }
 
     pub async fn start(&self, spec: &RunnerJob) -> Result<WorkerInfo, BackendError> {
         let name = unit_name(spec.scenario);
-        let node = &self.nodes[self.choose(spec.scenario)];
+        let Some(i) = self.choose(spec.scenario) else {
+            return Err(unavailable("no node is up to place a runner on"));
+        };
+        let node = &self.nodes[i];
         let manager = node.manager().await?;
         // A unit left from an earlier run (failed, or exited and kept) must go first.
         let _: Result<(), _> = manager.call("ResetFailedUnit", &(name.as_str(),)).await;
@@ -460,12 +541,17 @@ impl SystemdBackend {
             node: node.node(),
             restarts: 0,
             started_at: None,
+            placement: Some(spec.placement),
         })
     }
 
     pub async fn stop(&self, scenario: Uuid) -> Result<(), BackendError> {
+        self.stop_on(scenario, &self.nodes_of(scenario)).await
+    }
+
+    async fn stop_on(&self, scenario: Uuid, nodes: &[&Node]) -> Result<(), BackendError> {
         let name = unit_name(scenario);
-        for node in self.nodes_of(scenario) {
+        for node in nodes {
             let stopped: Result<OwnedObjectPath, _> =
                 node.manager().await?.call("StopUnit", &(name.as_str(), "replace")).await;
             match stopped {
@@ -480,14 +566,33 @@ impl SystemdBackend {
 
     /// Unloads an ended unit (a kept exit, or a failure) so its name is free again.
     pub async fn forget(&self, scenario: Uuid) -> Result<(), BackendError> {
-        self.stop(scenario).await?;
-        for node in self.nodes_of(scenario) {
+        let nodes = self.nodes_of(scenario);
+        self.unload(scenario, &nodes).await?;
+        let mut p = vap_core::sys::lock(&self.placement);
+        for i in p.nodes_of.remove(&scenario).unwrap_or_default() {
+            p.load[i] = p.load[i].saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    /// Stops and unloads the scenario's unit on `node` only: a superseded placement's, beside
+    /// the current one elsewhere.
+    pub async fn retire(&self, scenario: Uuid, node: Option<&str>) -> Result<(), BackendError> {
+        let Some(i) = self.nodes.iter().position(|n| n.node().as_deref() == node) else { return Ok(()) };
+        self.unload(scenario, &[&self.nodes[i]]).await?;
+        let mut p = vap_core::sys::lock(&self.placement);
+        if let Some(on) = p.nodes_of.get_mut(&scenario) {
+            on.retain(|&n| n != i);
+        }
+        p.load[i] = p.load[i].saturating_sub(1);
+        Ok(())
+    }
+
+    async fn unload(&self, scenario: Uuid, nodes: &[&Node]) -> Result<(), BackendError> {
+        self.stop_on(scenario, nodes).await?;
+        for node in nodes {
             let _: Result<(), _> =
                 node.manager().await?.call("ResetFailedUnit", &(unit_name(scenario).as_str(),)).await;
-        }
-        let mut p = vap_core::sys::lock(&self.placement);
-        if let Some(i) = p.node_of.remove(&scenario) {
-            p.load[i] = p.load[i].saturating_sub(1);
         }
         Ok(())
     }
@@ -496,6 +601,42 @@ impl SystemdBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_is_down_only_after_a_whole_bound_of_silence_and_up_after_a_whole_bound_of_answers() {
+        let d = Detection { down_after: Duration::from_secs(30), up_after: Duration::from_secs(30) };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut h = NodeHealth::new(t0);
+        assert_eq!(h.health(), HostHealth::Silent, "not answered yet");
+        assert_eq!(h.saw(true, at(1), d), None);
+        assert_eq!(h.health(), HostHealth::Up);
+        // Flapping every 5 s for two minutes: never down.
+        for i in 0..24 {
+            assert_eq!(h.saw(i % 2 == 1, at(5 + 5 * i), d), None);
+            assert_ne!(h.health(), HostHealth::Down);
+        }
+        assert_eq!(h.saw(true, at(130), d), None);
+        assert_eq!(h.saw(false, at(131), d), None);
+        assert_eq!(h.health(), HostHealth::Silent);
+        assert_eq!(h.saw(false, at(160), d), None, "29 s of silence");
+        assert_eq!(h.saw(false, at(161), d), Some(HostHealth::Down));
+        assert!(h.last_answer.is_some());
+        // Back, but one silence restarts the count: up only after 30 s of answers in a row.
+        assert_eq!(h.saw(true, at(170), d), None);
+        assert_eq!(h.health(), HostHealth::Down);
+        assert_eq!(h.saw(false, at(175), d), None);
+        assert_eq!(h.saw(true, at(180), d), None);
+        assert_eq!(h.saw(true, at(209), d), None);
+        assert_eq!(h.health(), HostHealth::Down);
+        assert_eq!(h.saw(true, at(210), d), Some(HostHealth::Up));
+        assert_eq!(h.health(), HostHealth::Up);
+        // An orchestrator that starts while a host is dead: down after the bound, never answered.
+        let mut dead = NodeHealth::new(t0);
+        assert_eq!(dead.saw(false, at(29), d), None);
+        assert_eq!(dead.saw(false, at(30), d), Some(HostHealth::Down));
+        assert_eq!(dead.last_answer, None);
+    }
 
     /// `VAP_WRITE_GOLDEN=1` writes the file anew after a deliberate change.
     #[test]

@@ -21,6 +21,7 @@ use vap_core::db::{scene_events, snapshots};
 use vap_core::events::{ResultError, ResultsRecord, SceneEvent, Snapshot};
 use vap_core::kafka::KafkaLink;
 use vap_core::metrics::Metrics;
+use vap_core::signing::PlacementEpoch;
 use vap_core::tasks::TaskFailed;
 
 pub use vap_core::consumer::INBOX_CONSUMER as CONSUMER;
@@ -288,6 +289,9 @@ async fn read_and_check<T: Inbound>(pool: &Pool, records: &[RecordAndOffset]) ->
 /// Why a record is refused: a metric label and the detail.
 type Refusal = (&'static str, String);
 
+/// The refusal of a replaced runner's record.
+const SUPERSEDED: &str = "superseded_placement";
+
 /// Runners' clocks and the database's differ a little; more than this ahead is forged.
 const CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
@@ -318,12 +322,24 @@ fn check(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), Refusal> {
     let value = raw.value.as_deref().unwrap_or_default();
+    let Some(placement) = PlacementEpoch::of_record(&raw.headers) else {
+        return Err(("bad_signature", "the placement header is not a whole number".into()));
+    };
     match raw.headers.get(vap_core::signing::SIGNATURE_HEADER) {
         None => return Err(("unsigned", "record has no signature".into())),
-        Some(signature) if !facts.key.verify(value, signature) => {
-            return Err(("bad_signature", "signature does not verify with the scenario's key".into()))
+        // Only a runner of that placement holds its key: the header cannot be raised.
+        Some(signature) if !facts.key.for_placement(placement).verify(value, signature) => {
+            return Err(("bad_signature", format!("signature does not verify with placement {placement}'s key")))
         }
         Some(_) => {}
+    }
+    // Fencing: a replaced runner (its host cut off, a twin kept running) writes nothing more.
+    // A later placement than the stored one cannot be signed: its key is made after the epoch.
+    if placement != facts.placement {
+        return Err((
+            SUPERSEDED,
+            format!("placement {placement} is not the scenario's current placement {}", facts.placement),
+        ));
     }
     let latest = facts.rested_at.unwrap_or(now) + CLOCK_SKEW;
     match claim {
@@ -363,12 +379,14 @@ fn key_matches(r: &RecordAndOffset, scenario: uuid::Uuid) -> Result<(), Refusal>
     }
 }
 
+/// A refused record, set aside with why. A replaced runner's records are many and their
+/// content is known (a runner's ordinary output): only why is kept.
 fn dead_letter(r: &RecordAndOffset, (reason, error): &Refusal) -> DeadLetter {
     DeadLetter {
         offset: r.offset,
         reason: format!("{reason}: {error}"),
         key: r.record.key.clone(),
-        value: r.record.value.clone(),
+        value: r.record.value.clone().filter(|_| *reason != SUPERSEDED),
     }
 }
 
@@ -502,6 +520,12 @@ fn count_expired(metrics: &Metrics, expired: u64) {
 fn reject(metrics: &Metrics, advance: &Advance<'_>, offset: i64, (reason, error): &Refusal) {
     metrics.inc(&metrics::REJECTED, &[reason], 1);
     let (topic, partition) = (advance.at.topic, advance.at.partition);
+    if *reason == SUPERSEDED {
+        // Expected after every failover, record after record: counted, logged at debug.
+        metrics.inc(&metrics::SUPERSEDED, &[topic], 1);
+        tracing::debug!(topic, partition, offset, error, "a replaced runner's record set aside");
+        return;
+    }
     tracing::warn!(topic, partition, offset, error, "rejected a record");
 }
 
@@ -540,6 +564,7 @@ mod tests {
             epoch: at("2026-12-07T11:00:00Z"),
             rested_at: rested_at.map(at),
             by_media_time,
+            placement: vap_core::signing::PlacementEpoch(0),
         }
     }
 
@@ -584,6 +609,39 @@ mod tests {
         assert_eq!(reason(check(Claim::Frame(i64::MAX / 2, now), &good, &file, now)), "frame_out_of_window");
         let late = Claim::Frame(1, now + chrono::Duration::minutes(6));
         assert_eq!(reason(check(late, &good, &file, now)), "frame_out_of_window");
+    }
+
+    #[test]
+    fn only_the_current_placement_is_stored() {
+        use vap_core::signing::{PlacementEpoch, RecordSigner};
+        let now = at(NOW);
+        let current = results::SigningFacts { placement: PlacementEpoch(2), ..facts(None, false) };
+        let by = |placement: i64| {
+            let signer = RecordSigner {
+                key: current.key.for_placement(PlacementEpoch(placement)),
+                placement: PlacementEpoch(placement),
+            };
+            let mut r = signed_by(&current.key);
+            r.headers.clear();
+            signer.sign(&mut r.headers, r.value.as_deref().unwrap());
+            r
+        };
+        assert_eq!(reason(check(Claim::Frame(AN_HOUR, now), &by(2), &current, now)), "ok");
+        assert_eq!(reason(check(Claim::Frame(AN_HOUR, now), &by(1), &current, now)), SUPERSEDED);
+        assert_eq!(
+            reason(check(Claim::End, &by(1), &current, now)),
+            SUPERSEDED,
+            "a replaced runner's end rests nothing"
+        );
+        // Signed with the scenario's own key (placement 0): a runner from before the first placement.
+        assert_eq!(reason(check(Claim::Frame(AN_HOUR, now), &signed_by(&current.key), &current, now)), SUPERSEDED);
+        // Placement 1's runner claiming placement 2 does not verify.
+        let mut raised = by(1);
+        raised.headers.insert(vap_core::signing::PLACEMENT_HEADER.into(), b"2".to_vec());
+        assert_eq!(reason(check(Claim::Frame(AN_HOUR, now), &raised, &current, now)), "bad_signature");
+        let mut garbled = by(2);
+        garbled.headers.insert(vap_core::signing::PLACEMENT_HEADER.into(), b"two".to_vec());
+        assert_eq!(reason(check(Claim::Frame(AN_HOUR, now), &garbled, &current, now)), "bad_signature");
     }
 
     #[test]

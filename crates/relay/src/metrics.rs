@@ -58,6 +58,11 @@ pub const SKIPPED: Counter = Counter::new(
     &["topic"],
 );
 pub const REJECTED: Counter = Counter::new("vap_inbox_rejected_total", "Records not stored, by reason.", &["reason"]);
+pub const SUPERSEDED: Counter = Counter::new(
+    "vap_inbox_superseded_records_total",
+    "Records of a runner whose placement was replaced (fenced off), set aside.",
+    &["topic"],
+);
 pub const DEAD_LETTERS: Counter = Counter::new(
     "vap_inbox_dead_letters_total",
     "Records set aside in dead_letters (malformed, or refused by PostgreSQL).",
@@ -67,7 +72,7 @@ pub const EXPIRED: Counter =
     Counter::new("vap_inbox_expired_total", "Results and events older than retention: not stored.", &[]);
 
 /// Every metric of vap-relay.
-pub const FAMILIES: [Family; 20] = [
+pub const FAMILIES: [Family; 21] = [
     EVENTS_PUBLISHED.0,
     BATCH_SECONDS.0,
     PUBLISH_FAILURES.0,
@@ -86,6 +91,7 @@ pub const FAMILIES: [Family; 20] = [
     STALLED.0,
     SKIPPED.0,
     REJECTED.0,
+    SUPERSEDED.0,
     DEAD_LETTERS.0,
     EXPIRED.0,
 ];

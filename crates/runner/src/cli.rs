@@ -1,7 +1,7 @@
 //! `vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL] [--options JSON]`
 //!
 //! The orchestrator passes the job in the environment (`VAP_SCENARIO_UUID`,
-//! `VAP_SCENARIO_EPOCH`, `VAP_SCENARIO_OPTIONS`) and its secrets (the camera URL, which may
+//! `VAP_SCENARIO_EPOCH`, `VAP_PLACEMENT_EPOCH`, `VAP_SCENARIO_OPTIONS`) and its secrets (the camera URL, which may
 //! hold credentials, and the results key) where only the runner reads them: `VAP_JOB_SECRETS`
 //! names the place (crates/core/src/job.rs). By hand: `VAP_CAMERA_URL` and `VAP_RESULTS_KEY`, or flags.
 //!
@@ -20,11 +20,11 @@ use vap_core::config::{Secret, Settings};
 
 use vap_core::camera_url::CameraUrl;
 use vap_core::job::{
-    exit, JobSecrets, ENV_CAMERA_URL, ENV_JOB_SECRETS, ENV_OPTIONS_REVISION, ENV_RESULTS_KEY, ENV_SCENARIO_EPOCH,
-    ENV_SCENARIO_OPTIONS, ENV_SCENARIO_UUID,
+    exit, JobSecrets, ENV_CAMERA_URL, ENV_JOB_SECRETS, ENV_OPTIONS_REVISION, ENV_PLACEMENT_EPOCH, ENV_PLACEMENT_MOVED,
+    ENV_RESULTS_KEY, ENV_SCENARIO_EPOCH, ENV_SCENARIO_OPTIONS, ENV_SCENARIO_UUID,
 };
 use vap_core::options::ScenarioOptions;
-use vap_core::signing::ResultsKey;
+use vap_core::signing::{PlacementEpoch, ResultsKey};
 
 const USAGE: &str =
     "usage: vap-runner [--config PATH] [--scenario UUID] [--epoch RFC3339] [--camera-url URL] [--options JSON]";
@@ -47,6 +47,8 @@ pub enum UsageError {
     BadOptions(String),
     #[error("no results key: set VAP_RESULTS_KEY (hex, at least 16 bytes) or pass --results-key")]
     NoResultsKey,
+    #[error("placement '{0}' is not a whole number of at least 0")]
+    BadPlacement(String),
     #[error("job secrets ({0}) unreadable: {1}")]
     BadSecrets(String, String),
 }
@@ -58,6 +60,9 @@ pub struct RunnerArgs {
     pub epoch: DateTime<Utc>,
     pub camera_url: CameraUrl,
     pub results_key: ResultsKey,
+    pub placement: PlacementEpoch,
+    /// Why this placement moved the camera here, when it did.
+    pub moved: Option<String>,
     pub options: ScenarioOptions,
     pub options_revision: i64,
     /// The broker login's password, from the job's secrets (else from the settings).
@@ -128,6 +133,11 @@ impl RunnerArgs {
         };
         let camera_url = CameraUrl::trusted(url.filter(|u| !u.is_empty()).ok_or(UsageError::NoCameraUrl)?);
         let results_key = key.as_deref().and_then(ResultsKey::from_hex).ok_or(UsageError::NoResultsKey)?;
+        // Without one (a run by hand): placement 0, whose key is the scenario's own.
+        let placement = match env(ENV_PLACEMENT_EPOCH).filter(|p| !p.is_empty()) {
+            Some(p) => PlacementEpoch(p.parse().ok().filter(|n: &i64| *n >= 0).ok_or(UsageError::BadPlacement(p))?),
+            None => PlacementEpoch(0),
+        };
         // Without options (a run by hand): the configured defaults.
         let options_revision = match env(ENV_OPTIONS_REVISION).filter(|r| !r.is_empty()) {
             Some(r) => r.parse().map_err(|_| UsageError::BadOptions(format!("revision '{r}' is not an integer")))?,
@@ -137,7 +147,18 @@ impl RunnerArgs {
             Some(o) => serde_json::from_str(&o).map_err(|e| UsageError::BadOptions(e.to_string()))?,
             None => ScenarioOptions::default(),
         };
-        Ok(Self { config, scenario, epoch, camera_url, results_key, options, options_revision, kafka_password })
+        Ok(Self {
+            config,
+            scenario,
+            epoch,
+            camera_url,
+            results_key,
+            placement,
+            moved: env(ENV_PLACEMENT_MOVED).filter(|m| !m.is_empty()),
+            options,
+            options_revision,
+            kafka_password,
+        })
     }
 }
 
@@ -186,6 +207,8 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         scenario: args.scenario,
         camera_url: args.camera_url,
         results_key: args.results_key,
+        placement: args.placement,
+        moved: args.moved,
         epoch: args.epoch,
         options: args.options,
         options_revision: args.options_revision,

@@ -163,6 +163,9 @@ pub async fn run(
     let (detector, provenance, min_confidence) = load_detector(&rs, &job.options).await?;
     let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
     let publishing = Publishing::start(&settings, &job, &kafka);
+    if let Some(why) = &job.moved {
+        say_moved(&publishing.outputs.events, &job, why);
+    }
     let threads = Threads {
         slot: Arc::new(FrameSlot::default()),
         capture: Arc::new(CaptureStats::default()),
@@ -212,6 +215,16 @@ pub async fn run(
     Ok(RunReport { outcome, stats, capture, buffer, unsent, elapsed: started.elapsed() })
 }
 
+/// A runner placed on another host after the camera's own stopped answering says so first.
+fn say_moved(events: &ResultBuffer, job: &RunnerJob, why: &str) {
+    let at = Utc::now();
+    let frame_number = (at - job.epoch).num_milliseconds().max(0);
+    let detail: String = why.chars().take(500).collect();
+    let event = SceneEvent::camera(job.scenario, SceneEventKind::CameraMoved, frame_number, at, detail);
+    tracing::info!(placement = %job.placement, detail = why, "camera moved here");
+    events.push(result_record(job.scenario, serde_json::to_vec(&event).unwrap_or_default(), at));
+}
+
 /// The run's three publishers (results, events, snapshots), each draining its buffer to Kafka.
 struct Publishing {
     outputs: Outputs,
@@ -238,7 +251,7 @@ impl Publishing {
                 topic: topic.to_string(),
                 scenario: job.scenario,
                 batch,
-                signer: job.results_key.clone(),
+                signer: vap_core::signing::RecordSigner { key: job.results_key.clone(), placement: job.placement },
             };
             // Spawned tasks don't inherit the span: give it back, so every line names the scenario.
             tokio::spawn(tracing::Instrument::instrument(

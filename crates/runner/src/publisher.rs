@@ -128,8 +128,9 @@ pub struct Publisher {
     pub topic: String,
     pub scenario: Uuid,
     pub batch: usize,
-    /// Signs every record (the inbox stores only what verifies).
-    pub signer: vap_core::signing::ResultsKey,
+    /// Signs every record and names its placement (the inbox stores only what verifies and is
+    /// of the scenario's current placement).
+    pub signer: vap_core::signing::RecordSigner,
 }
 
 impl Publisher {
@@ -161,8 +162,7 @@ impl Publisher {
             let records: Vec<Record> = batch
                 .into_iter()
                 .map(|(_, mut r)| {
-                    let signature = self.signer.sign(r.value.as_deref().unwrap_or_default());
-                    r.headers.insert(vap_core::signing::SIGNATURE_HEADER.to_string(), signature);
+                    self.signer.sign(&mut r.headers, r.value.as_deref().unwrap_or_default());
                     r
                 })
                 .collect();

@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (13, "0013_partitioned_results", include_str!("../../../../migrations/0013_partitioned_results.sql")),
     (14, "0014_webhook_fairness", include_str!("../../../../migrations/0014_webhook_fairness.sql")),
     (15, "0015_dead_letters_bounded", include_str!("../../../../migrations/0015_dead_letters_bounded.sql")),
+    (16, "0016_placement_epochs", include_str!("../../../../migrations/0016_placement_epochs.sql")),
 ];
 
 const MIGRATION_LOCK: i64 = 0x0076_6170_5f6d_6967; // "vap_mig"

@@ -149,6 +149,8 @@ pub struct SigningFacts {
     pub rested_at: Option<DateTime<Utc>>,
     /// A local file: frames are numbered by media time, so a record's time is its timestamp.
     pub by_media_time: bool,
+    /// The current placement: records of earlier ones are set aside.
+    pub placement: crate::signing::PlacementEpoch,
 }
 
 /// The facts of `ids` that exist.
@@ -160,7 +162,7 @@ pub async fn signing_facts(
     let stmt = client
         .prepare_cached(
             "SELECT scenario_uuid, results_key, created_at,
-                    CASE WHEN status IN ('inactive', 'failed') THEN updated_at END, camera_url
+                    CASE WHEN status IN ('inactive', 'failed') THEN updated_at END, camera_url, placement_epoch
                FROM scenarios WHERE scenario_uuid = ANY($1)",
         )
         .await?;
@@ -173,6 +175,7 @@ pub async fn signing_facts(
                 epoch: r.get(2),
                 rested_at: r.get(3),
                 by_media_time: crate::camera_url::CameraUrl::trusted(r.get(4)).is_local_file(),
+                placement: crate::signing::PlacementEpoch(r.get(5)),
             };
             (r.get(0), facts)
         })

@@ -24,6 +24,23 @@ pub struct Worker {
     pub last_error: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// Which placement of the scenario runs (a later one fences every earlier one).
+    pub epoch: Option<i64>,
+    /// The last move off a host that stopped answering, if there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Moved>,
+}
+
+/// A worker's last move off a host that stopped answering.
+#[derive(Debug, Clone, Serialize)]
+pub struct Moved {
+    pub previous_node: Option<String>,
+    pub moved_at: DateTime<Utc>,
+    pub reason: Option<String>,
+    /// When the host last answered.
+    pub host_last_answer_at: Option<DateTime<Utc>>,
+    /// Capture time of the first result after the move (`None` until it is stored).
+    pub recovered_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +66,8 @@ pub struct Scenario {
 const SELECT_SCENARIO: &str =
     "SELECT s.scenario_uuid, s.seq, s.camera_url, s.options, s.options_revision, s.status, s.error, s.frames_processed,
         s.last_frame_at, s.analysed_fps, s.created_at, s.updated_at, w.backend, w.backend_ref, w.node, w.status AS worker_status, w.restarts,
-        w.last_error, w.started_at, w.updated_at AS worker_updated_at
+        w.last_error, w.started_at, w.updated_at AS worker_updated_at, w.epoch, w.previous_node, w.moved_at,
+        w.moved_reason, w.host_last_answer_at, w.recovered_at
    FROM scenarios s LEFT JOIN workers w USING (scenario_uuid)";
 
 fn scenario_from_row(row: &Row) -> Scenario {
@@ -64,6 +82,14 @@ fn scenario_from_row(row: &Row) -> Scenario {
         last_error: row.get("last_error"),
         started_at: row.get("started_at"),
         updated_at: row.get("worker_updated_at"),
+        epoch: row.get("epoch"),
+        moved: row.get::<_, Option<DateTime<Utc>>>("moved_at").map(|moved_at| Moved {
+            previous_node: row.get("previous_node"),
+            moved_at,
+            reason: row.get("moved_reason"),
+            host_last_answer_at: row.get("host_last_answer_at"),
+            recovered_at: row.get("recovered_at"),
+        }),
     });
     Scenario {
         uuid: row.get("scenario_uuid"),

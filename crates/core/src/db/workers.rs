@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::positions::{self, Advance};
 use super::DbError;
 use crate::camera_url::CameraUrl;
+use crate::signing::PlacementEpoch;
 
 pub use super::status::{ScenarioStatus, WorkerStatus};
 
@@ -20,6 +21,8 @@ pub struct StoredWorker {
     pub restarts: i32,
     /// The digest of the options its runner was last given.
     pub spec_digest: Option<String>,
+    /// The host it was last placed on or seen on.
+    pub node: Option<String>,
 }
 
 /// A scenario not at rest, with what starting its runner needs.
@@ -32,6 +35,8 @@ pub struct ActiveScenario {
     pub options_revision: i64,
     pub created_at: DateTime<Utc>,
     pub results_key: crate::signing::ResultsKey,
+    /// The current placement (0: never placed with an epoch).
+    pub placement: PlacementEpoch,
     pub worker: Option<StoredWorker>,
 }
 
@@ -41,7 +46,7 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
     let stmt = client
         .prepare_cached(
             "SELECT s.scenario_uuid, s.status, s.camera_url, s.created_at, w.status, w.backend_ref, w.restarts, s.options, s.options_revision, w.spec_digest,
-                    s.results_key
+                    s.results_key, s.placement_epoch, w.node
                FROM scenarios s LEFT JOIN workers w USING (scenario_uuid)
               WHERE s.status NOT IN ('inactive', 'failed') ORDER BY s.seq",
         )
@@ -58,11 +63,13 @@ pub async fn active_scenarios(pool: &Pool) -> Result<Vec<ActiveScenario>, DbErro
                 options_revision: r.get(8),
                 created_at: r.get(3),
                 results_key: crate::signing::ResultsKey::new(r.get(10)),
+                placement: PlacementEpoch(r.get(11)),
                 worker: r.get::<_, Option<&str>>(4).map(|status| StoredWorker {
                     status: WorkerStatus::parse(status),
                     backend_ref: r.get(5),
                     restarts: r.get::<_, Option<i32>>(6).unwrap_or(0),
                     spec_digest: r.get(9),
+                    node: r.get(12),
                 }),
             })
         })
@@ -91,6 +98,8 @@ pub struct WorkerRecord<'a> {
     pub restarts: i32,
     pub started_at: Option<DateTime<Utc>>,
     pub last_error: Option<&'a str>,
+    /// Set when placed; `None` keeps what the row has.
+    pub epoch: Option<PlacementEpoch>,
 }
 
 impl<'a> WorkerRecord<'a> {
@@ -105,6 +114,7 @@ impl<'a> WorkerRecord<'a> {
             restarts: 0,
             started_at: None,
             last_error: None,
+            epoch: None,
         }
     }
 }
@@ -112,20 +122,32 @@ impl<'a> WorkerRecord<'a> {
 async fn upsert_worker(client: &impl GenericClient, w: &WorkerRecord<'_>) -> Result<u64, DbError> {
     Ok(client
         .execute(
-            "INSERT INTO workers AS w (scenario_uuid, backend, status, backend_ref, node, restarts, started_at, last_error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO workers AS w (scenario_uuid, backend, status, backend_ref, node, restarts, started_at, last_error, epoch)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (scenario_uuid) DO UPDATE
                 SET backend = EXCLUDED.backend, status = EXCLUDED.status,
                     backend_ref = COALESCE(EXCLUDED.backend_ref, w.backend_ref),
                     node = COALESCE(EXCLUDED.node, w.node), restarts = GREATEST(EXCLUDED.restarts, w.restarts),
                     started_at = COALESCE(EXCLUDED.started_at, w.started_at),
-                    last_error = COALESCE(EXCLUDED.last_error, w.last_error), updated_at = now()
-              WHERE (w.backend, w.status, w.backend_ref, w.node, w.restarts, w.started_at, w.last_error)
+                    last_error = COALESCE(EXCLUDED.last_error, w.last_error),
+                    epoch = COALESCE(EXCLUDED.epoch, w.epoch), updated_at = now()
+              WHERE (w.backend, w.status, w.backend_ref, w.node, w.restarts, w.started_at, w.last_error, w.epoch)
                     IS DISTINCT FROM
                     (EXCLUDED.backend, EXCLUDED.status, COALESCE(EXCLUDED.backend_ref, w.backend_ref),
                      COALESCE(EXCLUDED.node, w.node), GREATEST(EXCLUDED.restarts, w.restarts),
-                     COALESCE(EXCLUDED.started_at, w.started_at), COALESCE(EXCLUDED.last_error, w.last_error))",
-            &[&w.scenario, &w.backend, &w.status.as_str(), &w.backend_ref, &w.node, &w.restarts, &w.started_at, &w.last_error],
+                     COALESCE(EXCLUDED.started_at, w.started_at), COALESCE(EXCLUDED.last_error, w.last_error),
+                     COALESCE(EXCLUDED.epoch, w.epoch))",
+            &[
+                &w.scenario,
+                &w.backend,
+                &w.status.as_str(),
+                &w.backend_ref,
+                &w.node,
+                &w.restarts,
+                &w.started_at,
+                &w.last_error,
+                &w.epoch.map(|e| e.0),
+            ],
         )
         .await?)
 }
@@ -169,6 +191,87 @@ async fn record(pool: &Pool, w: &WorkerRecord<'_>, moves: &[Move<'_>]) -> Result
 /// The runner is placed (starting or running): the scenario is being processed.
 pub async fn record_placed(pool: &Pool, w: &WorkerRecord<'_>) -> Result<(), DbError> {
     record(pool, w, &[(&["init_startup"], "in_startup_processing", None)]).await
+}
+
+/// Why a scenario's runner is placed again elsewhere: the host it was on stopped answering.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failover {
+    pub from_node: String,
+    pub reason: String,
+    /// When the host last answered (`None`: not since this orchestrator started).
+    pub host_last_answer_at: Option<DateTime<Utc>>,
+}
+
+/// Takes the scenario's next placement epoch, before its runner starts: from this commit on,
+/// records of every earlier placement are refused. A failover is recorded with it.
+pub async fn begin_placement(
+    pool: &Pool,
+    scenario: Uuid,
+    failover: Option<&Failover>,
+) -> Result<PlacementEpoch, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let epoch: i64 = tx
+        .query_one(
+            "UPDATE scenarios SET placement_epoch = placement_epoch + 1 WHERE scenario_uuid = $1 RETURNING placement_epoch",
+            &[&scenario],
+        )
+        .await?
+        .get(0);
+    if let Some(f) = failover {
+        tx.execute(
+            "UPDATE workers SET previous_node = $2, moved_at = now(), moved_reason = $3, host_last_answer_at = $4,
+                    recovered_at = NULL, updated_at = now()
+              WHERE scenario_uuid = $1",
+            &[&scenario, &f.from_node, &f.reason, &f.host_last_answer_at],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(PlacementEpoch(epoch))
+}
+
+/// A moved scenario whose first result after the move is stored: when its old host last
+/// answered, when it moved, and that result's capture time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovered {
+    pub scenario: Uuid,
+    pub host_last_answer_at: Option<DateTime<Utc>>,
+    pub moved_at: DateTime<Utc>,
+    pub first_result_at: DateTime<Utc>,
+}
+
+/// Moved workers whose first new result has come since the last call, marked recovered.
+pub async fn take_recovered(pool: &Pool) -> Result<Vec<Recovered>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "WITH awaited AS (
+                 SELECT w.scenario_uuid, w.host_last_answer_at, w.moved_at,
+                        (SELECT min(r.frame_time) FROM scenario_results r
+                          WHERE r.scenario_uuid = w.scenario_uuid AND r.frame_time >= w.moved_at) AS first_result_at
+                   FROM workers w
+                  -- A scenario stopped before its first result never recovers: an hour bounds the wait.
+                  WHERE w.moved_at IS NOT NULL AND w.recovered_at IS NULL AND w.moved_at > now() - interval '1 hour'),
+             marked AS (
+                 UPDATE workers w SET recovered_at = a.first_result_at
+                   FROM awaited a
+                  WHERE w.scenario_uuid = a.scenario_uuid AND a.first_result_at IS NOT NULL
+                 RETURNING w.scenario_uuid)
+             SELECT a.scenario_uuid, a.host_last_answer_at, a.moved_at, a.first_result_at
+               FROM awaited a JOIN marked m USING (scenario_uuid)",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Recovered {
+            scenario: r.get(0),
+            host_last_answer_at: r.get(1),
+            moved_at: r.get(2),
+            first_result_at: r.get(3),
+        })
+        .collect())
 }
 
 /// The options its runner was given (at placement, or by a control record).
