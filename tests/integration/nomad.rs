@@ -125,6 +125,15 @@ fn spawn_nomad_orchestrator(
     dir: &Path,
     extra_env: &[String],
 ) -> std::process::Child {
+    spawn_orchestrator_with_config(app, &nomad_orchestrator_config(app, double, dir, extra_env))
+}
+
+fn nomad_orchestrator_config(
+    app: &TestApp,
+    double: &NomadDouble,
+    dir: &Path,
+    extra_env: &[String],
+) -> std::path::PathBuf {
     let mut env = runner_env(app);
     env.extend(extra_env.iter().cloned());
     let section = format!(
@@ -133,7 +142,83 @@ fn spawn_nomad_orchestrator(
         env!("CARGO_BIN_EXE_vap-runner"),
         serde_json::to_string(&env).unwrap(),
     );
-    spawn_orchestrator_with_config(app, &orchestrator_config(dir, "nomad", 10, &section))
+    orchestrator_config(dir, "nomad", 10, &section)
+}
+
+/// Superseded-placement records the inbox set aside for `scenario`.
+async fn superseded(app: &TestApp, scenario: Uuid) -> i64 {
+    app.scalar(&format!(
+        "SELECT count(*) FROM dead_letters WHERE record_key = convert_to('{scenario}', 'UTF8') AND reason LIKE 'superseded_placement%'"
+    ))
+    .await
+}
+
+/// A partitioned client keeps its allocation running after Nomad has lost it: vap places the
+/// camera again as a new placement (a new job version, on the other client), and the inbox
+/// refuses what the old allocation still sends. Back, the old allocation is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_clients_allocation_keeps_running_and_its_records_are_refused() {
+    let app = TestApp::spawn_for_runners().await;
+    let double = NomadDouble::start(Some("s3cret")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = nomad_orchestrator_config(&app, &double, dir.path(), &[]);
+    // Lost 3 s after its client stops heartbeating (the job's Disconnect.LostAfter).
+    let mut orchestrator = fleet::spawn_orchestrator_with_env(
+        &app,
+        &config,
+        &[("VAP_ORCHESTRATOR__HOST_DOWN_AFTER_SECS".into(), "3".into())],
+    );
+    let port = free_port();
+    let _rtsp = RtspServer::start(port, &media().people);
+    let id = app
+        .create_scenario_with(
+            &format!("rtsp://127.0.0.1:{port}/cam"),
+            json!({ "model": "ssdlite_person_300", "fps": 2 }),
+        )
+        .await;
+    app.wait_for_status(id, "active", Duration::from_secs(90)).await;
+    let job_id = format!("vap-runner-{id}");
+    let first = eventually(Duration::from_secs(30), "placement 1 running with results", || async {
+        let s = app.scenario(id).await;
+        (s["worker"]["status"] == "running" && s["worker"]["epoch"] == 1 && s["frames_processed"].as_i64() > Some(0))
+            .then_some(s)
+    })
+    .await;
+    let old_node = first["worker"]["node"].as_str().unwrap().to_string();
+    let old_pid = double.running_tasks()[&job_id][0];
+
+    double.partition(&old_node);
+    let moved = eventually(Duration::from_secs(60), "the camera placed again on the other client", || async {
+        let s = app.scenario(id).await;
+        let w = &s["worker"];
+        (w["epoch"] == 2 && w["node"].as_str() != Some(old_node.as_str()) && w["status"] == "running").then_some(s)
+    })
+    .await;
+    assert_eq!(moved["worker"]["moved"]["previous_node"], old_node.as_str(), "{moved}");
+    assert!(moved["worker"]["moved"]["reason"].as_str().unwrap().contains(&old_node), "{moved}");
+    // The old allocation still runs beside its replacement, and what it sends is refused
+    // while the new one's results are stored.
+    let tasks = double.running_tasks()[&job_id].clone();
+    assert!(tasks.len() == 2 && tasks.contains(&old_pid), "{tasks:?}");
+    eventually(Duration::from_secs(60), "stale records refused and new results stored", || async {
+        let s = app.scenario(id).await;
+        (superseded(&app, id).await > 0 && s["worker"]["moved"]["recovered_at"].is_string()).then_some(())
+    })
+    .await;
+    let events = app.get(&format!("/api/v1/scenario/{id}/events?kind=camera_moved")).await.json();
+    assert_eq!(events["events"].as_array().map(Vec::len), Some(1), "{events}");
+
+    // The client is back: the old allocation is stopped there.
+    double.heal(&old_node);
+    eventually(Duration::from_secs(20), "the stale allocation stopped", || async {
+        let tasks = double.running_tasks().get(&job_id).cloned().unwrap_or_default();
+        (tasks.len() == 1 && !tasks.contains(&old_pid)).then_some(())
+    })
+    .await;
+    app.shutdown_scenario(id).await;
+    app.wait_for_status(id, "inactive", Duration::from_secs(60)).await;
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,10 @@
 //! env) with the job's restart and reschedule policies, on two pretend client nodes. Variables
 //! (`/v1/var/`) are kept, and a task's templates of the one form vap writes
 //! (`{{ with nomadVar "path" }}{{ .item }}{{ end }}`) are rendered into its task directory, with
-//! `${NOMAD_SECRETS_DIR}` and the like interpolated in its env, before it starts.
+//! `${NOMAD_SECRETS_DIR}` and the like interpolated in its env, before it starts. A client can
+//! be cut off as a network partition would (`partition`): its allocations turn `unknown`, then
+//! `lost` after the group's `Disconnect.LostAfter` (replaced unless `Replace` is false), and
+//! its tasks keep running, deaf to stops, until it is back (`heal`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -80,6 +83,8 @@ struct Inner {
     placements: u64,
     /// Variables by (namespace, path): their items.
     variables: HashMap<(String, String), Value>,
+    /// Client nodes cut off from the servers.
+    partitioned: Vec<&'static str>,
 }
 
 struct State {
@@ -173,6 +178,71 @@ impl NomadDouble {
             }
         }
         out
+    }
+
+    /// Cuts `node` off from the servers: its allocations turn `unknown`, then `lost` after their
+    /// group's `Disconnect.LostAfter` (and are replaced unless `Replace` is false); their tasks
+    /// keep running and no stop reaches them.
+    pub fn partition(&self, node: &str) {
+        let mut inner = self.state.lock();
+        let Some(node) = NODES.iter().copied().find(|n| *n == node) else { return };
+        inner.partitioned.push(node);
+        let cut: Vec<String> = inner
+            .allocs
+            .values()
+            .filter(|a| a.node == node && a.desired == "run" && matches!(a.client, "running" | "pending"))
+            .map(|a| a.id.clone())
+            .collect();
+        for id in cut {
+            let index = self.state.bump(&mut inner);
+            let Some(lost_after) =
+                inner.allocs.get(&id).and_then(|a| task_of(&inner, &a.namespace, &a.job_id)).map(|(g, _)| {
+                    let disconnect = &g["Disconnect"];
+                    (disconnect["LostAfter"].as_u64().unwrap_or(0), disconnect["Replace"].as_bool().unwrap_or(true))
+                })
+            else {
+                continue;
+            };
+            let a = inner.allocs.get_mut(&id).expect("listed above");
+            a.client = "unknown";
+            a.modify_index = index;
+            a.modify_time = now_ns();
+            let state = Arc::clone(&self.state);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_nanos(lost_after.0)).await;
+                let mut inner = state.lock();
+                let index = state.bump(&mut inner);
+                let Some(a) = inner.allocs.get_mut(&id) else { return };
+                if a.client != "unknown" {
+                    return;
+                }
+                a.client = "lost";
+                a.modify_index = index;
+                let (namespace, job_id) = (a.namespace.clone(), a.job_id.clone());
+                if lost_after.1 {
+                    place(&state, &mut inner, &namespace, &job_id, 0);
+                }
+            });
+        }
+    }
+
+    /// `node` reaches the servers again: what was stopped meanwhile is stopped there now.
+    pub fn heal(&self, node: &str) {
+        let mut inner = self.state.lock();
+        inner.partitioned.retain(|n| *n != node);
+        let index = self.state.bump(&mut inner);
+        for a in inner.allocs.values_mut().filter(|a| a.node == node) {
+            match (a.desired, a.pid) {
+                ("stop", Some(pid)) => {
+                    vap_core::sys::signal(pid, vap_core::sys::SIGTERM);
+                }
+                ("run", Some(_)) if matches!(a.client, "unknown" | "lost") => {
+                    a.client = "running";
+                    a.modify_index = index;
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Kills every task, for good (test cleanup: nothing is restarted afterwards).
@@ -524,8 +594,11 @@ fn task_of(inner: &Inner, namespace: &str, job_id: &str) -> Option<(Value, Value
 /// A new allocation on the next node, its task started at once.
 fn place(state: &Arc<State>, inner: &mut Inner, namespace: &str, job_id: &str, slot: u64) {
     let index = state.bump(inner);
-    let node = NODES[inner.next_node % NODES.len()];
+    let mut node = NODES[inner.next_node % NODES.len()];
     inner.next_node += 1;
+    if inner.partitioned.contains(&node) {
+        node = NODES.iter().copied().find(|n| !inner.partitioned.contains(n)).unwrap_or(node);
+    }
     inner.placements += 1;
     let (group_name, task_name) = task_of(inner, namespace, job_id)
         .map(|(g, t)| {
@@ -570,8 +643,14 @@ fn stop_alloc(state: &Arc<State>, inner: &mut Inner, alloc_id: &str) {
         .and_then(|a| task_of(inner, &a.namespace, &a.job_id))
         .and_then(|(_, t)| t["KillTimeout"].as_u64())
         .unwrap_or(5 * NS);
+    let cut_off = inner.allocs.get(alloc_id).is_some_and(|a| inner.partitioned.contains(&a.node));
     let Some(a) = inner.allocs.get_mut(alloc_id) else { return };
     a.desired = "stop";
+    if cut_off {
+        // Its client hears of the stop only when it is back (`heal`).
+        a.modify_index = index;
+        return;
+    }
     a.modify_index = index;
     a.modify_time = now_ns();
     a.events.push(json!({ "Type": "Killing", "Time": now_ns(), "DisplayMessage": "Sent interrupt", "Details": {}, "ExitCode": 0, "Signal": 0 }));
@@ -786,9 +865,12 @@ fn reschedule(state: &Arc<State>, failed_alloc: &str) {
 }
 
 fn group_counts(inner: &Inner, namespace: &str, job_id: &str) -> BTreeMap<String, Value> {
-    let (mut queued, mut complete, mut failed, mut running, mut starting, lost) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut queued, mut complete, mut failed, mut running, mut starting, mut lost, mut unknown) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for a in inner.allocs_of(namespace, job_id) {
         match (a.desired, a.client) {
+            (_, "lost") => lost += 1,
+            (_, "unknown") => unknown += 1,
             (_, "complete") => complete += 1,
             (_, "failed") => failed += 1,
             ("run", "pending") => starting += 1,
@@ -801,7 +883,7 @@ fn group_counts(inner: &Inner, namespace: &str, job_id: &str) -> BTreeMap<String
         .unwrap_or_else(|| "group".into());
     BTreeMap::from([(
         group,
-        json!({ "Queued": queued, "Complete": complete, "Failed": failed, "Running": running, "Starting": starting, "Lost": lost, "Unknown": 0 }),
+        json!({ "Queued": queued, "Complete": complete, "Failed": failed, "Running": running, "Starting": starting, "Lost": lost, "Unknown": unknown }),
     )])
 }
 
@@ -813,7 +895,7 @@ fn job_status(inner: &Inner, namespace: &str, id: &str, job: &Job) -> &'static s
     if allocs.peek().is_none() {
         return "pending";
     }
-    if allocs.any(|a| a.desired == "run" && matches!(a.client, "pending" | "running")) {
+    if allocs.any(|a| a.desired == "run" && matches!(a.client, "pending" | "running" | "unknown")) {
         "running"
     } else {
         "dead"

@@ -359,6 +359,8 @@ struct AllocView {
     node: Option<String>,
     restarts: u32,
     started_at: Option<DateTime<Utc>>,
+    /// The Nomad index it is as of: a view older than the job's last registration is stale.
+    index: u64,
 }
 
 pub struct NomadBackend {
@@ -423,7 +425,11 @@ impl NomadBackend {
         let secrets = serde_json::to_string(&spec.secrets()).unwrap_or_default();
         self.client.put_variable(&secrets_variable(spec.scenario), &json!({ "job": secrets })).await?;
         let job = job_spec(&self.settings, spec, self.lost_after);
-        self.client.register_job(&job).await?;
+        let index = self.client.register_job(&job).await?;
+        // Until the watch sees this version's allocation, the job is starting: an answer from
+        // before the registration (a lost allocation) must not move the camera again.
+        let starting = AllocView { state: RunnerState::Starting, node: None, restarts: 0, started_at: None, index };
+        vap_core::sys::lock(&self.views).insert(spec.scenario, starting);
         let id = runner_name(spec.scenario);
         self.watch(spec.scenario, &id);
         Ok(WorkerInfo {
@@ -476,13 +482,18 @@ impl NomadBackend {
                         Ok((allocs, new_index)) => {
                             backoff.reset();
                             // Wake-ups can be spurious: compare the data, not just the index.
-                            let view = alloc_view(&allocs);
+                            let view = AllocView { index: new_index, ..alloc_view(&allocs) };
                             let differs = {
                                 let mut views = vap_core::sys::lock(&views);
+                                // An index that went backwards (agent restart) is news too.
+                                let newer =
+                                    new_index < index || views.get(&scenario).is_none_or(|v| view.index >= v.index);
                                 let differs = views.get(&scenario).map(|v| (&v.state, v.restarts, &v.node))
                                     != Some((&view.state, view.restarts, &view.node));
-                                views.insert(scenario, view);
-                                differs
+                                if newer {
+                                    views.insert(scenario, view);
+                                }
+                                newer && differs
                             };
                             if differs {
                                 changed.notify_one();
@@ -515,7 +526,7 @@ impl Drop for NomadBackend {
 fn alloc_view(allocs: &[AllocStub]) -> AllocView {
     let newest = allocs.iter().max_by_key(|a| a.create_index);
     let Some(a) = newest else {
-        return AllocView { state: RunnerState::Starting, node: None, restarts: 0, started_at: None };
+        return AllocView { state: RunnerState::Starting, node: None, restarts: 0, started_at: None, index: 0 };
     };
     let task = a.task_states.get("runner");
     let terminal = a.desired_status != "run" || matches!(a.client_status.as_str(), "complete" | "failed" | "lost");
@@ -551,6 +562,7 @@ fn alloc_view(allocs: &[AllocStub]) -> AllocView {
         node: Some(a.node_name.clone()).filter(|n| !n.is_empty()),
         restarts: restarts as u32,
         started_at,
+        index: 0,
     }
 }
 
