@@ -282,8 +282,30 @@ pub fn rootfs(args: &[&str]) -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// The cgroup hierarchies a container gets a group of its own in (v1's named `systemd` one and
+/// the unified one of a hybrid layout, or the one of a pure v2 layout).
+fn cgroup_roots() -> Vec<PathBuf> {
+    ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .filter(|root| root.join("cgroup.procs").exists())
+        .collect()
+}
+
+/// systemd-nspawn in a cgroup of its own, `name`: started from a host whose init is not systemd,
+/// it would otherwise put every container's payload in the same group, so two containers'
+/// units of the same name would share one cgroup (not so on two real hosts).
 fn spawn_nspawn(args: &[String]) -> Child {
-    let mut cmd = Command::new("systemd-nspawn");
+    let name = args.iter().position(|a| a == "-M").and_then(|i| args.get(i + 1)).cloned().unwrap_or_default();
+    let mut join = String::new();
+    for root in cgroup_roots() {
+        let group = root.join(&name);
+        if std::fs::create_dir_all(&group).is_ok() {
+            join += &format!("echo $$ > {}/cgroup.procs 2>/dev/null; ", group.display());
+        }
+    }
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!("{join}exec systemd-nspawn \"$@\"")).arg("sh");
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SIGTERM makes systemd-nspawn halt the container cleanly. It fires when the
     // spawning *thread* ends: boot from the test's own thread, not a pool thread.
@@ -295,13 +317,38 @@ impl Drop for Container {
     fn drop(&mut self) {
         vap_core::sys::signal(self.child.id(), vap_core::sys::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
+        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.remove_cgroups();
+    }
+}
+
+impl Container {
+    /// Its cgroups, once its processes are gone (best effort: a group still busy stays).
+    fn remove_cgroups(&self) {
+        fn remove(dir: &Path) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&entry.path());
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        let Some(name) = self.command.iter().position(|a| a == "-M").and_then(|i| self.command.get(i + 1)) else {
+            return;
+        };
+        // The last processes may take a moment to leave their groups.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for root in cgroup_roots() {
+            let group = root.join(name);
+            remove(&group);
+            while group.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+                remove(&group);
+            }
+        }
     }
 }

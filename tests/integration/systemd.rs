@@ -323,9 +323,11 @@ impl CuttableBridge {
             .unwrap();
         let bridges =
             String::from_utf8_lossy(&bridges.stdout).split_whitespace().map(str::to_string).collect::<Vec<_>>();
-        assert!(!bridges.is_empty(), "no bridge into the host");
-        assert!(std::process::Command::new("pkill").args(["-f", &self.nsenter]).status().unwrap().success());
-        assert!(std::process::Command::new("kill").args(&bridges).status().unwrap().success());
+        // None open is fine: the orchestrator holding them may be gone already.
+        let _ = std::process::Command::new("pkill").args(["-f", &self.nsenter]).status();
+        if !bridges.is_empty() {
+            assert!(std::process::Command::new("kill").args(&bridges).status().unwrap().success());
+        }
     }
 
     fn restore(&self) {

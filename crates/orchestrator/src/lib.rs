@@ -514,10 +514,12 @@ impl Orchestrator {
                     }
                 }
             }
-            Action::Retire { scenario, node } => {
-                tracing::info!(scenario = %scenario, node, "stopping a superseded placement's runner");
-                self.backend.retire(*scenario, node.as_deref()).await?;
-                self.metrics.inc(&metrics::RETIRED, &[], 1);
+            Action::Retire { scenario, node, running } => {
+                if *running {
+                    tracing::info!(scenario = %scenario, node, "stopping a superseded placement's runner");
+                    self.metrics.inc(&metrics::RETIRED, &[], 1);
+                }
+                self.backend.retire(*scenario, node.as_deref(), *running).await?;
             }
             Action::Stop(id) => {
                 tracing::info!(scenario = %id, "stopping runner");

@@ -94,12 +94,12 @@ impl Backend {
         }
     }
 
-    /// Stops and removes a superseded placement's runner on `node`. Nomad stops the
+    /// Stops (`running`) or removes a superseded placement's runner on `node`. Nomad stops the
     /// allocations of a job's earlier versions itself; a local runner is replaced in place.
-    pub async fn retire(&self, scenario: Uuid, node: Option<&str>) -> Result<(), BackendError> {
+    pub async fn retire(&self, scenario: Uuid, node: Option<&str>, running: bool) -> Result<(), BackendError> {
         match self {
             Backend::Local(_) | Backend::Nomad(_) => Ok(()),
-            Backend::Systemd(b) => b.retire(scenario, node).await,
+            Backend::Systemd(b) => b.retire(scenario, node, running).await,
         }
     }
 

@@ -35,9 +35,9 @@ pub enum Action {
     Unreachable { scenario: Uuid, node: String },
     /// Stop the scenario's runner (shutdown requested, or it should not run at all).
     Stop(Uuid),
-    /// Stop and remove a runner of a superseded placement (on `node`), whose records are
-    /// refused already: its host came back, or its start raced a newer one.
-    Retire { scenario: Uuid, node: Option<String> },
+    /// Stop (`running`) or remove a runner of a superseded placement (on `node`), whose
+    /// records are refused already: its host came back, or its start raced a newer one.
+    Retire { scenario: Uuid, node: Option<String>, running: bool },
     /// The scenario is done: its source ended, or its shutdown completed. `inactive`; the
     /// backend's leftovers (a dead job, a failed unit) are cleaned up.
     Finish(Uuid),
@@ -84,8 +84,10 @@ pub fn plan(
     };
     let mut actions = Vec::new();
     for o in observed.iter().filter(|o| !current(o)) {
-        if !matches!(o.state, RunnerState::Unreachable { .. } | RunnerState::Lost { .. }) {
-            actions.push(Action::Retire { scenario: o.scenario, node: o.node.clone() });
+        // One being stopped is left to finish; one on a host that does not answer, to it.
+        if !matches!(o.state, RunnerState::Stopping | RunnerState::Unreachable { .. } | RunnerState::Lost { .. }) {
+            let running = matches!(o.state, RunnerState::Starting | RunnerState::Running);
+            actions.push(Action::Retire { scenario: o.scenario, node: o.node.clone(), running });
         }
     }
     let observed: Vec<&Observed> = observed.iter().filter(|o| current(o)).collect();
@@ -277,8 +279,8 @@ mod tests {
         assert_eq!(
             plan(&w, &observed, &up(), 2),
             vec![
-                Action::Retire { scenario: s[0], node: Some("worker-2".into()) },
-                Action::Retire { scenario: s[1], node: Some("worker-2".into()) },
+                Action::Retire { scenario: s[0], node: Some("worker-2".into()), running: true },
+                Action::Retire { scenario: s[1], node: Some("worker-2".into()), running: true },
                 Action::Running { scenario: s[0], starting: false },
                 start(s[1]),
             ]

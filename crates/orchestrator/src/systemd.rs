@@ -575,16 +575,19 @@ impl SystemdBackend {
         Ok(())
     }
 
-    /// Stops and unloads the scenario's unit on `node` only: a superseded placement's, beside
-    /// the current one elsewhere.
-    pub async fn retire(&self, scenario: Uuid, node: Option<&str>) -> Result<(), BackendError> {
+    /// The scenario's unit on `node` only (a superseded placement's, beside the current one
+    /// elsewhere): stopped while it runs, else its failure reset so systemd unloads it.
+    pub async fn retire(&self, scenario: Uuid, node: Option<&str>, running: bool) -> Result<(), BackendError> {
         let Some(i) = self.nodes.iter().position(|n| n.node().as_deref() == node) else { return Ok(()) };
-        self.unload(scenario, &[&self.nodes[i]]).await?;
+        let on = [&self.nodes[i]];
+        if running {
+            return self.stop_on(scenario, &on).await;
+        }
+        let _: Result<(), _> = on[0].manager().await?.call("ResetFailedUnit", &(unit_name(scenario).as_str(),)).await;
         let mut p = vap_core::sys::lock(&self.placement);
         if let Some(on) = p.nodes_of.get_mut(&scenario) {
             on.retain(|&n| n != i);
         }
-        p.load[i] = p.load[i].saturating_sub(1);
         Ok(())
     }
 
