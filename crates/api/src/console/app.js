@@ -276,7 +276,9 @@ function scenarioPage(uuid) {
     title.textContent = nameOf(s);
     facts.replaceChildren(statusBadge(s.status), ` ${s.camera_url} · model ${s.options.model} at ${s.options.fps} fps · `,
       `analysed ${s.health.analysed_fps ?? '—'} fps, last frame ${age(s.health.last_frame_at)} · worker ${workerText(s.worker)}`,
-      s.worker ? ` · restarts ${s.worker.restarts}` : '', s.error ? el('span', { class: 'error' }, ` · ${s.error}`) : '');
+      s.worker ? ` · restarts ${s.worker.restarts}` : '', s.worker && s.worker.epoch != null ? ` · placement ${s.worker.epoch}` : '',
+      s.worker && s.worker.moved ? ` · moved from ${s.worker.moved.previous_node} ${age(s.worker.moved.moved_at)}: ${s.worker.moved.reason}` : '',
+      s.error ? el('span', { class: 'error' }, ` · ${s.error}`) : '');
     stopButton.hidden = !RUNNING.includes(s.status);
     editor.load(s);
     drawOverlay();
@@ -350,7 +352,8 @@ function scenarioPage(uuid) {
   // Events: the last 30 and each new one, newest first, each with its snapshot.
   const thumbs = new Map(); // row -> blob: URL
   function addEvent(e) {
-    const where = e.zone ? `zone ${e.zone}` : e.line ? `line ${e.line}${e.direction ? ' (' + e.direction + ')' : ''}` : '';
+    // A camera's own events (offline, online, moved) say why in their detail.
+    const where = e.zone ? `zone ${e.zone}` : e.line ? `line ${e.line}${e.direction ? ' (' + e.direction + ')' : ''}` : (e.detail || '');
     const thumb = el('img', { alt: `Snapshot of ${e.kind}`, width: 120, height: 90 });
     const li = el('li', { 'data-kind': e.kind },
       thumb,
