@@ -23,6 +23,12 @@ job "vap-runner-6f1c1c52-3c8e-4d4f-9a57-0d5c2e1f6a10" { # vap-runner-<scenario u
       mode     = "fail"       # then reschedule
     }
 
+    disconnect {              # a client cut off may still run its allocation: no twin of it
+      lost_after = "30s"      # orchestrator.host_down_after_secs
+      replace    = false      # vap places the camera again itself, in a new placement epoch
+      reconcile  = "keep_replacement"
+    }
+
     reschedule {              # new allocations, possibly elsewhere; then the scenario fails
       attempts       = 2      # reschedule_attempts
       interval       = "1h"   # reschedule_interval_secs
