@@ -7,9 +7,10 @@
 //! (`/v1/var/`) are kept, and a task's templates of the one form vap writes
 //! (`{{ with nomadVar "path" }}{{ .item }}{{ end }}`) are rendered into its task directory, with
 //! `${NOMAD_SECRETS_DIR}` and the like interpolated in its env, before it starts. A client can
-//! be cut off as a network partition would (`partition`): its allocations turn `unknown`, then
-//! `lost` after the group's `Disconnect.LostAfter` (replaced unless `Replace` is false), and
-//! its tasks keep running, deaf to stops, until it is back (`heal`).
+//! be cut off as a network partition would (`partition`): its allocations turn `unknown` (and
+//! are replaced at once unless `Disconnect.Replace` is false), then `lost` after the group's
+//! `Disconnect.LostAfter`, told to stop and replaced by an allocation of the same job version;
+//! their tasks keep running, deaf to stops, until the client is back (`heal`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -69,6 +70,8 @@ struct Alloc {
     create_time: u64,
     modify_time: u64,
     pid: Option<u32>,
+    /// The job version it runs.
+    version: u64,
 }
 
 #[derive(Default)]
@@ -180,9 +183,10 @@ impl NomadDouble {
         out
     }
 
-    /// Cuts `node` off from the servers: its allocations turn `unknown`, then `lost` after their
-    /// group's `Disconnect.LostAfter` (and are replaced unless `Replace` is false); their tasks
-    /// keep running and no stop reaches them.
+    /// Cuts `node` off from the servers: its allocations turn `unknown` (replaced at once unless
+    /// their group's `Disconnect.Replace` is false), then, after `Disconnect.LostAfter`, `lost`:
+    /// told to stop and replaced with the same job version. Their tasks keep running and no stop
+    /// reaches them.
     pub fn partition(&self, node: &str) {
         let mut inner = self.state.lock();
         let Some(node) = NODES.iter().copied().find(|n| *n == node) else { return };
@@ -207,6 +211,10 @@ impl NomadDouble {
             a.client = "unknown";
             a.modify_index = index;
             a.modify_time = now_ns();
+            let (namespace, job_id) = (a.namespace.clone(), a.job_id.clone());
+            if lost_after.1 {
+                place(&self.state, &mut inner, &namespace, &job_id, 0);
+            }
             let state = Arc::clone(&self.state);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_nanos(lost_after.0)).await;
@@ -217,9 +225,13 @@ impl NomadDouble {
                     return;
                 }
                 a.client = "lost";
+                a.desired = "stop";
                 a.modify_index = index;
-                let (namespace, job_id) = (a.namespace.clone(), a.job_id.clone());
-                if lost_after.1 {
+                let (namespace, job_id, version) = (a.namespace.clone(), a.job_id.clone(), a.version);
+                // Lost: replaced by the scheduler, with the same version (unless it was already,
+                // at the disconnect, or the job has moved on).
+                let current = inner.jobs.get(&(namespace.clone(), job_id.clone())).map(|j| j.version);
+                if !lost_after.1 && current == Some(version) {
                     place(&state, &mut inner, &namespace, &job_id, 0);
                 }
             });
@@ -607,6 +619,7 @@ fn place(state: &Arc<State>, inner: &mut Inner, namespace: &str, job_id: &str, s
         .unwrap_or_default();
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_ns();
+    let version = inner.jobs.get(&(namespace.to_string(), job_id.to_string())).map_or(0, |j| j.version);
     inner.by_job.entry((namespace.to_string(), job_id.to_string())).or_default().push(id.clone());
     inner.allocs.insert(
         id.clone(),
@@ -630,6 +643,7 @@ fn place(state: &Arc<State>, inner: &mut Inner, namespace: &str, job_id: &str, s
             create_time: now,
             modify_time: now,
             pid: None,
+            version,
         },
     );
     tokio::spawn(supervise(Arc::clone(state), id));
@@ -959,7 +973,7 @@ fn alloc_json(a: &Alloc) -> Value {
     json!({
         "ID": a.id, "EvalID": "", "Name": a.name, "Namespace": a.namespace,
         "NodeID": format!("{:08x}-0000-4000-8000-000000000000", a.node.len()), "NodeName": a.node,
-        "JobID": a.job_id, "JobType": "service", "JobVersion": 0, "TaskGroup": a.name.rsplit_once('.').map(|(_, g)| g.split('[').next().unwrap_or("")).unwrap_or(""),
+        "JobID": a.job_id, "JobType": "service", "JobVersion": a.version, "TaskGroup": a.name.rsplit_once('.').map(|(_, g)| g.split('[').next().unwrap_or("")).unwrap_or(""),
         "DesiredStatus": a.desired, "DesiredDescription": "",
         "ClientStatus": a.client, "ClientDescription": "",
         "DesiredTransition": { "Migrate": null, "Reschedule": null, "ForceReschedule": null, "NoShutdownDelay": null },

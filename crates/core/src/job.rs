@@ -16,8 +16,8 @@ pub const ENV_SCENARIO_UUID: &str = "VAP_SCENARIO_UUID";
 pub const ENV_SCENARIO_EPOCH: &str = "VAP_SCENARIO_EPOCH";
 /// Which placement of the scenario this runner is (crates/core/src/signing.rs): its records say it.
 pub const ENV_PLACEMENT_EPOCH: &str = "VAP_PLACEMENT_EPOCH";
-/// Set when this placement moved the camera off a host that stopped answering: from where and
-/// why. The runner says so in a `camera_moved` event.
+/// Set when this placement moved the camera off a host that is down: when and why (JSON,
+/// [`Move`]). The runner says so in a `camera_moved` event, the same one at every restart.
 pub const ENV_PLACEMENT_MOVED: &str = "VAP_PLACEMENT_MOVED";
 pub const ENV_CAMERA_URL: &str = "VAP_CAMERA_URL";
 /// The scenario's options (crates/core/src/options.rs) as JSON.
@@ -104,6 +104,13 @@ pub mod exit {
     }
 }
 
+/// A placement that moved its camera off a host that is down: when, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Move {
+    pub at: DateTime<Utc>,
+    pub why: String,
+}
+
 /// What a runner works on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerJob {
@@ -116,8 +123,8 @@ pub struct RunnerJob {
     pub options_revision: i64,
     /// Which placement this is: a later one fences every earlier one.
     pub placement: PlacementEpoch,
-    /// Why this placement moved the camera, when it did (a host that stopped answering).
-    pub moved: Option<String>,
+    /// When and why this placement moved the camera, when it did (its host was down).
+    pub moved: Option<Move>,
     /// Signs the runner's results: the key of this placement, never the scenario's own (the
     /// inbox stores only what verifies under the current placement's key).
     pub results_key: ResultsKey,
@@ -128,7 +135,8 @@ pub struct RunnerJob {
 impl RunnerJob {
     /// The part of the job a process listing or a unit's properties may show: no secrets.
     fn public_env(&self) -> Vec<(String, String)> {
-        let moved = self.moved.iter().map(|m| (ENV_PLACEMENT_MOVED.to_string(), m.clone()));
+        let moved =
+            self.moved.iter().map(|m| (ENV_PLACEMENT_MOVED.to_string(), serde_json::to_string(m).unwrap_or_default()));
         let mut env = vec![
             (ENV_SCENARIO_UUID.into(), self.scenario.to_string()),
             (ENV_SCENARIO_EPOCH.into(), self.epoch.to_rfc3339()),

@@ -208,6 +208,7 @@ impl Orchestrator {
         lock: &tokio_postgres::Client,
         shutdown: CancellationToken,
     ) -> Result<(), TaskFailed> {
+        self.backend.begin_leading();
         let mut consumers = OwnedTasks::new(&shutdown);
         let events = Arc::new(PositionedConsumer {
             name: CONSUMER,
@@ -364,7 +365,7 @@ impl Orchestrator {
             })
             .collect();
         let observed: Vec<_> = listed.iter().map(WorkerInfo::observed).collect();
-        let running = observed.iter().filter(|o| o.state.holds_slot()).count();
+        let running = reconcile::holding_slots(&wanted, &observed);
         let health = hosts.iter().map(|h| (h.name.clone(), h.health)).collect();
         let actions = reconcile::plan(&wanted, &observed, &health, self.settings.max_workers);
         let count = |f: fn(&Action) -> bool| actions.iter().filter(|a| f(a)).count() as f64;
@@ -389,17 +390,13 @@ impl Orchestrator {
                 if stop.is_cancelled() {
                     return 0;
                 }
-                let placement = match workers::begin_placement(&self.pool, s.scenario, failover.as_ref()).await {
+                let placement = match workers::begin_placement(&self.pool, s.scenario).await {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::warn!(scenario = %s.scenario, error = %e, "cannot take a placement; will retry");
                         return 0;
                     }
                 };
-                if let Some(f) = &failover {
-                    tracing::warn!(scenario = %s.scenario, from = f.from_node, %placement, reason = f.reason, "moving a camera off a host that is down");
-                    self.metrics.inc(&metrics::FAILOVERS, &[&f.from_node], 1);
-                }
                 let job = RunnerJob {
                     scenario: s.scenario,
                     camera_url: s.camera_url.clone(),
@@ -407,7 +404,10 @@ impl Orchestrator {
                     options: s.options.clone(),
                     options_revision: s.options_revision,
                     placement,
-                    moved: failover.as_ref().map(|f| format!("moved from {}: {}", f.from_node, f.reason)),
+                    moved: failover.as_ref().map(|f| vap_core::job::Move {
+                        at: chrono::Utc::now(),
+                        why: format!("moved from {}: {}", f.from_node, f.reason),
+                    }),
                     results_key: s.results_key.for_placement(placement),
                     kafka_password: self.kafka_password.clone(),
                 };
@@ -415,10 +415,17 @@ impl Orchestrator {
                     Ok(info) => {
                         tracing::info!(scenario = %job.scenario, backend = kind, reference = info.backend_ref, %placement, "runner placed");
                         self.metrics.inc(&metrics::PLACEMENTS, &[kind], 1);
+                        if let Some(f) = &failover {
+                            tracing::warn!(scenario = %s.scenario, from = f.from_node, %placement, reason = f.reason, "camera moved off a host that is down");
+                            self.metrics.inc(&metrics::FAILOVERS, &[&f.from_node], 1);
+                        }
                         // Placed but not recorded: the next round finds it listed and records it.
                         let recorded = async {
                             self.record(&info, true, Some(placement)).await?;
                             workers::record_spec(&self.pool, job.scenario, &job.options.digest()).await?;
+                            if let Some(f) = &failover {
+                                workers::record_failover(&self.pool, job.scenario, f).await?;
+                            }
                             Ok::<_, ReconcileError>(())
                         };
                         if let Err(e) = recorded.await {
@@ -514,12 +521,10 @@ impl Orchestrator {
                     }
                 }
             }
-            Action::Retire { scenario, node, running } => {
-                if *running {
-                    tracing::info!(scenario = %scenario, node, "stopping a superseded placement's runner");
-                    self.metrics.inc(&metrics::RETIRED, &[], 1);
-                }
-                self.backend.retire(*scenario, node.as_deref(), *running).await?;
+            Action::Retire { scenario, node } => {
+                tracing::info!(scenario = %scenario, node, "stopping a superseded placement's runner");
+                self.backend.retire(*scenario, node.as_deref()).await?;
+                self.metrics.inc(&metrics::RETIRED, &[], 1);
             }
             Action::Stop(id) => {
                 tracing::info!(scenario = %id, "stopping runner");
@@ -529,6 +534,11 @@ impl Orchestrator {
             Action::Finish(id) => {
                 self.backend.forget(*id).await?;
                 tracing::info!(scenario = %id, "scenario inactive");
+                workers::record_finished(&self.pool, *id, kind).await?;
+            }
+            Action::Abandon(id) => {
+                tracing::warn!(scenario = %id, "scenario inactive while its runner's host is down; that runner is fenced");
+                workers::fence(&self.pool, *id).await?;
                 workers::record_finished(&self.pool, *id, kind).await?;
             }
             Action::Fail { scenario, reason } => {
@@ -669,6 +679,8 @@ fn unchanged(stored: &workers::ActiveScenario, info: &WorkerInfo, starting: bool
             w.status == Some(status)
                 && w.backend_ref.as_deref() == Some(info.backend_ref.as_str())
                 && w.restarts == info.restarts as i32
+                // Where it runs decides what a silent host holds: it must be the stored one.
+                && (info.node.is_none() || w.node == info.node)
         })
 }
 

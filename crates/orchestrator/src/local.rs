@@ -23,6 +23,8 @@ use vap_core::config::LocalBackendSettings;
 use vap_core::job::{exit, RunnerJob};
 
 struct Supervised {
+    /// Which placement it is (restarts keep it).
+    placement: vap_core::signing::PlacementEpoch,
     pid: Option<u32>,
     state: RunnerState,
     restarts: u32,
@@ -88,7 +90,7 @@ impl LocalBackend {
                 node: Some(vap_core::sys::hostname()),
                 restarts: s.restarts,
                 started_at: Some(s.started_at),
-                placement: None,
+                placement: Some(s.placement),
             })
             .collect();
         // Runners left by an earlier orchestrator: alive, not ours to wait for.
@@ -118,13 +120,32 @@ impl LocalBackend {
     }
 
     pub fn start(&self, spec: &RunnerJob) -> Result<WorkerInfo, BackendError> {
+        // One of an earlier placement (missed by the last list) is fenced by this one: it must
+        // go, and this placement starts in a later round, not beside it.
         if let Some(w) = self.list().into_iter().find(|w| w.scenario == spec.scenario && w.state.holds_slot()) {
+            if w.placement != Some(spec.placement) {
+                self.stop(spec.scenario);
+                return Err(BackendError::Unavailable {
+                    backend: "local",
+                    message: format!(
+                        "an earlier runner of {} still ran ({}); stopped it",
+                        spec.scenario, w.backend_ref
+                    ),
+                });
+            }
             return Ok(w);
         }
         let started_at = Utc::now();
         self.lock().insert(
             spec.scenario,
-            Supervised { pid: None, state: RunnerState::Starting, restarts: 0, started_at, stop_requested: false },
+            Supervised {
+                placement: spec.placement,
+                pid: None,
+                state: RunnerState::Starting,
+                restarts: 0,
+                started_at,
+                stop_requested: false,
+            },
         );
         let (settings, env, runners, job) =
             (self.settings.clone(), self.inherited_env.clone(), Arc::clone(&self.runners), spec.clone());
@@ -139,7 +160,7 @@ impl LocalBackend {
             node: Some(vap_core::sys::hostname()),
             restarts: 0,
             started_at: Some(started_at),
-            placement: None,
+            placement: Some(spec.placement),
         })
     }
 

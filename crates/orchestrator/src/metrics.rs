@@ -49,7 +49,7 @@ pub const FAILOVER_RECOVERY_SECONDS: Histogram = Histogram::slow(
 );
 pub const RETIRED: Counter = Counter::new(
     "vap_orchestrator_superseded_runners_stopped_total",
-    "Runners of a superseded placement stopped and removed (their host came back).",
+    "Stop-and-remove calls for runners of a superseded placement (their host came back), repeated until they are gone.",
     &[],
 );
 

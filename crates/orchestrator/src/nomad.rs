@@ -103,6 +103,9 @@ pub struct AllocStub {
     pub task_states: HashMap<String, TaskState>,
     #[serde(default)]
     pub create_index: u64,
+    /// The version of its job it runs (each registration of a changed job is a new version).
+    #[serde(default)]
+    pub job_version: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -522,20 +525,31 @@ impl Drop for NomadBackend {
     }
 }
 
-/// The newest allocation says where the runner is and how it fares.
+/// The newest allocation says where the runner is and how it fares, except that an allocation
+/// of the job's current version lost with its client makes the whole job lost: Nomad replaces it
+/// with the same version (the same placement), while the old one may still run on its client
+/// cut off, so vap must place the camera again in a new placement.
 fn alloc_view(allocs: &[AllocStub]) -> AllocView {
     let newest = allocs.iter().max_by_key(|a| a.create_index);
     let Some(a) = newest else {
         return AllocView { state: RunnerState::Starting, node: None, restarts: 0, started_at: None, index: 0 };
     };
+    let current = allocs.iter().map(|a| a.job_version).max().unwrap_or(0);
+    if let Some(lost) = allocs.iter().find(|a| a.job_version == current && a.client_status == "lost") {
+        return AllocView {
+            state: RunnerState::Lost { node: lost.node_name.clone() },
+            node: Some(lost.node_name.clone()).filter(|n| !n.is_empty()),
+            restarts: 0,
+            started_at: None,
+            index: 0,
+        };
+    }
     let task = a.task_states.get("runner");
     let terminal = a.desired_status != "run" || matches!(a.client_status.as_str(), "complete" | "failed" | "lost");
     let node = || a.node_name.clone();
     let state = match (a.client_status.as_str(), terminal) {
         // Its client stopped heartbeating: not yet lost, its runner may still run.
         ("unknown", _) if a.desired_status == "run" => RunnerState::Unreachable { node: node() },
-        // Its client is lost: vap places the scenario again (Nomad does not, `Disconnect`).
-        ("lost", _) if a.desired_status == "run" => RunnerState::Lost { node: node() },
         (_, true) if a.desired_status != "run" => RunnerState::Stopping,
         ("complete", true) => RunnerState::Exited { code: 0 },
         ("failed", true) | ("lost", true) => {

@@ -43,6 +43,13 @@ impl Backend {
         })
     }
 
+    /// Leadership begins: what the backend judged while standing by starts afresh.
+    pub fn begin_leading(&self) {
+        if let Backend::Systemd(b) = self {
+            b.begin_leading();
+        }
+    }
+
     /// Leadership lost: drops what watches runners on the leader's behalf.
     pub fn release(&self) {
         if let Backend::Nomad(b) = self {
@@ -94,12 +101,13 @@ impl Backend {
         }
     }
 
-    /// Stops (`running`) or removes a superseded placement's runner on `node`. Nomad stops the
-    /// allocations of a job's earlier versions itself; a local runner is replaced in place.
-    pub async fn retire(&self, scenario: Uuid, node: Option<&str>, running: bool) -> Result<(), BackendError> {
+    /// Stops and removes a superseded placement's runner on `node`. Nomad stops the
+    /// allocations of a job's earlier versions itself.
+    pub async fn retire(&self, scenario: Uuid, node: Option<&str>) -> Result<(), BackendError> {
         match self {
-            Backend::Local(_) | Backend::Nomad(_) => Ok(()),
-            Backend::Systemd(b) => b.retire(scenario, node, running).await,
+            Backend::Local(b) => off_runtime(b, move |b| b.stop(scenario)).await,
+            Backend::Nomad(_) => Ok(()),
+            Backend::Systemd(b) => b.retire(scenario, node).await,
         }
     }
 

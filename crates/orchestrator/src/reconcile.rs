@@ -35,12 +35,15 @@ pub enum Action {
     Unreachable { scenario: Uuid, node: String },
     /// Stop the scenario's runner (shutdown requested, or it should not run at all).
     Stop(Uuid),
-    /// Stop (`running`) or remove a runner of a superseded placement (on `node`), whose
-    /// records are refused already: its host came back, or its start raced a newer one.
-    Retire { scenario: Uuid, node: Option<String>, running: bool },
+    /// Stop and remove a runner of a superseded placement (on `node`), whose records are
+    /// refused already: its host came back, or its start raced a newer one.
+    Retire { scenario: Uuid, node: Option<String> },
     /// The scenario is done: its source ended, or its shutdown completed. `inactive`; the
     /// backend's leftovers (a dead job, a failed unit) are cleaned up.
     Finish(Uuid),
+    /// A shutdown while the runner is on a host that is down: `inactive` in a new placement, so
+    /// nothing that runner still sends is stored; it is stopped if its host comes back.
+    Abandon(Uuid),
     /// The runner failed for good: the scenario becomes `failed` with the reason.
     Fail { scenario: Uuid, reason: String },
     /// A dead runner of a scenario already at rest (the inbox ended it): record how the worker
@@ -59,6 +62,7 @@ impl Action {
             Action::Stop(_) => "stop",
             Action::Retire { .. } => "retire",
             Action::Finish(_) => "finish",
+            Action::Abandon(_) => "abandon",
             Action::Fail { .. } => "fail",
             Action::Forget { .. } => "forget",
         }
@@ -75,19 +79,14 @@ pub fn plan(
     max_workers: usize,
 ) -> Vec<Action> {
     let health = |node: &str| hosts.get(node).copied().unwrap_or(HostHealth::Up);
-    let placements: HashMap<Uuid, PlacementEpoch> = wanted.iter().map(|w| (w.scenario, w.placement)).collect();
-    // A runner whose placement is not its scenario's current one is superseded: retired where
-    // its host answers, never counted.
-    let current = |o: &Observed| match (o.placement, placements.get(&o.scenario)) {
-        (Some(p), Some(&now)) => p == now,
-        _ => true,
-    };
+    // A move fences the runner it replaces: only worth it where the new one can go.
+    let placeable = hosts.is_empty() || hosts.values().any(|h| *h == HostHealth::Up);
+    let current = current_placement(wanted);
     let mut actions = Vec::new();
     for o in observed.iter().filter(|o| !current(o)) {
         // One being stopped is left to finish; one on a host that does not answer, to it.
         if !matches!(o.state, RunnerState::Stopping | RunnerState::Unreachable { .. } | RunnerState::Lost { .. }) {
-            let running = matches!(o.state, RunnerState::Starting | RunnerState::Running);
-            actions.push(Action::Retire { scenario: o.scenario, node: o.node.clone(), running });
+            actions.push(Action::Retire { scenario: o.scenario, node: o.node.clone() });
         }
     }
     let observed: Vec<&Observed> = observed.iter().filter(|o| current(o)).collect();
@@ -128,7 +127,7 @@ pub fn plan(
                 actions.push(Action::Fail { scenario: w.scenario, reason })
             }
             (false, lost @ (None | Some(RunnerState::Lost { .. }))) => {
-                if slots_used < max_workers {
+                if placeable && slots_used < max_workers {
                     slots_used += 1;
                     let moved_from = match lost {
                         Some(RunnerState::Lost { node }) => Some(node),
@@ -140,8 +139,8 @@ pub fn plan(
                 }
             }
             (true, Some(RunnerState::Starting | RunnerState::Running)) => actions.push(Action::Stop(w.scenario)),
-            // A runner on a host that is down is fenced by the scenario coming to rest.
-            (true, Some(RunnerState::Exited { .. } | RunnerState::Failed { .. } | RunnerState::Lost { .. }) | None) => {
+            (true, Some(RunnerState::Lost { .. })) => actions.push(Action::Abandon(w.scenario)),
+            (true, Some(RunnerState::Exited { .. } | RunnerState::Failed { .. }) | None) => {
                 actions.push(Action::Finish(w.scenario))
             }
         }
@@ -161,6 +160,22 @@ pub fn plan(
         }
     }
     actions
+}
+
+/// Whether a runner is of its scenario's current placement. One that is not is superseded:
+/// retired where its host answers, never counted against the cap.
+fn current_placement(wanted: &[Wanted]) -> impl Fn(&Observed) -> bool {
+    let placements: HashMap<Uuid, PlacementEpoch> = wanted.iter().map(|w| (w.scenario, w.placement)).collect();
+    move |o: &Observed| match (o.placement, placements.get(&o.scenario)) {
+        (Some(p), Some(&now)) => p == now,
+        _ => true,
+    }
+}
+
+/// The runners that hold a slot under the cap, as [`plan`] counts them.
+pub fn holding_slots(wanted: &[Wanted], observed: &[Observed]) -> usize {
+    let current = current_placement(wanted);
+    observed.iter().filter(|o| current(o) && o.state.holds_slot()).count()
 }
 
 /// Why a runner's exit code ends its scenario (the codes: `job::exit`).
@@ -228,7 +243,8 @@ mod tests {
     #[test]
     fn a_runner_on_a_host_that_is_only_silent_is_left_alone_and_keeps_its_slot() {
         let s = ids(4);
-        let hosts = HashMap::from([("worker-2".to_string(), HostHealth::Silent)]);
+        let hosts =
+            HashMap::from([("worker-1".to_string(), HostHealth::Up), ("worker-2".to_string(), HostHealth::Silent)]);
         let mut w = on(wanted(&s[..1], Active), "worker-2");
         w.extend(on(wanted(&s[1..2], InitShutdown), "worker-2"));
         w.extend(wanted(&s[2..], InitStartup));
@@ -243,7 +259,8 @@ mod tests {
     #[test]
     fn a_host_that_is_down_has_its_cameras_placed_again_elsewhere_within_the_cap() {
         let s = ids(4);
-        let hosts = HashMap::from([("worker-2".to_string(), HostHealth::Down)]);
+        let hosts =
+            HashMap::from([("worker-1".to_string(), HostHealth::Up), ("worker-2".to_string(), HostHealth::Down)]);
         let mut w = on(wanted(&s[..2], Active), "worker-2");
         w.push(on(wanted(&s[2..3], InShutdownProcessing), "worker-2").remove(0));
         w.extend(on(wanted(&s[3..], Active), "worker-1"));
@@ -254,11 +271,15 @@ mod tests {
             vec![
                 moved(0),
                 Action::Wait(s[1]),
-                Action::Finish(s[2]),
+                Action::Abandon(s[2]),
                 Action::Running { scenario: s[3], starting: false }
             ],
-            "one slot is free: one moves, one waits; a shutdown completes without the host"
+            "one slot is free: one moves, one waits; a shutdown completes without the host, fenced"
         );
+        // No host up to move to: nothing moves (a move would fence the old runner for nothing).
+        let all_down =
+            HashMap::from([("worker-1".to_string(), HostHealth::Down), ("worker-2".to_string(), HostHealth::Down)]);
+        assert_eq!(plan(&w[..1], &[], &all_down, 2), vec![Action::Wait(s[0])]);
         // A Nomad allocation lost with its client: the same move.
         let observed = vec![seen(s[0], RunnerState::Lost { node: "worker-2".into() })];
         assert_eq!(plan(&wanted(&s[..1], Active), &observed, &up(), 2), vec![moved(0)]);
@@ -279,8 +300,8 @@ mod tests {
         assert_eq!(
             plan(&w, &observed, &up(), 2),
             vec![
-                Action::Retire { scenario: s[0], node: Some("worker-2".into()), running: true },
-                Action::Retire { scenario: s[1], node: Some("worker-2".into()), running: true },
+                Action::Retire { scenario: s[0], node: Some("worker-2".into()) },
+                Action::Retire { scenario: s[1], node: Some("worker-2".into()) },
                 Action::Running { scenario: s[0], starting: false },
                 start(s[1]),
             ]

@@ -252,9 +252,11 @@ impl Node {
             let restarts = get("NRestarts").and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
             let code = get("ExecMainStatus").and_then(|v| i32::try_from(v).ok()).unwrap_or(0);
             let started_us = get("ExecMainStartTimestamp").and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
-            let placement = get("Environment").and_then(|v| Vec::<String>::try_from(v).ok()).and_then(|env| {
+            // A unit without it is from before placements had epochs: placement 0.
+            let placement = get("Environment").and_then(|v| Vec::<String>::try_from(v).ok()).map(|env| {
                 let prefix = format!("{ENV_PLACEMENT_EPOCH}=");
-                env.iter().find_map(|kv| kv.strip_prefix(&prefix).and_then(|n| n.parse().ok()).map(PlacementEpoch))
+                let epoch = env.iter().find_map(|kv| kv.strip_prefix(&prefix).and_then(|n| n.parse().ok()));
+                PlacementEpoch(epoch.unwrap_or(0))
             });
             let state = match (active.as_str(), sub.as_str()) {
                 ("active", "running") => RunnerState::Running,
@@ -470,6 +472,17 @@ impl SystemdBackend {
         }
     }
 
+    /// Leading begins: every host's silence counts from now, not from this process's start
+    /// (a standby that took the lead has not been listening).
+    pub fn begin_leading(&self) {
+        let now = Instant::now();
+        let mut p = vap_core::sys::lock(&self.placement);
+        for h in &mut p.health {
+            let last_answer = h.last_answer;
+            *h = NodeHealth { last_answer, ..NodeHealth::new(now) };
+        }
+    }
+
     pub fn nodes_answering(&self) -> Vec<(String, bool)> {
         let p = vap_core::sys::lock(&self.placement);
         self.nodes.iter().zip(&p.answered).map(|(n, &up)| (n.node().unwrap_or_else(|| "local".into()), up)).collect()
@@ -575,15 +588,11 @@ impl SystemdBackend {
         Ok(())
     }
 
-    /// The scenario's unit on `node` only (a superseded placement's, beside the current one
-    /// elsewhere): stopped while it runs, else its failure reset so systemd unloads it.
-    pub async fn retire(&self, scenario: Uuid, node: Option<&str>, running: bool) -> Result<(), BackendError> {
+    /// Stops and unloads the scenario's unit on `node` only: a superseded placement's, beside
+    /// the current one elsewhere.
+    pub async fn retire(&self, scenario: Uuid, node: Option<&str>) -> Result<(), BackendError> {
         let Some(i) = self.nodes.iter().position(|n| n.node().as_deref() == node) else { return Ok(()) };
-        let on = [&self.nodes[i]];
-        if running {
-            return self.stop_on(scenario, &on).await;
-        }
-        let _: Result<(), _> = on[0].manager().await?.call("ResetFailedUnit", &(unit_name(scenario).as_str(),)).await;
+        self.unload(scenario, &[&self.nodes[i]]).await?;
         let mut p = vap_core::sys::lock(&self.placement);
         if let Some(on) = p.nodes_of.get_mut(&scenario) {
             on.retain(|&n| n != i);

@@ -49,6 +49,8 @@ pub enum UsageError {
     NoResultsKey,
     #[error("placement '{0}' is not a whole number of at least 0")]
     BadPlacement(String),
+    #[error("{ENV_PLACEMENT_MOVED} is not a move (JSON with at and why): {0}")]
+    BadMove(String),
     #[error("job secrets ({0}) unreadable: {1}")]
     BadSecrets(String, String),
 }
@@ -61,8 +63,8 @@ pub struct RunnerArgs {
     pub camera_url: CameraUrl,
     pub results_key: ResultsKey,
     pub placement: PlacementEpoch,
-    /// Why this placement moved the camera here, when it did.
-    pub moved: Option<String>,
+    /// When and why this placement moved the camera here, when it did.
+    pub moved: Option<vap_core::job::Move>,
     pub options: ScenarioOptions,
     pub options_revision: i64,
     /// The broker login's password, from the job's secrets (else from the settings).
@@ -154,7 +156,10 @@ impl RunnerArgs {
             camera_url,
             results_key,
             placement,
-            moved: env(ENV_PLACEMENT_MOVED).filter(|m| !m.is_empty()),
+            moved: match env(ENV_PLACEMENT_MOVED).filter(|m| !m.is_empty()) {
+                Some(m) => Some(serde_json::from_str(&m).map_err(|e| UsageError::BadMove(e.to_string()))?),
+                None => None,
+            },
             options,
             options_revision,
             kafka_password,

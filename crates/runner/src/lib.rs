@@ -163,8 +163,8 @@ pub async fn run(
     let (detector, provenance, min_confidence) = load_detector(&rs, &job.options).await?;
     let kafka = Arc::new(KafkaLink::new(settings.kafka.clone()));
     let publishing = Publishing::start(&settings, &job, &kafka);
-    if let Some(why) = &job.moved {
-        say_moved(&publishing.outputs.events, &job, why);
+    if let Some(moved) = &job.moved {
+        say_moved(&publishing.outputs.events, &job, moved);
     }
     let threads = Threads {
         slot: Arc::new(FrameSlot::default()),
@@ -215,14 +215,14 @@ pub async fn run(
     Ok(RunReport { outcome, stats, capture, buffer, unsent, elapsed: started.elapsed() })
 }
 
-/// A runner placed on another host after the camera's own stopped answering says so first.
-fn say_moved(events: &ResultBuffer, job: &RunnerJob, why: &str) {
-    let at = Utc::now();
-    let frame_number = (at - job.epoch).num_milliseconds().max(0);
-    let detail: String = why.chars().take(500).collect();
-    let event = SceneEvent::camera(job.scenario, SceneEventKind::CameraMoved, frame_number, at, detail);
-    tracing::info!(placement = %job.placement, detail = why, "camera moved here");
-    events.push(result_record(job.scenario, serde_json::to_vec(&event).unwrap_or_default(), at));
+/// A runner placed on another host after the camera's own went down says so first: numbered
+/// by the move's time, so a restart of this placement sends the same event again (stored once).
+fn say_moved(events: &ResultBuffer, job: &RunnerJob, moved: &vap_core::job::Move) {
+    let frame_number = (moved.at - job.epoch).num_milliseconds().max(0);
+    let detail: String = moved.why.chars().take(500).collect();
+    let event = SceneEvent::camera(job.scenario, SceneEventKind::CameraMoved, frame_number, moved.at, detail);
+    tracing::info!(placement = %job.placement, detail = moved.why, "camera moved here");
+    events.push(result_record(job.scenario, serde_json::to_vec(&event).unwrap_or_default(), moved.at));
 }
 
 /// The run's three publishers (results, events, snapshots), each draining its buffer to Kafka.

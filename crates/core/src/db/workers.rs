@@ -203,32 +203,39 @@ pub struct Failover {
 }
 
 /// Takes the scenario's next placement epoch, before its runner starts: from this commit on,
-/// records of every earlier placement are refused. A failover is recorded with it.
-pub async fn begin_placement(
-    pool: &Pool,
-    scenario: Uuid,
-    failover: Option<&Failover>,
-) -> Result<PlacementEpoch, DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let epoch: i64 = tx
+/// records of every earlier placement are refused.
+pub async fn begin_placement(pool: &Pool, scenario: Uuid) -> Result<PlacementEpoch, DbError> {
+    let client = pool.get().await?;
+    let epoch: i64 = client
         .query_one(
             "UPDATE scenarios SET placement_epoch = placement_epoch + 1 WHERE scenario_uuid = $1 RETURNING placement_epoch",
             &[&scenario],
         )
         .await?
         .get(0);
-    if let Some(f) = failover {
-        tx.execute(
+    Ok(PlacementEpoch(epoch))
+}
+
+/// A placement that moved the camera off a host that is down has started: the worker says from
+/// where, when and why, and waits for its first result.
+pub async fn record_failover(pool: &Pool, scenario: Uuid, f: &Failover) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client
+        .execute(
             "UPDATE workers SET previous_node = $2, moved_at = now(), moved_reason = $3, host_last_answer_at = $4,
                     recovered_at = NULL, updated_at = now()
               WHERE scenario_uuid = $1",
             &[&scenario, &f.from_node, &f.reason, &f.host_last_answer_at],
         )
         .await?;
-    }
-    tx.commit().await?;
-    Ok(PlacementEpoch(epoch))
+    Ok(())
+}
+
+/// A scenario whose runner is on a host that is down comes to rest: a new epoch, so nothing
+/// that runner still sends is stored (its scenario's rest alone would let through frames it
+/// captured before then).
+pub async fn fence(pool: &Pool, scenario: Uuid) -> Result<(), DbError> {
+    begin_placement(pool, scenario).await.map(drop)
 }
 
 /// A moved scenario whose first result after the move is stored: when its old host last
@@ -256,7 +263,7 @@ pub async fn take_recovered(pool: &Pool) -> Result<Vec<Recovered>, DbError> {
              marked AS (
                  UPDATE workers w SET recovered_at = a.first_result_at
                    FROM awaited a
-                  WHERE w.scenario_uuid = a.scenario_uuid AND a.first_result_at IS NOT NULL
+                  WHERE w.scenario_uuid = a.scenario_uuid AND w.moved_at = a.moved_at AND a.first_result_at IS NOT NULL
                  RETURNING w.scenario_uuid)
              SELECT a.scenario_uuid, a.host_last_answer_at, a.moved_at, a.first_result_at
                FROM awaited a JOIN marked m USING (scenario_uuid)",
