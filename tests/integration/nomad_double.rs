@@ -739,6 +739,12 @@ async fn supervise(state: Arc<State>, alloc_id: String) {
             match spawned {
                 Ok(child) => {
                     a.pid = child.id();
+                    // Stopped while it was being started (a new job version): stop it now.
+                    if a.desired != "run" {
+                        if let Some(pid) = a.pid {
+                            vap_core::sys::signal(pid, vap_core::sys::SIGTERM);
+                        }
+                    }
                     a.client = "running";
                     a.task_state = "running";
                     a.started_at = rfc3339_now();
