@@ -395,6 +395,14 @@ impl TestApp {
         let client = self.pool.get().await.unwrap();
         client.query_one(sql, &[]).await.unwrap().get(0)
     }
+
+    /// Records of a replaced runner of `scenario` (an earlier placement) the inbox set aside.
+    pub async fn superseded_records(&self, scenario: uuid::Uuid) -> i64 {
+        self.scalar(&format!(
+            "SELECT count(*) FROM dead_letters WHERE record_key = convert_to('{scenario}', 'UTF8') AND reason LIKE 'superseded_placement%'"
+        ))
+        .await
+    }
 }
 
 impl Drop for TestApp {

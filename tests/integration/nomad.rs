@@ -145,14 +145,6 @@ fn nomad_orchestrator_config(
     orchestrator_config(dir, "nomad", 10, &section)
 }
 
-/// Superseded-placement records the inbox set aside for `scenario`.
-async fn superseded(app: &TestApp, scenario: Uuid) -> i64 {
-    app.scalar(&format!(
-        "SELECT count(*) FROM dead_letters WHERE record_key = convert_to('{scenario}', 'UTF8') AND reason LIKE 'superseded_placement%'"
-    ))
-    .await
-}
-
 /// A partitioned client keeps its allocation running after Nomad has lost it: vap places the
 /// camera again as a new placement (a new job version, on the other client), and the inbox
 /// refuses what the old allocation still sends. Back, the old allocation is stopped.
@@ -206,7 +198,7 @@ async fn a_lost_clients_allocation_keeps_running_and_its_records_are_refused() {
     .await;
     eventually(Duration::from_secs(60), "stale records refused and new results stored", || async {
         let s = app.scenario(id).await;
-        (superseded(&app, id).await > 0 && s["worker"]["moved"]["recovered_at"].is_string()).then_some(())
+        (app.superseded_records(id).await > 0 && s["worker"]["moved"]["recovered_at"].is_string()).then_some(())
     })
     .await;
     let events = app.get(&format!("/api/v1/scenario/{id}/events?kind=camera_moved")).await.json();

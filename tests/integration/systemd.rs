@@ -187,14 +187,10 @@ async fn a_hung_runner_is_killed_by_the_watchdog_until_the_start_limit_fails_the
     })
     .await;
     // Three more reconcile rounds have looked at it since, and left it as it is.
-    let rounds = || async {
-        let text = common::ApiClient::new(&format!("http://127.0.0.1:{metrics}")).get("/metrics").await.text;
-        let count = text.lines().find_map(|l| l.strip_prefix("vap_orchestrator_reconcile_seconds_count "));
-        count.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-    };
+    let rounds = || async { metric(metrics, "vap_orchestrator_reconcile_seconds_count").await.unwrap_or(0.0) };
     let seen = rounds().await;
     eventually(Duration::from_secs(20), "three more reconcile rounds", || async {
-        (rounds().await >= seen + 3).then_some(())
+        (rounds().await >= seen + 3.0).then_some(())
     })
     .await;
     assert!(ct.units("vap-runner-*").is_empty());
@@ -295,11 +291,15 @@ fn spawn_two_host_orchestrator(
     fleet::spawn_orchestrator_with_env(app, &config, &env)
 }
 
-/// The orchestrator's gauge `name{node="..."}`, as served on its metrics port.
-async fn node_gauge(metrics_port: u16, name: &str, node: &str) -> Option<f64> {
+/// The value of `series` (name and labels, as exposed) on the orchestrator's metrics port.
+async fn metric(metrics_port: u16, series: &str) -> Option<f64> {
     let text = common::ApiClient::new(&format!("http://127.0.0.1:{metrics_port}")).get("/metrics").await.text;
-    let series = format!("{name}{{node=\"{node}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.parse().ok())
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).and_then(|v| v.parse().ok())
+}
+
+/// The orchestrator's gauge `name{node="..."}`.
+async fn node_gauge(metrics_port: u16, name: &str, node: &str) -> Option<f64> {
+    metric(metrics_port, &format!("{name}{{node=\"{node}\"}}")).await
 }
 
 /// host-b's bus reached as a remote host's is (systemd-stdio-bridge over a pipe, nsenter
@@ -363,14 +363,6 @@ fn running_units(ct: &Container) -> Vec<(String, Option<serde_json::Value>)> {
         .collect()
 }
 
-/// Records of a superseded placement of `scenario` the inbox set aside.
-async fn superseded(app: &TestApp, scenario: uuid::Uuid) -> i64 {
-    app.scalar(&format!(
-        "SELECT count(*) FROM dead_letters WHERE record_key = convert_to('{scenario}', 'UTF8') AND reason LIKE 'superseded_placement%'"
-    ))
-    .await
-}
-
 /// Six live cameras over two hosts, host-b cut off from the orchestrator with its runners
 /// still running (the harder case: they keep writing). Checks what a user would, returns how
 /// long each moved camera took from host-b's last answer to its first stored result.
@@ -400,11 +392,8 @@ async fn cut_a_host_off(down_after_secs: u64) -> Vec<Duration> {
     }
     // The cap, sampled whenever the test looks: never more runners counted than max_workers.
     let most = std::cell::Cell::new(0.0f64);
-    let scraper = common::ApiClient::new(&format!("http://127.0.0.1:{metrics}"));
     let sample_cap = || async {
-        let text = scraper.get("/metrics").await.text;
-        let counted =
-            text.lines().find_map(|l| l.strip_prefix("vap_orchestrator_runners ")).and_then(|v| v.parse().ok());
+        let counted = metric(metrics, "vap_orchestrator_runners").await;
         most.set(most.get().max(counted.unwrap_or(0.0)));
     };
     let node = |s: &serde_json::Value| s["worker"]["node"].as_str().unwrap_or_default().to_string();
@@ -470,7 +459,7 @@ async fn cut_a_host_off(down_after_secs: u64) -> Vec<Duration> {
     assert_eq!(running_units(&b), stale, "host-b's runners untouched");
     eventually(Duration::from_secs(30), "host-b's records refused as superseded", || async {
         for &id in &on_b {
-            if superseded(&app, id).await == 0 {
+            if app.superseded_records(id).await == 0 {
                 return None;
             }
         }
@@ -484,8 +473,7 @@ async fn cut_a_host_off(down_after_secs: u64) -> Vec<Duration> {
         assert!(events[0]["detail"].as_str().unwrap().contains("moved from host-b"), "{events:?}");
     }
     assert_eq!(node_gauge(metrics, "vap_orchestrator_host_down", "host-b").await, Some(1.0));
-    let text = common::ApiClient::new(&format!("http://127.0.0.1:{metrics}")).get("/metrics").await.text;
-    assert!(text.contains("vap_orchestrator_failovers_total{from_node=\"host-b\"} 3"), "{text}");
+    assert_eq!(metric(metrics, "vap_orchestrator_failovers_total{from_node=\"host-b\"}").await, Some(3.0));
 
     // host-b answers again: its superseded units are stopped and removed; nothing moves back.
     bridge.restore();
